@@ -1,0 +1,72 @@
+# azure-cni: the two set-up commands are `make demo` and `make test`; each installs what it
+# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+TIER := hack/pytest-tier.sh
+# tiers are selected by marker; see pyproject.toml [tool.pytest.ini_options]
+UNIT := not netns and not cluster and not e2e
+
+.PHONY: help test demo demo-down deps venv tools lint typecheck contracts check \
+        test-unit test-netns test-cluster test-e2e bench lock clean
+
+help:
+	@echo "make demo       run azure-cni on a simulated Azure VNet (stays up; make demo-down stops it)"
+	@echo "make test       install everything, then lint, types, import contracts and every test tier"
+	@echo "make test-unit | test-netns | test-cluster | test-e2e   one tier (after make test's set-up)"
+	@echo "make bench      the benchmarks; numbers go to bench/results/"
+
+test: deps venv tools check test-unit test-netns test-cluster test-e2e
+
+check: lint typecheck contracts
+
+deps:
+	hack/install-deps.sh
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -c constraints.txt --upgrade setuptools wheel
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+tools:
+	hack/build-tools.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+contracts: venv
+	PYTHONPATH=hack $(VENV)/bin/lint-imports
+
+test-unit: venv
+	$(TIER) unit -m "$(UNIT)"
+
+test-netns: venv
+	$(TIER) netns -m "netns and not cluster and not e2e"
+
+test-cluster: venv tools
+	$(TIER) cluster -m "cluster and not e2e"
+
+test-e2e: venv tools
+	$(TIER) e2e -m "e2e"
+
+bench: deps venv tools
+	$(PY) bench/run_all.py
+
+lock: venv
+	{ echo "# Exact versions for a reproducible environment: make venv installs with -c constraints.txt."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(VENV)/bin/pip freeze --exclude-editable; \
+	  $(VENV)/bin/pip freeze --all | grep -E '^(setuptools|wheel)=='; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

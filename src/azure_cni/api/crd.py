@@ -1,0 +1,230 @@
+"""The NodeIPPool CustomResourceDefinition, generated from the code's own defaults.
+
+``deploy/crds/azurecni.io_nodeippools.yaml`` (also the chart's ``crds/`` file) is the output
+of ``python -m azure_cni.api.crd``; a test fails when the checked-in file drifts from it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from azure_cni.api.nodeippool import (
+    GROUP,
+    KIND,
+    MAX_SECONDARY_IPS,
+    PLURAL,
+    SHORT_NAME,
+    VERSION,
+    PoolSpec,
+)
+
+_DEFAULTS = PoolSpec(node_name="")
+
+
+def _count(description: str, default: int | None = None, maximum: int | None = None
+           ) -> dict[str, Any]:
+    prop: dict[str, Any] = {"type": "integer", "minimum": 0, "description": description}
+    if maximum is not None:
+        prop["maximum"] = maximum
+    if default is not None:
+        prop["default"] = default
+    return prop
+
+
+def _spec_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The admin's intent for this node's pool of VNet addresses.",
+        "required": ["nodeName"],
+        "properties": {
+            "nodeName": {
+                "type": "string", "minLength": 1, "maxLength": 253,
+                "description": "The node this pool belongs to; equal to the pool's name.",
+                "x-kubernetes-validations": [
+                    {"rule": "self == oldSelf", "message": "nodeName is immutable"}],
+            },
+            "minIPs": _count("Floor: the pool never holds fewer addresses than this. "
+                             "`kubectl scale nodeippool <node> --replicas=N` sets it.",
+                             _DEFAULTS.min_ips),
+            "maxIPs": _count("Ceiling on the addresses of this node (at most 255: a NIC holds "
+                             "256 ipConfigurations and one is the primary).",
+                             _DEFAULTS.max_ips),
+            "batchSize": _count("Addresses are added in multiples of this, in one NIC write.",
+                                _DEFAULTS.batch_size),
+            "minFreeIPs": _count("Warm pool: keep at least this many addresses free for new "
+                                 "pods.", _DEFAULTS.min_free_ips),
+            "maxFreeIPs": _count("Release free addresses above this many (after "
+                                 "releaseDelaySeconds).", _DEFAULTS.max_free_ips),
+            "releaseDelaySeconds": _count("How long an excess must last before addresses are "
+                                          "released (hysteresis).",
+                                          _DEFAULTS.release_delay_seconds, maximum=86400),
+        },
+        "x-kubernetes-validations": [
+            {"rule": "self.minIPs <= self.maxIPs", "fieldPath": ".minIPs",
+             "message": "minIPs must not exceed maxIPs"},
+            {"rule": f"self.maxIPs <= {MAX_SECONDARY_IPS}", "fieldPath": ".maxIPs",
+             "message": f"maxIPs must be at most {MAX_SECONDARY_IPS}: a NIC holds 256 "
+                        "ipConfigurations and one of them is the primary"},
+            {"rule": "self.maxIPs >= 1", "fieldPath": ".maxIPs",
+             "message": "maxIPs must be at least 1"},
+            {"rule": "self.batchSize >= 1", "fieldPath": ".batchSize",
+             "message": "batchSize must be at least 1"},
+            {"rule": f"self.batchSize <= {MAX_SECONDARY_IPS}", "fieldPath": ".batchSize",
+             "message": f"batchSize must be at most {MAX_SECONDARY_IPS}"},
+            {"rule": "self.minFreeIPs <= self.maxFreeIPs", "fieldPath": ".minFreeIPs",
+             "message": "minFreeIPs must not exceed maxFreeIPs"},
+        ],
+    }
+
+
+def _condition_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["type", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+    }
+
+
+def _status_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Inventory and usage. The operator and the node agent each write only "
+                       "their own fields, with server-side apply.",
+        "properties": {
+            "nic": {
+                "type": "object",
+                "description": "The node's NIC as the operator found it on Azure.",
+                "properties": {
+                    "id": {"type": "string"},
+                    "primaryIP": {"type": "string"},
+                    "subnetID": {"type": "string"},
+                    "subnetCIDR": {"type": "string"},
+                    "vnetAddressSpace": {"type": "array", "items": {"type": "string"},
+                                         "x-kubernetes-list-type": "atomic"},
+                },
+            },
+            "ips": {
+                "type": "array",
+                "description": "Secondary addresses of the NIC that belong to the pool.",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["ipConfiguration"],
+                "items": {
+                    "type": "object",
+                    "required": ["address", "ipConfiguration", "state"],
+                    "properties": {
+                        "address": {"type": "string"},
+                        "ipConfiguration": {"type": "string"},
+                        "state": {"type": "string", "enum": ["Available", "Releasing"]},
+                    },
+                },
+            },
+            "allocated": {"type": "integer", "description": "Number of addresses in ips."},
+            "excessSince": {"type": "string", "format": "date-time",
+                            "description": "Since when the pool has held more free addresses "
+                                           "than maxFreeIPs."},
+            "observedGeneration": {"type": "integer"},
+            "used": {"type": "integer",
+                     "description": "Addresses the node agent has handed to pods."},
+            "releaseAcks": {
+                "type": "array", "items": {"type": "string"},
+                "x-kubernetes-list-type": "set",
+                "description": "ipConfiguration names the agent confirms are unused and will "
+                               "not hand out: the operator may remove them.",
+            },
+            "conditions": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": _condition_schema(),
+            },
+        },
+    }
+
+
+def _ready(condition: str) -> str:
+    return f'.status.conditions[?(@.type=="{condition}")].status'
+
+
+def nodeippool_crd() -> dict[str, Any]:
+    """The CRD document, ready to be dumped as YAML or applied."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}",
+                     "labels": {"app.kubernetes.io/part-of": "azure-cni"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": [SHORT_NAME],
+                "categories": ["azure-cni"],
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {"specReplicasPath": ".spec.minIPs",
+                              "statusReplicasPath": ".status.allocated"},
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
+                    {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
+                    {"name": "Min", "type": "integer", "jsonPath": ".spec.minIPs"},
+                    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
+                    {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
+                     "priority": 1},
+                    {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
+                     "priority": 1},
+                    {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
+                     "priority": 1},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A node's pool of addresses from the Azure virtual network: "
+                                   "secondary ipConfigurations of its NIC.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": _spec_schema(),
+                        "status": _status_schema(),
+                    },
+                    "x-kubernetes-validations": [{
+                        "rule": "self.spec.nodeName == self.metadata.name",
+                        "fieldPath": ".spec.nodeName",
+                        "message": "spec.nodeName must equal metadata.name (the pool is named "
+                                   "after its node)",
+                    }],
+                }},
+            }],
+        },
+    }
+
+
+def render() -> str:
+    header = ("# Generated by `python -m azure_cni.api.crd`; do not edit by hand.\n"
+              "# The chart ships this same file in charts/azure-cni/crds/.\n")
+    return header + yaml.safe_dump(nodeippool_crd(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

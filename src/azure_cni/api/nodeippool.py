@@ -1,0 +1,334 @@
+"""The NodeIPPool custom resource as typed values, and conversion to and from its JSON.
+
+One pool per node, cluster-scoped, named after the node. ``spec`` is the admin's intent.
+``status`` has two writers that never touch each other's fields (each applies its own fields
+with server-side apply under its own field manager):
+
+- the operator: ``nic``, ``ips``, ``allocated``, ``excessSince``, conditions ``Provisioned``,
+  ``Ready``, ``SubnetExhausted``, and ``observedGeneration``;
+- the node agent: ``used``, ``releaseAcks`` and condition ``AgentReady``.
+
+Release handshake: the operator marks an address ``Releasing``; the agent stops handing it out
+and, once no pod uses it, lists its ipConfiguration name in ``releaseAcks``; only then does the
+operator remove it from the NIC. ipConfiguration names are never reused and an address marked
+``Releasing`` never becomes ``Available`` again, so an acknowledgement can never be stale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+GROUP = "azurecni.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "NodeIPPool"
+PLURAL = "nodeippools"
+SHORT_NAME = "nip"
+
+#: A NIC holds 256 ipConfigurations and one of them is the primary.
+MAX_SECONDARY_IPS = 255
+#: Prefix of every ipConfiguration azure-cni creates; anything else on a NIC is not ours.
+IPCONFIG_PREFIX = "azcni-"
+
+OPERATOR_FIELD_MANAGER = "azure-cni-operator"
+AGENT_FIELD_MANAGER = "azure-cni-agent"
+
+
+class IPState(StrEnum):
+    AVAILABLE = "Available"
+    RELEASING = "Releasing"
+
+
+class ConditionType(StrEnum):
+    PROVISIONED = "Provisioned"
+    READY = "Ready"
+    SUBNET_EXHAUSTED = "SubnetExhausted"
+    AGENT_READY = "AgentReady"
+
+
+OPERATOR_CONDITIONS = frozenset(
+    {ConditionType.PROVISIONED, ConditionType.READY, ConditionType.SUBNET_EXHAUSTED}
+)
+AGENT_CONDITIONS = frozenset({ConditionType.AGENT_READY})
+
+
+class InvalidPool(ValueError):
+    """A NodeIPPool object that cannot be interpreted; the message names the field."""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """The admin's intent for one node's pool. Defaults mirror the CRD's schema defaults."""
+
+    node_name: str
+    min_ips: int = 0
+    max_ips: int = 250
+    batch_size: int = 8
+    min_free_ips: int = 8
+    max_free_ips: int = 24
+    release_delay_seconds: int = 180
+
+    def validate(self) -> None:
+        """Raise InvalidPool for combinations the CRD's CEL rules also refuse."""
+        problems = []
+        if not self.node_name:
+            problems.append("spec.nodeName must be set")
+        if not 0 <= self.min_ips <= self.max_ips:
+            problems.append(f"spec.minIPs ({self.min_ips}) must be between 0 and "
+                            f"spec.maxIPs ({self.max_ips})")
+        if not 1 <= self.max_ips <= MAX_SECONDARY_IPS:
+            problems.append(f"spec.maxIPs ({self.max_ips}) must be between 1 and "
+                            f"{MAX_SECONDARY_IPS} (a NIC holds 256 ipConfigurations, one primary)")
+        if not 1 <= self.batch_size <= MAX_SECONDARY_IPS:
+            problems.append(f"spec.batchSize ({self.batch_size}) must be between 1 and "
+                            f"{MAX_SECONDARY_IPS}")
+        if not 0 <= self.min_free_ips <= self.max_free_ips:
+            problems.append(f"spec.minFreeIPs ({self.min_free_ips}) must not exceed "
+                            f"spec.maxFreeIPs ({self.max_free_ips})")
+        if self.release_delay_seconds < 0:
+            problems.append("spec.releaseDelaySeconds must not be negative")
+        if problems:
+            raise InvalidPool("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any], name: str | None = None) -> PoolSpec:
+        defaults = cls(node_name="")
+        try:
+            return cls(
+                node_name=str(spec.get("nodeName") or name or ""),
+                min_ips=int(spec.get("minIPs", defaults.min_ips)),
+                max_ips=int(spec.get("maxIPs", defaults.max_ips)),
+                batch_size=int(spec.get("batchSize", defaults.batch_size)),
+                min_free_ips=int(spec.get("minFreeIPs", defaults.min_free_ips)),
+                max_free_ips=int(spec.get("maxFreeIPs", defaults.max_free_ips)),
+                release_delay_seconds=int(
+                    spec.get("releaseDelaySeconds", defaults.release_delay_seconds)),
+            )
+        except (TypeError, ValueError) as e:
+            raise InvalidPool(f"spec has a non-integer field: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeName": self.node_name,
+            "minIPs": self.min_ips,
+            "maxIPs": self.max_ips,
+            "batchSize": self.batch_size,
+            "minFreeIPs": self.min_free_ips,
+            "maxFreeIPs": self.max_free_ips,
+            "releaseDelaySeconds": self.release_delay_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class PoolIP:
+    """One secondary address of the node's NIC that belongs to the pool."""
+
+    address: str
+    ip_configuration: str
+    state: IPState = IPState.AVAILABLE
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PoolIP:
+        try:
+            return cls(str(d["address"]), str(d["ipConfiguration"]),
+                       IPState(d.get("state", IPState.AVAILABLE)))
+        except (KeyError, ValueError) as e:
+            raise InvalidPool(f"status.ips has a malformed entry {dict(d)!r}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"address": self.address, "ipConfiguration": self.ip_configuration,
+                "state": str(self.state)}
+
+
+@dataclass(frozen=True)
+class NicInfo:
+    """What the operator found on Azure for this node: what the agent needs for its datapath."""
+
+    id: str
+    primary_ip: str
+    subnet_id: str
+    subnet_cidr: str
+    vnet_address_space: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NicInfo:
+        return cls(
+            id=str(d.get("id", "")),
+            primary_ip=str(d.get("primaryIP", "")),
+            subnet_id=str(d.get("subnetID", "")),
+            subnet_cidr=str(d.get("subnetCIDR", "")),
+            vnet_address_space=tuple(str(c) for c in d.get("vnetAddressSpace") or ()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "primaryIP": self.primary_ip,
+            "subnetID": self.subnet_id,
+            "subnetCIDR": self.subnet_cidr,
+            "vnetAddressSpace": list(self.vnet_address_space),
+        }
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: ConditionType
+    status: bool
+    reason: str
+    message: str = ""
+    last_transition_time: str = ""
+    observed_generation: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Condition | None:
+        try:
+            ctype = ConditionType(d["type"])
+        except (KeyError, ValueError):
+            return None  # a condition some other writer added; not ours to interpret
+        gen = d.get("observedGeneration")
+        return cls(ctype, d.get("status") == "True", str(d.get("reason", "")),
+                   str(d.get("message", "")), str(d.get("lastTransitionTime", "")),
+                   int(gen) if gen is not None else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": str(self.type),
+            "status": "True" if self.status else "False",
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": self.last_transition_time or rfc3339(utcnow()),
+        }
+        if self.observed_generation is not None:
+            out["observedGeneration"] = self.observed_generation
+        return out
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def set_condition(existing: Iterable[Condition], new: Condition) -> tuple[Condition, ...]:
+    """Replace the condition of ``new.type``, keeping its transition time if status is unchanged."""
+    out = []
+    replaced = False
+    for c in existing:
+        if c.type == new.type:
+            keep_time = c.status == new.status and c.last_transition_time
+            out.append(replace(new, last_transition_time=c.last_transition_time)
+                       if keep_time else new)
+            replaced = True
+        else:
+            out.append(c)
+    if not replaced:
+        out.append(new)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """Both writers' fields; each writer renders only its own part (see module docstring)."""
+
+    nic: NicInfo | None = None
+    ips: tuple[PoolIP, ...] = ()
+    excess_since: dt.datetime | None = None
+    observed_generation: int | None = None
+    used: int = 0
+    release_acks: frozenset[str] = frozenset()
+    conditions: tuple[Condition, ...] = ()
+
+    @property
+    def allocated(self) -> int:
+        return len(self.ips)
+
+    def condition(self, ctype: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == ctype), None)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PoolStatus:
+        d = d or {}
+        nic = d.get("nic")
+        conditions = tuple(c for c in (Condition.from_dict(x) for x in d.get("conditions") or ())
+                           if c is not None)
+        gen = d.get("observedGeneration")
+        return cls(
+            nic=NicInfo.from_dict(nic) if nic else None,
+            ips=tuple(PoolIP.from_dict(x) for x in d.get("ips") or ()),
+            excess_since=parse_time(d.get("excessSince")),
+            observed_generation=int(gen) if gen is not None else None,
+            used=int(d.get("used") or 0),
+            release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
+            conditions=conditions,
+        )
+
+    def operator_fields(self) -> dict[str, Any]:
+        """The operator's part of status, for its server-side apply."""
+        out: dict[str, Any] = {
+            "ips": [ip.to_dict() for ip in self.ips],
+            "allocated": self.allocated,
+            "conditions": [c.to_dict() for c in self.conditions if c.type in OPERATOR_CONDITIONS],
+        }
+        # Server-side apply drops a field its manager stops sending, so "no excess" is omission.
+        if self.excess_since is not None:
+            out["excessSince"] = rfc3339(self.excess_since)
+        if self.nic is not None:
+            out["nic"] = self.nic.to_dict()
+        if self.observed_generation is not None:
+            out["observedGeneration"] = self.observed_generation
+        return out
+
+    def agent_fields(self) -> dict[str, Any]:
+        """The agent's part of status, for its server-side apply."""
+        return {
+            "used": self.used,
+            "releaseAcks": sorted(self.release_acks),
+            "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
+        }
+
+
+@dataclass(frozen=True)
+class NodeIPPool:
+    name: str
+    spec: PoolSpec
+    status: PoolStatus = field(default_factory=PoolStatus)
+    generation: int = 0
+    resource_version: str = ""
+    uid: str = ""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> NodeIPPool:
+        """Interpret a NodeIPPool as returned by the API server (a dict)."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if not name:
+            raise InvalidPool("metadata.name is missing")
+        return cls(
+            name=name,
+            spec=PoolSpec.from_dict(obj.get("spec") or {}, name),
+            status=PoolStatus.from_dict(obj.get("status")),
+            generation=int(meta.get("generation") or 0),
+            resource_version=str(meta.get("resourceVersion") or ""),
+            uid=str(meta.get("uid") or ""),
+        )
+
+
+def status_apply_body(name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The server-side-apply document for a status subresource write."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+            "status": dict(status)}

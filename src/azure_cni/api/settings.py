@@ -1,0 +1,223 @@
+"""azure-cni's configuration: one file (the chart's ConfigMap), defaults defined here once.
+
+The operator reads ``pool`` and ``azure`` and ``operator``; the node agent reads ``agent`` and
+``snat``. The chart's ``values.yaml`` documents the same keys with the same defaults, and a
+test keeps the two equal. Keys are camelCase, as in the chart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from azure_cni.api.nodeippool import PoolSpec
+
+DEFAULT_CONFIG_PATH = Path("/etc/azure-cni/config.yaml")
+
+
+class InvalidSettings(ValueError):
+    """The configuration file is unusable; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PoolDefaults:
+    """Spec given to the NodeIPPool the operator creates for a new node."""
+
+    min_ips: int = PoolSpec.min_ips
+    max_ips: int = PoolSpec.max_ips
+    batch_size: int = PoolSpec.batch_size
+    min_free_ips: int = PoolSpec.min_free_ips
+    max_free_ips: int = PoolSpec.max_free_ips
+    release_delay_seconds: int = PoolSpec.release_delay_seconds
+
+    def spec_for(self, node_name: str) -> PoolSpec:
+        return PoolSpec(node_name, self.min_ips, self.max_ips, self.batch_size,
+                        self.min_free_ips, self.max_free_ips, self.release_delay_seconds)
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    """How the operator reaches Azure (or the emulator)."""
+
+    #: Resource Manager endpoint: public Azure, a sovereign cloud, or the emulator.
+    arm_endpoint: str = "https://management.azure.com/"
+    #: Entra ID authority for service principals and workload identity.
+    authority_host: str = "https://login.microsoftonline.com/"
+    #: default | managedIdentity | workloadIdentity | servicePrincipal
+    credential: str = "default"
+    managed_identity_client_id: str = ""
+    #: CA bundle to trust for arm_endpoint (empty: the system's)
+    ca_bundle: str = ""
+    read_qps: float = 10.0
+    read_burst: int = 20
+    write_qps: float = 2.0
+    write_burst: int = 10
+    copy_application_security_groups: bool = True
+    copy_load_balancer_pools: bool = False
+    #: seconds between long-running-operation polls when Azure gives no Retry-After
+    polling_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    max_concurrent_nodes: int = 20
+    drift_check_seconds: float = 60.0
+    #: wait this long after the agent's usage changes before acting (coalesces bursts)
+    usage_debounce_seconds: float = 1.0
+    metrics_port: int = 9090
+    health_port: int = 8080
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    socket_path: str = "/run/azure-cni/agent.sock"
+    state_dir: str = "/var/lib/azure-cni"
+    cni_bin_dir: str = "/opt/cni/bin"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    #: the host interface whose MTU pods get; empty: the one holding the default route
+    host_interface: str = ""
+    #: 0: copy the host interface's MTU
+    mtu: int = 0
+    #: how long ADD waits for the operator when the pool has no free address
+    add_wait_seconds: float = 10.0
+    #: a released address is not handed out again for this long (stale ARP and endpoints)
+    cooldown_seconds: float = 30.0
+    metrics_port: int = 9091
+    #: python3 on the host that runs the CNI shim
+    host_python: str = "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class SnatSettings:
+    enabled: bool = True
+    #: destinations left un-masqueraded besides the VNet's own address space
+    non_masquerade_cidrs: tuple[str, ...] = ()
+    #: keep pods away from the Azure wireserver (168.63.129.16, tcp 80 and 32526)
+    block_wireserver: bool = True
+    #: keep pods away from the instance metadata service (169.254.169.254)
+    block_instance_metadata: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    pool: PoolDefaults = field(default_factory=PoolDefaults)
+    azure: AzureSettings = field(default_factory=AzureSettings)
+    operator: OperatorSettings = field(default_factory=OperatorSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    snat: SnatSettings = field(default_factory=SnatSettings)
+
+    def validate(self) -> None:
+        self.pool.spec_for("validation").validate()
+        for cidr in self.snat.non_masquerade_cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as e:
+                raise InvalidSettings(f"snat.nonMasqueradeCIDRs: {cidr!r} is not a CIDR") from e
+        if self.azure.credential not in {"default", "managedIdentity", "workloadIdentity",
+                                         "servicePrincipal"}:
+            raise InvalidSettings(
+                f"azure.credential: {self.azure.credential!r} is not one of default, "
+                "managedIdentity, workloadIdentity, servicePrincipal")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    word = head + "".join(p.capitalize() for p in rest)
+    # the chart spells these acronyms in capitals
+    for low, up in (("Ips", "IPs"), ("Qps", "QPS"), ("Cidrs", "CIDRs"), ("Id", "ID"),
+                    ("Mtu", "MTU"), ("Arm", "ARM"), ("Ca", "CA")):
+        if word.endswith(low):
+            word = word[: -len(low)] + up
+    return word
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], data: Any, where: str) -> T:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise InvalidSettings(f"{where} must be a mapping, not {type(data).__name__}")
+    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InvalidSettings(f"{where}: unknown keys {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(fields))})")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key not in data:
+            continue
+        default = f.default
+        raw = data[key]
+        try:
+            if isinstance(default, bool):
+                if not isinstance(raw, bool):
+                    raise TypeError("expected true or false")
+                values[f.name] = raw
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            elif isinstance(default, tuple):
+                if not isinstance(raw, list | tuple):
+                    raise TypeError("expected a list")
+                values[f.name] = tuple(str(x) for x in raw)
+            else:
+                values[f.name] = str(raw)
+        except (TypeError, ValueError) as e:
+            raise InvalidSettings(f"{where}.{key}: {raw!r} is not valid: {e}") from e
+    return cls(**values)
+
+
+def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
+    """Settings from an already parsed document; raise InvalidSettings on any bad key."""
+    data = data or {}
+    sections = {f.name: f.type for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise InvalidSettings(f"unknown top-level keys {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(sections))})")
+    settings = Settings(
+        pool=_section(PoolDefaults, data.get("pool"), "pool"),
+        azure=_section(AzureSettings, data.get("azure"), "azure"),
+        operator=_section(OperatorSettings, data.get("operator"), "operator"),
+        agent=_section(AgentSettings, data.get("agent"), "agent"),
+        snat=_section(SnatSettings, data.get("snat"), "snat"),
+    )
+    settings.validate()
+    return settings
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the configuration file; a missing default file means all defaults."""
+    target = path or DEFAULT_CONFIG_PATH
+    try:
+        text = target.read_text()
+    except FileNotFoundError:
+        if path is not None:
+            raise InvalidSettings(f"configuration file {path} does not exist") from None
+        return Settings()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidSettings(f"{target} is not valid YAML: {e}") from e
+    return settings_from_mapping(data)
+
+
+def settings_to_mapping(settings: Settings) -> dict[str, Any]:
+    """The inverse of settings_from_mapping (used to render the chart's defaults)."""
+    out: dict[str, Any] = {}
+    for section in dataclasses.fields(Settings):
+        value = getattr(settings, section.name)
+        out[section.name] = {
+            _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple) else v
+            for f in dataclasses.fields(value)
+        }
+    return out

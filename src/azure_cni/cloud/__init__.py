@@ -1,0 +1,1 @@
+"""The operator's narrow port to Azure, and its adapter on the azure-mgmt clients."""

@@ -1,0 +1,1 @@
+"""Node datapath in transparent mode: veth pairs, host routes, proxy ARP and the SNAT chain."""

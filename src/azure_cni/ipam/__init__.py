@@ -1,0 +1,1 @@
+"""Pool sizing, the release handshake and the node-local address store."""
