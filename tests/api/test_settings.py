@@ -1,0 +1,55 @@
+"""The configuration file: defaults defined once, bad keys named."""
+
+from __future__ import annotations
+
+import pytest
+
+from azure_cni.api.settings import (
+    InvalidSettings,
+    Settings,
+    load_settings,
+    settings_from_mapping,
+    settings_to_mapping,
+)
+
+
+def test_round_trip_of_defaults() -> None:
+    assert settings_from_mapping(settings_to_mapping(Settings())) == Settings()
+
+
+def test_missing_default_file_means_defaults(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("azure_cni.api.settings.DEFAULT_CONFIG_PATH", tmp_path / "absent.yaml")
+    assert load_settings() == Settings()
+
+
+def test_explicit_missing_file_is_an_error(tmp_path) -> None:
+    with pytest.raises(InvalidSettings, match="does not exist"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_values_are_read(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("pool: {minIPs: 4, batchSize: 2}\nsnat: {nonMasqueradeCIDRs: [10.0.0.0/8]}\n"
+                    "azure: {writeQPS: 0.5, copyLoadBalancerPools: true}\n")
+    s = load_settings(path)
+    assert s.pool.min_ips == 4 and s.pool.batch_size == 2
+    assert s.snat.non_masquerade_cidrs == ("10.0.0.0/8",)
+    assert s.azure.write_qps == 0.5 and s.azure.copy_load_balancer_pools is True
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ("pools: {}", "unknown top-level keys pools"),
+    ("agent: {sockPath: x}", "agent: unknown keys sockPath"),
+    ("pool: {minIPs: lots}", "pool.minIPs: 'lots' is not valid"),
+    ("snat: {enabled: 'yes'}", "snat.enabled: 'yes' is not valid: expected true or false"),
+    ("snat: {nonMasqueradeCIDRs: [banana]}", "'banana' is not a CIDR"),
+    ("azure: {credential: password}", "azure.credential: 'password' is not one of"),
+    ("pool: {minIPs: 300}", "spec.minIPs \\(300\\) must be between"),
+    ("pool: [1, 2]", "pool must be a mapping"),
+    ("pool: {", "not valid YAML"),
+])
+def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(doc)
+    with pytest.raises((InvalidSettings, ValueError), match=message):
+        load_settings(path)
