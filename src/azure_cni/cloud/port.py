@@ -1,4 +1,4 @@
-"""The operator's port to Azure: four operations, typed values and typed errors.
+"""The operator's port to Azure: five operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
 implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni.sim.arm`` is
@@ -95,6 +95,10 @@ class AzureNetwork(Protocol):
 
     async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
         """The VM's primary NIC. Raises NotFound if the VM or NIC is gone."""
+        ...
+
+    async def get_nic(self, nic_id: str) -> NicSnapshot:
+        """A NIC by resource ID. Raises NotFound if it is gone."""
         ...
 
     async def update_ip_configurations(

@@ -1,0 +1,193 @@
+"""Pure conversions between ARM's JSON (or the SDK's models, which are mappings of the same JSON)
+and the port's values, plus the one edit azure-cni makes to a NIC."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from azure_cni.cloud.port import (
+    CloudError,
+    IPConfiguration,
+    NewIPConfiguration,
+    NicLimitExceeded,
+    NicSnapshot,
+    NotFound,
+    SubnetInfo,
+)
+
+#: "Private IP addresses per network interface: 256" (Azure networking limits)
+MAX_IP_CONFIGURATIONS = 256
+#: network, gateway (.1), two DNS (.2, .3) and broadcast: never assignable in an Azure subnet
+RESERVED_PER_SUBNET = 5
+
+
+def _props(resource: Mapping[str, Any]) -> Mapping[str, Any]:
+    props = resource.get("properties")
+    return props if isinstance(props, Mapping) else {}
+
+
+def _ref_id(value: Any) -> str:
+    return str(value.get("id") or "") if isinstance(value, Mapping) else ""
+
+
+def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
+    props = _props(ipc)
+    address = props.get("privateIPAddress")
+    return IPConfiguration(
+        name=str(ipc.get("name") or ""),
+        address=str(address) if address else None,
+        primary=bool(props.get("primary")),
+        provisioning_state=str(props.get("provisioningState") or ""),
+        subnet_id=_ref_id(props.get("subnet")),
+    )
+
+
+def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
+    """A NicSnapshot from a NetworkInterface (SDK model or its JSON)."""
+    props = _props(nic)
+    configs = props.get("ipConfigurations") or ()
+    return NicSnapshot(
+        id=str(nic.get("id") or ""),
+        name=str(nic.get("name") or ""),
+        etag=str(nic.get("etag") or ""),
+        location=str(nic.get("location") or ""),
+        vm_id=_ref_id(props.get("virtualMachine")),
+        ip_configurations=tuple(parse_ip_configuration(c) for c in configs),
+    )
+
+
+def parse_vm_primary_nic_id(vm: Mapping[str, Any]) -> str:
+    """The resource ID of a VM's primary network interface (the only one, or the one marked)."""
+    profile = _props(vm).get("networkProfile") or {}
+    nics = profile.get("networkInterfaces") or () if isinstance(profile, Mapping) else ()
+    refs = [n for n in nics if isinstance(n, Mapping) and n.get("id")]
+    if not refs:
+        raise NotFound(f"virtual machine {vm.get('id') or vm.get('name')} has no network interface",
+                       code="NoNetworkInterface")
+    if len(refs) == 1:
+        return str(refs[0]["id"])
+    for ref in refs:
+        if _props(ref).get("primary"):
+            return str(ref["id"])
+    raise CloudError(f"virtual machine {vm.get('id') or vm.get('name')} has {len(refs)} network "
+                     "interfaces and none is marked primary", code="NoPrimaryNetworkInterface")
+
+
+def usable_addresses(cidr: str) -> int:
+    """Addresses of an IPv4 subnet Azure can assign (all but the 5 it reserves)."""
+    network = ipaddress.ip_network(cidr, strict=False)
+    return max(0, network.num_addresses - RESERVED_PER_SUBNET)
+
+
+def parse_subnet(subnet: Mapping[str, Any], vnet_address_space: Sequence[str]) -> SubnetInfo:
+    """SubnetInfo from a Subnet; free is None when Azure leaves ``ipConfigurations`` out."""
+    props = _props(subnet)
+    cidr = props.get("addressPrefix") or next(iter(props.get("addressPrefixes") or ()), None)
+    if not cidr:
+        raise CloudError(f"subnet {subnet.get('id')} has no address prefix", code="NoAddressPrefix")
+    # Azure omits the list for subnets with very many ipConfigurations (Cilium parseSubnet)
+    used = props.get("ipConfigurations")
+    free = None if used is None else max(0, usable_addresses(str(cidr)) - len(used))
+    return SubnetInfo(id=str(subnet.get("id") or ""), cidr=str(cidr),
+                      vnet_address_space=tuple(str(p) for p in vnet_address_space),
+                      free_addresses=free)
+
+
+def parse_vnet_address_space(vnet: Mapping[str, Any]) -> tuple[str, ...]:
+    space = _props(vnet).get("addressSpace") or {}
+    return tuple(str(p) for p in space.get("addressPrefixes") or ())
+
+
+@dataclass(frozen=True)
+class NicEdit:
+    """What one NIC write changes, and the NIC body to PUT."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    body: dict[str, Any]
+
+
+def _check_request(add: Sequence[NewIPConfiguration], remove: Sequence[str]) -> None:
+    wanted: dict[str, NewIPConfiguration] = {}
+    for new in add:
+        seen = wanted.setdefault(new.name.lower(), new)
+        if seen != new:
+            raise ValueError(f"ipConfiguration {new.name!r} is to be added twice, "
+                             f"at {seen.address} and at {new.address}")
+    both = wanted.keys() & {n.lower() for n in remove}
+    if both:
+        raise ValueError(f"ipConfigurations {sorted(both)} are both added and removed")
+
+
+def edit_ip_configurations(
+    nic: Mapping[str, Any],
+    add: Sequence[NewIPConfiguration],
+    remove: Sequence[str],
+    *,
+    copy_application_security_groups: bool,
+    copy_load_balancer_pools: bool,
+) -> NicEdit | None:
+    """The NIC with ``add`` appended and ``remove`` dropped, or None when nothing changes.
+
+    Names compare case-insensitively, as ARM's do. A name in ``add`` that exists is kept as
+    it is; a name in ``remove`` that is gone is ignored; removing the primary is refused.
+    New ipConfigurations join the primary's subnet, Dynamic unless an address is given.
+    """
+    _check_request(add, remove)
+    body = copy.deepcopy(dict(nic))
+    props = body.setdefault("properties", {})
+    configs: list[dict[str, Any]] = [dict(c) for c in props.get("ipConfigurations") or ()]
+    by_name = {str(c.get("name") or "").lower(): c for c in configs}
+    primary = next((c for c in configs if _props(c).get("primary")), None)
+    if primary is None:
+        raise CloudError(f"NIC {nic.get('id')} has no primary ipConfiguration",
+                         code="NoPrimaryIpConfiguration")
+
+    doomed = {n.lower() for n in remove if n.lower() in by_name}
+    if str(primary.get("name") or "").lower() in doomed:
+        raise CloudError(f"ipConfiguration {primary.get('name')!r} is the primary of NIC "
+                         f"{nic.get('id')}; azure-cni never removes it",
+                         code="IpConfigDeleteNotSupported")
+    fresh: list[NewIPConfiguration] = []
+    for new in add:
+        if new.name.lower() not in by_name and all(f.name.lower() != new.name.lower()
+                                                     for f in fresh):
+            fresh.append(new)
+    if not fresh and not doomed:
+        return None
+
+    kept = [c for c in configs if str(c.get("name") or "").lower() not in doomed]
+    if len(kept) + len(fresh) > MAX_IP_CONFIGURATIONS:
+        raise NicLimitExceeded(
+            f"NIC {nic.get('id')} has {len(kept)} ipConfigurations; adding {len(fresh)} would "
+            f"exceed Azure's limit of {MAX_IP_CONFIGURATIONS}", code="NicIpConfigurationLimit")
+
+    primary_props = _props(primary)
+    template: dict[str, Any] = {
+        "subnet": {"id": _ref_id(primary_props.get("subnet"))},
+        "primary": False,
+        "privateIPAddressVersion": "IPv4",
+    }
+    if copy_application_security_groups and primary_props.get("applicationSecurityGroups"):
+        template["applicationSecurityGroups"] = [
+            {"id": _ref_id(g)} for g in primary_props["applicationSecurityGroups"]]
+    if copy_load_balancer_pools and primary_props.get("loadBalancerBackendAddressPools"):
+        template["loadBalancerBackendAddressPools"] = [
+            {"id": _ref_id(p)} for p in primary_props["loadBalancerBackendAddressPools"]]
+    for new in fresh:
+        ipc_props = copy.deepcopy(template)
+        if new.address is None:
+            ipc_props["privateIPAllocationMethod"] = "Dynamic"
+        else:
+            ipc_props["privateIPAllocationMethod"] = "Static"
+            ipc_props["privateIPAddress"] = new.address
+        kept.append({"name": new.name, "properties": ipc_props})
+
+    props["ipConfigurations"] = kept
+    removed = tuple(str(c.get("name")) for c in configs
+                    if str(c.get("name") or "").lower() in doomed)
+    return NicEdit(added=tuple(f.name for f in fresh), removed=removed, body=body)

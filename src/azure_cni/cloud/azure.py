@@ -1,0 +1,307 @@
+"""``AzureNetwork`` on the async azure-mgmt-network / azure-mgmt-compute clients.
+
+The same code reaches public Azure, a sovereign cloud or the ARM emulator: only the settings'
+``armEndpoint``, ``authorityHost`` and ``caBundle`` differ, and TLS is always on. Every HTTP
+request (SDK retries and long-running-operation polls included) passes one token bucket for
+reads or one for writes, is timed in a metric, and a 429's Retry-After pauses its bucket so
+that concurrent callers back off together instead of storming ARM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.network.aio import NetworkManagementClient
+from azure.mgmt.network.models import NetworkInterface
+
+from azure_cni.api.settings import AzureSettings
+from azure_cni.cloud.armjson import (
+    edit_ip_configurations,
+    parse_nic,
+    parse_subnet,
+    parse_vm_primary_nic_id,
+    parse_vnet_address_space,
+)
+from azure_cni.cloud.credentials import arm_credential_scopes, build_credential
+from azure_cni.cloud.errors import retry_after_seconds, to_cloud_error
+from azure_cni.cloud.metrics import API_CALLS, API_DURATION, RATE_LIMIT_REMAINING
+from azure_cni.cloud.port import (
+    CloudError,
+    Conflict,
+    NewIPConfiguration,
+    NicSnapshot,
+    SubnetInfo,
+    Unsupported,
+    VMRef,
+)
+from azure_cni.cloud.ratelimit import ApiRateLimiter, Kind
+from azure_cni.cloud.resourceid import ResourceID, parse_resource_id
+
+log = logging.getLogger(__name__)
+
+_TYPE_LABELS = {t.lower(): t for t in (
+    "networkInterfaces", "virtualMachines", "virtualNetworks", "subnets", "operations",
+    "ipConfigurations", "virtualMachineScaleSets", "usages", "resourceGroups")}
+
+
+def api_operation(method: str, url: str) -> str:
+    """A metric label: innermost resource type and verb, e.g. ``networkInterfaces.put``."""
+    parts = [p for p in urlsplit(url).path.split("/") if p]
+    providers = [i for i, p in enumerate(parts) if p.lower() == "providers"]
+    types = parts[providers[-1] + 2::2] if providers else parts[-2::-2][:1]
+    kind = types[-1].lower() if types else "root"
+    return f"{_TYPE_LABELS.get(kind, kind)}.{method.lower()}"
+
+
+def request_kind(method: str) -> Kind:
+    """ARM meters GET/HEAD as reads and everything else as writes."""
+    return "read" if method.upper() in ("GET", "HEAD") else "write"
+
+
+class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
+    """Rate-limit, time and count each request as it is sent (after the SDK's retry policy)."""
+
+    def __init__(self, limiter: ApiRateLimiter) -> None:
+        self._limiter = limiter
+
+    async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        http = request.http_request
+        operation = api_operation(http.method, http.url)
+        kind = request_kind(http.method)
+        await self._limiter.wait(kind, operation)
+        start = time.monotonic()
+        try:
+            response = await self.next.send(request)
+        except AzureError:
+            self._observe(operation, "transport_error", start)
+            raise
+        status = response.http_response.status_code
+        self._observe(operation, str(status), start)
+        headers = response.http_response.headers
+        if status == 429:
+            wait = retry_after_seconds(headers)
+            if wait:
+                # every caller sharing this bucket waits, not only the one the SDK retries
+                self._limiter.bucket(kind).pause(wait)
+            log.info("event=azure_throttled operation=%s retry_after=%s", operation, wait)
+        remaining = headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}s")
+        if remaining is not None:
+            with contextlib.suppress(ValueError):
+                RATE_LIMIT_REMAINING.labels(kind=kind).set(float(remaining))
+        return response
+
+    @staticmethod
+    def _observe(operation: str, status: str, start: float) -> None:
+        elapsed = time.monotonic() - start
+        API_DURATION.labels(operation=operation, status=status).observe(elapsed)
+        API_CALLS.labels(operation=operation, status=status).inc()
+        log.debug("event=azure_request operation=%s status=%s seconds=%.3f",
+                  operation, status, elapsed)
+
+
+@contextlib.contextmanager
+def _typed_errors() -> Iterator[None]:
+    try:
+        yield
+    except AzureError as e:
+        raise to_cloud_error(e) from e
+
+
+def _expect(ref: ResourceID, resource_id: str, namespace: str, *types: str) -> None:
+    if not ref.is_type(namespace, *types):
+        raise CloudError(f"{resource_id!r} is not a {namespace}/{'/'.join(types)} resource ID",
+                         code="InvalidResourceId")
+
+
+class AzureAdapter:
+    """The operator's ``AzureNetwork`` on Azure Resource Manager.
+
+    ``credential`` defaults to the one the settings name (and is then closed by ``close``);
+    ``client_options`` are extra azure-core pipeline keywords such as ``retry_total``.
+    """
+
+    def __init__(
+        self,
+        settings: AzureSettings,
+        *,
+        credential: AsyncTokenCredential | None = None,
+        limiter: ApiRateLimiter | None = None,
+        max_write_attempts: int = 5,
+        vnet_cache_seconds: float = 60.0,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._owns_credential = credential is None
+        self._credential = credential if credential is not None else build_credential(settings)
+        self.limiter = limiter if limiter is not None else ApiRateLimiter.from_settings(settings)
+        self._policy = _ArmRequestPolicy(self.limiter)
+        self._max_write_attempts = max(1, max_write_attempts)
+        self._vnet_cache_seconds = vnet_cache_seconds
+        self._client_kwargs: dict[str, Any] = {
+            "base_url": settings.arm_endpoint,
+            "credential_scopes": arm_credential_scopes(settings.arm_endpoint),
+            "polling_interval": settings.polling_interval,
+            "per_retry_policies": [self._policy],
+        }
+        if settings.ca_bundle:
+            self._client_kwargs["connection_verify"] = settings.ca_bundle
+        self._client_kwargs.update(client_options or {})
+        self._network: dict[str, NetworkManagementClient] = {}
+        self._compute: dict[str, ComputeManagementClient] = {}
+        self._vnet_spaces: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._nic_locks: dict[str, asyncio.Lock] = {}
+
+    async def __aenter__(self) -> AzureAdapter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _network_client(self, subscription: str) -> NetworkManagementClient:
+        key = subscription.lower()
+        if key not in self._network:
+            self._network[key] = NetworkManagementClient(
+                self._credential, subscription, **self._client_kwargs)
+        return self._network[key]
+
+    def _compute_client(self, subscription: str) -> ComputeManagementClient:
+        key = subscription.lower()
+        if key not in self._compute:
+            self._compute[key] = ComputeManagementClient(
+                self._credential, subscription, **self._client_kwargs)
+        return self._compute[key]
+
+    async def _read_nic(self, ref: ResourceID) -> NetworkInterface:
+        client = self._network_client(ref.subscription)
+        with _typed_errors():
+            return await client.network_interfaces.get(ref.resource_group, ref.name)
+
+    async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
+        """The VM's primary NIC: one VM GET, one NIC GET."""
+        if vm.scale_set is not None:
+            raise Unsupported(
+                f"node VM {vm.id} is an instance of the Uniform scale set {vm.scale_set[0]!r}: "
+                "Uniform virtual machine scale sets are not supported yet (their NICs can only "
+                "be changed through the scale set's VM model); use Flexible orchestration, "
+                "whose VMs have standalone NICs", code="UniformScaleSetUnsupported")
+        compute = self._compute_client(vm.subscription_id)
+        with _typed_errors():
+            model = await compute.virtual_machines.get(vm.resource_group, vm.name)
+        nic_id = parse_vm_primary_nic_id(model.as_dict())
+        ref = parse_resource_id(nic_id)
+        return parse_nic(await self._read_nic(ref))
+
+    async def get_nic(self, nic_id: str) -> NicSnapshot:
+        """A NIC by resource ID: one GET."""
+        ref = parse_resource_id(nic_id)
+        _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
+        return parse_nic(await self._read_nic(ref))
+
+    async def update_ip_configurations(
+        self,
+        nic_id: str,
+        add: Sequence[NewIPConfiguration] = (),
+        remove: Sequence[str] = (),
+    ) -> NicSnapshot:
+        """One GET, edit, and If-Match PUT of the whole NIC; retried from a fresh GET on conflict.
+
+        Returns the NIC once the long-running operation has succeeded, so its ipConfigurations
+        are ``Succeeded``; nothing is written when the NIC already matches the request.
+        """
+        ref = parse_resource_id(nic_id)
+        _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
+        lock = self._nic_locks.setdefault(nic_id.lower(), asyncio.Lock())
+        async with lock:  # writers in this process queue here instead of failing on the etag
+            return await self._update_locked(ref, nic_id, add, remove)
+
+    async def _update_locked(self, ref: ResourceID, nic_id: str,
+                             add: Sequence[NewIPConfiguration],
+                             remove: Sequence[str]) -> NicSnapshot:
+        client = self._network_client(ref.subscription)
+        for attempt in range(1, self._max_write_attempts + 1):
+            current = await self._read_nic(ref)
+            edit = edit_ip_configurations(
+                current.as_dict(), add, remove,
+                copy_application_security_groups=self._settings.copy_application_security_groups,
+                copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
+            if edit is None:
+                return parse_nic(current)
+            headers = {"If-Match": current.etag} if current.etag else {}
+            started = time.monotonic()
+            try:
+                poller = await client.network_interfaces.begin_create_or_update(
+                    ref.resource_group, ref.name, NetworkInterface(edit.body), headers=headers)
+                result = await poller.result()
+            except AzureError as e:
+                error = to_cloud_error(e)
+                if not isinstance(error, Conflict) or attempt == self._max_write_attempts:
+                    log.warning("event=nic_update_failed nic=%s code=%s attempt=%d error=%s",
+                                nic_id, error.code, attempt, error)
+                    raise error from e
+                delay = self._conflict_delay(error, e, attempt)
+                log.info("event=nic_update_conflict nic=%s code=%s attempt=%d retry_in=%.2f",
+                         nic_id, error.code, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            snapshot = parse_nic(result)
+            log.info("event=nic_updated nic=%s added=%d removed=%d attempt=%d seconds=%.2f "
+                     "ip_configurations=%d", nic_id, len(edit.added), len(edit.removed),
+                     attempt, time.monotonic() - started, len(snapshot.ip_configurations))
+            return snapshot
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _conflict_delay(self, error: CloudError, cause: AzureError, attempt: int) -> float:
+        if error.status == 412:
+            # the NIC changed between our GET and PUT: re-read at once, with jitter so two
+            # writers racing each other do not collide again in lockstep
+            return random.uniform(0.0, 0.05 * attempt)
+        # another operation holds the NIC: give it the time the server asks, or a poll interval
+        response = getattr(cause, "response", None)
+        asked = retry_after_seconds(response.headers) if response is not None else None
+        return asked if asked else self._settings.polling_interval * attempt
+
+    async def get_subnet(self, subnet_id: str) -> SubnetInfo:
+        """The subnet's prefix and free addresses, with its VNet's address space (cached)."""
+        ref = parse_resource_id(subnet_id)
+        _expect(ref, subnet_id, "Microsoft.Network", "virtualNetworks", "subnets")
+        client = self._network_client(ref.subscription)
+        vnet = ref.name_of("virtualNetworks")
+        with _typed_errors():
+            subnet = await client.subnets.get(ref.resource_group, vnet, ref.name)
+        return parse_subnet(subnet, await self._vnet_address_space(ref, vnet))
+
+    async def _vnet_address_space(self, ref: ResourceID, vnet: str) -> tuple[str, ...]:
+        key = f"{ref.subscription}/{ref.resource_group}/{vnet}".lower()
+        cached = self._vnet_spaces.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        client = self._network_client(ref.subscription)
+        with _typed_errors():
+            model = await client.virtual_networks.get(ref.resource_group, vnet)
+        space = parse_vnet_address_space(model)
+        self._vnet_spaces[key] = (now + self._vnet_cache_seconds, space)
+        return space
+
+    async def close(self) -> None:
+        """Close every client and, if the adapter made it, the credential."""
+        clients: list[NetworkManagementClient | ComputeManagementClient] = [
+            *self._network.values(), *self._compute.values()]
+        self._network.clear()
+        self._compute.clear()
+        for client in clients:
+            await client.close()
+        if self._owns_credential:
+            await self._credential.close()

@@ -1,0 +1,109 @@
+"""Azure's errors, translated into the port's typed errors in one place."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from azure_cni.cloud.port import (
+    AddressInUse,
+    AuthFailed,
+    CloudError,
+    Conflict,
+    NicLimitExceeded,
+    NotFound,
+    SubnetFull,
+    Throttled,
+)
+
+#: when a throttled response carries no Retry-After, the caller waits this long
+DEFAULT_RETRY_AFTER = 5.0
+
+_THROTTLED = {"subscriptionrequeststhrottled", "tenantrequeststhrottled", "toomanyrequests",
+              "retryableerror", "retryableerrorduetoanotheroperation"}
+_CONFLICT = {"anotheroperationinprogress", "canceledandsupersededduetoanotheroperation",
+             "preconditionfailed"}
+_NOT_FOUND = {"resourcenotfound", "resourcegroupnotfound", "notfound", "subscriptionnotfound",
+              "invalidresourcereference", "parentresourcenotfound"}
+_AUTH = {"invalidauthenticationtoken", "expiredauthenticationtoken", "authenticationfailed",
+         "invalidauthenticationtokenaudience", "authorizationfailed",
+         "linkedauthorizationfailed"}
+_ADDRESS_IN_USE = {"privateipaddressinuse", "privateipaddressisallocated"}
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked to wait: retry-after-ms, x-ms-retry-after-ms or Retry-After."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001),
+                        ("retry-after", 1.0)):
+        raw = lowered.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) * scale
+        except ValueError:
+            continue  # an HTTP date; ARM does not send those
+        if math.isfinite(value) and value >= 0:
+            return value
+    return None
+
+
+def _is_nic_limit(code: str) -> bool:
+    # The real code for "more than 256 ipConfigurations" is not documented (arm-api.md,
+    # Appendix B); recognise any ipConfiguration count/limit code instead of one guess.
+    return "ipconfiguration" in code and ("limit" in code or "exceed" in code)
+
+
+def classify(status: int | None, code: str, message: str,
+             headers: Mapping[str, str]) -> CloudError:
+    """The typed error for an Azure status, error code and message (a failed LRO has 200)."""
+    key = code.lower()
+    text = message or code or f"HTTP {status}"
+    if status == 429 or key in _THROTTLED:
+        retry_after = retry_after_seconds(headers)
+        return Throttled(text, retry_after=DEFAULT_RETRY_AFTER if retry_after is None
+                         else retry_after, code=code, status=status)
+    if status == 412 or key in _CONFLICT:
+        return Conflict(text, code=code or "PreconditionFailed", status=status)
+    if key == "subnetisfull":
+        return SubnetFull(text, code=code, status=status)
+    if key in _ADDRESS_IN_USE:
+        return AddressInUse(text, code=code, status=status)
+    if _is_nic_limit(key):
+        return NicLimitExceeded(text, code=code, status=status)
+    if status == 404 or key in _NOT_FOUND:
+        return NotFound(text, code=code, status=status)
+    if status in (401, 403) or key in _AUTH:
+        return AuthFailed(text, code=code, status=status)
+    return CloudError(text, code=code, status=status)
+
+
+def to_cloud_error(error: BaseException) -> CloudError:
+    """The port's typed error for anything the SDK or a credential raised."""
+    if isinstance(error, CloudError):
+        return error
+    if isinstance(error, HttpResponseError):
+        odata = error.error
+        code = (odata.code if odata is not None else None) or ""
+        message = (odata.message if odata is not None else None) or error.message or ""
+        # every azure-core response type has headers; the exception's annotation omits them
+        headers: Mapping[str, str] = dict(getattr(error.response, "headers", None) or {})
+        if isinstance(error, ClientAuthenticationError) and error.response is None:
+            # a credential that could not get a token: there was no ARM response at all
+            return AuthFailed(f"could not get an Azure token: {error.message}",
+                              code=code or "CredentialUnavailable")
+        return classify(error.status_code, code, message, headers)
+    if isinstance(error, ServiceRequestError | ServiceResponseError):
+        return CloudError(f"could not reach Azure Resource Manager: {error.message}",
+                          code="ServiceUnreachable")
+    if isinstance(error, AzureError):
+        return CloudError(error.message or type(error).__name__, code=type(error).__name__)
+    return CloudError(f"{type(error).__name__}: {error}", code=type(error).__name__)
