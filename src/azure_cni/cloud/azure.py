@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
-from azure.core.pipeline.policies import AsyncHTTPPolicy
+from azure.core.pipeline.policies import AsyncHTTPPolicy, HttpLoggingPolicy
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterface
@@ -50,6 +50,10 @@ from azure_cni.cloud.ratelimit import ApiRateLimiter, Kind
 from azure_cni.cloud.resourceid import ResourceID, parse_resource_id
 
 log = logging.getLogger(__name__)
+# The SDK logs every request and response at INFO; _ArmRequestPolicy logs one line per request
+# at DEBUG instead. Set this logger to INFO to see the SDK's (redacted) dumps again.
+_sdk_http_log = logging.getLogger(f"{__name__}.http")
+_sdk_http_log.setLevel(logging.WARNING)
 
 _TYPE_LABELS = {t.lower(): t for t in (
     "networkInterfaces", "virtualMachines", "virtualNetworks", "subnets", "operations",
@@ -154,6 +158,7 @@ class AzureAdapter:
             "credential_scopes": arm_credential_scopes(settings.arm_endpoint),
             "polling_interval": settings.polling_interval,
             "per_retry_policies": [self._policy],
+            "http_logging_policy": HttpLoggingPolicy(logger=_sdk_http_log),
         }
         if settings.ca_bundle:
             self._client_kwargs["connection_verify"] = settings.ca_bundle
