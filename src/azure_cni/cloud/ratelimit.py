@@ -28,13 +28,14 @@ class TokenBucket:
         self.burst = burst
         self._clock = clock
         self._tokens = float(burst)
+        #: tokens accrue from this instant on; it lies in the future while the bucket is paused
         self._updated = clock()
-        self._blocked_until = 0.0
 
     def _refill(self) -> float:
         now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.qps)
-        self._updated = now
+        if now > self._updated:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.qps)
+            self._updated = now
         return now
 
     @property
@@ -47,8 +48,7 @@ class TokenBucket:
         """Take a token, possibly one not yet refilled; return the seconds to wait for it."""
         now = self._refill()
         self._tokens -= 1.0
-        ready = now + max(0.0, -self._tokens) / self.qps
-        return max(ready, self._blocked_until) - now
+        return max(now, self._updated) + max(0.0, -self._tokens) / self.qps - now
 
     def refund(self) -> None:
         """Give back a reserved token the caller did not use."""
@@ -58,15 +58,21 @@ class TokenBucket:
     def try_take(self) -> float:
         """Take a token if one is there now and return 0; else take nothing, return the wait."""
         now = self._refill()
-        wait = max(self._blocked_until - now, (1.0 - self._tokens) / self.qps, 0.0)
+        wait = max(self._updated - now, 0.0) + max(0.0, 1.0 - self._tokens) / self.qps
         if wait > 0:
             return wait
         self._tokens -= 1.0
         return 0.0
 
     def pause(self, seconds: float) -> None:
-        """Hand out nothing for ``seconds`` (the server said Retry-After)."""
-        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+        """Hand out nothing for ``seconds`` (the server said Retry-After), then restart empty.
+
+        Restarting empty matters: after a 429 the server's bucket is empty too, so callers
+        resume at ``qps`` rather than as one burst that would be throttled again.
+        """
+        now = self._refill()
+        self._tokens = min(self._tokens, 0.0)
+        self._updated = max(self._updated, now + seconds)
 
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> float:
         """Wait for a token; return how long that took."""

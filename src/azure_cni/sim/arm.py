@@ -35,7 +35,9 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from azure.core.credentials import AccessToken
 
+from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.ratelimit import TokenBucket
 from azure_cni.sim import pki
 from azure_cni.sim.armstate import (
@@ -58,6 +60,27 @@ log = logging.getLogger(__name__)
 DEFAULT_STATIC_TOKEN = "azure-cni-sim-token"  # noqa: S105 - a test token, not a secret
 
 NicChangeCallback = Callable[[str, str, tuple[str, ...], tuple[str, ...]], Awaitable[None] | None]
+
+
+class StaticTokenCredential:
+    """An async credential that always presents one bearer token (e.g. the emulator's static
+    token, or one a test fetched from IMDS itself)."""
+
+    def __init__(self, token: str = DEFAULT_STATIC_TOKEN) -> None:
+        self._token = token
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        # a far expiry makes the SDK's bearer policy cache it, as it would a real token
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> StaticTokenCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 @dataclass
@@ -400,6 +423,16 @@ class ArmEmulator:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop_async()
+
+    def azure_settings(self, **overrides: Any) -> AzureSettings:
+        """Settings that point the real adapter at this emulator (override any field)."""
+        values: dict[str, Any] = {"arm_endpoint": self.arm_url, "ca_bundle": str(self.ca_path)}
+        values.update(overrides)
+        return AzureSettings(**values)
+
+    def credential(self, token: str | None = None) -> StaticTokenCredential:
+        """A credential presenting the emulator's static token (or ``token``)."""
+        return StaticTokenCredential(token or self.config.static_tokens[0])
 
     def endpoints(self) -> dict[str, Any]:
         """What a client in another process needs: URLs, CA path and the static token."""

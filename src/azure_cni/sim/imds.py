@@ -159,10 +159,12 @@ class Imds:
         self._buckets_lock = threading.Lock()
 
     def app(self, vm_name: str | None = None) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            return await self._handle(request, request.match_info.get("vm") or vm_name)
+
         app = web.Application()
-        app["vm_name"] = vm_name
-        app.router.add_route("GET", "/vms/{vm}/metadata/{tail:.*}", self._handle)
-        app.router.add_route("GET", "/metadata/{tail:.*}", self._handle)
+        app.router.add_route("GET", "/vms/{vm}/metadata/{tail:.*}", handle)
+        app.router.add_route("GET", "/metadata/{tail:.*}", handle)
         return app
 
     def _throttled(self, vm: str, category: str) -> bool:
@@ -174,8 +176,7 @@ class Imds:
                 bucket = self._buckets[(vm, category)] = TokenBucket(rate, max(1, int(rate)))
             return bucket.try_take() > 0
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        vm_name: str | None = request.match_info.get("vm") or request.app["vm_name"]
+    async def _handle(self, request: web.Request, vm_name: str | None) -> web.Response:
         tail = request.match_info["tail"].strip("/")
         if "X-Forwarded-For" in request.headers:
             return _bad_request("Bad request. Requests with X-Forwarded-For headers are not "
