@@ -36,10 +36,13 @@ class ManagedProcess:
     owner: str
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    #: False: ``env`` is the whole environment (plus the owner marker), not an overlay
+    inherit_env: bool = True
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
-        env = {**os.environ, **self.env, OWNER_ENV: self.owner}
+        base = os.environ if self.inherit_env else {}
+        env = {**base, **self.env, OWNER_ENV: self.owner}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logf:
             self.popen = subprocess.Popen(

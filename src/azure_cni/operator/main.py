@@ -1,0 +1,50 @@
+"""``azure-cni-operator``: run the operator (one active replica, cluster-wide)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import kopf
+
+from azure_cni.api.settings import InvalidSettings, load_settings
+from azure_cni.operator import handlers, runtime
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="azure-cni-operator", description=__doc__)
+    parser.add_argument("--config", type=Path, help="settings file (the chart's ConfigMap); "
+                        "default /etc/azure-cni/config.yaml if present")
+    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # the Azure SDK logs every request at INFO; keep ours readable
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        settings = load_settings(args.config)
+    except (InvalidSettings, ValueError) as e:
+        print(f"azure-cni-operator: invalid configuration: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    runtime.launch.settings = settings
+    runtime.launch.kubeconfig = args.kubeconfig
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+    assert handlers.FINALIZER  # the import registers the handlers with kopf
+    # One active replica (Deployment strategy Recreate): two operators would each plan the
+    # same NIC from their own view and kopf's peering is a pause switch, not an election.
+    kopf.run(
+        clusterwide=True,
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{settings.operator.health_port}/healthz",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The real API server refuses bad NodeIPPools with messages an admin understands."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def pools(kube):
+    from pathlib import Path
+
+    crd = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
+    kube.kubectl("apply", "--server-side", "-f", str(crd))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/nodeippools.azurecni.io")
+    return kube
+
+
+def _create(kube, name: str, spec: dict) -> tuple[int, str]:
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": name}, "spec": {"nodeName": name, **spec}}
+    out = kube.kubectl("create", "-f", "-", input=json.dumps(body), check=False)
+    if out.returncode == 0:
+        kube.kubectl("delete", "nodeippool", name, "--wait=false")
+    return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"minIPs": 40, "maxIPs": 30}, "spec.minIPs: Invalid value: minIPs must not exceed maxIPs"),
+    ({"maxIPs": 256}, "maxIPs must be at most 255: a NIC holds 256 ipConfigurations and one "
+                      "of them is the primary"),
+    ({"maxIPs": 0, "minIPs": 0}, "spec.maxIPs: Invalid value: maxIPs must be at least 1"),
+    ({"batchSize": 0}, "spec.batchSize: Invalid value: batchSize must be at least 1"),
+    ({"minFreeIPs": 30, "maxFreeIPs": 10},
+     "spec.minFreeIPs: Invalid value: minFreeIPs must not exceed maxFreeIPs"),
+    ({"minIPs": -1}, "spec.minIPs: Invalid value: -1: spec.minIPs in body should be greater "
+                     "than or equal to 0"),
+    ({"batchSize": "eight"}, 'spec.batchSize: Invalid value: "string": spec.batchSize in body '
+                             'must be of type integer'),
+    ({"releaseDelaySeconds": 100000}, "should be less than or equal to 86400"),
+])
+def test_invalid_specs_are_refused(pools, spec, message) -> None:
+    rc, stderr = _create(pools, f"bad-{uuid.uuid4().hex[:6]}", spec)
+    assert rc != 0
+    assert message in stderr, stderr
+
+
+def test_node_name_must_match_and_is_immutable(pools) -> None:
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": name}, "spec": {"nodeName": "somebody-else"}}
+    out = pools.kubectl("create", "-f", "-", input=json.dumps(body), check=False)
+    assert "spec.nodeName must equal metadata.name" in out.stderr
+    rc, _ = _create(pools, name, {})
+    assert rc == 0
+    body["spec"]["nodeName"] = name
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    patched = pools.kubectl("patch", "nodeippool", name, "--type=merge", "-p",
+                            '{"spec":{"nodeName":"other"}}', check=False)
+    assert "nodeName is immutable" in patched.stderr
+    pools.kubectl("delete", "nodeippool", name)
+
+
+def test_defaults_columns_and_scale(pools) -> None:
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": name}, "spec": {"nodeName": name}}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
+    assert spec == {"nodeName": name, "minIPs": 0, "maxIPs": 250, "batchSize": 8,
+                    "minFreeIPs": 8, "maxFreeIPs": 24, "releaseDelaySeconds": 180}
+    pools.kubectl("scale", "nodeippool", name, "--replicas=12")
+    wide = pools.kubectl("get", "nodeippools", name, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE",
+                               "PRIMARY-IP", "SUBNET", "AGENT"]
+    assert wide[1].split()[1:3] == ["12", "250"]
+    by_category = pools.kubectl("get", "azure-cni").stdout
+    assert name in by_category
+    pools.kubectl("delete", "nip", name)
