@@ -40,7 +40,7 @@ def names_of(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{i:03d}" for i in range(count)]
 
 
-# -- reading ----------------------------------------------------------------------------------
+# -- reading --------------------------------------------------------------------------------------
 
 
 async def test_get_vm_nic_reads_the_vm_then_its_primary_nic(world, adapter):
@@ -102,7 +102,7 @@ async def test_free_addresses_are_unknown_when_azure_omits_the_list(world, adapt
     assert info.free_addresses is None
 
 
-# -- writing ----------------------------------------------------------------------------------
+# -- writing --------------------------------------------------------------------------------------
 
 
 async def test_adding_forty_addresses_is_one_put(world, adapter):
@@ -230,7 +230,7 @@ async def test_security_groups_and_pools_are_copied_only_when_asked(
             == ([pool] if copy_pools else []))
 
 
-# -- concurrency ------------------------------------------------------------------------------
+# -- concurrency ----------------------------------------------------------------------------------
 
 
 async def test_two_writers_on_one_nic_lose_no_update(world, make_adapter):
@@ -257,7 +257,7 @@ async def test_concurrent_calls_on_one_adapter_queue_instead_of_conflicting(worl
     assert world.emu.request_count("PUT", nic_id, status=412) == 0
 
 
-# -- Azure's error catalogue (arm-api.md §2.1), through fault injection -------------------------
+# -- Azure's error catalogue (arm-api.md §2.1), through fault injection ---------------------------
 
 
 @pytest.mark.parametrize(("status", "code", "expected"), [
@@ -393,7 +393,7 @@ async def test_an_unsupported_api_version_is_a_cloud_error(world, adapter):
     assert refused.value.code == "NoRegisteredProviderFound"
 
 
-# -- throttling -------------------------------------------------------------------------------
+# -- throttling -----------------------------------------------------------------------------------
 
 
 async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
@@ -411,7 +411,7 @@ async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
     assert world.emu.request_count("PUT") == len(vms) + throttled
 
 
-# -- observability ----------------------------------------------------------------------------
+# -- observability --------------------------------------------------------------------------------
 
 
 def test_requests_are_labelled_by_resource_type_and_verb():

@@ -163,6 +163,29 @@ def test_unknown_resources_are_not_found(arm):
     assert (status, body["error"]["code"]) == (404, "ResourceGroupNotFound")
 
 
+def test_vnet_usage_and_address_checks(arm):
+    with arm.sdk() as client:
+        usage = {u.id: u for u in client.virtual_networks.list_usage("rg1", "vnet1")}
+        nodes = usage[arm.subnets["nodes"]]
+        assert (nodes.current_value, nodes.limit) == (2, 1024 - 5)
+        assert nodes.name.value == "SubnetSpace"
+        taken = client.virtual_networks.check_ip_address_availability(
+            "rg1", "vnet1", ip_address=arm.vms[0].primary_ip)
+        assert taken.available is False
+        assert taken.available_ip_addresses[:2] == ["198.18.0.6", "198.18.0.7"]
+        assert client.virtual_networks.check_ip_address_availability(
+            "rg1", "vnet1", ip_address="198.18.0.100").available is True
+
+
+def test_tags_are_patched_without_an_operation(arm):
+    before = arm.nic_body(arm.vms[0])
+    with arm.sdk() as client:
+        nic = client.network_interfaces.update_tags("rg1", "vm0-nic", {"tags": {"team": "net"}})
+    assert nic.tags == {"team": "net"}
+    assert nic.etag != before["etag"]
+    assert arm.emu.request_count("GET", "*/operations/*") == 0
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 

@@ -47,8 +47,11 @@ from azure_cni.sim.armstate import (
     ArmState,
     NicChange,
     Operation,
+    check_ip_json,
+    new_etag,
     nic_json,
     subnet_json,
+    usages_json,
     vm_json,
     vnet_json,
 )
@@ -207,6 +210,8 @@ def _route(path: str) -> _Route | None:
         ("networkinterfaces", None, "ipconfigurations", None): "ipconfig",
         ("virtualnetworks", None): "vnet",
         ("virtualnetworks", None, "subnets", None): "subnet",
+        ("virtualnetworks", None, "usages"): "usages",
+        ("virtualnetworks", None, "checkipaddressavailability"): "check_ip",
     }
     for shape, kind in shapes.items():
         if len(shape) == len(rest) and all(s is None or s == low_rest[i]
@@ -390,8 +395,11 @@ class ArmEmulator:
                 await self.stop_async()
 
         def run() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 asyncio.run(main())
+            except Exception:
+                if not failure:  # a start failure is re-raised by start() instead
+                    log.exception("event=arm_emulator_crashed")
 
         self._thread = threading.Thread(target=run, name="arm-emulator", daemon=True)
         self._thread.start()
@@ -606,6 +614,8 @@ class ArmEmulator:
 
         It runs on the emulator's loop before the operation's final poll is answered, so the
         change is in place (routes programmed, say) by the time a client sees Succeeded.
+        Addresses are all of the NIC's, primary first. VMs made by ``add_vm`` are not
+        announced: their primary address is in the returned ``VmInfo``.
         """
         with self._lock:
             self._callbacks.append(callback)
@@ -780,8 +790,9 @@ class ArmEmulator:
                   ) -> tuple[int, Any, dict[str, str], list[NicChange]]:
         """Serve a routed request under the state lock: (status, JSON, headers, NIC changes)."""
         state, method = self._state, request.method
-        allowed = {"vm": "GET", "nics": "GET", "nic": "GET PUT", "ipconfigs": "GET",
-                   "ipconfig": "GET", "vnet": "GET", "subnet": "GET", "operation": "GET"}
+        allowed = {"vm": "GET", "nics": "GET", "nic": "GET PUT PATCH", "ipconfigs": "GET",
+                   "ipconfig": "GET", "vnet": "GET", "subnet": "GET", "operation": "GET",
+                   "usages": "GET", "check_ip": "GET"}
         if method not in allowed[route.kind].split():
             raise ArmError(405, "MethodNotAllowed",
                            f"The requested resource does not support http method '{method}'.")
@@ -794,6 +805,11 @@ class ArmEmulator:
         if route.kind == "subnet":
             return 200, subnet_json(state.subnet(sub, rg, names[0], names[1]), state, limit), \
                 {}, []
+        if route.kind == "usages":
+            return 200, {"value": usages_json(state.vnet(sub, rg, names[0]))}, {}, []
+        if route.kind == "check_ip":
+            vnet = state.vnet(sub, rg, names[0])
+            return 200, check_ip_json(vnet, request.query.get("ipAddress", "")), {}, []
         if route.kind == "nics":
             state.require_group(sub, rg)
             prefix = f"/subscriptions/{sub}/resourcegroups/{rg}/".lower()
@@ -813,6 +829,14 @@ class ArmEmulator:
                 [change] if change else []
         if method == "GET":
             return 200, nic_json(state.nic(sub, rg, names[0])), {}, []
+        if method == "PATCH":  # updateTags: synchronous, touches nothing but tags
+            nic = state.nic(sub, rg, names[0])
+            tags = body.get("tags") if isinstance(body, Mapping) else None
+            if not isinstance(tags, Mapping):
+                raise ArmError(400, "InvalidRequestContent", "The body must be {\"tags\": {...}}.")
+            nic.tags = {str(k): str(v) for k, v in tags.items()}
+            nic.etag = new_etag()
+            return 200, nic_json(nic), {}, []
         return self._put_nic(request, route, body)
 
     def _operation_url(self, request: web.Request, op: Operation) -> str:

@@ -709,3 +709,27 @@ def vm_json(vm: Vm) -> dict[str, Any]:
                   f"Microsoft.Compute/virtualMachineScaleSets/{vm.scale_set}"}
     return {"name": vm.name, "id": vm.id, "type": "Microsoft.Compute/virtualMachines",
             "location": vm.location, "properties": props}
+
+
+def usages_json(vnet: VNet) -> list[dict[str, Any]]:
+    """``virtualNetworks/{vnet}/usages``: used and usable addresses per subnet."""
+    return [{"id": s.id, "currentValue": len(s.used), "limit": s.free_count() + len(s.used),
+             "name": {"value": "SubnetSpace", "localizedValue": "Subnet size and usage"},
+             "unit": "Count"} for s in vnet.subnets.values()]
+
+
+def check_ip_json(vnet: VNet, address: str) -> dict[str, Any]:
+    """``checkIPAddressAvailability``: whether an address is free, else up to 5 free ones."""
+    try:
+        wanted = ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ArmError(400, "InvalidParameter",
+                       f"'{address}' is not a valid IPv4 address.") from None
+    subnet = next((s for s in vnet.subnets.values() if wanted in s.network), None)
+    if subnet is None:
+        raise ArmError(400, "PrivateIPAddressNotInAnySubnet",  # UNVERIFIED code
+                       f"Private IP address {address} is not in any subnet of {vnet.id}.")
+    if not subnet.reserved(wanted) and wanted not in subnet.used:
+        return {"available": True}
+    nearby = [str(a) for a, _ in zip(subnet.lowest_free(set()), range(5), strict=False)]
+    return {"available": False, "availableIPAddresses": nearby}
