@@ -1,0 +1,229 @@
+"""SNAT and pod egress filtering: two chains azure-cni owns, written atomically.
+
+nat ``AZURE-CNI-SNAT``, jumped to from POSTROUTING for traffic whose source is in the node's
+subnet but is not one of the host's own addresses (that is: forwarded pod traffic):
+RETURN for the VNet's address space and the configured non-masquerade CIDRs, MASQUERADE
+(``--random-fully``) for everything else, so internet-bound pod traffic leaves with the VM's
+primary IP (Azure gives outbound SNAT to the primary ipConfiguration only).
+
+filter ``AZURE-CNI-FORWARD``, jumped to first from FORWARD for packets arriving on a pod veth:
+rejects the Azure wireserver (168.63.129.16 tcp 80 and 32526; DNS on 53 stays open) and the
+instance metadata service (169.254.169.254) unless the configuration allows them.
+
+Rendering is pure (``render_rules``, ``restore_input``); ``ensure_snat`` applies the result
+with one ``iptables-restore --noflush`` (each table is replaced in one transaction) and only
+touches rules that jump to, or live in, the two chains above.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from azure_cni.datapath.names import HOST_VETH_PREFIX
+
+NAT_CHAIN = "AZURE-CNI-SNAT"
+FILTER_CHAIN = "AZURE-CNI-FORWARD"
+WIRESERVER = "168.63.129.16/32"
+WIRESERVER_PORTS = (80, 32526)
+INSTANCE_METADATA = "169.254.169.254/32"
+_TIMEOUT = 30.0
+
+
+class IptablesFailed(RuntimeError):
+    """iptables-save or iptables-restore failed; the message has its stderr."""
+
+
+@dataclass(frozen=True)
+class SnatPolicy:
+    """What the chains should say, from the configuration and the pool's NIC information."""
+
+    #: the NIC's subnet: pod addresses come from it (None: not known yet, no masquerading)
+    pod_cidr: str | None
+    vnet_cidrs: tuple[str, ...] = ()
+    non_masquerade_cidrs: tuple[str, ...] = ()
+    masquerade: bool = True
+    block_wireserver: bool = True
+    block_instance_metadata: bool = True
+
+
+@dataclass(frozen=True)
+class OwnedRules:
+    """Rendered rules (iptables-save syntax without the leading ``-A CHAIN``)."""
+
+    nat_jump: str | None
+    nat_chain: tuple[str, ...]
+    filter_jump: str
+    filter_chain: tuple[str, ...]
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "azure-cni: {text}"'
+
+
+def _network(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False))
+
+
+def render_rules(policy: SnatPolicy) -> OwnedRules:
+    """The rules for ``policy``, in the canonical form iptables-save prints them."""
+    nat_jump = None
+    nat_chain: list[str] = []
+    if policy.masquerade and policy.pod_cidr:
+        nat_jump = (f"-s {_network(policy.pod_cidr)} -m addrtype ! --src-type LOCAL "
+                    f"{_comment('masquerade pod traffic leaving the VNet')} -j {NAT_CHAIN}")
+        seen: set[str] = set()
+        for cidr, why in [*((c, "VNet address space") for c in policy.vnet_cidrs),
+                          *((c, "nonMasqueradeCIDRs") for c in policy.non_masquerade_cidrs)]:
+            network = _network(cidr)
+            if network in seen:
+                continue
+            seen.add(network)
+            nat_chain.append(f"-d {network} {_comment(why)} -j RETURN")
+        nat_chain.append(f"{_comment('pods reach the internet with the node primary IP')} "
+                         "-j MASQUERADE --random-fully")
+    filter_chain: list[str] = []
+    if policy.block_wireserver:
+        ports = ",".join(str(p) for p in WIRESERVER_PORTS)
+        filter_chain.append(f"-d {WIRESERVER} -p tcp -m multiport --dports {ports} "
+                            f"{_comment('pods may not reach the Azure wireserver')} "
+                            "-j REJECT --reject-with tcp-reset")
+    if policy.block_instance_metadata:
+        filter_chain.append(f"-d {INSTANCE_METADATA} "
+                            f"{_comment('pods may not reach the instance metadata service')} "
+                            "-j REJECT --reject-with icmp-admin-prohibited")
+    filter_jump = (f"-i {HOST_VETH_PREFIX}+ {_comment('traffic from pods')} "
+                   f"-j {FILTER_CHAIN}")
+    return OwnedRules(nat_jump, tuple(nat_chain), filter_jump, tuple(filter_chain))
+
+
+def _table_rules(saved: str, table: str) -> list[str]:
+    """The ``-A ...`` lines of one table in iptables-save output."""
+    lines: list[str] = []
+    current = None
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif current == table and line.startswith("-A "):
+            lines.append(line[3:])
+    return lines
+
+
+def _jumps_to(rules: Iterable[str], builtin: str, chain: str) -> list[str]:
+    target = f"-j {chain}"
+    return [r[len(builtin) + 1:] for r in rules
+            if r.startswith(builtin + " ") and (r.endswith(" " + target) or f" {target} " in r)]
+
+
+def restore_input(rules: OwnedRules, saved: str) -> str:
+    """The iptables-restore --noflush input that makes ``saved`` carry exactly ``rules``.
+
+    Declaring our chains flushes and refills them; jumps are added only when missing and any
+    other jump to our chains (stale, e.g. from an older subnet) is deleted.
+    """
+    out: list[str] = []
+    for table, builtin, chain, jump, body, insert in (
+        ("nat", "POSTROUTING", NAT_CHAIN, rules.nat_jump, rules.nat_chain, False),
+        ("filter", "FORWARD", FILTER_CHAIN, rules.filter_jump, rules.filter_chain, True),
+    ):
+        existing = _jumps_to(_table_rules(saved, table), builtin, chain)
+        out += [f"*{table}", f":{chain} - [0:0]"]
+        keep = jump if jump in existing else None
+        out += [f"-D {builtin} {rule}" for rule in existing if rule != keep]
+        if jump is not None and keep is None:
+            out.append(f"-I {builtin} 1 {jump}" if insert else f"-A {builtin} {jump}")
+        out += [f"-A {chain} {rule}" for rule in body]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def teardown_input(saved: str) -> str:
+    """The iptables-restore --noflush input that removes our jumps and chains."""
+    out: list[str] = []
+    for table, builtin, chain in (("nat", "POSTROUTING", NAT_CHAIN),
+                                  ("filter", "FORWARD", FILTER_CHAIN)):
+        declared = f":{chain} " in saved
+        jumps = _jumps_to(_table_rules(saved, table), builtin, chain)
+        if not declared and not jumps:
+            continue
+        out.append(f"*{table}")
+        out += [f"-D {builtin} {rule}" for rule in jumps]
+        if declared:
+            out += [f"-F {chain}", f"-X {chain}"]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else ""
+
+
+def owned_state(saved: str) -> dict[str, list[str]]:
+    """Our jumps and chain bodies as found in ``saved`` (for status output and tests)."""
+    nat = _table_rules(saved, "nat")
+    filt = _table_rules(saved, "filter")
+    return {
+        "nat_jumps": _jumps_to(nat, "POSTROUTING", NAT_CHAIN),
+        "nat_chain": [r[len(NAT_CHAIN) + 1:] for r in nat if r.startswith(NAT_CHAIN + " ")],
+        "filter_jumps": _jumps_to(filt, "FORWARD", FILTER_CHAIN),
+        "filter_chain": [r[len(FILTER_CHAIN) + 1:] for r in filt
+                         if r.startswith(FILTER_CHAIN + " ")],
+    }
+
+
+def in_sync(rules: OwnedRules, saved: str) -> bool:
+    state = owned_state(saved)
+    return (state["nat_jumps"] == ([rules.nat_jump] if rules.nat_jump else [])
+            and state["nat_chain"] == list(rules.nat_chain)
+            and state["filter_jumps"] == [rules.filter_jump]
+            and state["filter_chain"] == list(rules.filter_chain))
+
+
+# -- I/O ---------------------------------------------------------------------------------
+
+
+def iptables_save() -> str:
+    """The current nat and filter tables of this network namespace."""
+    out = []
+    for table in ("nat", "filter"):
+        result = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True,
+                                timeout=_TIMEOUT, check=False)
+        if result.returncode != 0:
+            raise IptablesFailed(f"iptables-save -t {table} failed: {result.stderr.strip()}")
+        out.append(result.stdout)
+    return "".join(out)
+
+
+def _restore(payload: str) -> None:
+    result = subprocess.run(["iptables-restore", "--noflush"], input=payload,
+                            capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    if result.returncode != 0:
+        raise IptablesFailed(f"iptables-restore --noflush failed: {result.stderr.strip()}\n"
+                             f"input was:\n{payload}")
+
+
+def ensure_snat(policy: SnatPolicy) -> bool:
+    """Make the chains match ``policy``; return True if anything had to change."""
+    rules = render_rules(policy)
+    saved = iptables_save()
+    if in_sync(rules, saved):
+        return False
+    _restore(restore_input(rules, saved))
+    return True
+
+
+def teardown_snat() -> None:
+    """Remove azure-cni's chains and the jumps to them (uninstall)."""
+    payload = teardown_input(iptables_save())
+    if payload:
+        _restore(payload)
+
+
+def describe(rules: OwnedRules) -> list[str]:
+    """Human-readable rules, for logs and ``azure-cni status``."""
+    lines = []
+    if rules.nat_jump:
+        lines.append(f"-t nat -A POSTROUTING {rules.nat_jump}")
+    lines += [f"-t nat -A {NAT_CHAIN} {r}" for r in rules.nat_chain]
+    lines.append(f"-t filter -A FORWARD {rules.filter_jump}")
+    lines += [f"-t filter -A {FILTER_CHAIN} {r}" for r in rules.filter_chain]
+    return [shlex.join(shlex.split(line)) for line in lines]
