@@ -1,0 +1,183 @@
+"""Which pool address a new pod gets, and what the agent tells the operator about the pool.
+
+All reads and writes of the store and of the agent's copy of the pool run on one dedicated
+thread, in order. That single thread is the "short pick-and-record step" every ADD goes
+through; netlink work happens elsewhere. It also closes a race of the release handshake: the
+acknowledgements are computed on the same thread after the pool update that marked an address
+``Releasing`` was applied, so no pick made with an older copy of the pool can still be in
+flight when the agent acknowledges that address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
+from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Release
+
+T = TypeVar("T")
+
+
+def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
+                   released: Mapping[str, Release], now: float) -> str | None:
+    """The address a new pod gets: Available, unused, not cooling down; least recently used.
+
+    Addresses never handed out come first (in pool order), then the one released longest ago,
+    so a just-freed address is reused as late as possible (stale ARP entries, endpoints).
+    """
+    best: tuple[float, int, str] | None = None
+    for order, ip in enumerate(pool):
+        if ip.state != IPState.AVAILABLE or ip.address in taken:
+            continue
+        release = released.get(ip.address)
+        if release is not None and release.cool_until > now:
+            continue
+        rank = (release.released_at if release else float("-inf"), order, ip.address)
+        if best is None or rank < best:
+            best = rank
+    return best[2] if best else None
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """The pool as the agent sees it; feeds STATUS, metrics and the NodeIPPool status."""
+
+    known: bool
+    allocated: int
+    used: int
+    free: int
+    releasing: int
+    cooling: int
+    release_acks: frozenset[str] = field(default_factory=frozenset)
+    #: addresses held by pods that are not (or no longer) in the pool's inventory
+    outside_pool: tuple[str, ...] = ()
+
+
+def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
+               released: Mapping[str, Release], now: float) -> PoolUsage:
+    """Count what ``choose_address`` could hand out and what may be released (pure)."""
+    taken = {a.address for a in assignments}
+    if pool is None:
+        return PoolUsage(False, 0, len(taken), 0, 0, 0,
+                         outside_pool=tuple(sorted(taken)))
+    free = releasing = cooling = 0
+    acks = set()
+    inventory = set()
+    for ip in pool.status.ips:
+        inventory.add(ip.address)
+        release = released.get(ip.address)
+        cool = release is not None and release.cool_until > now
+        if ip.state == IPState.RELEASING:
+            releasing += 1
+            if ip.address not in taken and not cool:
+                acks.add(ip.ip_configuration)
+        elif ip.address not in taken:
+            if cool:
+                cooling += 1
+            else:
+                free += 1
+    return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
+                     frozenset(acks), tuple(sorted(taken - inventory)))
+
+
+class Allocator:
+    """The store and the agent's copy of the pool, used from one thread only."""
+
+    def __init__(self, store_path: Path, cooldown_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store_path = store_path
+        self.cooldown_seconds = cooldown_seconds
+        self._clock = clock
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: AddressStore | None = None
+        self._pool: NodeIPPool | None = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    @property
+    def store(self) -> AddressStore:
+        assert self._store is not None, "Allocator.open() was not awaited"
+        return self._store
+
+    async def open(self) -> None:
+        def open_store() -> None:
+            self._store = AddressStore(self.store_path)
+
+        await self._run(open_store)
+
+    async def close(self) -> None:
+        def close_store() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        await self._run(close_store)
+        self._thread.shutdown(wait=True)
+
+    async def set_pool(self, pool: NodeIPPool | None) -> None:
+        """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
+
+        def adopt() -> None:
+            self._pool = pool
+            if pool is not None:
+                inventory = {ip.address for ip in pool.status.ips}
+                gone = [a for a in self.store.releases() if a not in inventory]
+                if gone:
+                    self.store.forget_releases(gone)
+
+        await self._run(adopt)
+
+    @property
+    def pool(self) -> NodeIPPool | None:
+        return self._pool
+
+    async def assign(self, key: AttachmentKey, netns: str, host_veth: str,
+                     pod: str) -> tuple[Assignment | None, bool]:
+        """``key``'s assignment: (existing one, False), (new one, True), or (None, False)."""
+
+        def pick() -> tuple[Assignment | None, bool]:
+            existing = self.store.get(key)
+            if existing is not None:
+                return existing, False
+            ips = self._pool.status.ips if self._pool else ()
+            now = self._clock()
+            made = self.store.assign(
+                key, netns=netns, host_veth=host_veth, pod=pod, now=now,
+                choose=lambda taken, released: choose_address(ips, taken, released, now))
+            return made, made is not None
+
+        return await self._run(pick)
+
+    async def get(self, key: AttachmentKey) -> Assignment | None:
+        return await self._run(lambda: self.store.get(key))
+
+    async def release(self, key: AttachmentKey, cooldown: bool = True) -> Assignment | None:
+        """Forget ``key``'s address; with ``cooldown`` it is not reused for a while."""
+        seconds = self.cooldown_seconds if cooldown else 0.0
+        return await self._run(lambda: self.store.release(key, seconds, self._clock()))
+
+    async def assignments(self) -> list[Assignment]:
+        return await self._run(self.store.assignments)
+
+    async def usage(self) -> PoolUsage:
+        def count() -> PoolUsage:
+            return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
+                              self._clock())
+
+        return await self._run(count)
+
+    async def snapshot(self) -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
+        def read() -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
+            assignments = self.store.assignments()
+            released = self.store.releases()
+            return (pool_usage(self._pool, assignments, released, self._clock()),
+                    assignments, released)
+
+        return await self._run(read)

@@ -1,0 +1,321 @@
+"""The CNI verbs, served by the agent: ADD, DEL, CHECK, STATUS and GC.
+
+Concurrency: requests for the same (container id, ifname) run one after the other (a lock per
+key); requests for different pods run in parallel and meet only in the allocator's short
+pick-and-record step. Netlink work runs on a thread pool, so the event loop stays free.
+
+Errors are raised as they happen (typed CNI errors, datapath and store exceptions); the
+server maps them to CNI codes in one place (``server.cni_error_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.cni.errors import (
+    DatapathMismatch,
+    InvalidConfig,
+    LimitedConnectivity,
+    NotAvailable,
+    TryAgainLater,
+    UnknownContainer,
+)
+from azure_cni.cni.request import CniRequest
+from azure_cni.cni.result import AttachmentResult, build_result
+from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
+from azure_cni.datapath.veth import HostVeth, PodNetwork
+from azure_cni.ipam.store import Assignment, AttachmentKey
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Datapath(Protocol):
+    """What the CNI verbs need from the node's datapath (real: ``datapath.veth``)."""
+
+    def ensure_pod_veth(self, pod: PodNetwork) -> None: ...
+
+    def teardown_pod_veth(self, host_veth: str) -> None: ...
+
+    def check_pod_veth(self, pod: PodNetwork) -> list[str]: ...
+
+    def list_host_veths(self) -> list[HostVeth]: ...
+
+
+class PoolExhausted(TryAgainLater):
+    """No address could be handed out within the wait budget."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the shim prints on success (possibly nothing) and a note for the runtime's log."""
+
+    output: bytes = b""
+    warning: str = ""
+
+
+class KeyedLocks:
+    """One asyncio lock per attachment, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[AttachmentKey, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: AttachmentKey) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class CniHandler:
+    """Serves the CNI verbs for one node."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        allocator: Allocator,
+        datapath: Datapath,
+        netlink: Executor,
+        mtu: int,
+        add_wait_seconds: float,
+        on_change: Callable[[], None] = lambda: None,
+        egress_problem: Callable[[], str] = lambda: "",
+    ) -> None:
+        self.node_name = node_name
+        self.allocator = allocator
+        self.datapath = datapath
+        self.netlink = netlink
+        self.mtu = mtu
+        self.add_wait_seconds = add_wait_seconds
+        self.on_change = on_change
+        self.egress_problem = egress_problem
+        self.locks = KeyedLocks()
+        self._pool_changed = asyncio.Event()
+
+    def pool_changed(self) -> None:
+        """Wake ADDs waiting for a free address (new pool, released address)."""
+        self._pool_changed.set()
+        self._pool_changed = asyncio.Event()
+
+    async def _netlink(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
+
+    async def handle(self, request: CniRequest) -> Reply:
+        verb = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
+                "STATUS": self.status, "GC": self.gc}[request.command]
+        return await verb(request)
+
+    def pod_network(self, key: AttachmentKey, netns: str, address: str) -> PodNetwork:
+        return PodNetwork(
+            netns=netns, ifname=key.ifname, address=address,
+            host_veth=host_veth_name(key.container_id, key.ifname),
+            host_mac=host_veth_mac(key.container_id, key.ifname),
+            pod_mac=pod_mac(key.container_id, key.ifname), mtu=self.mtu)
+
+    # -- ADD -------------------------------------------------------------------------------
+
+    async def add(self, request: CniRequest) -> Reply:
+        key = request.key
+        async with self.locks.hold(key):
+            assignment, created = await self._assign(request)
+            if not created and assignment.netns != request.netns:
+                raise TryAgainLater(
+                    f"{key} is already attached in another network namespace",
+                    f"recorded {assignment.netns}, requested {request.netns}; "
+                    "the runtime must DEL it first")
+            pod = self.pod_network(key, request.netns, assignment.address)
+            try:
+                await self._netlink(self.datapath.ensure_pod_veth, pod)
+            except BaseException:
+                if created:
+                    await self.allocator.release(key, cooldown=False)
+                    self.pool_changed()
+                raise
+        if created:
+            self.on_change()
+            log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",
+                     key.container_id, key.ifname, assignment.address, pod.host_veth,
+                     request.pod or "-")
+        result = build_result(AttachmentResult(
+            host_veth=pod.host_veth, host_mac=pod.host_mac, ifname=pod.ifname,
+            pod_mac=pod.pod_mac, sandbox=request.netns, address=assignment.address,
+            gateway=pod.gateway, mtu=pod.mtu), request.cni_version)
+        return Reply(json.dumps(result).encode())
+
+    async def _assign(self, request: CniRequest) -> tuple[Assignment, bool]:
+        key = request.key
+        veth = host_veth_name(key.container_id, key.ifname)
+        budget = max(0.0, min(self.add_wait_seconds, request.deadline_seconds - 1.0))
+        deadline = time.monotonic() + budget
+        while True:
+            changed = self._pool_changed
+            assignment, created = await self.allocator.assign(key, request.netns, veth,
+                                                              request.pod)
+            if assignment is not None:
+                return assignment, created
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise await self._exhausted(budget)
+            # cooldowns end without any event, so look again at least every second
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
+
+    async def _exhausted(self, waited: float) -> PoolExhausted:
+        usage = await self.allocator.usage()
+        if not usage.known:
+            return PoolExhausted(f"the pool of node {self.node_name} is not known yet",
+                                 f"waited {waited:.0f}s for NodeIPPool {self.node_name}; "
+                                 "is the azure-cni operator running?")
+        return PoolExhausted(
+            f"the pool of node {self.node_name} is exhausted",
+            f"waited {waited:.0f}s for the operator to add addresses: {_describe(usage)}")
+
+    # -- DEL -------------------------------------------------------------------------------
+
+    async def delete(self, request: CniRequest) -> Reply:
+        key = request.key
+        warnings = []
+        try:
+            listed = request.prev_result_addresses()
+        except InvalidConfig as e:
+            listed = None
+            warnings.append(f"ignored an unreadable prevResult ({e})")
+        async with self.locks.hold(key):
+            assignment = await self.allocator.get(key)
+            veth = assignment.host_veth if assignment else host_veth_name(*_parts(key))
+            await self._netlink(self.datapath.teardown_pod_veth, veth)
+            if assignment is not None:
+                await self.allocator.release(key)
+        if listed:
+            warnings += self._foreign_addresses(listed, assignment)
+        if assignment is not None:
+            self.on_change()
+            self.pool_changed()
+            log.info("event=del container=%s ifname=%s address=%s", key.container_id,
+                     key.ifname, assignment.address)
+        for warning in warnings:
+            log.warning("event=del_warning container=%s ifname=%s warning=%r",
+                        key.container_id, key.ifname, warning)
+        return Reply(warning="; ".join(warnings))
+
+    def _foreign_addresses(self, listed: set[str], assignment: Assignment | None) -> list[str]:
+        pool = self.allocator.pool
+        inventory = {ip.address for ip in pool.status.ips} if pool else set()
+        held = assignment.address if assignment else None
+        notes = []
+        for address in sorted(listed - {held}):
+            if address not in inventory:
+                notes.append(f"prevResult lists {address}, which is not in the pool of node "
+                             f"{self.node_name}; it was left alone")
+            elif held is not None:
+                notes.append(f"prevResult lists {address}, but this attachment holds {held}")
+        return notes
+
+    # -- CHECK -----------------------------------------------------------------------------
+
+    async def check(self, request: CniRequest) -> Reply:
+        key = request.key
+        listed = request.prev_result_addresses()
+        if listed is None:
+            raise InvalidConfig("CHECK needs prevResult", "the runtime must pass the cached "
+                                                          "ADD result")
+        async with self.locks.hold(key):
+            assignment = await self.allocator.get(key)
+            if assignment is None:
+                raise UnknownContainer(f"no address is recorded for {key}",
+                                       "ADD was never run for it, or it was deleted")
+            if assignment.address not in listed:
+                foreign = self._foreign_addresses(listed, assignment)
+                raise InvalidConfig("prevResult does not match the agent's record",
+                                    "; ".join(foreign) or f"prevResult lists no address; "
+                                    f"{key} holds {assignment.address}")
+            if assignment.netns != request.netns:
+                raise InvalidConfig("CNI_NETNS differs from the ADD's",
+                                    f"ADD used {assignment.netns}, CHECK got {request.netns}")
+            pod = self.pod_network(key, request.netns, assignment.address)
+            problems = await self._netlink(self.datapath.check_pod_veth, pod)
+        if problems:
+            raise DatapathMismatch(f"the network of {key} differs from what ADD built",
+                                   "; ".join(problems))
+        return Reply()
+
+    # -- STATUS ----------------------------------------------------------------------------
+
+    async def status(self, request: CniRequest) -> Reply:
+        usage = await self.allocator.usage()
+        if not usage.known:
+            raise NotAvailable(f"the agent has not received NodeIPPool {self.node_name} yet",
+                               "is the azure-cni operator running?")
+        problem = self.egress_problem()
+        if problem:
+            raise LimitedConnectivity("the node's egress rules are not in place", problem)
+        if usage.free == 0:
+            raise NotAvailable(f"no free address in the pool of node {self.node_name}",
+                               _describe(usage))
+        return Reply()
+
+    # -- GC --------------------------------------------------------------------------------
+
+    async def gc(self, request: CniRequest) -> Reply:
+        keep = request.valid_attachments()
+        if keep is None:
+            note = ("GC without cni.dev/valid-attachments frees nothing; the runtime has "
+                    "already sent DEL for the attachments it knows")
+            log.warning("event=gc_without_list")
+            return Reply(warning=note)
+        started = time.time()
+        failures = []
+        freed = []
+        for assignment in await self.allocator.assignments():
+            if assignment.key in keep or assignment.assigned_at >= started:
+                continue
+            async with self.locks.hold(assignment.key):
+                if await self.allocator.get(assignment.key) != assignment:
+                    continue  # a DEL got there first
+                try:
+                    await self._netlink(self.datapath.teardown_pod_veth, assignment.host_veth)
+                except OSError as e:
+                    failures.append(f"{assignment.key}: {e}")
+                    continue
+                await self.allocator.release(assignment.key)
+                freed.append(assignment)
+        if freed:
+            self.on_change()
+            self.pool_changed()
+        log.info("event=gc kept=%d freed=%d failed=%d addresses=%s", len(keep), len(freed),
+                 len(failures), ",".join(a.address for a in freed) or "-")
+        if failures:
+            raise TryAgainLater(f"GC could not free {len(failures)} attachment(s)",
+                                "; ".join(failures))
+        return Reply()
+
+
+def _parts(key: AttachmentKey) -> tuple[str, str]:
+    return key.container_id, key.ifname
+
+
+def _describe(usage: PoolUsage) -> str:
+    return (f"{usage.allocated} allocated, {usage.used} used, {usage.releasing} releasing, "
+            f"{usage.cooling} cooling down, {usage.free} free")
+

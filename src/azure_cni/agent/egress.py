@@ -1,0 +1,71 @@
+"""Keeps the host's forwarding sysctls and the SNAT/filter chains in line with the settings.
+
+The SNAT policy depends on the pool's NIC information (the subnet pods come from and the
+VNet's address space), so it is reconciled whenever that changes, and now and then to repair
+drift (someone flushed the nat table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from azure_cni.api.nodeippool import NicInfo
+from azure_cni.api.settings import SnatSettings
+from azure_cni.datapath.snat import IptablesFailed, SnatPolicy, ensure_snat
+from azure_cni.datapath.sysctls import ensure_host_sysctls
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def snat_policy(snat: SnatSettings, nic: NicInfo | None) -> SnatPolicy:
+    """The chains' content for these settings and this NIC (pure)."""
+    return SnatPolicy(
+        pod_cidr=(nic.subnet_cidr or None) if nic else None,
+        vnet_cidrs=nic.vnet_address_space if nic else (),
+        non_masquerade_cidrs=snat.non_masquerade_cidrs,
+        masquerade=snat.enabled,
+        block_wireserver=snat.block_wireserver,
+        block_instance_metadata=snat.block_instance_metadata,
+    )
+
+
+class EgressReconciler:
+    """Applies sysctls and the SNAT policy; remembers what failed for STATUS and health."""
+
+    def __init__(self, snat: SnatSettings, executor: Executor) -> None:
+        self.snat = snat
+        self.executor = executor
+        self.policy = snat_policy(snat, None)
+        self.problem = ""
+        self._lock = asyncio.Lock()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def ensure_sysctls(self) -> None:
+        changed = await self._run(ensure_host_sysctls)
+        for key, before in changed.items():
+            log.info("event=sysctl_set key=%s before=%s", key, before)
+
+    async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False) -> None:
+        """Apply the policy for ``nic`` (or the last one with ``keep_nic``)."""
+        async with self._lock:
+            policy = self.policy if keep_nic else snat_policy(self.snat, nic)
+            try:
+                changed = await self._run(ensure_snat, policy)
+            except (IptablesFailed, OSError) as e:
+                self.problem = f"programming the SNAT chains failed: {e}"
+                log.error("event=snat_failed error=%s", e)
+                return
+            self.policy = policy
+            self.problem = ""
+            if changed:
+                log.info("event=snat_applied pod_cidr=%s vnet=%s non_masquerade=%s "
+                         "masquerade=%s", policy.pod_cidr or "-",
+                         ",".join(policy.vnet_cidrs) or "-",
+                         ",".join(policy.non_masquerade_cidrs) or "-", policy.masquerade)

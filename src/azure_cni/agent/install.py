@@ -1,0 +1,208 @@
+"""Installing the CNI plugin on the host: the shim, and the conflist that makes runtimes use it.
+
+The conflist is written only once the agent serves and removed when it stops, so a runtime
+never starts a pod against a dead agent (it reports the node's network as not ready instead).
+
+Files, all written atomically (temporary file, fsync, rename):
+- ``<cniBinDir>/azure-vnet.d/azure_vnet_shim.py``: the shim (``azure_cni/cni/shim.py``);
+- ``<cniBinDir>/azure-vnet``: a five-line launcher with the host's python in its shebang. The
+  shim is imported as a module rather than run as a script because python caches a module's
+  bytecode and would otherwise compile the shim on every pod start (~4 ms on a small VM);
+- ``<cniConfDir>/10-azure.conflist``: our plugin, then ``portmap`` for hostPorts.
+
+containerd 1.6/1.7 ignore fsnotify *Create* events (containerd #11715), and a rename shows up
+as one, so after the rename the conflist gets a trailing newline appended: a *Write* event,
+which containerd does act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from azure_cni.api.settings import AgentSettings
+from azure_cni.cni import shim
+
+log = logging.getLogger(__name__)
+
+PLUGIN_TYPE = "azure-vnet"
+NETWORK_NAME = "azure-cni"
+CONFLIST_NAME = "10-azure.conflist"
+SHIM_DIR_NAME = "azure-vnet.d"
+SHIM_MODULE = "azure_vnet_shim"
+CHAINED_PLUGINS = ("portmap",)
+#: the version containerd 1.6/1.7 (libcni <= 1.1) understand; cniVersions adds newer ones
+BASE_VERSION = "1.0.0"
+NEWEST_VERSION = "1.1.0"
+
+
+class HostPythonMissing(RuntimeError):
+    """The host has no usable python3 for the shim; the message says what was checked."""
+
+
+def write_atomically(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` so that readers see the old or the new file only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def launcher_source(host_python: str) -> str:
+    """The executable the runtime runs: it imports the shim from the directory beside it."""
+    return (f"#!{host_python} -IS\n"
+            "# azure-cni's CNI plugin, installed by the azure-cni agent; the code is in\n"
+            f"# {SHIM_DIR_NAME}/{SHIM_MODULE}.py (a module, so python caches its bytecode).\n"
+            "import sys\n"
+            f"sys.path.insert(0, sys.argv[0].rpartition('/')[0] + '/{SHIM_DIR_NAME}')\n"
+            f"from {SHIM_MODULE} import main\n"
+            "main()\n")
+
+
+def shim_source() -> bytes:
+    return Path(shim.__file__).read_bytes()
+
+
+def check_host_python(settings: AgentSettings, host_root: Path) -> Path:
+    """The host's python for the shim; raise HostPythonMissing when it is not there."""
+    python = host_root / settings.host_python.lstrip("/")
+    if not python.exists():
+        raise HostPythonMissing(
+            f"{settings.host_python} does not exist on the host (looked at {python}); the "
+            "azure-vnet CNI plugin needs python3 >= 3.8 on every node: install it, or set "
+            "agent.hostPython to where it is")
+    if not os.access(python, os.X_OK):
+        raise HostPythonMissing(f"{settings.host_python} on the host is not executable")
+    return python
+
+
+def install_shim(settings: AgentSettings, host_root: Path = Path("/")) -> Path:
+    """Write the shim and its launcher; when the host is our own root, prove that it runs."""
+    check_host_python(settings, host_root)
+    bin_dir = Path(settings.cni_bin_dir)
+    module_dir = bin_dir / SHIM_DIR_NAME
+    module_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    write_atomically(module_dir / f"{SHIM_MODULE}.py", shim_source())
+    launcher = bin_dir / PLUGIN_TYPE
+    write_atomically(launcher, launcher_source(settings.host_python).encode(), mode=0o755)
+    if host_root == Path("/"):
+        # also primes the bytecode cache, so the first pod does not pay for compiling
+        probe = subprocess.run([str(launcher)], env={"CNI_COMMAND": "VERSION"},
+                               capture_output=True, text=True, timeout=30, check=False)
+        if probe.returncode != 0 or "supportedVersions" not in probe.stdout:
+            raise HostPythonMissing(
+                f"{launcher} does not run with {settings.host_python}: exit {probe.returncode}, "
+                f"{(probe.stderr or probe.stdout).strip()[:500]}")
+    log.info("event=shim_installed path=%s python=%s", launcher, settings.host_python)
+    return launcher
+
+
+def plugin_versions(plugin: Path) -> set[str]:
+    """The CNI versions a plugin binary reports with VERSION (empty if it cannot say)."""
+    try:
+        result = subprocess.run([str(plugin)], input='{"cniVersion":"1.0.0"}',
+                                env={"CNI_COMMAND": "VERSION", "CNI_PATH": str(plugin.parent)},
+                                capture_output=True, text=True, timeout=10, check=False)
+        versions = json.loads(result.stdout).get("supportedVersions") or []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return set()
+    return {str(v) for v in versions}
+
+
+def conflist(settings: AgentSettings, chained: Sequence[str], newest_ok: bool,
+             spool_dir: Path) -> dict[str, Any]:
+    """The network configuration list (pure)."""
+    versions = [BASE_VERSION, NEWEST_VERSION] if newest_ok else [BASE_VERSION]
+    plugins: list[dict[str, Any]] = [{
+        "type": PLUGIN_TYPE,
+        "agentSocket": settings.socket_path,
+        "spoolDir": str(spool_dir),
+        # the shim gives up after this; the agent's own wait for addresses fits inside it
+        "timeoutSeconds": settings.add_wait_seconds + 5,
+    }]
+    plugins += [{"type": name, "capabilities": {"portMappings": True}} for name in chained]
+    return {"cniVersion": BASE_VERSION, "cniVersions": versions, "name": NETWORK_NAME,
+            "plugins": plugins}
+
+
+def spool_dir(settings: AgentSettings) -> Path:
+    return Path(settings.state_dir) / "spool"
+
+
+def install_conflist(settings: AgentSettings) -> Path:
+    """Write the conflist; chain only plugins that exist, at versions all of them speak."""
+    bin_dir = Path(settings.cni_bin_dir)
+    chained = []
+    newest_ok = True
+    for name in CHAINED_PLUGINS:
+        plugin = bin_dir / name
+        if not plugin.exists():
+            log.warning("event=chained_plugin_missing plugin=%s dir=%s; hostPorts will not "
+                        "work until it is installed", name, bin_dir)
+            continue
+        versions = plugin_versions(plugin)
+        if BASE_VERSION not in versions:
+            log.warning("event=chained_plugin_too_old plugin=%s versions=%s", name,
+                        ",".join(sorted(versions)))
+            continue
+        chained.append(name)
+        # libcni >= 1.2 picks the newest listed version and every plugin must speak it
+        newest_ok = newest_ok and NEWEST_VERSION in versions
+    document = conflist(settings, chained, newest_ok, spool_dir(settings))
+    path = Path(settings.cni_conf_dir) / CONFLIST_NAME
+    write_atomically(path, json.dumps(document, indent=2).encode())
+    with path.open("a") as f:  # a Write event: containerd ignores the rename's Create
+        f.write("\n")
+    earlier = sorted(p.name for p in path.parent.iterdir()
+                     if p.suffix in (".conf", ".conflist", ".json") and p.name < path.name)
+    if earlier:
+        log.warning("event=conflist_shadowed path=%s earlier=%s; runtimes use the first file "
+                    "in name order", path, ",".join(earlier))
+    log.info("event=conflist_installed path=%s chained=%s versions=%s", path,
+             ",".join(chained) or "-", ",".join(document["cniVersions"]))
+    return path
+
+
+def remove_conflist(settings: AgentSettings) -> bool:
+    """Remove our conflist (the agent is stopping); True if it was there."""
+    path = Path(settings.cni_conf_dir) / CONFLIST_NAME
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    log.info("event=conflist_removed path=%s", path)
+    return True
+
+
+def uninstall(settings: AgentSettings) -> None:
+    """Remove the conflist, the shim and its directory."""
+    remove_conflist(settings)
+    bin_dir = Path(settings.cni_bin_dir)
+    (bin_dir / PLUGIN_TYPE).unlink(missing_ok=True)
+    module_dir = bin_dir / SHIM_DIR_NAME
+    if module_dir.is_dir():
+        for path in sorted(module_dir.rglob("*"), reverse=True):
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
+        module_dir.rmdir()

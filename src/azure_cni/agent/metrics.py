@@ -1,0 +1,88 @@
+"""The agent's Prometheus metrics, and the HTTP endpoint for them and for health checks.
+
+Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace: ``/metrics`` in
+the Prometheus text format, ``/healthz`` answering 200 once the agent serves CNI requests and
+503 (with the reason) before that or while it stops.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from azure_cni.agent.allocator import PoolUsage
+
+#: from 1 ms (a warm ADD is a few ms) to the shim's deadline
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
+
+
+class AgentMetrics:
+    """Counters, histograms and gauges of one agent, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "azure_cni_cni_requests", "CNI requests served by the agent, by verb and result",
+            ["command", "result"], registry=self.registry)
+        self.latency = Histogram(
+            "azure_cni_cni_request_duration_seconds",
+            "Time the agent took to serve a CNI request (excluding the shim's start-up)",
+            ["command"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.pool = Gauge(
+            "azure_cni_pool_addresses",
+            "Addresses of this node's pool by state: available (free to hand out), used, "
+            "releasing, cooldown",
+            ["state"], registry=self.registry)
+        self.ready = Gauge("azure_cni_agent_ready",
+                           "1 when the agent serves CNI requests", registry=self.registry)
+        self.spool_replayed = Counter(
+            "azure_cni_spooled_deletes_replayed",
+            "DEL requests the shim spooled while the agent was down, replayed",
+            registry=self.registry)
+
+    def observe(self, command: str, result: str, seconds: float) -> None:
+        self.requests.labels(command, result).inc()
+        self.latency.labels(command).observe(seconds)
+
+    def set_pool(self, usage: PoolUsage) -> None:
+        self.pool.labels("available").set(usage.free)
+        self.pool.labels("used").set(usage.used)
+        self.pool.labels("releasing").set(usage.releasing)
+        self.pool.labels("cooldown").set(usage.cooling)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_app(metrics: AgentMetrics, health: Callable[[], str]) -> web.Application:
+    """``/metrics`` and ``/healthz``; ``health`` returns "" when healthy, else the reason."""
+
+    async def serve_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def serve_health(_: web.Request) -> web.Response:
+        problem = health()
+        if problem:
+            return web.Response(status=503, text=f"not ready: {problem}\n")
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/healthz", serve_health)
+    return app
+
+
+class Stopwatch:
+    """Elapsed seconds since creation (monotonic)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started

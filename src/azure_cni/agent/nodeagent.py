@@ -1,0 +1,411 @@
+"""The node agent: watches its own NodeIPPool, serves the CNI shim, reports its status.
+
+Start-up, in this order, so that nothing is handed out before the agent knows what is in use:
+1. the host's python for the shim exists (else: condition AgentReady=False, exit 2);
+2. the store opens and agrees with the host's pod veths (else: refuse to start, exit 3);
+3. forwarding sysctls, then DEL requests the shim spooled while the agent was down;
+4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on);
+5. once the NodeIPPool is known: the shim and the conflist are installed and AgentReady
+   becomes True. Stopping removes the conflist first, so runtimes stop sending ADDs.
+
+Only ``used``, ``releaseAcks`` and the ``AgentReady`` condition are written, by server-side
+apply under the ``azure-cni-agent`` field manager, debounced, and only when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from azure_cni.agent import install
+from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.cni_handler import CniHandler, Datapath
+from azure_cni.agent.egress import EgressReconciler
+from azure_cni.agent.kube import WatchExpired
+from azure_cni.agent.metrics import AgentMetrics, metrics_app
+from azure_cni.agent.recovery import RefuseToStart, plan_recovery
+from azure_cni.agent.server import AgentServer
+from azure_cni.agent.spool import replay_spool
+from azure_cni.api.nodeippool import (
+    Condition,
+    ConditionType,
+    InvalidPool,
+    NodeIPPool,
+    PoolStatus,
+    rfc3339,
+    set_condition,
+    status_apply_body,
+    utcnow,
+)
+from azure_cni.api.settings import Settings
+from azure_cni.cni.request import CniRequest
+from azure_cni.ipam.store import StoreError
+
+log = logging.getLogger(__name__)
+
+STATUS_DEBOUNCE_SECONDS = 1.0
+#: recompute the status this often even without events (cooldowns end silently)
+STATUS_REFRESH_SECONDS = 10.0
+SPOOL_RESCAN_SECONDS = 10.0
+EGRESS_DRIFT_SECONDS = 60.0
+NETLINK_THREADS = 8
+
+
+class PoolApi(Protocol):
+    """What the agent needs from the Kubernetes API (real: ``agent.kube.KubePoolApi``)."""
+
+    async def list_pool(self, name: str) -> tuple[dict[str, Any] | None, str]: ...
+
+    def watch_pool(self, name: str, resource_version: str,
+                   timeout_seconds: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
+    async def apply_status(self, name: str, body: Mapping[str, Any]) -> None: ...
+
+
+class AgentStartupError(RuntimeError):
+    """The agent cannot start; ``exit_code`` tells the process supervisor which case."""
+
+    def __init__(self, message: str, exit_code: int, reason: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+    message: str
+
+
+class StatusReporter:
+    """Applies the agent's status fields, at most once per debounce interval."""
+
+    def __init__(self, api: PoolApi, name: str,
+                 compute: Callable[[], Awaitable[dict[str, Any] | None]],
+                 debounce: float = STATUS_DEBOUNCE_SECONDS) -> None:
+        self.api = api
+        self.name = name
+        self.compute = compute
+        self.debounce = debounce
+        self._wanted = asyncio.Event()
+        self._last: dict[str, Any] | None = None
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
+            await asyncio.sleep(self.debounce)
+            self._wanted.clear()
+            try:
+                await self.flush()
+                backoff = 1.0
+            except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
+                log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._wanted.set()
+
+    async def flush(self) -> bool:
+        """Apply now if the fields changed; True if something was written."""
+        fields = await self.compute()
+        if fields is None or fields == self._last:
+            return False
+        await self.api.apply_status(self.name, status_apply_body(self.name, fields))
+        self._last = fields
+        log.info("event=status_applied used=%s acks=%d ready=%s", fields.get("used"),
+                 len(fields.get("releaseAcks") or ()),
+                 next((c["status"] for c in fields.get("conditions") or ()), "?"))
+        return True
+
+
+class NodeAgent:
+    """One node's agent; ``run`` serves until ``stop`` is set."""
+
+    def __init__(self, *, settings: Settings, node_name: str, api: PoolApi,
+                 datapath: Datapath, mtu: int, host_root: Path = Path("/")) -> None:
+        self.settings = settings
+        self.agent = settings.agent
+        self.node_name = node_name
+        self.api = api
+        self.datapath = datapath
+        self.mtu = mtu
+        self.host_root = host_root
+        self.netlink = ThreadPoolExecutor(NETLINK_THREADS, thread_name_prefix="netlink")
+        self.allocator = Allocator(Path(self.agent.state_dir) / "ipam.db",
+                                   self.agent.cooldown_seconds)
+        self.metrics = AgentMetrics()
+        self.egress = EgressReconciler(settings.snat, self.netlink)
+        self.handler = CniHandler(
+            node_name=node_name, allocator=self.allocator, datapath=datapath,
+            netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
+            on_change=self._changed, egress_problem=lambda: self.egress.problem)
+        self.server = AgentServer(self.handler, self.metrics, self.status_document,
+                                  self.health_problem)
+        self.reporter = StatusReporter(api, node_name, self._status_fields)
+        self.readiness = Readiness(False, "Starting", "the agent is starting")
+        self._condition: Condition | None = None
+        self._installed = False
+        self._serving = False
+        self._pool_seen = False
+        self._metrics_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        try:
+            install.check_host_python(self.agent, self.host_root)
+        except install.HostPythonMissing as e:
+            await self._fail_early("HostPythonMissing", str(e))
+            raise AgentStartupError(str(e), 2, "HostPythonMissing") from e
+        try:
+            await self.allocator.open()
+            await self._recover()
+        except (StoreError, RefuseToStart) as e:
+            await self._fail_early("RecoveryFailed", str(e))
+            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+        await self.egress.ensure_sysctls()
+        await self.replay_spool()
+        await self.server.start(Path(self.agent.socket_path))
+        self._serving = True
+        await self._start_metrics()
+        self._tasks = [
+            asyncio.create_task(self._watch_forever(), name="pool-watch"),
+            asyncio.create_task(self.reporter.run(), name="status-reporter"),
+            asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
+                                name="spool-rescan"),
+            asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
+                                name="egress-drift"),
+        ]
+        self._set_readiness(False, "WaitingForPool",
+                            f"serving; waiting for NodeIPPool {self.node_name}")
+
+    async def shutdown(self) -> None:
+        """Stop taking new pods first (conflist gone), then stop serving."""
+        if self._installed:
+            install.remove_conflist(self.agent)
+            self._installed = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._serving:
+            self._set_readiness(False, "Stopped", "the agent stopped; pods cannot start here")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.reporter.flush(), timeout=5)
+        await self.server.stop()
+        self._serving = False
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
+        await self.allocator.close()
+        self.netlink.shutdown(wait=True)
+
+    async def _fail_early(self, reason: str, message: str) -> None:
+        """Tell the cluster why the agent will not serve (best effort: it may be down too)."""
+        log.error("event=startup_failed reason=%s message=%s", reason, message)
+        self._set_readiness(False, reason, message)
+        self._pool_seen = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.reporter.flush(), timeout=10)
+
+    async def _recover(self) -> None:
+        loop = asyncio.get_running_loop()
+        veths = await loop.run_in_executor(self.netlink, self.datapath.list_host_veths)
+        assignments = await self.allocator.assignments()
+        plan = plan_recovery(assignments, veths)
+        if plan.conflicts:
+            raise RefuseToStart(
+                f"refusing to start: the store ({self.allocator.store_path}) and the host's pod "
+                f"veths disagree, serving could hand out an address twice:\n  - "
+                + "\n  - ".join(plan.conflicts))
+        for name in plan.orphan_veths:
+            log.warning("event=orphan_veth_removed veth=%s", name)
+            await loop.run_in_executor(self.netlink, self.datapath.teardown_pod_veth, name)
+        log.info("event=recovered assignments=%d veths=%d orphans=%d without_veth=%d",
+                 len(assignments), len(veths), len(plan.orphan_veths), len(plan.without_veth))
+
+    async def _start_metrics(self) -> None:
+        runner = web.AppRunner(metrics_app(self.metrics, self.health_problem),
+                               access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", self.agent.metrics_port).start()
+        except OSError as e:
+            await runner.cleanup()
+            log.error("event=metrics_unavailable port=%d error=%s", self.agent.metrics_port, e)
+            return
+        self._metrics_runner = runner
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception as e:  # noqa: BLE001 - a periodic job retries next time
+                log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
+
+    async def _repair_egress(self) -> None:
+        await self.egress.reconcile(keep_nic=True)
+
+    async def replay_spool(self) -> int:
+        async def delete(request: CniRequest) -> object:
+            return await self.handler.delete(request)
+
+        count = await replay_spool(install.spool_dir(self.agent), self.allocator.get, delete)
+        if count:
+            self.metrics.spool_replayed.inc(count)
+        return count
+
+    # -- the pool --------------------------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                obj, version = await self.api.list_pool(self.node_name)
+                await self.pool_changed(obj)
+                backoff = 1.0
+                while True:
+                    async for kind, event in self.api.watch_pool(self.node_name, version):
+                        version = str((event.get("metadata") or {}).get("resourceVersion")
+                                      or version)
+                        if kind in ("ADDED", "MODIFIED"):
+                            await self.pool_changed(event)
+                        elif kind == "DELETED":
+                            await self.pool_changed(None)
+            except WatchExpired:
+                log.info("event=watch_expired; relisting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - API server restarts, network blips
+                log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 30.0)
+
+    async def pool_changed(self, obj: Mapping[str, Any] | None) -> None:
+        """Adopt a new version of the NodeIPPool (None: it does not exist)."""
+        pool = None
+        if obj is not None:
+            try:
+                pool = NodeIPPool.from_object(obj)
+            except InvalidPool as e:
+                log.error("event=pool_invalid error=%s", e)
+                return
+        previous = self.allocator.pool
+        await self.allocator.set_pool(pool)
+        self.handler.pool_changed()
+        self._pool_seen = pool is not None
+        if pool is None:
+            if previous is not None:
+                log.warning("event=pool_deleted node=%s", self.node_name)
+            if self._installed:
+                install.remove_conflist(self.agent)
+                self._installed = False
+            self._set_readiness(False, "NoPool", f"NodeIPPool {self.node_name} does not exist")
+            return
+        if previous is None or previous.status.nic != pool.status.nic:
+            await self.egress.reconcile(pool.status.nic)
+        if not self._installed:
+            await self._install()
+        self._changed()
+
+    async def _install(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.netlink, install.install_shim, self.agent,
+                                       self.host_root)
+            await loop.run_in_executor(self.netlink, install.install_conflist, self.agent)
+        except (install.HostPythonMissing, OSError) as e:
+            self._set_readiness(False, "InstallFailed", str(e))
+            log.error("event=install_failed error=%s", e)
+            return
+        self._installed = True
+        self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _set_readiness(self, ready: bool, reason: str, message: str) -> None:
+        self.readiness = Readiness(ready, reason, message)
+        self.metrics.ready.set(1 if ready else 0)
+        self.reporter.request()
+
+    def _changed(self) -> None:
+        self.reporter.request()
+
+    def health_problem(self) -> str:
+        if not self._serving:
+            return self.readiness.message
+        if not self.readiness.ready:
+            return f"{self.readiness.reason}: {self.readiness.message}"
+        return ""
+
+    async def _status_fields(self) -> dict[str, Any] | None:
+        usage = await self.allocator.usage()
+        self.metrics.set_pool(usage)
+        if not self._pool_seen:
+            return None  # nothing to write to yet
+        condition = Condition(ConditionType.AGENT_READY, self.readiness.ready,
+                              self.readiness.reason, self.readiness.message,
+                              rfc3339(utcnow()))
+        previous = (self._condition,) if self._condition else ()
+        (self._condition,) = set_condition(previous, condition)
+        return PoolStatus(used=usage.used, release_acks=usage.release_acks,
+                          conditions=(self._condition,)).agent_fields()
+
+    async def status_document(self) -> dict[str, Any]:
+        """What ``azure-cni status`` shows."""
+        usage, assignments, released = await self.allocator.snapshot()
+        pool = self.allocator.pool
+        return {
+            "node": self.node_name,
+            "ready": self.readiness.ready,
+            "reason": self.readiness.reason,
+            "message": self.readiness.message,
+            "socket": self.agent.socket_path,
+            "mtu": self.mtu,
+            "egressProblem": self.egress.problem,
+            "pool": _usage_document(usage) | {
+                "nic": pool.status.nic.to_dict() if pool and pool.status.nic else None,
+                "addresses": [ip.to_dict() for ip in pool.status.ips] if pool else [],
+            },
+            "assignments": [
+                {"containerID": a.key.container_id, "ifname": a.key.ifname,
+                 "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
+                 "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
+            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())},
+            "snat": {"podCIDR": self.egress.policy.pod_cidr,
+                     "vnet": list(self.egress.policy.vnet_cidrs),
+                     "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
+                     "masquerade": self.egress.policy.masquerade},
+        }
+
+
+def _usage_document(usage: PoolUsage) -> dict[str, Any]:
+    return {"known": usage.known, "allocated": usage.allocated, "used": usage.used,
+            "free": usage.free, "releasing": usage.releasing, "coolingDown": usage.cooling,
+            "releaseAcks": sorted(usage.release_acks),
+            "outsidePool": list(usage.outside_pool)}

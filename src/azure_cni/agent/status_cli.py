@@ -1,0 +1,99 @@
+"""``azure-cni status``: what the node's agent says about its pool, its pods and its health."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class AgentDown(RuntimeError):
+    """The agent's socket cannot be reached; the message says what to check."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("azure-cni-agent", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def fetch_status(socket_path: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """GET /v1/status from the agent."""
+    connection = _UnixConnection(socket_path, timeout)
+    try:
+        connection.request("GET", "/v1/status")
+        response = connection.getresponse()
+        body = response.read()
+    except FileNotFoundError:
+        raise AgentDown(f"the azure-cni agent is not running on this node: no socket at "
+                        f"{socket_path}") from None
+    except OSError as e:
+        raise AgentDown(f"the azure-cni agent does not answer on {socket_path}: "
+                        f"{e.strerror or e}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise AgentDown(f"the agent answered HTTP {response.status}: {body[:200]!r}")
+    return dict(json.loads(body))
+
+
+def _age(since: float, now: float) -> str:
+    seconds = max(0, int(now - since))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> None:
+    """Print the status for a person."""
+    now = time.time() if now is None else now
+    pool = status["pool"]
+    health = "ready" if status["ready"] else f"NOT READY ({status['reason']})"
+    out.write(f"node:    {status['node']}\n")
+    out.write(f"agent:   {health}: {status['message']}\n")
+    if status.get("egressProblem"):
+        out.write(f"egress:  {status['egressProblem']}\n")
+    nic = pool.get("nic") or {}
+    out.write(f"nic:     primary {nic.get('primaryIP', '?')}, subnet "
+              f"{nic.get('subnetCIDR', '?')}, mtu {status['mtu']}\n")
+    if not pool["known"]:
+        out.write("pool:    not received yet\n")
+    else:
+        out.write(f"pool:    {pool['allocated']} allocated, {pool['used']} used, "
+                  f"{pool['free']} free, {pool['releasing']} releasing, "
+                  f"{pool['coolingDown']} cooling down\n")
+    if pool.get("releaseAcks"):
+        out.write(f"acked:   {', '.join(pool['releaseAcks'])}\n")
+    if pool.get("outsidePool"):
+        out.write(f"outside: {', '.join(pool['outsidePool'])} (held by pods, not in the pool)\n")
+    assignments = status["assignments"]
+    out.write(f"\n{len(assignments)} pod attachment(s)\n")
+    if assignments:
+        rows = [("ADDRESS", "POD", "CONTAINER", "IFNAME", "VETH", "AGE")]
+        for a in assignments:
+            rows.append((a["address"], a["pod"] or "-", a["containerID"][:12], a["ifname"],
+                         a["hostVeth"], _age(a["assignedAt"], now)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            out.write("\n")
+    cooling = {a: t for a, t in status.get("coolingDown", {}).items() if t > now}
+    if cooling:
+        until = ", ".join(f"{a} ({int(t - now)}s)" for a, t in sorted(cooling.items()))
+        out.write(f"\ncooling down: {until}\n")
+
