@@ -273,11 +273,14 @@ async def test_concurrent_calls_on_one_adapter_queue_instead_of_conflicting(worl
     (403, "LinkedAuthorizationFailed", AuthFailed),
     (400, "IpConfigDeleteNotSupported", CloudError),
     (400, "NoRegisteredProviderFound", CloudError),
+    # the SDK tries to register the provider first; the emulator refuses, the 409 stands
+    (409, "MissingSubscriptionRegistration", CloudError),
 ])
 async def test_write_errors_become_typed_errors_without_retrying(world, adapter, status, code,
                                                                  expected):
     nic_id = world.vms[0].nic_id
-    world.emu.inject_fault("PUT", nic_id, status, code, message=f"injected {code}")
+    world.emu.inject_fault("PUT", nic_id, status, code,
+                           message=f"injected {code} for namespace 'Microsoft.Network'")
     with pytest.raises(expected) as raised:
         await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
     assert raised.value.code == code
@@ -336,17 +339,34 @@ async def test_retryable_429_is_retried_by_the_sdk(world, make_adapter, code):
     assert world.emu.request_count("PUT", nic_id) == 2
 
 
+@pytest.mark.parametrize("code", ["SubscriptionRequestsThrottled", "TooManyRequests"])
 async def test_persistent_throttling_is_throttled_with_the_servers_retry_after(world,
-                                                                              make_adapter):
+                                                                              make_adapter,
+                                                                              code):
     nic_id = world.vms[0].nic_id
     adapter = make_adapter(write_qps=50.0)  # after a 429 the bucket restarts empty
-    world.emu.inject_fault("PUT", nic_id, 429, "SubscriptionRequestsThrottled",
-                           headers={"Retry-After": "0.05"}, count=100)
+    world.emu.inject_fault("PUT", nic_id, 429, code, headers={"Retry-After": "0.05"},
+                           count=100)
     with pytest.raises(Throttled) as throttled:
         await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
     assert throttled.value.retry_after == pytest.approx(0.05)
-    assert throttled.value.code == "SubscriptionRequestsThrottled"
+    assert throttled.value.code == code
     assert world.emu.request_count("PUT", nic_id) == 4  # the SDK's 3 status retries
+
+
+async def test_a_write_whose_polls_were_throttled_is_not_written_twice(world, make_adapter):
+    """The PUT was accepted but polling it was throttled past the SDK's retries: the caller
+    sees Throttled, and asking again finds the name on the NIC, not yet Succeeded."""
+    nic_id = world.vms[0].nic_id
+    adapter = make_adapter(read_qps=50.0)
+    world.emu.inject_fault("GET", "*/operations/*", 429, "SubscriptionRequestsThrottled",
+                           headers={"Retry-After": "0.05"}, count=4)
+    with pytest.raises(Throttled):
+        await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
+    again = await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
+    pending = next(c for c in again.ip_configurations if c.name == "azcni-a")
+    assert not pending.succeeded  # the operator counts only Succeeded addresses
+    assert world.emu.request_count("PUT", nic_id) == 1
 
 
 async def test_a_server_error_is_retried(world, adapter):
