@@ -52,7 +52,7 @@ def netns_path(name: str) -> str:
     return name if name.startswith("/") else f"/run/netns/{name}"
 
 
-def setup_host_nic(netns: str, primary_cidr: str, gateway: str, mtu: int = 1500,
+def setup_host_nic(netns: str, *, primary_cidr: str, gateway: str, mtu: int = 1500,
                    name: str = "eth0", fabric_netns: str | None = None) -> None:
     """Give the host namespace a NIC with the VM's primary IP and a default route.
 

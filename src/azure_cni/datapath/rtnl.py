@@ -61,11 +61,31 @@ class NetlinkRequestFailed(OSError):
         self.what = what
 
 
+class RawMessage:
+    """A message pyroute2 cannot encode (it models IFLA_INET_CONF as a full array), with the
+    small part of nlmsg's interface that RtnlChannel uses."""
+
+    def __init__(self, kind: int, flags: int, payload: bytes) -> None:
+        self._header = {"type": kind, "flags": flags, "sequence_number": 0, "pid": 0}
+        self.payload = payload
+        self.data = b""
+
+    def __getitem__(self, key: str) -> dict[str, int]:
+        if key != "header":
+            raise KeyError(key)
+        return self._header
+
+    def encode(self) -> None:
+        h = self._header
+        self.data = _HEADER.pack(_HEADER.size + len(self.payload), h["type"], h["flags"],
+                                 h["sequence_number"], h["pid"]) + self.payload
+
+
 @dataclass
 class Request:
     """One message of a batch, with a human description for errors."""
 
-    message: nlmsg
+    message: nlmsg | RawMessage
     what: str
     #: errnos that count as success (e.g. ENODEV when deleting something already gone)
     tolerate: frozenset[int] = frozenset()
@@ -174,6 +194,26 @@ def veth_pair(*, host_name: str, host_mac: str, peer_name: str, peer_mac: str, m
         ]}],
     ]
     return Request(msg, f"creating veth {host_name} with {peer_name} in the pod namespace")
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    data = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+_IFLA_AF_SPEC = 26
+_IFLA_INET_CONF = 1
+IPV4_DEVCONF_PROXY_ARP = 3
+
+
+def ipv4_devconf(index: int, name: str, setting: int, value: int) -> Request:
+    """Set one per-interface IPv4 sysctl (net.ipv4.conf.<name>.*) through netlink, so the
+    setting lands in the namespace of the socket, like every other request of a batch."""
+    info = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, index, 0, 0)
+    conf = _nla(_IFLA_INET_CONF, _nla(setting, struct.pack("=I", value)))
+    payload = info + _nla(_IFLA_AF_SPEC, _nla(socket.AF_INET, conf))
+    return Request(RawMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, payload),
+                   f"setting IPv4 devconf {setting}={value} on {name}")
 
 
 def link_up(index: int, name: str) -> Request:

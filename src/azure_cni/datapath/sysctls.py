@@ -1,4 +1,4 @@
-"""The host's sysctls the transparent datapath relies on.
+"""The host-wide sysctls the transparent datapath relies on (per-veth ones go by netlink).
 
 Paths under /proc/sys/net belong to the network namespace of the process that opens them, so
 the agent (running in the host's namespace) configures the host and nothing else.
@@ -31,15 +31,3 @@ def ensure_host_sysctls() -> dict[str, str]:
             _write(path, value)
             changed[key] = before
     return changed
-
-
-def set_proxy_arp(interface: str) -> None:
-    """Answer ARP on ``interface`` for addresses routed elsewhere (the pod's gateway)."""
-    _write(PROC_NET / "ipv4" / "conf" / interface / "proxy_arp", "1")
-
-
-def proxy_arp_enabled(interface: str) -> bool:
-    try:
-        return (PROC_NET / "ipv4" / "conf" / interface / "proxy_arp").read_text().strip() == "1"
-    except FileNotFoundError:
-        return False

@@ -23,7 +23,6 @@ from pyroute2 import IPRoute
 from azure_cni.datapath import rtnl
 from azure_cni.datapath.names import POD_GATEWAY, is_host_veth
 from azure_cni.datapath.netns_sockets import NetnsSocketFactory
-from azure_cni.datapath.sysctls import proxy_arp_enabled, set_proxy_arp
 
 DEFAULT_ROUTE = "0.0.0.0"  # noqa: S104 - a route destination, nothing binds to it
 
@@ -60,18 +59,30 @@ class HostVeth:
 
 
 class VethDatapath:
-    """The real datapath: netlink on the host and, through a socket helper, in pods."""
+    """The real datapath: netlink on the host and, through a socket helper, in pods.
 
-    def __init__(self, sockets: NetnsSocketFactory | None = None) -> None:
+    The host is the agent's own network namespace, or ``host_netns`` (tests and tools that
+    drive a simulated VM from outside it). Each thread keeps its own host socket open.
+    """
+
+    def __init__(self, sockets: NetnsSocketFactory | None = None,
+                 host_netns: str | None = None) -> None:
         self.sockets = sockets or NetnsSocketFactory()
+        self.host_netns = host_netns
         self._local = threading.local()
 
     def _host(self) -> rtnl.RtnlChannel:
         channel: rtnl.RtnlChannel | None = getattr(self._local, "host", None)
         if channel is None:
-            channel = rtnl.RtnlChannel()
+            sock = self.sockets.netlink_socket(self.host_netns) if self.host_netns else None
+            channel = rtnl.RtnlChannel(sock)
             self._local.host = channel
         return channel
+
+    def _host_reader(self) -> IPRoute:
+        if self.host_netns:
+            return IPRoute(fileno=self.sockets.netlink_socket(self.host_netns).detach())
+        return IPRoute()
 
     def close(self) -> None:
         self.sockets.close()
@@ -111,9 +122,11 @@ class VethDatapath:
                     rtnl.route_add(pod_index, pod.ifname, dst=DEFAULT_ROUTE, dst_len=0,
                                    scope=rtnl.RT_SCOPE_UNIVERSE, gateway=pod.gateway),
                 ])
-            set_proxy_arp(pod.host_veth)
-            host.send([rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
-                                      scope=rtnl.RT_SCOPE_LINK)])
+            host.send([
+                rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
+                rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
+                               scope=rtnl.RT_SCOPE_LINK),
+            ])
             undo.pop_all()
 
     def _pod_socket(self, netns: str) -> socket.socket:
@@ -142,20 +155,21 @@ class VethDatapath:
     def check_pod_veth(self, pod: PodNetwork) -> list[str]:
         """What differs from what ensure_pod_veth builds; empty when the datapath is intact."""
         problems: list[str] = []
-        with IPRoute() as ipr:
-            links = ipr.get_links(ifname=pod.host_veth) if _link_exists(ipr, pod.host_veth) else []
+        with self._host_reader() as ipr:
+            links = [link for link in ipr.get_links()
+                     if link.get("IFLA_IFNAME") == pod.host_veth]
             if not links:
                 return [f"host veth {pod.host_veth} does not exist"]
             host = links[0]
             host_index = int(host["index"])
             if not int(host["flags"]) & 1:
                 problems.append(f"host veth {pod.host_veth} is down")
-            routes = [r for r in ipr.get_routes(family=2, table=254, oif=host_index)
-                      if r.get("dst_len") == 32]
+            if host.get(("IFLA_AF_SPEC", "AF_INET", "proxy_arp")) != 1:
+                problems.append(f"proxy ARP is off on {pod.host_veth}")
+            routes = [r for r in ipr.get_routes(family=2, table=254)
+                      if r.get("dst_len") == 32 and r.get("RTA_OIF") == host_index]
             if pod.address not in {r.get("RTA_DST") for r in routes}:
                 problems.append(f"host has no route {pod.address}/32 dev {pod.host_veth}")
-        if not proxy_arp_enabled(pod.host_veth):
-            problems.append(f"proxy ARP is off on {pod.host_veth}")
         try:
             sock = self._pod_socket(pod.netns)
         except NetnsMissing as e:
@@ -168,7 +182,7 @@ class VethDatapath:
 
     def list_host_veths(self) -> list[HostVeth]:
         """Every ``azv...`` veth on the host with the /32 routes that point at it."""
-        with IPRoute() as ipr:
+        with self._host_reader() as ipr:
             veths = {int(link["index"]): str(link.get("IFLA_IFNAME"))
                      for link in ipr.get_links()
                      if is_host_veth(str(link.get("IFLA_IFNAME")))}
@@ -192,10 +206,6 @@ def _indexes(create: rtnl.Request) -> tuple[int, int]:
             return int(message["index"]), int(message.get("IFLA_LINK") or 0)
     raise rtnl.NetlinkRequestFailed(errno.EPROTO, "the kernel did not echo the new veth "
                                                   "(NLM_F_ECHO needs Linux 6.1 or later)")
-
-
-def _link_exists(ipr: IPRoute, name: str) -> bool:
-    return bool(ipr.link_lookup(ifname=name))
 
 
 def _check_inside(inside: IPRoute, pod: PodNetwork, host_index: int) -> list[str]:

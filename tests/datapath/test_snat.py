@@ -1,0 +1,224 @@
+"""SNAT and egress filtering: rendered rules (pure) and real traffic in namespaces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from azure_cni.agent.localnode import setup_host_nic
+from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
+from azure_cni.datapath.snat import (
+    FILTER_CHAIN,
+    NAT_CHAIN,
+    SnatPolicy,
+    in_sync,
+    owned_state,
+    render_rules,
+    restore_input,
+    teardown_input,
+)
+from azure_cni.datapath.veth import PodNetwork, VethDatapath
+
+POLICY = SnatPolicy(pod_cidr="198.18.0.0/24", vnet_cidrs=("198.18.0.0/16",),
+                    non_masquerade_cidrs=("10.0.0.0/8", "198.18.0.0/16"))
+
+
+def test_rendered_rules() -> None:
+    rules = render_rules(POLICY)
+    assert rules.nat_jump == (
+        '-s 198.18.0.0/24 -m addrtype ! --src-type LOCAL -m comment --comment '
+        '"azure-cni: masquerade pod traffic leaving the VNet" -j AZURE-CNI-SNAT')
+    assert rules.nat_chain == (
+        '-d 198.18.0.0/16 -m comment --comment "azure-cni: VNet address space" -j RETURN',
+        '-d 10.0.0.0/8 -m comment --comment "azure-cni: nonMasqueradeCIDRs" -j RETURN',
+        '-m comment --comment "azure-cni: pods reach the internet with the node primary IP" '
+        '-j MASQUERADE --random-fully')
+    assert rules.filter_jump == ('-i azv+ -m comment --comment "azure-cni: traffic from pods" '
+                                 '-j AZURE-CNI-FORWARD')
+    assert [r.split(" -m comment")[0] for r in rules.filter_chain] == [
+        "-d 168.63.129.16/32 -p tcp -m multiport --dports 80,32526",
+        "-d 169.254.169.254/32"]
+
+
+@pytest.mark.parametrize(("policy", "nat_jump", "nat_rules", "filter_rules"), [
+    (SnatPolicy(pod_cidr=None), False, 0, 2),  # the NIC is not known yet
+    (SnatPolicy(pod_cidr="198.18.0.0/24", masquerade=False), False, 0, 2),
+    (SnatPolicy(pod_cidr="198.18.0.7/24"), True, 1, 2),  # host bits are normalised
+    (SnatPolicy(pod_cidr="198.18.0.0/24", block_wireserver=False), True, 1, 1),
+    (SnatPolicy(pod_cidr="198.18.0.0/24", block_wireserver=False,
+                block_instance_metadata=False), True, 1, 0),
+])
+def test_policy_variants(policy: SnatPolicy, nat_jump: bool, nat_rules: int,
+                         filter_rules: int) -> None:
+    rules = render_rules(policy)
+    assert (rules.nat_jump is not None) == nat_jump
+    assert len(rules.nat_chain) == nat_rules
+    assert len(rules.filter_chain) == filter_rules
+    if policy.pod_cidr and nat_jump:
+        assert "-s 198.18.0.0/24 " in str(rules.nat_jump)
+
+
+SAVED_WITH_STALE = """*nat
+:POSTROUTING ACCEPT [0:0]
+:AZURE-CNI-SNAT - [0:0]
+-A POSTROUTING -j KUBE-POSTROUTING
+-A POSTROUTING -s 10.1.0.0/24 -m addrtype ! --src-type LOCAL -j AZURE-CNI-SNAT
+COMMIT
+*filter
+:FORWARD ACCEPT [0:0]
+-A FORWARD -j ACCEPT
+COMMIT
+"""
+
+
+def test_restore_input_replaces_stale_jumps_and_leaves_others_alone() -> None:
+    payload = restore_input(render_rules(POLICY), SAVED_WITH_STALE)
+    lines = payload.splitlines()
+    assert "-D POSTROUTING -s 10.1.0.0/24 -m addrtype ! --src-type LOCAL -j AZURE-CNI-SNAT" \
+        in lines
+    assert not any("KUBE-POSTROUTING" in line for line in lines)
+    assert f":{NAT_CHAIN} - [0:0]" in lines and f":{FILTER_CHAIN} - [0:0]" in lines
+    assert any(line.startswith("-I FORWARD 1 -i azv+") for line in lines), \
+        "our filter jump goes first, before any ACCEPT"
+    assert any(line.startswith("-A POSTROUTING -s 198.18.0.0/24") for line in lines)
+    assert not in_sync(render_rules(POLICY), SAVED_WITH_STALE)
+
+
+def test_teardown_input() -> None:
+    payload = teardown_input(SAVED_WITH_STALE)
+    assert payload.splitlines() == [
+        "*nat", "-D POSTROUTING -s 10.1.0.0/24 -m addrtype ! --src-type LOCAL "
+        "-j AZURE-CNI-SNAT", f"-F {NAT_CHAIN}", f"-X {NAT_CHAIN}", "COMMIT"]
+    assert teardown_input("*nat\nCOMMIT\n") == ""
+
+
+# -- real namespaces ------------------------------------------------------------------------
+
+
+def run_in(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True,
+                          check=check, timeout=60)
+
+
+def apply_in(netns: str, policy: SnatPolicy) -> bool:
+    """ensure_snat inside ``netns`` (iptables acts on the caller's namespace)."""
+    code = ("import sys; from azure_cni.datapath.snat import SnatPolicy, ensure_snat; "
+            f"print(ensure_snat({policy!r}))")
+    return run_in(netns, sys.executable, "-c", code).stdout.strip() == "True"
+
+
+def saved(netns: str) -> str:
+    return run_in(netns, "iptables-save").stdout
+
+
+class Listener:
+    """A TCP server inside a namespace that reports the source address of each client."""
+
+    def __init__(self, netns: str, address: str, port: int) -> None:
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('{address}', {port})); s.listen(); print('ready', flush=True)\n"
+            "while True:\n"
+            "    c,a=s.accept(); c.sendall(a[0].encode()); c.close()\n")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def source_seen(netns: str, address: str, port: int, bind: str | None = None) -> str:
+    """The client address ``address:port`` sees when ``netns`` connects (or the error)."""
+    binding = f"c.bind(('{bind}', 0)); " if bind else ""
+    code = ("import socket; c=socket.socket(); c.settimeout(3); " + binding +
+            f"c.connect(('{address}', {port})); print(c.recv(64).decode())")
+    result = run_in(netns, sys.executable, "-c", code, check=False)
+    if result.returncode != 0:
+        return "error: " + result.stderr.strip().splitlines()[-1]
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def vm(netns_factory) -> Iterator[dict[str, str]]:
+    """host (198.18.0.4/24, plus 198.18.0.5 as a second local address) with one pod
+    (198.18.0.10) and a fabric namespace that is the gateway (198.18.0.1), an 'internet'
+    host (203.0.113.10), the wireserver and the metadata service."""
+    host, fabric, pod = (netns_factory.create("host"), netns_factory.create("fabric"),
+                         netns_factory.create("pod"))
+    setup_host_nic(host, primary_cidr="198.18.0.4/24", gateway="198.18.0.1",
+                   fabric_netns=fabric)
+    subprocess.run(["ip", "-n", host, "addr", "add", "198.18.0.5/32", "dev", "eth0"],
+                   check=True)
+    for address in ("203.0.113.10/32", "168.63.129.16/32", "169.254.169.254/32"):
+        subprocess.run(["ip", "-n", fabric, "addr", "add", address, "dev", "lo"], check=True)
+    # Azure's network knows the pod address is the VM's: deliver it to the VM
+    subprocess.run(["ip", "-n", fabric, "route", "add", "198.18.0.10/32", "via", "198.18.0.4"],
+                   check=True)
+    run_in(host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    datapath = VethDatapath(host_netns=f"/run/netns/{host}")
+    datapath.ensure_pod_veth(PodNetwork(
+        netns=f"/run/netns/{pod}", ifname="eth0", address="198.18.0.10",
+        host_veth=host_veth_name("p", "eth0"), host_mac=host_veth_mac("p", "eth0"),
+        pod_mac=pod_mac("p", "eth0"), mtu=1500))
+    listeners = [Listener(fabric, "0.0.0.0", 80), Listener(fabric, "0.0.0.0", 53),
+                 Listener(fabric, "0.0.0.0", 32526)]
+    try:
+        yield {"host": host, "fabric": fabric, "pod": pod}
+    finally:
+        for listener in listeners:
+            listener.stop()
+        datapath.close()
+
+
+@pytest.mark.netns
+def test_pod_traffic_is_masqueraded_only_outside_the_vnet(vm: dict[str, str]) -> None:
+    host, pod = vm["host"], vm["pod"]
+    assert source_seen(pod, "203.0.113.10", 80) == "198.18.0.10", "no SNAT before the chains"
+    assert apply_in(host, POLICY)
+    assert source_seen(pod, "203.0.113.10", 80) == "198.18.0.4", \
+        "internet-bound pod traffic leaves with the VM's primary IP"
+    assert source_seen(pod, "198.18.0.1", 80) == "198.18.0.10", "VNet traffic keeps its source"
+    assert source_seen(host, "203.0.113.10", 80, bind="198.18.0.5") == "198.18.0.5", \
+        "the host's own traffic is not ours to rewrite"
+    state = owned_state(saved(host))
+    assert len(state["nat_jumps"]) == 1 and "--random-fully" in state["nat_chain"][-1]
+
+
+@pytest.mark.netns
+def test_wireserver_and_metadata_are_blocked_unless_allowed(vm: dict[str, str]) -> None:
+    host, pod = vm["host"], vm["pod"]
+    assert apply_in(host, POLICY)
+    assert source_seen(pod, "168.63.129.16", 80).startswith("error")
+    assert source_seen(pod, "168.63.129.16", 32526).startswith("error")
+    assert source_seen(pod, "168.63.129.16", 53) == "198.18.0.4", "DNS stays open"
+    assert source_seen(pod, "169.254.169.254", 80).startswith("error")
+    assert source_seen(host, "168.63.129.16", 80) == "198.18.0.4", "the host itself may"
+    allowed = SnatPolicy(pod_cidr="198.18.0.0/24", vnet_cidrs=("198.18.0.0/16",),
+                         block_wireserver=False, block_instance_metadata=False)
+    assert apply_in(host, allowed)
+    assert source_seen(pod, "168.63.129.16", 80) == "198.18.0.4"
+    assert source_seen(pod, "169.254.169.254", 80) == "198.18.0.4"
+
+
+@pytest.mark.netns
+def test_reconcile_is_idempotent_repairs_drift_and_tears_down(netns_factory) -> None:
+    host = netns_factory.create("host")
+    assert apply_in(host, POLICY)
+    assert not apply_in(host, POLICY), "nothing to change the second time"
+    before = saved(host)
+    run_in(host, "iptables", "-t", "nat", "-F", NAT_CHAIN)
+    assert apply_in(host, POLICY), "a flushed chain is drift to repair"
+    assert owned_state(saved(host)) == owned_state(before)
+    moved = SnatPolicy(pod_cidr="198.18.1.0/24", vnet_cidrs=("198.18.0.0/16",))
+    assert apply_in(host, moved)
+    assert owned_state(saved(host))["nat_jumps"][0].startswith("-s 198.18.1.0/24"), \
+        "the old jump is replaced, not duplicated"
+    code = "from azure_cni.datapath.snat import teardown_snat; teardown_snat()"
+    run_in(host, sys.executable, "-c", code)
+    assert "AZURE-CNI" not in saved(host)

@@ -1,0 +1,145 @@
+"""The node store: one address per attachment, durable, and it refuses duplicates itself."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from azure_cni.ipam.store import (
+    AddressStore,
+    AttachmentKey,
+    DuplicateAssignment,
+    StoreError,
+)
+
+A = AttachmentKey("c1", "eth0")
+B = AttachmentKey("c2", "eth0")
+
+
+def first_free(addresses: list[str]):
+    def choose(taken, released):
+        return next((a for a in addresses if a not in taken), None)
+    return choose
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = AddressStore(tmp_path / "state" / "ipam.db")
+    yield s
+    s.close()
+
+
+def test_assign_get_release_round_trip(store: AddressStore) -> None:
+    made = store.assign(A, netns="/run/netns/a", host_veth="azv1", pod="ns/a",
+                        choose=first_free(["198.18.0.10"]), now=100.0)
+    assert made is not None and made.address == "198.18.0.10"
+    assert store.get(A) == made
+    assert store.count() == 1
+    gone = store.release(A, cooldown_seconds=30, now=200.0)
+    assert gone == made
+    assert store.get(A) is None
+    assert store.releases()["198.18.0.10"].cool_until == 230.0
+    assert store.release(A, cooldown_seconds=30) is None, "releasing twice is a no-op"
+
+
+def test_chooser_sees_taken_and_released_addresses(store: AddressStore) -> None:
+    store.assign(A, netns="n", host_veth="azv1", pod="", choose=first_free(["198.18.0.10"]))
+    store.assign(B, netns="n", host_veth="azv2", pod="",
+                 choose=first_free(["198.18.0.10", "198.18.0.11"]))
+    store.release(B, cooldown_seconds=10, now=50.0)
+    seen = {}
+
+    def spy(taken, released):
+        seen["taken"], seen["released"] = taken, dict(released)
+
+    assert store.assign(AttachmentKey("c3", "eth0"), netns="n", host_veth="azv3", pod="",
+                        choose=spy) is None
+    assert seen["taken"] == frozenset({"198.18.0.10"})
+    assert set(seen["released"]) == {"198.18.0.11"}
+    assert store.count() == 1, "a chooser that finds nothing records nothing"
+
+
+@pytest.mark.parametrize("second", [
+    AttachmentKey("c1", "eth0"),  # same key
+    AttachmentKey("c9", "eth0"),  # same address (a broken chooser)
+])
+def test_database_refuses_duplicates(store: AddressStore, second: AttachmentKey) -> None:
+    store.assign(A, netns="n", host_veth="azv1", pod="", choose=lambda t, r: "198.18.0.10")
+    with pytest.raises(DuplicateAssignment):
+        store.assign(second, netns="n", host_veth="azv9", pod="",
+                     choose=lambda t, r: "198.18.0.10")
+    assert [a.key for a in store.assignments()] == [A]
+
+
+def test_assignments_survive_reopening_and_a_second_process_sees_them(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    first = AddressStore(path)
+    first.assign(A, netns="n", host_veth="azv1", pod="", choose=lambda t, r: "198.18.0.10")
+    first.release(A, cooldown_seconds=30, now=10.0)
+    first.assign(B, netns="n", host_veth="azv2", pod="", choose=lambda t, r: "198.18.0.11")
+    # no close(): as after kill -9, the committed rows are in the WAL
+    raw = sqlite3.connect(str(path))
+    assert raw.execute("SELECT address FROM assignments").fetchall() == [("198.18.0.11",)]
+    raw.close()
+    second = AddressStore(path)
+    assert second.get(B) is not None
+    assert second.releases()["198.18.0.10"].cool_until == 40.0
+    first.close()
+    second.close()
+
+
+def test_wal_and_synchronous_full(store: AddressStore) -> None:
+    db = sqlite3.connect(str(store.path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_concurrent_stores_never_hand_out_one_address_twice(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    pool = [f"198.18.0.{i}" for i in range(10, 50)]
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        s = AddressStore(path)
+        for i in range(10):
+            made = s.assign(AttachmentKey(f"w{n}-{i}", "eth0"), netns="n",
+                            host_veth=f"azv{n}-{i}", pod="", choose=first_free(pool))
+            if made:
+                with lock:
+                    got.append(made.address)
+        s.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 40 and len(set(got)) == 40
+
+
+def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    db = sqlite3.connect(str(path))
+    db.execute("PRAGMA user_version=7")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 7"):
+        AddressStore(path)
+
+
+def test_garbage_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable sqlite database"):
+        AddressStore(path)
+
+
+def test_forget_releases(store: AddressStore) -> None:
+    store.assign(A, netns="n", host_veth="azv1", pod="", choose=lambda t, r: "198.18.0.10")
+    store.release(A, cooldown_seconds=5)
+    store.forget_releases(["198.18.0.10"])
+    assert store.releases() == {}
