@@ -25,7 +25,7 @@ def nodeippool_crd(kube) -> None:
 def node(kube, nodeippool_crd, netns_factory, tmp_path) -> Iterator[LocalNode]:
     """A node whose agent is not started yet: publish its pool, then ``start_agent()``."""
     hostns = netns_factory.create("host")
-    setup_host_nic(hostns, "198.18.0.4/24", "198.18.0.1")
+    setup_host_nic(hostns, primary_cidr="198.18.0.4/24", gateway="198.18.0.1")
     local = LocalNode(name=f"node-{uuid.uuid4().hex[:8]}", netns=hostns,
                       workdir=tmp_path / "node", kubeconfig=kube.kubeconfig,
                       api_port=api_port_of(kube.kubeconfig))

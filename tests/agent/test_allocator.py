@@ -1,0 +1,92 @@
+"""Choosing addresses and counting the pool (pure), and the allocator's ordering guarantee."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from azure_cni.agent.allocator import Allocator, choose_address, pool_usage
+from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
+from azure_cni.ipam.store import Assignment, AttachmentKey, Release
+
+A, R = IPState.AVAILABLE, IPState.RELEASING
+
+
+def ips(*entries: tuple[str, IPState]) -> tuple[PoolIP, ...]:
+    return tuple(PoolIP(a, "azcni-" + a.replace(".", "-"), s) for a, s in entries)
+
+
+def held(*addresses: str) -> list[Assignment]:
+    return [Assignment(AttachmentKey(f"c{i}", "eth0"), a, "n", f"azv{i}", "", 0.0)
+            for i, a in enumerate(addresses)]
+
+
+NOW = 1000.0
+
+
+@pytest.mark.parametrize(("pool", "taken", "released", "expected"), [
+    (ips(), set(), {}, None),
+    (ips(("10.0.0.1", A)), set(), {}, "10.0.0.1"),
+    (ips(("10.0.0.1", A), ("10.0.0.2", A)), {"10.0.0.1"}, {}, "10.0.0.2"),
+    # never hand out an address being released
+    (ips(("10.0.0.1", R), ("10.0.0.2", A)), set(), {}, "10.0.0.2"),
+    (ips(("10.0.0.1", R)), set(), {}, None),
+    # cooling down: skipped until its time is over
+    (ips(("10.0.0.1", A)), set(), {"10.0.0.1": Release(990.0, 1020.0)}, None),
+    (ips(("10.0.0.1", A)), set(), {"10.0.0.1": Release(900.0, 930.0)}, "10.0.0.1"),
+    # never used before wins over released long ago; then least recently released
+    (ips(("10.0.0.1", A), ("10.0.0.2", A)), set(), {"10.0.0.1": Release(1.0, 2.0)},
+     "10.0.0.2"),
+    (ips(("10.0.0.1", A), ("10.0.0.2", A)), set(),
+     {"10.0.0.1": Release(500.0, 530.0), "10.0.0.2": Release(400.0, 430.0)}, "10.0.0.2"),
+])
+def test_choose_address(pool, taken, released, expected) -> None:
+    assert choose_address(pool, frozenset(taken), released, NOW) == expected
+
+
+def pool_of(*entries: tuple[str, IPState]) -> NodeIPPool:
+    return NodeIPPool("n1", PoolSpec("n1"), PoolStatus(ips=ips(*entries)))
+
+
+def test_pool_usage_counts_and_acks() -> None:
+    pool = pool_of(("10.0.0.1", A), ("10.0.0.2", A), ("10.0.0.3", A), ("10.0.0.4", R),
+                   ("10.0.0.5", R), ("10.0.0.6", R))
+    usage = pool_usage(pool, held("10.0.0.1", "10.0.0.5", "10.9.9.9"),
+                       {"10.0.0.2": Release(990.0, 1020.0), "10.0.0.6": Release(990.0, 1020.0)},
+                       NOW)
+    assert (usage.allocated, usage.used, usage.free, usage.releasing, usage.cooling) == \
+        (6, 3, 1, 3, 1)
+    # .4 is unused: acked; .5 is in use and .6 cooling down: not yet
+    assert usage.release_acks == {"azcni-10-0-0-4"}
+    assert usage.outside_pool == ("10.9.9.9",)
+
+
+def test_pool_usage_without_a_pool() -> None:
+    usage = pool_usage(None, held("10.0.0.1"), {}, NOW)
+    assert not usage.known and usage.free == 0 and usage.used == 1
+
+
+async def test_allocator_assigns_once_per_key_and_sees_pool_updates(tmp_path: Path) -> None:
+    clock = [NOW]
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30, clock=lambda: clock[0])
+    await allocator.open()
+    try:
+        key = AttachmentKey("c1", "eth0")
+        assert await allocator.assign(key, "n", "azv1", "") == (None, False), "no pool yet"
+        await allocator.set_pool(pool_of(("10.0.0.1", A), ("10.0.0.2", A)))
+        first, created = await allocator.assign(key, "n", "azv1", "")
+        assert created and first is not None and first.address == "10.0.0.1"
+        again, created = await allocator.assign(key, "n", "azv1", "")
+        assert again == first and not created
+        await allocator.set_pool(pool_of(("10.0.0.1", A), ("10.0.0.2", R)))
+        other, _ = await allocator.assign(AttachmentKey("c2", "eth0"), "n", "azv2", "")
+        assert other is None, "the only other address is being released"
+        assert (await allocator.usage()).release_acks == {"azcni-10-0-0-2"}
+        await allocator.release(key)
+        usage = await allocator.usage()
+        assert (usage.used, usage.cooling, usage.free) == (0, 1, 0)
+        clock[0] += 31
+        assert (await allocator.usage()).free == 1
+    finally:
+        await allocator.close()

@@ -1,0 +1,262 @@
+"""The CNI verbs against the real store and allocator and the in-memory datapath."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from azure_cni.agent.allocator import Allocator
+from azure_cni.agent.cni_handler import CniHandler, PoolExhausted
+from azure_cni.agent.server import cni_error_for
+from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
+from azure_cni.cni.errors import CniError, Code
+from azure_cni.cni.request import CniRequest, parse_request
+from azure_cni.datapath.memory import InMemoryDatapath
+from azure_cni.datapath.names import host_veth_name
+
+
+def pool(*addresses: str, releasing: tuple[str, ...] = ()) -> NodeIPPool:
+    ips = tuple(PoolIP(a, "azcni-" + a.replace(".", "-"),
+                       IPState.RELEASING if a in releasing else IPState.AVAILABLE)
+                for a in (*addresses, *releasing))
+    return NodeIPPool("node-a", PoolSpec("node-a"), PoolStatus(ips=ips))
+
+
+def req(command: str, container: str = "c1", netns: str = "/run/netns/p1",
+        **config: Any) -> CniRequest:
+    version = "1.1.0" if command in ("GC", "STATUS") else "1.0.0"
+    return parse_request({"protocol": 1, "command": command, "containerID": container,
+                          "netns": netns, "ifname": "eth0",
+                          "args": "K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns", "deadlineSeconds": 15,
+                          "config": {"cniVersion": version, "name": "azure-cni", **config}})
+
+
+class Harness:
+    def __init__(self, handler: CniHandler, datapath: InMemoryDatapath,
+                 allocator: Allocator) -> None:
+        self.handler, self.datapath, self.allocator = handler, datapath, allocator
+        self.changes = 0
+
+    async def add(self, container: str = "c1", netns: str = "/run/netns/p1") -> dict[str, Any]:
+        self.datapath.namespaces.add(netns)
+        reply = await self.handler.handle(req("ADD", container, netns))
+        return dict(json.loads(reply.output))
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30)
+    await allocator.open()
+    await allocator.set_pool(pool(*(f"198.18.0.{i}" for i in range(10, 70))))
+    datapath = InMemoryDatapath()
+    netlink = ThreadPoolExecutor(4)
+    handler = CniHandler(node_name="node-a", allocator=allocator, datapath=datapath,
+                         netlink=netlink, mtu=1500, add_wait_seconds=0.5)
+    h = Harness(handler, datapath, allocator)
+    handler.on_change = lambda: setattr(h, "changes", h.changes + 1)
+    yield h
+    await allocator.close()
+    netlink.shutdown()
+
+
+def code_of(error: BaseException) -> int:
+    return int(cni_error_for(error).code)
+
+
+async def test_add_builds_the_datapath_and_returns_the_result(harness: Harness) -> None:
+    result = await harness.add()
+    assert result["ips"][0]["address"] == "198.18.0.10/32"
+    veth = host_veth_name("c1", "eth0")
+    assert result["interfaces"][0]["name"] == veth
+    assert harness.datapath.pairs[veth].address == "198.18.0.10"
+    (assignment,) = await harness.allocator.assignments()
+    assert assignment.pod == "ns/p"
+    assert harness.changes == 1
+
+
+async def test_add_is_idempotent_per_key(harness: Harness) -> None:
+    first = await harness.add()
+    second = await harness.add()
+    assert first == second
+    assert len(await harness.allocator.assignments()) == 1
+
+
+async def test_add_of_a_key_attached_elsewhere_is_refused(harness: Harness) -> None:
+    await harness.add(netns="/run/netns/p1")
+    with pytest.raises(CniError) as caught:
+        await harness.add(netns="/run/netns/other")
+    assert caught.value.code == Code.TRY_AGAIN_LATER
+    assert "DEL it first" in str(caught.value)
+
+
+async def test_failed_add_gives_the_address_back(harness: Harness) -> None:
+    harness.datapath.faults["ensure"] = errno.EBUSY
+    with pytest.raises(OSError) as caught:
+        await harness.add()
+    assert code_of(caught.value) == Code.TRY_AGAIN_LATER
+    assert await harness.allocator.assignments() == []
+    result = await harness.add()
+    assert result["ips"][0]["address"] == "198.18.0.10/32", "no cooldown for a never-used address"
+
+
+async def test_add_into_a_missing_netns_is_unknown_container(harness: Harness) -> None:
+    with pytest.raises(OSError) as caught:
+        await harness.handler.handle(req("ADD", netns="/run/netns/gone"))
+    assert code_of(caught.value) == Code.UNKNOWN_CONTAINER
+    assert await harness.allocator.assignments() == []
+
+
+async def test_interface_name_taken_in_the_pod_is_an_error(harness: Harness) -> None:
+    harness.datapath.foreign_interfaces["/run/netns/p1"] = {"eth0"}
+    with pytest.raises(OSError) as caught:
+        await harness.add()
+    assert code_of(caught.value) == Code.INVALID_CONFIG
+    assert "already has an interface named eth0" in str(cni_error_for(caught.value))
+
+
+async def test_parallel_adds_get_distinct_addresses(harness: Harness) -> None:
+    results = await asyncio.gather(*(harness.add(f"c{i}", f"/run/netns/p{i}")
+                                     for i in range(50)))
+    addresses = [r["ips"][0]["address"] for r in results]
+    assert len(set(addresses)) == 50
+
+
+async def test_concurrent_adds_of_one_key_assign_once(harness: Harness) -> None:
+    results = await asyncio.gather(*(harness.add() for _ in range(5)))
+    assert len({json.dumps(r) for r in results}) == 1
+    assert len(await harness.allocator.assignments()) == 1
+
+
+async def test_exhausted_pool_waits_for_the_operator(harness: Harness) -> None:
+    await harness.allocator.set_pool(pool("198.18.0.10"))
+    await harness.add("c1")
+    waiting = asyncio.create_task(harness.add("c2", "/run/netns/p2"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await harness.allocator.set_pool(pool("198.18.0.10", "198.18.0.11"))
+    harness.handler.pool_changed()
+    result = await asyncio.wait_for(waiting, 5)
+    assert result["ips"][0]["address"] == "198.18.0.11/32"
+
+
+async def test_exhausted_pool_fails_with_try_again_after_the_wait(harness: Harness) -> None:
+    await harness.allocator.set_pool(pool("198.18.0.10", releasing=("198.18.0.11",)))
+    await harness.add("c1")
+    with pytest.raises(PoolExhausted) as caught:
+        await harness.add("c2", "/run/netns/p2")
+    assert caught.value.code == Code.TRY_AGAIN_LATER
+    assert "exhausted" in caught.value.msg
+    assert "1 used, 1 releasing" in caught.value.details
+
+
+async def test_del_frees_and_is_idempotent(harness: Harness) -> None:
+    await harness.add()
+    for netns in ("/run/netns/p1", "/run/netns/p1", ""):
+        reply = await harness.handler.handle(req("DEL", netns=netns))
+        assert reply.output == b"" and reply.warning == ""
+    assert await harness.allocator.assignments() == []
+    assert harness.datapath.pairs == {}
+    usage = await harness.allocator.usage()
+    assert usage.cooling == 1, "a freed address cools down"
+
+
+async def test_del_after_the_netns_is_gone(harness: Harness) -> None:
+    await harness.add()
+    harness.datapath.delete_namespace("/run/netns/p1")
+    reply = await harness.handler.handle(req("DEL"))
+    assert reply.warning == ""
+    assert await harness.allocator.assignments() == []
+
+
+async def test_del_with_a_foreign_prev_result_leaves_it_alone(harness: Harness) -> None:
+    await harness.add("c1")
+    await harness.add("c2", "/run/netns/p2")
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "x"}],
+            "ips": [{"address": "203.0.113.9/32", "interface": 0}]}
+    reply = await harness.handler.handle(req("DEL", "c1", prevResult=prev))
+    assert "203.0.113.9" in reply.warning and "not in the pool" in reply.warning
+    assert [a.key.container_id for a in await harness.allocator.assignments()] == ["c2"]
+
+
+async def test_check(harness: Harness) -> None:
+    result = await harness.add()
+    await harness.handler.handle(req("CHECK", prevResult=result))
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("CHECK"))
+    assert caught.value.code == Code.INVALID_CONFIG and "prevResult" in caught.value.msg
+    foreign = json.loads(json.dumps(result).replace("198.18.0.10/32", "203.0.113.9/32"))
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("CHECK", prevResult=foreign))
+    assert caught.value.code == Code.INVALID_CONFIG
+    assert "203.0.113.9" in caught.value.details and "not in the pool" in caught.value.details
+    harness.datapath.pairs.clear()
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("CHECK", prevResult=result))
+    assert caught.value.code == Code.DATAPATH_MISMATCH
+    assert "does not exist" in caught.value.details
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("CHECK", "c9", prevResult=result))
+    assert caught.value.code == Code.UNKNOWN_CONTAINER
+
+
+async def test_status(harness: Harness) -> None:
+    await harness.handler.handle(req("STATUS"))
+    harness.handler.egress_problem = lambda: "iptables-restore failed"
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("STATUS"))
+    assert caught.value.code == Code.LIMITED_CONNECTIVITY
+    harness.handler.egress_problem = lambda: ""
+    await harness.allocator.set_pool(pool(releasing=("198.18.0.10",)))
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("STATUS"))
+    assert caught.value.code == Code.NOT_AVAILABLE and "no free address" in caught.value.msg
+    await harness.allocator.set_pool(None)
+    with pytest.raises(CniError) as caught:
+        await harness.handler.handle(req("STATUS"))
+    assert caught.value.code == Code.NOT_AVAILABLE and "not received" in caught.value.msg
+
+
+async def gc(harness: Harness, **config: Any) -> str:
+    reply = await harness.handler.handle(req("GC", "", "", **config))
+    return reply.warning
+
+
+async def held(harness: Harness) -> set[str]:
+    return {a.key.container_id for a in await harness.allocator.assignments()}
+
+
+async def test_gc_frees_what_is_not_listed(harness: Harness) -> None:
+    for i in range(3):
+        await harness.add(f"c{i}", f"/run/netns/p{i}")
+    await gc(harness, **{"cni.dev/valid-attachments": [{"containerID": "c1",
+                                                        "ifname": "eth0"}]})
+    assert await held(harness) == {"c1"}
+    assert list(harness.datapath.pairs) == [host_veth_name("c1", "eth0")]
+
+
+async def test_gc_legacy_key_null_and_absent(harness: Harness) -> None:
+    for i in range(3):
+        await harness.add(f"c{i}", f"/run/netns/p{i}")
+    warning = await gc(harness)
+    assert "frees nothing" in warning
+    assert await held(harness) == {"c0", "c1", "c2"}, "no list at all must not free anything"
+    await gc(harness, **{"cni.dev/attachments": [{"containerID": "c0", "ifname": "eth0"}]})
+    assert await held(harness) == {"c0"}
+    await gc(harness, **{"cni.dev/valid-attachments": None})
+    assert await held(harness) == set(), "null is an empty list: nothing is valid"
+
+
+async def test_gc_reports_what_it_could_not_free(harness: Harness) -> None:
+    await harness.add("c0")
+    harness.datapath.faults["teardown"] = errno.EBUSY
+    with pytest.raises(CniError) as caught:
+        await gc(harness, **{"cni.dev/valid-attachments": []})
+    assert caught.value.code == Code.TRY_AGAIN_LATER and "c0/eth0" in caught.value.details
+    assert await held(harness) == {"c0"}, "an attachment whose veth could not go keeps its IP"
