@@ -1,0 +1,81 @@
+{{/*
+Names and labels shared by every template.
+*/}}
+
+{{- define "azure-cni.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every object name; the release name when it already names the chart. */}}
+{{- define "azure-cni.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "azure-cni.operatorName" -}}
+{{- printf "%s-operator" (include "azure-cni.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "azure-cni.agentName" -}}
+{{- printf "%s-agent" (include "azure-cni.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "azure-cni.configName" -}}
+{{- printf "%s-config" (include "azure-cni.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret the operator's service principal variables come from. */}}
+{{- define "azure-cni.credentialSecretName" -}}
+{{- with .Values.credentials.servicePrincipal.existingSecret }}
+{{- . }}
+{{- else }}
+{{- printf "%s-azure-credentials" (include "azure-cni.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "azure-cni.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "azure-cni.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: azure-cni
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component ("operator" or "agent"): never change on upgrade. */}}
+{{- define "azure-cni.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "azure-cni.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "azure-cni.image" -}}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The settings file: exactly the five settings sections of the values, nothing else. */}}
+{{- define "azure-cni.settings" -}}
+{{- $v := .Values }}
+{{- toYaml (dict "pool" $v.pool "azure" $v.azure "operator" $v.operator "agent" $v.agent "snat" $v.snat) }}
+{{- end }}
+
+{{/* The service account user name the API server gives the agent's tokens. */}}
+{{- define "azure-cni.agentUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "azure-cni.agentName" .) }}
+{{- end }}
