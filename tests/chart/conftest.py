@@ -1,0 +1,95 @@
+"""Fixtures for the chart tests: a private helm, and the chart installed on the API server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from tests.chart.helm import Helm
+
+from azure_cni.sim.cluster import ExistingCluster, LocalCluster
+
+
+@pytest.fixture
+def helm(tmp_path: Path) -> Helm:
+    """The pinned helm with a throwaway home, for rendering only."""
+    return Helm(tmp_path / "helm-home")
+
+
+@dataclass
+class Release:
+    """The chart installed by a test: where, and as which service accounts."""
+
+    kube: LocalCluster | ExistingCluster
+    helm: Helm
+    name: str
+    namespace: str
+    #: node names created for this release's tests (each has a NodeIPPool of the same name)
+    nodes: list[str] = field(default_factory=list)
+
+    def service_account(self, component: str) -> str:
+        """The name of the chart's service account of ``component`` (operator or agent)."""
+        out = self.kube.kubectl("get", "serviceaccounts", "-n", self.namespace, "-l",
+                                f"app.kubernetes.io/instance={self.name},"
+                                f"app.kubernetes.io/component={component}",
+                                "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+        assert len(out) == 1, f"expected one {component} service account, found {out}"
+        return out[0]
+
+    def user(self, service_account: str) -> str:
+        return f"system:serviceaccount:{self.namespace}:{service_account}"
+
+    def add_node(self, name: str) -> None:
+        """A Node and its NodeIPPool, as a kubelet and the operator would have created them."""
+        objs = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}},
+                {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+                 "metadata": {"name": name}, "spec": {"nodeName": name}}]
+        for obj in objs:
+            self.kube.kubectl("apply", "-f", "-", input=json.dumps(obj))
+        self.nodes.append(name)
+
+
+def install_release(kube: LocalCluster | ExistingCluster, home: Path, name: str,
+                    values: dict[str, object] | None = None) -> Release:
+    """``helm install`` into a fresh namespace; the CRD must be Established before returning."""
+    release = Release(kube, Helm(home, kube.kubeconfig), name,
+                      f"azcni-chart-{uuid.uuid4().hex[:8]}")
+    release.helm.install(name, release.namespace, values, "--timeout=120s")
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                 "crd/nodeippools.azurecni.io")
+    return release
+
+
+def remove_release(release: Release) -> None:
+    """Uninstall and delete everything the test made (pods bound to nodes are force-deleted:
+    with no kubelet, nothing would ever confirm their graceful end)."""
+    kube = release.kube
+    release.helm.uninstall(release.name, release.namespace)
+    kube.kubectl("delete", "pods", "--all", "-n", release.namespace, "--force",
+                 "--grace-period=0", "--ignore-not-found", check=False)
+    for node in release.nodes:
+        kube.kubectl("patch", "nodeippool", node, "--type=merge",
+                     "-p", '{"metadata":{"finalizers":null}}', check=False)
+        kube.kubectl("delete", "nodeippool", node, "--ignore-not-found", "--wait=false",
+                     check=False)
+        kube.kubectl("delete", "node", node, "--ignore-not-found", "--wait=false", check=False)
+    kube.kubectl("delete", "namespace", release.namespace, "--ignore-not-found",
+                 "--timeout=60s")
+
+
+@pytest.fixture(scope="module")
+def release(kube: LocalCluster | ExistingCluster,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    """The chart installed with default values as release ``azure-cni``, with two nodes."""
+    rel = install_release(kube, tmp_path_factory.mktemp("helm-home"), "azure-cni")
+    try:
+        suffix = uuid.uuid4().hex[:6]
+        rel.add_node(f"azcni-chart-{suffix}-a")
+        rel.add_node(f"azcni-chart-{suffix}-b")
+        yield rel
+    finally:
+        remove_release(rel)

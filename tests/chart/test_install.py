@@ -1,0 +1,139 @@
+"""The chart against a real API server: dry runs, install, upgrade and uninstall with helm."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.chart.conftest import Release, install_release, remove_release
+from tests.chart.helm import CHART, Helm, parse_manifests
+from tests.chart.value_sets import VALUE_SETS
+
+from azure_cni.sim.cluster import ExistingCluster, LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+CRD_NAME = "nodeippools.azurecni.io"
+
+
+@pytest.fixture(scope="module")
+def dry_run_namespace(kube: LocalCluster | ExistingCluster) -> Iterator[str]:
+    """A namespace for server-side dry runs, with the CRD applied and Established."""
+    kube.kubectl("apply", "-f", str(CHART / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    namespace = f"azcni-dry-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", namespace)
+    try:
+        yield namespace
+    finally:
+        kube.kubectl("delete", "namespace", namespace, "--timeout=60s")
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_chart_passes_server_side_dry_run(kube: LocalCluster | ExistingCluster,
+                                                   tmp_path: Path, dry_run_namespace: str,
+                                                   name: str) -> None:
+    manifest = Helm(tmp_path).template(VALUE_SETS[name], namespace=dry_run_namespace).stdout
+    objects = list(parse_manifests(manifest))
+    result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest)
+    accepted = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
+    assert len(accepted) == len(objects), result.stdout + result.stderr
+
+
+def configmap_settings(kube: LocalCluster | ExistingCluster, release: Release
+                       ) -> dict[str, object]:
+    out = kube.kubectl("get", "configmap", "-n", release.namespace, "-l",
+                       f"app.kubernetes.io/instance={release.name}", "-o", "json").stdout
+    (item,) = json.loads(out)["items"]
+    settings: dict[str, object] = yaml.safe_load(item["data"]["config.yaml"])
+    return settings
+
+
+def names(kube: LocalCluster | ExistingCluster, kind: str, release: Release,
+          namespace: str | None = None) -> list[str]:
+    """Names of the release's objects of ``kind`` (cluster-wide kinds without namespace)."""
+    where = ["-n", namespace] if namespace else []
+    out = kube.kubectl("get", kind, *where, "-l", f"app.kubernetes.io/instance={release.name}",
+                       "-o", "jsonpath={.items[*].metadata.name}").stdout
+    return sorted(out.split())
+
+
+def test_install_upgrade_uninstall(kube: LocalCluster | ExistingCluster,
+                                   tmp_path: Path) -> None:
+    release = install_release(kube, tmp_path, "azcni-lifecycle")
+    pool = f"azcni-lifecycle-{uuid.uuid4().hex[:6]}"
+    release.nodes.append(pool)
+    try:
+        # installed: what `helm status` and kubectl show an admin
+        status = json.loads(release.helm.run("status", release.name, "-n", release.namespace,
+                                             "-o", "json").stdout)
+        assert status["info"]["status"] == "deployed"
+        assert "kubectl get nodeippools" in status["info"]["notes"]
+        crd = json.loads(kube.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
+        established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert established["Established"] == "True"
+        prefix = "azcni-lifecycle-azure-cni"
+        assert names(kube, "deployments", release, release.namespace) == [f"{prefix}-operator"]
+        assert names(kube, "daemonsets", release, release.namespace) == [f"{prefix}-agent"]
+        assert names(kube, "serviceaccounts", release, release.namespace) == [
+            f"{prefix}-agent", f"{prefix}-operator"]
+        assert names(kube, "clusterroles", release) == [f"{prefix}-agent", f"{prefix}-operator"]
+        assert names(kube, "roles", release, "default") == [f"{prefix}-operator-events"]
+        assert names(kube, "validatingadmissionpolicies", release) == [
+            f"{prefix}-agent-own-pool"]
+        policy = json.loads(kube.kubectl("get", "validatingadmissionpolicy",
+                                         f"{prefix}-agent-own-pool", "-o", "json").stdout)
+        # the API server type-checked every CEL expression against the CRD's schema
+        assert not policy.get("status", {}).get("typeChecking", {}).get("expressionWarnings")
+        assert configmap_settings(kube, release)["pool"]["minIPs"] == 0  # type: ignore[index]
+
+        # upgrade: a changed value reaches the ConfigMap and restarts the operator's pods
+        def template_checksum() -> str:
+            deployment = json.loads(kube.kubectl(
+                "get", "deployment", f"{prefix}-operator", "-n", release.namespace, "-o",
+                "json").stdout)
+            checksum: str = deployment["spec"]["template"]["metadata"]["annotations"][
+                "checksum/config"]
+            return checksum
+
+        before = template_checksum()
+        release.helm.upgrade(release.name, release.namespace, {"pool": {"minIPs": 4}},
+                             "--timeout=120s")
+        assert configmap_settings(kube, release)["pool"]["minIPs"] == 4  # type: ignore[index]
+        assert template_checksum() != before
+        history = json.loads(release.helm.run("history", release.name, "-n",
+                                              release.namespace, "-o", "json").stdout)
+        assert [r["revision"] for r in history] == [1, 2]
+
+        # a pool as the operator leaves it: with its finalizer
+        kube.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": pool, "finalizers": ["azurecni.io/nic-cleanup"]},
+            "spec": {"nodeName": pool}}))
+
+        # uninstall: the chart's objects go; the CRD and the pools stay (README: Uninstalling)
+        release.helm.run("uninstall", release.name, "-n", release.namespace, "--timeout=60s")
+        for kind in ("deployments", "daemonsets", "configmaps", "serviceaccounts"):
+            assert names(kube, kind, release, release.namespace) == [], kind
+        for kind in ("clusterroles", "clusterrolebindings", "validatingadmissionpolicies",
+                     "validatingadmissionpolicybindings"):
+            assert names(kube, kind, release) == [], kind
+        assert names(kube, "roles", release, "default") == []
+        kube.kubectl("get", "crd", CRD_NAME)
+        left = json.loads(kube.kubectl("get", "nodeippool", pool, "-o", "json").stdout)
+        assert left["metadata"]["finalizers"] == ["azurecni.io/nic-cleanup"]
+
+        # the README's cleanup of the pools, without an operator to honour the finalizer
+        kube.kubectl("patch", "nodeippools", pool, "--type=merge",
+                     "-p", '{"metadata":{"finalizers":null}}')
+        kube.kubectl("delete", "nodeippool", pool, "--wait=true", "--timeout=60s")
+        assert kube.kubectl("get", "nodeippool", pool, check=False).returncode != 0
+        # deleting the CRD is the last step there; a dry run proves the command, without
+        # taking the CRD away from the other tests of this session
+        kube.kubectl("delete", "crd", CRD_NAME, "--dry-run=server")
+    finally:
+        remove_release(release)

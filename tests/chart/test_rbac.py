@@ -1,0 +1,332 @@
+"""The chart's service accounts, with real tokens: what they may do, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.chart.conftest import Release
+from tests.chart.helm import ROOT
+from tests.chart.tokens import (
+    NODE_NAME_EXTRA,
+    create_pod_on_node,
+    service_account_kubeconfig,
+    whoami,
+)
+
+from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
+from azure_cni.sim.cluster import run_kubectl
+
+pytestmark = pytest.mark.cluster
+
+RBAC_DOC = ROOT / "docs" / "rbac.md"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def operator_kubeconfig(release: Release, tmp_path: Path) -> Path:
+    return service_account_kubeconfig(release.kube.kubeconfig, release.namespace,
+                                      release.service_account("operator"),
+                                      tmp_path / "operator.kubeconfig")
+
+
+def agent_kubeconfig(release: Release, tmp_path: Path, node: str) -> Path:
+    """The agent of ``node`` as the kubelet would run it: a token bound to a pod on the node."""
+    pod = f"agent-{uuid.uuid4().hex[:8]}"
+    create_pod_on_node(release.kube.kubeconfig, release.namespace, pod, node,
+                       release.service_account("agent"))
+    return service_account_kubeconfig(release.kube.kubeconfig, release.namespace,
+                                      release.service_account("agent"),
+                                      tmp_path / f"agent-{node}.kubeconfig", pod=pod)
+
+
+def apply_status(kubeconfig: Path, pool: str, status: dict[str, Any], manager: str,
+                 check: bool = True) -> Any:
+    """Server-side apply of ``status`` to the pool's status subresource, as ``manager``.
+
+    With force, as both processes apply: a field another manager owns is taken over instead
+    of being reported as a conflict, so a write that must be refused reaches admission.
+    """
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": pool}, "status": status}
+    return run_kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
+                       f"--field-manager={manager}", "--subresource=status", "-f", "-",
+                       input=json.dumps(body), check=check)
+
+
+def refused(result: Any, fragment: str) -> None:
+    assert result.returncode != 0, f"expected a refusal, got: {result.stdout}"
+    assert "Forbidden" in result.stderr or "forbidden" in result.stderr, result.stderr
+    assert fragment in result.stderr, result.stderr
+
+
+def get_pool(release: Release, name: str) -> dict[str, Any]:
+    pool: dict[str, Any] = json.loads(release.kube.kubectl(
+        "get", "nodeippool", name, "-o", "json", "--show-managed-fields").stdout)
+    return pool
+
+
+def post_event(kubeconfig: Path, namespace: str, pool: str, involved_namespace: str = ""
+               ) -> None:
+    """An Event about a pool, as kopf (involved object in its namespace) or the operator's and
+    the agent's own code (cluster-scoped involved object, Event in ``default``) post it."""
+    involved = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool", "name": pool}
+    if involved_namespace:
+        involved["namespace"] = involved_namespace
+    run_kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{pool}.", "namespace": namespace},
+        "involvedObject": involved, "reason": "Test", "message": "posted by a chart token",
+        "type": "Normal"}))
+
+
+def watch_once(kubeconfig: Path, path: str) -> Any:
+    """A real watch request that the API server ends after a second."""
+    sep = "&" if "?" in path else "?"
+    return run_kubectl(kubeconfig, "get", "--raw", f"{path}{sep}watch=1&timeoutSeconds=1",
+                       check=False)
+
+
+OPERATOR_STATUS = {
+    "nic": {"id": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.Network/"
+                  "networkInterfaces/nic0", "primaryIP": "198.18.0.4",
+            "subnetCIDR": "198.18.0.0/24"},
+    "ips": [{"address": "198.18.0.10", "ipConfiguration": "azcni-0000", "state": "Available"},
+            {"address": "198.18.0.11", "ipConfiguration": "azcni-0001", "state": "Releasing"}],
+    "allocated": 2,
+    "conditions": [{"type": "Ready", "status": "True", "reason": "Provisioned",
+                    "message": "2 addresses"}],
+}
+AGENT_STATUS = {
+    "used": 1, "releaseAcks": ["azcni-0001"],
+    "conditions": [{"type": "AgentReady", "status": "True", "reason": "Serving",
+                    "message": "agent up"}],
+}
+
+
+# -- the operator -------------------------------------------------------------------------------
+
+def test_operator_token_can_do_what_the_operator_does(release: Release,
+                                                      tmp_path: Path) -> None:
+    kubeconfig = operator_kubeconfig(release, tmp_path)
+    assert whoami(kubeconfig)["username"] == release.user(release.service_account("operator"))
+
+    def ok(*args: str, **kwargs: Any) -> str:
+        return run_kubectl(kubeconfig, *args, **kwargs).stdout
+
+    # nodes: list and watch, and kopf's CRD discovery: list and watch
+    assert release.nodes[0] in ok("get", "nodes", "-o", "name")
+    for path in ("/api/v1/nodes",
+                 "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"):
+        result = watch_once(kubeconfig, path)
+        assert result.returncode == 0, result.stderr
+    assert "nodeippools.azurecni.io" in ok(
+        "get", "--raw", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+
+    # a pool for a new node, with kopf's finalizer and annotation, then its status
+    pool = f"{release.nodes[0]}-op"
+    release.nodes.append(pool)  # cleaned up with the release
+    ok("create", "-f", "-", input=json.dumps({
+        "apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+        "metadata": {"name": pool}, "spec": {"nodeName": pool, "minIPs": 2}}))
+    ok("patch", "nodeippool", pool, "--type=merge", "-p", json.dumps({"metadata": {
+        "finalizers": ["azurecni.io/nic-cleanup"],
+        "annotations": {"azurecni.io/last-handled-configuration": "{}"}}}))
+    apply_status(kubeconfig, pool, OPERATOR_STATUS, OPERATOR_FIELD_MANAGER)
+    stored = get_pool(release, pool)
+    assert stored["status"]["allocated"] == 2
+    assert stored["metadata"]["finalizers"] == ["azurecni.io/nic-cleanup"]
+    managers = {(m["manager"], m.get("subresource", "")) for m in
+                stored["metadata"]["managedFields"]}
+    assert (OPERATOR_FIELD_MANAGER, "status") in managers
+    assert "2" in ok("get", "nodeippool", pool)  # the ALLOCATED column an admin sees
+
+    # Events: kopf's in the operator's namespace, the operator's own in default
+    post_event(kubeconfig, release.namespace, pool, involved_namespace=release.namespace)
+    post_event(kubeconfig, "default", pool)
+
+    # a deleted node's pool: the finalizer is removed after the NIC cleanup, then it goes
+    ok("patch", "nodeippool", pool, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    ok("delete", "nodeippool", pool, "--wait=true", "--timeout=60s")
+    assert release.kube.kubectl("get", "nodeippool", pool, check=False).returncode != 0
+
+
+def test_operator_token_is_refused_secrets_and_node_writes(release: Release,
+                                                           tmp_path: Path) -> None:
+    kubeconfig = operator_kubeconfig(release, tmp_path)
+    node = release.nodes[0]
+
+    def no(*args: str, fragment: str = "cannot") -> None:
+        refused(run_kubectl(kubeconfig, *args, check=False), fragment)
+
+    no("get", "secrets", "-n", release.namespace)
+    no("get", "secrets", "--all-namespaces")
+    no("label", "node", node, "azurecni.io/touched=yes")
+    no("patch", "node", node, "--type=merge", "-p", '{"spec":{"unschedulable":true}}')
+    no("delete", "node", node)
+    no("get", "crd", "nodeippools.azurecni.io")
+    no("delete", "crd", "nodeippools.azurecni.io")
+    no("get", "configmaps", "-n", release.namespace)
+    no("create", "serviceaccount", "x", "-n", release.namespace)
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+def test_agent_token_names_its_node(release: Release, tmp_path: Path) -> None:
+    node = release.nodes[0]
+    user = whoami(agent_kubeconfig(release, tmp_path, node))
+    assert user["username"] == release.user(release.service_account("agent"))
+    assert user["extra"][NODE_NAME_EXTRA] == [node]  # type: ignore[index]
+
+
+def test_agent_token_can_watch_its_pool_and_apply_its_status(release: Release,
+                                                             tmp_path: Path) -> None:
+    node = release.nodes[0]
+    operator = operator_kubeconfig(release, tmp_path)
+    agent = agent_kubeconfig(release, tmp_path, node)
+
+    # the agent's watch: only its own pool, by field selector
+    result = watch_once(agent, "/apis/azurecni.io/v1alpha1/nodeippools"
+                               f"?fieldSelector=metadata.name%3D{node}")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [e["object"]["metadata"]["name"] for e in events] == [node]
+
+    # both writers, each its own fields: neither erases the other's
+    apply_status(operator, node, OPERATOR_STATUS, OPERATOR_FIELD_MANAGER)
+    apply_status(agent, node, AGENT_STATUS, AGENT_FIELD_MANAGER)
+    status = get_pool(release, node)["status"]
+    assert status["used"] == 1 and status["releaseAcks"] == ["azcni-0001"]
+    assert status["allocated"] == 2 and len(status["ips"]) == 2
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "AgentReady"}
+
+
+
+def test_agent_token_is_refused_everything_else(release: Release, tmp_path: Path) -> None:
+    own, other = release.nodes[0], release.nodes[1]
+    agent = agent_kubeconfig(release, tmp_path, own)
+    before = get_pool(release, other)
+
+    refused(apply_status(agent, other, {"used": 7}, AGENT_FIELD_MANAGER, check=False),
+            f"the azure-cni agent of node {own} may not write the NodeIPPool of node {other}")
+    assert get_pool(release, other).get("status") == before.get("status")
+
+    refused(apply_status(agent, own, {"allocated": 200}, AGENT_FIELD_MANAGER, check=False),
+            "the azure-cni agent may only change status.used, status.releaseAcks and the "
+            "AgentReady condition")
+    refused(apply_status(agent, own, {"conditions": [{"type": "Ready", "status": "False"}]},
+                         AGENT_FIELD_MANAGER, check=False),
+            "the other status fields belong to the operator")
+
+    def no(*args: str, fragment: str = "cannot", stdin: str | None = None) -> None:
+        refused(run_kubectl(agent, *args, check=False, input=stdin), fragment)
+
+    no("patch", "nodeippool", own, "--type=merge", "-p", '{"spec":{"minIPs":3}}')
+    no("scale", "nodeippool", own, "--replicas=3")
+    no("delete", "nodeippool", own)
+    no("create", "-f", "-", stdin=json.dumps({
+        "apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+        "metadata": {"name": f"{own}-x"}, "spec": {"nodeName": f"{own}-x"}}))
+    no("get", "secrets", "-n", release.namespace)
+    no("get", "secrets", "--all-namespaces")
+    no("get", "nodes")
+    no("get", "nodeippool", own)  # it lists and watches by field selector, never gets
+    assert get_pool(release, own)["spec"]["minIPs"] == 0
+
+
+def test_agent_tokens_bound_to_a_node_and_to_nothing(release: Release, tmp_path: Path) -> None:
+    admin = release.kube.kubeconfig
+    sa = release.service_account("agent")
+    other = release.nodes[1]
+    node_bound = service_account_kubeconfig(admin, release.namespace, sa,
+                                            tmp_path / "node-bound.kubeconfig", node=other)
+    apply_status(node_bound, other, {"used": 2}, AGENT_FIELD_MANAGER)
+    assert get_pool(release, other)["status"]["used"] == 2
+
+    unbound = service_account_kubeconfig(admin, release.namespace, sa,
+                                         tmp_path / "unbound.kubeconfig")
+    refused(apply_status(unbound, other, {"used": 3}, AGENT_FIELD_MANAGER, check=False),
+            "the azure-cni agent's token names no node")
+
+
+def test_admission_policy_holds_when_rbac_is_widened(release: Release, tmp_path: Path) -> None:
+    """Were the agent ever granted writes on pools, the policy still allows only its status."""
+    own = release.nodes[0]
+    agent = agent_kubeconfig(release, tmp_path, own)
+    widened = f"azcni-test-widened-{uuid.uuid4().hex[:6]}"
+    kube = release.kube
+    kube.kubectl("create", "clusterrole", widened, "--verb=get,patch,update,delete",
+                 "--resource=nodeippools.azurecni.io,nodeippools.azurecni.io/scale")
+    try:
+        kube.kubectl("create", "clusterrolebinding", widened, f"--clusterrole={widened}",
+                     f"--serviceaccount={release.namespace}:{release.service_account('agent')}")
+        refused(run_kubectl(agent, "patch", "nodeippool", own, "--type=merge",
+                            "-p", '{"spec":{"minIPs":3}}', check=False),
+                "the azure-cni agent may only write the status of a NodeIPPool; update is for "
+                "the operator and the admin")
+        refused(run_kubectl(agent, "scale", "nodeippool", own, "--replicas=3", check=False),
+                "update of scale is for the operator and the admin")
+        refused(run_kubectl(agent, "delete", "nodeippool", own, check=False),
+                "the azure-cni agent may only write the status of a NodeIPPool; delete")
+        assert get_pool(release, own)["spec"]["minIPs"] == 0
+    finally:
+        kube.kubectl("delete", "clusterrolebinding", widened, "--ignore-not-found")
+        kube.kubectl("delete", "clusterrole", widened, "--ignore-not-found")
+
+
+# -- docs/rbac.md ---------------------------------------------------------------------------------
+
+ROW = re.compile(r"^\| (operator|agent) \| `([^`]+)` \| (yes|no) \|", re.MULTILINE)
+
+
+def test_rbac_doc_table_is_true(release: Release) -> None:
+    rows = ROW.findall(RBAC_DOC.read_text())
+    assert len(rows) >= 50, "the can-i tables of docs/rbac.md were not found"
+    wrong = []
+    for who, question, answer in rows:
+        user = release.user(release.service_account(who))
+        # the document speaks of a release installed in kube-system
+        args = [release.namespace if a == "kube-system" else a for a in shlex.split(question)]
+        result = release.kube.kubectl("auth", "can-i", *args, f"--as={user}", check=False)
+        got = result.stdout.strip()
+        if got != answer:
+            wrong.append(f"{who}: can-i {question} -> {got or result.stderr.strip()}, "
+                         f"docs say {answer}")
+    assert not wrong, "docs/rbac.md is not true:\n" + "\n".join(wrong)
+
+
+def can_i_list(kubeconfig: Path, namespace: str) -> dict[str, set[str]]:
+    """``kubectl auth can-i --list`` as a mapping resource -> verbs (self-reviews left out)."""
+    out = run_kubectl(kubeconfig, "auth", "can-i", "--list", "-n", namespace,
+                      "--no-headers").stdout
+    grants: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        resource, rest = line.split(None, 1) if not line.startswith(" ") else ("", line)
+        if not resource or resource.startswith("selfsubject"):
+            continue
+        verbs = re.findall(r"\[([^\]]*)\]\s*$", rest)[0].split()
+        grants.setdefault(resource, set()).update(verbs)
+    return grants
+
+
+def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Release,
+                                                                   tmp_path: Path) -> None:
+    operator = operator_kubeconfig(release, tmp_path)
+    agent = agent_kubeconfig(release, tmp_path, release.nodes[0])
+    pools = "nodeippools.azurecni.io"
+    assert can_i_list(operator, release.namespace) == {
+        "nodes": {"list", "watch"},
+        pools: {"get", "list", "watch", "create", "patch", "delete"},
+        f"{pools}/status": {"patch"},
+        "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
+        "events": {"create"},
+    }
+    assert can_i_list(operator, "kube-public").get("events") is None
+    for namespace in (release.namespace, "default"):
+        assert can_i_list(agent, namespace) == {pools: {"list", "watch"},
+                                                f"{pools}/status": {"patch"}}
