@@ -91,23 +91,27 @@ async def run_adapter(settings: AzureSettings, nics: int, per_nic: int) -> dict[
 
 async def add_one_at_a_time(client: NetworkManagementClient, vm: VmInfo, per_nic: int,
                             polling_interval: float) -> int:
-    """A per-IP writer: one GET + PUT + operation per address; returns 429s it outlasted."""
+    """A per-IP writer: one GET + PUT + operation per address; returns the throttled or
+    conflicting calls it had to start over after the SDK's own retries gave up."""
     ref = parse_resource_id(vm.nic_id)
     outlasted = 0
     for i in range(per_nic):
+        name = f"ip-{i:03d}"
         while True:
             try:
                 nic = await client.network_interfaces.get(ref.resource_group, ref.name)
+                if any(c.name == name for c in nic.ip_configurations):
+                    break  # written, but polling its operation was throttled
                 primary = next(c for c in nic.ip_configurations if c.primary)
                 nic.ip_configurations.append(NetworkInterfaceIPConfiguration(
-                    name=f"ip-{i:03d}", subnet=Subnet(id=primary.subnet.id), primary=False,
+                    name=name, subnet=Subnet(id=primary.subnet.id), primary=False,
                     private_ip_allocation_method="Dynamic"))
                 poller = await client.network_interfaces.begin_create_or_update(
                     ref.resource_group, ref.name, nic, polling_interval=polling_interval)
                 await poller.result()
                 break
             except HttpResponseError as e:
-                if e.status_code != 429:
+                if e.status_code not in (409, 429):  # throttled, or the last write still runs
                     raise
                 outlasted += 1
                 headers = dict(getattr(e.response, "headers", None) or {})
