@@ -189,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     arm.add_argument("--static-token", action="append",
                      help="a bearer token to accept besides IMDS-issued ones (repeatable)")
     arm.set_defaults(handler=_sim_arm)
+
+    status = sub.add_parser("status", help="this node's pool, pod addresses and agent health "
+                                           "(asks the local azure-cni agent)")
+    status.add_argument("--socket", type=Path, default=None,
+                        help="the agent's socket (default: agent.socketPath of --config)")
+    status.add_argument("--config", type=Path, default=None,
+                        help="settings file (default /etc/azure-cni/config.yaml if present)")
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.set_defaults(handler=_status)
     return parser
 
 
