@@ -65,8 +65,8 @@ def install_release(kube: LocalCluster | ExistingCluster, home: Path, name: str,
 
 
 def remove_release(release: Release) -> None:
-    """Uninstall and delete everything the test made (pods bound to nodes are force-deleted:
-    with no kubelet, nothing would ever confirm their graceful end)."""
+    """Uninstall and delete everything the test made: nodes, pools, their Events, the namespace
+    (pods bound to nodes are force-deleted: with no kubelet, nothing would confirm their end)."""
     kube = release.kube
     release.helm.uninstall(release.name, release.namespace)
     kube.kubectl("delete", "pods", "--all", "-n", release.namespace, "--force",
@@ -77,6 +77,9 @@ def remove_release(release: Release) -> None:
         kube.kubectl("delete", "nodeippool", node, "--ignore-not-found", "--wait=false",
                      check=False)
         kube.kubectl("delete", "node", node, "--ignore-not-found", "--wait=false", check=False)
+        # Events about the pool, posted by the tests' tokens or the operator, in `default`
+        kube.kubectl("delete", "events", "-n", "default", "--field-selector",
+                     f"involvedObject.name={node}", "--ignore-not-found", check=False)
     kube.kubectl("delete", "namespace", release.namespace, "--ignore-not-found",
                  "--timeout=60s")
 
