@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import posixpath
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,21 @@ def test_admission_policy_guards_every_status_field_the_agent_does_not_own(helm:
     binding = find(helm.render(), "ValidatingAdmissionPolicyBinding", "-agent-own-pool")
     assert binding["spec"] == {"policyName": policy["metadata"]["name"],
                                "validationActions": ["Deny"]}
+
+
+def test_no_custom_resource_field_can_hold_a_credential() -> None:
+    """NodeIPPools are readable by every agent: nothing in their schema may carry a secret."""
+    crd = yaml.safe_load((CHART / "crds" / "azurecni.io_nodeippools.yaml").read_text())
+
+    def names(schema: dict[str, Any]) -> list[str]:
+        found = []
+        for key, sub in schema.get("properties", {}).items():
+            found.append(key)
+            found += names(sub)
+            found += names(sub.get("items", {}))
+        return found
+
+    fields = names(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    assert "primaryIP" in fields  # the walk reaches nested status fields
+    assert not [f for f in fields
+                if re.search(r"secret|password|token|credential|key$", f, re.IGNORECASE)]
