@@ -102,6 +102,10 @@ class Allocator:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    @property
     def store(self) -> AddressStore:
         assert self._store is not None, "Allocator.open() was not awaited"
         return self._store

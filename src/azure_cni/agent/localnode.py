@@ -13,12 +13,13 @@ network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,11 +185,19 @@ class LocalNode:
         return self.agent
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the agent serves and has installed the conflist."""
+        """Wait until this agent process serves, ready, and its conflist is installed."""
+        from azure_cni.agent.status_cli import AgentDown  # noqa: PLC0415 - avoids a cycle
+
         assert self.agent is not None
-        wait_for(f"agent {self.name} to install {self.conflist_path}",
-                 lambda: self.conflist_path.exists() and self.socket_path.exists(), timeout,
-                 alive=self.agent.check_running)
+
+        def ready() -> bool:
+            try:
+                return bool(self.agent_status()["ready"]) and self.conflist_path.exists()
+            except AgentDown:
+                return False
+
+        wait_for(f"agent {self.name} to serve and install {self.conflist_path}", ready,
+                 timeout, interval=0.05, alive=self.agent.check_running)
 
     def stop_agent(self, kill: bool = False, timeout: float = 20) -> int | None:
         """SIGTERM (or SIGKILL) the agent; return its exit code."""
@@ -299,8 +308,9 @@ def ipconfig_name(address: str) -> str:
     return "azcni-" + address.replace(".", "-")
 
 
-def read_pool(kubectl: Kubectl, node: str) -> dict[str, Any]:
-    out = kubectl("get", "nodeippool", node, "-o", "json").stdout
+def read_pool(kubectl: Kubectl, node: str, managed_fields: bool = False) -> dict[str, Any]:
+    extra = ["--show-managed-fields"] if managed_fields else []
+    out = kubectl("get", "nodeippool", node, "-o", "json", *extra).stdout
     return dict(json.loads(out))
 
 
@@ -336,3 +346,24 @@ def api_port_of(kubeconfig: Path) -> int:
     if host not in ("127.0.0.1", "localhost"):
         raise ValueError(f"{server} is not on this machine's loopback; a portal cannot reach it")
     return int(port)
+
+
+@contextlib.contextmanager
+def simulated_node(kubectl: Kubectl, kubeconfig: Path, create_netns: Callable[[str], str],
+                   workdir: Path, *, primary_cidr: str = "198.18.0.4/24",
+                   gateway: str = "198.18.0.1", mtu: int = 1500,
+                   fabric_netns: str | None = None) -> Iterator[LocalNode]:
+    """A simulated VM with its portal running and its agent not yet started; on exit the
+    agent and portal stop and the node's NodeIPPool is deleted."""
+    hostns = create_netns("host")
+    setup_host_nic(hostns, primary_cidr=primary_cidr, gateway=gateway, mtu=mtu,
+                   fabric_netns=fabric_netns)
+    node = LocalNode(name=f"node-{uuid.uuid4().hex[:8]}", netns=hostns, workdir=workdir,
+                     kubeconfig=kubeconfig, api_port=api_port_of(kubeconfig))
+    node.link_reference_plugins()
+    node.start_portal()
+    try:
+        yield node
+    finally:
+        node.stop()
+        delete_pool(kubectl, node.name)

@@ -161,6 +161,8 @@ class NodeAgent:
         self._installed = False
         self._serving = False
         self._pool_seen = False
+        #: (used, releaseAcks) to report when the store cannot be read
+        self._reported_usage: tuple[int, frozenset[str]] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -175,18 +177,24 @@ class NodeAgent:
 
     async def start(self) -> None:
         try:
+            await self.allocator.open()
+        except StoreError as e:
+            await self._fail_early("RecoveryFailed", str(e))
+            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+        try:
             install.check_host_python(self.agent, self.host_root)
         except install.HostPythonMissing as e:
             await self._fail_early("HostPythonMissing", str(e))
             raise AgentStartupError(str(e), 2, "HostPythonMissing") from e
         try:
-            await self.allocator.open()
             await self._recover()
-        except (StoreError, RefuseToStart) as e:
+        except RefuseToStart as e:
             await self._fail_early("RecoveryFailed", str(e))
             raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
         await self.egress.ensure_sysctls()
         await self.replay_spool()
+        self._set_readiness(False, "WaitingForPool",
+                            f"serving; waiting for NodeIPPool {self.node_name}")
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
         await self._start_metrics()
@@ -198,8 +206,6 @@ class NodeAgent:
             asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
                                 name="egress-drift"),
         ]
-        self._set_readiness(False, "WaitingForPool",
-                            f"serving; waiting for NodeIPPool {self.node_name}")
 
     async def shutdown(self) -> None:
         """Stop taking new pods first (conflist gone), then stop serving."""
@@ -228,9 +234,17 @@ class NodeAgent:
         """Tell the cluster why the agent will not serve (best effort: it may be down too)."""
         log.error("event=startup_failed reason=%s message=%s", reason, message)
         self._set_readiness(False, reason, message)
-        self._pool_seen = True
-        with contextlib.suppress(Exception):
+        try:
+            obj, _ = await asyncio.wait_for(self.api.list_pool(self.node_name), timeout=10)
+            if obj is None:
+                return
+            # without a store, keep what the last agent reported rather than erase it
+            status = NodeIPPool.from_object(obj).status
+            self._reported_usage = (status.used, status.release_acks)
+            self._pool_seen = True
             await asyncio.wait_for(self.reporter.flush(), timeout=10)
+        except Exception as e:  # noqa: BLE001 - the API server may be the problem too
+            log.warning("event=condition_not_reported error=%r", e)
 
     async def _recover(self) -> None:
         loop = asyncio.get_running_loop()
@@ -364,8 +378,14 @@ class NodeAgent:
         return ""
 
     async def _status_fields(self) -> dict[str, Any] | None:
-        usage = await self.allocator.usage()
-        self.metrics.set_pool(usage)
+        if self.allocator.is_open:
+            usage = await self.allocator.usage()
+            self.metrics.set_pool(usage)
+            used, acks = usage.used, usage.release_acks
+        elif self._reported_usage is not None:
+            used, acks = self._reported_usage
+        else:
+            return None
         if not self._pool_seen:
             return None  # nothing to write to yet
         condition = Condition(ConditionType.AGENT_READY, self.readiness.ready,
@@ -373,7 +393,7 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
-        return PoolStatus(used=usage.used, release_acks=usage.release_acks,
+        return PoolStatus(used=used, release_acks=acks,
                           conditions=(self._condition,)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
