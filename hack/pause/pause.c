@@ -1,0 +1,31 @@
+/*
+ * The sandbox ("pause") process of a pod for tests: holds the pod's namespaces open until it is
+ * told to stop, and reaps orphans. Built statically (gcc -static) and packaged as an OCI image
+ * by the tests, so they need no registry. Not a copy of Kubernetes' pause: same job, our code.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void stop(int sig) {
+    (void)sig;
+    _exit(0);
+}
+
+static void reap(int sig) {
+    (void)sig;
+    while (waitpid(-1, NULL, WNOHANG) > 0) {
+    }
+}
+
+int main(void) {
+    struct sigaction on_stop = {.sa_handler = stop};
+    struct sigaction on_child = {.sa_handler = reap, .sa_flags = SA_NOCLDSTOP};
+    sigaction(SIGINT, &on_stop, NULL);
+    sigaction(SIGTERM, &on_stop, NULL);
+    sigaction(SIGCHLD, &on_child, NULL);
+    for (;;) {
+        pause();
+    }
+}
