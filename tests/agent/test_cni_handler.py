@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -260,3 +261,55 @@ async def test_gc_reports_what_it_could_not_free(harness: Harness) -> None:
         await gc(harness, **{"cni.dev/valid-attachments": []})
     assert caught.value.code == Code.TRY_AGAIN_LATER and "c0/eth0" in caught.value.details
     assert await held(harness) == {"c0"}, "an attachment whose veth could not go keeps its IP"
+
+
+class BarrierDatapath(InMemoryDatapath):
+    """ensure_pod_veth waits until ``parties`` of them run at the same time."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def ensure_pod_veth(self, pod) -> None:  # type: ignore[no-untyped-def]
+        self.barrier.wait()  # BrokenBarrierError if ADDs were serialised
+        super().ensure_pod_veth(pod)
+
+
+async def test_adds_of_different_pods_do_netlink_work_at_the_same_time(
+        harness: Harness) -> None:
+    slow = BarrierDatapath(parties=4)
+    harness.handler.datapath = slow
+    harness.datapath = slow
+    results = await asyncio.gather(*(harness.add(f"c{i}", f"/run/netns/p{i}")
+                                     for i in range(4)))
+    assert len({r["ips"][0]["address"] for r in results}) == 4
+
+
+class GateDatapath(InMemoryDatapath):
+    """ensure_pod_veth blocks until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def ensure_pod_veth(self, pod) -> None:  # type: ignore[no-untyped-def]
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        super().ensure_pod_veth(pod)
+
+
+async def test_del_of_a_pod_waits_for_its_add_in_flight(harness: Harness) -> None:
+    gated = GateDatapath()
+    harness.handler.datapath = gated
+    harness.datapath = gated
+    adding = asyncio.create_task(harness.add())
+    await asyncio.get_running_loop().run_in_executor(None, gated.entered.wait, 10)
+    deleting = asyncio.create_task(harness.handler.handle(req("DEL")))
+    await asyncio.sleep(0.2)
+    assert not deleting.done(), "DEL must not overtake the ADD of the same attachment"
+    gated.gate.set()
+    await adding
+    await deleting
+    assert await harness.allocator.assignments() == []
+    assert gated.pairs == {}

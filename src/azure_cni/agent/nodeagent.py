@@ -71,6 +71,35 @@ class PoolApi(Protocol):
     async def apply_status(self, name: str, body: Mapping[str, Any]) -> None: ...
 
 
+async def watch_pool_forever(api: PoolApi, name: str,
+                             on_pool: Callable[[Mapping[str, Any] | None], Awaitable[None]],
+                             max_backoff: float = 30.0) -> None:
+    """Follow one NodeIPPool: list, then watch from the list's resourceVersion; relist after
+    410 Gone or any failure (with jittered backoff). ``on_pool(None)``: it does not exist."""
+    backoff = 1.0
+    while True:
+        try:
+            obj, version = await api.list_pool(name)
+            await on_pool(obj)
+            backoff = 1.0
+            while True:
+                async for kind, event in api.watch_pool(name, version):
+                    version = str((event.get("metadata") or {}).get("resourceVersion")
+                                  or version)
+                    if kind in ("ADDED", "MODIFIED"):
+                        await on_pool(event)
+                    elif kind == "DELETED":
+                        await on_pool(None)
+        except WatchExpired:
+            log.info("event=watch_expired; relisting")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - API server restarts, network blips
+            log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, max_backoff)
+
+
 class AgentStartupError(RuntimeError):
     """The agent cannot start; ``exit_code`` tells the process supervisor which case."""
 
@@ -297,28 +326,7 @@ class NodeAgent:
     # -- the pool --------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                obj, version = await self.api.list_pool(self.node_name)
-                await self.pool_changed(obj)
-                backoff = 1.0
-                while True:
-                    async for kind, event in self.api.watch_pool(self.node_name, version):
-                        version = str((event.get("metadata") or {}).get("resourceVersion")
-                                      or version)
-                        if kind in ("ADDED", "MODIFIED"):
-                            await self.pool_changed(event)
-                        elif kind == "DELETED":
-                            await self.pool_changed(None)
-            except WatchExpired:
-                log.info("event=watch_expired; relisting")
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - API server restarts, network blips
-                log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 30.0)
+        await watch_pool_forever(self.api, self.node_name, self.pool_changed)
 
     async def pool_changed(self, obj: Mapping[str, Any] | None) -> None:
         """Adopt a new version of the NodeIPPool (None: it does not exist)."""
