@@ -313,3 +313,17 @@ async def test_del_of_a_pod_waits_for_its_add_in_flight(harness: Harness) -> Non
     await deleting
     assert await harness.allocator.assignments() == []
     assert gated.pairs == {}
+
+
+async def test_pods_whose_namespace_and_veth_vanished_are_freed(harness: Harness,
+                                                                tmp_path: Path) -> None:
+    alive = tmp_path / "alive-netns"
+    alive.write_text("")
+    await harness.add("kept", str(alive))
+    await harness.add("hidden", str(tmp_path / "not-visible-to-the-agent"))
+    await harness.add("vanished", str(tmp_path / "gone-netns"))
+    harness.datapath.delete_namespace(str(tmp_path / "gone-netns"))  # its veth goes with it
+    assert await harness.handler.free_vanished_pods(older_than=60) == [], "too young to judge"
+    freed = await harness.handler.free_vanished_pods(older_than=0)
+    assert [a.key.container_id for a in freed] == ["vanished"]
+    assert await held(harness) == {"kept", "hidden"}, "a pod with a veth is alive"

@@ -148,3 +148,20 @@ def test_refuses_to_start_rather_than_hand_out_a_duplicate(node: LocalNode, kube
     node.start_agent()
     node.wait_ready()
     assert held(node) == {"c1": "198.18.0.10"}
+
+
+def test_pods_gone_while_the_agent_was_down_are_freed_at_start(node: LocalNode, kube,
+                                                               netns_factory) -> None:
+    """As after a node reboot: the pods' namespaces (and veths) vanished without any DEL."""
+    publish_pool(kube.kubectl, node.name, POOL[:10])
+    node.start_agent()
+    node.wait_ready()
+    gone, alive = netns_factory.create("gone"), netns_factory.create("alive")
+    assert node.run_shim("ADD", "gone", gone).returncode == 0
+    assert node.run_shim("ADD", "alive", alive).returncode == 0
+    assert node.stop_agent() == 0
+    subprocess.run(["ip", "netns", "del", gone], check=True)
+    node.start_agent()
+    node.wait_ready()
+    assert set(held(node)) == {"alive"}
+    assert "event=vanished_pod_freed container=gone" in node.agent_log()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -274,6 +275,42 @@ class CniHandler:
             raise NotAvailable(f"no free address in the pool of node {self.node_name}",
                                _describe(usage))
         return Reply()
+
+    # -- the agent's own sweep ---------------------------------------------------------------
+
+    async def free_vanished_pods(self, older_than: float = 30.0) -> list[Assignment]:
+        """Free addresses of pods whose network namespace and host veth are both gone.
+
+        Runtimes do not always send DEL (a node reboot, a DEL chain stopped by a failing
+        plugin, containerd #12130) and containerd 1.6 never sends GC, so the agent also looks
+        for itself. Both signals are required: a missing namespace file alone could mean the
+        agent cannot see the runtime's namespace directory, and a live pod always has its
+        host veth. Young attachments are left alone (their ADD may still be running).
+        """
+        now = time.time()
+        candidates = [a for a in await self.allocator.assignments()
+                      if a.netns and now - a.assigned_at >= older_than
+                      and not os.path.exists(a.netns)]
+        if not candidates:
+            return []
+        freed = []
+        for assignment in candidates:
+            async with self.locks.hold(assignment.key):
+                if await self.allocator.get(assignment.key) != assignment:
+                    continue
+                veths = await self._netlink(self.datapath.list_host_veths)
+                if os.path.exists(assignment.netns) or assignment.host_veth in {
+                        v.name for v in veths}:
+                    continue
+                await self.allocator.release(assignment.key)
+                freed.append(assignment)
+                log.warning("event=vanished_pod_freed container=%s ifname=%s address=%s "
+                            "netns=%s", assignment.key.container_id, assignment.key.ifname,
+                            assignment.address, assignment.netns)
+        if freed:
+            self.on_change()
+            self.pool_changed()
+        return freed
 
     # -- GC --------------------------------------------------------------------------------
 

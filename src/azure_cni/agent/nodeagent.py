@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -56,6 +57,7 @@ STATUS_DEBOUNCE_SECONDS = 1.0
 #: recompute the status this often even without events (cooldowns end silently)
 STATUS_REFRESH_SECONDS = 10.0
 SPOOL_RESCAN_SECONDS = 10.0
+VANISHED_POD_SWEEP_SECONDS = 60.0
 EGRESS_DRIFT_SECONDS = 60.0
 NETLINK_THREADS = 8
 
@@ -222,6 +224,8 @@ class NodeAgent:
             raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
         await self.egress.ensure_sysctls()
         await self.replay_spool()
+        # after a reboot every pod namespace is gone: free their addresses before serving
+        await self.handler.free_vanished_pods(older_than=0.0)
         self._set_readiness(False, "WaitingForPool",
                             f"serving; waiting for NodeIPPool {self.node_name}")
         await self.server.start(Path(self.agent.socket_path))
@@ -234,7 +238,14 @@ class NodeAgent:
                                 name="spool-rescan"),
             asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
                                 name="egress-drift"),
+            asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
+                                            self.handler.free_vanished_pods),
+                                name="vanished-pod-sweep"),
         ]
+        # Everything loaded so far (kubernetes_asyncio's models alone are tens of thousands of
+        # objects) lives as long as the process: keep the cyclic GC from rescanning it, which
+        # otherwise stalls a request now and then for tens of milliseconds.
+        gc.freeze()
 
     async def shutdown(self) -> None:
         """Stop taking new pods first (conflist gone), then stop serving."""
