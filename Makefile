@@ -47,7 +47,7 @@ typecheck: venv
 contracts: venv
 	PYTHONPATH=hack $(VENV)/bin/lint-imports
 
-test-unit: venv
+test-unit: venv tools
 	$(TIER) unit -m "$(UNIT)"
 
 test-netns: venv

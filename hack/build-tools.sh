@@ -28,8 +28,6 @@ export CGO_ENABLED=0
 build() {
   local name=$1 version=$2 pattern=$3; shift 3
   local dir="$tools/$name"
-  local hash; hash=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-10)
-  local dest="$cache/$name-$version-$hash"
   local bins=() pkgs=() ldflags="-s -w"
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,6 +36,9 @@ build() {
       *) die "bad argument $1" ;;
     esac
   done
+  # the directory name changes with the pins and the flags, so either change rebuilds
+  local hash; hash=$( { cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags"; } | sha256sum | cut -c1-10)
+  local dest="$cache/$name-$version-$hash"
   if [ -f "$dest/.verified" ]; then
     echo "build-tools: $name $version cached in $dest"
   else
@@ -56,6 +57,10 @@ build() {
         || die "${bins[$i]} was built but reports '$out', expected '$pattern'"
     done
     rm -rf "$dest"; mv "$dest.tmp" "$dest"; touch "$dest/.verified"
+    local old
+    for old in "$cache/$name"-*; do  # builds of earlier pins are of no further use
+      [ "$old" = "$dest" ] || rm -rf "$old"
+    done
     echo "build-tools: $name $version built in $((SECONDS - start))s"
   fi
   for i in "${!bins[@]}"; do ln -sfn "$dest/${bins[$i]}" "$cache/bin/${bins[$i]}"; done
@@ -73,8 +78,9 @@ build kubernetes "$KUBERNETES_VERSION" "$KUBERNETES_VERSION" \
   kubectl=k8s.io/kubernetes/cmd/kubectl \
   --ldflags "-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean"
 build etcd "$ETCD_VERSION" "etcd Version: ${ETCD_VERSION#v}" etcd=.
+# helm's idea of the cluster version (for `helm template` and `helm lint`) is the pinned one
 build helm "$HELM_VERSION" "$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm \
-  --ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  --ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
 build crictl "$CRI_TOOLS_VERSION" "$CRI_TOOLS_VERSION" crictl=sigs.k8s.io/cri-tools/cmd/crictl \
   --ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from azure_cni.api.nodeippool import PoolSpec
+from azure_cni.api.nodeippool import InvalidPool, PoolSpec
 
 DEFAULT_CONFIG_PATH = Path("/etc/azure-cni/config.yaml")
 
@@ -115,7 +115,10 @@ class Settings:
     snat: SnatSettings = field(default_factory=SnatSettings)
 
     def validate(self) -> None:
-        self.pool.spec_for("validation").validate()
+        try:
+            self.pool.spec_for("validation").validate()
+        except InvalidPool as e:
+            raise InvalidSettings(f"pool: {e}") from e
         for cidr in self.snat.non_masquerade_cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=False)
