@@ -48,7 +48,12 @@ class EgressReconciler:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def ensure_sysctls(self) -> None:
-        changed = await self._run(ensure_host_sysctls)
+        try:
+            changed = await self._run(ensure_host_sysctls)
+        except OSError as e:
+            self.problem = f"enabling IPv4 forwarding failed: {e}"
+            log.error("event=sysctl_failed error=%s", e)
+            return
         for key, before in changed.items():
             log.info("event=sysctl_set key=%s before=%s", key, before)
 
@@ -63,7 +68,8 @@ class EgressReconciler:
                 log.error("event=snat_failed error=%s", e)
                 return
             self.policy = policy
-            self.problem = ""
+            if self.problem.startswith("programming the SNAT chains"):
+                self.problem = ""
             if changed:
                 log.info("event=snat_applied pod_cidr=%s vnet=%s non_masquerade=%s "
                          "masquerade=%s", policy.pod_cidr or "-",

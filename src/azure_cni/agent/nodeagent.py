@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -223,6 +224,8 @@ class NodeAgent:
             await self._fail_early("RecoveryFailed", str(e))
             raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
         await self.egress.ensure_sysctls()
+        # the pod filter (wireserver, IMDS) needs no pool: in place before the first pod
+        await self.egress.reconcile(None)
         await self.replay_spool()
         # after a reboot every pod namespace is gone: free their addresses before serving
         await self.handler.free_vanished_pods(older_than=0.0)
@@ -419,6 +422,7 @@ class NodeAgent:
         """What ``azure-cni status`` shows."""
         usage, assignments, released = await self.allocator.snapshot()
         pool = self.allocator.pool
+        now = time.time()
         return {
             "node": self.node_name,
             "ready": self.readiness.ready,
@@ -435,7 +439,8 @@ class NodeAgent:
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
                  "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
-            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())},
+            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())
+                            if r.cool_until > now},
             "snat": {"podCIDR": self.egress.policy.pod_cidr,
                      "vnet": list(self.egress.policy.vnet_cidrs),
                      "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
