@@ -31,3 +31,4 @@ def test_mtu_comes_from_the_default_route_nic_or_the_settings(netns_factory) -> 
     assert resolve_in(host, host_interface="lo") == "(65536, 'interface lo')"
     assert resolve_in(host, mtu=9000) == "(9000, 'agent.mtu')"
     assert resolve_in(host, host_interface="eth9").startswith("unknown: agent.hostInterface")
+

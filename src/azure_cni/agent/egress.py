@@ -11,12 +11,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.api.nodeippool import NicInfo
 from azure_cni.api.settings import SnatSettings
 from azure_cni.datapath.snat import IptablesFailed, SnatPolicy, ensure_snat
-from azure_cni.datapath.sysctls import ensure_host_sysctls
+from azure_cni.datapath.sysctls import ensure_host_sysctls, proc_sys_net
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,9 +38,11 @@ def snat_policy(snat: SnatSettings, nic: NicInfo | None) -> SnatPolicy:
 class EgressReconciler:
     """Applies sysctls and the SNAT policy; remembers what failed for STATUS and health."""
 
-    def __init__(self, snat: SnatSettings, executor: Executor) -> None:
+    def __init__(self, snat: SnatSettings, executor: Executor,
+                 host_root: Path = Path("/")) -> None:
         self.snat = snat
         self.executor = executor
+        self.sysctl_root = proc_sys_net(host_root)
         self.policy = snat_policy(snat, None)
         self.problem = ""
         self._lock = asyncio.Lock()
@@ -49,7 +52,7 @@ class EgressReconciler:
 
     async def ensure_sysctls(self) -> None:
         try:
-            changed = await self._run(ensure_host_sysctls)
+            changed = await self._run(ensure_host_sysctls, self.sysctl_root)
         except OSError as e:
             self.problem = f"enabling IPv4 forwarding failed: {e}"
             log.error("event=sysctl_failed error=%s", e)

@@ -180,7 +180,7 @@ class NodeAgent:
         self.allocator = Allocator(Path(self.agent.state_dir) / "ipam.db",
                                    self.agent.cooldown_seconds)
         self.metrics = AgentMetrics()
-        self.egress = EgressReconciler(settings.snat, self.netlink)
+        self.egress = EgressReconciler(settings.snat, self.netlink, host_root)
         self.handler = CniHandler(
             node_name=node_name, allocator=self.allocator, datapath=datapath,
             netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
