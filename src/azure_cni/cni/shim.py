@@ -96,22 +96,28 @@ _WHITESPACE = " \t\n\r"
 def parse_json(text: str) -> object:
     """Decode one JSON document; raise ValueError on anything else."""
     if not _C_JSON:  # pragma: no cover
-        import json  # noqa: PLC0415 - only interpreters without _json get here
-
-        return json.loads(text)
+        return _parse_json_slowly(text)
     scan = _make_scanner(_ScanContext())  # type: ignore[arg-type]  # a JSONDecoder look-alike
     start = 0
     while start < len(text) and text[start] in _WHITESPACE:
         start += 1
     try:
         value, end = scan(text, start)
-    except StopIteration as e:
-        raise ValueError(f"no JSON value at character {e.value}") from None
+    except (StopIteration, SystemError, ValueError):
+        # The C scanner reports errors through json.decoder, which is not imported here
+        # (it answers SystemError then): let the json package explain the error.
+        return _parse_json_slowly(text)
     while end < len(text) and text[end] in _WHITESPACE:
         end += 1
     if end != len(text):
         raise ValueError(f"extra data after the JSON value at character {end}")
     return value
+
+
+def _parse_json_slowly(text: str) -> object:
+    import json  # noqa: PLC0415 - only malformed input (or a Python without _json) gets here
+
+    return json.loads(text, parse_constant=_ScanContext.parse_constant)
 
 
 def to_json(value: object) -> str:
