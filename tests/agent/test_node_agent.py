@@ -18,6 +18,7 @@ from azure_cni.agent.localnode import (
     read_pool,
     wait_for_pool_status,
 )
+from azure_cni.agent.status_cli import agent_get
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
 from azure_cni.sim.procs import wait_for
 
@@ -117,6 +118,8 @@ def test_metrics_health_and_the_status_command(node: LocalNode, kube, netns_fact
 
     status, body = http_get("/healthz")
     assert (status, body.strip()) == (200, "ok")
+    status, body = http_get("/readyz")
+    assert (status, body.strip()) == (200, "ok")
     status, metrics = http_get("/metrics")
     assert status == 200
     assert 'azure_cni_cni_requests_total{command="ADD",result="ok"} 1.0' in metrics
@@ -166,6 +169,10 @@ def test_no_conflist_before_the_pool_exists(node: LocalNode, kube) -> None:
     status = node.agent_status()
     assert not status["ready"] and "does not exist" in status["message"]
     assert not node.conflist_path.exists()
+    # alive (no restart loop while the operator catches up) but not ready for pods
+    assert agent_get(node.socket_path, "/healthz")[0] == 200
+    code, body = agent_get(node.socket_path, "/readyz")
+    assert code == 503 and b"NoPool" in body
     publish_pool(kube.kubectl, node.name, POOL)
     node.wait_ready()
 

@@ -1,14 +1,16 @@
 """The agent's Prometheus metrics, and the HTTP endpoint for them and for health checks.
 
 Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace: ``/metrics`` in
-the Prometheus text format, ``/healthz`` answering 200 once the agent serves CNI requests and
-503 (with the reason) before that or while it stops.
+the Prometheus text format; ``/healthz`` (liveness) answers 200 once the agent serves its
+socket, also while it waits for its NodeIPPool, so a slow operator does not get it restarted;
+``/readyz`` answers 200 only when pods can start (pool known, conflist installed). Both say
+why with a 503 otherwise.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -59,22 +61,31 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_app(metrics: AgentMetrics, health: Callable[[], str]) -> web.Application:
-    """``/metrics`` and ``/healthz``; ``health`` returns "" when healthy, else the reason."""
+def probe_handler(problem: Callable[[], str]) -> Callable[[web.Request],
+                                                        Awaitable[web.Response]]:
+    """A probe endpoint: 200 "ok" when ``problem()`` is empty, else 503 with the reason."""
+
+    async def serve(_: web.Request) -> web.Response:
+        reason = problem()
+        if reason:
+            return web.Response(status=503, text=f"not ready: {reason}\n")
+        return web.Response(text="ok\n")
+
+    return serve
+
+
+def metrics_app(metrics: AgentMetrics, health: Callable[[], str],
+                readiness: Callable[[], str]) -> web.Application:
+    """``/metrics``, ``/healthz`` and ``/readyz`` (the callables return "" or the reason)."""
 
     async def serve_metrics(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def serve_health(_: web.Request) -> web.Response:
-        problem = health()
-        if problem:
-            return web.Response(status=503, text=f"not ready: {problem}\n")
-        return web.Response(text="ok\n")
-
     app = web.Application()
     app.router.add_get("/metrics", serve_metrics)
-    app.router.add_get("/healthz", serve_health)
+    app.router.add_get("/healthz", probe_handler(health))
+    app.router.add_get("/readyz", probe_handler(readiness))
     return app
 
 

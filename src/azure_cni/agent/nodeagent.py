@@ -186,7 +186,7 @@ class NodeAgent:
             netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
             on_change=self._changed, egress_problem=lambda: self.egress.problem)
         self.server = AgentServer(self.handler, self.metrics, self.status_document,
-                                  self.health_problem)
+                                  self.health_problem, self.readiness_problem)
         self.reporter = StatusReporter(api, node_name, self._status_fields)
         self.readiness = Readiness(False, "Starting", "the agent is starting")
         self._condition: Condition | None = None
@@ -306,7 +306,8 @@ class NodeAgent:
                  len(assignments), len(veths), len(plan.orphan_veths), len(plan.without_veth))
 
     async def _start_metrics(self) -> None:
-        runner = web.AppRunner(metrics_app(self.metrics, self.health_problem),
+        runner = web.AppRunner(metrics_app(self.metrics, self.health_problem,
+                                           self.readiness_problem),
                                access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -393,9 +394,12 @@ class NodeAgent:
         self.reporter.request()
 
     def health_problem(self) -> str:
-        if not self._serving:
-            return self.readiness.message
-        if not self.readiness.ready:
+        """Liveness: empty while the agent serves its socket (pool or not)."""
+        return "" if self._serving else f"{self.readiness.reason}: {self.readiness.message}"
+
+    def readiness_problem(self) -> str:
+        """Readiness: empty when pods can start on this node."""
+        if not self._serving or not self.readiness.ready:
             return f"{self.readiness.reason}: {self.readiness.message}"
         return ""
 

@@ -3,7 +3,7 @@
 Routes:
 - ``POST /v1/cni``: one CNI request from the shim (protocol in ``azure_cni.cni.request``);
 - ``GET /v1/status``: the pool, the assignments and the agent's health (``azure-cni status``);
-- ``GET /healthz``: 200 once serving.
+- ``GET /healthz``, ``GET /readyz``: the same probes as on the metrics port.
 
 The socket is created with mode 0600 inside a directory of mode 0750 at most: on a node, only
 root (the container runtime) may ask the agent to configure networks.
@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from azure_cni.agent.cni_handler import CniHandler, Reply
-from azure_cni.agent.metrics import AgentMetrics, Stopwatch
+from azure_cni.agent.metrics import AgentMetrics, Stopwatch, probe_handler
 from azure_cni.cni.errors import (
     CniError,
     Code,
@@ -127,18 +127,20 @@ class AgentServer:
 
     def __init__(self, handler: CniHandler, metrics: AgentMetrics,
                  status: Callable[[], Awaitable[dict[str, Any]]],
-                 health: Callable[[], str]) -> None:
+                 health: Callable[[], str], readiness: Callable[[], str]) -> None:
         self.handler = handler
         self.metrics = metrics
         self.status = status
         self.health = health
+        self.readiness = readiness
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/v1/cni", self.serve_cni)
         app.router.add_get("/v1/status", self.serve_status)
-        app.router.add_get("/healthz", self.serve_health)
+        app.router.add_get("/healthz", probe_handler(self.health))
+        app.router.add_get("/readyz", probe_handler(self.readiness))
         return app
 
     async def start(self, path: Path) -> None:
@@ -180,12 +182,6 @@ class AgentServer:
 
     async def serve_status(self, _: web.Request) -> web.Response:
         return web.json_response(await self.status())
-
-    async def serve_health(self, _: web.Request) -> web.Response:
-        problem = self.health()
-        if problem:
-            return web.Response(status=503, text=f"not ready: {problem}\n")
-        return web.Response(text="ok\n")
 
 
 def _reply_response(reply: Reply) -> web.Response:

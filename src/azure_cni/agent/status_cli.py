@@ -30,13 +30,13 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def fetch_status(socket_path: Path, timeout: float = 10.0) -> dict[str, Any]:
-    """GET /v1/status from the agent."""
+def agent_get(socket_path: Path, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """GET ``path`` from the agent over its socket: (HTTP status, body)."""
     connection = _UnixConnection(socket_path, timeout)
     try:
-        connection.request("GET", "/v1/status")
+        connection.request("GET", path)
         response = connection.getresponse()
-        body = response.read()
+        return response.status, response.read()
     except FileNotFoundError:
         raise AgentDown(f"the azure-cni agent is not running on this node: no socket at "
                         f"{socket_path}") from None
@@ -45,8 +45,13 @@ def fetch_status(socket_path: Path, timeout: float = 10.0) -> dict[str, Any]:
                         f"{e.strerror or e}") from None
     finally:
         connection.close()
-    if response.status != 200:
-        raise AgentDown(f"the agent answered HTTP {response.status}: {body[:200]!r}")
+
+
+def fetch_status(socket_path: Path, timeout: float = 10.0) -> dict[str, Any]:
+    """GET /v1/status from the agent."""
+    status, body = agent_get(socket_path, "/v1/status", timeout)
+    if status != 200:
+        raise AgentDown(f"the agent answered HTTP {status}: {body[:200]!r}")
     return dict(json.loads(body))
 
 
