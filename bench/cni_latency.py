@@ -39,13 +39,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from azure_cni.agent.localnode import (  # noqa: E402
+from azure_cni.sim.cluster import LocalCluster  # noqa: E402
+from azure_cni.sim.node import (  # noqa: E402
     LocalNode,
     apply_crd,
     publish_pool,
     setup_host_nic,
 )
-from azure_cni.sim.cluster import LocalCluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "cni_latency.json"
 REFERENCE_PLUGINS = Path("/usr/lib/cni")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from azure_cni.agent.localnode import LocalNode, apply_crd, simulated_node
+from azure_cni.sim.node import LocalNode, apply_crd, simulated_node
 
 
 @pytest.fixture(scope="session")

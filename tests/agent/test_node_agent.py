@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.agent.localnode import (
+from azure_cni.agent.status_cli import agent_get
+from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
+from azure_cni.sim.node import (
     LocalNode,
     ipconfig_name,
     pool_addresses,
@@ -18,8 +20,6 @@ from azure_cni.agent.localnode import (
     read_pool,
     wait_for_pool_status,
 )
-from azure_cni.agent.status_cli import agent_get
-from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
 from azure_cni.sim.procs import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]

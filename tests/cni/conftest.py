@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.agent.localnode import LocalNode, apply_crd, simulated_node
+from azure_cni.sim.node import LocalNode, apply_crd, simulated_node
 from azure_cni.sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni.sim.tools import find_tool
 

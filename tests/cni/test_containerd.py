@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.agent.localnode import LocalNode, pool_addresses, publish_pool
+from azure_cni.sim.node import LocalNode, pool_addresses, publish_pool
 from azure_cni.sim.procs import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]

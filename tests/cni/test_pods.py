@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from azure_cni.agent.localnode import (
+from azure_cni.datapath.names import host_veth_name
+from azure_cni.sim.node import (
     LocalNode,
     ShimResult,
     pool_addresses,
     publish_pool,
     wait_for_pool_status,
 )
-from azure_cni.datapath.names import host_veth_name
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 

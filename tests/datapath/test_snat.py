@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from azure_cni.agent.localnode import setup_host_nic
 from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.snat import (
     FILTER_CHAIN,
@@ -21,6 +20,7 @@ from azure_cni.datapath.snat import (
     teardown_input,
 )
 from azure_cni.datapath.veth import PodNetwork, VethDatapath
+from azure_cni.sim.node import setup_host_nic
 
 POLICY = SnatPolicy(pod_cidr="198.18.0.0/24", vnet_cidrs=("198.18.0.0/16",),
                     non_masquerade_cidrs=("10.0.0.0/8", "198.18.0.0/16"))

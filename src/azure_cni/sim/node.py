@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from azure_cni.agent.status_cli import AgentDown, fetch_status
 from azure_cni.api.nodeippool import (
     API_VERSION,
     KIND,
@@ -186,8 +187,6 @@ class LocalNode:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Wait until this agent process serves, ready, and its conflist is installed."""
-        from azure_cni.agent.status_cli import AgentDown  # noqa: PLC0415 - avoids a cycle
-
         assert self.agent is not None
 
         def ready() -> bool:
@@ -251,8 +250,6 @@ class LocalNode:
 
     def agent_status(self) -> dict[str, Any]:
         """The agent's ``/v1/status`` document, over its socket."""
-        from azure_cni.agent.status_cli import fetch_status  # noqa: PLC0415 - avoids a cycle
-
         return fetch_status(self.socket_path)
 
 
