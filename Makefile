@@ -11,6 +11,8 @@ TIER := hack/pytest-tier.sh
 # tiers are selected by marker; see pyproject.toml [tool.pytest.ini_options]
 UNIT := not netns and not cluster and not e2e
 
+DEMO_STATE := $(CURDIR)/.cache/demo
+
 .PHONY: help test demo demo-down deps venv tools lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
@@ -23,6 +25,12 @@ help:
 test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
+
+demo: deps venv tools
+	$(VENV)/bin/azure-cni sim demo up --state-dir $(DEMO_STATE)
+
+demo-down: venv
+	$(VENV)/bin/azure-cni sim demo down --state-dir $(DEMO_STATE)
 
 deps:
 	hack/install-deps.sh

@@ -141,6 +141,18 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if status["ready"] else 2
 
 
+def _demo_up(args: argparse.Namespace) -> int:
+    from azure_cni.sim import demo
+
+    return demo.up(args.state_dir, args.prefix, timeout=args.timeout)
+
+
+def _demo_down(args: argparse.Namespace) -> int:
+    from azure_cni.sim import demo
+
+    return demo.down(args.state_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azure-cni", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -161,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     down = cluster_sub.add_parser("down", help="stop it and remove its state")
     down.add_argument("--state-dir", type=Path, default=_default_state_dir("cluster"))
     down.set_defaults(handler=_cluster_down)
+
+    demo = sim_sub.add_parser("demo", help="azure-cni on a simulated VNet (make demo)")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True)
+    demo_up = demo_sub.add_parser("up", help="start it in the background and show it working")
+    demo_up.add_argument("--state-dir", type=Path, default=_default_state_dir("demo"))
+    demo_up.add_argument("--prefix", default="azdemo",
+                         help="prefix of every network namespace the demo creates")
+    demo_up.add_argument("--timeout", type=float, default=600.0)
+    demo_up.set_defaults(handler=_demo_up)
+    demo_down = demo_sub.add_parser("down", help="stop it and remove everything it created")
+    demo_down.add_argument("--state-dir", type=Path, default=_default_state_dir("demo"))
+    demo_down.set_defaults(handler=_demo_down)
 
     arm = sim_sub.add_parser(
         "arm", help="the Azure Resource Manager + IMDS emulator, in the foreground",
