@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 from pathlib import Path
@@ -21,10 +22,22 @@ def test_socket_is_0600_in_a_0750_directory(tmp_path: Path) -> None:
         sock.close()
 
 
-def test_world_readable_directory_is_refused(tmp_path: Path) -> None:
+def test_our_own_world_readable_directory_is_tightened(tmp_path: Path) -> None:
+    """The kubelet creates a missing hostPath directory 0755: the agent narrows it."""
     directory = tmp_path / "open"
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)
+    sock = bind_socket(directory / "agent.sock")
+    sock.close()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o750
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a directory to another user needs root")
+def test_somebody_elses_open_directory_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "open"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    os.chown(directory, 65534, 65534)
     with pytest.raises(InsecureSocketDirectory, match="0700 or 0750"):
         bind_socket(directory / "agent.sock")
 

@@ -88,7 +88,12 @@ def prepare_socket_path(path: Path) -> None:
         directory.mkdir(parents=True, mode=0o750)
         directory.chmod(0o750)
     mode = directory.stat().st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH | stat.S_IXOTH):
+    unsafe = stat.S_IWGRP | stat.S_IWOTH | stat.S_IROTH | stat.S_IXOTH
+    if mode & unsafe and directory.stat().st_uid == os.geteuid():
+        # the kubelet creates a missing hostPath directory 0755; ours to tighten
+        directory.chmod(0o750)
+        mode = directory.stat().st_mode
+    if mode & unsafe:
         raise InsecureSocketDirectory(
             f"{directory} has mode {stat.filemode(mode)}; the agent's socket needs a directory "
             "that only root can enter (0700 or 0750)")
