@@ -13,10 +13,22 @@ from tests.chart.conftest import Release
 from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
 
 from azure_cni.agent.kube import KubePoolApi
-from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, NodeIPPool, status_apply_body
+from azure_cni.api.nodeippool import (
+    AGENT_FIELD_MANAGER,
+    ConditionType,
+    NodeIPPool,
+    status_apply_body,
+)
 from azure_cni.sim.arm import ArmConfig, ArmEmulator
 from azure_cni.sim.cluster import run_kubectl
 from azure_cni.sim.launch import operator_settings, start_operator
+from azure_cni.sim.node import (
+    LocalNode,
+    api_port_of,
+    pool_addresses,
+    publish_pool,
+    setup_host_nic,
+)
 from azure_cni.sim.procs import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -109,3 +121,35 @@ async def test_agent_client_works_on_its_chart_token(release: Release, tmp_path:
         assert f"may not write the NodeIPPool of node {other}" in str(refused.value.body)
     finally:
         await api.close()
+
+
+@pytest.mark.netns
+def test_agent_process_serves_pods_on_its_chart_token(release: Release, netns_factory,
+                                                      tmp_path: Path) -> None:
+    """The whole agent (watch, status, readiness) with nothing but the chart's grant."""
+    own = release.nodes[0]
+    publish_pool(release.kube.kubectl, own, pool_addresses("198.18.0", 40, 4))
+    kubeconfig = agent_kubeconfig(release, tmp_path, own)
+    hostns = netns_factory.create("host")
+    setup_host_nic(hostns, primary_cidr="198.18.0.4/24", gateway="198.18.0.1")
+    node = LocalNode(name=own, netns=hostns, workdir=tmp_path / "node", kubeconfig=kubeconfig,
+                     api_port=api_port_of(kubeconfig))
+    node.link_reference_plugins()
+    node.start_portal()
+    try:
+        node.start_agent()
+        node.wait_ready()
+        pod = netns_factory.create("pod")
+        added = node.run_shim("ADD", uuid.uuid4().hex, pod)
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert added.address() in pool_addresses("198.18.0", 40, 4)
+
+        def reported() -> bool:
+            pool = pool_of(release, own)
+            agent = pool.status.condition(ConditionType.AGENT_READY) if pool else None
+            return bool(pool and pool.status.used == 1 and agent and agent.status)
+
+        wait_for("the agent to report its usage and readiness", reported, timeout=30)
+        assert not PERMISSION_PROBLEM.search(node.agent_log()), node.agent_log()
+    finally:
+        node.stop()

@@ -55,6 +55,11 @@ class TokenIssuer:
             self._tokens[token] = issued
         return token, issued
 
+    def issued(self) -> dict[str, IssuedToken]:
+        """Every token handed out so far (tests check none of them leaks into a log)."""
+        with self._lock:
+            return dict(self._tokens)
+
     def lookup(self, token: str) -> IssuedToken | None:
         """The token's record; static tokens never expire and act for principal ``static``."""
         if token in self.static_tokens:

@@ -286,8 +286,8 @@ def publish_pool(kubectl: Kubectl, node: str, addresses: Sequence[str], *,
                                  min_free_ips=0, max_free_ips=255)
     manifest = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": node},
                 "spec": pool_spec.to_dict()}
-    kubectl("apply", "--server-side", f"--field-manager={OPERATOR_FIELD_MANAGER}", "-f", "-",
-            input=json.dumps(manifest))
+    kubectl("apply", "--server-side", f"--field-manager={OPERATOR_FIELD_MANAGER}",
+            "--force-conflicts", "-f", "-", input=json.dumps(manifest))
     releasing = set(releasing)
     status = PoolStatus(
         nic=NicInfo(id=f"/subscriptions/sim/nics/{node}", primary_ip=primary_ip,
