@@ -267,7 +267,8 @@ class PoolReconciler:
         if p.add:
             before = set(_ours(written)) - {r.ip_configuration for r in restore}
             known = {ip.ip_configuration for ip in pool.status.ips}
-            new = sorted(a for n, a in _ours(written).items() if n in before - known)
+            new = sorted((a for n, a in _ours(written).items() if n in before - known),
+                         key=ipaddress.ip_address)
             await self.pools.post_event(
                 pool, NORMAL, "Allocated",
                 f"added {p.add} addresses to NIC {nic_name} in one write ({p.reason}): "
