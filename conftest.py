@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from azure_cni.sim.cluster import ExistingCluster, LocalCluster
+from azure_cni.sim.node import LocalNode, apply_crd, simulated_node
 from azure_cni.sim.procs import owned_pids, stop_owned
 
 SESSION_ENV = "AZURE_CNI_TEST_SESSION"
@@ -70,6 +71,21 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster | Ex
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def nodeippool_crd(kube: LocalCluster | ExistingCluster) -> None:
+    """The NodeIPPool CRD, applied and Established."""
+    apply_crd(kube.kubectl)
+
+
+@pytest.fixture
+def node(kube: LocalCluster | ExistingCluster, nodeippool_crd: None,
+         netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[LocalNode]:
+    """A simulated VM whose agent is not started yet: publish its pool, then start it."""
+    with simulated_node(kube.kubectl, kube.kubeconfig, netns_factory.create,
+                        tmp_path / "node") as local:
+        yield local
 
 
 @pytest.fixture

@@ -10,14 +10,8 @@ import pytest
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def pools(kube):
-    from pathlib import Path
-
-    crd = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
-    kube.kubectl("apply", "--server-side", "-f", str(crd))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/nodeippools.azurecni.io")
+@pytest.fixture
+def pools(kube, nodeippool_crd):
     return kube
 
 

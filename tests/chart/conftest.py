@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests.chart.helm import Helm
+from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
 
 from azure_cni.sim.cluster import ExistingCluster, LocalCluster
 
@@ -96,3 +97,13 @@ def release(kube: LocalCluster | ExistingCluster,
         yield rel
     finally:
         remove_release(rel)
+
+
+def agent_kubeconfig(release: Release, tmp_path: Path, node: str) -> Path:
+    """The agent of ``node`` as the kubelet would run it: a token bound to a pod on the node."""
+    pod = f"agent-{uuid.uuid4().hex[:8]}"
+    create_pod_on_node(release.kube.kubeconfig, release.namespace, pod, node,
+                       release.service_account("agent"))
+    return service_account_kubeconfig(release.kube.kubeconfig, release.namespace,
+                                      release.service_account("agent"),
+                                      tmp_path / f"agent-{node}.kubeconfig", pod=pod)

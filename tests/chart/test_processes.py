@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
-from tests.chart.conftest import Release
-from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
+from tests.chart.conftest import Release, agent_kubeconfig
+from tests.chart.tokens import service_account_kubeconfig
 
 from azure_cni.agent.kube import KubePoolApi
 from azure_cni.api.nodeippool import (
@@ -36,14 +36,6 @@ pytestmark = pytest.mark.cluster
 #: what kopf or the Kubernetes client log when RBAC refuses them something
 PERMISSION_PROBLEM = re.compile(r"Forbidden|\b403\b|Not enough permissions|forbidden")
 
-
-def agent_kubeconfig(release: Release, tmp_path: Path, node: str) -> Path:
-    pod = f"agent-{uuid.uuid4().hex[:8]}"
-    create_pod_on_node(release.kube.kubeconfig, release.namespace, pod, node,
-                       release.service_account("agent"))
-    return service_account_kubeconfig(release.kube.kubeconfig, release.namespace,
-                                      release.service_account("agent"),
-                                      tmp_path / f"agent-{node}.kubeconfig", pod=pod)
 
 
 def pool_of(release: Release, node: str) -> NodeIPPool | None:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.chart.conftest import Release
+from tests.chart.conftest import Release, agent_kubeconfig
 from tests.chart.helm import ROOT
 from tests.chart.tokens import (
     NODE_NAME_EXTRA,
-    create_pod_on_node,
     service_account_kubeconfig,
     whoami,
 )
@@ -34,15 +33,6 @@ def operator_kubeconfig(release: Release, tmp_path: Path) -> Path:
                                       release.service_account("operator"),
                                       tmp_path / "operator.kubeconfig")
 
-
-def agent_kubeconfig(release: Release, tmp_path: Path, node: str) -> Path:
-    """The agent of ``node`` as the kubelet would run it: a token bound to a pod on the node."""
-    pod = f"agent-{uuid.uuid4().hex[:8]}"
-    create_pod_on_node(release.kube.kubeconfig, release.namespace, pod, node,
-                       release.service_account("agent"))
-    return service_account_kubeconfig(release.kube.kubeconfig, release.namespace,
-                                      release.service_account("agent"),
-                                      tmp_path / f"agent-{node}.kubeconfig", pod=pod)
 
 
 def apply_status(kubeconfig: Path, pool: str, status: dict[str, Any], manager: str,

@@ -17,19 +17,9 @@ from azure_cni.sim.cluster import ExistingCluster, LocalCluster
 from azure_cni.sim.launch import operator_settings, start_operator
 from azure_cni.sim.procs import ManagedProcess, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
-
 #: small, fast pools for tests: batches of 4, warm pool 4..8, release after 2 s
 TEST_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 8, "maxIPs": 64,
              "releaseDelaySeconds": 2}
-
-
-@pytest.fixture(scope="session")
-def crd(kube: LocalCluster | ExistingCluster) -> None:
-    kube.kubectl("apply", "--server-side", "-f", str(CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/nodeippools.azurecni.io")
 
 
 @dataclass
@@ -129,7 +119,8 @@ class OperatorEnv:
 
 
 @pytest.fixture
-def env(kube: LocalCluster | ExistingCluster, crd: None, tmp_path: Path) -> Iterator[OperatorEnv]:
+def env(kube: LocalCluster | ExistingCluster, nodeippool_crd: None,
+        tmp_path: Path) -> Iterator[OperatorEnv]:
     emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0)).start()
     vnet = emulator.add_vnet("vnet", "198.18.0.0/16", {"nodes": "198.18.0.0/20"})
     harness = OperatorEnv(kube, emulator, tmp_path, vnet.subnet_ids["nodes"])
