@@ -34,7 +34,7 @@ from azure_cni.sim.procs import wait_for
 pytestmark = pytest.mark.cluster
 
 #: what kopf or the Kubernetes client log when RBAC refuses them something
-PERMISSION_PROBLEM = re.compile(r"Forbidden|\b403\b|Not enough permissions|forbidden")
+PERMISSION_PROBLEM = re.compile(r"[Ff]orbidden|Not enough permissions|\(403\)|status=403")
 
 
 
