@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class OperatorEnv:
     operator: ManagedProcess | None = None
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     vms: dict[str, VmInfo] = field(default_factory=dict)
+    metrics_port: int = 0
 
     def add_node(self, suffix: str, *, subnet_id: str | None = None) -> VmInfo:
         name = f"{self.prefix}-{suffix}"
@@ -51,10 +53,16 @@ class OperatorEnv:
                                      operator={"driftCheckSeconds": 3,
                                                "usageDebounceSeconds": 0.3,
                                                **overrides.get("operator", {})})
+        self.metrics_port = int(settings["operator"]["metricsPort"])
         vm = next(iter(self.vms.values()))
         self.operator = start_operator(self.workdir, self.kube.kubeconfig, self.emulator,
                                        settings, owner=self.owner, identity_vm=vm.name)
         return self.operator
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                    timeout=5) as resp:
+            return str(resp.read().decode())
 
     def kill_operator(self) -> None:
         assert self.operator is not None and self.operator.popen is not None

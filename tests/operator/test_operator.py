@@ -35,6 +35,13 @@ def test_five_nodes_converge_with_one_nic_write_each(env) -> None:
     # all twenty addresses are distinct VNet addresses
     every = [a for vm in vms for a in env.our_ipconfigs(vm).values()]
     assert len(set(every)) == 20
+    metrics = env.metrics()
+    assert "azure_cni_operator_ip_allocations_total 20.0" in metrics
+    assert 'azure_cni_operator_nic_write_duration_seconds_count{kind="allocate",' \
+           'outcome="success"} 5.0' in metrics
+    assert f'azure_cni_operator_pool_ips{{node="{vms[0].name}",state="available"}} 4.0' \
+        in metrics
+    assert 'azure_cni_azure_api_duration_seconds_count{operation="' in metrics
     listing = env.kube.kubectl("get", "nodeippools").stdout.splitlines()
     assert listing[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE"]
     row = next(r.split() for r in listing if r.startswith(vms[0].name))
