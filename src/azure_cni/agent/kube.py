@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, GROUP, PLURAL, VERSION
+from azure_cni.kubeclient import connect
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,7 @@ class KubePoolApi:
     @classmethod
     async def connect(cls, kubeconfig: Path | None) -> KubePoolApi:
         """From a kubeconfig file, or the pod's service account when there is none."""
-        configuration = client.Configuration()
-        if kubeconfig is not None:
-            await config.load_kube_config(config_file=str(kubeconfig),
-                                          client_configuration=configuration)
-        else:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        return cls(client.ApiClient(configuration))
+        return cls(await connect(str(kubeconfig) if kubeconfig is not None else None))
 
     async def close(self) -> None:
         await self._api_client.close()

@@ -56,13 +56,18 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     from azure_cni.agent.nodeagent import AgentStartupError, NodeAgent  # noqa: PLC0415
     from azure_cni.agent.server import InsecureSocketDirectory, SocketInUse  # noqa: PLC0415
     from azure_cni.datapath.veth import VethDatapath  # noqa: PLC0415
+    from azure_cni.kubeclient import KubeConfigError  # noqa: PLC0415
 
     log = logging.getLogger("azure_cni.agent")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    api = await KubePoolApi.connect(args.kubeconfig)
+    try:
+        api = await KubePoolApi.connect(args.kubeconfig)
+    except KubeConfigError as e:
+        log.error("event=not_starting reason=NoKubernetesAccess exit=1 error=%s", e)
+        return 1
     datapath = VethDatapath()
     datapath.sockets.start()
     agent = NodeAgent(settings=settings, node_name=args.node_name, api=api, datapath=datapath,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -12,7 +13,14 @@ from pathlib import Path
 import kopf
 
 from azure_cni.api.settings import InvalidSettings, load_settings
+from azure_cni.kubeclient import KubeConfigError, connect
 from azure_cni.operator import handlers, runtime
+
+
+async def _check_kubernetes_access(kubeconfig: str | None) -> None:
+    """Fail before kopf starts (and retries forever) when there is no way to the API."""
+    api = await connect(kubeconfig)
+    await api.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
     except (InvalidSettings, ValueError) as e:
         print(f"azure-cni-operator: invalid configuration: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    try:
+        asyncio.run(_check_kubernetes_access(args.kubeconfig))
+    except KubeConfigError as e:
+        print(f"azure-cni-operator: {e}", file=sys.stderr)  # noqa: T201
         return 2
     runtime.launch.settings = settings
     runtime.launch.kubeconfig = args.kubeconfig
