@@ -27,20 +27,20 @@ test: deps venv tools check test-unit test-netns test-cluster test-e2e
 check: lint typecheck contracts
 
 demo: deps venv tools
-	$(VENV)/bin/azure-cni sim demo up --state-dir $(DEMO_STATE)
+	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
-	$(VENV)/bin/azure-cni sim demo down --state-dir $(DEMO_STATE)
+	$(VENV)/bin/azure-cni-sim demo down --state-dir $(DEMO_STATE)
 
 deps:
 	hack/install-deps.sh
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml constraints.txt
+$(VENV_STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt --upgrade setuptools wheel
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]' -e ./sim
 	touch $@
 
 tools:

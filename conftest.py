@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.cluster import ExistingCluster, LocalCluster
-from azure_cni.sim.node import LocalNode, apply_crd, simulated_node
-from azure_cni.sim.procs import owned_pids, stop_owned
+from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.node import LocalNode, apply_crd, simulated_node
+from azure_cni_sim.procs import owned_pids, stop_owned
 
 SESSION_ENV = "AZURE_CNI_TEST_SESSION"
 _session_token = os.environ.setdefault(SESSION_ENV, uuid.uuid4().hex)

@@ -38,7 +38,7 @@ from azure_cni.cloud.azure import AzureAdapter  # noqa: E402
 from azure_cni.cloud.errors import retry_after_seconds  # noqa: E402
 from azure_cni.cloud.port import NewIPConfiguration  # noqa: E402
 from azure_cni.cloud.resourceid import parse_resource_id  # noqa: E402
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "arm_batching.json"
 

@@ -39,8 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from azure_cni.sim.cluster import LocalCluster  # noqa: E402
-from azure_cni.sim.node import (  # noqa: E402
+from azure_cni_sim.cluster import LocalCluster  # noqa: E402
+from azure_cni_sim.node import (  # noqa: E402
     LocalNode,
     apply_crd,
     publish_pool,

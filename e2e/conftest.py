@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from azure_cni.sim.world import Pod, World, first_pods
+from azure_cni_sim.world import Pod, World, first_pods
 
 
 @pytest.fixture(scope="session")

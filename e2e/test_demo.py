@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.demo import DemoState
-from azure_cni.sim.procs import owned_pids
-from azure_cni.sim.world import namespaces_with_prefix
+from azure_cni_sim.demo import DemoState
+from azure_cni_sim.procs import owned_pids
+from azure_cni_sim.world import namespaces_with_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ PREFIX = "azdtest"
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "azure_cni.cli", "sim", "demo", *args],
+    return subprocess.run([sys.executable, "-m", "azure_cni_sim.cli", "demo", *args],
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

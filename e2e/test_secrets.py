@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from azure_cni.sim.world import Pod, World
+from azure_cni_sim.world import Pod, World
 
 pytestmark = pytest.mark.e2e
 

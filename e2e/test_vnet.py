@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from azure_cni.sim.procs import wait_for
-from azure_cni.sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
-from azure_cni.sim.world import Pod, World
+from azure_cni_sim.procs import wait_for
+from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
+from azure_cni_sim.world import Pod, World
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 
 from azure_cni.agent.status_cli import agent_get
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
-from azure_cni.sim.node import (
+from azure_cni_sim.node import (
     LocalNode,
     ipconfig_name,
     pool_addresses,
@@ -20,7 +20,7 @@ from azure_cni.sim.node import (
     read_pool,
     wait_for_pool_status,
 )
-from azure_cni.sim.procs import wait_for
+from azure_cni_sim.procs import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 

@@ -9,14 +9,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import pytest
 
 from azure_cni.datapath.names import host_veth_name
-from azure_cni.sim.node import (
+from azure_cni_sim.node import (
     LocalNode,
     ShimResult,
     pool_addresses,
     publish_pool,
     wait_for_pool_status,
 )
-from azure_cni.sim.procs import wait_for
+from azure_cni_sim.procs import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 

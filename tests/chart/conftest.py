@@ -12,7 +12,7 @@ import pytest
 from tests.chart.helm import Helm
 from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
 
-from azure_cni.sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.cluster import ExistingCluster, LocalCluster
 
 
 @pytest.fixture

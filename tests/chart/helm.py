@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from azure_cni.sim.tools import find_tool
+from azure_cni_sim.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "azure-cni"

@@ -13,7 +13,7 @@ from tests.chart.conftest import Release, install_release, remove_release
 from tests.chart.helm import CHART, Helm, parse_manifests
 from tests.chart.value_sets import VALUE_SETS
 
-from azure_cni.sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.cluster import ExistingCluster, LocalCluster
 
 pytestmark = pytest.mark.cluster
 

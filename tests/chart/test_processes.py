@@ -19,17 +19,17 @@ from azure_cni.api.nodeippool import (
     NodeIPPool,
     status_apply_body,
 )
-from azure_cni.sim.arm import ArmConfig, ArmEmulator
-from azure_cni.sim.cluster import run_kubectl
-from azure_cni.sim.launch import operator_settings, start_operator
-from azure_cni.sim.node import (
+from azure_cni_sim.arm import ArmConfig, ArmEmulator
+from azure_cni_sim.cluster import run_kubectl
+from azure_cni_sim.launch import operator_settings, start_operator
+from azure_cni_sim.node import (
     LocalNode,
     api_port_of,
     pool_addresses,
     publish_pool,
     setup_host_nic,
 )
-from azure_cni.sim.procs import wait_for
+from azure_cni_sim.procs import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -19,7 +19,7 @@ from tests.chart.tokens import (
 )
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
-from azure_cni.sim.cluster import run_kubectl
+from azure_cni_sim.cluster import run_kubectl
 
 pytestmark = pytest.mark.cluster
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from azure_cni.sim.cluster import run_kubectl
+from azure_cni_sim.cluster import run_kubectl
 
 #: The user's extra key that names the node a bound service account token belongs to.
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 
 
 @dataclass

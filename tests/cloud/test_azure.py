@@ -27,7 +27,7 @@ from azure_cni.cloud.port import (
     Unsupported,
 )
 from azure_cni.cloud.providerid import parse_provider_id
-from azure_cni.sim.armstate import NIC_LIMIT_CODE
+from azure_cni_sim.armstate import NIC_LIMIT_CODE
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.containerd import Containerd, build_pause_image
-from azure_cni.sim.node import LocalNode
+from azure_cni_sim.containerd import Containerd, build_pause_image
+from azure_cni_sim.node import LocalNode
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.node import LocalNode, pool_addresses, publish_pool
-from azure_cni.sim.procs import wait_for
+from azure_cni_sim.node import LocalNode, pool_addresses, publish_pool
+from azure_cni_sim.procs import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 

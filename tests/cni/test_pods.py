@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from azure_cni.datapath.names import host_veth_name
-from azure_cni.sim.node import (
+from azure_cni_sim.node import (
     LocalNode,
     ShimResult,
     pool_addresses,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from azure_cni.sim.node import setup_host_nic
+from azure_cni_sim.node import setup_host_nic
 
 pytestmark = pytest.mark.netns
 

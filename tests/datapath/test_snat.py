@@ -20,7 +20,7 @@ from azure_cni.datapath.snat import (
     teardown_input,
 )
 from azure_cni.datapath.veth import PodNetwork, VethDatapath
-from azure_cni.sim.node import setup_host_nic
+from azure_cni_sim.node import setup_host_nic
 
 POLICY = SnatPolicy(pod_cidr="198.18.0.0/24", vnet_cidrs=("198.18.0.0/16",),
                     non_masquerade_cidrs=("10.0.0.0/8", "198.18.0.0/16"))

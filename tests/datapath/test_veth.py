@@ -12,7 +12,7 @@ from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.rtnl import NetlinkRequestFailed
 from azure_cni.datapath.veth import InterfaceTaken, NetnsMissing, PodNetwork, VethDatapath
-from azure_cni.sim.node import setup_host_nic
+from azure_cni_sim.node import setup_host_nic
 
 pytestmark = pytest.mark.netns
 

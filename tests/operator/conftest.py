@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, NodeIPPool
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, VmInfo
-from azure_cni.sim.cluster import ExistingCluster, LocalCluster
-from azure_cni.sim.launch import operator_settings, start_operator
-from azure_cni.sim.procs import ManagedProcess, wait_for
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.launch import operator_settings, start_operator
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 #: small, fast pools for tests: batches of 4, warm pool 4..8, release after 2 s
 TEST_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 8, "maxIPs": 64,

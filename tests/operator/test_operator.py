@@ -119,7 +119,7 @@ def test_crash_between_nic_write_and_status_write_converges(env) -> None:
     # the NIC write's long-running operation takes ~6 s: the operator is stuck polling it
     env.emulator.configure(lro_polls=30, poll_retry_after=0.2)
     env.start_operator()
-    from azure_cni.sim.procs import wait_for
+    from azure_cni_sim.procs import wait_for
 
     wait_for("the NIC PUT", lambda: env.emulator.request_count("PUT", vm.nic_id) == 1,
              timeout=30)

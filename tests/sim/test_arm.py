@@ -23,8 +23,8 @@ from azure.mgmt.network import NetworkManagementClient
 
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import NewIPConfiguration
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, Topology, VmInfo
-from azure_cni.sim.armstate import (
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, Topology, VmInfo
+from azure_cni_sim.armstate import (
     DEFAULT_SUBSCRIPTION,
     DIFFERENT_SUBNETS_CODE,
     MAX_IP_CONFIGURATIONS,
@@ -473,7 +473,7 @@ def test_a_topology_document_creates_vnets_and_vms():
 def test_the_command_line_serves_until_sigterm(tmp_path: Path):
     state = tmp_path / "arm"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "azure_cni.cli", "sim", "arm", "--vms", "2",
+        [sys.executable, "-m", "azure_cni_sim.cli", "arm", "--vms", "2",
          "--state-dir", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     try:

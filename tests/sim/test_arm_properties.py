@@ -18,8 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import NewIPConfiguration, NicLimitExceeded, SubnetFull
-from azure_cni.sim.arm import ArmConfig, ArmEmulator
-from azure_cni.sim.armstate import MAX_IP_CONFIGURATIONS, ArmError, ArmState
+from azure_cni_sim.arm import ArmConfig, ArmEmulator
+from azure_cni_sim.armstate import MAX_IP_CONFIGURATIONS, ArmError, ArmState
 
 pytestmark = pytest.mark.timeout(300)
 SUB = "00000000-0000-0000-0000-000000000001"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.cluster import ClusterState, LocalCluster
-from azure_cni.sim.procs import owned_pids
+from azure_cni_sim.cluster import ClusterState, LocalCluster
+from azure_cni_sim.procs import owned_pids
 
 pytestmark = pytest.mark.cluster
 
@@ -95,7 +95,7 @@ def test_controller_manager_runs_garbage_collection(kube) -> None:
 
 def test_cli_up_and_down(tmp_path) -> None:
     state_dir = tmp_path / "cli-cluster"
-    cli = [sys.executable, "-m", "azure_cni.cli", "sim", "cluster"]
+    cli = [sys.executable, "-m", "azure_cni_sim.cli", "cluster"]
     up = subprocess.run([*cli, "up", "--state-dir", str(state_dir), "--no-controller-manager"],
                         capture_output=True, text=True, timeout=180, check=False)
     assert up.returncode == 0, up.stderr

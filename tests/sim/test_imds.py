@@ -17,7 +17,7 @@ from azure.identity.aio import ManagedIdentityCredential
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import AuthFailed, NewIPConfiguration
 from azure_cni.cloud.providerid import parse_provider_id
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, StaticTokenCredential, VmInfo
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, StaticTokenCredential, VmInfo
 
 pytestmark = pytest.mark.timeout(60)
 ARM_SCOPE = "https://management.azure.com/.default"

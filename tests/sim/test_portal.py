@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from azure_cni.sim.cluster import free_port
-from azure_cni.sim.procs import ManagedProcess, wait_for
+from azure_cni_sim.cluster import free_port
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -48,7 +48,7 @@ def test_portal_relays_into_the_namespace_without_routes(netns_factory, tmp_path
     before = _connect_from(vm, inner)
     assert before.returncode != 0, "nothing should listen in a fresh namespace"
     portal = ManagedProcess(
-        "portal", [sys.executable, "-m", "azure_cni.sim.portal", "--target", f"127.0.0.1:{port}",
+        "portal", [sys.executable, "-m", "azure_cni_sim.portal", "--target", f"127.0.0.1:{port}",
                    f"{vm}:{inner}"], tmp_path / "portal.log", owner=uuid.uuid4().hex).start()
     try:
         wait_for("the portal to listen", lambda: "portal_listening" in

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from azure_cni.sim.procs import (
+from azure_cni_sim.procs import (
     OWNER_ENV,
     ManagedProcess,
     ProcessFailed,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.sim.cluster import ClusterError, LocalCluster
-from azure_cni.sim.procs import owned_pids
-from azure_cni.sim.tools import ToolMissing, find_tool
+from azure_cni_sim.cluster import ClusterError, LocalCluster
+from azure_cni_sim.procs import owned_pids
+from azure_cni_sim.tools import ToolMissing, find_tool
 
 
 def _fake_tool(directory: Path, name: str, output: str) -> None:

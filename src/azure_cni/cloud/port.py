@@ -1,7 +1,7 @@
 """The operator's port to Azure: five operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
-implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni.sim.arm`` is
+implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni_sim.arm`` is
 reached through that same adapter over HTTPS, so there is no second, fake implementation.
 """
 

@@ -17,9 +17,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from azure_cni.sim.node import LocalNode
-from azure_cni.sim.procs import ManagedProcess, stop_owned, wait_for
-from azure_cni.sim.tools import find_tool, source_root
+from azure_cni_sim.node import LocalNode
+from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
+from azure_cni_sim.tools import find_tool, source_root
 
 PAUSE_IMAGE = "localhost/azure-cni-pause:sim"
 

@@ -31,13 +31,13 @@ from azure.core.credentials import AccessToken
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni.sim.arm import ArmConfig, ArmEmulator, VmInfo
-from azure_cni.sim.cluster import LocalCluster
-from azure_cni.sim.containerd import Containerd, build_pause_image
-from azure_cni.sim.launch import operator_settings, start_operator
-from azure_cni.sim.node import LocalNode, api_port_of, apply_crd
-from azure_cni.sim.procs import ManagedProcess, stop_owned, wait_for
-from azure_cni.sim.vnet import ONPREM_CIDR, Fabric
+from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.cluster import LocalCluster
+from azure_cni_sim.containerd import Containerd, build_pause_image
+from azure_cni_sim.launch import operator_settings, start_operator
+from azure_cni_sim.node import LocalNode, api_port_of, apply_crd
+from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
+from azure_cni_sim.vnet import ONPREM_CIDR, Fabric
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from azure_cni.sim.arm import VmInfo
-from azure_cni.sim.procs import ManagedProcess, wait_for
+from azure_cni_sim.arm import VmInfo
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Fabric:
         _run("ip", "-n", self.fabric_ns, "link", "set", fabric_if, "up")
 
     def _echo(self, netns: str, name: str, ports: Sequence[int]) -> None:
-        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "azure_cni.sim.echo",
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "azure_cni_sim.echo",
                 "--name", name, *(a for p in ports for a in ("--port", str(p)))]
         proc = ManagedProcess(f"echo-{name}", argv, self.workdir / f"echo-{name}.log",
                               self.owner).start()

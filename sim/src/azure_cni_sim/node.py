@@ -38,7 +38,7 @@ from azure_cni.api.nodeippool import (
     PoolStatus,
     status_apply_body,
 )
-from azure_cni.sim.procs import ManagedProcess, wait_for
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -158,7 +158,7 @@ class LocalNode:
     def start_portal(self) -> None:
         self.portal = ManagedProcess(
             f"portal-{self.name}",
-            [sys.executable, "-m", "azure_cni.sim.portal", "--target",
+            [sys.executable, "-m", "azure_cni_sim.portal", "--target",
              f"127.0.0.1:{self.api_port}", f"{self.netns}:{self.api_port}"],
             self.workdir / "logs" / "portal.log", self.owner).start()
         wait_for(f"the API portal into {self.netns}",

@@ -6,7 +6,7 @@ the host's loopback. A portal listens on ``127.0.0.1:<port>`` *inside* the names
 listening socket is created while this thread is switched into it) and relays each connection
 to the target in the host namespace. No address, route or interface is added anywhere.
 
-Run as ``python -m azure_cni.sim.portal --target 127.0.0.1:6443 NETNS[:PORT] ...``.
+Run as ``python -m azure_cni_sim.portal --target 127.0.0.1:6443 NETNS[:PORT] ...``.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from azure_cni.sim.arm import ArmEmulator
-from azure_cni.sim.cluster import free_port
-from azure_cni.sim.procs import ManagedProcess, wait_for
+from azure_cni_sim.arm import ArmEmulator
+from azure_cni_sim.cluster import free_port
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 # The SDK picks App Service / Arc / Cloud Shell identities when these are set (arm-api.md §3.3).
 _FOREIGN_IDENTITY_ENV = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",

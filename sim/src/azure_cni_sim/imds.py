@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from azure_cni.cloud.ratelimit import TokenBucket
-from azure_cni.sim.armstate import ArmState, Vm
+from azure_cni_sim.armstate import ArmState, Vm
 
 IMDS_VERSIONS = ("2017-03-01", "2017-04-02", "2017-08-01", "2017-12-01", "2018-02-01",
                  "2018-04-02", "2018-10-01", "2019-02-01", "2019-03-11", "2019-04-30",

@@ -2,7 +2,7 @@
 
 No kubelet and no container runtime: Node objects are created by tests or the demo, exactly as
 a cloud's kubelets would register them. Everything binds to 127.0.0.1 on free ports, with a
-throwaway CA, and every process is stopped on ``stop()`` (or ``azure-cni sim cluster down``),
+throwaway CA, and every process is stopped on ``stop()`` (or ``azure-cni-sim cluster down``),
 also when its caller was interrupted.
 """
 
@@ -25,9 +25,9 @@ from types import TracebackType
 
 import yaml
 
-from azure_cni.sim import pki
-from azure_cni.sim.procs import ManagedProcess, ProcessFailed, stop_owned, wait_for
-from azure_cni.sim.tools import ToolMissing, find_tool, pinned_versions
+from azure_cni_sim import pki
+from azure_cni_sim.procs import ManagedProcess, ProcessFailed, stop_owned, wait_for
+from azure_cni_sim.tools import ToolMissing, find_tool, pinned_versions
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ExistingCluster:
 
 @dataclass
 class ClusterState:
-    """What ``azure-cni sim cluster up`` leaves behind for ``down`` and for users."""
+    """What ``azure-cni-sim cluster up`` leaves behind for ``down`` and for users."""
 
     owner: str
     kubeconfig: str
@@ -337,7 +337,7 @@ class LocalCluster:
 
     @staticmethod
     def down(state_dir: Path) -> bool:
-        """Stop a cluster started by ``azure-cni sim cluster up``; True if one was running."""
+        """Stop a cluster started by ``azure-cni-sim cluster up``; True if one was running."""
         try:
             state = ClusterState.read(state_dir)
         except FileNotFoundError:

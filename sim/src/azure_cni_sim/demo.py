@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from azure_cni.sim.procs import owned_pids, stop_owned
-from azure_cni.sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
-from azure_cni.sim.world import Pod, World, first_pods, namespaces_with_prefix
+from azure_cni_sim.procs import owned_pids, stop_owned
+from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
+from azure_cni_sim.world import Pod, World, first_pods, namespaces_with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def up(state_dir: Path, prefix: str = DEFAULT_PREFIX, timeout: float = 600,
     (state_dir / STATE).unlink(missing_ok=True)
     logfile = (state_dir / "demo.log").open("ab")
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "azure_cni.sim.demo", "serve", "--state-dir", str(state_dir),
+        [sys.executable, "-m", "azure_cni_sim.demo", "serve", "--state-dir", str(state_dir),
          "--prefix", prefix], stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
         start_new_session=True)
     shown = 0

@@ -4,7 +4,7 @@ It stands for the on-premises host, the internet host and the Azure wireserver /
 metadata endpoints in the simulated VNet: ``GET /`` answers ``{"seen": "<client address>",
 "host": "<name>"}``, which is how tests and the demo show whether traffic was masqueraded.
 
-Run as ``python -m azure_cni.sim.echo --name onprem --port 80 [--port 32526]`` inside a netns.
+Run as ``python -m azure_cni_sim.echo --name onprem --port 80 [--port 32526]`` inside a netns.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ long-running operations, VNet and subnet GET) with Azure's rules and limits
 metadata and managed-identity tokens on a second, plain-HTTP port.
 
 Use it in-process (``with ArmEmulator() as emu:`` runs it on a background thread; ``async
-with`` runs it on the caller's loop) or as ``azure-cni sim arm``. An admin API under
+with`` runs it on the caller's loop) or as ``azure-cni-sim arm``. An admin API under
 ``/_sim/`` on the ARM port lets another process build a topology, read state and request
 counts, inject faults and follow NIC changes. Reach it with ``ca_path`` as the CA bundle.
 """
@@ -39,8 +39,8 @@ from azure.core.credentials import AccessToken
 
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.ratelimit import TokenBucket
-from azure_cni.sim import pki
-from azure_cni.sim.armstate import (
+from azure_cni_sim import pki
+from azure_cni_sim.armstate import (
     DEFAULT_SUBSCRIPTION,
     NETWORK_API_VERSION,
     ArmError,
@@ -55,7 +55,7 @@ from azure_cni.sim.armstate import (
     vm_json,
     vnet_json,
 )
-from azure_cni.sim.imds import ARM_AUDIENCES, Imds, TokenIssuer
+from azure_cni_sim.imds import ARM_AUDIENCES, Imds, TokenIssuer
 
 log = logging.getLogger(__name__)
 
@@ -971,7 +971,7 @@ def _placement(body: Mapping[str, Any], location_default: str | None = "eastus"
 
 @dataclass
 class Topology:
-    """A VNet and VMs to create, read from ``azure-cni sim arm`` flags or a YAML file."""
+    """A VNet and VMs to create, read from ``azure-cni-sim arm`` flags or a YAML file."""
 
     vnets: list[dict[str, Any]] = field(default_factory=list)
     vms: list[dict[str, Any]] = field(default_factory=list)

@@ -1,0 +1,44 @@
+"""The product's wheel carries the product only: no simulation code, no simulation-only dependency."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_wheel(source: Path, out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(out), str(source)], check=True, capture_output=True,
+                   timeout=300)
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def _metadata(wheel: zipfile.ZipFile) -> dict[str, list[str]]:
+    (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    message = Parser().parsestr(wheel.read(name).decode())
+    return {"Requires-Dist": message.get_all("Requires-Dist") or []}
+
+
+def test_product_wheel_has_no_simulation(tmp_path: Path) -> None:
+    with zipfile.ZipFile(_build_wheel(ROOT, tmp_path / "product")) as wheel:
+        names = wheel.namelist()
+        requires = _metadata(wheel)["Requires-Dist"]
+    assert any(n.startswith("azure_cni/operator/") for n in names), names[:20]
+    assert not [n for n in names if "azure_cni_sim" in n or n.startswith("azure_cni/sim/")]
+    # cryptography is what the simulation's CA needs; the product must not ask for it
+    assert not [r for r in requires if r.lower().startswith("cryptography")], requires
+
+
+def test_simulation_is_its_own_distribution(tmp_path: Path) -> None:
+    with zipfile.ZipFile(_build_wheel(ROOT / "sim", tmp_path / "sim")) as wheel:
+        names = wheel.namelist()
+        requires = _metadata(wheel)["Requires-Dist"]
+    assert any(n.startswith("azure_cni_sim/arm") for n in names), names[:20]
+    assert not [n for n in names if n.startswith("azure_cni/")]
+    assert any(r.startswith("azure-cni") for r in requires), requires
