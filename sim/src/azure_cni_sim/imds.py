@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from azure_cni.cloud.ratelimit import TokenBucket
 from azure_cni_sim.armstate import ArmState, Vm
+from azure_cni_sim.throttling import RateLimit
 
 IMDS_VERSIONS = ("2017-03-01", "2017-04-02", "2017-08-01", "2017-12-01", "2018-02-01",
                  "2018-04-02", "2018-10-01", "2019-02-01", "2019-03-11", "2019-04-30",
@@ -160,8 +160,8 @@ class Imds:
 
     def __init__(self, host: ImdsHost) -> None:
         self._host = host
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
-        self._buckets_lock = threading.Lock()
+        self._limit = RateLimit()
+        self._limit_lock = threading.Lock()
 
     def app(self, vm_name: str | None = None) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
@@ -175,11 +175,8 @@ class Imds:
     def _throttled(self, vm: str, category: str) -> bool:
         instance_rps, identity_rps, _ = self._host.imds_limits()
         rate = identity_rps if category == "identity" else instance_rps
-        with self._buckets_lock:
-            bucket = self._buckets.get((vm, category))
-            if bucket is None or bucket.qps != rate:
-                bucket = self._buckets[(vm, category)] = TokenBucket(rate, max(1, int(rate)))
-            return bucket.try_take() > 0
+        with self._limit_lock:
+            return not self._limit.admit((vm, category), rate)
 
     async def _handle(self, request: web.Request, vm_name: str | None) -> web.Response:
         tail = request.match_info["tail"].strip("/")
