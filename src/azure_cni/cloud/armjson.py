@@ -47,7 +47,7 @@ def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
 
 
 def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
-    """A NicSnapshot from a NetworkInterface (SDK model or its JSON)."""
+    """A NicSnapshot from a NetworkInterface's JSON, which it keeps as its ``document``."""
     props = _props(nic)
     configs = props.get("ipConfigurations") or ()
     return NicSnapshot(
@@ -57,6 +57,9 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         location=str(nic.get("location") or ""),
         vm_id=_ref_id(props.get("virtualMachine")),
         ip_configurations=tuple(parse_ip_configuration(c) for c in configs),
+        provisioning_state=str(props.get("provisioningState") or "Succeeded"),
+        primary_nic=props.get("primary") is not False,
+        document=nic,
     )
 
 

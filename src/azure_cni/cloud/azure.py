@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,9 +35,10 @@ from azure_cni.cloud.armjson import (
     parse_vnet_address_space,
 )
 from azure_cni.cloud.credentials import arm_credential_scopes, build_credential
-from azure_cni.cloud.errors import retry_after_seconds, to_cloud_error
+from azure_cni.cloud.errors import retry_after_seconds, taken_addresses, to_cloud_error
 from azure_cni.cloud.metrics import API_CALLS, API_DURATION, RATE_LIMIT_REMAINING
 from azure_cni.cloud.port import (
+    AddressInUse,
     CloudError,
     Conflict,
     NewIPConfiguration,
@@ -188,10 +189,11 @@ class AzureAdapter:
                 self._credential, subscription, **self._client_kwargs)
         return self._compute[key]
 
-    async def _read_nic(self, ref: ResourceID) -> NetworkInterface:
+    async def _read_nic(self, ref: ResourceID) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         with _typed_errors():
-            return await client.network_interfaces.get(ref.resource_group, ref.name)
+            model = await client.network_interfaces.get(ref.resource_group, ref.name)
+        return parse_nic(model.as_dict())
 
     async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
         """The VM's primary NIC: one VM GET, one NIC GET."""
@@ -205,52 +207,73 @@ class AzureAdapter:
         with _typed_errors():
             model = await compute.virtual_machines.get(vm.resource_group, vm.name)
         nic_id = parse_vm_primary_nic_id(model.as_dict())
-        ref = parse_resource_id(nic_id)
-        return parse_nic(await self._read_nic(ref))
+        return await self._read_nic(parse_resource_id(nic_id))
 
     async def get_nic(self, nic_id: str) -> NicSnapshot:
         """A NIC by resource ID: one GET."""
         ref = parse_resource_id(nic_id)
         _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
-        return parse_nic(await self._read_nic(ref))
+        return await self._read_nic(ref)
+
+    async def list_nics(self, subscription_id: str, resource_group: str
+                        ) -> AsyncIterator[NicSnapshot]:
+        """Every NIC of the resource group: one GET per page of NICs."""
+        client = self._network_client(subscription_id)
+        with _typed_errors():
+            async for model in client.network_interfaces.list(resource_group):
+                yield parse_nic(model.as_dict())
 
     async def update_ip_configurations(
         self,
-        nic_id: str,
+        nic: str | NicSnapshot,
         add: Sequence[NewIPConfiguration] = (),
         remove: Sequence[str] = (),
+        *,
+        reapply: bool = False,
     ) -> NicSnapshot:
-        """One GET, edit, and If-Match PUT of the whole NIC; retried from a fresh GET on conflict.
+        """Edit and If-Match PUT of the whole NIC; retried from a fresh GET on conflict.
 
-        Returns the NIC once the long-running operation has succeeded, so its ipConfigurations
-        are ``Succeeded``; nothing is written when the NIC already matches the request.
+        A snapshot with its document is written without reading the NIC again. Returns the
+        NIC once the long-running operation has succeeded, so its ipConfigurations are
+        ``Succeeded``; nothing is written when the NIC already matches the request, unless
+        ``reapply``.
         """
+        nic_id = nic if isinstance(nic, str) else nic.id
         ref = parse_resource_id(nic_id)
         _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
+        known = None if isinstance(nic, str) or nic.document is None else nic
         lock = self._nic_locks.setdefault(nic_id.lower(), asyncio.Lock())
         async with lock:  # writers in this process queue here instead of failing on the etag
-            return await self._update_locked(ref, nic_id, add, remove)
+            return await self._update_locked(ref, nic_id, known=known, add=add, remove=remove,
+                                             reapply=reapply)
 
-    async def _update_locked(self, ref: ResourceID, nic_id: str,
+    async def _update_locked(self, ref: ResourceID, nic_id: str, *, known: NicSnapshot | None,
                              add: Sequence[NewIPConfiguration],
-                             remove: Sequence[str]) -> NicSnapshot:
+                             remove: Sequence[str], reapply: bool) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         for attempt in range(1, self._max_write_attempts + 1):
-            current = await self._read_nic(ref)
+            current = known if known is not None and attempt == 1 else await self._read_nic(ref)
+            assert current.document is not None
             edit = edit_ip_configurations(
-                current.as_dict(), add, remove,
+                current.document, add, remove,
                 copy_application_security_groups=self._settings.copy_application_security_groups,
                 copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
-            if edit is None:
-                return parse_nic(current)
+            if edit is None and not reapply:
+                return current
+            body = edit.body if edit is not None else dict(current.document)
             headers = {"If-Match": current.etag} if current.etag else {}
             started = time.monotonic()
             try:
                 poller = await client.network_interfaces.begin_create_or_update(
-                    ref.resource_group, ref.name, NetworkInterface(edit.body), headers=headers)
+                    ref.resource_group, ref.name, NetworkInterface(body), headers=headers)
                 result = await poller.result()
             except AzureError as e:
                 error = to_cloud_error(e)
+                if isinstance(error, AddressInUse):
+                    error = AddressInUse(
+                        str(error), code=error.code, status=error.status,
+                        addresses=taken_addresses(str(error), [a.address for a in add
+                                                               if a.address is not None]))
                 if not isinstance(error, Conflict) or attempt == self._max_write_attempts:
                     log.warning("event=nic_update_failed nic=%s code=%s attempt=%d error=%s",
                                 nic_id, error.code, attempt, error)
@@ -260,10 +283,11 @@ class AzureAdapter:
                          nic_id, error.code, attempt, delay)
                 await asyncio.sleep(delay)
                 continue
-            snapshot = parse_nic(result)
+            snapshot = parse_nic(result.as_dict())
             log.info("event=nic_updated nic=%s added=%d removed=%d attempt=%d seconds=%.2f "
-                     "ip_configurations=%d", nic_id, len(edit.added), len(edit.removed),
-                     attempt, time.monotonic() - started, len(snapshot.ip_configurations))
+                     "ip_configurations=%d", nic_id, len(edit.added) if edit else 0,
+                     len(edit.removed) if edit else 0, attempt, time.monotonic() - started,
+                     len(snapshot.ip_configurations))
             return snapshot
         raise AssertionError("unreachable: the last attempt returns or raises")
 
