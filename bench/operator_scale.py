@@ -30,7 +30,7 @@ from azure_cni.api.settings import AzureSettings, PoolDefaults, Settings  # noqa
 from azure_cni.cloud.azure import AzureAdapter  # noqa: E402
 from azure_cni.cloud.port import NewIPConfiguration  # noqa: E402
 from azure_cni.cloud.providerid import parse_provider_id  # noqa: E402
-from azure_cni.operator.ippool import new_ipconfig_name  # noqa: E402
+from azure_cni.operator.reconcile import new_ipconfig_name  # noqa: E402
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster  # noqa: E402
 from azure_cni_sim.launch import operator_settings, start_operator  # noqa: E402

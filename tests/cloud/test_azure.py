@@ -120,6 +120,25 @@ async def test_adding_forty_addresses_is_one_put(world, adapter):
     assert set(world.emu.nic_addresses(nic_id)) == set(addresses)
 
 
+async def test_a_write_from_a_snapshot_reads_the_nic_no_second_time(world, adapter):
+    nic_id = world.vms[0].nic_id
+    snapshot = await adapter.get_nic(nic_id)
+    world.emu.reset_requests()
+    await adapter.update_ip_configurations(snapshot, add=new("azcni-a"))
+    # the PUT, its operation poll(s) and the SDK's final GET: no GET before the PUT
+    first = world.emu.requests()[0]
+    assert (first.method, first.path.lower()) == ("PUT", nic_id.lower())
+
+
+async def test_nic_lists_cost_one_read_per_page(world, adapter):
+    world.emu.configure(list_page_size=2)
+    world.emu.reset_requests()
+    listed = [nic async for nic in adapter.list_nics(world.emu.endpoints()["subscription"],
+                                                     "rg1")]
+    assert sorted(n.id for n in listed) == sorted(vm.nic_id for vm in world.vms)
+    assert world.emu.request_count("GET") == 2  # three NICs, two per page
+
+
 async def test_the_256th_ipconfiguration_is_accepted_and_the_257th_refused(world, adapter):
     nic_id = world.vms[1].nic_id
     full = await adapter.update_ip_configurations(nic_id, add=new(*names_of("azcni-", 255)))

@@ -15,13 +15,12 @@ from typing import Any
 import kopf
 
 from azure_cni.api.nodeippool import GROUP, PLURAL, VERSION, NodeIPPool
-from azure_cni.cloud.port import CloudError, Throttled
+from azure_cni.operator.kube import FINALIZER
 from azure_cni.operator.runtime import Runtime
 from azure_cni.operator.scheduler import RetryLater
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "azurecni.io/nic-cleanup"
 _runtime: Runtime | None = None
 
 
@@ -93,10 +92,7 @@ async def maintain_pool(name: str, stopped: kopf.DaemonStopped, **_: Any) -> Non
 async def release_pool(body: kopf.Body, **_: Any) -> None:
     pool = NodeIPPool.from_object(body)
     rt = runtime()
-    try:
-        await rt.reconciler.release_all(pool, rt.scheduler.provider_ids.get(pool.spec.node_name))
-    except Throttled as e:
-        raise kopf.TemporaryError(f"Azure throttled the cleanup: {e}", delay=e.retry_after) from e
-    except CloudError as e:
-        raise kopf.TemporaryError(f"could not remove the pool's addresses from its NIC: {e}",
-                                  delay=30) from e
+    result = await rt.reconciler.reconcile(pool, rt.scheduler.provider_ids.get(pool.spec.node_name))
+    if not result.outcome.release_finalizer:
+        raise kopf.TemporaryError(result.outcome.message,
+                                  delay=result.outcome.requeue_after or 10.0)

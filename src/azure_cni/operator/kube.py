@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: cluster-scoped objects get their Events in this namespace (kubectl describe looks there)
 EVENT_NAMESPACE = "default"
+#: holds a pool until the addresses it handed out have left the NIC
+FINALIZER = "azurecni.io/nic-cleanup"
 
 
 class PoolWriter(Protocol):
@@ -37,6 +39,14 @@ class PoolWriter(Protocol):
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None: ...
+
+    async def add_finalizer(self, name: str) -> None:
+        """Hold the pool (``FINALIZER``) until its addresses have left the NIC."""
+        ...
+
+    async def remove_finalizer(self, pool: NodeIPPool) -> None:
+        """Let the pool go: nothing of it is left on the NIC. A pool already gone is fine."""
+        ...
 
 
 class KubePools:
@@ -54,6 +64,7 @@ class KubePools:
             "metadata": {
                 "name": node_name,
                 "labels": {"app.kubernetes.io/managed-by": "azure-cni"},
+                "finalizers": [FINALIZER],
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node_name,
                                      "uid": node_uid}],
             },
@@ -92,6 +103,41 @@ class KubePools:
             _content_type="application/apply-patch+yaml",
         )
         return NodeIPPool.from_object(obj)
+
+    async def add_finalizer(self, name: str) -> None:
+        """Append ``FINALIZER`` (a JSON patch: the other finalizers stay as they are)."""
+        patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+        try:
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, name, patch, _content_type="application/json-patch+json")
+        except ApiException as e:
+            if e.status != 422:  # no finalizers list yet: create it
+                raise
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, name,
+                [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}],
+                _content_type="application/json-patch+json")
+
+    async def remove_finalizer(self, pool: NodeIPPool) -> None:
+        """Remove ``FINALIZER`` at the index we saw it, tested first so no other is touched."""
+        if FINALIZER not in pool.finalizers:
+            return
+        index = pool.finalizers.index(FINALIZER)
+        patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+                 {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
+        try:
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, pool.name, patch,
+                _content_type="application/json-patch+json")
+        except ApiException as e:
+            if e.status == 404:
+                return
+            if e.status == 422:  # the list changed since we saw it: read it again
+                fresh = await self.get_pool(pool.name)
+                if fresh is not None and fresh.finalizers != pool.finalizers:
+                    await self.remove_finalizer(fresh)
+                return
+            raise
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None:

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime.launch.kubeconfig = args.kubeconfig
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
-    assert handlers.FINALIZER  # the import registers the handlers with kopf
+    assert handlers.release_pool  # the import registers the handlers with kopf
     # One active replica (Deployment strategy Recreate): two operators would each plan the
     # same NIC from their own view and kopf's peering is a pause switch, not an election.
     kopf.run(

@@ -13,8 +13,8 @@ from prometheus_client import start_http_server
 from azure_cni.api.settings import Settings, load_settings
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.kubeclient import connect
-from azure_cni.operator.ippool import PoolReconciler
 from azure_cni.operator.kube import KubePools
+from azure_cni.operator.reconcile import PoolReconciler
 from azure_cni.operator.scheduler import PoolScheduler
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ class Runtime:
         api = await connect(launch.kubeconfig)
         azure = AzureAdapter(settings.azure)
         pools = KubePools(api)
-        reconciler = PoolReconciler(azure, pools,
-                                    max_concurrency=settings.operator.max_concurrent_nodes)
+        reconciler = PoolReconciler(azure, pools)
         scheduler = PoolScheduler(reconciler, pools, settings.pool,
                                   drift_check_seconds=settings.operator.drift_check_seconds,
                                   debounce_seconds=settings.operator.usage_debounce_seconds)

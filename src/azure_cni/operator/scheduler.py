@@ -17,8 +17,8 @@ from typing import Any
 from azure_cni.api.nodeippool import InvalidPool, NodeIPPool
 from azure_cni.api.settings import PoolDefaults
 from azure_cni.operator import metrics
-from azure_cni.operator.ippool import PoolReconciler
 from azure_cni.operator.kube import KubePools
+from azure_cni.operator.reconcile import PoolReconciler
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,14 @@ class PoolScheduler:
                 pool = self.latest.get(name) or await self.pools.get_pool(name)
                 if pool is None:
                     return
-                outcome = await self.reconciler.reconcile(
+                result = await self.reconciler.reconcile(
                     pool, self.provider_ids.get(pool.spec.node_name))
-                if outcome.pool is not None:
-                    self._remember(outcome.pool)
-                if outcome.retry_after is not None:
+                outcome = result.outcome
+                if result.stored is not None:
+                    self._remember(result.stored)
+                if outcome.failed and outcome.requeue_after is not None:
                     metrics.RECONCILES.labels("retry").inc()
-                    raise RetryLater(outcome.message, outcome.retry_after)
+                    raise RetryLater(outcome.message, outcome.requeue_after)
                 metrics.RECONCILES.labels("done").inc()
                 timeout = min(outcome.requeue_after or self.drift_check_seconds,
                               self.drift_check_seconds)
