@@ -83,7 +83,7 @@ class FakeNic:
         snap = NicSnapshot(self.id, self.id.rsplit("/", 1)[-1], self.etag, "eastus", self.vm_id,
                            configs, provisioning_state=self.state)
         # the document only has to identify the version the write starts from
-        return replace(snap, document={"etag": self.etag})
+        return replace(snap, document=b"{}")
 
 
 @dataclass

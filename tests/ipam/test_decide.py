@@ -86,7 +86,7 @@ def nic(configs: Sequence[PoolIP] = (), *, states: dict[str, str] | None = None,
                   for name, address in extra]
     primary = IPConfiguration("ipconfig1", "198.18.0.4", True, "Succeeded", SUBNET_ID)
     return NicSnapshot(NIC_ID, "n1-nic", 'W/"1"', "eastus", "vm", (primary, *secondary),
-                       provisioning_state=nic_state, document={})
+                       provisioning_state=nic_state, document=b"{}")
 
 
 def healthy(ready_reason: str = "WarmPoolReady") -> tuple[Condition, ...]:

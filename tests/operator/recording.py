@@ -7,7 +7,7 @@ for the next status write (an operator killed between its NIC write and its stat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,12 +35,22 @@ class RecordingPools:
     version: int = 0
     kill_next_status_write: bool = False
     finalizer_calls: list[tuple[str, str]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    #: called with (name, pool) after every change, (name, None) after a deletion: a watch
+    listeners: list[Callable[[str, NodeIPPool | None], None]] = field(default_factory=list)
 
     def _bump(self, pool: NodeIPPool) -> NodeIPPool:
         self.version += 1
         stored = replace(pool, resource_version=str(self.version))
         self.pools[pool.name] = stored
+        for listener in self.listeners:
+            listener(pool.name, stored)
         return stored
+
+    def _gone(self, name: str) -> None:
+        del self.pools[name]
+        for listener in self.listeners:
+            listener(name, None)
 
     def create(self, name: str, spec: PoolSpec | None = None, *,
                finalizers: tuple[str, ...] = (FINALIZER,)) -> NodeIPPool:
@@ -63,7 +73,7 @@ class RecordingPools:
     def delete(self, name: str) -> NodeIPPool:
         pool = self.pools[name]
         if not pool.finalizers:
-            del self.pools[name]
+            self._gone(name)
             return pool
         return self._bump(replace(pool, deletion_timestamp=utcnow()))
 
@@ -99,6 +109,19 @@ class RecordingPools:
             return
         finalizers = tuple(f for f in stored.finalizers if f != FINALIZER)
         if stored.deleting and not finalizers:
-            del self.pools[pool.name]
+            self._gone(pool.name)
         else:
             self._bump(replace(stored, finalizers=finalizers))
+
+    # -- what the controller adds: pools of new nodes ----------------------------------------
+
+    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
+        if node_name in self.pools:
+            return False
+        self.created.append(node_name)
+        self.create(node_name, spec)
+        return True
+
+    async def delete_pool(self, name: str) -> None:
+        if name in self.pools:
+            self.delete(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,8 @@ def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
 
 
 def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
-    """A NicSnapshot from a NetworkInterface's JSON, which it keeps as its ``document``."""
+    """A NicSnapshot from a NetworkInterface (SDK model or its JSON), keeping the JSON text as
+    its ``document``."""
     props = _props(nic)
     configs = props.get("ipConfigurations") or ()
     return NicSnapshot(
@@ -59,8 +61,16 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         ip_configurations=tuple(parse_ip_configuration(c) for c in configs),
         provisioning_state=str(props.get("provisioningState") or "Succeeded"),
         primary_nic=props.get("primary") is not False,
-        document=nic,
+        document=json.dumps(nic, separators=(",", ":"), default=_model_json).encode(),
     )
+
+
+def _model_json(value: Any) -> Any:
+    """The JSON of an SDK model nested in a mapping (they are mappings with ``as_dict``)."""
+    as_dict = getattr(value, "as_dict", None)
+    if as_dict is None:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+    return as_dict()
 
 
 def parse_vm_primary_nic_id(vm: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -254,13 +255,14 @@ class AzureAdapter:
         for attempt in range(1, self._max_write_attempts + 1):
             current = known if known is not None and attempt == 1 else await self._read_nic(ref)
             assert current.document is not None
+            document = json.loads(current.document)
             edit = edit_ip_configurations(
-                current.document, add, remove,
+                document, add, remove,
                 copy_application_security_groups=self._settings.copy_application_security_groups,
                 copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
             if edit is None and not reapply:
                 return current
-            body = edit.body if edit is not None else dict(current.document)
+            body = edit.body if edit is not None else document
             headers = {"If-Match": current.etag} if current.etag else {}
             started = time.monotonic()
             try:

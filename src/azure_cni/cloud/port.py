@@ -8,9 +8,9 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class NicSnapshot:
     provisioning_state: str = "Succeeded"
     #: the VM's primary NIC (a VM with several NICs marks exactly one)
     primary_nic: bool = True
-    #: the NIC exactly as read, so a write can start from it without reading it again;
-    #: kept only for the length of one reconcile
-    document: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: the NIC exactly as read (its JSON text: a third of the memory of the parsed form), so
+    #: a write can start from it without reading the NIC again
+    document: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def primary(self) -> IPConfiguration:
