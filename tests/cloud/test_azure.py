@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 from azure.mgmt.network.aio import NetworkManagementClient
@@ -436,11 +437,11 @@ async def test_an_unsupported_api_version_is_a_cloud_error(world, adapter):
 
 
 async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
-    """The client allows a burst of 10 writes, ARM only 3: the 429's Retry-After pauses the
-    client's write bucket for every caller, so each write is refused at most about once."""
+    """The budget's model is larger than ARM's real bucket: the first answers correct it and
+    a 429 pauses every caller, so each write is refused at most about once."""
     world.emu.configure(write_burst=3, write_qps=4.0, fractional_retry_after=True)
     vms = world.vms + [world.emu.add_vm(f"burst{i}", world.subnet_id) for i in range(7)]
-    adapter = make_adapter(write_qps=4.0, write_burst=10)
+    adapter = make_adapter(write_qps=4.0, write_burst=10, write_reserve=0)
     results = await asyncio.gather(*(adapter.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
                                      for vm in vms))
     assert all(len(r.ip_configurations) == 2 for r in results)
@@ -448,6 +449,37 @@ async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
     assert throttled >= 1  # the burst really was throttled
     assert throttled <= len(vms)
     assert world.emu.request_count("PUT") == len(vms) + throttled
+
+
+async def test_a_burst_twice_the_bucket_is_never_refused(world, make_adapter):
+    """With ARM's bucket as the model and no reserve, the budget spends the bucket and then
+    paces at its refill: no 429, and no faster than ARM allows."""
+    world.emu.configure(write_burst=4, write_qps=4.0)
+    vms = world.vms + [world.emu.add_vm(f"pace{i}", world.subnet_id) for i in range(5)]
+    adapter = make_adapter(write_qps=4.0, write_burst=4, write_reserve=0)
+    started = time.monotonic()
+    await asyncio.gather(*(adapter.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
+                           for vm in vms))
+    assert world.emu.request_count(status=429) == 0
+    assert world.emu.request_count("PUT") == len(vms)
+    assert time.monotonic() - started >= (len(vms) - 4) / 4.0 * 0.9
+
+
+async def test_what_another_client_spent_is_learnt_from_the_answers(world, make_adapter):
+    """Another client of the same identity used most of the write bucket: the first answer
+    says so, and the writes after it wait for the refill instead of being refused."""
+    world.emu.configure(write_burst=6, write_qps=2.0)
+    other = make_adapter(write_qps=2.0, write_burst=6, write_reserve=0)
+    for vm in world.vms[:2]:  # two writes, one at a time: 4 tokens left
+        await other.update_ip_configurations(vm.nic_id, add=new("azcni-o"))
+    ours = make_adapter(write_qps=2.0, write_burst=6, write_reserve=1)
+    # its model says 6; one write learns that 3 are left
+    await ours.update_ip_configurations(world.vms[2].nic_id, add=new("azcni-first"))
+    # five at once: believing 5 were free would send all five into a bucket of 3
+    more = [world.emu.add_vm(f"learn{i}", world.subnet_id) for i in range(5)]
+    await asyncio.gather(*(ours.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
+                           for vm in more))
+    assert world.emu.request_count(status=429) == 0
 
 
 # -- observability --------------------------------------------------------------------------------

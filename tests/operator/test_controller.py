@@ -15,7 +15,7 @@ from tests.operator.recording import RecordingPools
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
-from azure_cni.operator.controller import PoolController, interest, newer
+from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
 
 DEFAULTS = PoolDefaults(batch_size=4, min_free_ips=4, max_free_ips=8, max_ips=64,
@@ -175,6 +175,22 @@ async def test_the_sweep_finds_drift_and_hands_over_what_it_read(cluster) -> Non
     await cluster.settled("repaired", lambda: victim in cluster.azure.ours(nic_id))
     assert cluster.reconciler.reconciles == reconciles + 1, "the unchanged pool was reconciled"
     assert cluster.azure.calls["get_nic"] == 0  # the reconcile used the listing's read
+
+
+async def test_a_listing_older_than_the_last_write_is_not_taken_for_drift(cluster) -> None:
+    """The sweep listed the NIC, then a reconcile wrote it: what the listing saw is stale."""
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    nic_id = cluster.azure.vms[cluster.providers["n0"].removeprefix("azure://").lower()]
+    before = await cluster.azure.get_nic(nic_id)  # empty: listed before the first fill
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    writes = len(cluster.azure.writes)
+    cluster.controller.nic_hints["n0"] = NicHint(before, listed=0.0)
+    cluster.controller.queue.add("n0")
+    await cluster.settled("reconciled", lambda: "n0" not in cluster.controller.nic_hints)
+    assert "DriftRepaired" not in cluster.pools.reasons("n0")
+    assert len(cluster.azure.writes) == writes
 
 
 async def test_a_nic_the_sweep_does_not_find_is_looked_for(cluster) -> None:

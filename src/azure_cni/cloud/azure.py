@@ -2,9 +2,10 @@
 
 The same code reaches public Azure, a sovereign cloud or the ARM emulator: only the settings'
 ``armEndpoint``, ``authorityHost`` and ``caBundle`` differ, and TLS is always on. Every HTTP
-request (SDK retries and long-running-operation polls included) passes one token bucket for
-reads or one for writes, is timed in a metric, and a 429's Retry-After pauses its bucket so
-that concurrent callers back off together instead of storming ARM.
+request (SDK retries and long-running-operation polls included) waits for its subscription's
+read or write budget (``ratelimit``: ARM's bucket as ARM reports it, down to a reserve), is
+timed in a metric, and its answer corrects the budget; a 429's Retry-After pauses the budget
+so that concurrent callers back off together instead of storming ARM.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from azure_cni.cloud.armjson import (
     parse_vnet_address_space,
 )
 from azure_cni.cloud.credentials import arm_credential_scopes, build_credential
-from azure_cni.cloud.errors import retry_after_seconds, taken_addresses, to_cloud_error
+from azure_cni.cloud.errors import (
+    DEFAULT_RETRY_AFTER,
+    retry_after_seconds,
+    taken_addresses,
+    to_cloud_error,
+)
 from azure_cni.cloud.metrics import API_CALLS, API_DURATION, RATE_LIMIT_REMAINING
 from azure_cni.cloud.port import (
     AddressInUse,
@@ -48,7 +54,7 @@ from azure_cni.cloud.port import (
     Unsupported,
     VMRef,
 )
-from azure_cni.cloud.ratelimit import ApiRateLimiter, Kind
+from azure_cni.cloud.ratelimit import ArmBudgets, Kind, remaining_in
 from azure_cni.cloud.resourceid import ResourceID, parse_resource_id
 
 log = logging.getLogger(__name__)
@@ -77,35 +83,35 @@ def request_kind(method: str) -> Kind:
 
 
 class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
-    """Rate-limit, time and count each request as it is sent (after the SDK's retry policy)."""
+    """Budget, time and count each request as it is sent (after the SDK's retry policy)."""
 
-    def __init__(self, limiter: ApiRateLimiter) -> None:
-        self._limiter = limiter
+    def __init__(self, budgets: ArmBudgets) -> None:
+        self._budgets = budgets
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         http = request.http_request
         operation = api_operation(http.method, http.url)
         kind = request_kind(http.method)
-        await self._limiter.wait(kind, operation)
+        budget, ticket = await self._budgets.wait(http.url, kind, operation)
         start = time.monotonic()
         try:
             response = await self.next.send(request)
-        except AzureError:
-            self._observe(operation, "transport_error", start)
+        except BaseException as e:
+            budget.answered(ticket)  # it may have reached ARM: the token stays spent
+            if isinstance(e, AzureError):
+                self._observe(operation, "transport_error", start)
             raise
         status = response.http_response.status_code
         self._observe(operation, str(status), start)
         headers = response.http_response.headers
         if status == 429:
-            wait = retry_after_seconds(headers)
-            if wait:
-                # every caller sharing this bucket waits, not only the one the SDK retries
-                self._limiter.bucket(kind).pause(wait)
+            # every caller sharing this budget waits, not only the one the SDK retries
+            wait = retry_after_seconds(headers) or DEFAULT_RETRY_AFTER
+            budget.answered(ticket, retry_after=wait)
             log.info("event=azure_throttled operation=%s retry_after=%s", operation, wait)
-        remaining = headers.get(f"x-ms-ratelimit-remaining-subscription-{kind}s")
-        if remaining is not None:
-            with contextlib.suppress(ValueError):
-                RATE_LIMIT_REMAINING.labels(kind=kind).set(float(remaining))
+        else:
+            budget.answered(ticket, remaining_in(headers, kind))
+        RATE_LIMIT_REMAINING.labels(kind=kind).set(budget.tokens)
         return response
 
     @staticmethod
@@ -143,7 +149,7 @@ class AzureAdapter:
         settings: AzureSettings,
         *,
         credential: AsyncTokenCredential | None = None,
-        limiter: ApiRateLimiter | None = None,
+        budgets: ArmBudgets | None = None,
         max_write_attempts: int = 5,
         vnet_cache_seconds: float = 60.0,
         client_options: Mapping[str, Any] | None = None,
@@ -151,8 +157,8 @@ class AzureAdapter:
         self._settings = settings
         self._owns_credential = credential is None
         self._credential = credential if credential is not None else build_credential(settings)
-        self.limiter = limiter if limiter is not None else ApiRateLimiter.from_settings(settings)
-        self._policy = _ArmRequestPolicy(self.limiter)
+        self.budgets = budgets if budgets is not None else ArmBudgets(settings)
+        self._policy = _ArmRequestPolicy(self.budgets)
         self._max_write_attempts = max(1, max_write_attempts)
         self._vnet_cache_seconds = vnet_cache_seconds
         self._client_kwargs: dict[str, Any] = {

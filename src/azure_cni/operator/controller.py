@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,17 @@ class PoolEntry:
     pool: NodeIPPool
     interest: tuple[Any, ...]
     failures: int = 0
+    #: when a reconcile last finished with the NIC read or written (monotonic): a sweep
+    #: listing that started before then may show the NIC before that write
+    nic_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class NicHint:
+    """What the sweep saw of a node's NIC (None: not found), and when its listing started."""
+
+    nic: NicSnapshot | None
+    listed: float
 
 
 @dataclass(frozen=True)
@@ -102,9 +114,8 @@ class PoolController:
         self.queue = WorkQueue()
         self.pools: dict[str, PoolEntry] = {}
         self.nodes: dict[str, NodeEntry] = {}
-        #: what the sweep saw of a node's NIC, for the next reconcile of its pool (a NIC
-        #: snapshot, or None: the sweep did not find it, so the reconcile must look)
-        self.nic_hints: dict[str, NicSnapshot | None] = {}
+        #: what the sweep saw of a node's NIC, for the next reconcile of its pool
+        self.nic_hints: dict[str, NicHint] = {}
         #: nodes whose pool is to be created (a few workers create them, in order)
         self._creations = WorkQueue()
         self._requested: set[str] = set()
@@ -280,11 +291,13 @@ class PoolController:
         if entry is None:
             return
         node = self.nodes.get(entry.pool.spec.node_name)
-        look = entry.pool.spec.node_name in self.nic_hints
-        nic = self.nic_hints.pop(entry.pool.spec.node_name, None)
+        hint = self.nic_hints.pop(entry.pool.spec.node_name, None)
+        if hint is not None and hint.listed < entry.nic_seen:
+            hint = None  # listed before our last write: the difference it saw is ours
         try:
             result = await self.reconciler.reconcile(
-                entry.pool, node.provider_id if node else None, nic, look=look)
+                entry.pool, node.provider_id if node else None,
+                hint.nic if hint is not None else None, look=hint is not None)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the API server may be away: retry later
@@ -296,6 +309,8 @@ class PoolController:
             self.queue.add_after(name, delay * (0.5 + random.random()))
             return
         entry.failures = 0
+        if result.nic is not None:
+            entry.nic_seen = time.monotonic()
         outcome = result.outcome
         metrics.RECONCILES.labels("retry" if outcome.failed else "done").inc()
         if result.stored is not None:
@@ -329,6 +344,7 @@ class PoolController:
             group[vm.id.lower()] = name
         for (subscription, resource_group), by_vm in groups.items():
             found: set[str] = set()
+            listed = time.monotonic()
             try:
                 async for nic in self.azure.list_nics(subscription, resource_group):
                     node_name = by_vm.get(nic.vm_id.lower())
@@ -337,7 +353,7 @@ class PoolController:
                     found.add(node_name)
                     entry = self.pools.get(node_name)
                     if entry is None or nic_differs(entry.pool, nic):
-                        self.nic_hints[node_name] = nic
+                        self.nic_hints[node_name] = NicHint(nic, listed)
                         self._queue_after_sweep(node_name)
                     else:
                         self.nic_hints.pop(node_name, None)
@@ -346,7 +362,7 @@ class PoolController:
                             "error=%s", subscription, resource_group, e)
                 continue
             for node_name in set(by_vm.values()) - found:
-                self.nic_hints[node_name] = None
+                self.nic_hints[node_name] = NicHint(None, listed)
                 self._queue_after_sweep(node_name)
         metrics.NIC_SWEEPS.inc()
 
