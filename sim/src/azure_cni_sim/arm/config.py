@@ -81,6 +81,8 @@ class RequestRecord:
     status: int
     principal: str
     at: float
+    #: the client's address and port: requests on one connection share it
+    peer: str = ""
 
 
 class StaticTokenCredential:

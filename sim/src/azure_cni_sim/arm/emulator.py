@@ -498,8 +498,10 @@ class ArmEmulator:
         response.headers["x-ms-correlation-request-id"] = str(uuid.uuid4())
         response.headers["Cache-Control"] = "no-cache"
         with self._lock:
-            self._requests.append(RequestRecord(request.method, request.path, response.status,
-                                                principal, time.time()))
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            self._requests.append(RequestRecord(
+                request.method, request.path, response.status, principal, time.time(),
+                f"{peer[0]}:{peer[1]}" if peer else ""))
         return response
 
     def _check_api_version(self, request: web.Request, route: Route | None) -> None:
