@@ -39,16 +39,22 @@ async def test_it_spends_down_to_the_reserve_then_waits_for_the_refill() -> None
     assert b.tokens == pytest.approx(2.0)  # the reserve is never spent
 
 
-async def test_a_remaining_count_replaces_the_estimate_minus_unanswered_later_requests() -> None:
+async def test_a_remaining_count_is_lowered_by_whatever_arm_may_have_counted_since() -> None:
     b, _ = budget(size=200, refill=10)
     tickets = [(await b.acquire())[0] for _ in range(5)]
     assert b.tokens == 195
-    b.answered(tickets[1], remaining=100)  # requests 3, 4, 5 may not be counted in it yet
-    assert b.tokens == 97
-    b.answered(tickets[4], remaining=40)
-    assert b.tokens == 40 - 0
-    b.answered(tickets[2], remaining=90)  # an older answer arriving late changes nothing
-    assert b.tokens == 40
+    # four others are unanswered: ARM may have counted them after this answer's count
+    b.answered(tickets[1], remaining=100)
+    assert b.tokens == 100 - 4
+    # one answer came since ticket 5 was sent, and three are still out
+    b.answered(tickets[4], remaining=50)
+    assert b.tokens == 50 - 1 - 3
+    # concurrent requests reach ARM in any order: an answer counted before others that were
+    # answered first still only bounds what is left from below
+    b.answered(tickets[2], remaining=90)
+    assert b.tokens == 90 - 2 - 2
+    b.answered(tickets[0], remaining=0)
+    assert b.tokens == 0 - 3 - 1
 
 
 async def test_a_count_never_lifts_the_estimate_above_the_bucket() -> None:

@@ -9,9 +9,10 @@ estimate of that bucket:
 - it starts from the configured size (ARM's documented one) and refills at the configured
   rate, never above the size;
 - every request sent takes one token from the estimate;
-- every response that carries a remaining count resets the estimate to it, minus the
-  requests sent after that one that are still unanswered (they may not be counted yet);
-  answers that arrive out of order never move the estimate back to an older count;
+- every response that carries a remaining count resets the estimate to a count ARM cannot
+  be below: the remaining count, minus every request ARM may have counted after that one
+  (those still unanswered, and those answered since it was sent: concurrent requests reach
+  ARM in any order);
 - a request waits (in arrival order) while the estimate is below ``reserve + 1``: the
   operator backs off before ARM has to refuse it, and leaves ``reserve`` requests to other
   clients of the same identity;
@@ -78,8 +79,9 @@ class ArmBudget:
         self._at = clock()
         self._paused_until = 0.0
         self._sent = 0
-        self._applied = 0
-        self._unanswered: set[int] = set()
+        self._answers = 0
+        #: unanswered ticket -> answers received when it was sent
+        self._unanswered: dict[int, int] = {}
         self._turn = asyncio.Lock()  # waiters are served in arrival order
 
     @property
@@ -106,13 +108,15 @@ class ArmBudget:
                 await self._sleep(min(missing / self.refill, _RECHECK_SECONDS))
             self._tokens -= 1.0
             self._sent += 1
-            self._unanswered.add(self._sent)
+            self._unanswered[self._sent] = self._answers
             return self._sent, self._clock() - started
 
     def answered(self, ticket: int, remaining: float | None = None,
                  retry_after: float | None = None) -> None:
         """The answer to ``ticket``: ARM's remaining count, or a 429's Retry-After."""
-        self._unanswered.discard(ticket)
+        answers_when_sent = self._unanswered.pop(ticket, self._answers)
+        answered_since = self._answers - answers_when_sent
+        self._answers += 1
         if retry_after is not None:
             self.tokens  # noqa: B018 - settle the refill up to now first
             self._tokens = min(self._tokens, 0.0)
@@ -121,12 +125,11 @@ class ArmBudget:
             # refused again
             self._at = max(self._at, self._paused_until)
             return
-        if remaining is None or ticket <= self._applied:
+        if remaining is None:
             return
-        self._applied = ticket
-        later = sum(1 for t in self._unanswered if t > ticket)
-        self._tokens = min(self.size, remaining - later)
-        self._at = self._clock()
+        self.tokens  # noqa: B018 - settle the refill up to now first
+        self._tokens = min(self.size, remaining - answered_since - len(self._unanswered))
+        self._at = max(self._at, self._clock())
 
 
 class ArmBudgets:
