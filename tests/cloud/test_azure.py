@@ -131,6 +131,20 @@ async def test_a_write_from_a_snapshot_reads_the_nic_no_second_time(world, adapt
     assert (first.method, first.path.lower()) == ("PUT", nic_id.lower())
 
 
+def test_the_adapters_own_requests_use_the_sdks_api_version():
+    from azure.mgmt.network.operations._operations import build_network_interfaces_list_request
+
+    from azure_cni.cloud.armjson import NETWORK_API_VERSION
+
+    request = build_network_interfaces_list_request("rg", "sub")
+    assert f"api-version={NETWORK_API_VERSION}" in request.url
+
+
+async def test_a_nic_list_of_a_missing_group_is_not_found(world, adapter):
+    with pytest.raises(NotFound):
+        [n async for n in adapter.list_nics(world.emu.endpoints()["subscription"], "nope")]
+
+
 async def test_requests_share_one_tls_connection(world, adapter):
     """With a CA bundle, azure-core made a TLS context per request and so a connection per
     request, each left open: about 1 MB of the operator's memory per request in flight."""

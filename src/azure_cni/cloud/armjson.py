@@ -22,6 +22,9 @@ from azure_cni.cloud.port import (
 
 #: "Private IP addresses per network interface: 256" (Azure networking limits)
 MAX_IP_CONFIGURATIONS = 256
+#: the Network RP api-version azure-mgmt-network 33.1 uses (arm-api.md §0); requests the
+#: adapter builds itself use it too (a test keeps it equal to the SDK's)
+NETWORK_API_VERSION = "2026-03-01"
 #: network, gateway (.1), two DNS (.2, .3) and broadcast: never assignable in an Azure subnet
 RESERVED_PER_SUBNET = 5
 

@@ -19,20 +19,23 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import AsyncHTTPPolicy, HttpLoggingPolicy
 from azure.core.pipeline.transport import AioHttpTransport
+from azure.core.rest import HttpRequest
 from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterface
 
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.armjson import (
+    NETWORK_API_VERSION,
     edit_ip_configurations,
     parse_nic,
     parse_subnet,
@@ -244,11 +247,25 @@ class AzureAdapter:
 
     async def list_nics(self, subscription_id: str, resource_group: str
                         ) -> AsyncIterator[NicSnapshot]:
-        """Every NIC of the resource group: one GET per page of NICs."""
+        """Every NIC of the resource group: one GET per page of NICs, following nextLink.
+
+        The pages are read as JSON through the client's own pipeline (``send_request``:
+        authentication, retries and the budget as for every call), not as SDK models: the
+        models of 5,000 NICs took 8 s of CPU per listing, every driftCheckSeconds.
+        """
         client = self._network_client(subscription_id)
-        with _typed_errors():
-            async for model in client.network_interfaces.list(resource_group):
-                yield parse_nic(model.as_dict())
+        url: str | None = (
+            f"/subscriptions/{quote(subscription_id)}/resourceGroups/{quote(resource_group)}"
+            f"/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK_API_VERSION}")
+        while url:
+            with _typed_errors():
+                response = await client.send_request(HttpRequest("GET", url))
+                if response.status_code != 200:
+                    raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+            page = response.json()
+            for nic in page.get("value") or ():
+                yield parse_nic(nic)
+            url = page.get("nextLink")
 
     async def update_ip_configurations(
         self,
