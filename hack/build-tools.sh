@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the pinned Go tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm,
-# crictl) into the project's tool cache. A tool whose directory already holds a verified
+# Build the pinned Go tools (the Kubernetes control plane and node binaries, kubectl, etcd,
+# helm, crictl, CoreDNS) into the project's tool cache. A tool whose directory already holds a verified
 # build is not rebuilt; the directory name carries the version and a hash of its go.mod and
 # go.sum, so changing a pin rebuilds exactly that tool.
 set -euo pipefail
@@ -67,14 +67,18 @@ build() {
 }
 
 declare -A VERSION_ARGS=(
-  [kube-apiserver]=--version [kube-controller-manager]=--version [kubectl]=version
-  [etcd]=--version [helm]=version [crictl]=--version
+  [kube-apiserver]=--version [kube-controller-manager]=--version [kube-scheduler]=--version
+  [kubelet]=--version [kube-proxy]=--version [kubectl]=version
+  [etcd]=--version [helm]=version [crictl]=--version [coredns]=-version
 )
 
 k8s_minor=${KUBERNETES_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
 build kubernetes "$KUBERNETES_VERSION" "$KUBERNETES_VERSION" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
   kubectl=k8s.io/kubernetes/cmd/kubectl \
   --ldflags "-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean"
 build etcd "$ETCD_VERSION" "etcd Version: ${ETCD_VERSION#v}" etcd=.
@@ -84,7 +88,10 @@ build helm "$HELM_VERSION" "$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm \
 build crictl "$CRI_TOOLS_VERSION" "$CRI_TOOLS_VERSION" crictl=sigs.k8s.io/cri-tools/cmd/crictl \
   --ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
 
+# the cluster DNS of the simulated nodes (its version is a constant of its source)
+build coredns "$COREDNS_VERSION" "CoreDNS-${COREDNS_VERSION#v}" coredns=github.com/coredns/coredns
+
 cat > "$cache/bin/versions.json" <<JSON
-{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION"}
+{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "coredns": "$COREDNS_VERSION"}
 JSON
 echo "build-tools: tools ready in $cache/bin"

@@ -7,6 +7,8 @@ packages=(
   iproute2 iptables iputils-ping conntrack tcpdump   # datapath and its checks
   containerd runc containernetworking-plugins        # a real runtime and the reference plugins
   python3-venv gcc libc6-dev                         # the venv; the locally built pause image
+  mmdebstrap buildah                                 # the images, built without a registry
+  busybox-static                                     # the tools of the test workloads' image
 )
 
 missing=()

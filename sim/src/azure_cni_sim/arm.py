@@ -251,9 +251,13 @@ class ArmEmulator:
         arm_port: int = 0,
         imds_port: int = 0,
         state_dir: Path | None = None,
+        tls_addresses: Sequence[str] = (),
     ) -> None:
         self.config = config or ArmConfig()
         self._host = host
+        #: more IP addresses the ARM certificate is valid for (see ``serve_in_netns``)
+        self._tls_addresses = tuple(tls_addresses)
+        self._tls: ssl.SSLContext | None = None
         self._wanted_ports = (arm_port, imds_port)
         self._own_dir = state_dir is None
         self._dir = state_dir
@@ -332,10 +336,10 @@ class ArmEmulator:
         self._dir.mkdir(parents=True, exist_ok=True)
         ca = pki.CertificateAuthority("azure-cni-sim-arm-ca")
         (self._dir / "ca.crt").write_bytes(ca.pair.cert_pem)
-        leaf = ca.issue("localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1",),
-                        server=True)
+        leaf = ca.issue("localhost", dns_names=("localhost",),
+                        ip_addresses=("127.0.0.1", *self._tls_addresses), server=True)
         cert, key = leaf.write(self._dir, "arm")
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls = self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cert, key)
 
         self._loop = asyncio.get_running_loop()
@@ -351,6 +355,27 @@ class ArmEmulator:
         log.info("event=arm_emulator_started arm=%s imds=%s ca=%s",
                  self.arm_url, self.imds_url, self.ca_path)
         return self
+
+    async def serve_in_netns_async(self, netns: str, *, arm: tuple[str, int] | None = None,
+                                   imds: tuple[str, int] | None = None) -> None:
+        """Also serve ARM and/or IMDS on ``(address, port)`` inside a network namespace, as a
+        simulated VM reaches them (the ARM address must be one of ``tls_addresses``). The
+        servers see each client's own address, so IMDS knows which VM asks."""
+        from azure_cni_sim.portal import listen_in_netns  # noqa: PLC0415 - setns via ctypes
+
+        arm_server, imds_server = self._servers
+        for server, where, tls in ((arm_server, arm, self._tls), (imds_server, imds, None)):
+            if where is None:
+                continue
+            sock = listen_in_netns(netns, where[1], where[0])
+            await web.SockSite(server.runner, sock, ssl_context=tls).start()
+            log.info("event=arm_emulator_listening netns=%s address=%s:%d tls=%s", netns,
+                     where[0], where[1], tls is not None)
+
+    def serve_in_netns(self, netns: str, *, arm: tuple[str, int] | None = None,
+                       imds: tuple[str, int] | None = None) -> None:
+        """``serve_in_netns_async`` for a ``start()``-ed emulator, from another thread."""
+        self._call_on_loop(self.serve_in_netns_async(netns, arm=arm, imds=imds))
 
     async def _serve(self, app: web.Application, port: int,
                      tls: ssl.SSLContext | None) -> _Server:

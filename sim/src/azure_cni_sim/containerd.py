@@ -1,6 +1,6 @@
 """A real containerd (Debian's 1.6) inside a simulated VM, and a pause image built locally.
 
-There is no registry here: the pause image is compiled from ``hack/pause/pause.c`` and
+There is no registry here: the pause image is compiled from ``hack/images/pause/pause.c`` and
 imported as an OCI archive. containerd runs in the VM's network namespace but in the machine's
 mount namespace, so the agent can open the pod netns files it creates under ``/run/netns``.
 """
@@ -29,14 +29,14 @@ def _digest(data: bytes) -> str:
 
 
 def build_pause_image(workdir: Path) -> Path:
-    """Compile hack/pause/pause.c statically and package it as an OCI image archive."""
+    """Compile hack/images/pause/pause.c statically and package it as an OCI image archive."""
     root = source_root()
     if root is None:
-        raise FileNotFoundError("hack/pause/pause.c is only in a source checkout")
+        raise FileNotFoundError("hack/images/pause/pause.c is only in a source checkout")
     workdir.mkdir(parents=True, exist_ok=True)
     binary = workdir / "pause"
     subprocess.run(["gcc", "-static", "-O2", "-o", str(binary),
-                    str(root / "hack" / "pause" / "pause.c")], check=True, timeout=120)
+                    str(root / "hack" / "images" / "pause" / "pause.c")], check=True, timeout=120)
     layer_buffer = io.BytesIO()
     with tarfile.open(fileobj=layer_buffer, mode="w", format=tarfile.PAX_FORMAT) as layer_tar:
         data = binary.read_bytes()

@@ -5,8 +5,10 @@ a path prefix: ``http://127.0.0.1:<port>/vms/<vm name>/metadata/...``. Setting
 ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to ``http://127.0.0.1:<port>/vms/<vm name>`` points an
 unmodified ``ManagedIdentityCredential`` at that VM's identity endpoint. The bare
 ``/metadata/...`` paths answer for the only VM when there is exactly one (tokens work with
-none). ``ArmEmulator.open_vm_imds`` can also give one VM a port of its own, serving the bare
-paths, for a network-namespace VM whose traffic to 169.254.169.254 is relayed there.
+none), and otherwise for the VM one of whose NICs holds the request's source address, as the
+real service knows a VM by where a request comes from: that is how the simulated VMs reach it
+at 169.254.169.254 (``ArmEmulator.serve_in_netns``). ``ArmEmulator.open_vm_imds`` can also
+give one VM a port of its own, serving the bare paths.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ class Imds:
 
     def app(self, vm_name: str | None = None) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
-            return await self._handle(request, request.match_info.get("vm") or vm_name)
+            return await self._handle(request, request.match_info.get("vm") or vm_name
+                                      or self._vm_at(request.remote))
 
         app = web.Application()
         app.router.add_route("GET", "/vms/{vm}/metadata/{tail:.*}", handle)
@@ -222,6 +225,17 @@ class Imds:
             return _bad_request("Bad request. Leaf nodes of the metadata can only be queried "
                                 "with format=text.")
         return web.json_response(node)
+
+    def _vm_at(self, address: str | None) -> str | None:
+        """The name of the VM one of whose NICs holds ``address``, if any."""
+        state = self._host.state
+        with self._host.state_lock:
+            for vm in state.vms.values():
+                for nic_id in vm.nic_ids:
+                    nic = state.nics.get(nic_id.lower())
+                    if nic is not None and address in nic.addresses():
+                        return vm.name
+        return None
 
     def _vm(self, vm_name: str | None) -> Vm | None:
         state = self._host.state
