@@ -14,6 +14,7 @@ from azure_cni.agent.status_cli import agent_get
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
 from azure_cni_sim.node import (
     LocalNode,
+    delete_pool,
     ipconfig_name,
     pool_addresses,
     publish_pool,
@@ -198,3 +199,20 @@ def test_agent_never_touches_the_pool_spec(node: LocalNode, kube, netns_factory)
     assert node.run_shim("ADD", "a", netns_factory.create("a")).returncode == 0
     wait_for_pool_status(kube.kubectl, node.name, "used=1", lambda s: s.get("used") == 1)
     assert read_pool(kube.kubectl, node.name)["spec"] == before
+
+
+def test_a_recreated_pool_gets_the_agents_status(node: LocalNode, kube) -> None:
+    """A Node deleted and registered again (its kubelet does that by itself) gets a new
+    NodeIPPool of the same name: the agent must report on it, though its own fields did not
+    change."""
+    publish_pool(kube.kubectl, node.name, POOL)
+    node.start_agent()
+    node.wait_ready()
+    wait_for_pool_status(kube.kubectl, node.name, "AgentReady=True",
+                         lambda s: agent_ready(s) == "True/Serving")
+    delete_pool(kube.kubectl, node.name)
+    wait_for("the pool to be gone", lambda: kube.kubectl(
+        "get", "nodeippool", node.name, check=False).returncode != 0, 30)
+    publish_pool(kube.kubectl, node.name, POOL)
+    wait_for_pool_status(kube.kubectl, node.name, "AgentReady=True on the new pool",
+                         lambda s: agent_ready(s) == "True/Serving" and s.get("used") == 0)

@@ -135,6 +135,12 @@ class StatusReporter:
     def request(self) -> None:
         self._wanted.set()
 
+    def forget(self) -> None:
+        """The pool was replaced (deleted, or recreated under the same name): what was
+        written went with the old object, so the next flush writes even unchanged fields."""
+        self._last = None
+        self._wanted.set()
+
     async def run(self) -> None:
         backoff = 1.0
         while True:
@@ -353,6 +359,8 @@ class NodeAgent:
                 log.error("event=pool_invalid error=%s", e)
                 return
         previous = self.allocator.pool
+        if pool is None or previous is None or previous.uid != pool.uid:
+            self.reporter.forget()
         await self.allocator.set_pool(pool)
         self.handler.pool_changed()
         self._pool_seen = pool is not None
