@@ -1,5 +1,6 @@
 # azure-cni: the two set-up commands are `make demo` and `make test`; each installs what it
-# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools).
+# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools, the
+# container images built without a registry).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -13,7 +14,7 @@ UNIT := not netns and not cluster and not e2e
 
 DEMO_STATE := $(CURDIR)/.cache/demo
 
-.PHONY: help test demo demo-down deps venv tools lint typecheck contracts check \
+.PHONY: help test demo demo-down deps venv tools images lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
 help:
@@ -21,12 +22,14 @@ help:
 	@echo "make test       install everything, then lint, types, import contracts and every test tier"
 	@echo "make test-unit | test-netns | test-cluster | test-e2e   one tier (after make test's set-up)"
 	@echo "make bench      the benchmarks; numbers go to bench/results/"
+	@echo "make images     build localhost/azure-cni:<tag> from the Containerfile (and the simulation's"
+	@echo "                other images) without a registry, as OCI archives in .cache/images"
 
 test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
 
-demo: deps venv tools
+demo: deps venv tools images
 	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
@@ -46,6 +49,9 @@ $(VENV_STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 tools:
 	hack/build-tools.sh
 
+images: deps tools
+	hack/build-images.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -64,7 +70,7 @@ test-netns: venv
 test-cluster: venv tools
 	$(TIER) cluster -m "cluster and not e2e"
 
-test-e2e: venv tools
+test-e2e: venv tools images
 	$(TIER) e2e -m "e2e"
 
 bench: deps venv tools

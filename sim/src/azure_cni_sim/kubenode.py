@@ -26,7 +26,6 @@ every mount made inside it, pod network namespaces included) and the node's cgro
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from azure_cni_sim.cluster import LocalCluster
+from azure_cni_sim.containerd import containerd_config
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.tools import find_tool
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: the machine directories a VM sees as overlays (its changes stay in its work directory)
 _OVERLAID = ("/etc", "/opt", "/var")
-#: the reference plugins a node image ships next to the runtime (Debian's, linked)
+#: the reference plugins a node image ships next to the runtime (Debian's)
 _REFERENCE_PLUGINS = ("loopback", "portmap", "host-local")
 #: kernel settings kubelet requires and would otherwise write into the shared machine's kernel
 #: (kubelet's setupKernelTunables: it changes them, or refuses to start with
@@ -124,16 +124,6 @@ class KubeNode:
         """kubelet's ``cgroupRoot``: every pod of this node lives below it."""
         return f"/{self.prefix}-{self.name}"
 
-    def host_path(self, path: str) -> Path:
-        """Where a file the VM sees at ``path`` is on the machine, if the VM wrote it: the
-        upper layer of its overlays, or its /run."""
-        for top in _OVERLAID:
-            if path == top or path.startswith(f"{top}/"):
-                return self.fs / top.strip("/") / "upper" / path[len(top) + 1:]
-        if path.startswith("/run/"):
-            return self.fs / "run" / path[len("/run/"):]
-        raise ValueError(f"{path} is the machine's, not {self.name}'s")
-
     # -- running things in the VM ----------------------------------------------------------
 
     def enter(self, argv: Sequence[str]) -> list[str]:
@@ -175,9 +165,14 @@ class KubeNode:
         (etc / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (opt / "cni" / "bin").mkdir(parents=True, exist_ok=True)
         for plugin in _REFERENCE_PLUGINS:
-            link = opt / "cni" / "bin" / plugin
-            if not link.is_symlink():
-                link.symlink_to(Path("/usr/lib/cni") / plugin)
+            # the files themselves, not symlinks into /usr: the agent's container sees this
+            # directory (its hostPath) but not the machine's /usr/lib/cni
+            installed = opt / "cni" / "bin" / plugin
+            if not installed.exists():
+                try:
+                    os.link(Path("/usr/lib/cni") / plugin, installed)
+                except OSError:  # another filesystem
+                    shutil.copy2(Path("/usr/lib/cni") / plugin, installed)
         self._write_configs(cluster)
         self._create_mount_namespace()
         self._create_cgroups()
@@ -188,24 +183,10 @@ class KubeNode:
         cluster.client_kubeconfig(d / "kube-proxy.kubeconfig", "system:kube-proxy")
         (d / "resolv.conf").write_text("# Azure DNS, as on a VM of a VNet with default DNS\n"
                                        "nameserver 168.63.129.16\n")
-        (d / "containerd.toml").write_text(f"""version = 2
-root = "{d / 'containerd'}"
-state = "/run/containerd"
-[grpc]
-  address = "{CONTAINERD_SOCKET}"
-[ttrpc]
-  address = "{CONTAINERD_SOCKET}.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{self.sandbox_image}"
-  disable_apparmor = true
-  # this machine forbids lowering oom_score_adj (runc would fail with EACCES)
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-""")
+        (d / "containerd.toml").write_text(containerd_config(
+            root=d / "containerd", state="/run/containerd", socket=CONTAINERD_SOCKET,
+            cni_bin_dir="/opt/cni/bin", cni_conf_dir="/etc/cni/net.d",
+            sandbox_image=self.sandbox_image))
         kubelet = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -338,9 +319,6 @@ state = "/run/containerd"
         for proc in self.processes.values():
             proc.check_running()
 
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        return self.processes[name].log_tail(lines) if name in self.processes else "(not run)"
-
     # -- teardown --------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -370,14 +348,6 @@ state = "/run/containerd"
         """Delete what the VM kept on disk (after ``stop``); its logs stay."""
         shutil.rmtree(self.fs, ignore_errors=True)
         shutil.rmtree(self.workdir / "containerd", ignore_errors=True)
-
-    # -- what the node reports -------------------------------------------------------------
-
-    def pod_sandboxes(self) -> list[dict[str, object]]:
-        """The CRI's pod sandboxes on this node (``crictl pods``)."""
-        out = self.crictl("pods", "-o", "json").stdout
-        items: list[dict[str, object]] = json.loads(out).get("items") or []
-        return items
 
 
 # -- sweeping up after nodes, also when whoever ran them is gone ------------------------------
