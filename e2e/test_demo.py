@@ -54,6 +54,7 @@ def test_demo_up_shows_the_promises_and_down_leaves_nothing(tmp_path: Path) -> N
         assert out.count("coredns-") == 2 and out.count("web-") >= 6
         for check in ("(no NAT, no tunnel)", "pod to ClusterIP Service", "(on vm",
                       "(the ClusterIP, from kube-dns); GET: answered by web-",
+                      "(the node: kube-proxy masquerades NodePort traffic)",
                       "(its own address: no NAT)", "primary address: SNAT)",
                       "refused: pods are kept away"):
             assert check in out, f"{check!r} missing from the demo's output:\n{out}"

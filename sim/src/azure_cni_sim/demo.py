@@ -106,26 +106,30 @@ def report(world: World) -> str:
                  + (f"the VNet carried it as {client.ip} > {far.ip} (no NAT, no tunnel)"
                     if plain else "the fabric did not see the pods' own addresses")))
     by_node = {p.name: p.node for p in web}
-    other_node = None
-    for _ in range(12):  # the Service picks an endpoint at random: look for another node's
-        other_node = workloads.http_get(world, client, f"http://{cluster_ip}{whoami}")
-        if other_node is not None and by_node.get(other_node["pod"]) != client.node:
-            break
-    rows.append(("pod to ClusterIP Service",
-                 f"{client.name} -> web {cluster_ip}:80: " + _answered(
-                     other_node, f"on {by_node.get(other_node['pod'], '?')}"
-                     if other_node else "")))
+
+    def from_another_node(url: str) -> str:
+        answer = None
+        for _ in range(12):  # the Service picks an endpoint at random: find another node's
+            answer = workloads.http_get(world, client, url)
+            if answer is not None and by_node.get(answer["pod"]) != client.node:
+                break
+        return _answered(answer, f"on {by_node.get(answer['pod'], '?')}" if answer else "")
+
+    rows.append(("pod to ClusterIP Service", f"{client.name} -> web {cluster_ip}:80: "
+                 + from_another_node(f"http://{cluster_ip}{whoami}")))
     node_ip = world.vms[far.node].primary_ip
+    via_node_port = workloads.onprem_get(world, f"http://{node_ip}:{node_port}{whoami}")
     rows.append(("on-premises to NodePort",
-                 f"{ONPREM_HOST} -> {far.node} {node_ip}:{node_port}: "
-                 + _answered(workloads.onprem_get(world, f"http://{node_ip}:{node_port}{whoami}"))))
+                 f"{ONPREM_HOST} -> {far.node} {node_ip}:{node_port}: " + _answered(
+                     via_node_port, "the node: kube-proxy masquerades NodePort traffic"
+                     if via_node_port and via_node_port["seen"] == node_ip else "")))
     name = "web.default.svc.cluster.local"
     found = workloads.resolve(world, client, name)
-    by_name = workloads.http_get(world, client, f"http://{name}{whoami}") if found else None
     rows.append(("cluster DNS",
                  f"{client.name}: {name} -> {', '.join(found) or 'not found'}"
-                 + (" (the ClusterIP, from kube-dns)" if found == [cluster_ip] else "")
-                 + f"; GET: {_answered(by_name)}"))
+                 + (" (the ClusterIP, from kube-dns); GET: "
+                    + from_another_node(f"http://{name}{whoami}") if found == [cluster_ip]
+                    else "")))
     direct = workloads.onprem_get(world, f"http://{far.ip}:{workloads.WEB_PORT}{whoami}")
     rows.append(("on-premises to a pod",
                  f"{ONPREM_HOST} -> {far.name} ({far.ip}): " + _answered(
@@ -170,6 +174,7 @@ def serve(state_dir: Path, prefix: str, vm_count: int = 3, replicas: int = 6) ->
         world.start(progress=progress)
         progress(f"deploying web: {replicas} pods spread over the nodes, a NodePort Service")
         workloads.deploy_web(world, "default", replicas)
+        workloads.wait_pools_count_their_pods(world)
         progress("checking pod to pod, Services, DNS, on-premises, internet and wireserver")
         state.report = report(world)
         assert world.cluster is not None
