@@ -165,14 +165,9 @@ class KubeNode:
         (etc / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
         (opt / "cni" / "bin").mkdir(parents=True, exist_ok=True)
         for plugin in _REFERENCE_PLUGINS:
-            # the files themselves, not symlinks into /usr: the agent's container sees this
-            # directory (its hostPath) but not the machine's /usr/lib/cni
-            installed = opt / "cni" / "bin" / plugin
-            if not installed.exists():
-                try:
-                    os.link(Path("/usr/lib/cni") / plugin, installed)
-                except OSError:  # another filesystem
-                    shutil.copy2(Path("/usr/lib/cni") / plugin, installed)
+            # copies, not links: the agent's container sees this directory (its hostPath) but
+            # not the machine's /usr/lib/cni, and nothing the VM does may change the machine's
+            shutil.copy2(Path("/usr/lib/cni") / plugin, opt / "cni" / "bin" / plugin)
         self._write_configs(cluster)
         self._create_mount_namespace()
         self._create_cgroups()

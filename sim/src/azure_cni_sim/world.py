@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,13 +420,3 @@ def namespaces_with_prefix(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     return [line.split()[0] for line in out.stdout.splitlines()
             if line.split() and line.split()[0].startswith(f"{prefix}-")]
-
-
-@contextlib.contextmanager
-def running_world(workdir: Path, **kwargs: Any) -> Iterator[World]:
-    world = World(workdir, **kwargs)
-    world.start()
-    try:
-        yield world
-    finally:
-        world.stop()
