@@ -60,6 +60,9 @@ def test_pool_usage_counts_and_acks() -> None:
     # .4 is unused: acked; .5 is in use and .6 cooling down: not yet
     assert usage.release_acks == {"azcni-10-0-0-4"}
     assert usage.outside_pool == ("10.9.9.9",)
+    # in 20 s the cooldowns of .2 and .6 end: cooling and the acks change without an event
+    assert usage.cooldown_ends_in == 20.0
+    assert pool_usage(pool, held(), {}, NOW).cooldown_ends_in is None
 
 
 def test_pool_usage_without_a_pool() -> None:

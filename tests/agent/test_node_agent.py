@@ -6,13 +6,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 
 import pytest
 
 from azure_cni.agent.status_cli import agent_get
-from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
+from azure_cni.api.nodeippool import (
+    AGENT_FIELD_MANAGER,
+    OPERATOR_FIELD_MANAGER,
+    NodeIPPool,
+    PoolSpec,
+    utcnow,
+)
+from azure_cni.ipam.plan import plan
 from azure_cni_sim.node import (
+    Kubectl,
     LocalNode,
     ipconfig_name,
     pool_addresses,
@@ -198,3 +209,95 @@ def test_agent_never_touches_the_pool_spec(node: LocalNode, kube, netns_factory)
     assert node.run_shim("ADD", "a", netns_factory.create("a")).returncode == 0
     wait_for_pool_status(kube.kubectl, node.name, "used=1", lambda s: s.get("used") == 1)
     assert read_pool(kube.kubectl, node.name)["spec"] == before
+
+
+def test_cooling_is_published_and_ends_with_the_cooldown(node: LocalNode, kube,
+                                                         netns_factory) -> None:
+    publish_pool(kube.kubectl, node.name, POOL)
+    node.agent_settings["cooldownSeconds"] = 3
+    node.start_agent()
+    node.wait_ready()
+    pods = {c: netns_factory.create(c) for c in ("a", "b")}
+    for c, ns in pods.items():
+        assert node.run_shim("ADD", c, ns).returncode == 0
+    assert node.run_shim("DEL", "a", pods["a"]).returncode == 0
+    wait_for_pool_status(kube.kubectl, node.name, "used=1, cooling=1 after a DEL",
+                         lambda s: (s.get("used"), s.get("cooling")) == (1, 1))
+    # nothing happens on the node when the cooldown ends; the agent republishes anyway
+    wait_for_pool_status(kube.kubectl, node.name, "cooling=0 once the cooldown is over",
+                         lambda s: (s.get("used"), s.get("cooling")) == (1, 0))
+    header, row = kube.kubectl("get", "nodeippool", node.name, "-o", "wide").stdout.splitlines()
+    column = header.index("COOLING")
+    assert row[column:].split()[0] == "0", (header, row)
+
+
+class OperatorStandIn:
+    """Grows a pool as the operator does: ``plan()`` on the pool as published, then one write
+    of the operator's fields. Only growth, from the next free addresses of 198.18.0.0/24."""
+
+    def __init__(self, kubectl: Kubectl, node: str, spec: PoolSpec,
+                 addresses: list[str]) -> None:
+        self.kubectl, self.node, self.spec = kubectl, node, spec
+        self.addresses = list(addresses)
+        self.sizes: list[int] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="operator-stand-in")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(0.5):
+                pool = NodeIPPool.from_object(read_pool(self.kubectl, self.node))
+                step = plan(pool.spec, pool.status, utcnow())
+                if step.add:
+                    last = int(self.addresses[-1].rsplit(".", 1)[1])
+                    self.addresses += pool_addresses("198.18.0", last + 1, step.add)
+                    publish_pool(self.kubectl, self.node, self.addresses, spec=self.spec)
+                    self.sizes.append(len(self.addresses))
+        except BaseException as e:  # noqa: BLE001 - reported by __exit__
+            self.error = e
+
+    def __enter__(self) -> OperatorStandIn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self.error is not None and kind is None:
+            raise AssertionError(f"the operator stand-in failed: {self.error!r}")
+
+
+def test_churn_grows_the_pool_instead_of_failing_adds(node: LocalNode, kube,
+                                                      netns_factory) -> None:
+    """Issue 11, defect 1: a pool of 8 with a warm pool of 1 runs 7 pods; 5 are deleted and 5
+    created within the cooldown (a rolling update). The deleted pods' addresses cool down, so
+    the pool must grow; counting them as free, it did not, and the ADDs failed."""
+    spec = PoolSpec(node.name, min_ips=8, max_ips=32, batch_size=4, min_free_ips=1,
+                    max_free_ips=8, release_delay_seconds=3600)
+    addresses = pool_addresses("198.18.0", 10, 8)
+    publish_pool(kube.kubectl, node.name, addresses, spec=spec)
+    node.agent_settings.update({"cooldownSeconds": 300, "addWaitSeconds": 20})
+    node.start_agent()
+    node.wait_ready()
+    with OperatorStandIn(kube.kubectl, node.name, spec, addresses) as operator:
+        old = {f"old{i}": netns_factory.create(f"old{i}") for i in range(7)}
+        for c, ns in old.items():
+            assert node.run_shim("ADD", c, ns).returncode == 0
+        wait_for_pool_status(kube.kubectl, node.name, "used=7",
+                             lambda s: s.get("used") == 7)
+        assert operator.sizes == [], "1 free address meets a warm pool of 1"
+        gone = list(old)[2:]
+        for c in gone:
+            assert node.run_shim("DEL", c, old[c]).returncode == 0
+        wait_for_pool_status(kube.kubectl, node.name, "used=2", lambda s: s.get("used") == 2)
+        new = [netns_factory.create(f"new{i}") for i in range(5)]
+        with ThreadPoolExecutor(5) as threads:
+            results = list(threads.map(lambda i: node.run_shim("ADD", f"new{i}", new[i]),
+                                       range(5)))
+    failed = [r.output for r in results if r.returncode != 0]
+    assert not failed, f"ADDs failed although the pool could grow: {failed}"
+    assert operator.sizes and operator.sizes[0] == 12, operator.sizes
+    cooling = set(addresses[2:7])
+    assert not {r.address() for r in results} & cooling, "a cooling address was handed out"

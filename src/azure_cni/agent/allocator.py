@@ -57,6 +57,8 @@ class PoolUsage:
     release_acks: frozenset[str] = field(default_factory=frozenset)
     #: addresses held by pods that are not (or no longer) in the pool's inventory
     outside_pool: tuple[str, ...] = ()
+    #: seconds until the next cooldown of a pool address ends (``cooling`` or an ack changes)
+    cooldown_ends_in: float | None = None
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
@@ -69,10 +71,13 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
     free = releasing = cooling = 0
     acks = set()
     inventory = set()
+    ends: list[float] = []
     for ip in pool.status.ips:
         inventory.add(ip.address)
         release = released.get(ip.address)
         cool = release is not None and release.cool_until > now
+        if cool and release is not None and ip.address not in taken:
+            ends.append(release.cool_until - now)
         if ip.state == IPState.RELEASING:
             releasing += 1
             if ip.address not in taken and not cool:
@@ -83,7 +88,8 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
             else:
                 free += 1
     return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
-                     frozenset(acks), tuple(sorted(taken - inventory)))
+                     frozenset(acks), tuple(sorted(taken - inventory)),
+                     min(ends) if ends else None)
 
 
 class Allocator:

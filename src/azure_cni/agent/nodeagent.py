@@ -8,8 +8,10 @@ Start-up, in this order, so that nothing is handed out before the agent knows wh
 5. once the NodeIPPool is known: the shim and the conflist are installed and AgentReady
    becomes True. Stopping removes the conflist first, so runtimes stop sending ADDs.
 
-Only ``used``, ``releaseAcks`` and the ``AgentReady`` condition are written, by server-side
-apply under the ``azure-cni-agent`` field manager, debounced, and only when they change.
+Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
+server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
+change; a cooldown that ends changes ``cooling`` (and maybe an ack) without any event, so the
+reporter also wakes up then.
 """
 
 from __future__ import annotations
@@ -131,25 +133,36 @@ class StatusReporter:
         self.debounce = debounce
         self._wanted = asyncio.Event()
         self._last: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def request(self) -> None:
         self._wanted.set()
 
+    def request_later(self, delay: float) -> None:
+        """Recompute ``delay`` seconds from now (when a cooldown ends), event or not."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.request)
+
     async def run(self) -> None:
         backoff = 1.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
-            await asyncio.sleep(self.debounce)
-            self._wanted.clear()
-            try:
-                await self.flush()
-                backoff = 1.0
-            except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
-                log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._wanted.set()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
+                await asyncio.sleep(self.debounce)
+                self._wanted.clear()
+                try:
+                    await self.flush()
+                    backoff = 1.0
+                except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
+                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._wanted.set()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
 
     async def flush(self) -> bool:
         """Apply now if the fields changed; True if something was written."""
@@ -158,8 +171,8 @@ class StatusReporter:
             return False
         await self.api.apply_status(self.name, status_apply_body(self.name, fields))
         self._last = fields
-        log.info("event=status_applied used=%s acks=%d ready=%s", fields.get("used"),
-                 len(fields.get("releaseAcks") or ()),
+        log.info("event=status_applied used=%s cooling=%s acks=%d ready=%s",
+                 fields.get("used"), fields.get("cooling"), len(fields.get("releaseAcks") or ()),
                  next((c["status"] for c in fields.get("conditions") or ()), "?"))
         return True
 
@@ -193,8 +206,8 @@ class NodeAgent:
         self._installed = False
         self._serving = False
         self._pool_seen = False
-        #: (used, releaseAcks) to report when the store cannot be read
-        self._reported_usage: tuple[int, frozenset[str]] | None = None
+        #: (used, cooling, releaseAcks) to report when the store cannot be read
+        self._reported_usage: tuple[int, int, frozenset[str]] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -283,7 +296,7 @@ class NodeAgent:
                 return
             # without a store, keep what the last agent reported rather than erase it
             status = NodeIPPool.from_object(obj).status
-            self._reported_usage = (status.used, status.release_acks)
+            self._reported_usage = (status.used, status.cooling, status.release_acks)
             self._pool_seen = True
             await asyncio.wait_for(self.reporter.flush(), timeout=10)
         except Exception as e:  # noqa: BLE001 - the API server may be the problem too
@@ -407,9 +420,11 @@ class NodeAgent:
         if self.allocator.is_open:
             usage = await self.allocator.usage()
             self.metrics.set_pool(usage)
-            used, acks = usage.used, usage.release_acks
+            used, cooling, acks = usage.used, usage.cooling, usage.release_acks
+            if usage.cooldown_ends_in is not None:
+                self.reporter.request_later(usage.cooldown_ends_in)
         elif self._reported_usage is not None:
-            used, acks = self._reported_usage
+            used, cooling, acks = self._reported_usage
         else:
             return None
         if not self._pool_seen:
@@ -419,7 +434,7 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
-        return PoolStatus(used=used, release_acks=acks,
+        return PoolStatus(used=used, cooling=cooling, release_acks=acks,
                           conditions=(self._condition,)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
