@@ -207,6 +207,18 @@ async def test_check(harness: Harness) -> None:
     assert caught.value.code == Code.UNKNOWN_CONTAINER
 
 
+async def test_no_pod_is_set_up_while_the_egress_rules_are_missing(harness: Harness) -> None:
+    """Fail closed: a pod started without the filter could reach the wireserver and IMDS."""
+    harness.handler.egress_problem = lambda: "programming the pod egress chains failed: lock"
+    with pytest.raises(CniError) as caught:
+        await harness.add()
+    assert caught.value.code == Code.TRY_AGAIN_LATER
+    assert "wireserver" in caught.value.msg and "lock" in caught.value.details
+    assert await harness.allocator.assignments() == [] and harness.datapath.pairs == {}
+    harness.handler.egress_problem = lambda: ""
+    assert (await harness.add())["ips"][0]["address"] == "198.18.0.10/32"
+
+
 async def test_status(harness: Harness) -> None:
     await harness.handler.handle(req("STATUS"))
     harness.handler.egress_problem = lambda: "iptables-restore failed"

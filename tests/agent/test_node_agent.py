@@ -4,6 +4,7 @@ metrics and health, ``azure-cni status``, start-up checks and a clean stop."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from azure_cni.api.nodeippool import (
     PoolSpec,
     utcnow,
 )
+from azure_cni.datapath.snat import owned_state
 from azure_cni.ipam.plan import plan
 from azure_cni_sim.node import (
     Kubectl,
@@ -301,3 +303,45 @@ def test_churn_grows_the_pool_instead_of_failing_adds(node: LocalNode, kube,
     assert operator.sizes and operator.sizes[0] == 12, operator.sizes
     cooling = set(addresses[2:7])
     assert not {r.address() for r in results} & cooling, "a cooling address was handed out"
+
+
+def test_no_pod_is_set_up_before_the_egress_rules_are_in_place(node: LocalNode, kube,
+                                                               netns_factory,
+                                                               legacy_iptables) -> None:
+    """Issue 11, defect 2: fail closed. kube-proxy holds the xtables lock while the node boots
+    (legacy backend): no conflist and no pod until the wireserver/IMDS block is in place."""
+    publish_pool(kube.kubectl, node.name, POOL)
+    legacy_iptables.hold()
+    agent = node.start_agent(env=legacy_iptables.env)
+
+    def reason() -> str:
+        return str(node.agent_status()["reason"]) if node.socket_path.exists() else ""
+
+    wait_for("the agent to serve and say the egress rules are missing",
+             lambda: reason() == "EgressRulesMissing", 60, alive=agent.check_running)
+    assert "holding the xtables lock" in node.agent_status()["message"]
+    assert not node.conflist_path.exists(), "no conflist before the wireserver block"
+    assert agent_get(node.socket_path, "/readyz")[0] == 503
+    legacy_iptables.release()
+    node.wait_ready(timeout=60)
+    assert node.run_shim("ADD", "a", netns_factory.create("a")).returncode == 0
+
+    # later somebody deletes our jump while the lock is held: ADDs stop until it is back
+    (jump,) = owned_state(legacy_iptables.run(node.netns, "iptables-save").stdout)[
+        "filter_jumps"]
+    legacy_iptables.run(node.netns, "iptables", "-D", "FORWARD", *shlex.split(jump))
+    legacy_iptables.hold()
+    wait_for("the agent's sync to find the rules missing",
+             lambda: bool(node.agent_status()["egressProblem"]), 60, alive=agent.check_running)
+    pod = netns_factory.create("b")
+    refused = node.run_shim("ADD", "b", pod)
+    assert (refused.returncode, refused.output["code"]) == (1, 11), refused
+    assert "wireserver" in refused.output["msg"]
+    status = node.run_shim("STATUS", config=node.plugin_config(cni_version="1.1.0"))
+    assert status.output["code"] == 51 and "xtables lock" in status.output["details"]
+    legacy_iptables.release()
+    wait_for("the agent's sync to put the rules back",
+             lambda: not node.agent_status()["egressProblem"], 60, alive=agent.check_running)
+    assert owned_state(legacy_iptables.run(node.netns, "iptables-save").stdout)[
+        "filter_jumps"] == [jump]
+    assert node.run_shim("ADD", "b", pod).returncode == 0

@@ -11,6 +11,7 @@ import pytest
 from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.snat import (
     FILTER_CHAIN,
+    LOCK_WAIT_SECONDS,
     NAT_CHAIN,
     SnatPolicy,
     in_sync,
@@ -108,6 +109,15 @@ def apply_in(netns: str, policy: SnatPolicy) -> bool:
     code = ("import sys; from azure_cni.datapath.snat import SnatPolicy, ensure_snat; "
             f"print(ensure_snat({policy!r}))")
     return run_in(netns, sys.executable, "-c", code).stdout.strip() == "True"
+
+
+def ensure_snat_in(netns: str, policy: SnatPolicy,
+                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """ensure_snat inside ``netns`` with ``env`` (for example another iptables backend)."""
+    code = ("from azure_cni.datapath.snat import SnatPolicy, ensure_snat; "
+            f"print(ensure_snat({policy!r}))")
+    return run_in(netns, "env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-c",
+                  code, check=False)
 
 
 def saved(netns: str) -> str:
@@ -222,3 +232,22 @@ def test_reconcile_is_idempotent_repairs_drift_and_tears_down(netns_factory) -> 
     code = "from azure_cni.datapath.snat import teardown_snat; teardown_snat()"
     run_in(host, sys.executable, "-c", code)
     assert "AZURE-CNI" not in saved(host)
+
+
+@pytest.mark.netns
+def test_the_xtables_lock_is_waited_for_but_not_forever(netns_factory, legacy_iptables) -> None:
+    """kube-proxy holds the xtables lock while it syncs (legacy backend): the restore waits
+    for it a bounded time, then fails with iptables' reason so the agent retries promptly."""
+    host = netns_factory.create("host")
+    legacy_iptables.hold()
+    blocked = ensure_snat_in(host, POLICY, legacy_iptables.env)
+    assert blocked.returncode != 0
+    assert "IptablesFailed" in blocked.stderr, blocked.stderr
+    assert "holding the xtables lock" in blocked.stderr
+    assert f"Stopped waiting after {LOCK_WAIT_SECONDS}s" in blocked.stderr
+    assert FILTER_CHAIN not in legacy_iptables.run(host, "iptables-save").stdout
+    legacy_iptables.release()
+    applied = ensure_snat_in(host, POLICY, legacy_iptables.env)
+    assert applied.stdout.strip() == "True", applied.stderr
+    state = owned_state(legacy_iptables.run(host, "iptables-save").stdout)
+    assert state["filter_jumps"] == [render_rules(POLICY).filter_jump]

@@ -138,6 +138,12 @@ class CniHandler:
 
     async def add(self, request: CniRequest) -> Reply:
         key = request.key
+        problem = self.egress_problem()
+        if problem:
+            # fail closed: without the filter a pod could reach the wireserver and IMDS
+            raise TryAgainLater("pods are not set up on this node until its egress rules are "
+                                "in place (the wireserver and instance metadata block)",
+                                f"{problem}; the agent retries by itself")
         async with self.locks.hold(key):
             assignment, created = await self._assign(request)
             if not created and assignment.netns != request.netns:

@@ -3,10 +3,12 @@
 Start-up, in this order, so that nothing is handed out before the agent knows what is in use:
 1. the host's python for the shim exists (else: condition AgentReady=False, exit 2);
 2. the store opens and agrees with the host's pod veths (else: refuse to start, exit 3);
-3. forwarding sysctls, then DEL requests the shim spooled while the agent was down;
-4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on);
-5. once the NodeIPPool is known: the shim and the conflist are installed and AgentReady
-   becomes True. Stopping removes the conflist first, so runtimes stop sending ADDs.
+3. forwarding sysctls and the pod egress chains (a first attempt; retried from 1 s on,
+   backing off to 30 s), then DEL requests the shim spooled while the agent was down;
+4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on; ADD only while the
+   egress chains are in place: no pod may start without the wireserver/IMDS block);
+5. once the NodeIPPool is known and the egress chains are in place: the shim and the
+   conflist are installed and AgentReady becomes True.
 
 Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
 server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
@@ -61,7 +63,11 @@ STATUS_DEBOUNCE_SECONDS = 1.0
 STATUS_REFRESH_SECONDS = 10.0
 SPOOL_RESCAN_SECONDS = 10.0
 VANISHED_POD_SWEEP_SECONDS = 60.0
-EGRESS_DRIFT_SECONDS = 60.0
+#: check the egress chains (and put them back) this often while they are in place ...
+EGRESS_SYNC_SECONDS = 10.0
+#: ... and retry this soon after a failure, doubling up to the maximum
+EGRESS_RETRY_SECONDS = 1.0
+EGRESS_RETRY_MAX_SECONDS = 30.0
 NETLINK_THREADS = 8
 
 
@@ -252,8 +258,7 @@ class NodeAgent:
             asyncio.create_task(self.reporter.run(), name="status-reporter"),
             asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
                                 name="spool-rescan"),
-            asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
-                                name="egress-drift"),
+            asyncio.create_task(self._keep_egress(), name="egress-sync"),
             asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
                                             self.handler.free_vanished_pods),
                                 name="vanished-pod-sweep"),
@@ -339,8 +344,23 @@ class NodeAgent:
             except Exception as e:  # noqa: BLE001 - a periodic job retries next time
                 log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
 
-    async def _repair_egress(self) -> None:
-        await self.egress.reconcile(keep_nic=True)
+    async def _keep_egress(self) -> None:
+        """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
+        a failure (the xtables lock held by kube-proxy at boot) retry within a second."""
+        retry = EGRESS_RETRY_SECONDS
+        while True:
+            if self.egress.in_place:
+                retry = EGRESS_RETRY_SECONDS
+                await asyncio.sleep(EGRESS_SYNC_SECONDS)
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, EGRESS_RETRY_MAX_SECONDS)
+            try:
+                await self.egress.ensure_sysctls()
+                await self.egress.reconcile(keep_nic=True)
+            except Exception as e:  # noqa: BLE001 - keep checking; the problem stays visible
+                log.warning("event=egress_sync_failed error=%r", e)
+            await self._install_when_ready()
 
     async def replay_spool(self) -> int:
         async def delete(request: CniRequest) -> object:
@@ -379,9 +399,23 @@ class NodeAgent:
             return
         if previous is None or previous.status.nic != pool.status.nic:
             await self.egress.reconcile(pool.status.nic)
+        await self._install_when_ready()
+        self._changed()
+
+    async def _install_when_ready(self) -> None:
+        """Install the shim and conflist once the pool is known and the egress chains are in
+        place; keep AgentReady saying whether pods can start here."""
+        if self.allocator.pool is None:
+            return
+        if not self.egress.in_place:
+            self._set_readiness(False, "EgressRulesMissing",
+                                f"pods are not set up until the egress rules are in place: "
+                                f"{self.egress.problem}")
+            return
         if not self._installed:
             await self._install()
-        self._changed()
+        elif not self.readiness.ready:
+            self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
 
     async def _install(self) -> None:
         loop = asyncio.get_running_loop()

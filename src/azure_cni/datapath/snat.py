@@ -13,6 +13,11 @@ instance metadata service (169.254.169.254) unless the configuration allows them
 Rendering is pure (``render_rules``, ``restore_input``); ``ensure_snat`` applies the result
 with one ``iptables-restore --noflush`` (each table is replaced in one transaction) and only
 touches rules that jump to, or live in, the two chains above.
+
+The legacy backend serialises every writer on the xtables lock (kube-proxy holds it while it
+syncs, which at boot can be seconds): the restore waits for it, as kube-proxy does, but only
+``LOCK_WAIT_SECONDS``, and fails with iptables' own message after that, so the caller can
+retry promptly instead of hanging. The nf_tables backend has no lock and ignores the flags.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ FILTER_CHAIN = "AZURE-CNI-FORWARD"
 WIRESERVER = "168.63.129.16/32"
 WIRESERVER_PORTS = (80, 32526)
 INSTANCE_METADATA = "169.254.169.254/32"
+#: how long iptables-restore waits for the xtables lock (kube-proxy waits as long)
+LOCK_WAIT_SECONDS = 5
 _TIMEOUT = 30.0
 
 
@@ -181,24 +188,26 @@ def in_sync(rules: OwnedRules, saved: str) -> bool:
 # -- I/O ---------------------------------------------------------------------------------
 
 
+def _run(argv: list[str], payload: str | None = None) -> str:
+    try:
+        result = subprocess.run(argv, input=payload, capture_output=True, text=True,
+                                timeout=_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise IptablesFailed(f"{shlex.join(argv)} did not finish within {_TIMEOUT:.0f}s") from None
+    if result.returncode != 0:
+        detail = f"\ninput was:\n{payload}" if payload else ""
+        errors = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+        raise IptablesFailed(f"{shlex.join(argv)} failed: {errors}{detail}")
+    return result.stdout
+
+
 def iptables_save() -> str:
     """The current nat and filter tables of this network namespace."""
-    out = []
-    for table in ("nat", "filter"):
-        result = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True,
-                                timeout=_TIMEOUT, check=False)
-        if result.returncode != 0:
-            raise IptablesFailed(f"iptables-save -t {table} failed: {result.stderr.strip()}")
-        out.append(result.stdout)
-    return "".join(out)
+    return "".join(_run(["iptables-save", "-t", table]) for table in ("nat", "filter"))
 
 
 def _restore(payload: str) -> None:
-    result = subprocess.run(["iptables-restore", "--noflush"], input=payload,
-                            capture_output=True, text=True, timeout=_TIMEOUT, check=False)
-    if result.returncode != 0:
-        raise IptablesFailed(f"iptables-restore --noflush failed: {result.stderr.strip()}\n"
-                             f"input was:\n{payload}")
+    _run(["iptables-restore", "-w", str(LOCK_WAIT_SECONDS), "--noflush"], payload)
 
 
 def ensure_snat(policy: SnatPolicy) -> bool:
