@@ -162,16 +162,37 @@ def test_metrics_health_and_the_status_command(node: LocalNode, kube, netns_fact
         or "does not answer" in down.stderr
 
 
-def test_clean_stop_withdraws_the_conflist_and_reports_it(node: LocalNode, kube) -> None:
+def test_a_rolling_update_keeps_the_conflist_and_the_node_ready(node: LocalNode, kube,
+                                                               netns_factory) -> None:
+    """Issue 11, defect 4: a graceful stop (a DaemonSet roll) must not take the network
+    configuration away: containerd would report the node's network not ready and fail DELs.
+    While the agent is away ADD fails with "try again later" (kubelet retries), DEL is
+    spooled, and STATUS does not fail the node for a graceful restart."""
     publish_pool(kube.kubectl, node.name, POOL)
     node.start_agent()
     node.wait_ready()
-    assert node.shim_path.exists() and node.conflist_path.exists()
+    pods = {c: netns_factory.create(c) for c in ("a", "b")}
+    assert node.run_shim("ADD", "a", pods["a"]).returncode == 0
     assert node.stop_agent() == 0
-    assert not node.conflist_path.exists()
-    assert node.shim_path.exists(), "the shim stays so runtimes can still spool DELs"
+    assert node.conflist_path.exists(), "the conflist stays through a restart"
+    assert node.shim_path.exists()
     wait_for_pool_status(kube.kubectl, node.name, "AgentReady=False/Stopped",
                          lambda s: agent_ready(s) == "False/Stopped")
+    gap = node.run_shim("ADD", "b", pods["b"])
+    assert (gap.returncode, gap.output["code"]) == (1, 11), gap
+    assert "not reachable" in gap.output["msg"]
+    assert node.run_shim("DEL", "a", pods["a"]).returncode == 0, "spooled"
+    status_config = node.plugin_config(cni_version="1.1.0")
+    during = node.run_shim("STATUS", config=status_config)
+    assert (during.returncode, during.stdout) == (0, ""), during
+    node.start_agent()
+    node.wait_ready()
+    assert node.agent_status()["assignments"] == [], "the spooled DEL was replayed"
+    assert node.run_shim("ADD", "b", pods["b"]).returncode == 0, "kubelet's retry works"
+    # a crash is not a restart the agent announced: STATUS says so at once
+    assert node.stop_agent(kill=True) != 0
+    crashed = node.run_shim("STATUS", config=status_config)
+    assert (crashed.returncode, crashed.output["code"]) == (1, 50), crashed
 
 
 def test_no_conflist_before_the_pool_exists(node: LocalNode, kube) -> None:

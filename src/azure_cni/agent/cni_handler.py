@@ -270,16 +270,16 @@ class CniHandler:
     # -- STATUS ----------------------------------------------------------------------------
 
     async def status(self, request: CniRequest) -> Reply:
-        usage = await self.allocator.usage()
-        if not usage.known:
+        """Fails only when this node cannot network pods (pool unknown, egress rules missing;
+        the shim answers for an agent that does not serve). A pool with no address free this
+        second is not such a case: it grows, and containerd 2.x turns a STATUS error into a
+        NotReady node."""
+        if self.allocator.pool is None:
             raise NotAvailable(f"the agent has not received NodeIPPool {self.node_name} yet",
                                "is the azure-cni operator running?")
         problem = self.egress_problem()
         if problem:
             raise LimitedConnectivity("the node's egress rules are not in place", problem)
-        if usage.free == 0:
-            raise NotAvailable(f"no free address in the pool of node {self.node_name}",
-                               _describe(usage))
         return Reply()
 
     # -- the agent's own sweep ---------------------------------------------------------------

@@ -10,6 +10,13 @@ Start-up, in this order, so that nothing is handed out before the agent knows wh
 5. once the NodeIPPool is known and the egress chains are in place: the shim and the
    conflist are installed and AgentReady becomes True.
 
+The conflist stays when the agent stops (a DaemonSet roll) and when the pool is deleted:
+without it containerd reports the node's network as not ready and fails every DEL. While
+the agent is away the shim fails ADD with "try again later" (kubelet retries), spools DEL,
+and answers STATUS as ready for a short grace after a graceful stop (``shim.AGENT_STOPPED``).
+It is removed when the agent refuses to start (exit 2 or 3: no restart will help until an
+admin acts) and by ``azure-cni-agent --uninstall``.
+
 Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
 server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
 change; a cooldown that ends changes ``cooling`` (and maybe an ack) without any event, so the
@@ -252,6 +259,7 @@ class NodeAgent:
                             f"serving; waiting for NodeIPPool {self.node_name}")
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
+        install.stopped_marker(self.agent).unlink(missing_ok=True)
         await self._start_metrics()
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="pool-watch"),
@@ -269,10 +277,7 @@ class NodeAgent:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        """Stop taking new pods first (conflist gone), then stop serving."""
-        if self._installed:
-            install.remove_conflist(self.agent)
-            self._installed = False
+        """Stop serving, and tell the shim this is a graceful stop; the conflist stays."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -280,10 +285,16 @@ class NodeAgent:
                 await task
         self._tasks = []
         if self._serving:
-            self._set_readiness(False, "Stopped", "the agent stopped; pods cannot start here")
+            self._set_readiness(False, "Stopped", "the agent stopped: pods start once it is "
+                                "back (ADD answers try again later), DELs are spooled")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reporter.flush(), timeout=5)
         await self.server.stop()
+        if self._serving:
+            try:
+                install.mark_stopped(self.agent)
+            except OSError as e:
+                log.warning("event=stop_not_marked error=%s", e)
         self._serving = False
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
@@ -292,8 +303,13 @@ class NodeAgent:
         self.netlink.shutdown(wait=True)
 
     async def _fail_early(self, reason: str, message: str) -> None:
-        """Tell the cluster why the agent will not serve (best effort: it may be down too)."""
+        """Tell the cluster why the agent will not serve (best effort: it may be down too).
+
+        This is no restart but a node that cannot network pods until an admin acts: the
+        conflist of an earlier run goes, so the runtime reports the node NotReady and the
+        scheduler stops sending pods that would only fail."""
         log.error("event=startup_failed reason=%s message=%s", reason, message)
+        install.remove_conflist(self.agent)
         self._set_readiness(False, reason, message)
         try:
             obj, _ = await asyncio.wait_for(self.api.list_pool(self.node_name), timeout=10)
@@ -392,9 +408,7 @@ class NodeAgent:
         if pool is None:
             if previous is not None:
                 log.warning("event=pool_deleted node=%s", self.node_name)
-            if self._installed:
-                install.remove_conflist(self.agent)
-                self._installed = False
+            # the conflist stays (DELs of running pods need it); ADDs wait for a pool
             self._set_readiness(False, "NoPool", f"NodeIPPool {self.node_name} does not exist")
             return
         if previous is None or previous.status.nic != pool.status.nic:
