@@ -31,9 +31,10 @@ from azure_cni_sim.node import (
     pool_addresses,
     publish_pool,
     read_pool,
+    simulated_node,
     wait_for_pool_status,
 )
-from azure_cni_sim.procs import wait_for
+from azure_cni_sim.procs import ManagedProcess, wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 
@@ -366,3 +367,53 @@ def test_no_pod_is_set_up_before_the_egress_rules_are_in_place(node: LocalNode, 
     assert owned_state(legacy_iptables.run(node.netns, "iptables-save").stdout)[
         "filter_jumps"] == [jump]
     assert node.run_shim("ADD", "b", pod).returncode == 0
+
+
+def reaches_the_wireserver(pod: str) -> bool:
+    code = ("import socket; s = socket.create_connection(('168.63.129.16', 80), timeout=3); "
+            "s.close()")
+    return subprocess.run(["ip", "netns", "exec", pod, sys.executable, "-c", code],
+                          capture_output=True, check=False, timeout=30).returncode == 0
+
+
+def test_a_rule_put_above_the_pod_filter_is_undone_by_the_agent(kube, nodeippool_crd,
+                                                               netns_factory,
+                                                               tmp_path: Path) -> None:
+    """Issue 11, defect 10: an ACCEPT inserted above our FORWARD jump (by an admin, another
+    add-on) let pods reach the wireserver until the next restart; the agent's periodic sync
+    puts the jump first again."""
+    fabric = netns_factory.create("fabric")
+    subprocess.run(["ip", "-n", fabric, "addr", "add", "168.63.129.16/32", "dev", "lo"],
+                   check=True)
+    with simulated_node(kube.kubectl, kube.kubeconfig, netns_factory.create, tmp_path / "node",
+                        fabric_netns=fabric) as node:
+        wireserver = ManagedProcess(
+            "wireserver", ["ip", "netns", "exec", fabric, sys.executable, "-m",
+                           "azure_cni_sim.echo", "--name", "wireserver", "--port", "80"],
+            tmp_path / "wireserver.log", node.owner).start()
+        try:
+            wait_for("the wireserver stand-in", lambda: "echo_listening" in
+                     (tmp_path / "wireserver.log").read_text(), 30,
+                     alive=wireserver.check_running)
+            publish_pool(kube.kubectl, node.name, POOL)
+            node.start_agent()
+            node.wait_ready()
+            pod = netns_factory.create("pod")
+            assert node.run_shim("ADD", "a", pod).returncode == 0
+            assert not reaches_the_wireserver(pod)
+            subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-I", "FORWARD",
+                            "1", "-j", "ACCEPT"], check=True)
+            assert reaches_the_wireserver(pod), "the ACCEPT above the jump bypasses the block"
+
+            def ours_first() -> bool:
+                out = subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-S",
+                                      "FORWARD"], capture_output=True, text=True,
+                                     check=True).stdout.splitlines()
+                return out[1].endswith("-j AZURE-CNI-FORWARD")  # out[0] is the policy
+
+            assert node.agent is not None
+            wait_for("the agent's sync to put its jump first again", ours_first, 60,
+                     alive=node.agent.check_running)
+            assert not reaches_the_wireserver(pod)
+        finally:
+            wireserver.stop()

@@ -88,6 +88,30 @@ def test_restore_input_replaces_stale_jumps_and_leaves_others_alone() -> None:
     assert not in_sync(render_rules(POLICY), SAVED_WITH_STALE)
 
 
+def saved_with_forward(*forward: str) -> str:
+    """iptables-save output with the chains in sync except for FORWARD's rules."""
+    rules = render_rules(POLICY)
+    return "\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]", f":{NAT_CHAIN} - [0:0]",
+        f"-A POSTROUTING {rules.nat_jump}", *(f"-A {NAT_CHAIN} {r}" for r in rules.nat_chain),
+        "COMMIT", "*filter", ":FORWARD ACCEPT [0:0]", f":{FILTER_CHAIN} - [0:0]",
+        *(f"-A FORWARD {r}" for r in forward),
+        *(f"-A {FILTER_CHAIN} {r}" for r in rules.filter_chain), "COMMIT", ""])
+
+
+def test_our_forward_jump_must_be_first() -> None:
+    """An ACCEPT above the jump lets pods past the wireserver/IMDS block."""
+    rules = render_rules(POLICY)
+    assert in_sync(rules, saved_with_forward(rules.filter_jump, "-j ACCEPT"))
+    behind = saved_with_forward("-i azv+ -j ACCEPT", rules.filter_jump)
+    assert not in_sync(rules, behind)
+    lines = restore_input(rules, behind).splitlines()
+    assert f"-D FORWARD {rules.filter_jump}" in lines
+    assert f"-I FORWARD 1 {rules.filter_jump}" in lines
+    assert not any("-D FORWARD -i azv+ -j ACCEPT" in line for line in lines), \
+        "the other rule stays, below ours"
+
+
 def test_teardown_input() -> None:
     payload = teardown_input(SAVED_WITH_STALE)
     assert payload.splitlines() == [
@@ -214,6 +238,20 @@ def test_wireserver_and_metadata_are_blocked_unless_allowed(vm: dict[str, str]) 
     assert apply_in(host, allowed)
     assert source_seen(pod, "168.63.129.16", 80) == "198.18.0.4"
     assert source_seen(pod, "169.254.169.254", 80) == "198.18.0.4"
+
+
+@pytest.mark.netns
+def test_a_rule_inserted_above_the_filter_is_moved_below_it(vm: dict[str, str]) -> None:
+    host, pod = vm["host"], vm["pod"]
+    assert apply_in(host, POLICY)
+    run_in(host, "iptables", "-I", "FORWARD", "1", "-j", "ACCEPT")
+    assert source_seen(pod, "168.63.129.16", 80) == "198.18.0.4", "the ACCEPT bypasses it"
+    assert apply_in(host, POLICY), "a rule above our jump is drift to repair"
+    forward = [r for r in saved(host).splitlines() if r.startswith("-A FORWARD ")]
+    assert forward == [f"-A FORWARD {render_rules(POLICY).filter_jump}",
+                       "-A FORWARD -j ACCEPT"]
+    assert source_seen(pod, "168.63.129.16", 80).startswith("error")
+    assert not apply_in(host, POLICY)
 
 
 @pytest.mark.netns

@@ -8,7 +8,9 @@ primary IP (Azure gives outbound SNAT to the primary ipConfiguration only).
 
 filter ``AZURE-CNI-FORWARD``, jumped to first from FORWARD for packets arriving on a pod veth:
 rejects the Azure wireserver (168.63.129.16 tcp 80 and 32526; DNS on 53 stays open) and the
-instance metadata service (169.254.169.254) unless the configuration allows them.
+instance metadata service (169.254.169.254) unless the configuration allows them. The jump
+must stay the first rule of FORWARD (an ACCEPT above it would let pods past the block), so a
+jump anywhere else is drift: it is moved back to the top.
 
 Rendering is pure (``render_rules``, ``restore_input``); ``ensure_snat`` applies the result
 with one ``iptables-restore --noflush`` (each table is replaced in one transaction) and only
@@ -125,23 +127,30 @@ def _jumps_to(rules: Iterable[str], builtin: str, chain: str) -> list[str]:
             if r.startswith(builtin + " ") and (r.endswith(" " + target) or f" {target} " in r)]
 
 
+def _first_rule(saved: str, table: str, builtin: str) -> str | None:
+    rules = [r for r in _table_rules(saved, table) if r.startswith(builtin + " ")]
+    return rules[0][len(builtin) + 1:] if rules else None
+
+
 def restore_input(rules: OwnedRules, saved: str) -> str:
     """The iptables-restore --noflush input that makes ``saved`` carry exactly ``rules``.
 
-    Declaring our chains flushes and refills them; jumps are added only when missing and any
-    other jump to our chains (stale, e.g. from an older subnet) is deleted.
+    Declaring our chains flushes and refills them; jumps are added only when missing (or, for
+    a jump that must be first, not first) and any other jump to our chains (stale, e.g. from
+    an older subnet) is deleted.
     """
     out: list[str] = []
-    for table, builtin, chain, jump, body, insert in (
+    for table, builtin, chain, jump, body, first in (
         ("nat", "POSTROUTING", NAT_CHAIN, rules.nat_jump, rules.nat_chain, False),
         ("filter", "FORWARD", FILTER_CHAIN, rules.filter_jump, rules.filter_chain, True),
     ):
         existing = _jumps_to(_table_rules(saved, table), builtin, chain)
         out += [f"*{table}", f":{chain} - [0:0]"]
-        keep = jump if jump in existing else None
+        placed = jump in existing and (not first or _first_rule(saved, table, builtin) == jump)
+        keep = jump if placed else None
         out += [f"-D {builtin} {rule}" for rule in existing if rule != keep]
         if jump is not None and keep is None:
-            out.append(f"-I {builtin} 1 {jump}" if insert else f"-A {builtin} {jump}")
+            out.append(f"-I {builtin} 1 {jump}" if first else f"-A {builtin} {jump}")
         out += [f"-A {chain} {rule}" for rule in body]
         out.append("COMMIT")
     return "\n".join(out) + "\n"
@@ -182,6 +191,7 @@ def in_sync(rules: OwnedRules, saved: str) -> bool:
     return (state["nat_jumps"] == ([rules.nat_jump] if rules.nat_jump else [])
             and state["nat_chain"] == list(rules.nat_chain)
             and state["filter_jumps"] == [rules.filter_jump]
+            and _first_rule(saved, "filter", "FORWARD") == rules.filter_jump
             and state["filter_chain"] == list(rules.filter_chain))
 
 
