@@ -93,3 +93,41 @@ async def test_allocator_assigns_once_per_key_and_sees_pool_updates(tmp_path: Pa
         assert (await allocator.usage()).free == 1
     finally:
         await allocator.close()
+
+
+async def test_an_address_that_changes_under_a_known_ipconfig_name(tmp_path: Path,
+                                                                   caplog) -> None:
+    """Somebody changes the private IP of ipconfig X on the NIC; the operator's next write
+    shows X with the new address. The pod holding the old one keeps it (it is never handed
+    out again while held), the new one is free, and X's acknowledgement follows the address
+    X has now."""
+    x, y = "azcni-x", "azcni-y"
+
+    def pool(*entries: tuple[str, str, IPState]) -> NodeIPPool:
+        return NodeIPPool("n1", PoolSpec("n1"), PoolStatus(
+            ips=tuple(PoolIP(a, name, state) for a, name, state in entries)))
+
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=0)
+    await allocator.open()
+    try:
+        await allocator.set_pool(pool(("10.0.0.1", x, A), ("10.0.0.2", y, A)))
+        first, _ = await allocator.assign(AttachmentKey("c1", "eth0"), "n", "azv1", "")
+        assert first is not None and first.address == "10.0.0.1"
+        await allocator.set_pool(pool(("10.0.0.9", x, A), ("10.0.0.2", y, A)))
+        assert "10.0.0.1 (held by c1/eth0) left the pool" in caplog.text
+        usage = await allocator.usage()
+        assert (usage.used, usage.free, usage.outside_pool) == (1, 2, ("10.0.0.1",))
+        got = set()
+        for n in (2, 3, 4):
+            made, _ = await allocator.assign(AttachmentKey(f"c{n}", "eth0"), "n", f"azv{n}", "")
+            got.add(made.address if made else None)
+        assert got == {"10.0.0.9", "10.0.0.2", None}, "never 10.0.0.1, which c1 still holds"
+        # X is marked for release while its new address is in use: no acknowledgement ...
+        await allocator.set_pool(pool(("10.0.0.9", x, R), ("10.0.0.2", y, A)))
+        assert (await allocator.usage()).release_acks == frozenset()
+        holder = next(a.key for a in await allocator.assignments() if a.address == "10.0.0.9")
+        await allocator.release(holder)
+        # ... and once that address is free X is acknowledged, c1's old address or not
+        assert (await allocator.usage()).release_acks == {x}
+    finally:
+        await allocator.close()

@@ -11,6 +11,7 @@ flight when the agent acknowledges that address.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
 from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Release
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
@@ -135,12 +137,23 @@ class Allocator:
         """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
 
         def adopt() -> None:
+            before = {ip.address for ip in self._pool.status.ips} if self._pool else set()
             self._pool = pool
             if pool is not None:
                 inventory = {ip.address for ip in pool.status.ips}
                 gone = [a for a in self.store.releases() if a not in inventory]
                 if gone:
                     self.store.forget_releases(gone)
+                # Held addresses are never handed out again, whatever the pool says; but a
+                # pod whose address left the NIC (its ipConfiguration removed, or given
+                # another address) has lost its network, and somebody should hear of it.
+                for held in self.store.assignments():
+                    if held.address in before and held.address not in inventory:
+                        log.warning("event=address_left_pool address=%s container=%s "
+                                    "ifname=%s; %s (held by %s) left the pool: the pod "
+                                    "keeps it, but the NIC no longer has it", held.address,
+                                    held.key.container_id, held.key.ifname, held.address,
+                                    held.key)
 
         await self._run(adopt)
 
