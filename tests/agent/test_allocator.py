@@ -8,7 +8,7 @@ import pytest
 
 from azure_cni.agent.allocator import Allocator, choose_address, pool_usage
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
-from azure_cni.ipam.store import Assignment, AttachmentKey, Release
+from azure_cni.ipam.store import Assignment, AttachmentKey, Clock, Release
 
 A, R = IPState.AVAILABLE, IPState.RELEASING
 
@@ -72,7 +72,8 @@ def test_pool_usage_without_a_pool() -> None:
 
 async def test_allocator_assigns_once_per_key_and_sees_pool_updates(tmp_path: Path) -> None:
     clock = [NOW]
-    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30, clock=lambda: clock[0])
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30,
+                          clock=Clock(since_boot=lambda: clock[0]))
     await allocator.open()
     try:
         key = AttachmentKey("c1", "eth0")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
-from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Release
+from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Clock, Release
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -98,10 +97,11 @@ class Allocator:
     """The store and the agent's copy of the pool, used from one thread only."""
 
     def __init__(self, store_path: Path, cooldown_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock | None = None) -> None:
         self.store_path = store_path
         self.cooldown_seconds = cooldown_seconds
-        self._clock = clock
+        #: cooldowns are measured on ``clock.since_boot``, never on the wall clock
+        self.clock = clock or Clock()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: AddressStore | None = None
         self._pool: NodeIPPool | None = None
@@ -120,7 +120,7 @@ class Allocator:
 
     async def open(self) -> None:
         def open_store() -> None:
-            self._store = AddressStore(self.store_path)
+            self._store = AddressStore(self.store_path, self.clock)
 
         await self._run(open_store)
 
@@ -170,9 +170,9 @@ class Allocator:
             if existing is not None:
                 return existing, False
             ips = self._pool.status.ips if self._pool else ()
-            now = self._clock()
+            now = self.clock.since_boot()
             made = self.store.assign(
-                key, netns=netns, host_veth=host_veth, pod=pod, now=now,
+                key, netns=netns, host_veth=host_veth, pod=pod,
                 choose=lambda taken, released: choose_address(ips, taken, released, now))
             return made, made is not None
 
@@ -184,7 +184,7 @@ class Allocator:
     async def release(self, key: AttachmentKey, cooldown: bool = True) -> Assignment | None:
         """Forget ``key``'s address; with ``cooldown`` it is not reused for a while."""
         seconds = self.cooldown_seconds if cooldown else 0.0
-        return await self._run(lambda: self.store.release(key, seconds, self._clock()))
+        return await self._run(lambda: self.store.release(key, seconds))
 
     async def assignments(self) -> list[Assignment]:
         return await self._run(self.store.assignments)
@@ -192,7 +192,7 @@ class Allocator:
     async def usage(self) -> PoolUsage:
         def count() -> PoolUsage:
             return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
-                              self._clock())
+                              self.clock.since_boot())
 
         return await self._run(count)
 
@@ -200,7 +200,7 @@ class Allocator:
         def read() -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
             assignments = self.store.assignments()
             released = self.store.releases()
-            return (pool_usage(self._pool, assignments, released, self._clock()),
+            return (pool_usage(self._pool, assignments, released, self.clock.since_boot()),
                     assignments, released)
 
         return await self._run(read)

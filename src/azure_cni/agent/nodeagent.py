@@ -30,7 +30,6 @@ import contextlib
 import gc
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -489,7 +488,8 @@ class NodeAgent:
         """What ``azure-cni status`` shows."""
         usage, assignments, released = await self.allocator.snapshot()
         pool = self.allocator.pool
-        now = time.time()
+        clock = self.allocator.clock
+        now, wall = clock.since_boot(), clock.wall()
         return {
             "node": self.node_name,
             "ready": self.readiness.ready,
@@ -506,8 +506,9 @@ class NodeAgent:
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
                  "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
-            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())
-                            if r.cool_until > now},
+            # as wall-clock deadlines, for people and for the status command
+            "coolingDown": {address: wall + (r.cool_until - now)
+                            for address, r in sorted(released.items()) if r.cool_until > now},
             "snat": {"podCIDR": self.egress.policy.pod_cidr,
                      "vnet": list(self.egress.policy.vnet_cidrs),
                      "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
