@@ -115,7 +115,7 @@ async def test_an_address_that_changes_under_a_known_ipconfig_name(tmp_path: Pat
         first, _ = await allocator.assign(AttachmentKey("c1", "eth0"), "n", "azv1", "")
         assert first is not None and first.address == "10.0.0.1"
         await allocator.set_pool(pool(("10.0.0.9", x, A), ("10.0.0.2", y, A)))
-        assert "10.0.0.1 (held by c1/eth0) left the pool" in caplog.text
+        assert "event=address_left_pool address=10.0.0.1 attachment=c1/eth0" in caplog.text
         usage = await allocator.usage()
         assert (usage.used, usage.free, usage.outside_pool) == (1, 2, ("10.0.0.1",))
         got = set()

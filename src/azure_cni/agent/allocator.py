@@ -149,11 +149,9 @@ class Allocator:
                 # another address) has lost its network, and somebody should hear of it.
                 for held in self.store.assignments():
                     if held.address in before and held.address not in inventory:
-                        log.warning("event=address_left_pool address=%s container=%s "
-                                    "ifname=%s; %s (held by %s) left the pool: the pod "
-                                    "keeps it, but the NIC no longer has it", held.address,
-                                    held.key.container_id, held.key.ifname, held.address,
-                                    held.key)
+                        log.warning("event=address_left_pool address=%s attachment=%s; the "
+                                    "pod keeps it, but it is no longer on the NIC",
+                                    held.address, held.key)
 
         await self._run(adopt)
 

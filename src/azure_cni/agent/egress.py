@@ -39,8 +39,8 @@ def snat_policy(snat: SnatSettings, nic: NicInfo | None) -> SnatPolicy:
     )
 
 
-NOT_PROGRAMMED = "the pod egress chains (wireserver and metadata block, SNAT) are not " \
-                 "programmed yet"
+NOT_PROGRAMMED = ("the pod egress chains (wireserver and metadata block, SNAT) are not "
+                  "programmed yet")
 
 
 class EgressReconciler:
@@ -79,8 +79,9 @@ class EgressReconciler:
         for key, before in changed.items():
             log.info("event=sysctl_set key=%s before=%s", key, before)
 
-    async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False) -> bool:
-        """Apply the policy for ``nic`` (or the last one with ``keep_nic``); True if in place."""
+    async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False) -> None:
+        """Apply the policy for ``nic`` (or the last one with ``keep_nic``); ``problem`` says
+        whether that worked."""
         async with self._lock:
             policy = self.policy if keep_nic else snat_policy(self.snat, nic)
             try:
@@ -90,7 +91,7 @@ class EgressReconciler:
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 self.chains_problem = f"programming the pod egress chains failed: {first}"
                 log.error("event=snat_failed error=%s", e)
-                return False
+                return
             self.policy = policy
             if self.chains_problem:
                 log.info("event=egress_chains_in_place")
@@ -100,4 +101,3 @@ class EgressReconciler:
                          "masquerade=%s", policy.pod_cidr or "-",
                          ",".join(policy.vnet_cidrs) or "-",
                          ",".join(policy.non_masquerade_cidrs) or "-", policy.masquerade)
-            return True

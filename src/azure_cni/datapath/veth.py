@@ -151,14 +151,11 @@ class VethDatapath:
             else:
                 fd = os.open(self.sysctl_root / relative, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            if self._ipv6_in_kernel():
+            if (self.sysctl_root / "ipv6").is_dir():
                 raise
             return  # the kernel has no IPv6 (ipv6.disable=1): nothing to turn off
         with os.fdopen(fd, "w") as f:
             f.write("1\n")
-
-    def _ipv6_in_kernel(self) -> bool:
-        return os.path.isdir("/proc/sys/net/ipv6")
 
     def _pod_socket(self, netns: str) -> socket.socket:
         try:
