@@ -1,4 +1,5 @@
-"""The product's wheel carries the product only: no simulation code, no simulation-only dependency."""
+"""The product's wheel carries the product only: no simulation code or simulation-only
+dependency."""
 
 from __future__ import annotations
 
