@@ -53,7 +53,7 @@ build() {
     esac
   done
   # the directory name changes with the pins and the flags, so either change rebuilds
-  local hash; hash=$( { cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags $tags"; } | sha256sum | cut -c1-10)
+  local hash; hash=$( { cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags${tags:+ tags=$tags}"; } | sha256sum | cut -c1-10)
   local dest="$cache/$name-$version-$hash"
   if [ -f "$dest/.verified" ]; then
     echo "build-tools: $name $version cached in $dest"
