@@ -15,7 +15,7 @@ DEMO_STATE := $(CURDIR)/.cache/demo
 
 # Go-built tools (hack/build-tools.sh), each only where it is needed: the tests also need
 # promtool (alert and dashboard checks), prometheus (the simulation's Prometheus) and the
-# Prometheus Operator's CRDs (chart tests); the demo needs neither.
+# Prometheus Operator's CRDs (chart tests); the demo needs none of them.
 TEST_TOOLS := kubernetes etcd helm crictl promtool prometheus prometheus-operator-crds
 DEMO_TOOLS := kubernetes etcd helm crictl
 

@@ -127,8 +127,8 @@ wants helm && build helm "$HELM_VERSION" "$HELM_VERSION" helm=helm.sh/helm/v3/cm
   --ldflags "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
 wants crictl && build crictl "$CRI_TOOLS_VERSION" "$CRI_TOOLS_VERSION" crictl=sigs.k8s.io/cri-tools/cmd/crictl \
   --ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
-# Prometheus module v0.3MM.P is Prometheus 3.MM.P. promtool (make test) and prometheus (the
-# demo) are separate cache entries from one go.mod, so each is built only where it is needed;
+# Prometheus module v0.3MM.P is Prometheus 3.MM.P. promtool and prometheus are separate cache
+# entries from one go.mod, so each is built only where it is needed (see the Makefile);
 # whichever comes second reuses the Go build cache of the first. The web UI is not built
 # (it needs the npm-built assets and the builtinassets tag); the HTTP API is complete.
 prometheus_release=${PROMETHEUS_VERSION#v0.}

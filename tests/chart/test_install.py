@@ -48,8 +48,8 @@ def test_rendered_chart_passes_server_side_dry_run(kube: LocalCluster | Existing
 
 def test_monitoring_objects_are_validated_by_the_prometheus_operator_s_schemas(
         kube: LocalCluster | ExistingCluster, tmp_path: Path, dry_run_namespace: str) -> None:
-    """The dry run above accepts them; a ServiceMonitor the CRD's schema refuses shows the API
-    server really checks them (kube-apiserver prunes nothing here: it validates)."""
+    """The dry run above accepts them; a ServiceMonitor that the CRD's schema refuses shows
+    that the API server really checks them against the Prometheus Operator's schemas."""
     objects = Helm(tmp_path).render(VALUE_SETS["monitoring-all-on"],
                                     namespace=dry_run_namespace)
     kinds = {o["kind"] for o in objects}

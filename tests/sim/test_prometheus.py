@@ -185,6 +185,8 @@ def test_prometheus_scrapes_the_agent_and_loads_the_alerts(
 
         wait_for(f"Prometheus at {server.url} to scrape the agent at {address}", scraped, 60,
                  interval=0.5, alive=server.process.check_running if server.process else None)
+        assert [(t["labels"]["node"], t["health"]) for t in server.active_targets()] == [
+            ("vm0", "up")]
         pool = {s["metric"]["state"]: float(s["value"][1])
                 for s in server.query('azure_cni_agent_pool_addresses{node="vm0"}')}
         assert pool == {"free": 5.0, "used": 4.0, "cooling": 1.0, "releasing": 2.0}
