@@ -13,20 +13,26 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 from tests.chart.helm import Helm
 from tests.chart.promql import ALERTS, alert_rules, promtool
 from tests.chart.value_sets import MONITORING_ALL_ON
 
 from azure_cni.agent.allocator import PoolUsage
 from azure_cni.agent.metrics import AgentMetrics
+from azure_cni.api.nodeippool import IPState, PoolIP
+from azure_cni.operator import metrics as operator_metrics
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster, free_port
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.prometheus import (
+    EXAMPLE_QUERIES,
     PrometheusError,
     PrometheusServer,
+    describe,
+    pool_mismatches,
     prometheus_config,
     scrape_configs,
+    unhealthy_targets,
 )
 
 OPERATOR_JOB = "serviceMonitor/{ns}/azure-cni-operator/0"
@@ -199,3 +205,47 @@ def test_prometheus_scrapes_the_agent_and_loads_the_alerts(
     finally:
         server.stop()
     assert server.process is not None and not server.process.running()
+
+
+@pytest.fixture
+def operator_endpoint() -> Iterator[str]:
+    """The operator's registry (this process's default one) served on a free loopback port."""
+    port = free_port()
+    server, thread = start_http_server(port, "127.0.0.1", registry=REGISTRY)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_the_demo_s_pool_check_compares_prometheus_with_the_pools(
+        operator_endpoint: str, tmp_path: Path) -> None:
+    pool = f"vm-{uuid.uuid4().hex[:6]}"
+    ips = [PoolIP(f"198.18.0.{i}", f"azcni-{i}", IPState.AVAILABLE) for i in range(10, 17)]
+    ips.append(PoolIP("198.18.0.17", "azcni-17", IPState.RELEASING))
+    operator_metrics.observe_pool(pool, ips, used=3)
+    config = prometheus_config([{"job_name": "azure-cni-operator", "scrape_interval": "1s",
+                                 "static_configs": [{"targets": [operator_endpoint]}]}])
+    server = PrometheusServer(tmp_path / "prometheus", config,
+                              owner=f"prom-{uuid.uuid4().hex[:8]}").start()
+    try:
+        wait_for("the operator's pool series in Prometheus", lambda: bool(server.query(
+            f'azure_cni_operator_pool_used_addresses{{nodeippool="{pool}"}}')), 60, 0.5)
+        assert unhealthy_targets(server) == []
+        # other tests of the session may have left pools in this process's registry: they are
+        # reported as unknown to the NodeIPPools given, never as a mismatch of this one
+        problems = pool_mismatches(server, {pool: (8, 3)})
+        assert not [p for p in problems if p.startswith(f"{pool}:")], problems
+        wrong = pool_mismatches(server, {pool: (9, 3)})
+        assert f"{pool}: ALLOCATED 9 USED 3, Prometheus 8 and 3" in wrong
+        text = describe(server)
+        assert server.url in text
+        (_, allocated), (_, add_latency) = EXAMPLE_QUERIES
+        assert allocated in text and add_latency in text
+        assert {s["metric"]["nodeippool"]: s["value"][1]
+                for s in server.query(allocated)}[pool] == "8"
+        assert server.query(add_latency) == []  # it runs; no agent is scraped here
+    finally:
+        server.stop()
+        operator_metrics.forget_pool(pool)

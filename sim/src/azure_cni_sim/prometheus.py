@@ -195,3 +195,52 @@ class PrometheusServer:
         targets: list[dict[str, Any]] = self.api_get("targets", state="active")[
             "activeTargets"]
         return targets
+
+
+# -- what the demo shows and checks ------------------------------------------------------------
+
+#: two queries worth trying on the demo's Prometheus, with what they show
+EXAMPLE_QUERIES = (
+    ("addresses on each node's NIC (ALLOCATED)",
+     "sum by (nodeippool) (azure_cni_operator_pool_addresses)"),
+    ("slowest pod network set-up per node, last 5 minutes (p99, seconds)",
+     'histogram_quantile(0.99, sum by (le, node) '
+     '(rate(azure_cni_cni_request_duration_seconds_bucket{command="ADD"}[5m])))'),
+)
+
+
+def unhealthy_targets(server: PrometheusServer) -> list[str]:
+    """Every active target that is not up, as ``job instance: health (last error)``."""
+    return [f"{t['labels'].get('job')} {t['labels'].get('instance')}: {t['health']} "
+            f"({t.get('lastError') or 'not scraped yet'})"
+            for t in server.active_targets() if t["health"] != "up"]
+
+
+def pool_mismatches(server: PrometheusServer, pools: Mapping[str, tuple[int, int]]
+                    ) -> list[str]:
+    """Where Prometheus's pool series differ from the NodeIPPools (name -> (ALLOCATED, USED)),
+    one line each; empty when they agree for every pool and Prometheus knows no other."""
+
+    def per_pool(expr: str) -> dict[str, int]:
+        return {s["metric"]["nodeippool"]: int(float(s["value"][1]))
+                for s in server.query(expr)}
+
+    allocated = per_pool("sum by (nodeippool) (azure_cni_operator_pool_addresses)")
+    used = per_pool("sum by (nodeippool) (azure_cni_operator_pool_used_addresses)")
+    problems = [f"{name}: ALLOCATED {want[0]} USED {want[1]}, Prometheus "
+                f"{allocated.get(name)} and {used.get(name)}"
+                for name, want in sorted(pools.items())
+                if (allocated.get(name), used.get(name)) != want]
+    problems += [f"{name}: in Prometheus, but no such NodeIPPool"
+                 for name in sorted(set(allocated) - set(pools))]
+    return problems
+
+
+def describe(server: PrometheusServer) -> str:
+    """The demo's lines about its Prometheus: where it is and what to ask it."""
+    lines = [f"Prometheus (its HTTP API; the web UI is not built): {server.url}"]
+    for what, expr in EXAMPLE_QUERIES:
+        lines += [f"  {what}:",
+                  f"    curl -s {server.url}/api/v1/query --data-urlencode "
+                  f"'query={expr}'"]
+    return "\n".join(lines)
