@@ -13,7 +13,13 @@ UNIT := not netns and not cluster and not e2e
 
 DEMO_STATE := $(CURDIR)/.cache/demo
 
-.PHONY: help test demo demo-down deps venv tools lint typecheck contracts check \
+# Go-built tools (hack/build-tools.sh), each only where it is needed: the tests also need
+# promtool (alert and dashboard checks), prometheus (the simulation's Prometheus) and the
+# Prometheus Operator's CRDs (chart tests); the demo needs none of them.
+TEST_TOOLS := kubernetes etcd helm crictl promtool prometheus prometheus-operator-crds
+DEMO_TOOLS := kubernetes etcd helm crictl
+
+.PHONY: help test demo demo-down deps venv tools demo-tools lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
 help:
@@ -26,7 +32,7 @@ test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
 
-demo: deps venv tools
+demo: deps venv demo-tools
 	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
@@ -44,7 +50,10 @@ $(VENV_STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 	touch $@
 
 tools:
-	hack/build-tools.sh
+	hack/build-tools.sh $(TEST_TOOLS)
+
+demo-tools:
+	hack/build-tools.sh $(DEMO_TOOLS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -39,6 +39,8 @@ from azure_cni_sim.procs import ManagedProcess, wait_for
 pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 
 POOL = pool_addresses("198.18.0", 10, 8)
+#: the simulated VM's primary address (azure_cni_sim.node.simulated_node's default)
+NODE_ADDRESS = "198.18.0.4"
 
 
 def agent_ready(status: dict) -> str | None:
@@ -111,17 +113,18 @@ def test_release_handshake(node: LocalNode, kube, netns_factory) -> None:
 def test_metrics_health_and_the_status_command(node: LocalNode, kube, netns_factory) -> None:
     publish_pool(kube.kubectl, node.name, POOL)
     node.agent_settings["metricsPort"] = 9191
-    node.start_agent()
+    # as the chart starts it when Prometheus scrapes it: also on the node's own address
+    node.start_agent("--metrics-address", NODE_ADDRESS)
     node.wait_ready()
     pod = netns_factory.create("pod")
     assert node.run_shim("ADD", "web", pod, cni_args="K8S_POD_NAMESPACE=shop;"
                                                      "K8S_POD_NAME=web-1").returncode == 0
     assert node.run_shim("DEL", "gone", "").returncode == 0
 
-    def http_get(path: str) -> tuple[int, str]:
+    def http_get(path: str, host: str = "127.0.0.1") -> tuple[int, str]:
         code = ("import sys,urllib.request,urllib.error\n"
                 "try:\n"
-                f"    r=urllib.request.urlopen('http://127.0.0.1:9191{path}', timeout=5)\n"
+                f"    r=urllib.request.urlopen('http://{host}:9191{path}', timeout=5)\n"
                 "    print(r.status); print(r.read().decode())\n"
                 "except urllib.error.HTTPError as e:\n"
                 "    print(e.code); print(e.read().decode())\n")
@@ -140,12 +143,15 @@ def test_metrics_health_and_the_status_command(node: LocalNode, kube, netns_fact
     assert 'azure_cni_cni_requests_total{command="DEL",result="ok"} 1.0' in metrics
     assert 'azure_cni_cni_request_duration_seconds_bucket{command="ADD",le="10.0"} 1.0' \
         in metrics
-    wait_for("the pool gauges to show one used address", lambda: 'azure_cni_pool_addresses'
-             '{state="used"} 1.0' in http_get("/metrics")[1], 20)
+    wait_for("the pool gauges to show one used address",
+             lambda: 'azure_cni_agent_pool_addresses{state="used"} 1.0' in http_get("/metrics")[1],
+             20)
     _, metrics = http_get("/metrics")
-    assert 'azure_cni_pool_addresses{state="available"} 7.0' in metrics
-    assert 'azure_cni_pool_addresses{state="releasing"} 0.0' in metrics
-    assert 'azure_cni_pool_addresses{state="cooldown"} 0.0' in metrics
+    assert 'azure_cni_agent_pool_addresses{state="free"} 7.0' in metrics
+    assert 'azure_cni_agent_pool_addresses{state="releasing"} 0.0' in metrics
+    assert 'azure_cni_agent_pool_addresses{state="cooling"} 0.0' in metrics
+    status, scraped = http_get("/metrics", NODE_ADDRESS)
+    assert status == 200 and 'azure_cni_agent_ready 1.0' in scraped
 
     cli = Path(sys.executable).with_name("azure-cni")
     shown = subprocess.run([str(cli), "status", "--socket", str(node.socket_path)],

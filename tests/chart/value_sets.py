@@ -16,6 +16,16 @@ CLIENT_SECRET = "Zq8~xS3cr3t.V4lue-that_must-n0t-leak"
 
 SETTINGS_SECTIONS = ("pool", "azure", "operator", "agent", "snat")
 
+#: every monitoring value on, as an admin with kube-prometheus-stack would set them
+MONITORING_ALL_ON: dict[str, Any] = {
+    "service": {"enabled": True},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "interval": "15s"},
+    "scrapeAnnotations": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Networking"}},
+}
+
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "workload-identity": {
@@ -49,6 +59,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "agentDaemonSet": {"maxUnavailable": "20%"},
     },
     "admission-policy-off": {"admissionPolicy": {"enabled": False}},
+    "monitoring-all-on": {"monitoring": MONITORING_ALL_ON},
 }
 
 

@@ -1,7 +1,8 @@
 """``azure-cni-agent``: the per-node agent (a DaemonSet with hostNetwork on a real cluster).
 
     azure-cni-agent --config /etc/azure-cni/config.yaml --node-name "$NODE_NAME"
-                    [--kubeconfig PATH] [--host-root /host] [--uninstall]
+                    [--kubeconfig PATH] [--host-root /host] [--metrics-address IP]
+                    [--uninstall]
 
 Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 bad configuration, 2 the host has no python
 for the shim, 3 refused to start (the store and the host disagree: duplicate addresses),
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     parser.add_argument("--host-root", type=Path, default=Path("/"),
                         help="where the host's root filesystem is mounted (to check hostPython)")
+    parser.add_argument("--metrics-address", default="",
+                        help="also serve /metrics, /healthz and /readyz on this address (the "
+                             "node's, for Prometheus); they are always on 127.0.0.1")
     parser.add_argument("--uninstall", action="store_true",
                         help="remove the conflist, the shim and the SNAT chains, then exit")
     parser.add_argument("--log-level", default="INFO")
@@ -72,7 +76,7 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     datapath = VethDatapath(sysctl_root=proc_sys_net(args.host_root))
     datapath.sockets.start()
     agent = NodeAgent(settings=settings, node_name=args.node_name, api=api, datapath=datapath,
-                      mtu=mtu, host_root=args.host_root)
+                      mtu=mtu, host_root=args.host_root, metrics_address=args.metrics_address)
     try:
         await agent.run(stop)
     except AgentStartupError as e:

@@ -193,7 +193,8 @@ class NodeAgent:
     """One node's agent; ``run`` serves until ``stop`` is set."""
 
     def __init__(self, *, settings: Settings, node_name: str, api: PoolApi,
-                 datapath: Datapath, mtu: int, host_root: Path = Path("/")) -> None:
+                 datapath: Datapath, mtu: int, host_root: Path = Path("/"),
+                 metrics_address: str = "") -> None:
         self.settings = settings
         self.agent = settings.agent
         self.node_name = node_name
@@ -201,6 +202,8 @@ class NodeAgent:
         self.datapath = datapath
         self.mtu = mtu
         self.host_root = host_root
+        #: served on besides loopback ("" = loopback only): the node's address, for Prometheus
+        self.metrics_address = metrics_address
         self.netlink = ThreadPoolExecutor(NETLINK_THREADS, thread_name_prefix="netlink")
         self.allocator = Allocator(Path(self.agent.state_dir) / "ipam.db",
                                    self.agent.cooldown_seconds)
@@ -343,11 +346,15 @@ class NodeAgent:
                                            self.readiness_problem),
                                access_log=None, handle_signals=False)
         await runner.setup()
+        # the kubelet probes loopback; Prometheus, when scraping is on, the node's address
+        addresses = ["127.0.0.1", *([self.metrics_address] if self.metrics_address else [])]
         try:
-            await web.TCPSite(runner, "127.0.0.1", self.agent.metrics_port).start()
+            for address in addresses:
+                await web.TCPSite(runner, address, self.agent.metrics_port).start()
         except OSError as e:
             await runner.cleanup()
-            log.error("event=metrics_unavailable port=%d error=%s", self.agent.metrics_port, e)
+            log.error("event=metrics_unavailable address=%s port=%d error=%s", address,
+                      self.agent.metrics_port, e)
             return
         self._metrics_runner = runner
 
