@@ -5,8 +5,7 @@ node's own address when the chart turns on scraping (``--metrics-address``): ``/
 the Prometheus text format; ``/healthz`` (liveness) answers 200 once the agent serves its
 socket, also while it waits for its NodeIPPool, so a slow operator does not get it restarted;
 ``/readyz`` answers 200 only when pods can start (pool known, egress rules in place,
-conflist installed). Both say
-why with a 503 otherwise.
+conflist installed). Both say why with a 503 otherwise.
 """
 
 from __future__ import annotations
