@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from azure_cni.agent import nodeagent
 from azure_cni.agent.nodeagent import StatusReporter
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER
 
@@ -64,6 +65,32 @@ async def test_failed_writes_are_retried() -> None:
                 break
             await asyncio.sleep(0.05)
         assert api.applied and api.applied[0]["status"]["used"] == 1
+    finally:
+        task.cancel()
+
+
+async def test_a_cooldown_that_ends_is_reported_without_an_event(monkeypatch) -> None:
+    """Nothing happens on the node when a cooldown ends, but ``cooling`` changes then."""
+    monkeypatch.setattr(nodeagent, "STATUS_REFRESH_SECONDS", 3600.0)
+    api = RecordingApi()
+    ends = asyncio.get_running_loop().time() + 0.3
+
+    async def compute() -> dict[str, Any]:
+        left = ends - asyncio.get_running_loop().time()
+        if left > 0:
+            reporter.request_later(left)
+        return {"used": 0, "cooling": 1 if left > 0 else 0, "releaseAcks": [],
+                "conditions": []}
+
+    reporter = StatusReporter(api, "node-a", compute, debounce=0.01)  # type: ignore[arg-type]
+    task = asyncio.create_task(reporter.run())
+    try:
+        reporter.request()
+        for _ in range(600):
+            if len(api.applied) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [a["status"]["cooling"] for a in api.applied] == [1, 0]
     finally:
         task.cancel()
 

@@ -59,6 +59,7 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     from azure_cni.agent.kube import KubePoolApi  # noqa: PLC0415 - keep --help fast
     from azure_cni.agent.nodeagent import AgentStartupError, NodeAgent  # noqa: PLC0415
     from azure_cni.agent.server import InsecureSocketDirectory, SocketInUse  # noqa: PLC0415
+    from azure_cni.datapath.sysctls import proc_sys_net  # noqa: PLC0415
     from azure_cni.datapath.veth import VethDatapath  # noqa: PLC0415
     from azure_cni.kubeclient import KubeConfigError  # noqa: PLC0415
 
@@ -72,7 +73,7 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     except KubeConfigError as e:
         log.error("event=not_starting reason=NoKubernetesAccess exit=1 error=%s", e)
         return 1
-    datapath = VethDatapath()
+    datapath = VethDatapath(sysctl_root=proc_sys_net(args.host_root))
     datapath.sockets.start()
     agent = NodeAgent(settings=settings, node_name=args.node_name, api=api, datapath=datapath,
                       mtu=mtu, host_root=args.host_root, metrics_address=args.metrics_address)

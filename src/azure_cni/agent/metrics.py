@@ -4,8 +4,8 @@ Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace, and
 node's own address when the chart turns on scraping (``--metrics-address``): ``/metrics`` in
 the Prometheus text format; ``/healthz`` (liveness) answers 200 once the agent serves its
 socket, also while it waits for its NodeIPPool, so a slow operator does not get it restarted;
-``/readyz`` answers 200 only when pods can start (pool known, conflist installed). Both say
-why with a 503 otherwise.
+``/readyz`` answers 200 only when pods can start (pool known, egress rules in place,
+conflist installed). Both say why with a 503 otherwise.
 """
 
 from __future__ import annotations

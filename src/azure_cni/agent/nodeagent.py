@@ -3,13 +3,24 @@
 Start-up, in this order, so that nothing is handed out before the agent knows what is in use:
 1. the host's python for the shim exists (else: condition AgentReady=False, exit 2);
 2. the store opens and agrees with the host's pod veths (else: refuse to start, exit 3);
-3. forwarding sysctls, then DEL requests the shim spooled while the agent was down;
-4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on);
-5. once the NodeIPPool is known: the shim and the conflist are installed and AgentReady
-   becomes True. Stopping removes the conflist first, so runtimes stop sending ADDs.
+3. forwarding sysctls and the pod egress chains (a first attempt; retried from 1 s on,
+   backing off to 30 s), then DEL requests the shim spooled while the agent was down;
+4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on; ADD only while the
+   egress chains are in place: no pod may start without the wireserver/IMDS block);
+5. once the NodeIPPool is known and the egress chains are in place: the shim and the
+   conflist are installed and AgentReady becomes True.
 
-Only ``used``, ``releaseAcks`` and the ``AgentReady`` condition are written, by server-side
-apply under the ``azure-cni-agent`` field manager, debounced, and only when they change.
+The conflist stays when the agent stops (a DaemonSet roll) and when the pool is deleted:
+without it containerd reports the node's network as not ready and fails every DEL. While
+the agent is away the shim fails ADD with "try again later" (kubelet retries), spools DEL,
+and answers STATUS as ready for a short grace after a graceful stop (``shim.AGENT_STOPPED``).
+It is removed when the agent refuses to start (exit 2 or 3: no restart will help until an
+admin acts) and by ``azure-cni-agent --uninstall``.
+
+Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
+server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
+change; a cooldown that ends changes ``cooling`` (and maybe an ack) without any event, so the
+reporter also wakes up then.
 """
 
 from __future__ import annotations
@@ -19,7 +30,6 @@ import contextlib
 import gc
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +69,11 @@ STATUS_DEBOUNCE_SECONDS = 1.0
 STATUS_REFRESH_SECONDS = 10.0
 SPOOL_RESCAN_SECONDS = 10.0
 VANISHED_POD_SWEEP_SECONDS = 60.0
-EGRESS_DRIFT_SECONDS = 60.0
+#: check the egress chains (and put them back) this often while they are in place ...
+EGRESS_SYNC_SECONDS = 10.0
+#: ... and retry this soon after a failure, doubling up to the maximum
+EGRESS_RETRY_SECONDS = 1.0
+EGRESS_RETRY_MAX_SECONDS = 30.0
 NETLINK_THREADS = 8
 
 
@@ -131,25 +145,36 @@ class StatusReporter:
         self.debounce = debounce
         self._wanted = asyncio.Event()
         self._last: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def request(self) -> None:
         self._wanted.set()
 
+    def request_later(self, delay: float) -> None:
+        """Recompute ``delay`` seconds from now (when a cooldown ends), event or not."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.request)
+
     async def run(self) -> None:
         backoff = 1.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
-            await asyncio.sleep(self.debounce)
-            self._wanted.clear()
-            try:
-                await self.flush()
-                backoff = 1.0
-            except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
-                log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._wanted.set()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
+                await asyncio.sleep(self.debounce)
+                self._wanted.clear()
+                try:
+                    await self.flush()
+                    backoff = 1.0
+                except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
+                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._wanted.set()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
 
     async def flush(self) -> bool:
         """Apply now if the fields changed; True if something was written."""
@@ -158,8 +183,8 @@ class StatusReporter:
             return False
         await self.api.apply_status(self.name, status_apply_body(self.name, fields))
         self._last = fields
-        log.info("event=status_applied used=%s acks=%d ready=%s", fields.get("used"),
-                 len(fields.get("releaseAcks") or ()),
+        log.info("event=status_applied used=%s cooling=%s acks=%d ready=%s",
+                 fields.get("used"), fields.get("cooling"), len(fields.get("releaseAcks") or ()),
                  next((c["status"] for c in fields.get("conditions") or ()), "?"))
         return True
 
@@ -196,8 +221,8 @@ class NodeAgent:
         self._installed = False
         self._serving = False
         self._pool_seen = False
-        #: (used, releaseAcks) to report when the store cannot be read
-        self._reported_usage: tuple[int, frozenset[str]] | None = None
+        #: (used, cooling, releaseAcks) to report when the store cannot be read
+        self._reported_usage: tuple[int, int, frozenset[str]] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -236,14 +261,14 @@ class NodeAgent:
                             f"serving; waiting for NodeIPPool {self.node_name}")
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
+        install.stopped_marker(self.agent).unlink(missing_ok=True)
         await self._start_metrics()
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="pool-watch"),
             asyncio.create_task(self.reporter.run(), name="status-reporter"),
             asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
                                 name="spool-rescan"),
-            asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
-                                name="egress-drift"),
+            asyncio.create_task(self._keep_egress(), name="egress-sync"),
             asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
                                             self.handler.free_vanished_pods),
                                 name="vanished-pod-sweep"),
@@ -254,10 +279,7 @@ class NodeAgent:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        """Stop taking new pods first (conflist gone), then stop serving."""
-        if self._installed:
-            install.remove_conflist(self.agent)
-            self._installed = False
+        """Stop serving, and tell the shim this is a graceful stop; the conflist stays."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -265,10 +287,16 @@ class NodeAgent:
                 await task
         self._tasks = []
         if self._serving:
-            self._set_readiness(False, "Stopped", "the agent stopped; pods cannot start here")
+            self._set_readiness(False, "Stopped", "the agent stopped: pods start once it is "
+                                "back (ADD answers try again later), DELs are spooled")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reporter.flush(), timeout=5)
         await self.server.stop()
+        if self._serving:
+            try:
+                install.mark_stopped(self.agent)
+            except OSError as e:
+                log.warning("event=stop_not_marked error=%s", e)
         self._serving = False
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
@@ -277,8 +305,13 @@ class NodeAgent:
         self.netlink.shutdown(wait=True)
 
     async def _fail_early(self, reason: str, message: str) -> None:
-        """Tell the cluster why the agent will not serve (best effort: it may be down too)."""
+        """Tell the cluster why the agent will not serve (best effort: it may be down too).
+
+        This is no restart but a node that cannot network pods until an admin acts: the
+        conflist of an earlier run goes, so the runtime reports the node NotReady and the
+        scheduler stops sending pods that would only fail."""
         log.error("event=startup_failed reason=%s message=%s", reason, message)
+        install.remove_conflist(self.agent)
         self._set_readiness(False, reason, message)
         try:
             obj, _ = await asyncio.wait_for(self.api.list_pool(self.node_name), timeout=10)
@@ -286,7 +319,7 @@ class NodeAgent:
                 return
             # without a store, keep what the last agent reported rather than erase it
             status = NodeIPPool.from_object(obj).status
-            self._reported_usage = (status.used, status.release_acks)
+            self._reported_usage = (status.used, status.cooling, status.release_acks)
             self._pool_seen = True
             await asyncio.wait_for(self.reporter.flush(), timeout=10)
         except Exception as e:  # noqa: BLE001 - the API server may be the problem too
@@ -333,8 +366,23 @@ class NodeAgent:
             except Exception as e:  # noqa: BLE001 - a periodic job retries next time
                 log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
 
-    async def _repair_egress(self) -> None:
-        await self.egress.reconcile(keep_nic=True)
+    async def _keep_egress(self) -> None:
+        """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
+        a failure (the xtables lock held by kube-proxy at boot) retry within a second."""
+        retry = EGRESS_RETRY_SECONDS
+        while True:
+            if self.egress.in_place:
+                retry = EGRESS_RETRY_SECONDS
+                await asyncio.sleep(EGRESS_SYNC_SECONDS)
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, EGRESS_RETRY_MAX_SECONDS)
+            try:
+                await self.egress.ensure_sysctls()
+                await self.egress.reconcile(keep_nic=True)
+            except Exception as e:  # noqa: BLE001 - keep checking; the problem stays visible
+                log.warning("event=egress_sync_failed error=%r", e)
+            await self._install_when_ready()
 
     async def replay_spool(self) -> int:
         async def delete(request: CniRequest) -> object:
@@ -366,16 +414,28 @@ class NodeAgent:
         if pool is None:
             if previous is not None:
                 log.warning("event=pool_deleted node=%s", self.node_name)
-            if self._installed:
-                install.remove_conflist(self.agent)
-                self._installed = False
+            # the conflist stays (DELs of running pods need it); ADDs wait for a pool
             self._set_readiness(False, "NoPool", f"NodeIPPool {self.node_name} does not exist")
             return
         if previous is None or previous.status.nic != pool.status.nic:
             await self.egress.reconcile(pool.status.nic)
+        await self._install_when_ready()
+        self._changed()
+
+    async def _install_when_ready(self) -> None:
+        """Install the shim and conflist once the pool is known and the egress chains are in
+        place; keep AgentReady saying whether pods can start here."""
+        if self.allocator.pool is None:
+            return
+        if not self.egress.in_place:
+            self._set_readiness(False, "EgressRulesMissing",
+                                f"pods are not set up until the egress rules are in place: "
+                                f"{self.egress.problem}")
+            return
         if not self._installed:
             await self._install()
-        self._changed()
+        elif not self.readiness.ready:
+            self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
 
     async def _install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -414,9 +474,11 @@ class NodeAgent:
         if self.allocator.is_open:
             usage = await self.allocator.usage()
             self.metrics.set_pool(usage)
-            used, acks = usage.used, usage.release_acks
+            used, cooling, acks = usage.used, usage.cooling, usage.release_acks
+            if usage.cooldown_ends_in is not None:
+                self.reporter.request_later(usage.cooldown_ends_in)
         elif self._reported_usage is not None:
-            used, acks = self._reported_usage
+            used, cooling, acks = self._reported_usage
         else:
             return None
         if not self._pool_seen:
@@ -426,14 +488,15 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
-        return PoolStatus(used=used, release_acks=acks,
+        return PoolStatus(used=used, cooling=cooling, release_acks=acks,
                           conditions=(self._condition,)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
         """What ``azure-cni status`` shows."""
         usage, assignments, released = await self.allocator.snapshot()
         pool = self.allocator.pool
-        now = time.time()
+        clock = self.allocator.clock
+        now, wall = clock.since_boot(), clock.wall()
         return {
             "node": self.node_name,
             "ready": self.readiness.ready,
@@ -450,8 +513,9 @@ class NodeAgent:
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
                  "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
-            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())
-                            if r.cool_until > now},
+            # as wall-clock deadlines, for people and for the status command
+            "coolingDown": {address: wall + (r.cool_until - now)
+                            for address, r in sorted(released.items()) if r.cool_until > now},
             "snat": {"podCIDR": self.egress.policy.pod_cidr,
                      "vnet": list(self.egress.policy.vnet_cidrs),
                      "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),

@@ -171,7 +171,8 @@ def _header(kind: int, flags: int) -> dict[str, int]:
 
 def veth_pair(*, host_name: str, host_mac: str, peer_name: str, peer_mac: str, mtu: int,
               peer_netns_fd: int) -> Request:
-    """Create the veth pair in one request: host side here (up), peer in the pod netns.
+    """Create the veth pair in one request: host side here (down, so that it can be
+    configured before it takes any traffic), peer in the pod netns.
 
     NLM_F_ECHO makes the kernel send the new link back, with its index and the peer's.
     """
@@ -179,8 +180,8 @@ def veth_pair(*, host_name: str, host_mac: str, peer_name: str, peer_mac: str, m
     msg["header"] = _header(RTM_NEWLINK, _CREATE | NLM_F_ECHO)
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = 0
-    msg["flags"] = _IFF_UP
-    msg["change"] = _IFF_UP
+    msg["flags"] = 0
+    msg["change"] = 0
     peer = {"attrs": [["IFLA_IFNAME", peer_name], ["IFLA_ADDRESS", peer_mac],
                       ["IFLA_MTU", mtu], ["IFLA_NET_NS_FD", peer_netns_fd]],
             "family": socket.AF_UNSPEC, "index": 0, "flags": 0, "change": 0}

@@ -2,8 +2,15 @@
 
 Pod side: ``eth0`` (CNI_IFNAME) with the pod address as /32, a link-scope route to the
 gateway 169.254.1.1, a permanent neighbour entry mapping the gateway to the host veth's MAC,
-and ``default via 169.254.1.1``. Host side: ``azv<hash>`` with proxy ARP and a /32 route to
-the pod. Everything hangs off the veth pair, so deleting the host veth removes all of it.
+and ``default via 169.254.1.1``. Host side: ``azv<hash>`` with proxy ARP, IPv6 off, and a /32
+route to the pod. Everything hangs off the veth pair, so deleting the host veth removes all
+of it.
+
+IPv6 is disabled on the host side before it comes up: a pod may send anything (the default
+capabilities include NET_RAW), and a router advertisement accepted on the host veth would
+give the node an IPv6 default route through the pod. Pods get IPv4 only, so nothing of
+theirs needs IPv6 on that link. Netlink cannot set ``disable_ipv6``; it is written under
+``/proc/sys/net`` of the host's namespace.
 
 ``ensure_pod_veth`` is idempotent (a stale pair with the same name is replaced) and rolls back
 on failure; ``teardown_pod_veth`` always succeeds when the pair is already gone.
@@ -17,12 +24,14 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from azure_cni.datapath import rtnl
 from azure_cni.datapath.names import POD_GATEWAY, is_host_veth
 from azure_cni.datapath.netns_sockets import NetnsSocketFactory
+from azure_cni.datapath.sysctls import PROC_NET
 
 DEFAULT_ROUTE = "0.0.0.0"  # noqa: S104 - a route destination, nothing binds to it
 
@@ -63,12 +72,15 @@ class VethDatapath:
 
     The host is the agent's own network namespace, or ``host_netns`` (tests and tools that
     drive a simulated VM from outside it). Each thread keeps its own host socket open.
+    ``sysctl_root`` is where the agent's namespace's ``/proc/sys/net`` is writable (the
+    host's mount in a container, see ``sysctls.proc_sys_net``).
     """
 
     def __init__(self, sockets: NetnsSocketFactory | None = None,
-                 host_netns: str | None = None) -> None:
+                 host_netns: str | None = None, sysctl_root: Path = PROC_NET) -> None:
         self.sockets = sockets or NetnsSocketFactory()
         self.host_netns = host_netns
+        self.sysctl_root = sysctl_root
         self._local = threading.local()
 
     def _host(self) -> rtnl.RtnlChannel:
@@ -112,6 +124,7 @@ class VethDatapath:
                 os.close(netns_fd)
             undo.callback(self.teardown_pod_veth, pod.host_veth)
             host_index, pod_index = _indexes(create)
+            self._disable_host_ipv6(pod.host_veth)  # still down: no RA was taken yet
             with rtnl.RtnlChannel(self._pod_socket(pod.netns)) as inside:
                 inside.send([
                     rtnl.link_up(pod_index, pod.ifname),
@@ -124,10 +137,25 @@ class VethDatapath:
                 ])
             host.send([
                 rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
+                rtnl.link_up(host_index, pod.host_veth),
                 rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
                                scope=rtnl.RT_SCOPE_LINK),
             ])
             undo.pop_all()
+
+    def _disable_host_ipv6(self, host_veth: str) -> None:
+        relative = f"ipv6/conf/{host_veth}/disable_ipv6"
+        try:
+            if self.host_netns:
+                fd = self.sockets.sysctl_file(self.host_netns, relative)
+            else:
+                fd = os.open(self.sysctl_root / relative, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if (self.sysctl_root / "ipv6").is_dir():
+                raise
+            return  # the kernel has no IPv6 (ipv6.disable=1): nothing to turn off
+        with os.fdopen(fd, "w") as f:
+            f.write("1\n")
 
     def _pod_socket(self, netns: str) -> socket.socket:
         try:
@@ -166,6 +194,10 @@ class VethDatapath:
                 problems.append(f"host veth {pod.host_veth} is down")
             if host.get(("IFLA_AF_SPEC", "AF_INET", "proxy_arp")) != 1:
                 problems.append(f"proxy ARP is off on {pod.host_veth}")
+            ipv6 = host.get(("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_CONF"))
+            if ipv6 is not None and ipv6.get("disable_ipv6") != 1:
+                problems.append(f"IPv6 is on on {pod.host_veth} (a pod could send router "
+                                "advertisements to the host)")
             routes = [r for r in ipr.get_routes(family=2, table=254)
                       if r.get("dst_len") == 32 and r.get("RTA_OIF") == host_index]
             if pod.address not in {r.get("RTA_DST") for r in routes}:
