@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.cni.errors import (
     DatapathMismatch,
     InvalidConfig,
@@ -102,6 +103,8 @@ class CniHandler:
         add_wait_seconds: float,
         on_change: Callable[[], None] = lambda: None,
         egress_problem: Callable[[], str] = lambda: "",
+        hints: PoolHints | None = None,
+        pool_problem: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_name = node_name
         self.allocator = allocator
@@ -111,6 +114,8 @@ class CniHandler:
         self.add_wait_seconds = add_wait_seconds
         self.on_change = on_change
         self.egress_problem = egress_problem
+        self.hints = hints or nodeippool_hints(node_name)
+        self.pool_problem = pool_problem
         self.locks = KeyedLocks()
         self._pool_changed = asyncio.Event()
 
@@ -186,11 +191,12 @@ class CniHandler:
         usage = await self.allocator.usage()
         if not usage.known:
             return PoolExhausted(f"the pool of node {self.node_name} is not known yet",
-                                 f"waited {waited:.0f}s for NodeIPPool {self.node_name}; "
-                                 "is the azure-cni operator running?")
+                                 f"waited {waited:.0f}s for {self.hints.name}; "
+                                 f"{self.pool_problem() or self.hints.when_unknown}")
         return PoolExhausted(
             f"the pool of node {self.node_name} is exhausted",
-            f"waited {waited:.0f}s for the operator to add addresses: {_describe(usage)}")
+            f"waited {waited:.0f}s for {self.hints.who_adds} to add addresses: "
+            f"{_describe(usage)}")
 
     # -- DEL -------------------------------------------------------------------------------
 
@@ -266,8 +272,8 @@ class CniHandler:
     async def status(self, request: CniRequest) -> Reply:
         usage = await self.allocator.usage()
         if not usage.known:
-            raise NotAvailable(f"the agent has not received NodeIPPool {self.node_name} yet",
-                               "is the azure-cni operator running?")
+            raise NotAvailable(f"the agent has not received {self.hints.name} yet",
+                               self.pool_problem() or self.hints.when_unknown)
         problem = self.egress_problem()
         if problem:
             raise LimitedConnectivity("the node's egress rules are not in place", problem)

@@ -54,6 +54,7 @@ def _uninstall(settings: Settings) -> int:
 async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     from azure_cni.agent.kube import KubePoolApi  # noqa: PLC0415 - keep --help fast
     from azure_cni.agent.nodeagent import AgentStartupError, NodeAgent  # noqa: PLC0415
+    from azure_cni.agent.pool_source import NodeIPPoolSource  # noqa: PLC0415
     from azure_cni.agent.server import InsecureSocketDirectory, SocketInUse  # noqa: PLC0415
     from azure_cni.datapath.veth import VethDatapath  # noqa: PLC0415
     from azure_cni.kubeclient import KubeConfigError  # noqa: PLC0415
@@ -70,7 +71,8 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
         return 1
     datapath = VethDatapath()
     datapath.sockets.start()
-    agent = NodeAgent(settings=settings, node_name=args.node_name, api=api, datapath=datapath,
+    agent = NodeAgent(settings=settings, node_name=args.node_name,
+                      source=NodeIPPoolSource(api, args.node_name), datapath=datapath,
                       mtu=mtu, host_root=args.host_root)
     try:
         await agent.run(stop)

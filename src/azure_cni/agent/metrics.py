@@ -40,6 +40,15 @@ class AgentMetrics:
             "Addresses of this node's pool by state: available (free to hand out), used, "
             "releasing, cooldown",
             ["state"], registry=self.registry)
+        self.outside_pool = Gauge(
+            "azure_cni_addresses_outside_pool",
+            "Addresses pods still hold that are no longer in the pool (removed from the NIC "
+            "behind the agent's back): their traffic is not delivered", registry=self.registry)
+        self.instance_metadata_requests = Counter(
+            "azure_cni_instance_metadata_requests",
+            "Requests a standalone agent made to the instance metadata service, by result "
+            "(ok, throttled, unreachable, malformed, error)", ["result"],
+            registry=self.registry)
         self.ready = Gauge("azure_cni_agent_ready",
                            "1 when the agent serves CNI requests", registry=self.registry)
         self.spool_replayed = Counter(
@@ -56,6 +65,7 @@ class AgentMetrics:
         self.pool.labels("used").set(usage.used)
         self.pool.labels("releasing").set(usage.releasing)
         self.pool.labels("cooldown").set(usage.cooling)
+        self.outside_pool.set(len(usage.outside_pool))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
