@@ -17,7 +17,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from azure_cni.agent.kube import WatchExpired
 from azure_cni.api.nodeippool import InvalidPool, NodeIPPool, PoolStatus, status_apply_body
@@ -42,6 +42,7 @@ class PoolHints:
     who_adds: str
 
 
+@runtime_checkable
 class PoolSource(Protocol):
     """The agent's pool, from wherever it comes; see the module docstring."""
 
