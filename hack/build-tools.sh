@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the pinned Go tools (kube-apiserver, kube-controller-manager, kubectl, etcd, helm,
-# crictl) into the project's tool cache. A tool whose directory already holds a verified
+# crictl, cnitool) into the project's tool cache. A tool whose directory already holds a verified
 # build is not rebuilt; the directory name carries the version and a hash of its go.mod and
 # go.sum, so changing a pin rebuilds exactly that tool.
 set -euo pipefail
@@ -68,7 +68,7 @@ build() {
 
 declare -A VERSION_ARGS=(
   [kube-apiserver]=--version [kube-controller-manager]=--version [kubectl]=version
-  [etcd]=--version [helm]=version [crictl]=--version
+  [etcd]=--version [helm]=version [crictl]=--version [cnitool]=--help
 )
 
 k8s_minor=${KUBERNETES_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
@@ -84,7 +84,11 @@ build helm "$HELM_VERSION" "$HELM_VERSION" helm=helm.sh/helm/v3/cmd/helm \
 build crictl "$CRI_TOOLS_VERSION" "$CRI_TOOLS_VERSION" crictl=sigs.k8s.io/cri-tools/cmd/crictl \
   --ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION"
 
+# libcni's own command line: what nerdctl's -p does (portMappings capability args), for
+# containers that containerd's ctr starts without Kubernetes
+build cnitool "$CNI_VERSION" "CNI Tool" cnitool=github.com/containernetworking/cni/cnitool
+
 cat > "$cache/bin/versions.json" <<JSON
-{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION"}
+{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "cni": "$CNI_VERSION"}
 JSON
 echo "build-tools: tools ready in $cache/bin"

@@ -123,7 +123,8 @@ class Fabric:
             self._accept_only_primaries()
             self._echo(self.onprem_ns, "onprem", [80])
             self._echo(self.internet_ns, "internet", [80])
-            self._echo(self.fabric_ns, "azure-platform", [80, 32526])
+            # the wireserver only: 169.254.169.254:80 is the IMDS relay's (imds_relay.py)
+            self._echo(self.fabric_ns, "azure-platform", [80, 32526], bind=WIRESERVER)
         except BaseException:
             self.destroy()
             raise
@@ -157,9 +158,10 @@ class Fabric:
         _run("ip", "-n", self.fabric_ns, "addr", "add", f"{edge}/{prefixlen}", "dev", fabric_if)
         _run("ip", "-n", self.fabric_ns, "link", "set", fabric_if, "up")
 
-    def _echo(self, netns: str, name: str, ports: Sequence[int]) -> None:
+    def _echo(self, netns: str, name: str, ports: Sequence[int], bind: str = "") -> None:
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "azure_cni_sim.echo",
-                "--name", name, *(a for p in ports for a in ("--port", str(p)))]
+                "--name", name, *(a for p in ports for a in ("--port", str(p))),
+                *(("--bind", bind) if bind else ())]
         proc = ManagedProcess(f"echo-{name}", argv, self.workdir / f"echo-{name}.log",
                               self.owner).start()
         self.procs.append(proc)

@@ -44,6 +44,16 @@ def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
     return best[2] if best else None
 
 
+def choose_wanted(pool: Sequence[PoolIP], taken: frozenset[str], wanted: str) -> str | None:
+    """``wanted`` if the pool holds it Available and nobody uses it, else None (pure).
+
+    An address asked for by name is given even while it cools down: whoever asks for a
+    fixed address knows what was there before.
+    """
+    available = any(ip.address == wanted and ip.state == IPState.AVAILABLE for ip in pool)
+    return wanted if available and wanted not in taken else None
+
+
 @dataclass(frozen=True)
 class PoolUsage:
     """The pool as the agent sees it; feeds STATUS, metrics and the NodeIPPool status."""
@@ -185,3 +195,26 @@ class Allocator:
                     assignments, released)
 
         return await self._run(read)
+
+    async def assign_wanted(self, key: AttachmentKey, address: str, netns: str,
+                            host_veth: str, pod: str) -> Assignment | None:
+        """Record ``address`` for ``key`` if the pool can give it (``choose_wanted``)."""
+
+        def pick() -> Assignment | None:
+            ips = self._pool.status.ips if self._pool else ()
+            return self.store.assign(
+                key, netns=netns, host_veth=host_veth, pod=pod, now=self._clock(),
+                choose=lambda taken, released: choose_wanted(ips, taken, address))
+
+        return await self._run(pick)
+
+    async def rebind(self, key: AttachmentKey, new_key: AttachmentKey, *, netns: str,
+                     host_veth: str, pod: str) -> Assignment | None:
+        """Hand ``key``'s address to ``new_key`` without freeing it in between."""
+        return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
+                                                         host_veth=host_veth, pod=pod))
+
+    async def holder(self, address: str) -> Assignment | None:
+        """The attachment holding ``address``, if any."""
+        return await self._run(
+            lambda: next((a for a in self.store.assignments() if a.address == address), None))

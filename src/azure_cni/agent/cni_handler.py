@@ -331,7 +331,8 @@ class CniHandler:
         failures = []
         freed = []
         for assignment in await self.allocator.assignments():
-            if assignment.key in keep or assignment.assigned_at >= started:
+            if assignment.key in keep or assignment.assigned_at >= started \
+                    or assignment.key.from_docker:
                 continue
             async with self.locks.hold(assignment.key):
                 if await self.allocator.get(assignment.key) != assignment:
