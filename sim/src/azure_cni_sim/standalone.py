@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from azure_cni.agent.status_cli import AgentDown
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.containerd import Containerd
 from azure_cni_sim.dockerd import DockerEngine, in_vm
@@ -43,7 +44,7 @@ from azure_cni_sim.images import Image, busybox_image
 from azure_cni_sim.node import LocalNode
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.tools import find_tool
-from azure_cni_sim.vnet import IMDS, ONPREM_CIDR, Fabric
+from azure_cni_sim.vnet import IMDS, ONPREM_CIDR, Fabric, capture_packets
 from azure_cni_sim.world import SUBNET, VNET_SPACE, namespaces_with_prefix
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class StandaloneNode(LocalNode):
             nonlocal seen
             try:
                 seen = self.agent_status()
-            except OSError:
+            except AgentDown:
                 return False
             return bool(condition(seen))
 
@@ -113,7 +114,12 @@ class StandaloneNode(LocalNode):
                 (self.cni_cache_dir, "/var/lib/cni")]
 
     def ctr(self, containerd: Containerd, *args: str) -> list[str]:
-        """``ctr`` on this VM, seeing the VM's CNI configuration as its own."""
+        """``ctr`` on this VM, seeing the VM's CNI configuration as its own. ``run`` keeps
+        runc's state and the I/O fifos in containerd's directory (by default they go to
+        the machine's /run/containerd)."""
+        if args and args[0] == "run":
+            args = ("run", "--runc-root", str(containerd.workdir / "runc"), "--fifo-dir",
+                    str(containerd.workdir / "fifo"), *args[1:])
         return in_vm(self.netns, ["ctr", "-a", str(containerd.socket), "-n", "k8s.io", *args],
                      binds=self.runtime_binds(), tmpfs=["/opt"])
 
@@ -189,6 +195,9 @@ class StandaloneWorld:
     workdir: Path
     vm_count: int = 2
     refresh_seconds: float = 2.0
+    #: shorter than the default 30 s, so tests that start and remove many containers do not
+    #: wait for the small pools to cool down
+    cooldown_seconds: float = 3.0
     prefix: str = field(default_factory=lambda: f"as{uuid.uuid4().hex[:4]}")
     owner: str = field(default_factory=lambda: f"standalone-{uuid.uuid4().hex[:10]}")
     emulator: ArmEmulator | None = None
@@ -249,6 +258,7 @@ class StandaloneWorld:
         assert self.fabric is not None
         node = StandaloneNode(name=vm.name, netns=self.fabric.vms[vm.name].netns,
                               workdir=self.workdir / "nodes" / vm.name, owner=self.owner,
+                              agent_settings={"cooldownSeconds": self.cooldown_seconds},
                               snat_settings={"nonMasqueradeCIDRs": [ONPREM_CIDR]},
                               standalone_settings={"refreshSeconds": self.refresh_seconds})
         node.link_reference_plugins()
@@ -327,6 +337,13 @@ class StandaloneWorld:
         except ValueError:
             return {"text": out.stdout}
         return answer
+
+    def capture_on_fabric(self, vm: str, bpf: str, action: Any,
+                          packets: int = 2) -> list[str]:
+        """What the VNet carries on ``vm``'s link while ``action()`` runs (tcpdump lines)."""
+        assert self.fabric is not None
+        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].fabric_if, bpf,
+                               action, packets=packets)
 
     def nic_addresses(self, vm: str) -> tuple[str, ...]:
         assert self.emulator is not None

@@ -27,7 +27,7 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,26 @@ IMDS = "169.254.169.254"
 #: the "public" side of the fabric towards the internet host (stands for Azure's SNAT edge)
 _EDGE = "203.0.113.1"
 _ONPREM_EDGE = "198.19.0.1"
+
+
+def capture_packets(netns: str, iface: str, bpf: str, action: Callable[[], object], *,
+                    packets: int = 2, timeout: float = 10) -> list[str]:
+    """Run ``action()`` while tcpdump watches ``iface`` in ``netns``; return the packets seen
+    (one line each, addresses numeric)."""
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-q", "-i", iface, "-c",
+         str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    for line in dump.stderr:  # ends at EOF if tcpdump fails
+        if "listening on" in line:
+            break
+    try:
+        action()
+        out, _ = dump.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        dump.kill()
+        out, _ = dump.communicate()
+    return [line for line in out.splitlines() if line.strip()]
 
 
 class FabricError(RuntimeError):

@@ -20,8 +20,9 @@ Docker's libnetwork talks to "remote" drivers in JSON over HTTP on a unix socket
 
 Neither ":" nor the handles ever appear in a CNI request, so CNI verbs never touch these
 attachments. If the agent is down while Docker removes a container, Docker gives up on the
-plugin (after ~30 s of retries per call) and the address stays recorded: the agent frees it
-when it finds the endpoint's sandbox gone (at start and every minute). Networks created
+plugin (after ~15 s of retries per call), moves the pod side back to the host and removes the
+container; the address stays recorded until the agent finds that (at start and every
+minute, ``free_departed_endpoints``) and frees it. Networks created
 with the driver are remembered in ``<stateDir>/docker-networks.json``, because Docker does
 not tell a restarted plugin about networks it already has.
 """
@@ -34,12 +35,13 @@ import ipaddress
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -71,6 +73,12 @@ REQUEST_ADDRESS_TYPE = "RequestAddressType"
 ROUTE_CONNECTED = 1
 DEPARTED_SWEEP_SECONDS = 60.0
 NETWORKS_FILE = "docker-networks.json"
+
+
+class DockerDatapath(Datapath, Protocol):
+    """The datapath, plus what tells the agent that libnetwork moved an interface back."""
+
+    def link_exists(self, name: str) -> bool: ...
 
 
 class PluginError(Exception):
@@ -121,7 +129,8 @@ class DockerPlugin:
     """The plugin's state and handlers; ``start`` serves them on ``socket_path``."""
 
     def __init__(self, *, socket_path: Path, state_dir: Path, allocator: Allocator,
-                 datapath: Datapath, netlink: Executor, mtu: int,
+                 datapath: DockerDatapath, netlink: Executor, mtu: int,
+                 add_wait_seconds: float = 10.0,
                  pool_problem: Callable[[], str] = lambda: "",
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.socket_path = socket_path
@@ -130,10 +139,13 @@ class DockerPlugin:
         self.datapath = datapath
         self.netlink = netlink
         self.mtu = mtu
+        self.add_wait_seconds = add_wait_seconds
         self.pool_problem = pool_problem
         self.on_change = on_change
         self.locks = KeyedLocks()
         self.networks: dict[str, DockerNetwork] = {}
+        #: endpoints the last sweep found departed; freed if the next one finds them so too
+        self._departing: set[Assignment] = set()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.handlers: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -163,7 +175,8 @@ class DockerPlugin:
     async def start(self) -> None:
         """Free what departed containers left, then serve (call after the agent started)."""
         self.networks = self._load_networks()
-        await self.free_departed_endpoints()
+        # Docker cannot be half-way through a Join with a plugin that is not serving yet
+        await self.free_departed_endpoints(confirm=False)
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/{method}", self._serve)
         sock = bind_socket(self.socket_path)
@@ -280,6 +293,7 @@ class DockerPlugin:
 
     async def request_address(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self._check_pool_id(body)
+        self._subnet()  # the pool must be known
         options = body.get("Options") or {}
         if isinstance(options, Mapping) and options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_LABEL:
             raise PluginError(f"the gateway of an azure-cni network is {POD_GATEWAY} (the "
@@ -291,17 +305,28 @@ class DockerPlugin:
             if made is None:
                 raise PluginError(await self._why_not(wanted))
         else:
-            made, _ = await self.allocator.assign(key, "", veth, "docker")
+            made = await self._assign_waiting(key, veth)
             if made is None:
                 usage = await self.allocator.usage()
                 raise PluginError(
-                    f"no free address in this VM's pool ({_describe(usage)}); add secondary "
-                    "IP configurations to the VM's NIC, the agent sees them within "
-                    "standalone.refreshSeconds")
+                    f"no free address in this VM's pool after {self.add_wait_seconds:.0f}s "
+                    f"({_describe(usage)}); add secondary IP configurations to the VM's NIC, "
+                    "the agent sees them within standalone.refreshSeconds")
         log.info("event=docker_address_requested address=%s fixed=%s", made.address,
                  bool(wanted))
         self.on_change()
         return {"Address": f"{made.address}/32", "Data": {}}
+
+    async def _assign_waiting(self, key: AttachmentKey, veth: str) -> Assignment | None:
+        """Any free address, waiting up to ``add_wait_seconds`` (as a CNI ADD does) for one
+        to end its cooldown or for the admin's new addresses to show up."""
+        deadline = time.monotonic() + self.add_wait_seconds
+        while True:
+            made, _ = await self.allocator.assign(key, "", veth, "docker")
+            remaining = deadline - time.monotonic()
+            if made is not None or remaining <= 0:
+                return made
+            await asyncio.sleep(min(1.0, remaining))
 
     async def _why_not(self, address: str) -> str:
         pool = self.allocator.pool
@@ -476,18 +501,30 @@ class DockerPlugin:
 
     # -- the agent's own sweep ---------------------------------------------------------------
 
-    async def free_departed_endpoints(self) -> list[Assignment]:
-        """Free endpoints whose container's sandbox is gone.
+    async def free_departed_endpoints(self, confirm: bool = True) -> list[Assignment]:
+        """Free endpoints whose container is gone though Docker never said so.
 
-        Docker removes the sandbox only after it left and deleted every endpoint in it, so an
-        endpoint still recorded with a missing sandbox is one whose Leave or DeleteEndpoint
-        never reached the agent (it was down). Its pair is back on the host, or gone.
+        That happens when Leave and DeleteEndpoint did not reach the agent (it was down):
+        Docker then moves the pod side back to the host anyway (under its temporary name)
+        and removes the container, keeping the address recorded. An endpoint that has joined
+        a sandbox is departed when its pod side is back on the host, or when its veth and its
+        sandbox are both gone. A moment after Join, and between a Leave and its
+        DeleteEndpoint, an endpoint looks departed too, so with ``confirm`` only what two
+        sweeps in a row find departed is freed.
         """
-        freed = []
+        host_veths = {v.name for v in await self._netlink(self.datapath.list_host_veths)}
+        departed = set()
         for found in await self.allocator.assignments():
-            if found.key.ifname != DOCKER_ENDPOINT or not found.netns \
-                    or os.path.exists(found.netns):
+            if found.key.ifname != DOCKER_ENDPOINT or not found.netns:
                 continue
+            peer = handover_name(found.key.container_id, found.key.ifname)
+            if await self._netlink(self.datapath.link_exists, peer) or (
+                    found.host_veth not in host_veths and not os.path.exists(found.netns)):
+                departed.add(found)
+        ready = departed & self._departing if confirm else departed
+        self._departing = departed - ready
+        freed = []
+        for found in sorted(ready, key=lambda a: a.address):
             async with self.locks.hold(found.key):
                 if await self.allocator.get(found.key) != found:
                     continue
@@ -499,4 +536,3 @@ class DockerPlugin:
         if freed:
             self.on_change()
         return freed
-

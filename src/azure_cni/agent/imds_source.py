@@ -146,12 +146,13 @@ def pool_from_nic(node_name: str, nic: NicAddresses) -> NodeIPPool:
     """The agent's pool for a NIC: every secondary address Available (pure).
 
     IMDS names neither the ipConfigurations nor the VNet's address space: pool entries carry
-    the address where a NodeIPPool carries an ipConfiguration name, and the SNAT chain's
-    non-masquerade ranges come from ``snat.nonMasqueradeCIDRs`` alone.
+    the address where a NodeIPPool carries an ipConfiguration name, and the only range known
+    to be the VNet's is the NIC's own subnet (traffic to it is not masqueraded); the rest of
+    the VNet, peered VNets and on-premises ranges come from ``snat.nonMasqueradeCIDRs``.
     """
     status = PoolStatus(
         nic=NicInfo(id=f"mac:{nic.mac}", primary_ip=nic.primary_ip, subnet_id="",
-                    subnet_cidr=nic.subnet_cidr, vnet_address_space=()),
+                    subnet_cidr=nic.subnet_cidr, vnet_address_space=(nic.subnet_cidr,)),
         ips=tuple(PoolIP(address, address) for address in nic.secondary))
     spec = PoolSpec(node_name=node_name, min_ips=0, max_ips=MAX_SECONDARY_IPS,
                     min_free_ips=0, max_free_ips=MAX_SECONDARY_IPS)

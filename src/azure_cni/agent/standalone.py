@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from azure_cni.agent.cni_handler import Datapath
-from azure_cni.agent.docker_plugin import DockerPlugin
+from azure_cni.agent.docker_plugin import DockerDatapath, DockerPlugin
 from azure_cni.agent.imds_source import InstanceMetadataSource
 from azure_cni.agent.metrics import AgentMetrics
 from azure_cni.agent.nodeagent import NodeAgent
@@ -23,8 +22,8 @@ from azure_cni.api.settings import Settings
 class StandaloneAgent:
     """A ``NodeAgent`` fed by IMDS, plus the Docker plugin once the agent serves."""
 
-    def __init__(self, *, settings: Settings, node_name: str, datapath: Datapath, mtu: int,
-                 host_root: Path = Path("/")) -> None:
+    def __init__(self, *, settings: Settings, node_name: str, datapath: DockerDatapath,
+                 mtu: int, host_root: Path = Path("/")) -> None:
         metrics = AgentMetrics()
         self.source = InstanceMetadataSource(
             settings.standalone, node_name,
@@ -42,7 +41,8 @@ class StandaloneAgent:
         self.docker = DockerPlugin(
             socket_path=Path(socket), state_dir=Path(settings.agent.state_dir),
             allocator=self.agent.allocator, datapath=datapath, netlink=self.agent.netlink,
-            mtu=mtu, pool_problem=lambda: self.agent.source_problem,
+            mtu=mtu, add_wait_seconds=settings.agent.add_wait_seconds,
+            pool_problem=lambda: self.agent.source_problem,
             on_change=changed) if socket else None
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -196,6 +196,12 @@ class VethDatapath:
             problems += _check_inside(inside, pod, host_index)
         return problems
 
+    def link_exists(self, name: str) -> bool:
+        """Whether the host has an interface called ``name``."""
+        lookup = rtnl.link_get(name)
+        self._host().send([lookup])
+        return lookup.error != errno.ENODEV
+
     # -- restart ---------------------------------------------------------------------------
 
     def list_host_veths(self) -> list[HostVeth]:
