@@ -248,3 +248,26 @@ async def test_an_unreachable_endpoint_is_reported_with_its_address() -> None:
         assert follower.pools == []
     finally:
         await follower.stop()
+
+
+async def test_a_pool_the_agent_failed_to_adopt_is_offered_again(vm: Vm) -> None:
+    await vm.add("extra-a")
+    source = InstanceMetadataSource(vm.settings(refresh_seconds=1), "vm0")
+    offered: list[NodeIPPool | None] = []
+    troubles: list[str] = []
+    adopted = asyncio.Event()
+
+    async def adopt(pool: NodeIPPool | None) -> None:
+        offered.append(pool)
+        if len(offered) == 1:
+            raise OSError("the store is busy")
+        adopted.set()
+
+    task = asyncio.create_task(source.follow(adopt, troubles.append))
+    try:
+        await asyncio.wait_for(adopted.wait(), 20)
+    finally:
+        task.cancel()
+    assert offered[0] == offered[1], "the same pool, offered again"
+    assert "the agent could not adopt the pool: OSError('the store is busy')" in troubles
+    assert troubles[-1] == ""

@@ -267,8 +267,13 @@ class InstanceMetadataSource:
                              len(pool.status.ips), pool.status.nic.primary_ip
                              if pool.status.nic else "-",
                              pool.status.nic.subnet_cidr if pool.status.nic else "-")
-                    self.pool = pool
-                    await adopt(pool)
+                    try:
+                        await adopt(pool)
+                    except Exception as e:
+                        log.exception("event=imds_pool_not_adopted")
+                        trouble(f"the agent could not adopt the pool: {e!r}")
+                    else:
+                        self.pool = pool
             # a little jitter so VMs started together do not ask in lockstep
             await asyncio.sleep(delay * (0.9 + 0.2 * random.random()))
 

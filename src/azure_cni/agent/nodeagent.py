@@ -364,7 +364,9 @@ class NodeAgent:
                             holder.key.container_id if holder else "-",
                             holder.key.ifname if holder else "-",
                             (holder.pod if holder else "") or "-", self.source.hints.name)
-        for address in sorted(self._outside_pool - outside):
+        pool = self.allocator.pool
+        inventory = {ip.address for ip in pool.status.ips} if pool else set()
+        for address in sorted((self._outside_pool - outside) & inventory):
             log.info("event=address_back_in_pool address=%s", address)
         self._outside_pool = outside
 
