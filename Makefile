@@ -14,9 +14,10 @@ UNIT := not netns and not cluster and not e2e
 DEMO_STATE := $(CURDIR)/.cache/demo
 
 # Go-built tools (hack/build-tools.sh), each only where it is needed: the tests also need
-# promtool (alert and dashboard checks), prometheus (the simulation's Prometheus) and the
+# cnitool (standalone containers with ports), promtool (alert and dashboard checks),
+# prometheus (the simulation's Prometheus) and the
 # Prometheus Operator's CRDs (chart tests); the demo needs none of them.
-TEST_TOOLS := kubernetes etcd helm crictl promtool prometheus prometheus-operator-crds
+TEST_TOOLS := kubernetes etcd helm crictl cnitool promtool prometheus prometheus-operator-crds
 DEMO_TOOLS := kubernetes etcd helm crictl
 
 .PHONY: help test demo demo-down deps venv tools demo-tools lint typecheck contracts check \

@@ -6,8 +6,8 @@
 #   hack/build-tools.sh [TOOL...]
 #
 # TOOL is one of: kubernetes (kube-apiserver, kube-controller-manager, kubectl), etcd, helm,
-# crictl, promtool, prometheus, prometheus-operator-crds (the Prometheus Operator's CRDs,
-# copied from its pinned module). Without arguments: every one of them.
+# crictl, cnitool (libcni's command line), promtool, prometheus, prometheus-operator-crds (the
+# Prometheus Operator's CRDs, copied from its pinned module). Without arguments: every one.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +25,7 @@ case "$gov" in
   *) die "Go $gov is too old: the pinned Kubernetes $KUBERNETES_VERSION needs Go >= 1.26" ;;
 esac
 
-all_tools=(kubernetes etcd helm crictl promtool prometheus prometheus-operator-crds)
+all_tools=(kubernetes etcd helm crictl cnitool promtool prometheus prometheus-operator-crds)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
@@ -111,7 +111,7 @@ copy_module_files() {
 
 declare -A VERSION_ARGS=(
   [kube-apiserver]=--version [kube-controller-manager]=--version [kubectl]=version
-  [etcd]=--version [helm]=version [crictl]=--version [promtool]=--version
+  [etcd]=--version [helm]=version [crictl]=--version [cnitool]=--help [promtool]=--version
   [prometheus]=--version
 )
 
@@ -144,9 +144,13 @@ wants prometheus-operator-crds && copy_module_files prometheus-operator-crds \
   github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
   example/prometheus-operator-crd
 
+# libcni's own command line: what nerdctl's -p does (portMappings capability args), for
+# containers that containerd's ctr starts without Kubernetes
+wants cnitool && build cnitool "$CNI_VERSION" "CNI Tool" cnitool=github.com/containernetworking/cni/cnitool
+
 # a new file, never a rewrite in place: a cache copied with hard links shares its inode
 cat > "$cache/bin/versions.json.tmp" <<JSON
-{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "prometheus": "$PROMETHEUS_VERSION", "prometheus-operator": "$PROMETHEUS_OPERATOR_VERSION"}
+{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "cni": "$CNI_VERSION", "prometheus": "$PROMETHEUS_VERSION", "prometheus-operator": "$PROMETHEUS_OPERATOR_VERSION"}
 JSON
 mv "$cache/bin/versions.json.tmp" "$cache/bin/versions.json"
 echo "build-tools: ${wanted[*]} ready in $cache/bin"

@@ -21,7 +21,7 @@ from azure_cni.cni.errors import CniError, Code
 from azure_cni.cni.request import CniRequest, parse_request
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import host_veth_name
-from azure_cni.ipam.store import AttachmentKey
+from azure_cni.ipam.store import DOCKER_ENDPOINT, AttachmentKey
 
 
 def pool(*addresses: str, releasing: tuple[str, ...] = ()) -> NodeIPPool:
@@ -256,6 +256,17 @@ async def test_gc_frees_what_is_not_listed(harness: Harness) -> None:
                                                         "ifname": "eth0"}]})
     assert await held(harness) == {"c1"}
     assert list(harness.datapath.pairs) == [host_veth_name("c1", "eth0")]
+
+
+async def test_gc_leaves_dockers_attachments_alone(harness: Harness) -> None:
+    """Docker's plugin records its containers in the same store; no CNI runtime lists them."""
+    await harness.add("c0")
+    endpoint = AttachmentKey("e" * 64, DOCKER_ENDPOINT)
+    made, _ = await harness.allocator.assign(endpoint, "", host_veth_name(
+        endpoint.container_id, endpoint.ifname), "docker/eeeeeeeeeeee")
+    assert made is not None
+    await gc(harness, **{"cni.dev/valid-attachments": []})
+    assert await held(harness) == {"e" * 64}
 
 
 async def test_gc_legacy_key_null_and_absent(harness: Harness) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from azure_cni.agent import nodeagent
 from azure_cni.agent.nodeagent import StatusReporter
+from azure_cni.agent.pool_source import NodeIPPoolSource
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER
 
 
@@ -23,6 +24,10 @@ class RecordingApi:
         self.applied.append({"name": name, **body})
 
 
+def source(api: RecordingApi) -> NodeIPPoolSource:
+    return NodeIPPoolSource(api, "node-a")  # type: ignore[arg-type]
+
+
 async def test_bursts_are_coalesced_and_unchanged_fields_not_rewritten() -> None:
     api = RecordingApi()
     used = [0]
@@ -30,7 +35,7 @@ async def test_bursts_are_coalesced_and_unchanged_fields_not_rewritten() -> None
     async def compute() -> dict[str, Any]:
         return {"used": used[0], "releaseAcks": [], "conditions": []}
 
-    reporter = StatusReporter(api, "node-a", compute, debounce=0.2)  # type: ignore[arg-type]
+    reporter = StatusReporter(source(api), compute, debounce=0.2)
     task = asyncio.create_task(reporter.run())
     try:
         for n in range(1, 21):  # twenty pods start within the debounce window
@@ -56,7 +61,7 @@ async def test_failed_writes_are_retried() -> None:
     async def compute() -> dict[str, Any]:
         return {"used": 1, "releaseAcks": [], "conditions": []}
 
-    reporter = StatusReporter(api, "node-a", compute, debounce=0.05)  # type: ignore[arg-type]
+    reporter = StatusReporter(source(api), compute, debounce=0.05)
     task = asyncio.create_task(reporter.run())
     try:
         reporter.request()

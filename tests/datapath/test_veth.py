@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from azure_cni.datapath.memory import InMemoryDatapath
-from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
+from azure_cni.datapath.names import handover_name, host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.rtnl import NetlinkRequestFailed
 from azure_cni.datapath.veth import InterfaceTaken, NetnsMissing, PodNetwork, VethDatapath
 from azure_cni_sim.node import setup_host_nic
@@ -210,3 +210,33 @@ def test_both_datapaths_keep_the_same_promises(datapath: VethDatapath, netns_fac
         assert dp.check_pod_veth(p) == [f"host veth {p.host_veth} does not exist"]
         with pytest.raises(NetnsMissing):
             dp.ensure_pod_veth(spec("azcni-t-gone", "c2", "198.18.0.11"))
+
+
+def test_a_pod_side_handed_over_is_configured_by_whoever_moves_it(
+        datapath: VethDatapath, host: str, netns_factory) -> None:
+    """Docker's libnetwork takes the pod side from the host, renames it and configures it as
+    the plugin's Join answer says: address, a connected route to the gateway, the default."""
+    container = netns_factory.create("docker")
+    peer = handover_name("endpoint", "docker:endpoint")
+    pod = PodNetwork(netns="", ifname=peer, address="198.18.0.12",
+                     host_veth=host_veth_name("endpoint", "docker:endpoint"),
+                     host_mac=host_veth_mac("endpoint", "docker:endpoint"),
+                     pod_mac=pod_mac("endpoint", "docker:endpoint"), mtu=1400)
+    datapath.ensure_pod_veth(pod)
+    datapath.ensure_pod_veth(pod)  # a retried CreateEndpoint replaces the pair
+    assert datapath.link_exists(peer) and datapath.link_exists(pod.host_veth)
+    assert f"198.18.0.12 dev {pod.host_veth}" in sh("ip", "-n", host, "route").stdout
+    for step in (["link", "set", peer, "netns", container],
+                 ["-n", container, "link", "set", peer, "name", "eth0"],
+                 ["-n", container, "addr", "add", "198.18.0.12/32", "dev", "eth0"],
+                 ["-n", container, "link", "set", "eth0", "up"],
+                 ["-n", container, "route", "add", "169.254.1.1/32", "dev", "eth0",
+                  "scope", "link"],
+                 ["-n", container, "route", "add", "default", "via", "169.254.1.1"]):
+        sh("ip", *(["-n", host, *step] if step[0] == "link" else step))
+    assert not datapath.link_exists(peer)
+    # no static neighbour entry here: the host side answers ARP for the gateway (proxy ARP)
+    assert ping(container, "198.18.0.4") and ping(host, "198.18.0.12")
+    datapath.teardown_pod_veth(pod.host_veth)
+    assert not datapath.link_exists(pod.host_veth)
+    assert "eth0" not in sh("ip", "-n", container, "link").stdout

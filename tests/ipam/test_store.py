@@ -266,3 +266,32 @@ def test_forget_releases(store: AddressStore) -> None:
     store.release(A, cooldown_seconds=5)
     store.forget_releases(["198.18.0.10"])
     assert store.releases() == {}
+
+
+def test_rebind_hands_the_address_over_without_freeing_it(store, tmp_path) -> None:
+    made = store.assign(A, netns="", host_veth="v-a", pod="", choose=first_free(["10.0.0.5"]),
+                        now=5.0)
+    assert made is not None
+    moved = store.rebind(A, B, netns="/run/netns/b", host_veth="v-b", pod="docker/b")
+    assert moved is not None
+    assert (moved.key, moved.address, moved.assigned_at) == (B, "10.0.0.5", 5.0)
+    assert store.get(A) is None and store.get(B) == moved
+    assert store.releases() == {}, "the address never went through a release"
+    # survives a reopen, like every other write
+    store.close()
+    reopened = AddressStore(tmp_path / "state" / "ipam.db")
+    try:
+        assert reopened.get(B) == moved
+        assert reopened.rebind(A, B, netns="", host_veth="v", pod="") is None
+    finally:
+        reopened.close()
+
+
+def test_rebind_refuses_to_take_another_attachments_key_or_veth(store) -> None:
+    store.assign(A, netns="", host_veth="v-a", pod="", choose=first_free(["10.0.0.5"]))
+    store.assign(B, netns="", host_veth="v-b", pod="", choose=first_free(["10.0.0.6"]))
+    with pytest.raises(DuplicateAssignment):
+        store.rebind(A, B, netns="", host_veth="v-x", pod="")
+    with pytest.raises(DuplicateAssignment):
+        store.rebind(A, AttachmentKey("c3", "eth0"), netns="", host_veth="v-b", pod="")
+    assert store.get(A) is not None and store.get(A).address == "10.0.0.5"

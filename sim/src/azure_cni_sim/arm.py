@@ -586,6 +586,14 @@ class ArmEmulator:
         with self._lock:
             self._faults.clear()
             self._operation_failures.clear()
+        self._imds.clear_faults()
+
+    def inject_imds_fault(self, vm_name: str, path: str, status: int, body: bytes | str, *,
+                          content_type: str = "application/json", count: int = 1) -> None:
+        """Answer ``vm_name``'s next ``count`` IMDS metadata requests under ``path`` (e.g.
+        ``instance/network``) with this status and body, e.g. a malformed document."""
+        self._imds.inject_fault(vm_name, path, status, body, content_type=content_type,
+                                count=count)
 
     def set_latency(self, method: str, seconds: float) -> None:
         """Delay every ARM request of ``method`` (``*`` for all) by ``seconds``."""

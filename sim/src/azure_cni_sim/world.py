@@ -37,7 +37,7 @@ from azure_cni_sim.containerd import Containerd, build_pause_image
 from azure_cni_sim.launch import operator_settings, start_operator
 from azure_cni_sim.node import LocalNode, api_port_of, apply_crd
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
-from azure_cni_sim.vnet import ONPREM_CIDR, Fabric
+from azure_cni_sim.vnet import ONPREM_CIDR, Fabric, capture_packets
 
 log = logging.getLogger(__name__)
 
@@ -267,22 +267,8 @@ class World:
         """Run ``action()`` while tcpdump watches the VM's link in the fabric; return the
         packets seen (one line each, addresses numeric)."""
         assert self.fabric is not None
-        iface = self.fabric.vms[vm].fabric_if
-        dump = subprocess.Popen(
-            ["ip", "netns", "exec", self.fabric.fabric_ns, "tcpdump", "-n", "-l", "-q", "-i",
-             iface, "-c", str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        assert dump.stderr is not None
-        for line in dump.stderr:  # ends at EOF if tcpdump fails
-            if "listening on" in line:
-                break
-        try:
-            action()
-            out, _ = dump.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            out, _ = dump.communicate()
-        return [line for line in out.splitlines() if line.strip()]
+        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].fabric_if, bpf,
+                               action, packets=packets, timeout=timeout)
 
     # -- Azure, as an admin in the portal would touch it -----------------------------------
 

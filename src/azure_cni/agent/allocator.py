@@ -45,6 +45,16 @@ def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
     return best[2] if best else None
 
 
+def choose_wanted(pool: Sequence[PoolIP], taken: frozenset[str], wanted: str) -> str | None:
+    """``wanted`` if the pool holds it Available and nobody uses it, else None (pure).
+
+    An address asked for by name is given even while it cools down: whoever asks for a
+    fixed address knows what was there before.
+    """
+    available = any(ip.address == wanted and ip.state == IPState.AVAILABLE for ip in pool)
+    return wanted if available and wanted not in taken else None
+
+
 @dataclass(frozen=True)
 class PoolUsage:
     """The pool as the agent sees it; feeds STATUS, metrics and the NodeIPPool status."""
@@ -137,21 +147,14 @@ class Allocator:
         """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
 
         def adopt() -> None:
-            before = {ip.address for ip in self._pool.status.ips} if self._pool else set()
+            # Held addresses are never handed out again, whatever the pool says; one that
+            # left the NIC is reported as usage.outside_pool (the agent logs it once).
             self._pool = pool
             if pool is not None:
                 inventory = {ip.address for ip in pool.status.ips}
                 gone = [a for a in self.store.releases() if a not in inventory]
                 if gone:
                     self.store.forget_releases(gone)
-                # Held addresses are never handed out again, whatever the pool says; but a
-                # pod whose address left the NIC (its ipConfiguration removed, or given
-                # another address) has lost its network, and somebody should hear of it.
-                for held in self.store.assignments():
-                    if held.address in before and held.address not in inventory:
-                        log.warning("event=address_left_pool address=%s attachment=%s; the "
-                                    "pod keeps it, but it is no longer on the NIC",
-                                    held.address, held.key)
 
         await self._run(adopt)
 
@@ -202,3 +205,26 @@ class Allocator:
                     assignments, released)
 
         return await self._run(read)
+
+    async def assign_wanted(self, key: AttachmentKey, address: str, netns: str,
+                            host_veth: str, pod: str) -> Assignment | None:
+        """Record ``address`` for ``key`` if the pool can give it (``choose_wanted``)."""
+
+        def pick() -> Assignment | None:
+            ips = self._pool.status.ips if self._pool else ()
+            return self.store.assign(
+                key, netns=netns, host_veth=host_veth, pod=pod,
+                choose=lambda taken, released: choose_wanted(ips, taken, address))
+
+        return await self._run(pick)
+
+    async def rebind(self, key: AttachmentKey, new_key: AttachmentKey, *, netns: str,
+                     host_veth: str, pod: str) -> Assignment | None:
+        """Hand ``key``'s address to ``new_key`` without freeing it in between."""
+        return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
+                                                         host_veth=host_veth, pod=pod))
+
+    async def holder(self, address: str) -> Assignment | None:
+        """The attachment holding ``address``, if any."""
+        return await self._run(
+            lambda: next((a for a in self.store.assignments() if a.address == address), None))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.cni.errors import (
     DatapathMismatch,
     InvalidConfig,
@@ -108,6 +109,8 @@ class CniHandler:
         add_wait_seconds: float,
         on_change: Callable[[], None] = lambda: None,
         egress_problem: Callable[[], str] = lambda: "",
+        hints: PoolHints | None = None,
+        pool_problem: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_name = node_name
         self.allocator = allocator
@@ -117,6 +120,8 @@ class CniHandler:
         self.add_wait_seconds = add_wait_seconds
         self.on_change = on_change
         self.egress_problem = egress_problem
+        self.hints = hints or nodeippool_hints(node_name)
+        self.pool_problem = pool_problem
         self.locks = KeyedLocks()
         self._pool_changed = asyncio.Event()
         #: attachments whose ADD is running (GC leaves them alone, see ``gc``)
@@ -209,11 +214,12 @@ class CniHandler:
         usage = await self.allocator.usage()
         if not usage.known:
             return PoolExhausted(f"the pool of node {self.node_name} is not known yet",
-                                 f"waited {waited:.0f}s for NodeIPPool {self.node_name}; "
-                                 "is the azure-cni operator running?")
+                                 f"waited {waited:.0f}s for {self.hints.name}; "
+                                 f"{self.pool_problem() or self.hints.when_unknown}")
         return PoolExhausted(
             f"the pool of node {self.node_name} is exhausted",
-            f"waited {waited:.0f}s for the operator to add addresses: {_describe(usage)}")
+            f"waited {waited:.0f}s for {self.hints.who_adds} to add addresses: "
+            f"{_describe(usage)}")
 
     # -- DEL -------------------------------------------------------------------------------
 
@@ -292,8 +298,8 @@ class CniHandler:
         second is not such a case: it grows, and containerd 2.x turns a STATUS error into a
         NotReady node."""
         if self.allocator.pool is None:
-            raise NotAvailable(f"the agent has not received NodeIPPool {self.node_name} yet",
-                               "is the azure-cni operator running?")
+            raise NotAvailable(f"the agent has not received {self.hints.name} yet",
+                               self.pool_problem() or self.hints.when_unknown)
         problem = self.egress_problem()
         if problem:
             raise LimitedConnectivity("the node's egress rules are not in place", problem)
@@ -352,7 +358,7 @@ class CniHandler:
         freed = []
         for assignment in await self.allocator.assignments():
             if (assignment.key in keep or assignment.key in adding
-                    or assignment.assigned_at >= started):
+                    or assignment.assigned_at >= started or assignment.key.from_docker):
                 continue
             async with self.locks.hold(assignment.key):
                 if await self.allocator.get(assignment.key) != assignment:

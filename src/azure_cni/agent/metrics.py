@@ -42,6 +42,15 @@ class AgentMetrics:
             "pod), cooling (freed, in their cooldown), releasing (marked for release by the "
             "operator and acknowledged, waiting to leave the NIC)",
             ["state"], registry=self.registry)
+        self.outside_pool = Gauge(
+            "azure_cni_agent_addresses_outside_pool",
+            "Addresses pods still hold that are no longer in the pool (removed from the NIC "
+            "behind the agent's back): their traffic is not delivered", registry=self.registry)
+        self.instance_metadata_requests = Counter(
+            "azure_cni_agent_instance_metadata_requests",
+            "Requests a standalone agent made to the instance metadata service, by result "
+            "(ok, throttled, unreachable, malformed, error)", ["result"],
+            registry=self.registry)
         self.ready = Gauge("azure_cni_agent_ready",
                            "1 when the agent serves CNI requests", registry=self.registry)
         self.spool_replayed = Counter(
@@ -59,6 +68,7 @@ class AgentMetrics:
         self.pool.labels("cooling").set(usage.cooling)
         # an address a pod still holds counts as used until the pod goes, not as releasing
         self.pool.labels("releasing").set(len(usage.release_acks))
+        self.outside_pool.set(len(usage.outside_pool))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

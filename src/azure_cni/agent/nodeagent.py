@@ -1,4 +1,8 @@
-"""The node agent: watches its own NodeIPPool, serves the CNI shim, reports its status.
+"""The node agent: follows its pool, serves the CNI shim, reports its status.
+
+The pool comes from a ``PoolSource`` (``agent.pool_source``): the node's NodeIPPool on a
+Kubernetes node, the NIC's addresses through the instance metadata service on a VM without
+Kubernetes. Everything here is the same for both.
 
 Start-up, in this order, so that nothing is handed out before the agent knows what is in use:
 1. the host's python for the shim exists (else: condition AgentReady=False, exit 2);
@@ -7,8 +11,8 @@ Start-up, in this order, so that nothing is handed out before the agent knows wh
    backing off to 30 s), then DEL requests the shim spooled while the agent was down;
 4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on; ADD only while the
    egress chains are in place: no pod may start without the wireserver/IMDS block);
-5. once the NodeIPPool is known and the egress chains are in place: the shim and the
-   conflist are installed and AgentReady becomes True.
+5. once the pool is known (from its ``PoolSource``) and the egress chains are in place:
+   the shim and the conflist are installed and AgentReady becomes True.
 
 The conflist stays when the agent stops (a DaemonSet roll) and when the pool is deleted:
 without it containerd reports the node's network as not ready and fails every DEL. While
@@ -29,12 +33,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
@@ -42,20 +45,18 @@ from azure_cni.agent import install
 from azure_cni.agent.allocator import Allocator, PoolUsage
 from azure_cni.agent.cni_handler import CniHandler, Datapath
 from azure_cni.agent.egress import EgressReconciler
-from azure_cni.agent.kube import WatchExpired
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
+from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
 from azure_cni.agent.server import AgentServer
 from azure_cni.agent.spool import replay_spool
 from azure_cni.api.nodeippool import (
     Condition,
     ConditionType,
-    InvalidPool,
     NodeIPPool,
     PoolStatus,
     rfc3339,
     set_condition,
-    status_apply_body,
     utcnow,
 )
 from azure_cni.api.settings import Settings
@@ -77,46 +78,6 @@ EGRESS_RETRY_MAX_SECONDS = 30.0
 NETLINK_THREADS = 8
 
 
-class PoolApi(Protocol):
-    """What the agent needs from the Kubernetes API (real: ``agent.kube.KubePoolApi``)."""
-
-    async def list_pool(self, name: str) -> tuple[dict[str, Any] | None, str]: ...
-
-    def watch_pool(self, name: str, resource_version: str,
-                   timeout_seconds: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
-
-    async def apply_status(self, name: str, body: Mapping[str, Any]) -> None: ...
-
-
-async def watch_pool_forever(api: PoolApi, name: str,
-                             on_pool: Callable[[Mapping[str, Any] | None], Awaitable[None]],
-                             max_backoff: float = 30.0) -> None:
-    """Follow one NodeIPPool: list, then watch from the list's resourceVersion; relist after
-    410 Gone or any failure (with jittered backoff). ``on_pool(None)``: it does not exist."""
-    backoff = 1.0
-    while True:
-        try:
-            obj, version = await api.list_pool(name)
-            await on_pool(obj)
-            backoff = 1.0
-            while True:
-                async for kind, event in api.watch_pool(name, version):
-                    version = str((event.get("metadata") or {}).get("resourceVersion")
-                                  or version)
-                    if kind in ("ADDED", "MODIFIED"):
-                        await on_pool(event)
-                    elif kind == "DELETED":
-                        await on_pool(None)
-        except WatchExpired:
-            log.info("event=watch_expired; relisting")
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - API server restarts, network blips
-            log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff)
-
-
 class AgentStartupError(RuntimeError):
     """The agent cannot start; ``exit_code`` tells the process supervisor which case."""
 
@@ -136,11 +97,10 @@ class Readiness:
 class StatusReporter:
     """Applies the agent's status fields, at most once per debounce interval."""
 
-    def __init__(self, api: PoolApi, name: str,
+    def __init__(self, source: PoolSource,
                  compute: Callable[[], Awaitable[dict[str, Any] | None]],
                  debounce: float = STATUS_DEBOUNCE_SECONDS) -> None:
-        self.api = api
-        self.name = name
+        self.source = source
         self.compute = compute
         self.debounce = debounce
         self._wanted = asyncio.Event()
@@ -181,7 +141,7 @@ class StatusReporter:
         fields = await self.compute()
         if fields is None or fields == self._last:
             return False
-        await self.api.apply_status(self.name, status_apply_body(self.name, fields))
+        await self.source.publish(fields)
         self._last = fields
         log.info("event=status_applied used=%s cooling=%s acks=%d ready=%s",
                  fields.get("used"), fields.get("cooling"), len(fields.get("releaseAcks") or ()),
@@ -192,13 +152,13 @@ class StatusReporter:
 class NodeAgent:
     """One node's agent; ``run`` serves until ``stop`` is set."""
 
-    def __init__(self, *, settings: Settings, node_name: str, api: PoolApi,
+    def __init__(self, *, settings: Settings, node_name: str, source: PoolSource,
                  datapath: Datapath, mtu: int, host_root: Path = Path("/"),
-                 metrics_address: str = "") -> None:
+                 metrics: AgentMetrics | None = None, metrics_address: str = "") -> None:
         self.settings = settings
         self.agent = settings.agent
         self.node_name = node_name
-        self.api = api
+        self.source = source
         self.datapath = datapath
         self.mtu = mtu
         self.host_root = host_root
@@ -207,20 +167,25 @@ class NodeAgent:
         self.netlink = ThreadPoolExecutor(NETLINK_THREADS, thread_name_prefix="netlink")
         self.allocator = Allocator(Path(self.agent.state_dir) / "ipam.db",
                                    self.agent.cooldown_seconds)
-        self.metrics = AgentMetrics()
+        self.metrics = metrics or AgentMetrics()
         self.egress = EgressReconciler(settings.snat, self.netlink, host_root)
         self.handler = CniHandler(
             node_name=node_name, allocator=self.allocator, datapath=datapath,
             netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
-            on_change=self._changed, egress_problem=lambda: self.egress.problem)
+            on_change=self._changed, egress_problem=lambda: self.egress.problem,
+            hints=source.hints, pool_problem=lambda: self.source_problem)
         self.server = AgentServer(self.handler, self.metrics, self.status_document,
                                   self.health_problem, self.readiness_problem)
-        self.reporter = StatusReporter(api, node_name, self._status_fields)
+        self.reporter = StatusReporter(source, self._status_fields)
         self.readiness = Readiness(False, "Starting", "the agent is starting")
         self._condition: Condition | None = None
         self._installed = False
         self._serving = False
         self._pool_seen = False
+        #: why the pool cannot be read from its source now ("" when it can)
+        self.source_problem = ""
+        #: addresses pods hold that left the pool, already logged
+        self._outside_pool: frozenset[str] = frozenset()
         #: (used, cooling, releaseAcks) to report when the store cannot be read
         self._reported_usage: tuple[int, int, frozenset[str]] | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -258,7 +223,7 @@ class NodeAgent:
         # after a reboot every pod namespace is gone: free their addresses before serving
         await self.handler.free_vanished_pods(older_than=0.0)
         self._set_readiness(False, "WaitingForPool",
-                            f"serving; waiting for NodeIPPool {self.node_name}")
+                            f"serving; waiting for {self.source.hints.name}")
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
         install.stopped_marker(self.agent).unlink(missing_ok=True)
@@ -314,11 +279,10 @@ class NodeAgent:
         install.remove_conflist(self.agent)
         self._set_readiness(False, reason, message)
         try:
-            obj, _ = await asyncio.wait_for(self.api.list_pool(self.node_name), timeout=10)
-            if obj is None:
+            status = await asyncio.wait_for(self.source.reported(), timeout=10)
+            if status is None:
                 return
             # without a store, keep what the last agent reported rather than erase it
-            status = NodeIPPool.from_object(obj).status
             self._reported_usage = (status.used, status.cooling, status.release_acks)
             self._pool_seen = True
             await asyncio.wait_for(self.reporter.flush(), timeout=10)
@@ -396,17 +360,24 @@ class NodeAgent:
     # -- the pool --------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:
-        await watch_pool_forever(self.api, self.node_name, self.pool_changed)
+        await self.source.follow(self.pool_changed, self._source_trouble)
 
-    async def pool_changed(self, obj: Mapping[str, Any] | None) -> None:
-        """Adopt a new version of the NodeIPPool (None: it does not exist)."""
-        pool = None
-        if obj is not None:
-            try:
-                pool = NodeIPPool.from_object(obj)
-            except InvalidPool as e:
-                log.error("event=pool_invalid error=%s", e)
-                return
+    def _source_trouble(self, problem: str) -> None:
+        if problem == self.source_problem:
+            return
+        self.source_problem = problem
+        if problem:
+            log.warning("event=pool_source_trouble source=%r problem=%s",
+                        self.source.hints.name, problem)
+        if not self._pool_seen and self._serving:
+            if problem:
+                self._set_readiness(False, "PoolUnavailable", problem)
+            else:
+                self._set_readiness(False, "WaitingForPool",
+                                    f"serving; waiting for {self.source.hints.name}")
+
+    async def pool_changed(self, pool: NodeIPPool | None) -> None:
+        """Adopt a new version of the pool (None: it does not exist)."""
         previous = self.allocator.pool
         await self.allocator.set_pool(pool)
         self.handler.pool_changed()
@@ -415,11 +386,12 @@ class NodeAgent:
             if previous is not None:
                 log.warning("event=pool_deleted node=%s", self.node_name)
             # the conflist stays (DELs of running pods need it); ADDs wait for a pool
-            self._set_readiness(False, "NoPool", f"NodeIPPool {self.node_name} does not exist")
+            self._set_readiness(False, "NoPool", f"{self.source.hints.name} does not exist")
             return
         if previous is None or previous.status.nic != pool.status.nic:
             await self.egress.reconcile(pool.status.nic)
         await self._install_when_ready()
+        await self._note_addresses_outside_pool()
         self._changed()
 
     async def _install_when_ready(self) -> None:
@@ -436,6 +408,33 @@ class NodeAgent:
             await self._install()
         elif not self.readiness.ready:
             self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
+
+    async def _note_addresses_outside_pool(self) -> None:
+        """Say so, once, when an address a pod holds is no longer in the pool.
+
+        The pod keeps its address and interface (its traffic stops reaching it: the NIC no
+        longer holds the address), nothing else is given that address, and it comes back to
+        life if the address is put back on the NIC. ``azure-cni status`` lists it and the
+        ``azure_cni_agent_addresses_outside_pool`` metric counts it until the pod goes.
+        """
+        usage = await self.allocator.usage()
+        self.metrics.set_pool(usage)
+        outside = frozenset(usage.outside_pool)
+        if outside - self._outside_pool:
+            holders = {a.address: a for a in await self.allocator.assignments()}
+            for address in sorted(outside - self._outside_pool):
+                holder = holders.get(address)
+                log.warning("event=address_left_pool address=%s container=%s ifname=%s "
+                            "pod=%s source=%r; the pod keeps it but its traffic is not "
+                            "delivered until the address is back on the NIC", address,
+                            holder.key.container_id if holder else "-",
+                            holder.key.ifname if holder else "-",
+                            (holder.pod if holder else "") or "-", self.source.hints.name)
+        pool = self.allocator.pool
+        inventory = {ip.address for ip in pool.status.ips} if pool else set()
+        for address in sorted((self._outside_pool - outside) & inventory):
+            log.info("event=address_back_in_pool address=%s", address)
+        self._outside_pool = outside
 
     async def _install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -499,6 +498,8 @@ class NodeAgent:
         now, wall = clock.since_boot(), clock.wall()
         return {
             "node": self.node_name,
+            "poolSource": self.source.hints.name,
+            "poolSourceProblem": self.source_problem,
             "ready": self.readiness.ready,
             "reason": self.readiness.reason,
             "message": self.readiness.message,

@@ -46,7 +46,12 @@ class InterfaceTaken(FileExistsError):
 
 @dataclass(frozen=True)
 class PodNetwork:
-    """Everything needed to build (or check, or remove) one pod's veth pair."""
+    """Everything needed to build (or check, or remove) one pod's veth pair.
+
+    ``netns`` empty: the pod side stays on the host, named ``ifname`` and unconfigured, for a
+    runtime that moves the interface into the container and sets its address and routes
+    itself (Docker's libnetwork, told by the network plugin's Join answer).
+    """
 
     netns: str
     ifname: str
@@ -104,7 +109,7 @@ class VethDatapath:
     def ensure_pod_veth(self, pod: PodNetwork) -> None:
         """Build the pod's datapath; on failure nothing of it is left behind."""
         try:
-            netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
+            netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC) if pod.netns else None
         except FileNotFoundError:
             raise NetnsMissing(errno.ENOENT,
                                f"network namespace {pod.netns} does not exist") from None
@@ -121,10 +126,15 @@ class VethDatapath:
                     create = _veth_pair(pod, netns_fd)
                     host.send([create])
             finally:
-                os.close(netns_fd)
+                if netns_fd is not None:
+                    os.close(netns_fd)
             undo.callback(self.teardown_pod_veth, pod.host_veth)
             host_index, pod_index = _indexes(create)
             self._disable_host_ipv6(pod.host_veth)  # still down: no RA was taken yet
+            if netns_fd is None:  # the runtime moves it and configures the pod side
+                self._configure_host_side(host, pod, host_index)
+                undo.pop_all()
+                return
             with rtnl.RtnlChannel(self._pod_socket(pod.netns)) as inside:
                 inside.send([
                     rtnl.link_up(pod_index, pod.ifname),
@@ -135,13 +145,17 @@ class VethDatapath:
                     rtnl.route_add(pod_index, pod.ifname, dst=DEFAULT_ROUTE, dst_len=0,
                                    scope=rtnl.RT_SCOPE_UNIVERSE, gateway=pod.gateway),
                 ])
-            host.send([
-                rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
-                rtnl.link_up(host_index, pod.host_veth),
-                rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
-                               scope=rtnl.RT_SCOPE_LINK),
-            ])
+            self._configure_host_side(host, pod, host_index)
             undo.pop_all()
+
+    @staticmethod
+    def _configure_host_side(host: rtnl.RtnlChannel, pod: PodNetwork, host_index: int) -> None:
+        host.send([
+            rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
+            rtnl.link_up(host_index, pod.host_veth),
+            rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
+                           scope=rtnl.RT_SCOPE_LINK),
+        ])
 
     def _disable_host_ipv6(self, host_veth: str) -> None:
         relative = f"ipv6/conf/{host_veth}/disable_ipv6"
@@ -166,6 +180,10 @@ class VethDatapath:
     def _replace_stale_pair(self, pod: PodNetwork) -> None:
         lookup = rtnl.link_get(pod.host_veth)
         self._host().send([lookup])
+        if lookup.error == errno.ENODEV and not pod.netns:
+            # a pod side left on the host by an earlier attempt (its host side is gone)
+            self._host().send([rtnl.link_delete(pod.ifname)])
+            return
         if lookup.error == errno.ENODEV:
             # the name clash is inside the pod: CNI says an existing interface is an error
             raise InterfaceTaken(errno.EEXIST, f"{pod.netns} already has an interface named "
@@ -210,6 +228,12 @@ class VethDatapath:
             problems += _check_inside(inside, pod, host_index)
         return problems
 
+    def link_exists(self, name: str) -> bool:
+        """Whether the host has an interface called ``name``."""
+        lookup = rtnl.link_get(name)
+        self._host().send([lookup])
+        return lookup.error != errno.ENODEV
+
     # -- restart ---------------------------------------------------------------------------
 
     def list_host_veths(self) -> list[HostVeth]:
@@ -227,7 +251,7 @@ class VethDatapath:
                 for index, name in sorted(veths.items(), key=lambda kv: kv[1])]
 
 
-def _veth_pair(pod: PodNetwork, netns_fd: int) -> rtnl.Request:
+def _veth_pair(pod: PodNetwork, netns_fd: int | None) -> rtnl.Request:
     return rtnl.veth_pair(host_name=pod.host_veth, host_mac=pod.host_mac, peer_name=pod.ifname,
                           peer_mac=pod.pod_mac, mtu=pod.mtu, peer_netns_fd=netns_fd)
 

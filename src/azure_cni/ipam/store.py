@@ -88,6 +88,13 @@ class DuplicateAssignment(StoreError):
     """An address or host veth is already recorded for another attachment."""
 
 
+#: ifnames of the attachments Docker's network plugin records (":" is not allowed in a
+#: Linux interface name, so no CNI request has them): an address only Docker's IPAM holds,
+#: and one a Docker endpoint uses
+DOCKER_IPAM = "docker:ipam"
+DOCKER_ENDPOINT = "docker:endpoint"
+
+
 @dataclass(frozen=True)
 class AttachmentKey:
     """What the CNI spec identifies an attachment by."""
@@ -97,6 +104,11 @@ class AttachmentKey:
 
     def __str__(self) -> str:
         return f"{self.container_id}/{self.ifname}"
+
+    @property
+    def from_docker(self) -> bool:
+        """Recorded by the Docker plugin, not by a CNI ADD (CNI verbs leave it alone)."""
+        return self.ifname in (DOCKER_IPAM, DOCKER_ENDPOINT)
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,35 @@ class AddressStore:
                 db.execute("ROLLBACK")
             raise
         return _assignment(row)
+
+    def rebind(self, key: AttachmentKey, new_key: AttachmentKey, *, netns: str,
+               host_veth: str, pod: str) -> Assignment | None:
+        """Hand ``key``'s address to ``new_key`` (which may be ``key``) with new details, in one
+        transaction: the address is never free in between. None if ``key`` holds nothing;
+        DuplicateAssignment if ``new_key`` or ``host_veth`` is another attachment's."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
+                "FROM assignments WHERE container_id = ? AND ifname = ?",
+                (key.container_id, key.ifname)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return None
+            db.execute("UPDATE assignments SET container_id = ?, ifname = ?, netns = ?, "
+                       "host_veth = ?, pod = ? WHERE container_id = ? AND ifname = ?",
+                       (new_key.container_id, new_key.ifname, netns, host_veth, pod,
+                        key.container_id, key.ifname))
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as e:
+            db.execute("ROLLBACK")
+            raise DuplicateAssignment(f"{key} cannot become {new_key}: {e}") from e
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Assignment(new_key, row[2], netns, host_veth, pod, float(row[6]))
 
     def forget_releases(self, addresses: Iterable[str]) -> None:
         """Drop release history of addresses that left the pool (keeps the table small)."""
