@@ -248,7 +248,10 @@ def _run_to_fixed_point(s: PoolSpec, used_count: int, start: int) -> tuple[PoolS
     in_use: set[str] = set()
     counter = start
     clock = NOW
-    for step in range(50):
+    # Demand appears as addresses do (the agent takes each new one), so growth may take one
+    # step per batch up to the ceiling; a release is mark -> ack -> remove on top of that.
+    steps = min(s.max_ips, MAX_SECONDARY_IPS) // s.batch_size + 10
+    for step in range(steps):
         # the agent hands out lowest addresses first and acks unused releasing ones
         avail = [ip for ip in status.ips if ip.state is IPState.AVAILABLE]
         while len(in_use) < used_count and len(in_use) < len(avail):
@@ -267,7 +270,7 @@ def _run_to_fixed_point(s: PoolSpec, used_count: int, start: int) -> tuple[PoolS
         status = PoolStatus(ips=apply_marks(ips, p.mark), used=status.used,
                             release_acks=status.release_acks, excess_since=p.excess_since)
         clock += dt.timedelta(seconds=s.release_delay_seconds + 1)
-    raise AssertionError(f"no fixed point after 50 steps: {status}")
+    raise AssertionError(f"no fixed point after {steps} steps: {status}")
 
 
 @given(specs, st.integers(0, 60), st.integers(0, 60))
