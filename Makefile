@@ -14,7 +14,15 @@ UNIT := not netns and not cluster and not e2e
 
 DEMO_STATE := $(CURDIR)/.cache/demo
 
-.PHONY: help test demo demo-down deps venv tools images lint typecheck contracts check \
+# Go-built tools (hack/build-tools.sh), each only where it is needed: the tests also need
+# cnitool (standalone containers with ports), promtool (alert and dashboard checks),
+# prometheus (the simulation's Prometheus) and the
+# Prometheus Operator's CRDs (chart tests); the demo needs none of them. Both need CoreDNS
+# (the simulated nodes' cluster DNS).
+TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds
+DEMO_TOOLS := kubernetes etcd helm crictl coredns
+
+.PHONY: help test demo demo-down deps venv tools demo-tools images lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
 help:
@@ -29,7 +37,7 @@ test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
 
-demo: deps venv tools images
+demo: deps venv demo-tools images
 	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
@@ -47,9 +55,12 @@ $(VENV_STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 	touch $@
 
 tools:
-	hack/build-tools.sh
+	hack/build-tools.sh $(TEST_TOOLS)
 
-images: deps tools
+demo-tools:
+	hack/build-tools.sh $(DEMO_TOOLS)
+
+images: deps demo-tools
 	hack/build-images.sh
 
 lint: venv

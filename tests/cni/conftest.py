@@ -20,7 +20,7 @@ def pause_image() -> BuiltImage:
 @pytest.fixture
 def containerd(node: LocalNode, pause_image: BuiltImage, tmp_path: Path) -> Iterator[Containerd]:
     runtime = Containerd(tmp_path / "containerd", node)
-    runtime.start(pause_image)
+    runtime.start(pause_image.archive, sandbox_image=pause_image.image)
     try:
         yield runtime
     finally:

@@ -56,6 +56,7 @@ from azure_cni_sim.armstate import (
     vnet_json,
 )
 from azure_cni_sim.imds import ARM_AUDIENCES, Imds, TokenIssuer
+from azure_cni_sim.portal import listen_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class ArmEmulator:
     ) -> None:
         self.config = config or ArmConfig()
         self._host = host
-        #: more IP addresses the ARM certificate is valid for (see ``serve_in_netns``)
+        #: more IP addresses the ARM certificate is valid for (see ``serve_arm_in_netns``)
         self._tls_addresses = tuple(tls_addresses)
         self._tls: ssl.SSLContext | None = None
         self._wanted_ports = (arm_port, imds_port)
@@ -356,26 +357,18 @@ class ArmEmulator:
                  self.arm_url, self.imds_url, self.ca_path)
         return self
 
-    async def serve_in_netns_async(self, netns: str, *, arm: tuple[str, int] | None = None,
-                                   imds: tuple[str, int] | None = None) -> None:
-        """Also serve ARM and/or IMDS on ``(address, port)`` inside a network namespace, as a
-        simulated VM reaches them (the ARM address must be one of ``tls_addresses``). The
-        servers see each client's own address, so IMDS knows which VM asks."""
-        from azure_cni_sim.portal import listen_in_netns  # noqa: PLC0415 - setns via ctypes
+    async def serve_arm_in_netns_async(self, netns: str, address: str,
+                                       port: int = 443) -> None:
+        """Also serve ARM on ``address:port`` inside a network namespace, as the simulated VMs
+        reach it (``address`` must be one of ``tls_addresses``, so the certificate holds)."""
+        arm = self._servers[0]
+        sock = listen_in_netns(netns, port, address)
+        await web.SockSite(arm.runner, sock, ssl_context=self._tls).start()
+        log.info("event=arm_emulator_listening netns=%s address=%s:%d", netns, address, port)
 
-        arm_server, imds_server = self._servers
-        for server, where, tls in ((arm_server, arm, self._tls), (imds_server, imds, None)):
-            if where is None:
-                continue
-            sock = listen_in_netns(netns, where[1], where[0])
-            await web.SockSite(server.runner, sock, ssl_context=tls).start()
-            log.info("event=arm_emulator_listening netns=%s address=%s:%d tls=%s", netns,
-                     where[0], where[1], tls is not None)
-
-    def serve_in_netns(self, netns: str, *, arm: tuple[str, int] | None = None,
-                       imds: tuple[str, int] | None = None) -> None:
-        """``serve_in_netns_async`` for a ``start()``-ed emulator, from another thread."""
-        self._call_on_loop(self.serve_in_netns_async(netns, arm=arm, imds=imds))
+    def serve_arm_in_netns(self, netns: str, address: str, port: int = 443) -> None:
+        """``serve_arm_in_netns_async`` for a ``start()``-ed emulator, from another thread."""
+        self._call_on_loop(self.serve_arm_in_netns_async(netns, address, port))
 
     async def _serve(self, app: web.Application, port: int,
                      tls: ssl.SSLContext | None) -> _Server:
@@ -611,6 +604,14 @@ class ArmEmulator:
         with self._lock:
             self._faults.clear()
             self._operation_failures.clear()
+        self._imds.clear_faults()
+
+    def inject_imds_fault(self, vm_name: str, path: str, status: int, body: bytes | str, *,
+                          content_type: str = "application/json", count: int = 1) -> None:
+        """Answer ``vm_name``'s next ``count`` IMDS metadata requests under ``path`` (e.g.
+        ``instance/network``) with this status and body, e.g. a malformed document."""
+        self._imds.inject_fault(vm_name, path, status, body, content_type=content_type,
+                                count=count)
 
     def set_latency(self, method: str, seconds: float) -> None:
         """Delay every ARM request of ``method`` (``*`` for all) by ``seconds``."""

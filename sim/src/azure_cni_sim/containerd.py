@@ -15,16 +15,16 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from azure_cni_sim.images import BuiltImage
 from azure_cni_sim.node import LocalNode
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.tools import find_tool
 
 
 def containerd_config(*, root: Path, state: str, socket: str, cni_bin_dir: str | Path,
-                      cni_conf_dir: str | Path, sandbox_image: str,
+                      cni_conf_dir: str | Path, sandbox_image: str | None,
                       runc_root: Path | None = None) -> str:
-    """containerd 1.6's config.toml for a runtime of the simulation (a VM's, or a test's)."""
+    """containerd 1.6's config.toml for a runtime of the simulation (a VM's, or a test's);
+    without ``sandbox_image`` the CRI keeps its default (only ``ctr run`` is used then)."""
     runc_options = f"""
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
       Root = "{runc_root}"
@@ -37,7 +37,7 @@ state = "{state}"
 [ttrpc]
   address = "{socket}.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
+  {f'sandbox_image = "{sandbox_image}"' if sandbox_image else ""}
   disable_apparmor = true
   # this machine forbids lowering oom_score_adj (runc would fail with EACCES)
   restrict_oom_score_adj = true
@@ -62,18 +62,20 @@ class Containerd:
         self.cgroup_parent = f"azcni-test-{uuid.uuid4().hex[:8]}"
         self.proc: ManagedProcess | None = None
 
-    def config(self, sandbox_image: str) -> str:
+    def config(self, sandbox_image: str | None) -> str:
         d = self.workdir
         return containerd_config(root=d / "root", state=str(d / "state"),
                                  socket=str(self.socket), cni_bin_dir=self.node.bin_dir,
                                  cni_conf_dir=self.node.conf_dir, sandbox_image=sandbox_image,
                                  runc_root=d / "runc")
 
-    def start(self, pause: BuiltImage) -> None:
+    def start(self, *archives: Path, sandbox_image: str | None = None) -> None:
+        """Start containerd and import the OCI ``archives`` (the pod sandbox's among them
+        when pods are run through the CRI)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.node.conf_dir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "config.toml"
-        path.write_text(self.config(pause.image))
+        path.write_text(self.config(sandbox_image))
         # nsenter --net, not "ip netns exec": containerd must stay in the machine's mount
         # namespace so the agent can open the pod netns files it creates under /run/netns
         self.proc = ManagedProcess(
@@ -82,7 +84,8 @@ class Containerd:
             self.workdir / "containerd.log", self.owner).start()
         wait_for("containerd to answer", lambda: self.ctr("version", check=False).returncode
                  == 0, 60, interval=0.2, alive=self.proc.check_running)
-        self.ctr("images", "import", str(pause.archive))
+        for archive in archives:
+            self.ctr("images", "import", str(archive))
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", *args],

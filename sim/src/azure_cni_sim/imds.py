@@ -5,10 +5,11 @@ a path prefix: ``http://127.0.0.1:<port>/vms/<vm name>/metadata/...``. Setting
 ``AZURE_POD_IDENTITY_AUTHORITY_HOST`` to ``http://127.0.0.1:<port>/vms/<vm name>`` points an
 unmodified ``ManagedIdentityCredential`` at that VM's identity endpoint. The bare
 ``/metadata/...`` paths answer for the only VM when there is exactly one (tokens work with
-none), and otherwise for the VM one of whose NICs holds the request's source address, as the
-real service knows a VM by where a request comes from: that is how the simulated VMs reach it
-at 169.254.169.254 (``ArmEmulator.serve_in_netns``). ``ArmEmulator.open_vm_imds`` can also
-give one VM a port of its own, serving the bare paths.
+none). ``ArmEmulator.open_vm_imds`` can also give one VM a port of its own, serving the bare
+paths, for a network-namespace VM whose traffic to 169.254.169.254 is relayed there.
+
+``Imds.inject_fault`` answers a VM's next metadata requests with a given status and body
+(a malformed document, a 500), after the header and api-version checks.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ IMDS_VERSIONS = ("2017-03-01", "2017-04-02", "2017-08-01", "2017-12-01", "2018-0
                  "2023-11-15", "2024-03-15", "2024-07-17", "2025-04-07")
 #: audiences the emulated ARM accepts, as IMDS writes ``resource`` (compared without "/")
 ARM_AUDIENCES = frozenset({"https://management.azure.com", "https://management.core.windows.net"})
+
+
+@dataclass
+class ImdsFault:
+    """The next ``remaining`` instance requests of ``vm`` under ``path`` get this answer."""
+
+    vm: str
+    path: str
+    status: int
+    body: bytes
+    content_type: str
+    remaining: int
 
 
 @dataclass(frozen=True)
@@ -164,11 +177,32 @@ class Imds:
         self._host = host
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._buckets_lock = threading.Lock()
+        self._faults: list[ImdsFault] = []
+
+    def inject_fault(self, vm: str, path: str, status: int, body: bytes | str, *,
+                     content_type: str = "application/json", count: int = 1) -> None:
+        """Answer ``vm``'s next ``count`` metadata requests whose path (after
+        ``/metadata/``) starts with ``path`` with ``status`` and ``body`` as given."""
+        data = body.encode() if isinstance(body, str) else body
+        with self._buckets_lock:
+            self._faults.append(ImdsFault(vm, path.strip("/"), status, data, content_type,
+                                          count))
+
+    def clear_faults(self) -> None:
+        with self._buckets_lock:
+            self._faults.clear()
+
+    def _take_fault(self, vm: str, tail: str) -> ImdsFault | None:
+        with self._buckets_lock:
+            for fault in self._faults:
+                if fault.vm == vm and tail.startswith(fault.path) and fault.remaining > 0:
+                    fault.remaining -= 1
+                    return fault
+        return None
 
     def app(self, vm_name: str | None = None) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
-            return await self._handle(request, request.match_info.get("vm") or vm_name
-                                      or self._vm_at(request.remote))
+            return await self._handle(request, request.match_info.get("vm") or vm_name)
 
         app = web.Application()
         app.router.add_route("GET", "/vms/{vm}/metadata/{tail:.*}", handle)
@@ -215,6 +249,10 @@ class Imds:
             document = instance_metadata(self._host.state, vm)
         if self._throttled(vm.name, "instance"):
             return web.json_response({"error": "Too many requests"}, status=429)
+        fault = self._take_fault(vm.name, tail)
+        if fault is not None:
+            return web.Response(body=fault.body, status=fault.status,
+                                content_type=fault.content_type)
         try:
             node = _select(document, [p for p in parts[1:] if p])
         except KeyError:
@@ -225,17 +263,6 @@ class Imds:
             return _bad_request("Bad request. Leaf nodes of the metadata can only be queried "
                                 "with format=text.")
         return web.json_response(node)
-
-    def _vm_at(self, address: str | None) -> str | None:
-        """The name of the VM one of whose NICs holds ``address``, if any."""
-        state = self._host.state
-        with self._host.state_lock:
-            for vm in state.vms.values():
-                for nic_id in vm.nic_ids:
-                    nic = state.nics.get(nic_id.lower())
-                    if nic is not None and address in nic.addresses():
-                        return vm.name
-        return None
 
     def _vm(self, vm_name: str | None) -> Vm | None:
         state = self._host.state

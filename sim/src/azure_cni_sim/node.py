@@ -176,13 +176,15 @@ class LocalNode:
                 str(self.config_path), "--node-name", self.name, "--kubeconfig",
                 str(self.kubeconfig), *extra]
 
-    def start_agent(self, *extra: str) -> ManagedProcess:
-        """Start the agent (writing the config first); does not wait for readiness."""
+    def start_agent(self, *extra: str, env: Mapping[str, str] | None = None) -> ManagedProcess:
+        """Start the agent (writing the config first), with ``env`` added to its environment;
+        does not wait for readiness."""
         self.write_config()
         self.agent_runs += 1
         self.agent = ManagedProcess(
             f"agent-{self.name}", self.agent_command(*extra),
-            self.workdir / "logs" / f"agent-{self.agent_runs}.log", self.owner).start()
+            self.workdir / "logs" / f"agent-{self.agent_runs}.log", self.owner,
+            env=dict(env or {})).start()
         return self.agent
 
     def wait_ready(self, timeout: float = 60) -> None:

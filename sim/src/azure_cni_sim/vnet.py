@@ -27,7 +27,7 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,26 @@ ARM_ADDRESS = "203.0.113.20"
 #: the "public" side of the fabric towards the internet host (stands for Azure's SNAT edge)
 _EDGE = "203.0.113.1"
 _ONPREM_EDGE = "198.19.0.1"
+
+
+def capture_packets(netns: str, iface: str, bpf: str, action: Callable[[], object], *,
+                    packets: int = 2, timeout: float = 10) -> list[str]:
+    """Run ``action()`` while tcpdump watches ``iface`` in ``netns``; return the packets seen
+    (one line each, addresses numeric)."""
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-q", "-i", iface, "-c",
+         str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    for line in dump.stderr:  # ends at EOF if tcpdump fails
+        if "listening on" in line:
+            break
+    try:
+        action()
+        out, _ = dump.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        dump.kill()
+        out, _ = dump.communicate()
+    return [line for line in out.splitlines() if line.strip()]
 
 
 class FabricError(RuntimeError):
@@ -131,8 +151,8 @@ class Fabric:
             _run("ip", "-n", self.internet_ns, "addr", "add", f"{ARM_ADDRESS}/32", "dev", "eth0")
             self._accept_only_primaries()
             self._echo(self.onprem_ns, "onprem", [80])
-            self._echo(self.internet_ns, "internet", [80], bind=INTERNET_HOST)
-            # IMDS's 169.254.169.254:80 belongs to the emulator (ArmEmulator.serve_in_netns)
+            self._echo(self.internet_ns, "internet", [80])
+            # the wireserver only: 169.254.169.254:80 is the IMDS relay's (imds_relay.py)
             self._echo(self.fabric_ns, "azure-platform", [80, 32526], bind=WIRESERVER)
         except BaseException:
             self.destroy()
@@ -167,10 +187,10 @@ class Fabric:
         _run("ip", "-n", self.fabric_ns, "addr", "add", f"{edge}/{prefixlen}", "dev", fabric_if)
         _run("ip", "-n", self.fabric_ns, "link", "set", fabric_if, "up")
 
-    def _echo(self, netns: str, name: str, ports: Sequence[int], bind: str = "0.0.0.0") -> None:  # noqa: S104 - its own netns
+    def _echo(self, netns: str, name: str, ports: Sequence[int], bind: str = "") -> None:
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "azure_cni_sim.echo",
-                "--name", name, "--bind", bind,
-                *(a for p in ports for a in ("--port", str(p)))]
+                "--name", name, *(a for p in ports for a in ("--port", str(p))),
+                *(("--bind", bind) if bind else ())]
         proc = ManagedProcess(f"echo-{name}", argv, self.workdir / f"echo-{name}.log",
                               self.owner).start()
         self.procs.append(proc)

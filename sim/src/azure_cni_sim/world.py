@@ -6,8 +6,9 @@ kube-scheduler); and every simulated VM a real Kubernetes node (containerd, kube
 kube-proxy in the VM's namespaces, ``kubenode.KubeNode``). azure-cni reaches the cluster only
 as a user installs it: ``helm install azure-cni charts/azure-cni`` with the image built from the
 Containerfile, so the operator and the agents are the chart's own pods. The operator reaches
-ARM at a public address through its VM and gets its token from IMDS at 169.254.169.254 as the
-VM's managed identity. CoreDNS serves the cluster's DNS from pool addresses.
+ARM at a public address through its VM and gets its token from IMDS at 169.254.169.254 (the
+fabric's relay, ``imds_relay``) as the VM's managed identity. CoreDNS serves the cluster's DNS
+from pool addresses.
 
 The machine's own network namespace is never routed to any of it: the test harness and the
 user's kubectl reach the API server through a portal on the host's loopback.
@@ -26,6 +27,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -47,9 +49,9 @@ from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode
-from azure_cni_sim.procs import stop_owned, wait_for
+from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.tools import find_tool, source_root
-from azure_cni_sim.vnet import ARM_ADDRESS, IMDS, ONPREM_CIDR, Fabric
+from azure_cni_sim.vnet import ARM_ADDRESS, ONPREM_CIDR, Fabric, capture_packets
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +172,9 @@ class World:
         self.emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0),
                                     state_dir=self.workdir / "arm",
                                     tls_addresses=(ARM_ADDRESS,)).start()
-        # where the VMs reach them: ARM's public address, IMDS's link-local one
-        self.emulator.serve_in_netns(self.fabric.arm_ns, arm=(ARM_ADDRESS, 443))
-        self.emulator.serve_in_netns(self.fabric.fabric_ns, imds=(IMDS, 80))
+        # where the VMs reach ARM: its public address (IMDS: _start_imds_relay, once the VMs
+        # exist)
+        self.emulator.serve_arm_in_netns(self.fabric.arm_ns, ARM_ADDRESS)
         self._unhook = self.emulator.on_nic_change(self._program_fabric)
 
     def _start_nodes(self) -> None:
@@ -195,6 +197,7 @@ class World:
             node.provision(cluster)
             node.start(archives)
 
+        self._start_imds_relay()
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             for future in [pool.submit(bring_up, node) for node in self.nodes.values()]:
                 future.result()
@@ -205,6 +208,18 @@ class World:
 
         wait_for("every kubelet to register its Node", registered, 60, interval=0.5,
                  alive=self._nodes_alive)
+
+    def _start_imds_relay(self) -> None:
+        """169.254.169.254 in the fabric: each VM gets its own metadata and identity."""
+        assert self.emulator is not None and self.fabric is not None
+        argv = [sys.executable, "-m", "azure_cni_sim.imds_relay", "--netns",
+                self.fabric.fabric_ns, "--target", f"127.0.0.1:{self.emulator.imds_port}",
+                *(a for vm in self.vms.values() for a in ("--vm", f"{vm.primary_ip}={vm.name}"))]
+        log_path = self.workdir / "imds-relay.log"
+        relay = ManagedProcess("imds-relay", argv, log_path, self.owner).start()
+        wait_for("the IMDS relay at 169.254.169.254",
+                 lambda: "imds_relay_listening" in log_path.read_text(), 20,
+                 alive=relay.check_running)
 
     def _nodes_alive(self) -> None:
         for node in self.nodes.values():
@@ -355,22 +370,8 @@ class World:
         """Run ``action()`` while tcpdump watches the VM's link in the fabric; return the
         packets seen (one line each, addresses numeric)."""
         assert self.fabric is not None
-        iface = self.fabric.vms[vm].fabric_if
-        dump = subprocess.Popen(
-            ["ip", "netns", "exec", self.fabric.fabric_ns, "tcpdump", "-n", "-l", "-q", "-i",
-             iface, "-c", str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        assert dump.stderr is not None
-        for line in dump.stderr:  # ends at EOF if tcpdump fails
-            if "listening on" in line:
-                break
-        try:
-            action()
-            out, _ = dump.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            out, _ = dump.communicate()
-        return [line for line in out.splitlines() if line.strip()]
+        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].fabric_if, bpf,
+                               action, packets=packets, timeout=timeout)
 
     # -- Azure, as an admin in the portal would touch it -----------------------------------
 

@@ -1,10 +1,11 @@
 """The agent's Prometheus metrics, and the HTTP endpoint for them and for health checks.
 
-Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace: ``/metrics`` in
+Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace, and also on the
+node's own address when the chart turns on scraping (``--metrics-address``): ``/metrics`` in
 the Prometheus text format; ``/healthz`` (liveness) answers 200 once the agent serves its
 socket, also while it waits for its NodeIPPool, so a slow operator does not get it restarted;
-``/readyz`` answers 200 only when pods can start (pool known, conflist installed). Both say
-why with a 503 otherwise.
+``/readyz`` answers 200 only when pods can start (pool known, egress rules in place,
+conflist installed). Both say why with a 503 otherwise.
 """
 
 from __future__ import annotations
@@ -36,14 +37,24 @@ class AgentMetrics:
             "Time the agent took to serve a CNI request (excluding the shim's start-up)",
             ["command"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.pool = Gauge(
-            "azure_cni_pool_addresses",
-            "Addresses of this node's pool by state: available (free to hand out), used, "
-            "releasing, cooldown",
+            "azure_cni_agent_pool_addresses",
+            "Addresses of this node's pool by state: free (can be handed out), used (by a "
+            "pod), cooling (freed, in their cooldown), releasing (marked for release by the "
+            "operator and acknowledged, waiting to leave the NIC)",
             ["state"], registry=self.registry)
+        self.outside_pool = Gauge(
+            "azure_cni_agent_addresses_outside_pool",
+            "Addresses pods still hold that are no longer in the pool (removed from the NIC "
+            "behind the agent's back): their traffic is not delivered", registry=self.registry)
+        self.instance_metadata_requests = Counter(
+            "azure_cni_agent_instance_metadata_requests",
+            "Requests a standalone agent made to the instance metadata service, by result "
+            "(ok, throttled, unreachable, malformed, error)", ["result"],
+            registry=self.registry)
         self.ready = Gauge("azure_cni_agent_ready",
                            "1 when the agent serves CNI requests", registry=self.registry)
         self.spool_replayed = Counter(
-            "azure_cni_spooled_deletes_replayed",
+            "azure_cni_agent_spooled_deletes_replayed_total",
             "DEL requests the shim spooled while the agent was down, replayed",
             registry=self.registry)
 
@@ -52,10 +63,12 @@ class AgentMetrics:
         self.latency.labels(command).observe(seconds)
 
     def set_pool(self, usage: PoolUsage) -> None:
-        self.pool.labels("available").set(usage.free)
+        self.pool.labels("free").set(usage.free)
         self.pool.labels("used").set(usage.used)
-        self.pool.labels("releasing").set(usage.releasing)
-        self.pool.labels("cooldown").set(usage.cooling)
+        self.pool.labels("cooling").set(usage.cooling)
+        # an address a pod still holds counts as used until the pod goes, not as releasing
+        self.pool.labels("releasing").set(len(usage.release_acks))
+        self.outside_pool.set(len(usage.outside_pool))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -91,6 +91,7 @@ class SubnetCache:
             if entry is None or time.monotonic() - entry[1] > self._ttl:
                 entry = (await self._azure.get_subnet(subnet_id), time.monotonic())
                 self._entries[key] = entry
+                metrics.observe_subnet(entry[0])
             return entry[0]
 
     def consumed(self, subnet_id: str, delta: int) -> None:
@@ -100,6 +101,7 @@ class SubnetCache:
         if entry is not None and entry[0].free_addresses is not None:
             info = replace(entry[0], free_addresses=max(0, entry[0].free_addresses - delta))
             self._entries[key] = (info, entry[1])
+            metrics.observe_subnet(info)
 
     def forget(self, subnet_id: str) -> None:
         self._entries.pop(subnet_id.lower(), None)
@@ -216,7 +218,7 @@ class PoolReconciler:
         await self._report(pool, nic_name=nic.name, inventory=inventory, restore=restore, p=p,
                            written=written)
         stored = await self._write_status(pool, written, subnet, ips=ips, p=p)
-        metrics.observe_pool(pool.name, ips, pool.status.used)
+        metrics.observe_pool(pool.name, ips, pool.status.used, p.short)
         if p.excess_since is not None:
             elapsed = (now - p.excess_since).total_seconds()
             return Outcome(requeue_after=max(1.0, pool.spec.release_delay_seconds - elapsed),
@@ -344,6 +346,7 @@ class PoolReconciler:
     async def _azure_failed(self, pool: NodeIPPool, error: CloudError, doing: str,
                             plan_: Plan | None = None) -> Outcome:
         detail = f"Azure refused {doing}: {error}"
+        metrics.observe_azure_error(error)
         if isinstance(error, Throttled):
             await self.pools.post_event(pool, WARNING, "AzureThrottled",
                                         f"{detail}; retrying in {error.retry_after:.0f}s")
