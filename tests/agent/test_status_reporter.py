@@ -87,7 +87,7 @@ async def test_a_cooldown_that_ends_is_reported_without_an_event(monkeypatch) ->
         return {"used": 0, "cooling": 1 if left > 0 else 0, "releaseAcks": [],
                 "conditions": []}
 
-    reporter = StatusReporter(api, "node-a", compute, debounce=0.01)  # type: ignore[arg-type]
+    reporter = StatusReporter(source(api), compute, debounce=0.01)
     task = asyncio.create_task(reporter.run())
     try:
         reporter.request()
