@@ -138,8 +138,10 @@ class World:
     def stop(self) -> None:
         """Tear everything down, whatever state it is in."""
         with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
-            for node in self.nodes.values():
-                pool.submit(node.stop)
+            stops = {name: pool.submit(node.stop) for name, node in self.nodes.items()}
+        for name, stopped in stops.items():
+            if stopped.exception() is not None:  # go on: the sweep below still runs
+                log.error("event=node_stop_failed node=%s error=%r", name, stopped.exception())
         if self.cluster is not None:
             self.cluster.stop()
         if self._unhook is not None:
