@@ -1,5 +1,6 @@
 # azure-cni: the two set-up commands are `make demo` and `make test`; each installs what it
-# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools).
+# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools, the
+# container images built without a registry).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -16,11 +17,12 @@ DEMO_STATE := $(CURDIR)/.cache/demo
 # Go-built tools (hack/build-tools.sh), each only where it is needed: the tests also need
 # cnitool (standalone containers with ports), promtool (alert and dashboard checks),
 # prometheus (the simulation's Prometheus) and the
-# Prometheus Operator's CRDs (chart tests); the demo needs none of them.
-TEST_TOOLS := kubernetes etcd helm crictl cnitool promtool prometheus prometheus-operator-crds
-DEMO_TOOLS := kubernetes etcd helm crictl
+# Prometheus Operator's CRDs (chart tests); the demo needs none of them. Both need CoreDNS
+# (the simulated nodes' cluster DNS).
+TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds
+DEMO_TOOLS := kubernetes etcd helm crictl coredns
 
-.PHONY: help test demo demo-down deps venv tools demo-tools lint typecheck contracts check \
+.PHONY: help test demo demo-down deps venv tools demo-tools images lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
 help:
@@ -28,12 +30,14 @@ help:
 	@echo "make test       install everything, then lint, types, import contracts and every test tier"
 	@echo "make test-unit | test-netns | test-cluster | test-e2e   one tier (after make test's set-up)"
 	@echo "make bench      the benchmarks; numbers go to bench/results/"
+	@echo "make images     build localhost/azure-cni:<tag> from the Containerfile (and the simulation's"
+	@echo "                other images) without a registry, as OCI archives in .cache/images"
 
 test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
 
-demo: deps venv demo-tools
+demo: deps venv demo-tools images
 	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
@@ -56,6 +60,9 @@ tools:
 demo-tools:
 	hack/build-tools.sh $(DEMO_TOOLS)
 
+images: deps demo-tools
+	hack/build-images.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -74,7 +81,7 @@ test-netns: venv
 test-cluster: venv tools
 	$(TIER) cluster -m "cluster and not e2e"
 
-test-e2e: venv tools
+test-e2e: venv tools images
 	$(TIER) e2e -m "e2e"
 
 bench: deps venv tools

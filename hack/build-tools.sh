@@ -5,8 +5,9 @@
 #
 #   hack/build-tools.sh [TOOL...]
 #
-# TOOL is one of: kubernetes (kube-apiserver, kube-controller-manager, kubectl), etcd, helm,
-# crictl, cnitool (libcni's command line), promtool, prometheus, prometheus-operator-crds (the
+# TOOL is one of: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kube-proxy, kubectl), etcd, helm, crictl, coredns (the simulated nodes' cluster DNS),
+# cnitool (libcni's command line), promtool, prometheus, prometheus-operator-crds (the
 # Prometheus Operator's CRDs, copied from its pinned module). Without arguments: every one.
 set -euo pipefail
 
@@ -25,7 +26,7 @@ case "$gov" in
   *) die "Go $gov is too old: the pinned Kubernetes $KUBERNETES_VERSION needs Go >= 1.26" ;;
 esac
 
-all_tools=(kubernetes etcd helm crictl cnitool promtool prometheus prometheus-operator-crds)
+all_tools=(kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${all_tools[@]}")
 for tool in "${wanted[@]}"; do
@@ -110,15 +111,19 @@ copy_module_files() {
 }
 
 declare -A VERSION_ARGS=(
-  [kube-apiserver]=--version [kube-controller-manager]=--version [kubectl]=version
-  [etcd]=--version [helm]=version [crictl]=--version [cnitool]=--help [promtool]=--version
-  [prometheus]=--version
+  [kube-apiserver]=--version [kube-controller-manager]=--version [kube-scheduler]=--version
+  [kubelet]=--version [kube-proxy]=--version [kubectl]=version
+  [etcd]=--version [helm]=version [crictl]=--version [coredns]=-version [cnitool]=--help
+  [promtool]=--version [prometheus]=--version
 )
 
 k8s_minor=${KUBERNETES_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
 wants kubernetes && build kubernetes "$KUBERNETES_VERSION" "$KUBERNETES_VERSION" \
   kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
   kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+  kubelet=k8s.io/kubernetes/cmd/kubelet \
+  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
   kubectl=k8s.io/kubernetes/cmd/kubectl \
   --ldflags "-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean"
 wants etcd && build etcd "$ETCD_VERSION" "etcd Version: ${ETCD_VERSION#v}" etcd=.
@@ -144,13 +149,17 @@ wants prometheus-operator-crds && copy_module_files prometheus-operator-crds \
   github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
   example/prometheus-operator-crd
 
+# the cluster DNS of the simulated nodes (its version is a constant of its source)
+wants coredns && build coredns "$COREDNS_VERSION" "CoreDNS-${COREDNS_VERSION#v}" \
+  coredns=github.com/coredns/coredns
+
 # libcni's own command line: what nerdctl's -p does (portMappings capability args), for
 # containers that containerd's ctr starts without Kubernetes
 wants cnitool && build cnitool "$CNI_VERSION" "CNI Tool" cnitool=github.com/containernetworking/cni/cnitool
 
 # a new file, never a rewrite in place: a cache copied with hard links shares its inode
 cat > "$cache/bin/versions.json.tmp" <<JSON
-{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "cni": "$CNI_VERSION", "prometheus": "$PROMETHEUS_VERSION", "prometheus-operator": "$PROMETHEUS_OPERATOR_VERSION"}
+{"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "coredns": "$COREDNS_VERSION", "cni": "$CNI_VERSION", "prometheus": "$PROMETHEUS_VERSION", "prometheus-operator": "$PROMETHEUS_OPERATOR_VERSION"}
 JSON
 mv "$cache/bin/versions.json.tmp" "$cache/bin/versions.json"
 echo "build-tools: ${wanted[*]} ready in $cache/bin"

@@ -6,8 +6,9 @@ set -euo pipefail
 packages=(
   iproute2 iptables iputils-ping conntrack tcpdump   # datapath and its checks
   containerd runc containernetworking-plugins        # a real runtime and the reference plugins
-  docker.io busybox-static                           # Docker Engine; a tiny image for it and ctr
+  docker.io busybox-static                           # Docker Engine; busybox for the test images
   python3-venv gcc libc6-dev                         # the venv; the locally built pause image
+  mmdebstrap buildah                                 # the images, built without a registry
 )
 
 missing=()

@@ -27,6 +27,7 @@ from azure_cni.ipam.plan import plan
 from azure_cni_sim.node import (
     Kubectl,
     LocalNode,
+    delete_pool,
     ipconfig_name,
     pool_addresses,
     publish_pool,
@@ -423,3 +424,20 @@ def test_a_rule_put_above_the_pod_filter_is_undone_by_the_agent(kube, nodeippool
             assert not reaches_the_wireserver(pod)
         finally:
             wireserver.stop()
+
+
+def test_a_recreated_pool_gets_the_agents_status(node: LocalNode, kube) -> None:
+    """A Node deleted and registered again (its kubelet does that by itself) gets a new
+    NodeIPPool of the same name: the agent must report on it, though its own fields did not
+    change."""
+    publish_pool(kube.kubectl, node.name, POOL)
+    node.start_agent()
+    node.wait_ready()
+    wait_for_pool_status(kube.kubectl, node.name, "AgentReady=True",
+                         lambda s: agent_ready(s) == "True/Serving")
+    delete_pool(kube.kubectl, node.name)
+    wait_for("the pool to be gone", lambda: kube.kubectl(
+        "get", "nodeippool", node.name, check=False).returncode != 0, 30)
+    publish_pool(kube.kubectl, node.name, POOL)
+    wait_for_pool_status(kube.kubectl, node.name, "AgentReady=True on the new pool",
+                         lambda s: agent_ready(s) == "True/Serving" and s.get("used") == 0)

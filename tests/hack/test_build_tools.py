@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_TOOLS = ("kubernetes", "etcd", "helm", "crictl", "cnitool", "promtool", "prometheus",
+ALL_TOOLS = ("kubernetes", "etcd", "helm", "crictl", "coredns", "cnitool", "promtool", "prometheus",
              "prometheus-operator-crds")
 
 

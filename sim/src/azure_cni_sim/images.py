@@ -1,12 +1,17 @@
-"""Container images built here, with no registry: one layer, packed as the runtimes load it.
+"""Container images of the simulation, built here: no registry is reachable.
 
-containerd imports an OCI image archive (``ctr images import``); Docker Engine 20.10 loads
-only its own format (``docker load`` of a docker-archive: ``manifest.json``, the config and
-the layer). Both are written from the same layer and config.
+Two kinds:
 
-``busybox_image`` packs Debian's statically linked busybox (package ``busybox-static``):
-a shell, ``httpd``, ``wget``, ``nc``, ``ip`` and ``ping`` are enough to show a container's
-network from the inside.
+- the images of the simulated cluster (``ensure_images``): ``hack/build-images.sh`` builds
+  them with mmdebstrap and buildah (azure-cni from the Containerfile, CoreDNS, the ``sim-app``
+  test workload, the pause sandbox), caches them by a hash of their inputs and writes one
+  ``<name>.json`` per image; nodes import the OCI archives into their containerd;
+- one-layer images written here in Python for runtimes outside Kubernetes (``busybox_image``):
+  containerd imports an OCI image archive (``ctr images import``); Docker Engine 20.10 loads
+  only its own format (``docker load`` of a docker-archive: ``manifest.json``, the config and
+  the layer). Both are written from the same layer and config. Debian's statically linked
+  busybox (package ``busybox-static``) gives a shell, ``httpd``, ``wget``, ``nc``, ``ip`` and
+  ``ping``: enough to show a container's network from the inside.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from azure_cni_sim.tools import source_root
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_IMAGE = "localhost/azure-cni-busybox:sim"
@@ -116,3 +125,59 @@ def busybox_image(workdir: Path, busybox: Path = BUSYBOX) -> Image:
                  write_oci_archive(workdir / "busybox-oci.tar", BUSYBOX_IMAGE, layer, config),
                  write_docker_archive(workdir / "busybox-docker.tar", BUSYBOX_IMAGE, layer,
                                       config))
+
+
+# -- the simulated cluster's images, from hack/build-images.sh --------------------
+
+IMAGES_CACHE_ENV = "AZURE_CNI_IMAGES_CACHE"
+#: the images the simulated cluster runs: the product, its DNS, the test workload, the sandbox
+ALL_IMAGES = ("pause", "sim-app", "coredns", "azure-cni")
+
+
+class ImageBuildFailed(RuntimeError):
+    """hack/build-images.sh failed; the message carries the end of its output."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    name: str
+    #: the reference pods use (``localhost/<repository>:<tag>``)
+    image: str
+    archive: Path
+
+    @property
+    def repository(self) -> str:
+        return self.image.rsplit(":", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.image.rsplit(":", 1)[1]
+
+
+def _root() -> Path:
+    root = source_root()
+    if root is None:
+        raise ImageBuildFailed("the images are built from a source checkout "
+                               "(hack/build-images.sh); this installation has none")
+    return root
+
+
+def images_cache() -> Path:
+    env = os.environ.get(IMAGES_CACHE_ENV)
+    return Path(env) if env else _root() / ".cache" / "images"
+
+
+def ensure_images(*names: str, timeout: float = 1200) -> dict[str, BuiltImage]:
+    """Build (or find cached) the named images; return them by name."""
+    wanted = names or ALL_IMAGES
+    script = _root() / "hack" / "build-images.sh"
+    result = subprocess.run([str(script), *wanted], capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise ImageBuildFailed(f"{script} {' '.join(wanted)} failed:\n{tail}")
+    built = {}
+    for name in wanted:
+        record = json.loads((images_cache() / f"{name}.json").read_text())
+        built[name] = BuiltImage(name, str(record["image"]), Path(record["archive"]))
+    return built

@@ -110,6 +110,12 @@ class StatusReporter:
     def request(self) -> None:
         self._wanted.set()
 
+    def forget(self) -> None:
+        """The pool was replaced (deleted, or recreated under the same name): what was
+        written went with the old object, so the next flush writes even unchanged fields."""
+        self._last = None
+        self._wanted.set()
+
     def request_later(self, delay: float) -> None:
         """Recompute ``delay`` seconds from now (when a cooldown ends), event or not."""
         if self._timer is not None:
@@ -379,6 +385,8 @@ class NodeAgent:
     async def pool_changed(self, pool: NodeIPPool | None) -> None:
         """Adopt a new version of the pool (None: it does not exist)."""
         previous = self.allocator.pool
+        if pool is None or previous is None or previous.uid != pool.uid:
+            self.reporter.forget()
         await self.allocator.set_pool(pool)
         self.handler.pool_changed()
         self._pool_seen = pool is not None
