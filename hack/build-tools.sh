@@ -138,12 +138,16 @@ wants crictl && build crictl "$CRI_TOOLS_VERSION" "$CRI_TOOLS_VERSION" crictl=si
 # (it needs the npm-built assets and the builtinassets tag); the HTTP API is complete.
 prometheus_release=${PROMETHEUS_VERSION#v0.}
 prometheus_release="${prometheus_release:0:1}.$((10#${prometheus_release:1:2})).${prometheus_release#*.}"
+# Only the service discoveries a cluster's Prometheus uses (Kubernetes; file, static and HTTP
+# always stay): Prometheus's own build tags, documented in its README. The cloud providers' SDKs
+# of the other discoveries were most of the build (and of the module download).
+prometheus_tags=remove_all_sd,enable_kubernetes_sd
 prometheus_ldflags="-X github.com/prometheus/common/version.Version=$prometheus_release -X github.com/prometheus/common/version.Revision=$PROMETHEUS_VERSION -X github.com/prometheus/common/version.Branch=module"
 wants promtool && build promtool "$PROMETHEUS_VERSION" "version $prometheus_release" \
-  --module prometheus --ldflags "$prometheus_ldflags" \
+  --module prometheus --ldflags "$prometheus_ldflags" --tags "$prometheus_tags" \
   promtool=github.com/prometheus/prometheus/cmd/promtool
 wants prometheus && build prometheus "$PROMETHEUS_VERSION" "version $prometheus_release" \
-  --module prometheus --ldflags "$prometheus_ldflags" \
+  --module prometheus --ldflags "$prometheus_ldflags" --tags "$prometheus_tags" \
   prometheus=github.com/prometheus/prometheus/cmd/prometheus
 wants prometheus-operator-crds && copy_module_files prometheus-operator-crds \
   github.com/prometheus-operator/prometheus-operator "$PROMETHEUS_OPERATOR_VERSION" \
