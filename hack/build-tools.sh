@@ -162,8 +162,9 @@ wants coredns && build coredns "$COREDNS_VERSION" "CoreDNS-${COREDNS_VERSION#v}"
 wants cnitool && build cnitool "$CNI_VERSION" "CNI Tool" cnitool=github.com/containernetworking/cni/cnitool
 
 # a new file, never a rewrite in place: a cache copied with hard links shares its inode
-cat > "$cache/bin/versions.json.tmp" <<JSON
+# (two builds may run at once: each writes its own temporary file)
+cat > "$cache/bin/versions.json.tmp.$$" <<JSON
 {"kubernetes": "$KUBERNETES_VERSION", "etcd": "$ETCD_VERSION", "helm": "$HELM_VERSION", "cri-tools": "$CRI_TOOLS_VERSION", "coredns": "$COREDNS_VERSION", "cni": "$CNI_VERSION", "prometheus": "$PROMETHEUS_VERSION", "prometheus-operator": "$PROMETHEUS_OPERATOR_VERSION"}
 JSON
-mv "$cache/bin/versions.json.tmp" "$cache/bin/versions.json"
+mv "$cache/bin/versions.json.tmp.$$" "$cache/bin/versions.json"
 echo "build-tools: ${wanted[*]} ready in $cache/bin"
