@@ -32,7 +32,7 @@ from azure_cni_sim.prometheus import (
     PrometheusError,
     PrometheusServer,
     PrometheusUnreachable,
-    describe,
+    answered_examples,
     pool_mismatches,
     prometheus_config,
     scrape_configs,
@@ -272,7 +272,7 @@ def test_the_demo_s_checks_compare_prometheus_with_the_pools(
         wait_for("a p99 of the ADD latency", lambda: not math.isnan(p99()), 60, 0.5)
         assert 0.0025 < p99() <= 0.005  # the bucket the ADDs fell in
         assert api.by_label(allocated.expr, allocated.by)[pool] == 8
-        lines = describe(api)
+        lines = answered_examples(api)
         assert lines[0] == f"{allocated.what}:"
         assert lines[1] == f"  $ curl -s {api.url}/api/v1/query --data-urlencode " \
                            f"'query={allocated.expr}'"

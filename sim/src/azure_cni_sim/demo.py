@@ -26,7 +26,7 @@ from typing import Any
 from azure_cni_sim import workloads
 from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
-from azure_cni_sim.prometheus import OPERATOR_JOB, describe, scrape_problems
+from azure_cni_sim.prometheus import OPERATOR_JOB, answered_examples, scrape_problems
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
 from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
 
@@ -151,7 +151,7 @@ def report(world: World) -> str:
     lines += [f"{what:<{width}}{observed}" for what, observed in rows]
     assert world.prometheus is not None
     lines += ["", f"Prometheus's HTTP API (the web UI is not built): {world.prometheus.url}",
-              *describe(world.prometheus)]
+              *answered_examples(world.prometheus)]
     return "\n".join(lines)
 
 

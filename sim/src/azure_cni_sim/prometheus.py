@@ -304,7 +304,7 @@ def _number(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def describe(api: PrometheusAPI) -> list[str]:
+def answered_examples(api: PrometheusAPI) -> list[str]:
     """The example queries as a user runs them (curl), each with its answer now."""
     lines = []
     for example in EXAMPLE_QUERIES:

@@ -115,8 +115,8 @@ class World:
             if (self.workdir / "cluster").exists():
                 raise WorldError(f"{self.workdir} holds an earlier world; give a new directory")
             self.workdir.mkdir(parents=True, exist_ok=True)
-            say("building the images: azure-cni from the Containerfile, CoreDNS, the test app "
-                "(cached after the first run)")
+            say("building the images: azure-cni from the Containerfile, CoreDNS, Prometheus, "
+                "the test app (cached after the first run)")
             self.images = ensure_images()
             say("starting the VNet fabric and the ARM + IMDS emulator")
             self._start_azure()
