@@ -34,6 +34,7 @@ from azure_cni.operator.ippool import new_ipconfig_name  # noqa: E402
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster  # noqa: E402
 from azure_cni_sim.launch import operator_settings, start_operator  # noqa: E402
+from azure_cni_sim.node import wait_crd_established  # noqa: E402
 
 CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
@@ -67,7 +68,7 @@ def run_operator(workdir: Path, nodes: int, target: int) -> dict[str, Any]:
     with LocalCluster(workdir / "cluster", controller_manager=False, owner=owner) as cluster, \
             ArmEmulator(ArmConfig()) as emulator:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/nodeippools.azurecni.io")
+        wait_crd_established(cluster.kubectl, "nodeippools.azurecni.io")
         vms = topology(emulator, nodes)
         node_list = {"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": vm.name},

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import threading
 import time
 
 import pytest
 
 from azure_cni_sim import workloads
+from azure_cni_sim.procs import wait_for
 from azure_cni_sim.world import World
 
 pytestmark = pytest.mark.e2e
 
 REPLICAS = 24
-#: the agent's message when a pool has no free address but some cooling down
-COOLING_BUT_NO_FREE = re.compile(r"[1-9][0-9]* cooling down, 0 free")
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +40,28 @@ def assert_addresses_from_own_pools(world: World, pods: list[workloads.RunningPo
             assert pod.ip in nic, f"{pod} is not an ipConfiguration of {vm}'s NIC"
 
 
-def assert_store_matches_the_pods(world: World) -> None:
-    """Every address the agents hold belongs to a live pod of their node, and vice versa."""
-    pods = workloads.pod_network_pods(world)
-    for vm in world.vms:
-        status = workloads.agent_status(world, vm)
-        held = {a["address"]: a["pod"] for a in status["assignments"]}
-        live = {p.ip: f"{p.namespace}/{p.name}" for p in pods if p.node == vm and p.ip}
-        assert held == live, f"{vm}: the agent holds {held}, the pods are {live}"
+def assert_store_matches_the_pods(world: World, timeout: float = 90) -> None:
+    """Every address the agents hold belongs to a live pod of their node, and vice versa,
+    once the pods settled: a terminating pod keeps its podIP in the API for a moment after
+    its sandbox (and address) is gone."""
+    differ: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+
+    def agree() -> bool:
+        differ.clear()
+        pods = workloads.pod_network_pods(world)
+        for vm in world.vms:
+            status = workloads.agent_status(world, vm)
+            held = {a["address"]: a["pod"] for a in status["assignments"]}
+            live = {p.ip: f"{p.namespace}/{p.name}" for p in pods if p.node == vm and p.ip}
+            if held != live:
+                differ[vm] = (held, live)
+        return not differ
+
+    try:
+        wait_for("every agent's store to hold exactly its node's pods", agree, timeout,
+                 interval=1)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; (agent holds, pods) per node: {differ}") from None
 
 
 def sandbox_failures(world: World, namespace: str) -> list[str]:
@@ -101,12 +113,9 @@ def test_two_rollout_restarts_in_a_row_leak_nothing(
     assert_addresses_from_own_pools(world, pods)
     workloads.wait_pools_count_their_pods(world)
     assert_store_matches_the_pods(world)
+    # a pool that ran dry while the operator believed it had free addresses shows up as
+    # "exhausted" sandbox failures (issue 11, defect 1: cooling addresses counted as free)
     exhausted = [m for m in sandbox_failures(world, namespace) if "exhausted" in m]
-    if exhausted and all(COOLING_BUT_NO_FREE.search(m) for m in exhausted):
-        # kubelet retried those pods and the rollouts finished, but a pool ran dry while the
-        # operator believed it had free addresses: its cooling addresses counted as free
-        pytest.xfail("known defect (issue 11, defect 1): the operator counts cooling "
-                     f"addresses as free, so churn exhausts a pool: {exhausted[0][-120:]}")
     assert exhausted == [], exhausted
 
 

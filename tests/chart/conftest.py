@@ -13,6 +13,7 @@ from tests.chart.helm import Helm
 from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
 
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.node import wait_crd_established
 from azure_cni_sim.tools import find_tool
 
 #: the Prometheus Operator's CRDs the chart's monitoring values create objects of
@@ -31,7 +32,7 @@ def monitoring_crds(kube: LocalCluster | ExistingCluster) -> Iterator[None]:
             kube.kubectl("apply", "--server-side", "-f",
                          str(crd_dir / f"monitoring.coreos.com_{plural}.yaml"))
             made.append(name)
-        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        wait_crd_established(kube.kubectl, name)
     try:
         yield
     finally:
@@ -84,8 +85,7 @@ def install_release(kube: LocalCluster | ExistingCluster, home: Path, name: str,
     release = Release(kube, Helm(home, kube.kubeconfig), name,
                       f"azcni-chart-{uuid.uuid4().hex[:8]}")
     release.helm.install(name, release.namespace, values, "--timeout=120s")
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/nodeippools.azurecni.io")
+    wait_crd_established(kube.kubectl, "nodeippools.azurecni.io")
     return release
 
 

@@ -14,6 +14,7 @@ from tests.chart.helm import CHART, Helm, parse_manifests
 from tests.chart.value_sets import VALUE_SETS
 
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.node import wait_crd_established
 
 pytestmark = pytest.mark.cluster
 
@@ -26,7 +27,7 @@ def dry_run_namespace(kube: LocalCluster | ExistingCluster, monitoring_crds: Non
     """A namespace for server-side dry runs, with the CRD and the Prometheus Operator's CRDs
     (for the monitoring values) applied and Established."""
     kube.kubectl("apply", "-f", str(CHART / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    wait_crd_established(kube.kubectl, CRD_NAME)
     namespace = f"azcni-dry-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", namespace)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from azure_cni_sim.cluster import ClusterState, ControlPlaneNetwork, LocalCluster
+from azure_cni_sim.node import wait_crd_established
 from azure_cni_sim.procs import owned_pids
 from azure_cni_sim.vnet import Fabric
 
@@ -54,8 +55,7 @@ def pinned_kubernetes_version() -> str:
 
 def test_crd_established_and_objects_created_with_kubectl(kube) -> None:
     kube.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/widgets.sim-test.azurecni.io")
+    wait_crd_established(kube.kubectl, "widgets.sim-test.azurecni.io")
     name = f"w-{uuid.uuid4().hex[:6]}"
     manifest = json.dumps({"apiVersion": "sim-test.azurecni.io/v1", "kind": "Widget",
                            "metadata": {"name": name}, "spec": {"size": 3}})
