@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from azure_cni_sim.cluster import LocalCluster, free_port
+from azure_cni_sim.node import wait_crd_established
 from azure_cni_sim.procs import ManagedProcess, wait_for
 from azure_cni_sim.prometheus import (
     PrometheusAPI,
@@ -63,8 +64,8 @@ def install_crds(cluster: LocalCluster) -> None:
     for plural in CRDS:
         cluster.kubectl("apply", "--server-side", "-f",
                         str(crd_dir / f"monitoring.coreos.com_{plural}.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    *(f"crd/{plural}.monitoring.coreos.com" for plural in CRDS))
+    for plural in CRDS:
+        wait_crd_established(cluster.kubectl, f"{plural}.monitoring.coreos.com")
 
 
 def selected(cluster: LocalCluster) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
