@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from azure_cni_sim.demo import DemoState
 from azure_cni_sim.kubenode import mounts_under
 from azure_cni_sim.procs import owned_pids
+from azure_cni_sim.prometheus import EXAMPLE_QUERIES, PrometheusAPI
 from azure_cni_sim.world import namespaces_with_prefix
 
 pytestmark = pytest.mark.e2e
@@ -59,6 +61,22 @@ def test_demo_up_shows_the_promises_and_down_leaves_nothing(tmp_path: Path) -> N
                       "refused: pods are kept away"):
             assert check in out, f"{check!r} missing from the demo's output:\n{out}"
         assert "no answer" not in out and "FAILED" not in out, out
+        for check in ("up == 1 for the operator (", "the agents on vm0, vm1, vm2",
+                      "Prometheus says what kubectl get nip says on vm0, vm1, vm2",
+                      "rules of the chart's PrometheusRule loaded; firing: none"):
+            assert check in out, f"{check!r} missing from the demo's output:\n{out}"
+        url = re.search(r"^Prometheus's HTTP API .*: (http://127\.0\.0\.1:\d+)$", out,
+                        re.MULTILINE)
+        assert url, out
+        api = PrometheusAPI(url[1])  # reachable from this machine, as printed
+        for example in EXAMPLE_QUERIES:
+            shown = out.split(f"  $ curl -s {api.url}/api/v1/query --data-urlencode "
+                              f"'query={example.expr}'\n", 1)
+            assert len(shown) == 2, f"{example.expr!r} not shown:\n{out}"
+            answers = dict(a.split() for a in shown[1].splitlines()[0].strip().split("   "))
+            assert sorted(answers) == ["vm0", "vm1", "vm2"], shown[1]
+            assert all(float(v) > 0 for v in answers.values()), answers  # NaN is not > 0
+        assert {n for n, _ in api.by_label("up", "node").items() if n} == {"vm0", "vm1", "vm2"}
         assert f"export KUBECONFIG={state.kubeconfig}" in out
         assert "make demo-down" in out
         pools = subprocess.run(

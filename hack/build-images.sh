@@ -4,10 +4,11 @@
 #   azure-cni  the product, from the Containerfile at the root, exactly as a user builds it; its
 #              PYTHON_IMAGE is a Debian bookworm + python3 base made here with mmdebstrap
 #   coredns    the cluster DNS: the pinned CoreDNS of hack/build-tools.sh, FROM scratch
+#   prometheus the cluster's Prometheus: the pinned build of hack/build-tools.sh, FROM scratch
 #   sim-app    the test workload: Debian's static busybox (httpd, wget, nslookup, ping)
 #   pause      the pod sandbox: hack/images/pause/pause.c, compiled statically
 #
-#   hack/build-images.sh [NAME...]     (default: all four; `make images` runs it)
+#   hack/build-images.sh [NAME...]     (default: all five; `make images` runs it)
 #
 # Each image is tagged and exported as an OCI archive named after a hash of its inputs, so a
 # run whose inputs did not change rebuilds nothing. For every image, .cache/images/NAME.json says
@@ -140,15 +141,18 @@ build_small() {
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(pause sim-app coredns azure-cni)
+[ ${#names[@]} -gt 0 ] || names=(pause sim-app coredns prometheus azure-cni)
 for name in "${names[@]}"; do
   case $name in
     azure-cni) build_azure_cni ;;
     coredns)
       [ -x "$tools/coredns" ] || die "$tools/coredns is missing; build it with 'make tools'"
       build_small coredns "localhost/coredns" "$(readlink -f "$tools/coredns")" ;;
+    prometheus)
+      [ -x "$tools/prometheus" ] || die "$tools/prometheus is missing; build it with 'make tools'"
+      build_small prometheus "localhost/prometheus" "$(readlink -f "$tools/prometheus")" ;;
     sim-app) build_small sim-app localhost/azure-cni-sim-app /bin/busybox ;;
     pause) build_small pause localhost/azure-cni-pause ;;
-    *) die "unknown image '$name' (azure-cni, coredns, sim-app, pause)" ;;
+    *) die "unknown image '$name' (azure-cni, coredns, prometheus, sim-app, pause)" ;;
   esac
 done

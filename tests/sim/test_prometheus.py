@@ -6,6 +6,7 @@ and the agents' metrics endpoints with the labels the alerts and the dashboard u
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,16 @@ from azure_cni_sim.cluster import ExistingCluster, LocalCluster, free_port
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.prometheus import (
     EXAMPLE_QUERIES,
+    PoolCounts,
+    PrometheusAPI,
     PrometheusError,
     PrometheusServer,
-    describe,
+    PrometheusUnreachable,
+    answered_examples,
     pool_mismatches,
     prometheus_config,
     scrape_configs,
-    unhealthy_targets,
+    scrape_problems,
 )
 
 OPERATOR_JOB = "serviceMonitor/{ns}/azure-cni-operator/0"
@@ -184,24 +188,25 @@ def test_prometheus_scrapes_the_agent_and_loads_the_alerts(
         rule_files=[ALERTS])
     server = PrometheusServer(tmp_path / "prometheus", config,
                               owner=f"prom-{uuid.uuid4().hex[:8]}").start()
+    api = server.api
     try:
         def scraped() -> bool:
-            return [float(s["value"][1]) for s in server.query(
+            return [float(s["value"][1]) for s in api.query(
                 'up{job="azure-cni-agent"}')] == [1.0]
 
-        wait_for(f"Prometheus at {server.url} to scrape the agent at {address}", scraped, 60,
+        wait_for(f"Prometheus at {api.url} to scrape the agent at {address}", scraped, 60,
                  interval=0.5, alive=server.process.check_running if server.process else None)
-        assert [(t["labels"]["node"], t["health"]) for t in server.active_targets()] == [
+        assert [(t["labels"]["node"], t["health"]) for t in api.active_targets()] == [
             ("vm0", "up")]
-        pool = {s["metric"]["state"]: float(s["value"][1])
-                for s in server.query('azure_cni_agent_pool_addresses{node="vm0"}')}
-        assert pool == {"free": 5.0, "used": 4.0, "cooling": 1.0, "releasing": 2.0}
-        groups = server.api_get("rules")["groups"]
+        assert api.by_label('azure_cni_agent_pool_addresses{node="vm0"}', "state") == {
+            "free": 5.0, "used": 4.0, "cooling": 1.0, "releasing": 2.0}
+        groups = api.api_get("rules")["groups"]
         loaded = {r["name"]: r["health"] for g in groups for r in g["rules"]}
         assert sorted(loaded) == sorted(r["alert"] for r in alert_rules())
         assert set(loaded.values()) <= {"ok", "unknown"}
+        assert sorted(api.alerting_rules()) == sorted(loaded)
         with pytest.raises(PrometheusError, match="bad_data"):
-            server.query("sum(")
+            api.query("sum(")
     finally:
         server.stop()
     assert server.process is not None and not server.process.running()
@@ -219,33 +224,69 @@ def operator_endpoint() -> Iterator[str]:
         thread.join(10)
 
 
-def test_the_demo_s_pool_check_compares_prometheus_with_the_pools(
-        operator_endpoint: str, tmp_path: Path) -> None:
+def test_the_demo_s_checks_compare_prometheus_with_the_pools(
+        operator_endpoint: str, agent_endpoint: tuple[str, AgentMetrics],
+        tmp_path: Path) -> None:
     pool = f"vm-{uuid.uuid4().hex[:6]}"
     ips = [PoolIP(f"198.18.0.{i}", f"azcni-{i}", IPState.AVAILABLE) for i in range(10, 17)]
     ips.append(PoolIP("198.18.0.17", "azcni-17", IPState.RELEASING))
     operator_metrics.observe_pool(pool, ips, used=3)
-    config = prometheus_config([{"job_name": "azure-cni-operator", "scrape_interval": "1s",
-                                 "static_configs": [{"targets": [operator_endpoint]}]}])
+    agent_address, agent = agent_endpoint
+    agent.ready.set(1)
+    agent.set_pool(PoolUsage(known=True, allocated=8, used=3, free=3, releasing=1, cooling=1,
+                             release_acks=frozenset({"azcni-17"})))
+    agent.observe("ADD", "ok", 0.004)
+    config = prometheus_config([
+        {"job_name": "azure-cni-operator", "scrape_interval": "1s",
+         "static_configs": [{"targets": [operator_endpoint]}]},
+        {"job_name": "azure-cni-agent", "scrape_interval": "1s",
+         "static_configs": [{"targets": [agent_address], "labels": {"node": pool}}]}])
     server = PrometheusServer(tmp_path / "prometheus", config,
                               owner=f"prom-{uuid.uuid4().hex[:8]}").start()
+    api = server.api
     try:
-        wait_for("the operator's pool series in Prometheus", lambda: bool(server.query(
-            f'azure_cni_operator_pool_used_addresses{{nodeippool="{pool}"}}')), 60, 0.5)
-        assert unhealthy_targets(server) == []
+        wait_for("both targets up in Prometheus", lambda: scrape_problems(api, [pool]) == [],
+                 60, 0.5)
         # other tests of the session may have left pools in this process's registry: they are
         # reported as unknown to the NodeIPPools given, never as a mismatch of this one
-        problems = pool_mismatches(server, {pool: (8, 3)})
-        assert not [p for p in problems if p.startswith(f"{pool}:")], problems
-        wrong = pool_mismatches(server, {pool: (9, 3)})
-        assert f"{pool}: ALLOCATED 9 USED 3, Prometheus 8 and 3" in wrong
-        text = describe(server)
-        assert server.url in text
-        (_, allocated), (_, add_latency) = EXAMPLE_QUERIES
-        assert allocated in text and add_latency in text
-        assert {s["metric"]["nodeippool"]: s["value"][1]
-                for s in server.query(allocated)}[pool] == "8"
-        assert server.query(add_latency) == []  # it runs; no agent is scraped here
+        assert scrape_problems(api, [pool, "vm-elsewhere"]) == [
+            f"agents up on ['{pool}'], expected on ['{pool}', 'vm-elsewhere']"]
+
+        def mine(problems: list[str]) -> list[str]:
+            return [p for p in problems if p.startswith(f"{pool}:")]
+
+        assert mine(pool_mismatches(api, {pool: PoolCounts(8, 3, 1)})) == []
+        assert mine(pool_mismatches(api, {pool: PoolCounts(9, 3, 1)})) == [
+            f"{pool}: kubectl get nip says ALLOCATED 9 USED 3 COOLING 1; Prometheus: the "
+            "operator's 8 and 3, the agent's used 3 and cooling 1"]
+        assert mine(pool_mismatches(api, {pool: PoolCounts(8, 3, 0)})) != []
+        assert pool_mismatches(api, {}) != []  # a pool Prometheus knows is missing from nip
+
+        # an ADD after the first scrape: the latency query has a rate to work on
+        agent.observe("ADD", "ok", 0.004)
+        (allocated, add_latency) = EXAMPLE_QUERIES
+
+        def p99() -> float:
+            return api.by_label(add_latency.expr, add_latency.by).get(pool, math.nan)
+
+        wait_for("a p99 of the ADD latency", lambda: not math.isnan(p99()), 60, 0.5)
+        assert 0.0025 < p99() <= 0.005  # the bucket the ADDs fell in
+        assert api.by_label(allocated.expr, allocated.by)[pool] == 8
+        lines = answered_examples(api)
+        assert lines[0] == f"{allocated.what}:"
+        assert lines[1] == f"  $ curl -s {api.url}/api/v1/query --data-urlencode " \
+                           f"'query={allocated.expr}'"
+        assert f"{pool} 8" in lines[2].strip().split("   ")
+        assert lines[3:5] == [f"{add_latency.what}:",
+                              f"  $ curl -s {api.url}/api/v1/query --data-urlencode "
+                              f"'query={add_latency.expr}'"]
     finally:
         server.stop()
         operator_metrics.forget_pool(pool)
+
+
+def test_an_address_where_no_prometheus_answers_is_unreachable_not_an_error_answer() -> None:
+    api = PrometheusAPI(f"http://127.0.0.1:{free_port()}")
+    assert not api.ready()
+    with pytest.raises(PrometheusUnreachable):
+        api.query("up")

@@ -26,8 +26,9 @@ from typing import Any
 from azure_cni_sim import workloads
 from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
+from azure_cni_sim.prometheus import OPERATOR_JOB, answered_examples, scrape_problems
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
-from azure_cni_sim.world import World, namespaces_with_prefix
+from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,37 @@ def report(world: World) -> str:
     rows.append(("pod to Azure wireserver",
                  f"{client.name} -> {WIRESERVER}:80: "
                  + ("reachable (it should not be)" if wire else "refused: pods are kept away")))
+    rows += prometheus_rows(world)
     width = max(len(what) for what, _ in rows) + 2
     lines += [f"{what:<{width}}{observed}" for what, observed in rows]
+    assert world.prometheus is not None
+    lines += ["", f"Prometheus's HTTP API (the web UI is not built): {world.prometheus.url}",
+              *answered_examples(world.prometheus)]
     return "\n".join(lines)
+
+
+def prometheus_rows(world: World) -> list[tuple[str, str]]:
+    """What the cluster's Prometheus scrapes, whether it agrees with the pools, its alerts."""
+    api = world.prometheus
+    assert api is not None
+    nodes = sorted(world.vms)
+    problems = scrape_problems(api, nodes)
+    targets = {t["labels"]["job"]: t for t in api.active_targets()}
+    rows = [("Prometheus targets", f"FAILED: {'; '.join(problems)}" if problems else
+             f"up == 1 for the operator ({targets[OPERATOR_JOB]['labels']['instance']}) and "
+             f"the agents on {', '.join(nodes)}, found through the chart's ServiceMonitors")]
+    try:
+        world.wait_prometheus_agrees_with_pools()
+        agreed = f"Prometheus says what kubectl get nip says on {', '.join(nodes)} " \
+                 "(ALLOCATED, USED, COOLING)"
+    except WorldError as e:
+        agreed = f"FAILED: {e}"
+    rows.append(("Prometheus and pools", agreed))
+    alerts = api.alerting_rules()
+    firing = sorted(name for name, state in alerts.items() if state == "firing")
+    rows.append(("Prometheus alerts", f"{len(alerts)} rules of the chart's PrometheusRule "
+                 f"loaded; firing: {', '.join(firing) or 'none'}"))
+    return rows
 
 
 # -- the supervisor ------------------------------------------------------------------------

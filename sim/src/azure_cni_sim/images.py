@@ -3,9 +3,9 @@
 Two kinds:
 
 - the images of the simulated cluster (``ensure_images``): ``hack/build-images.sh`` builds
-  them with mmdebstrap and buildah (azure-cni from the Containerfile, CoreDNS, the ``sim-app``
-  test workload, the pause sandbox), caches them by a hash of their inputs and writes one
-  ``<name>.json`` per image; nodes import the OCI archives into their containerd;
+  them with mmdebstrap and buildah (azure-cni from the Containerfile, CoreDNS, Prometheus, the
+  ``sim-app`` test workload, the pause sandbox), caches them by a hash of their inputs and
+  writes one ``<name>.json`` per image; nodes import the OCI archives into their containerd;
 - one-layer images written here in Python for runtimes outside Kubernetes (``busybox_image``):
   containerd imports an OCI image archive (``ctr images import``); Docker Engine 20.10 loads
   only its own format (``docker load`` of a docker-archive: ``manifest.json``, the config and
@@ -130,8 +130,9 @@ def busybox_image(workdir: Path, busybox: Path = BUSYBOX) -> Image:
 # -- the simulated cluster's images, from hack/build-images.sh --------------------
 
 IMAGES_CACHE_ENV = "AZURE_CNI_IMAGES_CACHE"
-#: the images the simulated cluster runs: the product, its DNS, the test workload, the sandbox
-ALL_IMAGES = ("pause", "sim-app", "coredns", "azure-cni")
+#: the images the simulated cluster runs: the product, its DNS and Prometheus, the test
+#: workload, the sandbox
+ALL_IMAGES = ("pause", "sim-app", "coredns", "prometheus", "azure-cni")
 
 
 class ImageBuildFailed(RuntimeError):

@@ -8,7 +8,9 @@ as a user installs it: ``helm install azure-cni charts/azure-cni`` with the imag
 Containerfile, so the operator and the agents are the chart's own pods. The operator reaches
 ARM at a public address through its VM and gets its token from IMDS at 169.254.169.254 (the
 fabric's relay, ``imds_relay``) as the VM's managed identity. CoreDNS serves the cluster's DNS
-from pool addresses.
+from pool addresses. Prometheus runs as a pod too, configured from the chart's ServiceMonitors
+and PrometheusRule as the Prometheus Operator would (``monitoring``), and scrapes the operator
+and every agent; the host reaches it through a portal.
 
 The machine's own network namespace is never routed to any of it: the test harness and the
 user's kubectl reach the API server through a portal on the host's loopback.
@@ -44,12 +46,19 @@ from azure.core.credentials import AccessToken
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni_sim import coredns
+from azure_cni_sim import coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
+from azure_cni_sim.prometheus import (
+    PoolCounts,
+    PrometheusAPI,
+    PrometheusError,
+    pool_mismatches,
+    scrape_problems,
+)
 from azure_cni_sim.tools import find_tool, source_root
 from azure_cni_sim.vnet import ARM_ADDRESS, ONPREM_CIDR, Fabric, capture_packets
 
@@ -92,6 +101,8 @@ class World:
     vms: dict[str, VmInfo] = field(default_factory=dict)
     nodes: dict[str, KubeNode] = field(default_factory=dict)
     images: dict[str, BuiltImage] = field(default_factory=dict)
+    #: the cluster's Prometheus, through its portal on the host's loopback
+    prometheus: PrometheusAPI | None = None
     _unhook: Any = None
     _helm_home: Path | None = None
 
@@ -104,8 +115,8 @@ class World:
             if (self.workdir / "cluster").exists():
                 raise WorldError(f"{self.workdir} holds an earlier world; give a new directory")
             self.workdir.mkdir(parents=True, exist_ok=True)
-            say("building the images: azure-cni from the Containerfile, CoreDNS, the test app "
-                "(cached after the first run)")
+            say("building the images: azure-cni from the Containerfile, CoreDNS, Prometheus, "
+                "the test app (cached after the first run)")
             self.images = ensure_images()
             say("starting the VNet fabric and the ARM + IMDS emulator")
             self._start_azure()
@@ -119,7 +130,11 @@ class World:
             say(f"starting {self.vm_count} VMs as Kubernetes nodes (containerd, kubelet, "
                 "kube-proxy)")
             self._start_nodes()
-            say("installing azure-cni: helm install azure-cni charts/azure-cni")
+            say("installing the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), "
+                "as a cluster with kube-prometheus-stack has them")
+            monitoring.install_crds(self.cluster)
+            say("installing azure-cni: helm install azure-cni charts/azure-cni, its "
+                "ServiceMonitors and PrometheusRule on")
             self.install_chart()
             say("waiting for every node and every NodeIPPool to be Ready")
             self.wait_nodes_ready(timeout=240)
@@ -128,6 +143,13 @@ class World:
             self.kubectl("apply", "-f", "-", input=coredns.manifests(
                 self.images["coredns"].image, CLUSTER_DNS))
             self.wait_rollout("deployment/coredns", NAMESPACE)
+            say("starting Prometheus, configured from the chart's ServiceMonitors and "
+                "PrometheusRule as the Prometheus Operator would")
+            self.prometheus = monitoring.start_prometheus(
+                self.cluster, self.images["prometheus"].image,
+                via_netns=next(iter(self.nodes.values())).netns, workdir=self.workdir,
+                owner=self.owner)
+            self.wait_prometheus_scrapes_everything()
         except BaseException as e:
             self.stop()
             if isinstance(e, Exception) and not isinstance(e, WorldError):
@@ -249,6 +271,7 @@ class World:
             "operator": {"driftCheckSeconds": self.drift_check_seconds,
                          "usageDebounceSeconds": 0.5},
             "snat": {"nonMasqueradeCIDRs": [ONPREM_CIDR]},
+            "monitoring": monitoring.CHART_VALUES,
             "operatorDeployment": {
                 "extraVolumes": [{"name": "arm-ca",
                                   "configMap": {"name": ARM_CA_CONFIGMAP}}],
@@ -354,6 +377,50 @@ class World:
 
         wait_for("every NodeIPPool to be Ready with its agent ready", all_ready, timeout,
                  interval=1, alive=self._nodes_alive)
+
+    def pool_counts(self) -> dict[str, PoolCounts]:
+        """Every NodeIPPool's ALLOCATED, USED and COOLING, as ``kubectl get nip`` shows them."""
+        counts = {}
+        for pool in self.get_json("nodeippools")["items"]:
+            status = pool.get("status") or {}
+            counts[pool["metadata"]["name"]] = PoolCounts(
+                *(int(status.get(key) or 0) for key in ("allocated", "used", "cooling")))
+        return counts
+
+    # -- the cluster's Prometheus ----------------------------------------------------------
+
+    def _wait_prometheus(self, what: str, problems: Callable[[PrometheusAPI], list[str]],
+                         timeout: float) -> None:
+        """Until ``problems`` finds none; on timeout, say which were left."""
+        api = self.prometheus
+        if api is None:
+            raise WorldError("this world has no Prometheus (start() brings it up)")
+        left: list[str] = []
+
+        def none_left() -> bool:
+            nonlocal left
+            try:
+                left = problems(api)
+            except PrometheusError as e:  # e.g. its pod moving to another node
+                left = [str(e)]
+            return not left
+
+        try:
+            wait_for(what, none_left, timeout, interval=1, alive=self._nodes_alive)
+        except TimeoutError as e:
+            raise WorldError(f"{e}: " + "; ".join(left)) from None
+
+    def wait_prometheus_scrapes_everything(self, timeout: float = 120) -> None:
+        """Until Prometheus has ``up == 1`` for the operator and the agent of every node."""
+        nodes = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"
+                             ).stdout.split()
+        self._wait_prometheus("Prometheus to scrape the operator and the agent of every node",
+                              lambda api: scrape_problems(api, nodes), timeout)
+
+    def wait_prometheus_agrees_with_pools(self, timeout: float = 90) -> None:
+        """Until Prometheus's pool series say what ``kubectl get nip`` says, for every pool."""
+        self._wait_prometheus("Prometheus's pool series to match kubectl get nip",
+                              lambda api: pool_mismatches(api, self.pool_counts()), timeout)
 
     # -- the network, from outside the cluster ---------------------------------------------
 

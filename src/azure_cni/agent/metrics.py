@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from azure_cni.agent.allocator import PoolUsage
+from azure_cni.cni.request import COMMANDS
 
 #: from 1 ms (a warm ADD is a few ms) to the shim's deadline
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -57,6 +58,11 @@ class AgentMetrics:
             "azure_cni_agent_spooled_deletes_replayed_total",
             "DEL requests the shim spooled while the agent was down, replayed",
             registry=self.registry)
+        # every command's series from the start, at zero: a series born with its first
+        # request has no earlier sample, and rate() or increase() would miss that request
+        for command in COMMANDS:
+            self.requests.labels(command, "ok")
+            self.latency.labels(command)
 
     def observe(self, command: str, result: str, seconds: float) -> None:
         self.requests.labels(command, result).inc()
