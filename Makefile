@@ -1,5 +1,6 @@
 # azure-cni: the two set-up commands are `make demo` and `make test`; each installs what it
-# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools).
+# needs (Debian packages, a Python virtual environment, the Go-built Kubernetes tools, the
+# container images built without a registry).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -13,7 +14,17 @@ UNIT := not netns and not cluster and not e2e
 
 DEMO_STATE := $(CURDIR)/.cache/demo
 
-.PHONY: help test demo demo-down deps venv tools lint typecheck contracts check \
+# Go-built tools (hack/build-tools.sh), each only where it is needed: both need CoreDNS (the
+# simulated nodes' cluster DNS), Prometheus (the cluster's, in a pod) and the Prometheus
+# Operator's CRDs (the chart's ServiceMonitors and PrometheusRule); the tests also need cnitool
+# (standalone containers with ports) and promtool (alert and dashboard checks).
+TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds
+DEMO_TOOLS := kubernetes etcd helm crictl coredns
+# built beside DEMO_TOOLS, in the background: they share few packages, and on 2 cores one
+# build fills the time the other waits (module downloads, single-threaded links)
+DEMO_BESIDE := prometheus prometheus-operator-crds
+
+.PHONY: help test demo demo-down deps venv tools demo-tools images lint typecheck contracts check \
         test-unit test-netns test-cluster test-e2e bench lock clean
 
 help:
@@ -21,12 +32,14 @@ help:
 	@echo "make test       install everything, then lint, types, import contracts and every test tier"
 	@echo "make test-unit | test-netns | test-cluster | test-e2e   one tier (after make test's set-up)"
 	@echo "make bench      the benchmarks; numbers go to bench/results/"
+	@echo "make images     build localhost/azure-cni:<tag> from the Containerfile (and the simulation's"
+	@echo "                other images) without a registry, as OCI archives in .cache/images"
 
 test: deps venv tools check test-unit test-netns test-cluster test-e2e
 
 check: lint typecheck contracts
 
-demo: deps venv tools
+demo: deps venv demo-tools images
 	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
 
 demo-down: venv
@@ -44,7 +57,18 @@ $(VENV_STAMP): pyproject.toml sim/pyproject.toml constraints.txt
 	touch $@
 
 tools:
-	hack/build-tools.sh
+	hack/build-tools.sh $(TEST_TOOLS)
+
+demo-tools:
+	@mkdir -p .cache
+	setsid hack/build-tools.sh $(DEMO_BESIDE) >.cache/build-beside.log 2>&1 & beside=$$!; \
+	trap 'kill -- -$$beside $$beside 2>/dev/null || true' EXIT; \
+	hack/build-tools.sh $(DEMO_TOOLS); \
+	wait $$beside || { cat .cache/build-beside.log >&2; exit 1; }; \
+	grep '^build-tools:' .cache/build-beside.log
+
+images: deps demo-tools
+	hack/build-images.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -64,7 +88,7 @@ test-netns: venv
 test-cluster: venv tools
 	$(TIER) cluster -m "cluster and not e2e"
 
-test-e2e: venv tools
+test-e2e: venv tools images
 	$(TIER) e2e -m "e2e"
 
 bench: deps venv tools

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +117,63 @@ class NetnsFactory:
         for name in reversed(self.names):
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         self.names.clear()
+
+
+@pytest.fixture
+def legacy_iptables(tmp_path: Path) -> Iterator[LegacyIptables]:
+    """iptables' legacy backend, which serialises writers on the xtables lock, with a lock
+    file of this test's own (nothing else on the machine waits for it)."""
+    tables = LegacyIptables(tmp_path / "legacy-iptables")
+    try:
+        yield tables
+    finally:
+        tables.release()
+
+
+class LegacyIptables:
+    """An environment whose ``iptables*`` commands are the legacy backend, and its lock."""
+
+    COMMANDS = ("iptables", "iptables-save", "iptables-restore")
+
+    def __init__(self, workdir: Path) -> None:
+        bin_dir = workdir / "bin"
+        bin_dir.mkdir(parents=True)
+        for name in self.COMMANDS:  # xtables-legacy-multi acts on the name it is called by
+            (bin_dir / name).symlink_to("/usr/sbin/xtables-legacy-multi")
+        self.lock = workdir / "xtables.lock"
+        self.lock.touch()
+        self.env = {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}",
+                    "XTABLES_LOCKFILE": str(self.lock)}
+        self._holder: subprocess.Popen[bytes] | None = None
+
+    def run(self, netns: str, *args: str, check: bool = True,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """An iptables command of this backend inside ``netns``."""
+        return subprocess.run(["ip", "netns", "exec", netns, "env", *self._assignments(),
+                               *args], input=stdin, capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def _assignments(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.env.items()]
+
+    def hold(self) -> None:
+        """Take the xtables lock, as kube-proxy does while it syncs, until ``release``."""
+        holder = ("import fcntl, sys\n"
+                  "with open(sys.argv[1], 'a') as f:\n"
+                  "    fcntl.flock(f, fcntl.LOCK_EX)\n"
+                  "    sys.stdin.read()\n")  # holds it until killed or stdin closes
+        self._holder = subprocess.Popen([sys.executable, "-c", holder, str(self.lock)],
+                                        stdin=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["flock", "-n", str(self.lock), "true"],
+                             check=False).returncode == 0:
+            assert time.monotonic() < deadline, "flock did not take the xtables lock"
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        if self._holder is not None:
+            self._holder.kill()
+            self._holder.wait()
+            if self._holder.stdin is not None:
+                self._holder.stdin.close()
+            self._holder = None

@@ -39,6 +39,7 @@ from azure_cni.api.settings import Settings  # noqa: E402
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster  # noqa: E402
 from azure_cni_sim.launch import operator_settings, start_operator  # noqa: E402
+from azure_cni_sim.node import wait_crd_established  # noqa: E402
 from azure_cni_sim.tools import find_tool  # noqa: E402
 
 CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
@@ -122,7 +123,7 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float) -> dict[s
     with LocalCluster(workdir / "cluster", controller_manager=False, owner=owner) as cluster, \
             ArmEmulator(ArmConfig()) as emulator:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/nodeippools.azurecni.io")
+        wait_crd_established(cluster.kubectl, "nodeippools.azurecni.io")
         vms = topology(emulator, nodes)
         node_list = {"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": vm.name},

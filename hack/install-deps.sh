@@ -6,7 +6,9 @@ set -euo pipefail
 packages=(
   iproute2 iptables iputils-ping conntrack tcpdump   # datapath and its checks
   containerd runc containernetworking-plugins        # a real runtime and the reference plugins
+  docker.io busybox-static                           # Docker Engine; busybox for the test images
   python3-venv gcc libc6-dev                         # the venv; the locally built pause image
+  mmdebstrap buildah                                 # the images, built without a registry
 )
 
 missing=()
@@ -25,5 +27,6 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The package starts no daemon here (no systemd), and tests run their own containerd anyway.
+# The packages start no daemon here (no systemd), and tests run their own containerd and
+# dockerd anyway.
 echo "install-deps: done"

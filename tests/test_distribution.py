@@ -3,6 +3,7 @@ dependency."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build_wheel(source: Path, out: Path) -> Path:
+    """Build from a copy of what the distribution is made of: setuptools writes build/ and
+    *.egg-info next to its sources, and the checkout must stay clean."""
+    tree = out / "src-tree"
+    tree.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        if (source / name).exists():
+            shutil.copy(source / name, tree / name)
+    shutil.copytree(source / "src", tree / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(source)], check=True, capture_output=True,
+                    "-q", "-w", str(out), str(tree)], check=True, capture_output=True,
                    timeout=300)
     (wheel,) = out.glob("*.whl")
     return wheel

@@ -39,6 +39,28 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if status["ready"] else 2
 
 
+def _install_standalone(args: argparse.Namespace) -> int:
+    from azure_cni.agent.vm_install import UNIT_NAME, install_standalone
+    from azure_cni.api.settings import InvalidSettings
+
+    try:
+        done = install_standalone(root=args.root, agent=args.agent,
+                                  non_masquerade_cidrs=args.non_masquerade, force=args.force,
+                                  enable=not args.no_start)
+    except InvalidSettings as e:
+        print(f"azure-cni: {e}", file=sys.stderr)
+        return 1
+    kept = "" if done.config_written else " (kept the existing file; --force replaces it)"
+    print(f"settings:     {done.config}{kept}")
+    print(f"systemd unit: {done.unit}")
+    if done.enabled:
+        print(f"started:      {UNIT_NAME}; check it with: azure-cni status")
+    else:
+        print(f"next:         systemctl daemon-reload && systemctl enable --now {UNIT_NAME}")
+    print("then:         docker network create -d azure-cni --ipam-driver azure-cni azure")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azure-cni", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -52,17 +74,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="settings file (default /etc/azure-cni/config.yaml if present)")
     status.add_argument("--json", action="store_true", help="print the raw status document")
     status.set_defaults(handler=_status)
+
+    install = sub.add_parser("install", help="install the agent on this machine")
+    targets = install.add_subparsers(dest="target", required=True)
+    standalone = targets.add_parser(
+        "standalone", help="a VM without Kubernetes: the settings file and a systemd unit; "
+                           "containers of containerd and Docker get the NIC's addresses")
+    standalone.add_argument("--non-masquerade", action="append", default=[], metavar="CIDR",
+                            help="a range containers reach with their own address (the VNet, "
+                                 "peered VNets, on-premises); repeatable")
+    standalone.add_argument("--root", type=Path, default=Path("/"),
+                            help="install under this directory instead of / (no start)")
+    standalone.add_argument("--agent", type=Path, default=None,
+                            help="the azure-cni-agent executable (default: this installation's)")
+    standalone.add_argument("--force", action="store_true",
+                            help="replace an existing /etc/azure-cni/config.yaml")
+    standalone.add_argument("--no-start", action="store_true",
+                            help="write the files but do not enable and start the unit")
+    standalone.set_defaults(handler=_install_standalone)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` with a parser whose subcommands set ``handler``, and run it."""
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     handler: Handler = args.handler
     return handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

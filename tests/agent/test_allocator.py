@@ -8,7 +8,7 @@ import pytest
 
 from azure_cni.agent.allocator import Allocator, choose_address, pool_usage
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
-from azure_cni.ipam.store import Assignment, AttachmentKey, Release
+from azure_cni.ipam.store import Assignment, AttachmentKey, Clock, Release
 
 A, R = IPState.AVAILABLE, IPState.RELEASING
 
@@ -60,6 +60,9 @@ def test_pool_usage_counts_and_acks() -> None:
     # .4 is unused: acked; .5 is in use and .6 cooling down: not yet
     assert usage.release_acks == {"azcni-10-0-0-4"}
     assert usage.outside_pool == ("10.9.9.9",)
+    # in 20 s the cooldowns of .2 and .6 end: cooling and the acks change without an event
+    assert usage.cooldown_ends_in == 20.0
+    assert pool_usage(pool, held(), {}, NOW).cooldown_ends_in is None
 
 
 def test_pool_usage_without_a_pool() -> None:
@@ -69,7 +72,8 @@ def test_pool_usage_without_a_pool() -> None:
 
 async def test_allocator_assigns_once_per_key_and_sees_pool_updates(tmp_path: Path) -> None:
     clock = [NOW]
-    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30, clock=lambda: clock[0])
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=30,
+                          clock=Clock(since_boot=lambda: clock[0]))
     await allocator.open()
     try:
         key = AttachmentKey("c1", "eth0")
@@ -88,5 +92,41 @@ async def test_allocator_assigns_once_per_key_and_sees_pool_updates(tmp_path: Pa
         assert (usage.used, usage.cooling, usage.free) == (0, 1, 0)
         clock[0] += 31
         assert (await allocator.usage()).free == 1
+    finally:
+        await allocator.close()
+
+
+async def test_an_address_that_changes_under_a_known_ipconfig_name(tmp_path: Path) -> None:
+    """Somebody changes the private IP of ipconfig X on the NIC; the operator's next write
+    shows X with the new address. The pod holding the old one keeps it (it is never handed
+    out again while held), the new one is free, and X's acknowledgement follows the address
+    X has now."""
+    x, y = "azcni-x", "azcni-y"
+
+    def pool(*entries: tuple[str, str, IPState]) -> NodeIPPool:
+        return NodeIPPool("n1", PoolSpec("n1"), PoolStatus(
+            ips=tuple(PoolIP(a, name, state) for a, name, state in entries)))
+
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=0)
+    await allocator.open()
+    try:
+        await allocator.set_pool(pool(("10.0.0.1", x, A), ("10.0.0.2", y, A)))
+        first, _ = await allocator.assign(AttachmentKey("c1", "eth0"), "n", "azv1", "")
+        assert first is not None and first.address == "10.0.0.1"
+        await allocator.set_pool(pool(("10.0.0.9", x, A), ("10.0.0.2", y, A)))
+        usage = await allocator.usage()
+        assert (usage.used, usage.free, usage.outside_pool) == (1, 2, ("10.0.0.1",))
+        got = set()
+        for n in (2, 3, 4):
+            made, _ = await allocator.assign(AttachmentKey(f"c{n}", "eth0"), "n", f"azv{n}", "")
+            got.add(made.address if made else None)
+        assert got == {"10.0.0.9", "10.0.0.2", None}, "never 10.0.0.1, which c1 still holds"
+        # X is marked for release while its new address is in use: no acknowledgement ...
+        await allocator.set_pool(pool(("10.0.0.9", x, R), ("10.0.0.2", y, A)))
+        assert (await allocator.usage()).release_acks == frozenset()
+        holder = next(a.key for a in await allocator.assignments() if a.address == "10.0.0.9")
+        await allocator.release(holder)
+        # ... and once that address is free X is acknowledged, c1's old address or not
+        assert (await allocator.usage()).release_acks == {x}
     finally:
         await allocator.close()

@@ -23,6 +23,7 @@ from azure_cni.cni.errors import CniError, Code
 from azure_cni.cni.request import CniRequest, parse_request
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import host_veth_name
+from azure_cni.ipam.store import DOCKER_ENDPOINT, AttachmentKey
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -228,6 +229,18 @@ async def test_check(harness: Harness) -> None:
     assert caught.value.code == Code.UNKNOWN_CONTAINER
 
 
+async def test_no_pod_is_set_up_while_the_egress_rules_are_missing(harness: Harness) -> None:
+    """Fail closed: a pod started without the filter could reach the wireserver and IMDS."""
+    harness.handler.egress_problem = lambda: "programming the pod egress chains failed: lock"
+    with pytest.raises(CniError) as caught:
+        await harness.add()
+    assert caught.value.code == Code.TRY_AGAIN_LATER
+    assert "wireserver" in caught.value.msg and "lock" in caught.value.details
+    assert await harness.allocator.assignments() == [] and harness.datapath.pairs == {}
+    harness.handler.egress_problem = lambda: ""
+    assert (await harness.add())["ips"][0]["address"] == "198.18.0.10/32"
+
+
 async def test_status(harness: Harness) -> None:
     await harness.handler.handle(req("STATUS"))
     harness.handler.egress_problem = lambda: "iptables-restore failed"
@@ -235,10 +248,13 @@ async def test_status(harness: Harness) -> None:
         await harness.handler.handle(req("STATUS"))
     assert caught.value.code == Code.LIMITED_CONNECTIVITY
     harness.handler.egress_problem = lambda: ""
+    # no address free this second is not "this node cannot network pods": the pool grows,
+    # and containerd 2.x would turn a STATUS error into a NotReady node
+    await harness.allocator.set_pool(pool("198.18.0.10"))
+    await harness.add()
+    await harness.handler.handle(req("STATUS"))
     await harness.allocator.set_pool(pool(releasing=("198.18.0.10",)))
-    with pytest.raises(CniError) as caught:
-        await harness.handler.handle(req("STATUS"))
-    assert caught.value.code == Code.NOT_AVAILABLE and "no free address" in caught.value.msg
+    await harness.handler.handle(req("STATUS"))
     await harness.allocator.set_pool(None)
     with pytest.raises(CniError) as caught:
         await harness.handler.handle(req("STATUS"))
@@ -261,6 +277,17 @@ async def test_gc_frees_what_is_not_listed(harness: Harness) -> None:
                                                         "ifname": "eth0"}]})
     assert await held(harness) == {"c1"}
     assert list(harness.datapath.pairs) == [host_veth_name("c1", "eth0")]
+
+
+async def test_gc_leaves_dockers_attachments_alone(harness: Harness) -> None:
+    """Docker's plugin records its containers in the same store; no CNI runtime lists them."""
+    await harness.add("c0")
+    endpoint = AttachmentKey("e" * 64, DOCKER_ENDPOINT)
+    made, _ = await harness.allocator.assign(endpoint, "", host_veth_name(
+        endpoint.container_id, endpoint.ifname), "docker/eeeeeeeeeeee")
+    assert made is not None
+    await gc(harness, **{"cni.dev/valid-attachments": []})
+    assert await held(harness) == {"e" * 64}
 
 
 async def test_gc_legacy_key_null_and_absent(harness: Harness) -> None:
@@ -334,6 +361,34 @@ async def test_del_of_a_pod_waits_for_its_add_in_flight(harness: Harness) -> Non
     await deleting
     assert await harness.allocator.assignments() == []
     assert gated.pairs == {}
+
+
+async def test_gc_leaves_an_add_in_flight_alone(harness: Harness) -> None:
+    """The runtime's list of valid attachments was made before this ADD returned: an address
+    recorded before GC started must not be torn down after the ADD succeeded."""
+    gated = GateDatapath()
+    harness.handler.datapath = gated
+    harness.datapath = gated
+    key = AttachmentKey("new", "eth0")
+    adding = asyncio.create_task(harness.add("new", "/run/netns/new"))
+    await asyncio.get_running_loop().run_in_executor(None, gated.entered.wait, 10)
+    assert [a.key for a in await harness.allocator.assignments()] == [key], "recorded"
+    collecting = asyncio.create_task(gc(harness, **{"cni.dev/valid-attachments": []}))
+    for _ in range(1000):  # until GC is done, or waits for the ADD's lock on that attachment
+        if collecting.done() or harness.handler.locks.waiting(key):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("GC neither finished nor reached the attachment being added")
+    gated.gate.set()
+    result = await adding
+    await collecting
+    assert result["ips"][0]["address"] == "198.18.0.10/32", "the ADD succeeded ..."
+    assert await held(harness) == {"new"}, "... so its address stays"
+    assert list(gated.pairs) == [host_veth_name("new", "eth0")], "and so does its veth"
+    # once the runtime knows it, a later GC that does not list it frees it
+    await gc(harness, **{"cni.dev/valid-attachments": []})
+    assert await held(harness) == set()
 
 
 async def test_pods_whose_namespace_and_veth_vanished_are_freed(harness: Harness,

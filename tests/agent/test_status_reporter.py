@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from azure_cni.agent import nodeagent
 from azure_cni.agent.nodeagent import StatusReporter
+from azure_cni.agent.pool_source import NodeIPPoolSource
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER
 
 
@@ -22,6 +24,10 @@ class RecordingApi:
         self.applied.append({"name": name, **body})
 
 
+def source(api: RecordingApi) -> NodeIPPoolSource:
+    return NodeIPPoolSource(api, "node-a")  # type: ignore[arg-type]
+
+
 async def test_bursts_are_coalesced_and_unchanged_fields_not_rewritten() -> None:
     api = RecordingApi()
     used = [0]
@@ -29,7 +35,7 @@ async def test_bursts_are_coalesced_and_unchanged_fields_not_rewritten() -> None
     async def compute() -> dict[str, Any]:
         return {"used": used[0], "releaseAcks": [], "conditions": []}
 
-    reporter = StatusReporter(api, "node-a", compute, debounce=0.2)  # type: ignore[arg-type]
+    reporter = StatusReporter(source(api), compute, debounce=0.2)
     task = asyncio.create_task(reporter.run())
     try:
         for n in range(1, 21):  # twenty pods start within the debounce window
@@ -55,7 +61,7 @@ async def test_failed_writes_are_retried() -> None:
     async def compute() -> dict[str, Any]:
         return {"used": 1, "releaseAcks": [], "conditions": []}
 
-    reporter = StatusReporter(api, "node-a", compute, debounce=0.05)  # type: ignore[arg-type]
+    reporter = StatusReporter(source(api), compute, debounce=0.05)
     task = asyncio.create_task(reporter.run())
     try:
         reporter.request()
@@ -64,6 +70,32 @@ async def test_failed_writes_are_retried() -> None:
                 break
             await asyncio.sleep(0.05)
         assert api.applied and api.applied[0]["status"]["used"] == 1
+    finally:
+        task.cancel()
+
+
+async def test_a_cooldown_that_ends_is_reported_without_an_event(monkeypatch) -> None:
+    """Nothing happens on the node when a cooldown ends, but ``cooling`` changes then."""
+    monkeypatch.setattr(nodeagent, "STATUS_REFRESH_SECONDS", 3600.0)
+    api = RecordingApi()
+    ends = asyncio.get_running_loop().time() + 0.3
+
+    async def compute() -> dict[str, Any]:
+        left = ends - asyncio.get_running_loop().time()
+        if left > 0:
+            reporter.request_later(left)
+        return {"used": 0, "cooling": 1 if left > 0 else 0, "releaseAcks": [],
+                "conditions": []}
+
+    reporter = StatusReporter(source(api), compute, debounce=0.01)
+    task = asyncio.create_task(reporter.run())
+    try:
+        reporter.request()
+        for _ in range(600):
+            if len(api.applied) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert [a["status"]["cooling"] for a in api.applied] == [1, 0]
     finally:
         task.cancel()
 

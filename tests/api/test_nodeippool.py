@@ -29,7 +29,7 @@ OBJ = {
                 "subnetCIDR": "198.18.0.0/24", "vnetAddressSpace": ["198.18.0.0/16"]},
         "ips": [{"address": "198.18.0.5", "ipConfiguration": "azcni-a", "state": "Available"},
                 {"address": "198.18.0.6", "ipConfiguration": "azcni-b", "state": "Releasing"}],
-        "allocated": 2, "used": 1, "releaseAcks": ["azcni-b"],
+        "allocated": 2, "used": 1, "cooling": 1, "releaseAcks": ["azcni-b"],
         "excessSince": "2026-11-27T10:00:00Z",
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "WarmPoolReady",
@@ -48,7 +48,7 @@ def test_parse_everything() -> None:
     assert pool.status.nic == NicInfo("/nic", "198.18.0.4", "/sn", "198.18.0.0/24",
                                       ("198.18.0.0/16",))
     assert pool.status.ips[1] == PoolIP("198.18.0.6", "azcni-b", IPState.RELEASING)
-    assert pool.status.allocated == 2 and pool.status.used == 1
+    assert pool.status.allocated == 2 and pool.status.used == 1 and pool.status.cooling == 1
     assert pool.status.release_acks == {"azcni-b"}
     assert pool.status.excess_since == dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
     assert {c.type for c in pool.status.conditions} == {ConditionType.READY,
@@ -61,7 +61,8 @@ def test_each_writer_renders_only_its_fields() -> None:
     agent = status.agent_fields()
     assert set(operator) == {"nic", "ips", "allocated", "excessSince", "conditions"}
     assert [c["type"] for c in operator["conditions"]] == ["Ready"]
-    assert set(agent) == {"used", "releaseAcks", "conditions"}
+    assert set(agent) == {"used", "cooling", "releaseAcks", "conditions"}
+    assert agent["cooling"] == 1
     assert [c["type"] for c in agent["conditions"]] == ["AgentReady"]
 
 

@@ -13,6 +13,31 @@ from tests.chart.helm import Helm
 from tests.chart.tokens import create_pod_on_node, service_account_kubeconfig
 
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.node import wait_crd_established
+from azure_cni_sim.tools import find_tool
+
+#: the Prometheus Operator's CRDs the chart's monitoring values create objects of
+MONITORING_CRDS = ("servicemonitors", "podmonitors", "prometheusrules")
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(kube: LocalCluster | ExistingCluster) -> Iterator[None]:
+    """The Prometheus Operator's CRDs, from its pinned module (hack/build-tools.sh copies them
+    into the tool cache), Established on the API server; removed again if this made them."""
+    crd_dir = find_tool("prometheus-operator-crds")
+    made = []
+    for plural in MONITORING_CRDS:
+        name = f"{plural}.monitoring.coreos.com"
+        if kube.kubectl("get", "crd", name, check=False).returncode != 0:
+            kube.kubectl("apply", "--server-side", "-f",
+                         str(crd_dir / f"monitoring.coreos.com_{plural}.yaml"))
+            made.append(name)
+        wait_crd_established(kube.kubectl, name)
+    try:
+        yield
+    finally:
+        for name in made:
+            kube.kubectl("delete", "crd", name, "--timeout=60s", check=False)
 
 
 @pytest.fixture
@@ -60,8 +85,7 @@ def install_release(kube: LocalCluster | ExistingCluster, home: Path, name: str,
     release = Release(kube, Helm(home, kube.kubeconfig), name,
                       f"azcni-chart-{uuid.uuid4().hex[:8]}")
     release.helm.install(name, release.namespace, values, "--timeout=120s")
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/nodeippools.azurecni.io")
+    wait_crd_established(kube.kubectl, "nodeippools.azurecni.io")
     return release
 
 

@@ -14,6 +14,7 @@ from tests.chart.helm import CHART, Helm, parse_manifests
 from tests.chart.value_sets import VALUE_SETS
 
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster
+from azure_cni_sim.node import wait_crd_established
 
 pytestmark = pytest.mark.cluster
 
@@ -21,10 +22,12 @@ CRD_NAME = "nodeippools.azurecni.io"
 
 
 @pytest.fixture(scope="module")
-def dry_run_namespace(kube: LocalCluster | ExistingCluster) -> Iterator[str]:
-    """A namespace for server-side dry runs, with the CRD applied and Established."""
+def dry_run_namespace(kube: LocalCluster | ExistingCluster, monitoring_crds: None
+                      ) -> Iterator[str]:
+    """A namespace for server-side dry runs, with the CRD and the Prometheus Operator's CRDs
+    (for the monitoring values) applied and Established."""
     kube.kubectl("apply", "-f", str(CHART / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    wait_crd_established(kube.kubectl, CRD_NAME)
     namespace = f"azcni-dry-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", namespace)
     try:
@@ -42,6 +45,22 @@ def test_rendered_chart_passes_server_side_dry_run(kube: LocalCluster | Existing
     result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest)
     accepted = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
     assert len(accepted) == len(objects), result.stdout + result.stderr
+
+
+def test_monitoring_objects_are_validated_by_the_prometheus_operator_s_schemas(
+        kube: LocalCluster | ExistingCluster, tmp_path: Path, dry_run_namespace: str) -> None:
+    """The dry run above accepts them; a ServiceMonitor that the CRD's schema refuses shows
+    that the API server really checks them against the Prometheus Operator's schemas."""
+    objects = Helm(tmp_path).render(VALUE_SETS["monitoring-all-on"],
+                                    namespace=dry_run_namespace)
+    kinds = {o["kind"] for o in objects}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds
+    (monitor, *_) = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    monitor["spec"]["endpoints"][0]["scheme"] = "gopher"
+    result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(monitor),
+                          check=False)
+    assert result.returncode != 0
+    assert "spec.endpoints[0].scheme" in result.stderr, result.stderr
 
 
 def configmap_settings(kube: LocalCluster | ExistingCluster, release: Release

@@ -93,7 +93,7 @@ OPERATOR_STATUS = {
                     "message": "2 addresses"}],
 }
 AGENT_STATUS = {
-    "used": 1, "releaseAcks": ["azcni-0001"],
+    "used": 1, "cooling": 1, "releaseAcks": ["azcni-0001"],
     "conditions": [{"type": "AgentReady", "status": "True", "reason": "Serving",
                     "message": "agent up"}],
 }
@@ -194,6 +194,7 @@ def test_agent_token_can_watch_its_pool_and_apply_its_status(release: Release,
     apply_status(agent, node, AGENT_STATUS, AGENT_FIELD_MANAGER)
     status = get_pool(release, node)["status"]
     assert status["used"] == 1 and status["releaseAcks"] == ["azcni-0001"]
+    assert status["cooling"] == 1
     assert status["allocated"] == 2 and len(status["ips"]) == 2
     assert {c["type"] for c in status["conditions"]} == {"Ready", "AgentReady"}
 
@@ -209,8 +210,8 @@ def test_agent_token_is_refused_everything_else(release: Release, tmp_path: Path
     assert get_pool(release, other).get("status") == before.get("status")
 
     refused(apply_status(agent, own, {"allocated": 200}, AGENT_FIELD_MANAGER, check=False),
-            "the azure-cni agent may only change status.used, status.releaseAcks and the "
-            "AgentReady condition")
+            "the azure-cni agent may only change status.used, status.cooling, "
+            "status.releaseAcks and the AgentReady condition")
     refused(apply_status(agent, own, {"conditions": [{"type": "Ready", "status": "False"}]},
                          AGENT_FIELD_MANAGER, check=False),
             "the other status fields belong to the operator")

@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 import yaml
 from tests.chart.helm import CHART, ROOT, Helm, find, pinned_kubernetes_version
-from tests.chart.value_sets import SETTINGS_SECTIONS, VALUE_SETS, expected_settings_file
+from tests.chart.value_sets import (
+    SETTINGS_SECTIONS,
+    STANDALONE_ONLY_SECTIONS,
+    VALUE_SETS,
+    expected_settings_file,
+)
 
 from azure_cni.api.settings import (
     Settings,
@@ -34,7 +39,7 @@ def typed(value: Any) -> Any:
 
 def test_settings_sections_of_values_are_the_code_defaults() -> None:
     code = settings_to_mapping(Settings())
-    assert set(code) == set(SETTINGS_SECTIONS)
+    assert set(code) == set(SETTINGS_SECTIONS) | set(STANDALONE_ONLY_SECTIONS)
     for section in SETTINGS_SECTIONS:
         assert typed(VALUES[section]) == typed(code[section]), (
             f"values.yaml section {section!r} differs from azure_cni.api.settings; "

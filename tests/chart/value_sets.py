@@ -15,6 +15,18 @@ IDENTITY_CLIENT_ID = "5e4f3a2b-1c0d-4e9f-8a7b-6c5d4e3f2a1b"
 CLIENT_SECRET = "Zq8~xS3cr3t.V4lue-that_must-n0t-leak"
 
 SETTINGS_SECTIONS = ("pool", "azure", "operator", "agent", "snat")
+#: settings of a VM without Kubernetes (``azure-cni install standalone``), never in the chart
+STANDALONE_ONLY_SECTIONS = ("standalone",)
+
+#: every monitoring value on, as an admin with kube-prometheus-stack would set them
+MONITORING_ALL_ON: dict[str, Any] = {
+    "service": {"enabled": True},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
+                       "interval": "15s"},
+    "scrapeAnnotations": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Networking"}},
+}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -51,6 +63,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "agentDaemonSet": {"maxUnavailable": "20%"},
     },
     "admission-policy-off": {"admissionPolicy": {"enabled": False}},
+    "monitoring-all-on": {"monitoring": MONITORING_ALL_ON},
 }
 
 
@@ -68,4 +81,6 @@ def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 def expected_settings_file(values: Mapping[str, Any]) -> dict[str, Any]:
     """The settings document the chart should render for ``values``: code defaults + overrides."""
     overrides = {k: v for k, v in values.items() if k in SETTINGS_SECTIONS}
-    return merged(settings_to_mapping(Settings()), overrides)
+    defaults = {k: v for k, v in settings_to_mapping(Settings()).items()
+                if k in SETTINGS_SECTIONS}
+    return merged(defaults, overrides)

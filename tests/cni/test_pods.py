@@ -143,17 +143,16 @@ def test_gc_frees_attachments_that_are_not_listed(node: LocalNode, kube,
     assert len(node.agent_status()["assignments"]) == 1
 
 
-def test_status_reports_an_empty_pool(node: LocalNode, kube, netns_factory) -> None:
+def test_status_is_not_about_a_full_pool(node: LocalNode, kube, netns_factory) -> None:
+    """STATUS fails only when the node cannot network pods: a pool that is full this second
+    grows, and containerd 2.x would make the node NotReady (and evict) for it."""
     started(node, kube, addresses=["198.18.0.10"])
     status_config = node.plugin_config(cni_version="1.1.0")
     ok = node.run_shim("STATUS", config=status_config)
     assert (ok.returncode, ok.stdout) == (0, "")
     assert node.run_shim("ADD", "c1", netns_factory.create("pod")).returncode == 0
-    empty = node.run_shim("STATUS", config=status_config)
-    assert empty.returncode == 1
-    assert empty.output["code"] == 50
-    assert "no free address" in empty.output["msg"]
-    assert "1 used" in empty.output["details"]
+    full = node.run_shim("STATUS", config=status_config)
+    assert (full.returncode, full.stdout) == (0, ""), full.output
 
 
 def test_exhausted_pool_fails_add_with_try_again_then_recovers(node: LocalNode, kube,

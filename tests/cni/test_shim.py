@@ -6,6 +6,7 @@ No agent here, or a stand-in on a unix socket: these tests need neither root nor
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -112,6 +113,26 @@ def test_agent_down_add_and_status_name_the_socket(plugin: Path, tmp_path: Path)
     rc, out, _ = run(plugin, {"CNI_COMMAND": "STATUS"}, config(tmp_path, cniVersion="1.1.0"))
     assert (rc, out["code"]) == (1, 50)
     assert "not reachable" in out["msg"]
+
+
+def test_status_tolerates_a_graceful_agent_restart_for_a_while(plugin: Path,
+                                                              tmp_path: Path) -> None:
+    """A DaemonSet roll stops the agent gracefully for a few seconds: STATUS (containerd 2.x
+    polls it for node readiness) must not flap the node, but not lie for long either."""
+    status = ({"CNI_COMMAND": "STATUS"}, config(tmp_path, cniVersion="1.1.0"))
+    marker = tmp_path / "spool" / shim.AGENT_STOPPED
+    marker.parent.mkdir()
+    marker.write_text("")
+    rc, out, err = run(plugin, *status)
+    assert (rc, out) == (0, None), out
+    assert "agent_restarting" in err
+    long_ago = time.time() - shim.RESTART_GRACE_SECONDS - 5
+    os.utime(marker, (long_ago, long_ago))
+    rc, out, _ = run(plugin, *status)
+    assert (rc, out["code"]) == (1, 50), "the agent has been away too long"
+    marker.write_text("")
+    rc, out, _ = run(plugin, ADD_ENV, config(tmp_path))
+    assert (rc, out["code"]) == (1, 11), "ADD fails during the restart: kubelet retries"
 
 
 def test_agent_down_del_is_spooled_and_succeeds(plugin: Path, tmp_path: Path) -> None:

@@ -52,3 +52,27 @@ def test_helper_does_not_keep_a_pod_namespace_alive(netns_factory) -> None:
             "the helper must return to its own namespace after each socket"
     finally:
         factory.close()
+
+
+def test_sysctl_files_belong_to_the_requested_namespace(netns_factory) -> None:
+    a, b = netns_factory.create("a"), netns_factory.create("b")
+    subprocess.run(["ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                   check=True)
+    factory = NetnsSocketFactory()
+    try:
+        for netns, expected in ((a, "1"), (b, "0")):
+            with os.fdopen(factory.sysctl_file(f"/run/netns/{netns}", "ipv4/ip_forward"),
+                           "r+") as f:
+                assert f.read().strip() == expected
+        with os.fdopen(factory.sysctl_file(f"/run/netns/{b}", "ipv4/ip_forward"), "w") as f:
+            f.write("1\n")
+        forward = subprocess.run(["ip", "netns", "exec", b, "sysctl", "-n",
+                                  "net.ipv4.ip_forward"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        assert forward == "1"
+        with pytest.raises(FileNotFoundError):
+            factory.sysctl_file(f"/run/netns/{a}", "ipv6/conf/no-such-link/disable_ipv6")
+        with pytest.raises(ValueError, match="not a path below"):
+            factory.sysctl_file(f"/run/netns/{a}", "../../kernel/hostname")
+    finally:
+        factory.close()

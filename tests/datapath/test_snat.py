@@ -11,7 +11,9 @@ import pytest
 from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.snat import (
     FILTER_CHAIN,
+    LOCK_WAIT_SECONDS,
     NAT_CHAIN,
+    SPOOF_CHAIN,
     SnatPolicy,
     in_sync,
     owned_state,
@@ -87,6 +89,42 @@ def test_restore_input_replaces_stale_jumps_and_leaves_others_alone() -> None:
     assert not in_sync(render_rules(POLICY), SAVED_WITH_STALE)
 
 
+def saved_with_forward(*forward: str) -> str:
+    """iptables-save output with the chains in sync except for FORWARD's rules."""
+    rules = render_rules(POLICY)
+    return "\n".join([
+        "*nat", ":POSTROUTING ACCEPT [0:0]", f":{NAT_CHAIN} - [0:0]",
+        f"-A POSTROUTING {rules.nat_jump}", *(f"-A {NAT_CHAIN} {r}" for r in rules.nat_chain),
+        "COMMIT", "*filter", ":FORWARD ACCEPT [0:0]", f":{FILTER_CHAIN} - [0:0]",
+        *(f"-A FORWARD {r}" for r in forward),
+        *(f"-A {FILTER_CHAIN} {r}" for r in rules.filter_chain), "COMMIT",
+        "*raw", ":PREROUTING ACCEPT [0:0]", f":{SPOOF_CHAIN} - [0:0]",
+        f"-A PREROUTING {rules.spoof_jump}", *(f"-A {SPOOF_CHAIN} {r}" for r in rules.spoof_chain),
+        "COMMIT", ""])
+
+
+def test_our_forward_jump_must_be_first() -> None:
+    """An ACCEPT above the jump lets pods past the wireserver/IMDS block."""
+    rules = render_rules(POLICY)
+    assert in_sync(rules, saved_with_forward(rules.filter_jump, "-j ACCEPT"))
+    behind = saved_with_forward("-i azv+ -j ACCEPT", rules.filter_jump)
+    assert not in_sync(rules, behind)
+    lines = restore_input(rules, behind).splitlines()
+    assert f"-D FORWARD {rules.filter_jump}" in lines
+    assert f"-I FORWARD 1 {rules.filter_jump}" in lines
+    assert not any("-D FORWARD -i azv+ -j ACCEPT" in line for line in lines), \
+        "the other rule stays, below ours"
+
+
+def test_the_antispoof_jump_must_be_first_in_raw_prerouting() -> None:
+    rules = render_rules(POLICY)
+    behind = saved_with_forward(rules.filter_jump).replace(
+        f"-A PREROUTING {rules.spoof_jump}", f"-A PREROUTING -j ACCEPT\n"
+                                             f"-A PREROUTING {rules.spoof_jump}")
+    assert not in_sync(rules, behind)
+    assert f"-I PREROUTING 1 {rules.spoof_jump}" in restore_input(rules, behind).splitlines()
+
+
 def test_teardown_input() -> None:
     payload = teardown_input(SAVED_WITH_STALE)
     assert payload.splitlines() == [
@@ -108,6 +146,15 @@ def apply_in(netns: str, policy: SnatPolicy) -> bool:
     code = ("import sys; from azure_cni.datapath.snat import SnatPolicy, ensure_snat; "
             f"print(ensure_snat({policy!r}))")
     return run_in(netns, sys.executable, "-c", code).stdout.strip() == "True"
+
+
+def ensure_snat_in(netns: str, policy: SnatPolicy,
+                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """ensure_snat inside ``netns`` with ``env`` (for example another iptables backend)."""
+    code = ("from azure_cni.datapath.snat import SnatPolicy, ensure_snat; "
+            f"print(ensure_snat({policy!r}))")
+    return run_in(netns, "env", *(f"{k}={v}" for k, v in env.items()), sys.executable, "-c",
+                  code, check=False)
 
 
 def saved(netns: str) -> str:
@@ -190,6 +237,77 @@ def test_pod_traffic_is_masqueraded_only_outside_the_vnet(vm: dict[str, str]) ->
     assert len(state["nat_jumps"]) == 1 and "--random-fully" in state["nat_chain"][-1]
 
 
+#: one UDP datagram with any source address, through a raw socket (NET_RAW, which pods have
+SEND_UDP = """
+import socket, struct, sys
+src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).sendto(ip + udp, (dst, 0))
+"""
+
+
+class UdpListener:
+    """A UDP server inside a namespace that prints the source and payload of each datagram."""
+
+    def __init__(self, netns: str, address: str, port: int) -> None:
+        code = ("import socket\n"
+                "s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"s.bind(('{address}', {port})); print('ready', flush=True)\n"
+                "while True:\n"
+                "    data, (src, _) = s.recvfrom(2048); print(src, data.decode(), flush=True)\n")
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def until(self, line: str) -> list[str]:
+        """Every datagram received up to and including ``line``."""
+        assert self.proc.stdout is not None
+        seen: list[str] = []
+        while not seen or seen[-1] != line:
+            seen.append(self.proc.stdout.readline().strip())
+            assert seen[-1], f"the listener ended before {line!r}"
+        return seen
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.netns
+def test_a_pod_can_only_send_with_its_own_address(vm: dict[str, str], netns_factory) -> None:
+    """Anti-spoofing: another pod's address, the node's own or any foreign one is dropped on
+    the pod's veth; the pod's own traffic goes through."""
+    host, fabric, pod = vm["host"], vm["fabric"], vm["pod"]
+    other = netns_factory.create("other")
+    datapath = VethDatapath(host_netns=f"/run/netns/{host}")
+    try:
+        datapath.ensure_pod_veth(PodNetwork(
+            netns=f"/run/netns/{other}", ifname="eth0", address="198.18.0.11",
+            host_veth=host_veth_name("o", "eth0"), host_mac=host_veth_mac("o", "eth0"),
+            pod_mac=pod_mac("o", "eth0"), mtu=1500))
+    finally:
+        datapath.close()
+    assert apply_in(host, POLICY)
+    listener = UdpListener(fabric, "198.18.0.1", 9999)
+    try:
+        def send(source: str, payload: str) -> None:
+            run_in(pod, sys.executable, "-c", SEND_UDP, source, "198.18.0.1", "9999", payload)
+
+        for spoofed in ("198.18.0.11", "198.18.0.4", "203.0.113.99"):
+            send(spoofed, f"spoofed-{spoofed}")
+        send("198.18.0.10", "genuine")
+        # one path, in order: had a spoofed datagram passed, it would have come first
+        assert listener.until("198.18.0.10 genuine") == ["198.18.0.10 genuine"]
+    finally:
+        listener.stop()
+    counters = run_in(host, "iptables", "-t", "raw", "-L", SPOOF_CHAIN, "-v", "-x", "-n").stdout
+    drop = next(line for line in counters.splitlines() if "DROP" in line)
+    assert int(drop.split()[0]) == 3, counters
+    assert source_seen(pod, "198.18.0.1", 80) == "198.18.0.10", "TCP from the pod still works"
+
+
 @pytest.mark.netns
 def test_wireserver_and_metadata_are_blocked_unless_allowed(vm: dict[str, str]) -> None:
     host, pod = vm["host"], vm["pod"]
@@ -204,6 +322,20 @@ def test_wireserver_and_metadata_are_blocked_unless_allowed(vm: dict[str, str]) 
     assert apply_in(host, allowed)
     assert source_seen(pod, "168.63.129.16", 80) == "198.18.0.4"
     assert source_seen(pod, "169.254.169.254", 80) == "198.18.0.4"
+
+
+@pytest.mark.netns
+def test_a_rule_inserted_above_the_filter_is_moved_below_it(vm: dict[str, str]) -> None:
+    host, pod = vm["host"], vm["pod"]
+    assert apply_in(host, POLICY)
+    run_in(host, "iptables", "-I", "FORWARD", "1", "-j", "ACCEPT")
+    assert source_seen(pod, "168.63.129.16", 80) == "198.18.0.4", "the ACCEPT bypasses it"
+    assert apply_in(host, POLICY), "a rule above our jump is drift to repair"
+    forward = [r for r in saved(host).splitlines() if r.startswith("-A FORWARD ")]
+    assert forward == [f"-A FORWARD {render_rules(POLICY).filter_jump}",
+                       "-A FORWARD -j ACCEPT"]
+    assert source_seen(pod, "168.63.129.16", 80).startswith("error")
+    assert not apply_in(host, POLICY)
 
 
 @pytest.mark.netns
@@ -222,3 +354,22 @@ def test_reconcile_is_idempotent_repairs_drift_and_tears_down(netns_factory) -> 
     code = "from azure_cni.datapath.snat import teardown_snat; teardown_snat()"
     run_in(host, sys.executable, "-c", code)
     assert "AZURE-CNI" not in saved(host)
+
+
+@pytest.mark.netns
+def test_the_xtables_lock_is_waited_for_but_not_forever(netns_factory, legacy_iptables) -> None:
+    """kube-proxy holds the xtables lock while it syncs (legacy backend): the restore waits
+    for it a bounded time, then fails with iptables' reason so the agent retries promptly."""
+    host = netns_factory.create("host")
+    legacy_iptables.hold()
+    blocked = ensure_snat_in(host, POLICY, legacy_iptables.env)
+    assert blocked.returncode != 0
+    assert "IptablesFailed" in blocked.stderr, blocked.stderr
+    assert "holding the xtables lock" in blocked.stderr
+    assert f"Stopped waiting after {LOCK_WAIT_SECONDS}s" in blocked.stderr
+    assert FILTER_CHAIN not in legacy_iptables.run(host, "iptables-save").stdout
+    legacy_iptables.release()
+    applied = ensure_snat_in(host, POLICY, legacy_iptables.env)
+    assert applied.stdout.strip() == "True", applied.stderr
+    state = owned_state(legacy_iptables.run(host, "iptables-save").stdout)
+    assert state["filter_jumps"] == [render_rules(POLICY).filter_jump]

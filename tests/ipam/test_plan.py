@@ -92,6 +92,24 @@ def test_warm_pool_grows_in_whole_batches() -> None:
     assert p.add == 16
 
 
+# Addresses in their cooldown after a DEL are not free for the agent (issue 11, defect 1).
+# The issue's scenario: a pool of 8 (minIPs 8, warm pool of 1, batches of 4) runs 7 pods;
+# 5 are deleted and 5 added within the cooldown. Counting the cooling addresses as free, the
+# operator saw 6 free and did nothing while every ADD waited and failed.
+@pytest.mark.parametrize(("available", "used", "cooling", "add", "marked"), [
+    (8, 7, 0, 0, 0),   # 7 pods, 1 free: the warm pool of 1 is met
+    (8, 2, 5, 0, 0),   # 5 deleted: 2 used, 5 cooling, 1 free: still met, nothing to release
+    (8, 3, 5, 4, 0),   # the first new pod took the free one: grow a batch, not "6 free"
+    (12, 7, 5, 4, 0),  # four more pods: free 0 again, grow again
+    (12, 3, 5, 0, 0),  # pods gone again: 4 free while 5 cool down, nothing to release
+    (12, 3, 0, 0, 1),  # cooldowns over: 9 free > maxFreeIPs 8, one is released
+])
+def test_cooling_addresses_are_not_free(available, used, cooling, add, marked) -> None:
+    s = spec(min_ips=8, batch_size=4, min_free_ips=1, max_free_ips=8)
+    p = plan(s, PoolStatus(ips=pool(available), used=used, cooling=cooling), NOW)
+    assert (p.add, len(p.mark)) == (add, marked)
+
+
 def test_growth_stops_at_the_subnet_and_says_so() -> None:
     s = spec(batch_size=8, min_free_ips=8)
     p = plan(s, PoolStatus(ips=pool(8), used=8), NOW, subnet_free=3)
@@ -196,6 +214,7 @@ def statuses(draw: st.DrawFn) -> PoolStatus:
     acks = draw(st.sets(st.sampled_from([ip.ip_configuration for ip in ips]), max_size=n)
                 if ips else st.just(set()))
     return PoolStatus(ips=ips, used=draw(st.integers(0, n + 10)), release_acks=frozenset(acks),
+                      cooling=draw(st.integers(0, n)),
                       excess_since=draw(st.sampled_from([None, NOW - dt.timedelta(hours=1)])))
 
 
@@ -209,7 +228,7 @@ def test_property_safety_and_limits(s, status, subnet_free, nic_capacity) -> Non
     assert set(p.remove) <= releasing & status.release_acks
     # only Available addresses are marked, never more than are free, never below minIPs
     assert set(p.mark) <= {ip.ip_configuration for ip in available}
-    assert len(p.mark) <= max(0, len(available) - status.used)
+    assert len(p.mark) <= max(0, len(available) - status.used - status.cooling)
     assert not p.mark or len(available) - len(p.mark) >= s.min_ips
     # never beyond maxIPs, 255, the NIC's capacity or the subnet's free addresses
     after = len(status.ips) - len(p.remove) + p.add
@@ -229,7 +248,10 @@ def _run_to_fixed_point(s: PoolSpec, used_count: int, start: int) -> tuple[PoolS
     in_use: set[str] = set()
     counter = start
     clock = NOW
-    for step in range(50):
+    # Demand appears as addresses do (the agent takes each new one), so growth may take one
+    # step per batch up to the ceiling; a release is mark -> ack -> remove on top of that.
+    steps = min(s.max_ips, MAX_SECONDARY_IPS) // s.batch_size + 10
+    for step in range(steps):
         # the agent hands out lowest addresses first and acks unused releasing ones
         avail = [ip for ip in status.ips if ip.state is IPState.AVAILABLE]
         while len(in_use) < used_count and len(in_use) < len(avail):
@@ -248,7 +270,7 @@ def _run_to_fixed_point(s: PoolSpec, used_count: int, start: int) -> tuple[PoolS
         status = PoolStatus(ips=apply_marks(ips, p.mark), used=status.used,
                             release_acks=status.release_acks, excess_since=p.excess_since)
         clock += dt.timedelta(seconds=s.release_delay_seconds + 1)
-    raise AssertionError(f"no fixed point after 50 steps: {status}")
+    raise AssertionError(f"no fixed point after {steps} steps: {status}")
 
 
 @given(specs, st.integers(0, 60), st.integers(0, 60))

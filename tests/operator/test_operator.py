@@ -63,8 +63,13 @@ def test_five_nodes_converge_with_one_nic_write_each(env) -> None:
     assert "azure_cni_operator_ip_allocations_total 20.0" in metrics
     assert 'azure_cni_operator_nic_write_duration_seconds_count{kind="allocate",' \
            'outcome="success"} 5.0' in metrics
-    assert f'azure_cni_operator_pool_ips{{node="{vms[0].name}",state="available"}} 4.0' \
+    assert f'azure_cni_operator_pool_addresses{{nodeippool="{vms[0].name}",' \
+           'state="available"} 4.0' in metrics
+    assert f'azure_cni_operator_pool_used_addresses{{nodeippool="{vms[0].name}"}} 0.0' \
         in metrics
+    # the /20 has 4091 usable addresses; the 5 primaries and our 20 are taken
+    assert 'azure_cni_operator_subnet_usable_addresses{subnet="vnet/nodes"} 4091.0' in metrics
+    assert 'azure_cni_operator_subnet_free_addresses{subnet="vnet/nodes"} 4066.0' in metrics
     assert 'azure_cni_azure_api_duration_seconds_count{operation="' in metrics
     listing = env.kube.kubectl("get", "nodeippools").stdout.splitlines()
     assert listing[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE"]
@@ -224,6 +229,11 @@ def test_full_subnet_sets_a_condition_without_a_retry_storm(env) -> None:
     ready_cond = pool.status.condition(ConditionType.READY)
     assert ready_cond is not None and not ready_cond.status
     assert "SubnetExhausted" in {e["reason"] for e in env.events(vm.name)}
+    # what the SubnetFull and PoolNotGrowing alerts read
+    metrics = env.metrics()
+    assert 'azure_cni_operator_subnet_free_addresses{subnet="vnet/small"} 0.0' in metrics
+    assert 'azure_cni_operator_subnet_usable_addresses{subnet="vnet/small"} 11.0' in metrics
+    assert f'azure_cni_operator_pool_short_addresses{{nodeippool="{vm.name}"}} 6.0' in metrics
     puts = env.emulator.request_count("PUT", vm.nic_id)
     wait_until_looked(env, "two NIC sweeps", "azure_cni_operator_nic_sweeps_total", more=2)
     assert env.emulator.request_count("PUT", vm.nic_id) == puts, "retried a full subnet"
@@ -244,3 +254,8 @@ def test_throttling_waits_for_the_server(env) -> None:
     assert all(g >= 2.5 for g in gaps), f"retried before Retry-After: {gaps}"
     assert time.monotonic() - started >= 5 * 2.5
     assert "AzureThrottled" in {e["reason"] for e in env.events(vm.name)}
+    # what the AzureThrottling alert reads: every 429, and the reconciles they failed
+    metrics = env.metrics()
+    assert 'azure_cni_azure_api_calls_total{operation="networkInterfaces.put",status="429"} ' \
+           '5.0' in metrics
+    assert 'azure_cni_operator_azure_errors_total{error="Throttled"}' in metrics

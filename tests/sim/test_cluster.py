@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni_sim.cluster import ClusterState, LocalCluster
+from azure_cni_sim.cluster import ClusterState, ControlPlaneNetwork, LocalCluster
+from azure_cni_sim.node import wait_crd_established
 from azure_cni_sim.procs import owned_pids
+from azure_cni_sim.vnet import Fabric
 
 pytestmark = pytest.mark.cluster
 
@@ -53,8 +55,7 @@ def pinned_kubernetes_version() -> str:
 
 def test_crd_established_and_objects_created_with_kubectl(kube) -> None:
     kube.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/widgets.sim-test.azurecni.io")
+    wait_crd_established(kube.kubectl, "widgets.sim-test.azurecni.io")
     name = f"w-{uuid.uuid4().hex[:6]}"
     manifest = json.dumps({"apiVersion": "sim-test.azurecni.io/v1", "kind": "Widget",
                            "metadata": {"name": name}, "spec": {"size": 3}})
@@ -117,3 +118,87 @@ def test_cli_up_and_down(tmp_path) -> None:
     assert down.returncode == 0, down.stderr
     assert owned_pids(state.owner) == []
     assert not state_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def vnet_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A control plane on its own subnet of a fabric, as the real-node World runs it."""
+    workdir = tmp_path_factory.mktemp("vnet-cluster")
+    owner = f"vnet-cluster-{uuid.uuid4().hex[:8]}"
+    fabric = Fabric(f"azc{uuid.uuid4().hex[:4]}", "198.18.0.0/22", workdir / "fabric",
+                    owner).create()
+    cluster = None
+    try:
+        netns = fabric.add_appliance("cp", "198.18.8.4/24")
+        client = fabric.add_appliance("cl", "198.18.9.4/24")
+        cluster = LocalCluster(workdir / "cluster", owner=owner,
+                               network=ControlPlaneNetwork(netns, "198.18.8.4")).start()
+        yield cluster, client
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        fabric.destroy()
+
+
+@pytest.mark.netns
+def test_vnet_control_plane_advertises_its_vnet_address(vnet_cluster, tmp_path) -> None:
+    cluster, client = vnet_cluster
+    assert cluster.server.startswith("https://127.0.0.1:"), "the host goes through a portal"
+    assert cluster.internal_server == "https://198.18.8.4:6443"
+    slices = json.loads(cluster.kubectl("get", "endpointslices", "-n", "default", "-l",
+                                        "kubernetes.io/service-name=kubernetes",
+                                        "-o", "json").stdout)["items"]
+    assert [e["addresses"] for s in slices for e in s["endpoints"]] == [["198.18.8.4"]]
+    # another namespace on the VNet reaches it at that address, and trusts it with the CA
+    probe = subprocess.run(["ip", "netns", "exec", client, "curl", "-sS", "-m", "5",
+                            "--cacert", str(cluster.ca_path), f"{cluster.internal_server}/readyz"],
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert probe.stdout == "ok", probe.stderr
+
+
+@pytest.mark.netns
+def test_vnet_control_plane_confines_each_node_to_its_own_objects(vnet_cluster,
+                                                                   tmp_path) -> None:
+    cluster, _ = vnet_cluster
+
+    def as_node(node: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        kubeconfig = cluster.client_kubeconfig(
+            tmp_path / f"{node}.kubeconfig", f"system:node:{node}", "system:nodes",
+            server=cluster.server)
+        return subprocess.run([str(ROOT / ".cache/tools/bin/kubectl"),
+                               f"--kubeconfig={kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    for node in ("vm-a", "vm-b"):
+        created = as_node(node, "create", "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+        assert created.returncode == 0, created.stderr
+    # NodeRestriction: a kubelet changes its own Node only
+    assert as_node("vm-a", "label", "node", "vm-a", "sim-test=yes").returncode == 0
+    other = as_node("vm-a", "label", "node", "vm-b", "sim-test=yes")
+    assert other.returncode != 0 and "forbidden" in other.stderr, other.stderr
+    # the Node authorizer: no Secret a pod of the node does not use
+    cluster.kubectl("create", "secret", "generic", "sim-test-secret", "--from-literal=k=v")
+    secret = as_node("vm-a", "get", "secret", "sim-test-secret")
+    assert secret.returncode != 0 and "forbidden" in secret.stderr, secret.stderr
+    cluster.kubectl("delete", "secret", "sim-test-secret")
+
+
+@pytest.mark.netns
+def test_vnet_control_plane_schedules_pods(vnet_cluster) -> None:
+    cluster, _ = vnet_cluster
+    node = f"sched-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+    capacity = {"pods": "10", "cpu": "2", "memory": "4Gi"}
+    cluster.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"capacity": capacity, "allocatable": capacity}}))
+    cluster.kubectl("run", "sched-test", "--image=example.invalid/none", "--restart=Never",
+                    "--overrides", json.dumps({"spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "tolerations": [{"operator": "Exists"}]}}))
+    cluster.kubectl("label", "node", node, f"kubernetes.io/hostname={node}", "--overwrite")
+    bound = cluster.kubectl("wait", "pod/sched-test", "--for=jsonpath={.spec.nodeName}=" + node,
+                            "--timeout=60s", check=False)
+    assert bound.returncode == 0, bound.stderr
+    cluster.kubectl("delete", "pod", "sched-test", "--wait=false")

@@ -39,11 +39,25 @@ def test_stop_owned_reaches_grandchildren_that_left_the_process_group(tmp_path) 
     # The grandchild starts its own session, as containerd shims do, so killpg cannot see it.
     script = "setsid sleep 300 & sleep 300"
     proc = ManagedProcess("parent", ["sh", "-c", script], tmp_path / "p.log", owner).start()
-    wait_for("both sleeps", lambda: len(owned_pids(owner)) >= 3, timeout=5)
+
+    def left_the_session() -> bool:
+        return any(_session_of(pid) not in (None, proc.pid) for pid in owned_pids(owner))
+
+    # setsid forks before it calls setsid(): wait for the sleep that really has left
+    wait_for("a grandchild in a session of its own", left_the_session, timeout=10)
     proc.stop(timeout=2)
     assert owned_pids(owner), "the setsid grandchild should survive a process-group kill"
     stop_owned(owner, timeout=5)
     assert owned_pids(owner) == []
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the fields after the command name, which is in parentheses and may hold spaces
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def test_owner_marker_is_in_the_child_environment(tmp_path) -> None:

@@ -79,3 +79,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "azure-cni.agentUser" -}}
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "azure-cni.agentName" .) }}
 {{- end }}
+
+{{/* True when something scrapes the processes, so the agents must serve on the node's address. */}}
+{{- define "azure-cni.scraped" -}}
+{{- $m := .Values.monitoring }}
+{{- if or $m.service.enabled $m.serviceMonitor.enabled $m.scrapeAnnotations.enabled }}true{{ end }}
+{{- end }}
+
+{{/* prometheus.io/* annotations of a pod template; PORT is its metrics port. */}}
+{{- define "azure-cni.scrapeAnnotations" -}}
+{{- if .root.Values.monitoring.scrapeAnnotations.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}

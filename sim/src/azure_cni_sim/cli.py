@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-Handler = Callable[[argparse.Namespace], int]
+from azure_cni.cli import run
 
 
 def _default_state_dir(name: str) -> Path:
@@ -189,13 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    handler: Handler = args.handler
-    return handler(args)
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,73 +1,52 @@
-"""A real containerd (Debian's 1.6) inside a simulated VM, and a pause image built locally.
+"""A real containerd (Debian's 1.6) in a bare simulated node's network namespace.
 
-There is no registry here: the pause image is compiled from ``hack/pause/pause.c`` and
-imported as an OCI archive. containerd runs in the VM's network namespace but in the machine's
-mount namespace, so the agent can open the pod netns files it creates under ``/run/netns``.
+For the tiers that run the agent as a process (``node.LocalNode``): containerd runs in the
+node's network namespace but in the machine's mount namespace, so that agent can open the pod
+netns files it creates under ``/run/netns``. The pause image comes from
+``hack/build-images.sh`` (no registry). The real nodes of ``kubenode`` use the same config.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path
 
 from azure_cni_sim.node import LocalNode
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
-from azure_cni_sim.tools import find_tool, source_root
-
-PAUSE_IMAGE = "localhost/azure-cni-pause:sim"
+from azure_cni_sim.tools import find_tool
 
 
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def build_pause_image(workdir: Path) -> Path:
-    """Compile hack/pause/pause.c statically and package it as an OCI image archive."""
-    root = source_root()
-    if root is None:
-        raise FileNotFoundError("hack/pause/pause.c is only in a source checkout")
-    workdir.mkdir(parents=True, exist_ok=True)
-    binary = workdir / "pause"
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(binary),
-                    str(root / "hack" / "pause" / "pause.c")], check=True, timeout=120)
-    layer_buffer = io.BytesIO()
-    with tarfile.open(fileobj=layer_buffer, mode="w", format=tarfile.PAX_FORMAT) as layer_tar:
-        data = binary.read_bytes()
-        entry = tarfile.TarInfo("pause")
-        entry.size, entry.mode = len(data), 0o755
-        layer_tar.addfile(entry, io.BytesIO(data))
-    layer = layer_buffer.getvalue()
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Entrypoint": ["/pause"]},
-                         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _digest(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": _digest(layer), "size": len(layer)}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": _digest(manifest), "size": len(manifest),
-        "annotations": {"io.containerd.image.name": PAUSE_IMAGE,
-                        "org.opencontainers.image.ref.name": "test"}}]}).encode()
-    archive = workdir / "pause.tar"
-    with tarfile.open(archive, "w") as out:
-        for name, data in [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-                           ("index.json", index),
-                           *((f"blobs/sha256/{_digest(d)[7:]}", d)
-                             for d in (layer, config, manifest))]:
-            entry = tarfile.TarInfo(name)
-            entry.size = len(data)
-            out.addfile(entry, io.BytesIO(data))
-    return archive
+def containerd_config(*, root: Path, state: str, socket: str, cni_bin_dir: str | Path,
+                      cni_conf_dir: str | Path, sandbox_image: str | None,
+                      runc_root: Path | None = None) -> str:
+    """containerd 1.6's config.toml for a runtime of the simulation (a VM's, or a test's);
+    without ``sandbox_image`` the CRI keeps its default (only ``ctr run`` is used then)."""
+    runc_options = f"""
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      Root = "{runc_root}"
+""" if runc_root else ""
+    return f"""version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[ttrpc]
+  address = "{socket}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  {f'sandbox_image = "{sandbox_image}"' if sandbox_image else ""}
+  disable_apparmor = true
+  # this machine forbids lowering oom_score_adj (runc would fail with EACCES)
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin_dir}"
+    conf_dir = "{cni_conf_dir}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"{runc_options}
+"""
 
 
 class Containerd:
@@ -83,36 +62,20 @@ class Containerd:
         self.cgroup_parent = f"azcni-test-{uuid.uuid4().hex[:8]}"
         self.proc: ManagedProcess | None = None
 
-    def config(self) -> str:
+    def config(self, sandbox_image: str | None) -> str:
         d = self.workdir
-        return f"""version = 2
-root = "{d / 'root'}"
-state = "{d / 'state'}"
-[grpc]
-  address = "{self.socket}"
-[ttrpc]
-  address = "{self.socket}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d / 'opt'}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  disable_apparmor = true
-  # this VM forbids lowering oom_score_adj (runc would fail with EACCES)
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{self.node.bin_dir}"
-    conf_dir = "{self.node.conf_dir}"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      Root = "{d / 'runc'}"
-"""
+        return containerd_config(root=d / "root", state=str(d / "state"),
+                                 socket=str(self.socket), cni_bin_dir=self.node.bin_dir,
+                                 cni_conf_dir=self.node.conf_dir, sandbox_image=sandbox_image,
+                                 runc_root=d / "runc")
 
-    def start(self, image: Path) -> None:
+    def start(self, *archives: Path, sandbox_image: str | None = None) -> None:
+        """Start containerd and import the OCI ``archives`` (the pod sandbox's among them
+        when pods are run through the CRI)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.node.conf_dir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "config.toml"
-        path.write_text(self.config())
+        path.write_text(self.config(sandbox_image))
         # nsenter --net, not "ip netns exec": containerd must stay in the machine's mount
         # namespace so the agent can open the pod netns files it creates under /run/netns
         self.proc = ManagedProcess(
@@ -121,7 +84,8 @@ state = "{d / 'state'}"
             self.workdir / "containerd.log", self.owner).start()
         wait_for("containerd to answer", lambda: self.ctr("version", check=False).returncode
                  == 0, 60, interval=0.2, alive=self.proc.check_running)
-        self.ctr("images", "import", str(image))
+        for archive in archives:
+            self.ctr("images", "import", str(archive))
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", *args],

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from azure_cni_sim import workloads
+from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
+from azure_cni_sim.prometheus import OPERATOR_JOB, answered_examples, scrape_problems
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
-from azure_cni_sim.world import Pod, World, first_pods, namespaces_with_prefix
+from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -72,79 +77,139 @@ def _check(ok: bool) -> str:
     return "ok" if ok else "FAILED"
 
 
-def report(world: World, pods: list[Pod]) -> str:
+def _answered(answer: dict[str, Any] | None, what: str = "") -> str:
+    if answer is None:
+        return "no answer"
+    return f"answered by {answer.get('pod') or answer.get('host')}, which saw {answer['seen']}" \
+        + (f" ({what})" if what else "")
+
+
+def report(world: World) -> str:
     """Run the demo's checks on a running world and describe them for a person."""
-    assert world.cluster is not None
-    lines = ["$ kubectl get nodeippools -o wide",
-             world.kubectl("get", "nodeippools", "-o", "wide").stdout.rstrip(), "",
-             f"{'POD':<10} {'VM':<4} {'ADDRESS':<13} {'CREATED BY'}"]
-    lines += [f"{p.name:<10} {p.vm:<4} {p.address:<13} "
-              f"{'crictl runp (containerd)' if p.runtime == 'containerd' else 'CNI plugin'}"
-              for p in pods]
-    lines.append("")
-    source = pods[0]
-    other_vm = next(p for p in pods if p.vm != source.vm)
-    same_vm = next((p for p in pods if p.vm == source.vm and p is not source), None)
-    seen = world.capture_on_fabric(source.vm, f"icmp and host {other_vm.address}",
-                                   lambda: world.ping(source, other_vm.address), packets=2)
-    plain = any(f"{source.address} > {other_vm.address}" in line for line in seen)
-    lines.append(f"pod to pod across VMs  {source.name} ({source.address}) -> {other_vm.name} "
-                 f"({other_vm.address}) on {other_vm.vm}: {_check(bool(seen))}; "
-                 + ("the VNet fabric carried it as "
-                    f"{source.address} > {other_vm.address} (no NAT, no tunnel)"
-                    if plain else "the fabric did not see the pods' own addresses"))
-    if same_vm is not None:
-        lines.append(f"pod to pod on one VM   {source.name} -> {same_vm.name} "
-                     f"({same_vm.address}): {_check(world.ping(source, same_vm.address))}")
-    vm_primary = world.vms[source.vm].primary_ip
-    onprem = world.http_get(source, f"http://{ONPREM_HOST}/")
-    lines.append(f"on-premises            {source.name} -> {ONPREM_HOST}: "
-                 + (f"answered; it saw {onprem['seen']}"
-                    + (" (the pod's own address)" if onprem["seen"] == source.address else "")
-                    if onprem else "no answer"))
-    internet = world.http_get(source, f"http://{INTERNET_HOST}/")
-    lines.append(f"internet               {source.name} -> {INTERNET_HOST}: "
-                 + (f"answered; it saw {internet['seen']}"
-                    + (f" ({source.vm}'s primary address: SNAT)"
-                       if internet["seen"] == vm_primary else "")
-                    if internet else "no answer"))
-    wire = world.http_get(source, f"http://{WIRESERVER}/", timeout=2)
-    lines.append(f"Azure wireserver       {source.name} -> {WIRESERVER}:80: "
-                 + ("reachable (it should not be)" if wire else "refused: pods are kept away"))
+    lines = []
+    for command in (("get", "nodes"), ("get", "pods", "-A", "-o", "wide"),
+                    ("get", "nip", "-o", "wide")):
+        lines += [f"$ kubectl {' '.join(command)}",
+                  world.kubectl(*command).stdout.rstrip(), ""]
+    web = workloads.pods(world, "app=web")
+    client = min(web, key=lambda p: p.node)
+    far = next(p for p in web if p.node != client.node)
+    cluster_ip, node_port = workloads.service(world, "web")
+    whoami = workloads.WHOAMI
+    rows: list[tuple[str, str]] = []
+
+    seen = world.capture_on_fabric(client.node, f"icmp and host {far.ip}",
+                                   lambda: workloads.ping(world, client, far.ip), packets=2)
+    plain = any(f"{client.ip} > {far.ip}" in line for line in seen)
+    rows.append(("pod to pod across nodes",
+                 f"{client.name} ({client.ip}, {client.node}) -> {far.name} ({far.ip}, "
+                 f"{far.node}): {_check(bool(seen))}; "
+                 + (f"the VNet carried it as {client.ip} > {far.ip} (no NAT, no tunnel)"
+                    if plain else "the fabric did not see the pods' own addresses")))
+    by_node = {p.name: p.node for p in web}
+
+    def from_another_node(url: str) -> str:
+        answer = None
+        for _ in range(12):  # the Service picks an endpoint at random: find another node's
+            answer = workloads.http_get(world, client, url)
+            if answer is not None and by_node.get(answer["pod"]) != client.node:
+                break
+        return _answered(answer, f"on {by_node.get(answer['pod'], '?')}" if answer else "")
+
+    rows.append(("pod to ClusterIP Service", f"{client.name} -> web {cluster_ip}:80: "
+                 + from_another_node(f"http://{cluster_ip}{whoami}")))
+    node_ip = world.vms[far.node].primary_ip
+    via_node_port = workloads.onprem_get(world, f"http://{node_ip}:{node_port}{whoami}")
+    rows.append(("on-premises to NodePort",
+                 f"{ONPREM_HOST} -> {far.node} {node_ip}:{node_port}: " + _answered(
+                     via_node_port, "the node: kube-proxy masquerades NodePort traffic"
+                     if via_node_port and via_node_port["seen"] == node_ip else "")))
+    name = "web.default.svc.cluster.local"
+    found = workloads.resolve(world, client, name)
+    rows.append(("cluster DNS",
+                 f"{client.name}: {name} -> {', '.join(found) or 'not found'}"
+                 + (" (the ClusterIP, from kube-dns); GET: "
+                    + from_another_node(f"http://{name}{whoami}") if found == [cluster_ip]
+                    else "")))
+    direct = workloads.onprem_get(world, f"http://{far.ip}:{workloads.WEB_PORT}{whoami}")
+    rows.append(("on-premises to a pod",
+                 f"{ONPREM_HOST} -> {far.name} ({far.ip}): " + _answered(
+                     direct, "its own address: no NAT" if direct and
+                     direct["seen"] == ONPREM_HOST else "")))
+    primary = world.vms[client.node].primary_ip
+    internet = workloads.http_get(world, client, f"http://{INTERNET_HOST}/")
+    rows.append(("pod to internet",
+                 f"{client.name} -> {INTERNET_HOST}: " + _answered(
+                     internet, f"{client.node}'s primary address: SNAT"
+                     if internet and internet["seen"] == primary else "")))
+    wire = workloads.http_get(world, client, f"http://{WIRESERVER}/", timeout=2)
+    rows.append(("pod to Azure wireserver",
+                 f"{client.name} -> {WIRESERVER}:80: "
+                 + ("reachable (it should not be)" if wire else "refused: pods are kept away")))
+    rows += prometheus_rows(world)
+    width = max(len(what) for what, _ in rows) + 2
+    lines += [f"{what:<{width}}{observed}" for what, observed in rows]
+    assert world.prometheus is not None
+    lines += ["", f"Prometheus's HTTP API (the web UI is not built): {world.prometheus.url}",
+              *answered_examples(world.prometheus)]
     return "\n".join(lines)
+
+
+def prometheus_rows(world: World) -> list[tuple[str, str]]:
+    """What the cluster's Prometheus scrapes, whether it agrees with the pools, its alerts."""
+    api = world.prometheus
+    assert api is not None
+    nodes = sorted(world.vms)
+    problems = scrape_problems(api, nodes)
+    targets = {t["labels"]["job"]: t for t in api.active_targets()}
+    rows = [("Prometheus targets", f"FAILED: {'; '.join(problems)}" if problems else
+             f"up == 1 for the operator ({targets[OPERATOR_JOB]['labels']['instance']}) and "
+             f"the agents on {', '.join(nodes)}, found through the chart's ServiceMonitors")]
+    try:
+        world.wait_prometheus_agrees_with_pools()
+        agreed = f"Prometheus says what kubectl get nip says on {', '.join(nodes)} " \
+                 "(ALLOCATED, USED, COOLING)"
+    except WorldError as e:
+        agreed = f"FAILED: {e}"
+    rows.append(("Prometheus and pools", agreed))
+    alerts = api.alerting_rules()
+    firing = sorted(name for name, state in alerts.items() if state == "firing")
+    rows.append(("Prometheus alerts", f"{len(alerts)} rules of the chart's PrometheusRule "
+                 f"loaded; firing: {', '.join(firing) or 'none'}"))
+    return rows
 
 
 # -- the supervisor ------------------------------------------------------------------------
 
 
-def serve(state_dir: Path, prefix: str, vm_count: int = 3, pods_per_vm: int = 2) -> int:
+def serve(state_dir: Path, prefix: str, vm_count: int = 3, replicas: int = 6) -> int:
     """Run the demo in the foreground until SIGTERM; record progress in the state file."""
     state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(state_dir / "world", ignore_errors=True)  # a previous demo's logs
     world = World(state_dir / "world", vm_count=vm_count, prefix=prefix)
     state = DemoState("starting", os.getpid(), world.owner, prefix)
     state.write(state_dir)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    started = time.monotonic()
 
     def progress(message: str) -> None:
-        state.progress = (*state.progress, message)
+        state.progress = (*state.progress, f"[{time.monotonic() - started:5.0f}s] {message}")
         state.write(state_dir)
 
     code = 0
     try:
         world.start(progress=progress)
-        progress("waiting for every pool to be Ready")
-        world.wait_pools_ready()
-        progress(f"starting {pods_per_vm} pods per VM")
-        pods = list(first_pods(world, pods_per_vm))
-        world.wait_pools_settled()
-        progress("checking pod-to-pod, on-premises and internet connectivity")
-        state.report = report(world, pods)
+        progress(f"deploying web: {replicas} pods spread over the nodes, a NodePort Service")
+        workloads.deploy_web(world, "default", replicas)
+        workloads.wait_pools_count_their_pods(world)
+        progress("checking pod to pod, Services, DNS, on-premises, internet and wireserver")
+        state.report = report(world)
         assert world.cluster is not None
         state.kubeconfig = str(world.cluster.kubeconfig)
         state.status = "ready"
-        state.write(state_dir)
+        progress("ready")
         stop.wait()
     except Exception as e:
         log.exception("event=demo_failed")
@@ -228,19 +293,24 @@ def down(state_dir: Path, echo: Callable[[str], None] = print) -> int:
         deadline = time.monotonic() + 180
         while _alive(state.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
+    # what a supervisor that died (or was killed) could not remove itself
     stragglers = stop_owned(state.owner, timeout=5)
-    leftovers = namespaces_with_prefix(state.prefix)
-    for name in leftovers:
+    remove_cgroups(f"{state.prefix}-*")  # the VMs' containers, and their cgroups
+    unmount_under(state_dir)  # the VMs' mount namespaces
+    for name in namespaces_with_prefix(state.prefix):
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     remaining = owned_pids(state.owner) + [int(p) for p in ([state.pid] if _alive(state.pid)
                                                            else [])]
-    if remaining or namespaces_with_prefix(state.prefix):
+    cgroups = remove_cgroups(f"{state.prefix}-*", kill=False, remove=False)
+    mounts = mounts_under(state_dir)
+    if remaining or namespaces_with_prefix(state.prefix) or cgroups or mounts:
         echo(f"azure-cni demo: could not remove everything: processes {remaining}, "
-             f"namespaces {namespaces_with_prefix(state.prefix)}")
+             f"namespaces {namespaces_with_prefix(state.prefix)}, cgroups {cgroups}, "
+             f"mounts {mounts}")
         return 1
     (state_dir / STATE).unlink(missing_ok=True)
     extra = f" ({len(stragglers)} stubborn processes killed)" if stragglers else ""
-    echo(f"demo stopped: no namespace, process or rule of it is left{extra}")
+    echo(f"demo stopped: no namespace, process, mount, cgroup or rule of it is left{extra}")
     return 0
 
 

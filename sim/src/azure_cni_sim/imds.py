@@ -7,6 +7,9 @@ unmodified ``ManagedIdentityCredential`` at that VM's identity endpoint. The bar
 ``/metadata/...`` paths answer for the only VM when there is exactly one (tokens work with
 none). ``ArmEmulator.open_vm_imds`` can also give one VM a port of its own, serving the bare
 paths, for a network-namespace VM whose traffic to 169.254.169.254 is relayed there.
+
+``Imds.inject_fault`` answers a VM's next metadata requests with a given status and body
+(a malformed document, a 500), after the header and api-version checks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ IMDS_VERSIONS = ("2017-03-01", "2017-04-02", "2017-08-01", "2017-12-01", "2018-0
                  "2023-11-15", "2024-03-15", "2024-07-17", "2025-04-07")
 #: audiences the emulated ARM accepts, as IMDS writes ``resource`` (compared without "/")
 ARM_AUDIENCES = frozenset({"https://management.azure.com", "https://management.core.windows.net"})
+
+
+@dataclass
+class ImdsFault:
+    """The next ``remaining`` instance requests of ``vm`` under ``path`` get this answer."""
+
+    vm: str
+    path: str
+    status: int
+    body: bytes
+    content_type: str
+    remaining: int
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,28 @@ class Imds:
         self._host = host
         self._limit = RateLimit()
         self._limit_lock = threading.Lock()
+        self._faults: list[ImdsFault] = []
+
+    def inject_fault(self, vm: str, path: str, status: int, body: bytes | str, *,
+                     content_type: str = "application/json", count: int = 1) -> None:
+        """Answer ``vm``'s next ``count`` metadata requests whose path (after
+        ``/metadata/``) starts with ``path`` with ``status`` and ``body`` as given."""
+        data = body.encode() if isinstance(body, str) else body
+        with self._limit_lock:
+            self._faults.append(ImdsFault(vm, path.strip("/"), status, data, content_type,
+                                          count))
+
+    def clear_faults(self) -> None:
+        with self._limit_lock:
+            self._faults.clear()
+
+    def _take_fault(self, vm: str, tail: str) -> ImdsFault | None:
+        with self._limit_lock:
+            for fault in self._faults:
+                if fault.vm == vm and tail.startswith(fault.path) and fault.remaining > 0:
+                    fault.remaining -= 1
+                    return fault
+        return None
 
     def app(self, vm_name: str | None = None) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
@@ -209,6 +246,10 @@ class Imds:
             document = instance_metadata(self._host.state, vm)
         if self._throttled(vm.name, "instance"):
             return web.json_response({"error": "Too many requests"}, status=429)
+        fault = self._take_fault(vm.name, tail)
+        if fault is not None:
+            return web.Response(body=fault.body, status=fault.status,
+                                content_type=fault.content_type)
         try:
             node = _select(document, [p for p in parts[1:] if p])
         except KeyError:

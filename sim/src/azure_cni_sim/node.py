@@ -176,13 +176,15 @@ class LocalNode:
                 str(self.config_path), "--node-name", self.name, "--kubeconfig",
                 str(self.kubeconfig), *extra]
 
-    def start_agent(self, *extra: str) -> ManagedProcess:
-        """Start the agent (writing the config first); does not wait for readiness."""
+    def start_agent(self, *extra: str, env: Mapping[str, str] | None = None) -> ManagedProcess:
+        """Start the agent (writing the config first), with ``env`` added to its environment;
+        does not wait for readiness."""
         self.write_config()
         self.agent_runs += 1
         self.agent = ManagedProcess(
             f"agent-{self.name}", self.agent_command(*extra),
-            self.workdir / "logs" / f"agent-{self.agent_runs}.log", self.owner).start()
+            self.workdir / "logs" / f"agent-{self.agent_runs}.log", self.owner,
+            env=dict(env or {})).start()
         return self.agent
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -265,8 +267,21 @@ def _read(path: Path) -> str:
 
 def apply_crd(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "-f", str(REPO_CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/nodeippools.azurecni.io")
+    wait_crd_established(kubectl, "nodeippools.azurecni.io")
+
+
+def wait_crd_established(kubectl: Kubectl, name: str, timeout: float = 60) -> None:
+    """Wait until the CRD ``name`` serves its kind.
+
+    Not ``kubectl wait --for=condition=Established``: it fails at once ("status.conditions
+    accessor error") when asked before the API server has written any condition."""
+    query = '{.status.conditions[?(@.type=="Established")].status}'
+
+    def established() -> bool:
+        out = kubectl("get", "crd", name, "-o", f"jsonpath={query}", check=False)
+        return out.returncode == 0 and out.stdout.strip() == "True"
+
+    wait_for(f"CRD {name} to be Established", established, timeout, interval=0.2)
 
 
 def pool_addresses(prefix: str, first: int, count: int) -> list[str]:

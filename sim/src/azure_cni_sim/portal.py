@@ -1,12 +1,19 @@
-"""Loopback portals: make a TCP service of the host reachable on 127.0.0.1 inside a netns.
+"""Portals: relay TCP between the machine's own network namespace and a simulated one.
 
 A simulated VM is a network namespace with no route to the machine's own namespace (the rules
-of the simulation forbid one). Its agent still has to reach the API server, which listens on
-the host's loopback. A portal listens on ``127.0.0.1:<port>`` *inside* the namespace (the
-listening socket is created while this thread is switched into it) and relays each connection
-to the target in the host namespace. No address, route or interface is added anywhere.
+of the simulation forbid one), so a portal carries connections across instead. Sockets are
+created while the thread is switched into the namespace they belong to, and keep it; no
+address, route or interface is added anywhere. Two directions:
 
-Run as ``python -m azure_cni_sim.portal --target 127.0.0.1:6443 NETNS[:PORT] ...``.
+- into a namespace: a service on the host's loopback (an API server on 127.0.0.1) appears on
+  ``127.0.0.1:<port>`` inside each namespace named::
+
+      python -m azure_cni_sim.portal --target 127.0.0.1:6443 NETNS[:PORT] ...
+
+- out of a namespace: a service inside one (the simulated control plane on its VNet address)
+  appears on the host's loopback, for the test harness and a user's kubectl::
+
+      python -m azure_cni_sim.portal --target NETNS@198.18.8.4:6443 --listen 127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +41,13 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns failed: {os.strerror(err)}")
 
 
-def listen_in_netns(netns: str, port: int, host: str = "127.0.0.1") -> socket.socket:
-    """A listening TCP socket bound to ``host:port`` inside the named network namespace."""
+def socket_in_netns(netns: str | None) -> socket.socket:
+    """A non-blocking TCP socket that belongs to the named network namespace (None: this
+    thread's own), whatever namespace later uses it."""
+    if netns is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
     path = netns if netns.startswith("/") else f"/run/netns/{netns}"
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(path, os.O_RDONLY)
@@ -42,16 +55,57 @@ def listen_in_netns(netns: str, port: int, host: str = "127.0.0.1") -> socket.so
         _setns(target)
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
         finally:
             _setns(own)
     finally:
         os.close(target)
         os.close(own)
+    sock.setblocking(False)
     return sock
+
+
+def listen_in_netns(netns: str | None, port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A listening TCP socket bound to ``host:port`` inside the named network namespace."""
+    sock = socket_in_netns(netns)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def connect_in_netns(netns: str | None, host: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to ``host:port`` as seen from inside the named network namespace."""
+    sock = socket_in_netns(netns)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except OSError:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """``host:port`` in a network namespace (None: the machine's own)."""
+
+    netns: str | None
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.netns + '@' if self.netns else ''}{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, default_host: str = "127.0.0.1") -> Endpoint:
+        """``[NETNS@]HOST:PORT``."""
+        netns, _, address = text.rpartition("@")
+        host, _, port = address.rpartition(":")
+        return cls(netns or None, host or default_host, int(port))
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -66,23 +120,25 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def serve(portals: Sequence[tuple[str, int]], target: tuple[str, int]) -> None:
+async def serve(portals: Sequence[Endpoint], target: Endpoint) -> None:
     """Relay every portal to ``target`` until cancelled."""
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*target)
+            up_reader, up_writer = await connect_in_netns(target.netns, target.host,
+                                                          target.port)
         except OSError as e:
-            log.warning("event=portal_upstream_failed target=%s:%d error=%s", *target, e)
+            log.warning("event=portal_upstream_failed target=%s error=%s", target, e)
             writer.close()
             return
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     servers = []
-    for netns, port in portals:
-        sock = listen_in_netns(netns, port)
+    for portal in portals:
+        sock = listen_in_netns(portal.netns, portal.port, portal.host)
         servers.append(await asyncio.start_server(relay, sock=sock))
-        log.info("event=portal_listening netns=%s port=%d target=%s:%d", netns, port, *target)
+        log.info("event=portal_listening netns=%s port=%d target=%s", portal.netns or "host",
+                 portal.port, target)
     try:
         await asyncio.Event().wait()
     finally:
@@ -92,20 +148,25 @@ async def serve(portals: Sequence[tuple[str, int]], target: tuple[str, int]) -> 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--target", required=True, help="HOST:PORT in this namespace")
-    parser.add_argument("portals", nargs="+", metavar="NETNS[:PORT]",
-                        help="namespace to serve in; PORT defaults to the target's port")
-    return parser.parse_args(argv)
+    parser.add_argument("--target", required=True,
+                        help="[NETNS@]HOST:PORT: where connections go (default: this namespace)")
+    parser.add_argument("--listen", action="append", default=[], metavar="HOST:PORT",
+                        help="also listen in this namespace (repeatable)")
+    parser.add_argument("portals", nargs="*", metavar="NETNS[:PORT]",
+                        help="loopback of a namespace to serve in; PORT defaults to the target's")
+    args = parser.parse_args(argv)
+    if not args.portals and not args.listen:
+        parser.error("name at least one namespace or --listen address")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    host, _, port_text = args.target.rpartition(":")
-    target = (host, int(port_text))
-    portals = []
+    target = Endpoint.parse(args.target)
+    portals = [Endpoint.parse(spec) for spec in args.listen]
     for spec in args.portals:
         name, _, port = spec.partition(":")
-        portals.append((name, int(port) if port else target[1]))
+        portals.append(Endpoint(name, "127.0.0.1", int(port) if port else target.port))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     async def run() -> None:

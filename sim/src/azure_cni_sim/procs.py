@@ -116,21 +116,22 @@ def owned_pids(owner: str, variable: str = OWNER_ENV) -> list[int]:
     return found
 
 
-def stop_owned(owner: str, timeout: float = 10.0) -> list[int]:
-    """Terminate every process carrying the owner marker; return those that needed SIGKILL."""
-    pids = owned_pids(owner)
+def stop_owned(owner: str, timeout: float = 10.0, variable: str = OWNER_ENV) -> list[int]:
+    """Terminate every process carrying the owner marker (``variable=owner``), SIGKILL what
+    is left after ``timeout`` seconds (0: at once); return those that needed SIGKILL."""
+    pids = owned_pids(owner, variable)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and owned_pids(owner):
+    while time.monotonic() < deadline and owned_pids(owner, variable):
         time.sleep(0.1)
-    stubborn = owned_pids(owner)
+    stubborn = owned_pids(owner, variable)
     for pid in stubborn:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and owned_pids(owner):
+    while time.monotonic() < deadline and owned_pids(owner, variable):
         time.sleep(0.05)
     return stubborn
 

@@ -3,11 +3,11 @@
 Layout (every box is a network namespace the simulation creates and deletes)::
 
         VM netns (eth0: primary/prefix, default via .1)   ... one per simulated VM
-              |  veth
+              |  veth                       control plane netns (its own subnet, same way)
         fabric netns  -- the SDN: a /32 route per address of each NIC, proxy ARP, rp_filter
            |        |        \\
         onprem    internet    168.63.129.16 / 169.254.169.254 on the fabric's own loopback
-     198.19.0.10  203.0.113.10
+     198.19.0.10  203.0.113.10 (+ .20: Azure Resource Manager's public address)
 
 An address reaches a VM only while it is an ipConfiguration of that VM's NIC: the emulator's
 NIC-change hook adds or removes the fabric's /32 route, and strict reverse-path filtering drops
@@ -27,7 +27,7 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +42,32 @@ INTERNET_CIDR = "203.0.113.0/24"
 INTERNET_HOST = "203.0.113.10"
 WIRESERVER = "168.63.129.16"
 IMDS = "169.254.169.254"
+#: where the simulated VMs reach Azure Resource Manager: a public address, like
+#: management.azure.com's (the emulator listens there as well as on the host's loopback)
+ARM_ADDRESS = "203.0.113.20"
 #: the "public" side of the fabric towards the internet host (stands for Azure's SNAT edge)
 _EDGE = "203.0.113.1"
 _ONPREM_EDGE = "198.19.0.1"
+
+
+def capture_packets(netns: str, iface: str, bpf: str, action: Callable[[], object], *,
+                    packets: int = 2, timeout: float = 10) -> list[str]:
+    """Run ``action()`` while tcpdump watches ``iface`` in ``netns``; return the packets seen
+    (one line each, addresses numeric)."""
+    dump = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-q", "-i", iface, "-c",
+         str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert dump.stderr is not None
+    for line in dump.stderr:  # ends at EOF if tcpdump fails
+        if "listening on" in line:
+            break
+    try:
+        action()
+        out, _ = dump.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        dump.kill()
+        out, _ = dump.communicate()
+    return [line for line in out.splitlines() if line.strip()]
 
 
 class FabricError(RuntimeError):
@@ -108,6 +131,11 @@ class Fabric:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def arm_ns(self) -> str:
+        """The namespace holding ``ARM_ADDRESS`` (the internet side of the fabric)."""
+        return self.internet_ns
+
     def create(self) -> Fabric:
         """The fabric namespace, the on-premises and internet hosts, and their servers."""
         try:
@@ -120,10 +148,12 @@ class Fabric:
                        edge=_ONPREM_EDGE)
             self._host(self.internet_ns, "fi", "in", address=INTERNET_HOST, prefixlen=24,
                        edge=_EDGE)
+            _run("ip", "-n", self.internet_ns, "addr", "add", f"{ARM_ADDRESS}/32", "dev", "eth0")
             self._accept_only_primaries()
             self._echo(self.onprem_ns, "onprem", [80])
             self._echo(self.internet_ns, "internet", [80])
-            self._echo(self.fabric_ns, "azure-platform", [80, 32526])
+            # the wireserver only: 169.254.169.254:80 is the IMDS relay's (imds_relay.py)
+            self._echo(self.fabric_ns, "azure-platform", [80, 32526], bind=WIRESERVER)
         except BaseException:
             self.destroy()
             raise
@@ -157,9 +187,10 @@ class Fabric:
         _run("ip", "-n", self.fabric_ns, "addr", "add", f"{edge}/{prefixlen}", "dev", fabric_if)
         _run("ip", "-n", self.fabric_ns, "link", "set", fabric_if, "up")
 
-    def _echo(self, netns: str, name: str, ports: Sequence[int]) -> None:
+    def _echo(self, netns: str, name: str, ports: Sequence[int], bind: str = "") -> None:
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "azure_cni_sim.echo",
-                "--name", name, *(a for p in ports for a in ("--port", str(p)))]
+                "--name", name, *(a for p in ports for a in ("--port", str(p))),
+                *(("--bind", bind) if bind else ())]
         proc = ManagedProcess(f"echo-{name}", argv, self.workdir / f"echo-{name}.log",
                               self.owner).start()
         self.procs.append(proc)
@@ -184,26 +215,41 @@ class Fabric:
         index = len(self.vms)
         fvm = FabricVM(vm.name, f"{self.prefix}-{vm.name}", vm.nic_id, vm.primary_ip,
                        f"fv{index}")
-        self._netns(fvm.netns)
-        _run("ip", "link", "add", fvm.fabric_if, "netns", self.fabric_ns, "type", "veth",
-             "peer", "vmeth", "netns", fvm.netns)
-        _run("ip", "-n", fvm.netns, "link", "set", "vmeth", "name", "eth0")
-        _run("ip", "-n", fvm.netns, "addr", "add", f"{vm.primary_ip}/{self.prefixlen}", "dev",
-             "eth0")
-        _run("ip", "-n", fvm.netns, "link", "set", "eth0", "up")
-        _run("ip", "-n", fvm.netns, "route", "add", "default", "via", self.gateway)
-        # the fabric side answers ARP for the gateway and (proxy ARP) every routed address
-        _run("ip", "-n", self.fabric_ns, "addr", "add", f"{self.gateway}/32", "dev",
-             fvm.fabric_if)
-        _run("ip", "-n", self.fabric_ns, "link", "set", fvm.fabric_if, "up")
-        _sysctl(self.fabric_ns, f"net.ipv4.conf.{fvm.fabric_if}.proxy_arp=1",
-                f"net.ipv4.conf.{fvm.fabric_if}.rp_filter=1",
-                f"net.ipv4.neigh.{fvm.fabric_if}.proxy_delay=0")
+        self._plug(fvm.netns, fvm.fabric_if, f"{vm.primary_ip}/{self.prefixlen}", self.gateway)
         with self._lock:
             self.vms[vm.name] = fvm
         self._program(fvm, {vm.primary_ip, *secondary})
         self._accept_only_primaries()
         return fvm
+
+    def add_appliance(self, name: str, interface: str) -> str:
+        """A namespace on a subnet of its own (``interface`` is ``address/prefix``), not a VM of
+        the emulator: the control plane, as with API server VNet integration. Returns its name.
+        """
+        network = ipaddress.ip_interface(interface).network
+        netns = f"{self.prefix}-{name}"
+        fabric_if = f"fa{name}"[:15]
+        self._plug(netns, fabric_if, interface, str(network.network_address + 1))
+        address = str(ipaddress.ip_interface(interface).ip)
+        _run("ip", "-n", self.fabric_ns, "route", "replace", f"{address}/32", "dev", fabric_if)
+        return netns
+
+    def _plug(self, netns: str, fabric_if: str, interface: str, gateway: str) -> None:
+        """``netns`` with ``eth0`` (``interface``) on a link to the fabric, default via
+        ``gateway``; the fabric side answers ARP for the gateway and (proxy ARP) every address
+        it routes."""
+        self._netns(netns)
+        _run("ip", "link", "add", fabric_if, "netns", self.fabric_ns, "type", "veth",
+             "peer", "vmeth", "netns", netns)
+        _run("ip", "-n", netns, "link", "set", "vmeth", "name", "eth0")
+        _run("ip", "-n", netns, "addr", "add", interface, "dev", "eth0")
+        _run("ip", "-n", netns, "link", "set", "eth0", "up")
+        _run("ip", "-n", netns, "route", "add", "default", "via", gateway)
+        _run("ip", "-n", self.fabric_ns, "addr", "add", f"{gateway}/32", "dev", fabric_if)
+        _run("ip", "-n", self.fabric_ns, "link", "set", fabric_if, "up")
+        _sysctl(self.fabric_ns, f"net.ipv4.conf.{fabric_if}.proxy_arp=1",
+                f"net.ipv4.conf.{fabric_if}.rp_filter=1",
+                f"net.ipv4.neigh.{fabric_if}.proxy_delay=0")
 
     def on_nic_change(self, nic_id: str, vm_id: str, old: tuple[str, ...],
                       new: tuple[str, ...]) -> None:

@@ -1,65 +1,88 @@
 """The whole product on a simulated Azure: what ``make demo`` runs and the e2e tests use.
 
-A real control plane (etcd, kube-apiserver, kube-controller-manager), the ARM emulator, a VNet
-fabric of network namespaces programmed by the emulator's NIC-change hook, the real operator
-against the emulator, and one real agent per VM inside the VM's namespace. One VM also runs a
-real containerd whose pods are created with ``crictl runp``; the other VMs' pods are network
-namespaces set up by executing the installed CNI plugin exactly as a runtime does.
+A VNet fabric of network namespaces programmed by the ARM emulator's NIC-change hook; a real
+control plane on its own subnet of the VNet (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler); and every simulated VM a real Kubernetes node (containerd, kubelet and
+kube-proxy in the VM's namespaces, ``kubenode.KubeNode``). azure-cni reaches the cluster only
+as a user installs it: ``helm install azure-cni charts/azure-cni`` with the image built from the
+Containerfile, so the operator and the agents are the chart's own pods. The operator reaches
+ARM at a public address through its VM and gets its token from IMDS at 169.254.169.254 (the
+fabric's relay, ``imds_relay``) as the VM's managed identity. CoreDNS serves the cluster's DNS
+from pool addresses. Prometheus runs as a pod too, configured from the chart's ServiceMonitors
+and PrometheusRule as the Prometheus Operator would (``monitoring``), and scrapes the operator
+and every agent; the host reaches it through a portal.
 
-Everything is torn down by ``stop()``: processes (found by an environment marker, children
-included), network namespaces (and with them every route and iptables rule), mounts, state.
+The machine's own network namespace is never routed to any of it: the test harness and the
+user's kubectl reach the API server through a portal on the host's loopback.
+
+Everything is torn down by ``stop()``: processes (found by an environment marker, and by the
+nodes' cgroups for containers), mount and network namespaces (and with them every mount, route
+and iptables rule), cgroups and state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import yaml
 from azure.core.credentials import AccessToken
 
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
+from azure_cni_sim import coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
-from azure_cni_sim.cluster import LocalCluster
-from azure_cni_sim.containerd import Containerd, build_pause_image
-from azure_cni_sim.launch import operator_settings, start_operator
-from azure_cni_sim.node import LocalNode, api_port_of, apply_crd
+from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
+from azure_cni_sim.images import BuiltImage, ensure_images
+from azure_cni_sim.kubenode import KubeNode
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
-from azure_cni_sim.vnet import ONPREM_CIDR, Fabric
+from azure_cni_sim.prometheus import (
+    PoolCounts,
+    PrometheusAPI,
+    PrometheusError,
+    pool_mismatches,
+    scrape_problems,
+)
+from azure_cni_sim.tools import find_tool, source_root
+from azure_cni_sim.vnet import ARM_ADDRESS, ONPREM_CIDR, Fabric, capture_packets
 
 log = logging.getLogger(__name__)
 
-VNET_SPACE = "198.18.0.0/16"
+VNET_SPACE = "198.18.0.0/17"
 SUBNET = "198.18.0.0/22"
+#: the API server's subnet of the VNet (as with AKS's API server VNet integration)
+CONTROL_PLANE = "198.18.8.4/24"
+CONTROL_PLANE_ADDRESS = CONTROL_PLANE.partition("/")[0]
+#: kube-dns's ClusterIP, the kubelets' clusterDNS
+CLUSTER_DNS = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 10)
+RELEASE = "azure-cni"
+NAMESPACE = "kube-system"
 #: pools sized for a demo: batches of 4, 4..12 free, releases after 30 s
 DEMO_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12, "maxIPs": 32,
              "releaseDelaySeconds": 30}
+#: where the operator's container finds the emulator's CA (a ConfigMap the admin creates)
+ARM_CA_CONFIGMAP = "azure-arm-ca"
+ARM_CA_DIR = "/etc/azure-arm-ca"
 
 
 class WorldError(RuntimeError):
     """A part of the simulation did not come up; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Pod:
-    name: str
-    vm: str
-    netns: str
-    address: str
-    container_id: str
-    runtime: str  # "containerd" or "cni" (the plugin executed directly)
 
 
 @dataclass
@@ -68,7 +91,6 @@ class World:
 
     workdir: Path
     vm_count: int = 3
-    containerd_vms: int = 1
     prefix: str = field(default_factory=lambda: f"az{uuid.uuid4().hex[:4]}")
     owner: str = field(default_factory=lambda: f"world-{uuid.uuid4().hex[:10]}")
     pool_defaults: dict[str, Any] = field(default_factory=lambda: dict(DEMO_POOL))
@@ -76,53 +98,58 @@ class World:
     cluster: LocalCluster | None = None
     emulator: ArmEmulator | None = None
     fabric: Fabric | None = None
-    operator: ManagedProcess | None = None
     vms: dict[str, VmInfo] = field(default_factory=dict)
-    nodes: dict[str, LocalNode] = field(default_factory=dict)
-    runtimes: dict[str, Containerd] = field(default_factory=dict)
-    pods: dict[str, Pod] = field(default_factory=dict)
+    nodes: dict[str, KubeNode] = field(default_factory=dict)
+    images: dict[str, BuiltImage] = field(default_factory=dict)
+    #: the cluster's Prometheus, through its portal on the host's loopback
+    prometheus: PrometheusAPI | None = None
     _unhook: Any = None
+    _helm_home: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, progress: Any = None) -> World:
+    def start(self, progress: Callable[[str], None] | None = None) -> World:
         """Bring everything up; on any failure tear down what was started and raise."""
         say = progress or (lambda message: log.info("event=world_progress %s", message))
         try:
+            if (self.workdir / "cluster").exists():
+                raise WorldError(f"{self.workdir} holds an earlier world; give a new directory")
             self.workdir.mkdir(parents=True, exist_ok=True)
-            say("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")
-            self.cluster = LocalCluster(self.workdir / "cluster", owner=self.owner).start()
-            apply_crd(self.cluster.kubectl)
-            say("starting the ARM + IMDS emulator and the VNet fabric")
-            self.emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0),
-                                        state_dir=self.workdir / "arm").start()
-            vnet = self.emulator.add_vnet("vnet", VNET_SPACE, {"nodes": SUBNET})
-            self.fabric = Fabric(self.prefix, SUBNET, self.workdir / "fabric", self.owner
-                                 ).create()
-            self._unhook = self.emulator.on_nic_change(self._program_fabric)
-            for i in range(self.vm_count):
-                vm = self.emulator.add_vm(f"vm{i}", vnet.subnet_ids["nodes"])
-                self.fabric.add_vm(vm)
-                self.vms[vm.name] = vm
-                self.cluster.kubectl("create", "-f", "-", input=json.dumps({
-                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": vm.name},
-                    "spec": {"providerID": vm.provider_id}}))
-            say(f"starting the operator and {self.vm_count} node agents")
-            self._start_operator()
-            for vm in self.vms.values():
-                self._start_agent(vm)
-            for node in self.nodes.values():
-                node.wait_ready(timeout=120)
-            if self.containerd_vms:
-                say("starting containerd with a locally built pause image")
-                image = build_pause_image(self.workdir / "pause")
-                for vm_name in list(self.vms)[: self.containerd_vms]:
-                    runtime = Containerd(self.workdir / "containerd" / vm_name,
-                                         self.nodes[vm_name])
-                    runtime.start(image)
-                    self.runtimes[vm_name] = runtime
-                    wait_for(f"containerd on {vm_name} to load the azure-cni conflist",
-                             runtime.network_ready, 60)
+            say("building the images: azure-cni from the Containerfile, CoreDNS, Prometheus, "
+                "the test app (cached after the first run)")
+            self.images = ensure_images()
+            say("starting the VNet fabric and the ARM + IMDS emulator")
+            self._start_azure()
+            say("starting the control plane on its VNet subnet (etcd, kube-apiserver, "
+                "kube-controller-manager, kube-scheduler)")
+            assert self.fabric is not None
+            cp_netns = self.fabric.add_appliance("cp", CONTROL_PLANE)
+            self.cluster = LocalCluster(
+                self.workdir / "cluster", owner=self.owner,
+                network=ControlPlaneNetwork(cp_netns, CONTROL_PLANE_ADDRESS)).start()
+            say(f"starting {self.vm_count} VMs as Kubernetes nodes (containerd, kubelet, "
+                "kube-proxy)")
+            self._start_nodes()
+            say("installing the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), "
+                "as a cluster with kube-prometheus-stack has them")
+            monitoring.install_crds(self.cluster)
+            say("installing azure-cni: helm install azure-cni charts/azure-cni, its "
+                "ServiceMonitors and PrometheusRule on")
+            self.install_chart()
+            say("waiting for every node and every NodeIPPool to be Ready")
+            self.wait_nodes_ready(timeout=240)
+            self.wait_pools_ready()
+            say("starting CoreDNS as kube-dns")
+            self.kubectl("apply", "-f", "-", input=coredns.manifests(
+                self.images["coredns"].image, CLUSTER_DNS))
+            self.wait_rollout("deployment/coredns", NAMESPACE)
+            say("starting Prometheus, configured from the chart's ServiceMonitors and "
+                "PrometheusRule as the Prometheus Operator would")
+            self.prometheus = monitoring.start_prometheus(
+                self.cluster, self.images["prometheus"].image,
+                via_netns=next(iter(self.nodes.values())).netns, workdir=self.workdir,
+                owner=self.owner)
+            self.wait_prometheus_scrapes_everything()
         except BaseException as e:
             self.stop()
             if isinstance(e, Exception) and not isinstance(e, WorldError):
@@ -132,18 +159,13 @@ class World:
 
     def stop(self) -> None:
         """Tear everything down, whatever state it is in."""
-        for pod in list(self.pods.values()):
-            with contextlib.suppress(Exception):
-                self.delete_pod(pod.name)
-        for runtime in self.runtimes.values():
-            with contextlib.suppress(Exception):
-                runtime.stop()
-        self.runtimes.clear()
-        for node in self.nodes.values():
-            with contextlib.suppress(Exception):
-                node.stop()
-        if self.operator is not None:
-            self.operator.stop()
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            stops = {name: pool.submit(node.stop) for name, node in self.nodes.items()}
+        for name, stopped in stops.items():
+            if stopped.exception() is not None:  # go on: the sweep below still runs
+                log.error("event=node_stop_failed node=%s error=%r", name, stopped.exception())
+        if self.cluster is not None:
+            self.cluster.stop()
         if self._unhook is not None:
             self._unhook()
         if self.emulator is not None:
@@ -151,11 +173,16 @@ class World:
                 self.emulator.stop()
         if self.fabric is not None:
             self.fabric.destroy()
-        if self.cluster is not None:
-            self.cluster.stop()
         stop_owned(self.owner)
         for leftover in namespaces_with_prefix(self.prefix):
             subprocess.run(["ip", "netns", "del", leftover], capture_output=True, check=False)
+        if self._helm_home is not None:
+            shutil.rmtree(self._helm_home, ignore_errors=True)
+        # the VMs' disks and the cluster's database are of no use once it is gone (the logs
+        # stay for whoever wants to know what happened)
+        for node in self.nodes.values():
+            node.remove_disk()
+        shutil.rmtree(self.workdir / "cluster" / "etcd", ignore_errors=True)
 
     def __enter__(self) -> World:
         return self.start()
@@ -164,6 +191,64 @@ class World:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    def _start_azure(self) -> None:
+        self.fabric = Fabric(self.prefix, SUBNET, self.workdir / "fabric", self.owner).create()
+        self.emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0),
+                                    state_dir=self.workdir / "arm",
+                                    tls_addresses=(ARM_ADDRESS,)).start()
+        # where the VMs reach ARM: its public address (IMDS: _start_imds_relay, once the VMs
+        # exist)
+        self.emulator.serve_arm_in_netns(self.fabric.arm_ns, ARM_ADDRESS)
+        self._unhook = self.emulator.on_nic_change(self._program_fabric)
+
+    def _start_nodes(self) -> None:
+        assert self.cluster is not None and self.emulator is not None
+        assert self.fabric is not None
+        subnet_id = self.emulator.add_vnet("vnet", VNET_SPACE, {"nodes": SUBNET}
+                                           ).subnet_ids["nodes"]
+        for i in range(self.vm_count):
+            vm = self.emulator.add_vm(f"vm{i}", subnet_id)
+            self.vms[vm.name] = vm
+            fvm = self.fabric.add_vm(vm)
+            self.nodes[vm.name] = KubeNode(
+                vm.name, fvm.netns, vm.primary_ip, vm.provider_id,
+                self.workdir / "nodes" / vm.name, self.owner, CLUSTER_DNS, self.prefix,
+                sandbox_image=self.images["pause"].image)
+        cluster = self.cluster
+        archives = [image.archive for image in self.images.values()]
+
+        def bring_up(node: KubeNode) -> None:
+            node.provision(cluster)
+            node.start(archives)
+
+        self._start_imds_relay()
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            for future in [pool.submit(bring_up, node) for node in self.nodes.values()]:
+                future.result()
+
+        def registered() -> bool:
+            out = self.kubectl("get", "nodes", "-o", "name", check=False).stdout.split()
+            return len(out) == len(self.nodes)
+
+        wait_for("every kubelet to register its Node", registered, 60, interval=0.5,
+                 alive=self._nodes_alive)
+
+    def _start_imds_relay(self) -> None:
+        """169.254.169.254 in the fabric: each VM gets its own metadata and identity."""
+        assert self.emulator is not None and self.fabric is not None
+        argv = [sys.executable, "-m", "azure_cni_sim.imds_relay", "--netns",
+                self.fabric.fabric_ns, "--target", f"127.0.0.1:{self.emulator.imds_port}",
+                *(a for vm in self.vms.values() for a in ("--vm", f"{vm.primary_ip}={vm.name}"))]
+        log_path = self.workdir / "imds-relay.log"
+        relay = ManagedProcess("imds-relay", argv, log_path, self.owner).start()
+        wait_for("the IMDS relay at 169.254.169.254",
+                 lambda: "imds_relay_listening" in log_path.read_text(), 20,
+                 alive=relay.check_running)
+
+    def _nodes_alive(self) -> None:
+        for node in self.nodes.values():
+            node.check_running()
+
     def _program_fabric(self, nic_id: str, vm_id: str, old: tuple[str, ...],
                         new: tuple[str, ...]) -> Any:
         assert self.fabric is not None
@@ -171,118 +256,191 @@ class World:
         # the hook runs on the emulator's loop: reprogram off it, but before ARM answers
         return asyncio.to_thread(fabric.on_nic_change, nic_id, vm_id, old, new)
 
-    def _start_operator(self) -> None:
-        assert self.cluster is not None and self.emulator is not None
-        settings = operator_settings(
-            self.emulator, pool=self.pool_defaults,
-            operator={"driftCheckSeconds": self.drift_check_seconds,
-                      "usageDebounceSeconds": 0.5})
-        first = next(iter(self.vms.values()))
-        self.operator = start_operator(self.workdir / "operator", self.cluster.kubeconfig,
-                                       self.emulator, settings, owner=self.owner,
-                                       identity_vm=first.name)
+    # -- the chart, as a user installs it --------------------------------------------------
 
-    def _start_agent(self, vm: VmInfo) -> None:
-        assert self.cluster is not None and self.fabric is not None
-        node = LocalNode(name=vm.name, netns=self.fabric.vms[vm.name].netns,
-                         workdir=self.workdir / "nodes" / vm.name,
-                         kubeconfig=self.cluster.kubeconfig,
-                         api_port=api_port_of(self.cluster.kubeconfig), owner=self.owner,
-                         snat_settings={"nonMasqueradeCIDRs": [ONPREM_CIDR]})
-        node.link_reference_plugins()
-        node.start_portal()
-        node.start_agent()
-        self.nodes[vm.name] = node
+    def chart_values(self, **overrides: Any) -> dict[str, Any]:
+        """The values a user of this subscription would give the chart."""
+        image = self.images["azure-cni"]
+        values: dict[str, Any] = {
+            "image": {"repository": image.repository, "tag": image.tag},
+            "pool": dict(self.pool_defaults),
+            "azure": {"armEndpoint": f"https://{ARM_ADDRESS}/",
+                      "credential": "managedIdentity",
+                      "caBundle": f"{ARM_CA_DIR}/ca.crt",
+                      "pollingInterval": 0.2},
+            "operator": {"driftCheckSeconds": self.drift_check_seconds,
+                         "usageDebounceSeconds": 0.5},
+            "snat": {"nonMasqueradeCIDRs": [ONPREM_CIDR]},
+            "monitoring": monitoring.CHART_VALUES,
+            "operatorDeployment": {
+                "extraVolumes": [{"name": "arm-ca",
+                                  "configMap": {"name": ARM_CA_CONFIGMAP}}],
+                "extraVolumeMounts": [{"name": "arm-ca", "mountPath": ARM_CA_DIR,
+                                       "readOnly": True}]},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+        return values
 
-    # -- pods ------------------------------------------------------------------------------
-
-    def run_pod(self, vm: str, name: str) -> Pod:
-        """A pod on ``vm``: through containerd if the VM runs one, else by the CNI plugin."""
-        if name in self.pods:
-            raise WorldError(f"pod {name} exists already")
-        runtime = self.runtimes.get(vm)
-        pod = self._containerd_pod(runtime, vm, name) if runtime else self._cni_pod(vm, name)
-        self.pods[name] = pod
-        return pod
-
-    def _cni_pod(self, vm: str, name: str) -> Pod:
-        node = self.nodes[vm]
-        netns = f"{self.prefix}-{vm}-{name}"
-        subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
-        container_id = uuid.uuid4().hex
-        result = node.run_shim("ADD", container_id, netns,
-                               cni_args=f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}")
+    def helm(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        assert self.cluster is not None
+        if self._helm_home is None:
+            self._helm_home = Path(tempfile.mkdtemp(prefix="azcni-helm-"))
+        home = self._helm_home
+        env = {"KUBECONFIG": str(self.cluster.kubeconfig), "PATH": "/usr/bin:/bin",
+               "HOME": str(home),
+               "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+               "HELM_DATA_HOME": str(home / "data")}
+        result = subprocess.run([str(find_tool("helm")), *args], capture_output=True,
+                                text=True, timeout=timeout, check=False, env=env)
         if result.returncode != 0:
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
-            raise WorldError(f"CNI ADD for pod {name} on {vm} failed: {result.stdout.strip()} "
-                             f"{result.stderr.strip()}")
-        return Pod(name, vm, f"/run/netns/{netns}", result.address(), container_id, "cni")
+            raise WorldError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
 
-    def _containerd_pod(self, runtime: Containerd, vm: str, name: str) -> Pod:
-        config = runtime.workdir / f"pod-{name}.json"
-        config.write_text(json.dumps({
-            "metadata": {"name": name, "namespace": "default", "uid": uuid.uuid4().hex,
-                         "attempt": 1},
-            "hostname": name, "log_directory": str(runtime.workdir / "pod-logs" / name),
-            "linux": {"cgroup_parent": f"/{runtime.cgroup_parent}"},
-        }))
-        sandbox = runtime.crictl("runp", str(config)).stdout.strip()
-        inspected = json.loads(runtime.crictl("inspectp", sandbox).stdout)
-        (netns,) = [n["path"] for n in inspected["info"]["runtimeSpec"]["linux"]["namespaces"]
-                    if n["type"] == "network"]
-        return Pod(name, vm, netns, inspected["status"]["network"]["ip"], sandbox,
-                   "containerd")
+    def chart_path(self) -> Path:
+        root = source_root()
+        if root is None:
+            raise WorldError("charts/azure-cni is only in a source checkout")
+        return root / "charts" / "azure-cni"
 
-    def delete_pod(self, name: str) -> None:
-        pod = self.pods.pop(name)
-        if pod.runtime == "containerd":
-            runtime = self.runtimes[pod.vm]
-            runtime.crictl("stopp", pod.container_id, check=False)
-            runtime.crictl("rmp", pod.container_id, check=False)
-            return
-        node = self.nodes[pod.vm]
-        node.run_shim("DEL", pod.container_id, pod.netns)
-        subprocess.run(["ip", "netns", "del", Path(pod.netns).name], capture_output=True,
-                       check=False)
+    def install_chart(self, **overrides: Any) -> None:
+        """``helm install azure-cni charts/azure-cni -n kube-system -f values.yaml``, after the
+        admin put the emulator's CA into a ConfigMap (the chart's caBundle mounts it)."""
+        assert self.emulator is not None
+        self.kubectl("-n", NAMESPACE, "create", "configmap", ARM_CA_CONFIGMAP,
+                     f"--from-file=ca.crt={self.emulator.ca_path}")
+        values = self.write_values(self.chart_values(**overrides))
+        self.helm("install", RELEASE, str(self.chart_path()), "--namespace", NAMESPACE,
+                  "--values", str(values))
 
-    def in_pod(self, pod: Pod, *argv: str, timeout: float = 20
-               ) -> subprocess.CompletedProcess[str]:
-        """Run a command in the pod's network namespace."""
-        return subprocess.run(["nsenter", f"--net={pod.netns}", *argv], capture_output=True,
+    def upgrade_chart(self, **overrides: Any) -> None:
+        """``helm upgrade`` with changed values (on top of the ones the install used)."""
+        values = self.write_values(self.chart_values(**overrides), "values-upgrade.yaml")
+        self.helm("upgrade", RELEASE, str(self.chart_path()), "--namespace", NAMESPACE,
+                  "--values", str(values))
+
+    def write_values(self, values: dict[str, Any], name: str = "values.yaml") -> Path:
+        path = self.workdir / name
+        path.write_text(yaml.safe_dump(values, sort_keys=False))
+        return path
+
+    # -- Kubernetes ------------------------------------------------------------------------
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        assert self.cluster is not None
+        return self.cluster.kubectl(*args, check=check, input=input, timeout=timeout)
+
+    def get_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def exec_in(self, pod: str, *argv: str, namespace: str = "default", timeout: float = 30
+                ) -> subprocess.CompletedProcess[str]:
+        """``kubectl exec`` a command in a pod; never raises on its exit code."""
+        return self.kubectl("exec", "-n", namespace, pod, "--", *argv, check=False,
+                            timeout=timeout)
+
+    def wait_rollout(self, what: str, namespace: str = "default", timeout: float = 180) -> None:
+        self.kubectl("rollout", "status", what, "-n", namespace, f"--timeout={int(timeout)}s",
+                     timeout=timeout + 10)
+
+    def wait_nodes_ready(self, timeout: float = 120) -> None:
+        def all_ready() -> bool:
+            nodes = self.get_json("nodes")["items"]
+            return len(nodes) == len(self.nodes) and all(
+                any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in n["status"].get("conditions", [])) for n in nodes)
+
+        wait_for("every node to be Ready", all_ready, timeout, interval=1,
+                 alive=self._nodes_alive)
+
+    def pool(self, vm: str) -> NodeIPPool:
+        return NodeIPPool.from_object(self.get_json("nodeippool", vm))
+
+    def wait_pools_ready(self, timeout: float = 180) -> None:
+        def all_ready() -> bool:
+            out = self.kubectl("get", "nodeippools", "-o", "json", check=False)
+            if out.returncode != 0:
+                return False
+            pools = [NodeIPPool.from_object(p) for p in json.loads(out.stdout)["items"]]
+            if {p.name for p in pools} != set(self.vms):
+                return False
+            for pool in pools:
+                ready = pool.status.condition(ConditionType.READY)
+                agent = pool.status.condition(ConditionType.AGENT_READY)
+                if not (ready and ready.status and agent and agent.status):
+                    return False
+            return True
+
+        wait_for("every NodeIPPool to be Ready with its agent ready", all_ready, timeout,
+                 interval=1, alive=self._nodes_alive)
+
+    def pool_counts(self) -> dict[str, PoolCounts]:
+        """Every NodeIPPool's ALLOCATED, USED and COOLING, as ``kubectl get nip`` shows them."""
+        counts = {}
+        for pool in self.get_json("nodeippools")["items"]:
+            status = pool.get("status") or {}
+            counts[pool["metadata"]["name"]] = PoolCounts(
+                *(int(status.get(key) or 0) for key in ("allocated", "used", "cooling")))
+        return counts
+
+    # -- the cluster's Prometheus ----------------------------------------------------------
+
+    def _wait_prometheus(self, what: str, problems: Callable[[PrometheusAPI], list[str]],
+                         timeout: float) -> None:
+        """Until ``problems`` finds none; on timeout, say which were left."""
+        api = self.prometheus
+        if api is None:
+            raise WorldError("this world has no Prometheus (start() brings it up)")
+        left: list[str] = []
+
+        def none_left() -> bool:
+            nonlocal left
+            try:
+                left = problems(api)
+            except PrometheusError as e:  # e.g. its pod moving to another node
+                left = [str(e)]
+            return not left
+
+        try:
+            wait_for(what, none_left, timeout, interval=1, alive=self._nodes_alive)
+        except TimeoutError as e:
+            raise WorldError(f"{e}: " + "; ".join(left)) from None
+
+    def wait_prometheus_scrapes_everything(self, timeout: float = 120) -> None:
+        """Until Prometheus has ``up == 1`` for the operator and the agent of every node."""
+        nodes = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"
+                             ).stdout.split()
+        self._wait_prometheus("Prometheus to scrape the operator and the agent of every node",
+                              lambda api: scrape_problems(api, nodes), timeout)
+
+    def wait_prometheus_agrees_with_pools(self, timeout: float = 90) -> None:
+        """Until Prometheus's pool series say what ``kubectl get nip`` says, for every pool."""
+        self._wait_prometheus("Prometheus's pool series to match kubectl get nip",
+                              lambda api: pool_mismatches(api, self.pool_counts()), timeout)
+
+    # -- the network, from outside the cluster ---------------------------------------------
+
+    def in_netns(self, netns: str, *argv: str, timeout: float = 20
+                 ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True,
                               text=True, check=False, timeout=timeout)
 
-    def ping(self, pod: Pod, address: str, count: int = 1) -> bool:
-        return self.in_pod(pod, "ping", "-c", str(count), "-W", "2", address).returncode == 0
+    def onprem(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """Run a command on the on-premises host."""
+        assert self.fabric is not None
+        return self.in_netns(self.fabric.onprem_ns, *argv, timeout=timeout)
 
-    def http_get(self, pod: Pod, url: str, timeout: float = 3) -> dict[str, Any] | None:
-        """GET ``url`` from the pod; the echo servers answer with the address they saw."""
-        out = self.in_pod(pod, "curl", "-s", "-m", str(timeout), url, timeout=timeout + 5)
-        if out.returncode != 0 or not out.stdout.strip():
-            return None
-        answer: dict[str, Any] = json.loads(out.stdout)
-        return answer
-
-    def capture_on_fabric(self, vm: str, bpf: str, action: Any, packets: int = 2,
-                          timeout: float = 10) -> list[str]:
+    def capture_on_fabric(self, vm: str, bpf: str, action: Callable[[], object],
+                          packets: int = 2, timeout: float = 10) -> list[str]:
         """Run ``action()`` while tcpdump watches the VM's link in the fabric; return the
         packets seen (one line each, addresses numeric)."""
         assert self.fabric is not None
-        iface = self.fabric.vms[vm].fabric_if
-        dump = subprocess.Popen(
-            ["ip", "netns", "exec", self.fabric.fabric_ns, "tcpdump", "-n", "-l", "-q", "-i",
-             iface, "-c", str(packets), bpf], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        assert dump.stderr is not None
-        for line in dump.stderr:  # ends at EOF if tcpdump fails
-            if "listening on" in line:
-                break
-        try:
-            action()
-            out, _ = dump.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            out, _ = dump.communicate()
-        return [line for line in out.splitlines() if line.strip()]
+        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].fabric_if, bpf,
+                               action, packets=packets, timeout=timeout)
 
     # -- Azure, as an admin in the portal would touch it -----------------------------------
 
@@ -327,67 +485,8 @@ class World:
         assert self.emulator is not None
         return self.emulator.nic_addresses(self.vms[vm].nic_id)
 
-    # -- Kubernetes ------------------------------------------------------------------------
-
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        assert self.cluster is not None
-        return self.cluster.kubectl(*args, check=check)
-
-    def pool(self, vm: str) -> NodeIPPool:
-        return NodeIPPool.from_object(json.loads(
-            self.kubectl("get", "nodeippool", vm, "-o", "json").stdout))
-
-    def wait_pools_settled(self, timeout: float = 60) -> None:
-        """Wait until every pool reports its pods as used and holds its warm pool again."""
-        counts = {vm: sum(p.vm == vm for p in self.pods.values()) for vm in self.vms}
-        min_free = int(self.pool_defaults.get("minFreeIPs", 0))
-
-        def settled() -> bool:
-            for vm, used in counts.items():
-                pool = self.pool(vm)
-                free = sum(ip.state == "Available" for ip in pool.status.ips) - used
-                if pool.status.used != used or free < min_free:
-                    return False
-            return True
-
-        wait_for("every pool to count its pods and refill its warm pool", settled, timeout,
-                 interval=0.5)
-
-    def wait_pools_ready(self, timeout: float = 120) -> None:
-        def all_ready() -> bool:
-            for vm in self.vms:
-                out = self.kubectl("get", "nodeippool", vm, "-o", "json", check=False)
-                if out.returncode != 0:
-                    return False
-                pool = NodeIPPool.from_object(json.loads(out.stdout))
-                cond = pool.status.condition(ConditionType.READY)
-                agent = pool.status.condition(ConditionType.AGENT_READY)
-                if not (cond and cond.status and agent and agent.status):
-                    return False
-            return True
-
-        alive = self.operator.check_running if self.operator else None
-        wait_for("every NodeIPPool to be Ready with its agent ready", all_ready, timeout,
-                 interval=0.5, alive=alive)
-
 
 def namespaces_with_prefix(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     return [line.split()[0] for line in out.stdout.splitlines()
             if line.split() and line.split()[0].startswith(f"{prefix}-")]
-
-
-@contextlib.contextmanager
-def running_world(workdir: Path, **kwargs: Any) -> Iterator[World]:
-    world = World(workdir, **kwargs)
-    world.start()
-    try:
-        yield world
-    finally:
-        world.stop()
-        shutil.rmtree(workdir / "nodes", ignore_errors=True)
-
-
-def first_pods(world: World, per_vm: int = 2) -> Sequence[Pod]:
-    """``per_vm`` pods on every VM, named ``<vm>-pod<i>``."""
-    return [world.run_pod(vm, f"{vm}-pod{i}") for vm in world.vms for i in range(per_vm)]

@@ -11,7 +11,7 @@ flight when the agent acknowledges that address.
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
-from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Release
+from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Clock, Release
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class PoolBeingDeleted(Exception):
@@ -48,6 +49,16 @@ def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
     return best[2] if best else None
 
 
+def choose_wanted(pool: Sequence[PoolIP], taken: frozenset[str], wanted: str) -> str | None:
+    """``wanted`` if the pool holds it Available and nobody uses it, else None (pure).
+
+    An address asked for by name is given even while it cools down: whoever asks for a
+    fixed address knows what was there before.
+    """
+    available = any(ip.address == wanted and ip.state == IPState.AVAILABLE for ip in pool)
+    return wanted if available and wanted not in taken else None
+
+
 @dataclass(frozen=True)
 class PoolUsage:
     """The pool as the agent sees it; feeds STATUS, metrics and the NodeIPPool status."""
@@ -61,6 +72,8 @@ class PoolUsage:
     release_acks: frozenset[str] = field(default_factory=frozenset)
     #: addresses held by pods that are not (or no longer) in the pool's inventory
     outside_pool: tuple[str, ...] = ()
+    #: seconds until the next cooldown of a pool address ends (``cooling`` or an ack changes)
+    cooldown_ends_in: float | None = None
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
@@ -73,10 +86,13 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
     free = releasing = cooling = 0
     acks = set()
     inventory = set()
+    ends: list[float] = []
     for ip in pool.status.ips:
         inventory.add(ip.address)
         release = released.get(ip.address)
         cool = release is not None and release.cool_until > now
+        if cool and release is not None and ip.address not in taken:
+            ends.append(release.cool_until - now)
         if ip.state == IPState.RELEASING:
             releasing += 1
             if ip.address not in taken and not cool:
@@ -87,17 +103,19 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
             else:
                 free += 1
     return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
-                     frozenset(acks), tuple(sorted(taken - inventory)))
+                     frozenset(acks), tuple(sorted(taken - inventory)),
+                     min(ends) if ends else None)
 
 
 class Allocator:
     """The store and the agent's copy of the pool, used from one thread only."""
 
     def __init__(self, store_path: Path, cooldown_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock | None = None) -> None:
         self.store_path = store_path
         self.cooldown_seconds = cooldown_seconds
-        self._clock = clock
+        #: cooldowns are measured on ``clock.since_boot``, never on the wall clock
+        self.clock = clock or Clock()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: AddressStore | None = None
         self._pool: NodeIPPool | None = None
@@ -116,7 +134,7 @@ class Allocator:
 
     async def open(self) -> None:
         def open_store() -> None:
-            self._store = AddressStore(self.store_path)
+            self._store = AddressStore(self.store_path, self.clock)
 
         await self._run(open_store)
 
@@ -133,6 +151,8 @@ class Allocator:
         """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
 
         def adopt() -> None:
+            # Held addresses are never handed out again, whatever the pool says; one that
+            # left the NIC is reported as usage.outside_pool (the agent logs it once).
             self._pool = pool
             if pool is not None:
                 inventory = {ip.address for ip in pool.status.ips}
@@ -159,9 +179,9 @@ class Allocator:
                 # has seen the deletion (the operator hands back what stays unused)
                 raise PoolBeingDeleted(self._pool.name)
             ips = self._pool.status.ips if self._pool else ()
-            now = self._clock()
+            now = self.clock.since_boot()
             made = self.store.assign(
-                key, netns=netns, host_veth=host_veth, pod=pod, now=now,
+                key, netns=netns, host_veth=host_veth, pod=pod,
                 choose=lambda taken, released: choose_address(ips, taken, released, now))
             return made, made is not None
 
@@ -173,7 +193,7 @@ class Allocator:
     async def release(self, key: AttachmentKey, cooldown: bool = True) -> Assignment | None:
         """Forget ``key``'s address; with ``cooldown`` it is not reused for a while."""
         seconds = self.cooldown_seconds if cooldown else 0.0
-        return await self._run(lambda: self.store.release(key, seconds, self._clock()))
+        return await self._run(lambda: self.store.release(key, seconds))
 
     async def assignments(self) -> list[Assignment]:
         return await self._run(self.store.assignments)
@@ -181,7 +201,7 @@ class Allocator:
     async def usage(self) -> PoolUsage:
         def count() -> PoolUsage:
             return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
-                              self._clock())
+                              self.clock.since_boot())
 
         return await self._run(count)
 
@@ -189,7 +209,30 @@ class Allocator:
         def read() -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
             assignments = self.store.assignments()
             released = self.store.releases()
-            return (pool_usage(self._pool, assignments, released, self._clock()),
+            return (pool_usage(self._pool, assignments, released, self.clock.since_boot()),
                     assignments, released)
 
         return await self._run(read)
+
+    async def assign_wanted(self, key: AttachmentKey, address: str, netns: str,
+                            host_veth: str, pod: str) -> Assignment | None:
+        """Record ``address`` for ``key`` if the pool can give it (``choose_wanted``)."""
+
+        def pick() -> Assignment | None:
+            ips = self._pool.status.ips if self._pool else ()
+            return self.store.assign(
+                key, netns=netns, host_veth=host_veth, pod=pod,
+                choose=lambda taken, released: choose_wanted(ips, taken, address))
+
+        return await self._run(pick)
+
+    async def rebind(self, key: AttachmentKey, new_key: AttachmentKey, *, netns: str,
+                     host_veth: str, pod: str) -> Assignment | None:
+        """Hand ``key``'s address to ``new_key`` without freeing it in between."""
+        return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
+                                                         host_veth=host_veth, pod=pod))
+
+    async def holder(self, address: str) -> Assignment | None:
+        """The attachment holding ``address``, if any."""
+        return await self._run(
+            lambda: next((a for a in self.store.assignments() if a.address == address), None))

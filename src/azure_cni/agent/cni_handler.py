@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from azure_cni.agent.allocator import Allocator, PoolBeingDeleted, PoolUsage
+from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.cni.errors import (
     DatapathMismatch,
     InvalidConfig,
@@ -84,6 +86,11 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def waiting(self, key: AttachmentKey) -> int:
+        """How many wait for ``key`` while someone holds it."""
+        lock, users = self._locks.get(key, (None, 0))
+        return users - 1 if lock is not None and lock.locked() else 0
+
     def __len__(self) -> int:
         return len(self._locks)
 
@@ -102,6 +109,8 @@ class CniHandler:
         add_wait_seconds: float,
         on_change: Callable[[], None] = lambda: None,
         egress_problem: Callable[[], str] = lambda: "",
+        hints: PoolHints | None = None,
+        pool_problem: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_name = node_name
         self.allocator = allocator
@@ -111,8 +120,12 @@ class CniHandler:
         self.add_wait_seconds = add_wait_seconds
         self.on_change = on_change
         self.egress_problem = egress_problem
+        self.hints = hints or nodeippool_hints(node_name)
+        self.pool_problem = pool_problem
         self.locks = KeyedLocks()
         self._pool_changed = asyncio.Event()
+        #: attachments whose ADD is running (GC leaves them alone, see ``gc``)
+        self._adding: Counter[AttachmentKey] = Counter()
 
     def pool_changed(self) -> None:
         """Wake ADDs waiting for a free address (new pool, released address)."""
@@ -137,6 +150,21 @@ class CniHandler:
     # -- ADD -------------------------------------------------------------------------------
 
     async def add(self, request: CniRequest) -> Reply:
+        problem = self.egress_problem()
+        if problem:
+            # fail closed: without the filter a pod could reach the wireserver and IMDS
+            raise TryAgainLater("pods are not set up on this node until its egress rules are "
+                                "in place (the wireserver and instance metadata block)",
+                                f"{problem}; the agent retries by itself")
+        self._adding[request.key] += 1
+        try:
+            return await self._add(request)
+        finally:
+            self._adding[request.key] -= 1
+            if not self._adding[request.key]:
+                del self._adding[request.key]
+
+    async def _add(self, request: CniRequest) -> Reply:
         key = request.key
         async with self.locks.hold(key):
             assignment, created = await self._assign(request)
@@ -193,11 +221,12 @@ class CniHandler:
         usage = await self.allocator.usage()
         if not usage.known:
             return PoolExhausted(f"the pool of node {self.node_name} is not known yet",
-                                 f"waited {waited:.0f}s for NodeIPPool {self.node_name}; "
-                                 "is the azure-cni operator running?")
+                                 f"waited {waited:.0f}s for {self.hints.name}; "
+                                 f"{self.pool_problem() or self.hints.when_unknown}")
         return PoolExhausted(
             f"the pool of node {self.node_name} is exhausted",
-            f"waited {waited:.0f}s for the operator to add addresses: {_describe(usage)}")
+            f"waited {waited:.0f}s for {self.hints.who_adds} to add addresses: "
+            f"{_describe(usage)}")
 
     # -- DEL -------------------------------------------------------------------------------
 
@@ -271,16 +300,16 @@ class CniHandler:
     # -- STATUS ----------------------------------------------------------------------------
 
     async def status(self, request: CniRequest) -> Reply:
-        usage = await self.allocator.usage()
-        if not usage.known:
-            raise NotAvailable(f"the agent has not received NodeIPPool {self.node_name} yet",
-                               "is the azure-cni operator running?")
+        """Fails only when this node cannot network pods (pool unknown, egress rules missing;
+        the shim answers for an agent that does not serve). A pool with no address free this
+        second is not such a case: it grows, and containerd 2.x turns a STATUS error into a
+        NotReady node."""
+        if self.allocator.pool is None:
+            raise NotAvailable(f"the agent has not received {self.hints.name} yet",
+                               self.pool_problem() or self.hints.when_unknown)
         problem = self.egress_problem()
         if problem:
             raise LimitedConnectivity("the node's egress rules are not in place", problem)
-        if usage.free == 0:
-            raise NotAvailable(f"no free address in the pool of node {self.node_name}",
-                               _describe(usage))
         return Reply()
 
     # -- the agent's own sweep ---------------------------------------------------------------
@@ -329,10 +358,14 @@ class CniHandler:
             log.warning("event=gc_without_list")
             return Reply(warning=note)
         started = time.time()
+        # The runtime made its list before this GC; an ADD still running now is missing from
+        # it although it will succeed (its address is recorded before its veth is built).
+        adding = set(self._adding)
         failures = []
         freed = []
         for assignment in await self.allocator.assignments():
-            if assignment.key in keep or assignment.assigned_at >= started:
+            if (assignment.key in keep or assignment.key in adding
+                    or assignment.assigned_at >= started or assignment.key.from_docker):
                 continue
             async with self.locks.hold(assignment.key):
                 if await self.allocator.get(assignment.key) != assignment:

@@ -1,8 +1,12 @@
 """Keeps the host's forwarding sysctls and the SNAT/filter chains in line with the settings.
 
 The SNAT policy depends on the pool's NIC information (the subnet pods come from and the
-VNet's address space), so it is reconciled whenever that changes, and now and then to repair
-drift (someone flushed the nat table).
+VNet's address space), so it is reconciled whenever that changes, and periodically to repair
+drift (someone flushed the nat table, or put a rule above our jump).
+
+Fail closed: until the chains have been programmed, and whenever a check or a repair fails,
+``problem`` says why; the agent then sets up no pod (the wireserver and instance metadata
+block could be missing) and does not install its conflist for the first time.
 """
 
 from __future__ import annotations
@@ -35,8 +39,12 @@ def snat_policy(snat: SnatSettings, nic: NicInfo | None) -> SnatPolicy:
     )
 
 
+NOT_PROGRAMMED = ("the pod egress chains (wireserver and metadata block, SNAT) are not "
+                  "programmed yet")
+
+
 class EgressReconciler:
-    """Applies sysctls and the SNAT policy; remembers what failed for STATUS and health."""
+    """Applies sysctls and the SNAT policy; remembers what failed for ADD, STATUS and health."""
 
     def __init__(self, snat: SnatSettings, executor: Executor,
                  host_root: Path = Path("/")) -> None:
@@ -44,8 +52,18 @@ class EgressReconciler:
         self.executor = executor
         self.sysctl_root = proc_sys_net(host_root)
         self.policy = snat_policy(snat, None)
-        self.problem = ""
+        self.sysctl_problem = ""
+        self.chains_problem = NOT_PROGRAMMED
         self._lock = asyncio.Lock()
+
+    @property
+    def problem(self) -> str:
+        """Why pods cannot be set up safely on this node now; empty when they can."""
+        return "; ".join(p for p in (self.sysctl_problem, self.chains_problem) if p)
+
+    @property
+    def in_place(self) -> bool:
+        return not self.problem
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -54,25 +72,30 @@ class EgressReconciler:
         try:
             changed = await self._run(ensure_host_sysctls, self.sysctl_root)
         except OSError as e:
-            self.problem = f"enabling IPv4 forwarding failed: {e}"
+            self.sysctl_problem = f"enabling IPv4 forwarding failed: {e}"
             log.error("event=sysctl_failed error=%s", e)
             return
+        self.sysctl_problem = ""
         for key, before in changed.items():
             log.info("event=sysctl_set key=%s before=%s", key, before)
 
     async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False) -> None:
-        """Apply the policy for ``nic`` (or the last one with ``keep_nic``)."""
+        """Apply the policy for ``nic`` (or the last one with ``keep_nic``); ``problem`` says
+        whether that worked."""
         async with self._lock:
             policy = self.policy if keep_nic else snat_policy(self.snat, nic)
             try:
                 changed = await self._run(ensure_snat, policy)
             except (IptablesFailed, OSError) as e:
-                self.problem = f"programming the SNAT chains failed: {e}"
+                # the first line: what failed and why (the rest is the restore input)
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                self.chains_problem = f"programming the pod egress chains failed: {first}"
                 log.error("event=snat_failed error=%s", e)
                 return
             self.policy = policy
-            if self.problem.startswith("programming the SNAT chains"):
-                self.problem = ""
+            if self.chains_problem:
+                log.info("event=egress_chains_in_place")
+            self.chains_problem = ""
             if changed:
                 log.info("event=snat_applied pod_cidr=%s vnet=%s non_masquerade=%s "
                          "masquerade=%s", policy.pod_cidr or "-",

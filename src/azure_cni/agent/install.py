@@ -1,7 +1,11 @@
 """Installing the CNI plugin on the host: the shim, and the conflist that makes runtimes use it.
 
-The conflist is written only once the agent serves and removed when it stops, so a runtime
-never starts a pod against a dead agent (it reports the node's network as not ready instead).
+The conflist is written once the agent serves, knows its pool and has its egress rules in
+place; until then a new node's runtime reports the network as not ready. After that it stays,
+also while the agent restarts: removing it would make the runtime report the node NotReady
+and fail every DEL (the shim fails ADD with "try again later" and spools DEL while the agent
+is away). It goes when the agent refuses to start (the node cannot network pods until an
+admin acts) and with ``uninstall`` (``azure-cni-agent --uninstall``).
 
 Files, all written atomically (temporary file, fsync, rename):
 - ``<cniBinDir>/azure-vnet.d/azure_vnet_shim.py``: the shim (``azure_cni/cni/shim.py``);
@@ -148,6 +152,17 @@ def spool_dir(settings: AgentSettings) -> Path:
     return Path(settings.state_dir) / "spool"
 
 
+def stopped_marker(settings: AgentSettings) -> Path:
+    """Where a gracefully stopped agent leaves word for the shim's STATUS (see the shim)."""
+    return spool_dir(settings) / shim.AGENT_STOPPED
+
+
+def mark_stopped(settings: AgentSettings) -> None:
+    marker = stopped_marker(settings)
+    marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomically(marker, b"", mode=0o600)
+
+
 def install_conflist(settings: AgentSettings) -> Path:
     """Write the conflist; chain only plugins that exist, at versions all of them speak."""
     bin_dir = Path(settings.cni_bin_dir)
@@ -183,7 +198,8 @@ def install_conflist(settings: AgentSettings) -> Path:
 
 
 def remove_conflist(settings: AgentSettings) -> bool:
-    """Remove our conflist (the agent is stopping); True if it was there."""
+    """Remove our conflist (uninstall, or an agent that refuses to start); True if it was
+    there."""
     path = Path(settings.cni_conf_dir) / CONFLIST_NAME
     try:
         path.unlink()

@@ -1,10 +1,11 @@
 """The agent's Prometheus metrics, and the HTTP endpoint for them and for health checks.
 
-Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace: ``/metrics`` in
+Served on ``127.0.0.1:<agent.metricsPort>`` of the host's network namespace, and also on the
+node's own address when the chart turns on scraping (``--metrics-address``): ``/metrics`` in
 the Prometheus text format; ``/healthz`` (liveness) answers 200 once the agent serves its
 socket, also while it waits for its NodeIPPool, so a slow operator does not get it restarted;
-``/readyz`` answers 200 only when pods can start (pool known, conflist installed). Both say
-why with a 503 otherwise.
+``/readyz`` answers 200 only when pods can start (pool known, egress rules in place,
+conflist installed). Both say why with a 503 otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from azure_cni.agent.allocator import PoolUsage
+from azure_cni.cni.request import COMMANDS
 
 #: from 1 ms (a warm ADD is a few ms) to the shim's deadline
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -36,26 +38,43 @@ class AgentMetrics:
             "Time the agent took to serve a CNI request (excluding the shim's start-up)",
             ["command"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.pool = Gauge(
-            "azure_cni_pool_addresses",
-            "Addresses of this node's pool by state: available (free to hand out), used, "
-            "releasing, cooldown",
+            "azure_cni_agent_pool_addresses",
+            "Addresses of this node's pool by state: free (can be handed out), used (by a "
+            "pod), cooling (freed, in their cooldown), releasing (marked for release by the "
+            "operator and acknowledged, waiting to leave the NIC)",
             ["state"], registry=self.registry)
+        self.outside_pool = Gauge(
+            "azure_cni_agent_addresses_outside_pool",
+            "Addresses pods still hold that are no longer in the pool (removed from the NIC "
+            "behind the agent's back): their traffic is not delivered", registry=self.registry)
+        self.instance_metadata_requests = Counter(
+            "azure_cni_agent_instance_metadata_requests",
+            "Requests a standalone agent made to the instance metadata service, by result "
+            "(ok, throttled, unreachable, malformed, error)", ["result"],
+            registry=self.registry)
         self.ready = Gauge("azure_cni_agent_ready",
                            "1 when the agent serves CNI requests", registry=self.registry)
         self.spool_replayed = Counter(
-            "azure_cni_spooled_deletes_replayed",
+            "azure_cni_agent_spooled_deletes_replayed_total",
             "DEL requests the shim spooled while the agent was down, replayed",
             registry=self.registry)
+        # every command's series from the start, at zero: a series born with its first
+        # request has no earlier sample, and rate() or increase() would miss that request
+        for command in COMMANDS:
+            self.requests.labels(command, "ok")
+            self.latency.labels(command)
 
     def observe(self, command: str, result: str, seconds: float) -> None:
         self.requests.labels(command, result).inc()
         self.latency.labels(command).observe(seconds)
 
     def set_pool(self, usage: PoolUsage) -> None:
-        self.pool.labels("available").set(usage.free)
+        self.pool.labels("free").set(usage.free)
         self.pool.labels("used").set(usage.used)
-        self.pool.labels("releasing").set(usage.releasing)
-        self.pool.labels("cooldown").set(usage.cooling)
+        self.pool.labels("cooling").set(usage.cooling)
+        # an address a pod still holds counts as used until the pod goes, not as releasing
+        self.pool.labels("releasing").set(len(usage.release_acks))
+        self.outside_pool.set(len(usage.outside_pool))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,15 +1,30 @@
-"""The node agent: watches its own NodeIPPool, serves the CNI shim, reports its status.
+"""The node agent: follows its pool, serves the CNI shim, reports its status.
+
+The pool comes from a ``PoolSource`` (``agent.pool_source``): the node's NodeIPPool on a
+Kubernetes node, the NIC's addresses through the instance metadata service on a VM without
+Kubernetes. Everything here is the same for both.
 
 Start-up, in this order, so that nothing is handed out before the agent knows what is in use:
 1. the host's python for the shim exists (else: condition AgentReady=False, exit 2);
 2. the store opens and agrees with the host's pod veths (else: refuse to start, exit 3);
-3. forwarding sysctls, then DEL requests the shim spooled while the agent was down;
-4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on);
-5. once the NodeIPPool is known: the shim and the conflist are installed and AgentReady
-   becomes True. Stopping removes the conflist first, so runtimes stop sending ADDs.
+3. forwarding sysctls and the pod egress chains (a first attempt; retried from 1 s on,
+   backing off to 30 s), then DEL requests the shim spooled while the agent was down;
+4. the unix socket serves (DEL, CHECK, GC and STATUS work from here on; ADD only while the
+   egress chains are in place: no pod may start without the wireserver/IMDS block);
+5. once the pool is known (from its ``PoolSource``) and the egress chains are in place:
+   the shim and the conflist are installed and AgentReady becomes True.
 
-Only ``used``, ``releaseAcks`` and the ``AgentReady`` condition are written, by server-side
-apply under the ``azure-cni-agent`` field manager, debounced, and only when they change.
+The conflist stays when the agent stops (a DaemonSet roll) and when the pool is deleted:
+without it containerd reports the node's network as not ready and fails every DEL. While
+the agent is away the shim fails ADD with "try again later" (kubelet retries), spools DEL,
+and answers STATUS as ready for a short grace after a graceful stop (``shim.AGENT_STOPPED``).
+It is removed when the agent refuses to start (exit 2 or 3: no restart will help until an
+admin acts) and by ``azure-cni-agent --uninstall``.
+
+Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
+server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
+change; a cooldown that ends changes ``cooling`` (and maybe an ack) without any event, so the
+reporter also wakes up then.
 """
 
 from __future__ import annotations
@@ -18,13 +33,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
@@ -32,20 +45,18 @@ from azure_cni.agent import install
 from azure_cni.agent.allocator import Allocator, PoolUsage
 from azure_cni.agent.cni_handler import CniHandler, Datapath
 from azure_cni.agent.egress import EgressReconciler
-from azure_cni.agent.kube import WatchExpired
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
+from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
 from azure_cni.agent.server import AgentServer
 from azure_cni.agent.spool import replay_spool
 from azure_cni.api.nodeippool import (
     Condition,
     ConditionType,
-    InvalidPool,
     NodeIPPool,
     PoolStatus,
     rfc3339,
     set_condition,
-    status_apply_body,
     utcnow,
 )
 from azure_cni.api.settings import Settings
@@ -59,48 +70,12 @@ STATUS_DEBOUNCE_SECONDS = 1.0
 STATUS_REFRESH_SECONDS = 10.0
 SPOOL_RESCAN_SECONDS = 10.0
 VANISHED_POD_SWEEP_SECONDS = 60.0
-EGRESS_DRIFT_SECONDS = 60.0
+#: check the egress chains (and put them back) this often while they are in place ...
+EGRESS_SYNC_SECONDS = 10.0
+#: ... and retry this soon after a failure, doubling up to the maximum
+EGRESS_RETRY_SECONDS = 1.0
+EGRESS_RETRY_MAX_SECONDS = 30.0
 NETLINK_THREADS = 8
-
-
-class PoolApi(Protocol):
-    """What the agent needs from the Kubernetes API (real: ``agent.kube.KubePoolApi``)."""
-
-    async def list_pool(self, name: str) -> tuple[dict[str, Any] | None, str]: ...
-
-    def watch_pool(self, name: str, resource_version: str,
-                   timeout_seconds: int = 300) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
-
-    async def apply_status(self, name: str, body: Mapping[str, Any]) -> None: ...
-
-
-async def watch_pool_forever(api: PoolApi, name: str,
-                             on_pool: Callable[[Mapping[str, Any] | None], Awaitable[None]],
-                             max_backoff: float = 30.0) -> None:
-    """Follow one NodeIPPool: list, then watch from the list's resourceVersion; relist after
-    410 Gone or any failure (with jittered backoff). ``on_pool(None)``: it does not exist."""
-    backoff = 1.0
-    while True:
-        try:
-            obj, version = await api.list_pool(name)
-            await on_pool(obj)
-            backoff = 1.0
-            while True:
-                async for kind, event in api.watch_pool(name, version):
-                    version = str((event.get("metadata") or {}).get("resourceVersion")
-                                  or version)
-                    if kind in ("ADDED", "MODIFIED"):
-                        await on_pool(event)
-                    elif kind == "DELETED":
-                        await on_pool(None)
-        except WatchExpired:
-            log.info("event=watch_expired; relisting")
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - API server restarts, network blips
-            log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff)
 
 
 class AgentStartupError(RuntimeError):
@@ -122,44 +97,60 @@ class Readiness:
 class StatusReporter:
     """Applies the agent's status fields, at most once per debounce interval."""
 
-    def __init__(self, api: PoolApi, name: str,
+    def __init__(self, source: PoolSource,
                  compute: Callable[[], Awaitable[dict[str, Any] | None]],
                  debounce: float = STATUS_DEBOUNCE_SECONDS) -> None:
-        self.api = api
-        self.name = name
+        self.source = source
         self.compute = compute
         self.debounce = debounce
         self._wanted = asyncio.Event()
         self._last: dict[str, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def request(self) -> None:
         self._wanted.set()
 
+    def forget(self) -> None:
+        """The pool was replaced (deleted, or recreated under the same name): what was
+        written went with the old object, so the next flush writes even unchanged fields."""
+        self._last = None
+        self._wanted.set()
+
+    def request_later(self, delay: float) -> None:
+        """Recompute ``delay`` seconds from now (when a cooldown ends), event or not."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.request)
+
     async def run(self) -> None:
         backoff = 1.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
-            await asyncio.sleep(self.debounce)
-            self._wanted.clear()
-            try:
-                await self.flush()
-                backoff = 1.0
-            except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
-                log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._wanted.set()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
+                await asyncio.sleep(self.debounce)
+                self._wanted.clear()
+                try:
+                    await self.flush()
+                    backoff = 1.0
+                except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
+                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    self._wanted.set()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
 
     async def flush(self) -> bool:
         """Apply now if the fields changed; True if something was written."""
         fields = await self.compute()
         if fields is None or fields == self._last:
             return False
-        await self.api.apply_status(self.name, status_apply_body(self.name, fields))
+        await self.source.publish(fields)
         self._last = fields
-        log.info("event=status_applied used=%s acks=%d ready=%s", fields.get("used"),
-                 len(fields.get("releaseAcks") or ()),
+        log.info("event=status_applied used=%s cooling=%s acks=%d ready=%s",
+                 fields.get("used"), fields.get("cooling"), len(fields.get("releaseAcks") or ()),
                  next((c["status"] for c in fields.get("conditions") or ()), "?"))
         return True
 
@@ -167,34 +158,42 @@ class StatusReporter:
 class NodeAgent:
     """One node's agent; ``run`` serves until ``stop`` is set."""
 
-    def __init__(self, *, settings: Settings, node_name: str, api: PoolApi,
-                 datapath: Datapath, mtu: int, host_root: Path = Path("/")) -> None:
+    def __init__(self, *, settings: Settings, node_name: str, source: PoolSource,
+                 datapath: Datapath, mtu: int, host_root: Path = Path("/"),
+                 metrics: AgentMetrics | None = None, metrics_address: str = "") -> None:
         self.settings = settings
         self.agent = settings.agent
         self.node_name = node_name
-        self.api = api
+        self.source = source
         self.datapath = datapath
         self.mtu = mtu
         self.host_root = host_root
+        #: served on besides loopback ("" = loopback only): the node's address, for Prometheus
+        self.metrics_address = metrics_address
         self.netlink = ThreadPoolExecutor(NETLINK_THREADS, thread_name_prefix="netlink")
         self.allocator = Allocator(Path(self.agent.state_dir) / "ipam.db",
                                    self.agent.cooldown_seconds)
-        self.metrics = AgentMetrics()
+        self.metrics = metrics or AgentMetrics()
         self.egress = EgressReconciler(settings.snat, self.netlink, host_root)
         self.handler = CniHandler(
             node_name=node_name, allocator=self.allocator, datapath=datapath,
             netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
-            on_change=self._changed, egress_problem=lambda: self.egress.problem)
+            on_change=self._changed, egress_problem=lambda: self.egress.problem,
+            hints=source.hints, pool_problem=lambda: self.source_problem)
         self.server = AgentServer(self.handler, self.metrics, self.status_document,
                                   self.health_problem, self.readiness_problem)
-        self.reporter = StatusReporter(api, node_name, self._status_fields)
+        self.reporter = StatusReporter(source, self._status_fields)
         self.readiness = Readiness(False, "Starting", "the agent is starting")
         self._condition: Condition | None = None
         self._installed = False
         self._serving = False
         self._pool_seen = False
-        #: (used, releaseAcks) to report when the store cannot be read
-        self._reported_usage: tuple[int, frozenset[str]] | None = None
+        #: why the pool cannot be read from its source now ("" when it can)
+        self.source_problem = ""
+        #: addresses pods hold that left the pool, already logged
+        self._outside_pool: frozenset[str] = frozenset()
+        #: (used, cooling, releaseAcks) to report when the store cannot be read
+        self._reported_usage: tuple[int, int, frozenset[str]] | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -230,17 +229,17 @@ class NodeAgent:
         # after a reboot every pod namespace is gone: free their addresses before serving
         await self.handler.free_vanished_pods(older_than=0.0)
         self._set_readiness(False, "WaitingForPool",
-                            f"serving; waiting for NodeIPPool {self.node_name}")
+                            f"serving; waiting for {self.source.hints.name}")
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
+        install.stopped_marker(self.agent).unlink(missing_ok=True)
         await self._start_metrics()
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="pool-watch"),
             asyncio.create_task(self.reporter.run(), name="status-reporter"),
             asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
                                 name="spool-rescan"),
-            asyncio.create_task(self._every(EGRESS_DRIFT_SECONDS, self._repair_egress),
-                                name="egress-drift"),
+            asyncio.create_task(self._keep_egress(), name="egress-sync"),
             asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
                                             self.handler.free_vanished_pods),
                                 name="vanished-pod-sweep"),
@@ -251,10 +250,7 @@ class NodeAgent:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        """Stop taking new pods first (conflist gone), then stop serving."""
-        if self._installed:
-            install.remove_conflist(self.agent)
-            self._installed = False
+        """Stop serving, and tell the shim this is a graceful stop; the conflist stays."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -262,10 +258,16 @@ class NodeAgent:
                 await task
         self._tasks = []
         if self._serving:
-            self._set_readiness(False, "Stopped", "the agent stopped; pods cannot start here")
+            self._set_readiness(False, "Stopped", "the agent stopped: pods start once it is "
+                                "back (ADD answers try again later), DELs are spooled")
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reporter.flush(), timeout=5)
         await self.server.stop()
+        if self._serving:
+            try:
+                install.mark_stopped(self.agent)
+            except OSError as e:
+                log.warning("event=stop_not_marked error=%s", e)
         self._serving = False
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
@@ -274,16 +276,20 @@ class NodeAgent:
         self.netlink.shutdown(wait=True)
 
     async def _fail_early(self, reason: str, message: str) -> None:
-        """Tell the cluster why the agent will not serve (best effort: it may be down too)."""
+        """Tell the cluster why the agent will not serve (best effort: it may be down too).
+
+        This is no restart but a node that cannot network pods until an admin acts: the
+        conflist of an earlier run goes, so the runtime reports the node NotReady and the
+        scheduler stops sending pods that would only fail."""
         log.error("event=startup_failed reason=%s message=%s", reason, message)
+        install.remove_conflist(self.agent)
         self._set_readiness(False, reason, message)
         try:
-            obj, _ = await asyncio.wait_for(self.api.list_pool(self.node_name), timeout=10)
-            if obj is None:
+            status = await asyncio.wait_for(self.source.reported(), timeout=10)
+            if status is None:
                 return
             # without a store, keep what the last agent reported rather than erase it
-            status = NodeIPPool.from_object(obj).status
-            self._reported_usage = (status.used, status.release_acks)
+            self._reported_usage = (status.used, status.cooling, status.release_acks)
             self._pool_seen = True
             await asyncio.wait_for(self.reporter.flush(), timeout=10)
         except Exception as e:  # noqa: BLE001 - the API server may be the problem too
@@ -310,11 +316,15 @@ class NodeAgent:
                                            self.readiness_problem),
                                access_log=None, handle_signals=False)
         await runner.setup()
+        # the kubelet probes loopback; Prometheus, when scraping is on, the node's address
+        addresses = ["127.0.0.1", *([self.metrics_address] if self.metrics_address else [])]
         try:
-            await web.TCPSite(runner, "127.0.0.1", self.agent.metrics_port).start()
+            for address in addresses:
+                await web.TCPSite(runner, address, self.agent.metrics_port).start()
         except OSError as e:
             await runner.cleanup()
-            log.error("event=metrics_unavailable port=%d error=%s", self.agent.metrics_port, e)
+            log.error("event=metrics_unavailable address=%s port=%d error=%s", address,
+                      self.agent.metrics_port, e)
             return
         self._metrics_runner = runner
 
@@ -326,8 +336,23 @@ class NodeAgent:
             except Exception as e:  # noqa: BLE001 - a periodic job retries next time
                 log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
 
-    async def _repair_egress(self) -> None:
-        await self.egress.reconcile(keep_nic=True)
+    async def _keep_egress(self) -> None:
+        """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
+        a failure (the xtables lock held by kube-proxy at boot) retry within a second."""
+        retry = EGRESS_RETRY_SECONDS
+        while True:
+            if self.egress.in_place:
+                retry = EGRESS_RETRY_SECONDS
+                await asyncio.sleep(EGRESS_SYNC_SECONDS)
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, EGRESS_RETRY_MAX_SECONDS)
+            try:
+                await self.egress.ensure_sysctls()
+                await self.egress.reconcile(keep_nic=True)
+            except Exception as e:  # noqa: BLE001 - keep checking; the problem stays visible
+                log.warning("event=egress_sync_failed error=%r", e)
+            await self._install_when_ready()
 
     async def replay_spool(self) -> int:
         async def delete(request: CniRequest) -> object:
@@ -341,34 +366,83 @@ class NodeAgent:
     # -- the pool --------------------------------------------------------------------------
 
     async def _watch_forever(self) -> None:
-        await watch_pool_forever(self.api, self.node_name, self.pool_changed)
+        await self.source.follow(self.pool_changed, self._source_trouble)
 
-    async def pool_changed(self, obj: Mapping[str, Any] | None) -> None:
-        """Adopt a new version of the NodeIPPool (None: it does not exist)."""
-        pool = None
-        if obj is not None:
-            try:
-                pool = NodeIPPool.from_object(obj)
-            except InvalidPool as e:
-                log.error("event=pool_invalid error=%s", e)
-                return
+    def _source_trouble(self, problem: str) -> None:
+        if problem == self.source_problem:
+            return
+        self.source_problem = problem
+        if problem:
+            log.warning("event=pool_source_trouble source=%r problem=%s",
+                        self.source.hints.name, problem)
+        if not self._pool_seen and self._serving:
+            if problem:
+                self._set_readiness(False, "PoolUnavailable", problem)
+            else:
+                self._set_readiness(False, "WaitingForPool",
+                                    f"serving; waiting for {self.source.hints.name}")
+
+    async def pool_changed(self, pool: NodeIPPool | None) -> None:
+        """Adopt a new version of the pool (None: it does not exist)."""
         previous = self.allocator.pool
+        if pool is None or previous is None or previous.uid != pool.uid:
+            self.reporter.forget()
         await self.allocator.set_pool(pool)
         self.handler.pool_changed()
         self._pool_seen = pool is not None
         if pool is None:
             if previous is not None:
                 log.warning("event=pool_deleted node=%s", self.node_name)
-            if self._installed:
-                install.remove_conflist(self.agent)
-                self._installed = False
-            self._set_readiness(False, "NoPool", f"NodeIPPool {self.node_name} does not exist")
+            # the conflist stays (DELs of running pods need it); ADDs wait for a pool
+            self._set_readiness(False, "NoPool", f"{self.source.hints.name} does not exist")
             return
         if previous is None or previous.status.nic != pool.status.nic:
             await self.egress.reconcile(pool.status.nic)
+        await self._install_when_ready()
+        await self._note_addresses_outside_pool()
+        self._changed()
+
+    async def _install_when_ready(self) -> None:
+        """Install the shim and conflist once the pool is known and the egress chains are in
+        place; keep AgentReady saying whether pods can start here."""
+        if self.allocator.pool is None:
+            return
+        if not self.egress.in_place:
+            self._set_readiness(False, "EgressRulesMissing",
+                                f"pods are not set up until the egress rules are in place: "
+                                f"{self.egress.problem}")
+            return
         if not self._installed:
             await self._install()
-        self._changed()
+        elif not self.readiness.ready:
+            self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
+
+    async def _note_addresses_outside_pool(self) -> None:
+        """Say so, once, when an address a pod holds is no longer in the pool.
+
+        The pod keeps its address and interface (its traffic stops reaching it: the NIC no
+        longer holds the address), nothing else is given that address, and it comes back to
+        life if the address is put back on the NIC. ``azure-cni status`` lists it and the
+        ``azure_cni_agent_addresses_outside_pool`` metric counts it until the pod goes.
+        """
+        usage = await self.allocator.usage()
+        self.metrics.set_pool(usage)
+        outside = frozenset(usage.outside_pool)
+        if outside - self._outside_pool:
+            holders = {a.address: a for a in await self.allocator.assignments()}
+            for address in sorted(outside - self._outside_pool):
+                holder = holders.get(address)
+                log.warning("event=address_left_pool address=%s container=%s ifname=%s "
+                            "pod=%s source=%r; the pod keeps it but its traffic is not "
+                            "delivered until the address is back on the NIC", address,
+                            holder.key.container_id if holder else "-",
+                            holder.key.ifname if holder else "-",
+                            (holder.pod if holder else "") or "-", self.source.hints.name)
+        pool = self.allocator.pool
+        inventory = {ip.address for ip in pool.status.ips} if pool else set()
+        for address in sorted((self._outside_pool - outside) & inventory):
+            log.info("event=address_back_in_pool address=%s", address)
+        self._outside_pool = outside
 
     async def _install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -407,9 +481,11 @@ class NodeAgent:
         if self.allocator.is_open:
             usage = await self.allocator.usage()
             self.metrics.set_pool(usage)
-            used, acks = usage.used, usage.release_acks
+            used, cooling, acks = usage.used, usage.cooling, usage.release_acks
+            if usage.cooldown_ends_in is not None:
+                self.reporter.request_later(usage.cooldown_ends_in)
         elif self._reported_usage is not None:
-            used, acks = self._reported_usage
+            used, cooling, acks = self._reported_usage
         else:
             return None
         if not self._pool_seen:
@@ -419,16 +495,19 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
-        return PoolStatus(used=used, release_acks=acks,
+        return PoolStatus(used=used, cooling=cooling, release_acks=acks,
                           conditions=(self._condition,)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
         """What ``azure-cni status`` shows."""
         usage, assignments, released = await self.allocator.snapshot()
         pool = self.allocator.pool
-        now = time.time()
+        clock = self.allocator.clock
+        now, wall = clock.since_boot(), clock.wall()
         return {
             "node": self.node_name,
+            "poolSource": self.source.hints.name,
+            "poolSourceProblem": self.source_problem,
             "ready": self.readiness.ready,
             "reason": self.readiness.reason,
             "message": self.readiness.message,
@@ -443,8 +522,9 @@ class NodeAgent:
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
                  "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
-            "coolingDown": {address: r.cool_until for address, r in sorted(released.items())
-                            if r.cool_until > now},
+            # as wall-clock deadlines, for people and for the status command
+            "coolingDown": {address: wall + (r.cool_until - now)
+                            for address, r in sorted(released.items()) if r.cool_until > now},
             "snat": {"podCIDR": self.egress.policy.pod_cidr,
                      "vnet": list(self.egress.policy.vnet_cidrs),
                      "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),

@@ -71,6 +71,10 @@ def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> Non
     health = "ready" if status["ready"] else f"NOT READY ({status['reason']})"
     out.write(f"node:    {status['node']}\n")
     out.write(f"agent:   {health}: {status['message']}\n")
+    if status.get("poolSource"):
+        out.write(f"source:  {status['poolSource']}\n")
+    if status.get("poolSourceProblem"):
+        out.write(f"trouble: {status['poolSourceProblem']}\n")
     if status.get("egressProblem"):
         out.write(f"egress:  {status['egressProblem']}\n")
     nic = pool.get("nic") or {}
@@ -85,7 +89,8 @@ def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> Non
     if pool.get("releaseAcks"):
         out.write(f"acked:   {', '.join(pool['releaseAcks'])}\n")
     if pool.get("outsidePool"):
-        out.write(f"outside: {', '.join(pool['outsidePool'])} (held by pods, not in the pool)\n")
+        out.write(f"outside: {', '.join(pool['outsidePool'])} (held by pods, no longer in the "
+                  "pool: the NIC does not hold them, their traffic is not delivered)\n")
     assignments = status["assignments"]
     out.write(f"\n{len(assignments)} pod attachment(s)\n")
     if assignments:

@@ -135,6 +135,10 @@ def _status_schema() -> dict[str, Any]:
             "observedGeneration": {"type": "integer"},
             "used": {"type": "integer",
                      "description": "Addresses the node agent has handed to pods."},
+            "cooling": {"type": "integer",
+                        "description": "Available addresses freed by a pod less than the "
+                                       "agent's cooldown ago: not handed out yet, so not free "
+                                       "for the warm pool either."},
             "releaseAcks": {
                 "type": "array", "items": {"type": "string"},
                 "x-kubernetes-list-type": "set",
@@ -189,6 +193,8 @@ def nodeippool_crd() -> dict[str, Any]:
                     {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
                     {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    {"name": "Cooling", "type": "integer", "jsonPath": ".status.cooling",
+                     "priority": 1},
                     {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
                      "priority": 1},
                     {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",

@@ -6,7 +6,8 @@ with server-side apply under its own field manager):
 
 - the operator: ``nic``, ``ips``, ``allocated``, ``excessSince``, conditions ``Provisioned``,
   ``Ready``, ``SubnetExhausted``, and ``observedGeneration``;
-- the node agent: ``used``, ``releaseAcks`` and condition ``AgentReady``.
+- the node agent: ``used``, ``cooling`` (freed addresses still in their cooldown, which it
+  will not hand out yet), ``releaseAcks`` and condition ``AgentReady``.
 
 Release handshake: the operator marks an address ``Releasing``; the agent stops handing it out
 and, once no pod uses it, lists its ipConfiguration name in ``releaseAcks``; only then does the
@@ -250,6 +251,8 @@ class PoolStatus:
     excess_since: dt.datetime | None = None
     observed_generation: int | None = None
     used: int = 0
+    #: Available addresses the agent will not hand out before their cooldown ends
+    cooling: int = 0
     release_acks: frozenset[str] = frozenset()
     conditions: tuple[Condition, ...] = ()
 
@@ -273,6 +276,7 @@ class PoolStatus:
             excess_since=parse_time(d.get("excessSince")),
             observed_generation=int(gen) if gen is not None else None,
             used=int(d.get("used") or 0),
+            cooling=int(d.get("cooling") or 0),
             release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
             conditions=conditions,
         )
@@ -297,6 +301,7 @@ class PoolStatus:
         """The agent's part of status, for its server-side apply."""
         return {
             "used": self.used,
+            "cooling": self.cooling,
             "releaseAcks": sorted(self.release_acks),
             "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
         }

@@ -1,8 +1,9 @@
 """azure-cni's configuration: one file (the chart's ConfigMap), defaults defined here once.
 
 The operator reads ``pool`` and ``azure`` and ``operator``; the node agent reads ``agent`` and
-``snat``. The chart's ``values.yaml`` documents the same keys with the same defaults, and a
-test keeps the two equal. Keys are camelCase, as in the chart.
+``snat``, and ``standalone`` on a VM without Kubernetes. The chart's ``values.yaml`` documents
+the same keys with the same defaults (all but ``standalone``, which the chart never turns on),
+and a test keeps the two equal. Keys are camelCase, as in the chart.
 """
 
 from __future__ import annotations
@@ -155,12 +156,29 @@ class SnatSettings:
 
 
 @dataclass(frozen=True)
+class StandaloneSettings:
+    """A VM without Kubernetes: the pool is the NIC's secondary addresses as IMDS lists them."""
+
+    #: take the pool from the instance metadata service instead of a NodeIPPool
+    enabled: bool = False
+    imds_endpoint: str = "http://169.254.169.254"
+    imds_api_version: str = "2021-02-01"
+    #: how often to read the NIC's addresses (IMDS allows 5 requests/s per VM, shared by all)
+    refresh_seconds: float = 10.0
+    #: the NIC whose addresses are the pool, by MAC address; empty: the VM's primary NIC
+    interface_mac: str = ""
+    #: the Docker network and IPAM plugin's socket (empty: no Docker plugin)
+    docker_plugin_socket: str = "/run/docker/plugins/azure-cni.sock"
+
+
+@dataclass(frozen=True)
 class Settings:
     pool: PoolDefaults = field(default_factory=PoolDefaults)
     azure: AzureSettings = field(default_factory=AzureSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     snat: SnatSettings = field(default_factory=SnatSettings)
+    standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
 
     def validate(self) -> None:
         try:
@@ -183,6 +201,14 @@ class Settings:
             raise InvalidSettings(
                 f"azure.credential: {self.azure.credential!r} is not one of default, "
                 "managedIdentity, workloadIdentity, servicePrincipal")
+        if self.standalone.refresh_seconds < 1:
+            raise InvalidSettings(
+                f"standalone.refreshSeconds: {self.standalone.refresh_seconds} is below 1; "
+                "IMDS allows 5 requests per second per VM for everything on it")
+        if not self.standalone.imds_endpoint.startswith("http://"):
+            raise InvalidSettings(
+                f"standalone.imdsEndpoint: {self.standalone.imds_endpoint!r} must be an "
+                "http:// URL (IMDS does not speak TLS)")
 
 
 def _camel(name: str) -> str:
@@ -190,7 +216,7 @@ def _camel(name: str) -> str:
     word = head + "".join(p.capitalize() for p in rest)
     # the chart spells these acronyms in capitals
     for low, up in (("Ips", "IPs"), ("Qps", "QPS"), ("Cidrs", "CIDRs"), ("Id", "ID"),
-                    ("Mtu", "MTU"), ("Arm", "ARM"), ("Ca", "CA")):
+                    ("Mtu", "MTU"), ("Arm", "ARM"), ("Ca", "CA"), ("Mac", "MAC")):
         if word.endswith(low):
             word = word[: -len(low)] + up
     return word
@@ -272,6 +298,7 @@ def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
         operator=_section(OperatorSettings, data.get("operator"), "operator"),
         agent=_section(AgentSettings, data.get("agent"), "agent"),
         snat=_section(SnatSettings, data.get("snat"), "snat"),
+        standalone=_section(StandaloneSettings, data.get("standalone"), "standalone"),
     )
     settings.validate()
     return settings

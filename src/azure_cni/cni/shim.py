@@ -9,7 +9,11 @@ object) on stdout. Logs go to stderr only; there is never a traceback.
 
 If the agent cannot be reached, ADD/CHECK/GC fail with code 11 and STATUS with code 50; a DEL
 is written atomically to the spool directory and succeeds, and the agent replays it when it
-starts. The whole exchange has a hard deadline (``timeoutSeconds``, default 15 s).
+starts. The exception is STATUS while the agent restarts: an agent that stops gracefully (a
+DaemonSet roll) leaves ``agent-stopped`` in the spool directory, and for
+``RESTART_GRACE_SECONDS`` after that STATUS succeeds, so containerd 2.x does not turn a roll
+into a NotReady node. The whole exchange has a hard deadline (``timeoutSeconds``, default
+15 s).
 
 Start-up time is the plugin's latency, so this file imports only modules that are compiled
 into the interpreter or cost well under a millisecond: the ``json`` and ``socket`` packages
@@ -44,6 +48,10 @@ DEFAULT_SOCKET = "/run/azure-cni/agent.sock"
 DEFAULT_SPOOL_DIR = "/var/lib/azure-cni/spool"
 DEFAULT_TIMEOUT = 15.0
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+#: written into the spool directory by an agent that stops gracefully, removed when it serves
+AGENT_STOPPED = "agent-stopped"
+#: how long after a graceful stop STATUS still reports the node's network as ready
+RESTART_GRACE_SECONDS = 60.0
 
 # CNI error codes (spec section 5)
 INCOMPATIBLE_VERSION = 1
@@ -335,6 +343,15 @@ def _spool_delete(spool_dir: str, request: bytes, values: dict[str, str]) -> str
     return final
 
 
+def _restarting(spool_dir: str) -> bool:
+    """The agent stopped gracefully less than RESTART_GRACE_SECONDS ago."""
+    try:
+        stopped = posix.stat(spool_dir + "/" + AGENT_STOPPED).st_mtime
+    except OSError:
+        return False
+    return 0.0 <= time.time() - stopped <= RESTART_GRACE_SECONDS
+
+
 def build_request(values: dict[str, str], config_text: str, deadline_seconds: float) -> bytes:
     """The request body: the CNI values, the remaining budget and the config as given."""
     fields = {**values, "protocol": PROTOCOL, "deadlineSeconds": round(deadline_seconds, 3),
@@ -370,8 +387,11 @@ def _forward(values: dict[str, str], config: dict[str, object], text: str,
     try:
         status, payload, warning = _http_request(socket_path, request, deadline)
     except AgentUnreachable as e:
+        spool_dir = str(config.get("spoolDir", DEFAULT_SPOOL_DIR))
+        if command == "STATUS" and _restarting(spool_dir):
+            log("status_ok_agent_restarting", reason=_token(str(e)))
+            return 0, ""
         if command == "DEL":
-            spool_dir = str(config.get("spoolDir", DEFAULT_SPOOL_DIR))
             try:
                 path = _spool_delete(spool_dir, request, values)
             except OSError as spool_error:

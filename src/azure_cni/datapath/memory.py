@@ -24,6 +24,8 @@ class InMemoryDatapath:
     #: netns -> interface names that exist there but are not ours
     foreign_interfaces: dict[str, set[str]] = field(default_factory=dict)
     pairs: dict[str, PodNetwork] = field(default_factory=dict)
+    #: pod sides left on the host for the runtime to move (``PodNetwork.netns`` empty)
+    on_host: set[str] = field(default_factory=set)
     #: operation name -> errno to fail with, once
     faults: dict[str, int] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -44,19 +46,33 @@ class InMemoryDatapath:
     def ensure_pod_veth(self, pod: PodNetwork) -> None:
         with self._lock:
             self.calls.append(("ensure", pod.host_veth))
-            if pod.netns not in self.namespaces:
+            if pod.netns and pod.netns not in self.namespaces:
                 raise NetnsMissing(errno.ENOENT, f"network namespace {pod.netns} does not exist")
             if pod.ifname in self.foreign_interfaces.get(pod.netns, set()):
                 raise InterfaceTaken(errno.EEXIST, f"{pod.netns} already has an interface "
                                                    f"named {pod.ifname}")
             self._fault("ensure")
             self.pairs[pod.host_veth] = pod
+            if not pod.netns:
+                self.on_host.add(pod.ifname)
+
+    def move_pod_side(self, name: str, *, to_host: bool) -> None:
+        """What Docker's libnetwork does with a handed-over pod side: into the container at
+        Join, back to the host when the container leaves."""
+        with self._lock:
+            (self.on_host.add if to_host else self.on_host.discard)(name)
+
+    def link_exists(self, name: str) -> bool:
+        with self._lock:
+            return name in self.pairs or name in self.on_host
 
     def teardown_pod_veth(self, host_veth: str) -> None:
         with self._lock:
             self.calls.append(("teardown", host_veth))
             self._fault("teardown")
-            self.pairs.pop(host_veth, None)
+            pod = self.pairs.pop(host_veth, None)
+            if pod is not None:
+                self.on_host.discard(pod.ifname)
 
     def check_pod_veth(self, pod: PodNetwork) -> list[str]:
         with self._lock:

@@ -11,6 +11,8 @@ import hashlib
 
 #: host side of every pod veth starts with this; nothing else on the host may use it
 HOST_VETH_PREFIX = "azv"
+#: the pod side's name while it waits on the host for a runtime to move it (Docker)
+HANDOVER_PREFIX = "azp"
 #: the link-scope gateway every pod routes through (the host veth answers for it)
 POD_GATEWAY = "169.254.1.1"
 
@@ -28,6 +30,11 @@ def _local_mac(data: bytes) -> str:
     # locally administered (bit 1) unicast (bit 0 clear) address from 6 hash bytes
     first = (data[0] | 0x02) & 0xFE
     return ":".join(f"{b:02x}" for b in (first, *data[1:6]))
+
+
+def handover_name(container_id: str, ifname: str) -> str:
+    """The pod side's name on the host until the runtime moves it into the container."""
+    return HANDOVER_PREFIX + _digest(container_id, ifname).hex()[:11]
 
 
 def host_veth_mac(container_id: str, ifname: str) -> str:

@@ -8,6 +8,10 @@ descriptor, enters it, creates the socket, returns to its own namespace and pass
 back over a unix socket (SCM_RIGHTS), in ~0.2 ms. No thread of the agent ever changes
 namespace, and the helper does nothing else.
 
+The same way it opens a file under ``/proc/sys/net`` inside a namespace (those files belong
+to the namespace of whoever opens them), for per-interface sysctls netlink cannot set, when
+the agent drives a host namespace other than its own (tests, tools).
+
 This module imports only the standard library because the helper runs it as a script
 (``python -I -S netns_sockets.py <fd>``).
 """
@@ -68,12 +72,25 @@ class NetnsSocketFactory:
         Raises FileNotFoundError if the path does not exist and NetnsSocketError if it is not
         a network namespace or the helper fails.
         """
+        fd = self._ask(netns_path, b"route", "a netlink socket")
+        return socket.socket(fileno=fd)
+
+    def sysctl_file(self, netns_path: str, relative: str) -> int:
+        """A read-write descriptor of ``/proc/sys/net/<relative>`` of that namespace.
+
+        Raises FileNotFoundError when the namespace or the entry does not exist.
+        """
+        if relative.startswith("/") or ".." in relative.split("/"):
+            raise ValueError(f"not a path below /proc/sys/net: {relative!r}")
+        return self._ask(netns_path, b"sysctl " + relative.encode(), f"net/{relative}")
+
+    def _ask(self, netns_path: str, request: bytes, what: str) -> int:
         target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             with self._lock:
                 channel = self._ensure_helper()
                 try:
-                    socket.send_fds(channel, [b"route"], [target])
+                    socket.send_fds(channel, [request], [target])
                     reply, fds, _, _ = socket.recv_fds(channel, _REPLY_SIZE, 1)
                 except OSError as e:
                     self._stop_helper()
@@ -86,9 +103,11 @@ class NetnsSocketFactory:
                 os.close(fd)
             code, _, text = reply.decode(errors="replace").partition(" ")
             number = int(code) if code.isdigit() else errno.EIO
-            raise NetnsSocketError(number, f"cannot open a netlink socket in {netns_path}: "
-                                           f"{text or 'no socket returned'}")
-        return socket.socket(fileno=fds[0])
+            if number == errno.ENOENT:
+                raise FileNotFoundError(number, f"{what} does not exist in {netns_path}")
+            raise NetnsSocketError(number, f"cannot open {what} in {netns_path}: "
+                                           f"{text or 'nothing returned'}")
+        return fds[0]
 
     def _stop_helper(self) -> None:
         if self._channel is not None:
@@ -114,7 +133,7 @@ def _serve(channel: socket.socket, parent: int) -> None:
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     while True:
         try:
-            request, fds, _, _ = socket.recv_fds(channel, 64, 1)
+            request, fds, _, _ = socket.recv_fds(channel, _REPLY_SIZE, 1)
         except OSError:
             return
         if not request:
@@ -127,12 +146,20 @@ def _serve(channel: socket.socket, parent: int) -> None:
                 number = ctypes.get_errno()
                 raise OSError(number, f"setns: {os.strerror(number)} (not a network namespace?)")
             try:
-                made = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+                if request.startswith(b"sysctl "):
+                    # a /proc/sys/net entry resolves to the namespace of the opener
+                    path = "/proc/sys/net/" + request[7:].decode()
+                    made = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                else:
+                    made = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                         socket.NETLINK_ROUTE).detach()
             finally:
                 if libc.setns(home, _CLONE_NEWNET) != 0:
                     os._exit(3)  # never keep serving from the wrong namespace
-            with made:
-                socket.send_fds(channel, [b"ok"], [made.fileno()])
+            try:
+                socket.send_fds(channel, [b"ok"], [made])
+            finally:
+                os.close(made)
         except OSError as e:
             channel.send(f"{e.errno or errno.EIO} {e.strerror or e}".encode()[:_REPLY_SIZE])
         finally:

@@ -170,8 +170,10 @@ def _header(kind: int, flags: int) -> dict[str, int]:
 
 
 def veth_pair(*, host_name: str, host_mac: str, peer_name: str, peer_mac: str, mtu: int,
-              peer_netns_fd: int) -> Request:
-    """Create the veth pair in one request: host side here (up), peer in the pod netns.
+              peer_netns_fd: int | None) -> Request:
+    """Create the veth pair in one request: host side here (down, so that it can be
+    configured before it takes any traffic), peer in the pod netns (or here too, with
+    ``peer_netns_fd`` None).
 
     NLM_F_ECHO makes the kernel send the new link back, with its index and the peer's.
     """
@@ -179,10 +181,13 @@ def veth_pair(*, host_name: str, host_mac: str, peer_name: str, peer_mac: str, m
     msg["header"] = _header(RTM_NEWLINK, _CREATE | NLM_F_ECHO)
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = 0
-    msg["flags"] = _IFF_UP
-    msg["change"] = _IFF_UP
-    peer = {"attrs": [["IFLA_IFNAME", peer_name], ["IFLA_ADDRESS", peer_mac],
-                      ["IFLA_MTU", mtu], ["IFLA_NET_NS_FD", peer_netns_fd]],
+    msg["flags"] = 0
+    msg["change"] = 0
+    peer_attrs: list[list[Any]] = [["IFLA_IFNAME", peer_name], ["IFLA_ADDRESS", peer_mac],
+                                   ["IFLA_MTU", mtu]]
+    if peer_netns_fd is not None:
+        peer_attrs.append(["IFLA_NET_NS_FD", peer_netns_fd])
+    peer = {"attrs": peer_attrs,
             "family": socket.AF_UNSPEC, "index": 0, "flags": 0, "change": 0}
     msg["attrs"] = [
         ["IFLA_IFNAME", host_name],

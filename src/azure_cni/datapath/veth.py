@@ -2,8 +2,15 @@
 
 Pod side: ``eth0`` (CNI_IFNAME) with the pod address as /32, a link-scope route to the
 gateway 169.254.1.1, a permanent neighbour entry mapping the gateway to the host veth's MAC,
-and ``default via 169.254.1.1``. Host side: ``azv<hash>`` with proxy ARP and a /32 route to
-the pod. Everything hangs off the veth pair, so deleting the host veth removes all of it.
+and ``default via 169.254.1.1``. Host side: ``azv<hash>`` with proxy ARP, IPv6 off, and a /32
+route to the pod. Everything hangs off the veth pair, so deleting the host veth removes all
+of it.
+
+IPv6 is disabled on the host side before it comes up: a pod may send anything (the default
+capabilities include NET_RAW), and a router advertisement accepted on the host veth would
+give the node an IPv6 default route through the pod. Pods get IPv4 only, so nothing of
+theirs needs IPv6 on that link. Netlink cannot set ``disable_ipv6``; it is written under
+``/proc/sys/net`` of the host's namespace.
 
 ``ensure_pod_veth`` is idempotent (a stale pair with the same name is replaced) and rolls back
 on failure; ``teardown_pod_veth`` always succeeds when the pair is already gone.
@@ -17,12 +24,14 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from azure_cni.datapath import rtnl
 from azure_cni.datapath.names import POD_GATEWAY, is_host_veth
 from azure_cni.datapath.netns_sockets import NetnsSocketFactory
+from azure_cni.datapath.sysctls import PROC_NET
 
 DEFAULT_ROUTE = "0.0.0.0"  # noqa: S104 - a route destination, nothing binds to it
 
@@ -37,7 +46,12 @@ class InterfaceTaken(FileExistsError):
 
 @dataclass(frozen=True)
 class PodNetwork:
-    """Everything needed to build (or check, or remove) one pod's veth pair."""
+    """Everything needed to build (or check, or remove) one pod's veth pair.
+
+    ``netns`` empty: the pod side stays on the host, named ``ifname`` and unconfigured, for a
+    runtime that moves the interface into the container and sets its address and routes
+    itself (Docker's libnetwork, told by the network plugin's Join answer).
+    """
 
     netns: str
     ifname: str
@@ -63,12 +77,15 @@ class VethDatapath:
 
     The host is the agent's own network namespace, or ``host_netns`` (tests and tools that
     drive a simulated VM from outside it). Each thread keeps its own host socket open.
+    ``sysctl_root`` is where the agent's namespace's ``/proc/sys/net`` is writable (the
+    host's mount in a container, see ``sysctls.proc_sys_net``).
     """
 
     def __init__(self, sockets: NetnsSocketFactory | None = None,
-                 host_netns: str | None = None) -> None:
+                 host_netns: str | None = None, sysctl_root: Path = PROC_NET) -> None:
         self.sockets = sockets or NetnsSocketFactory()
         self.host_netns = host_netns
+        self.sysctl_root = sysctl_root
         self._local = threading.local()
 
     def _host(self) -> rtnl.RtnlChannel:
@@ -92,7 +109,7 @@ class VethDatapath:
     def ensure_pod_veth(self, pod: PodNetwork) -> None:
         """Build the pod's datapath; on failure nothing of it is left behind."""
         try:
-            netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC)
+            netns_fd = os.open(pod.netns, os.O_RDONLY | os.O_CLOEXEC) if pod.netns else None
         except FileNotFoundError:
             raise NetnsMissing(errno.ENOENT,
                                f"network namespace {pod.netns} does not exist") from None
@@ -109,9 +126,15 @@ class VethDatapath:
                     create = _veth_pair(pod, netns_fd)
                     host.send([create])
             finally:
-                os.close(netns_fd)
+                if netns_fd is not None:
+                    os.close(netns_fd)
             undo.callback(self.teardown_pod_veth, pod.host_veth)
             host_index, pod_index = _indexes(create)
+            self._disable_host_ipv6(pod.host_veth)  # still down: no RA was taken yet
+            if netns_fd is None:  # the runtime moves it and configures the pod side
+                self._configure_host_side(host, pod, host_index)
+                undo.pop_all()
+                return
             with rtnl.RtnlChannel(self._pod_socket(pod.netns)) as inside:
                 inside.send([
                     rtnl.link_up(pod_index, pod.ifname),
@@ -122,12 +145,31 @@ class VethDatapath:
                     rtnl.route_add(pod_index, pod.ifname, dst=DEFAULT_ROUTE, dst_len=0,
                                    scope=rtnl.RT_SCOPE_UNIVERSE, gateway=pod.gateway),
                 ])
-            host.send([
-                rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
-                rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
-                               scope=rtnl.RT_SCOPE_LINK),
-            ])
+            self._configure_host_side(host, pod, host_index)
             undo.pop_all()
+
+    @staticmethod
+    def _configure_host_side(host: rtnl.RtnlChannel, pod: PodNetwork, host_index: int) -> None:
+        host.send([
+            rtnl.ipv4_devconf(host_index, pod.host_veth, rtnl.IPV4_DEVCONF_PROXY_ARP, 1),
+            rtnl.link_up(host_index, pod.host_veth),
+            rtnl.route_add(host_index, pod.host_veth, dst=pod.address, dst_len=32,
+                           scope=rtnl.RT_SCOPE_LINK),
+        ])
+
+    def _disable_host_ipv6(self, host_veth: str) -> None:
+        relative = f"ipv6/conf/{host_veth}/disable_ipv6"
+        try:
+            if self.host_netns:
+                fd = self.sockets.sysctl_file(self.host_netns, relative)
+            else:
+                fd = os.open(self.sysctl_root / relative, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if (self.sysctl_root / "ipv6").is_dir():
+                raise
+            return  # the kernel has no IPv6 (ipv6.disable=1): nothing to turn off
+        with os.fdopen(fd, "w") as f:
+            f.write("1\n")
 
     def _pod_socket(self, netns: str) -> socket.socket:
         try:
@@ -138,6 +180,10 @@ class VethDatapath:
     def _replace_stale_pair(self, pod: PodNetwork) -> None:
         lookup = rtnl.link_get(pod.host_veth)
         self._host().send([lookup])
+        if lookup.error == errno.ENODEV and not pod.netns:
+            # a pod side left on the host by an earlier attempt (its host side is gone)
+            self._host().send([rtnl.link_delete(pod.ifname)])
+            return
         if lookup.error == errno.ENODEV:
             # the name clash is inside the pod: CNI says an existing interface is an error
             raise InterfaceTaken(errno.EEXIST, f"{pod.netns} already has an interface named "
@@ -166,6 +212,10 @@ class VethDatapath:
                 problems.append(f"host veth {pod.host_veth} is down")
             if host.get(("IFLA_AF_SPEC", "AF_INET", "proxy_arp")) != 1:
                 problems.append(f"proxy ARP is off on {pod.host_veth}")
+            ipv6 = host.get(("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_CONF"))
+            if ipv6 is not None and ipv6.get("disable_ipv6") != 1:
+                problems.append(f"IPv6 is on on {pod.host_veth} (a pod could send router "
+                                "advertisements to the host)")
             routes = [r for r in ipr.get_routes(family=2, table=254)
                       if r.get("dst_len") == 32 and r.get("RTA_OIF") == host_index]
             if pod.address not in {r.get("RTA_DST") for r in routes}:
@@ -177,6 +227,12 @@ class VethDatapath:
         with IPRoute(fileno=sock.detach()) as inside:
             problems += _check_inside(inside, pod, host_index)
         return problems
+
+    def link_exists(self, name: str) -> bool:
+        """Whether the host has an interface called ``name``."""
+        lookup = rtnl.link_get(name)
+        self._host().send([lookup])
+        return lookup.error != errno.ENODEV
 
     # -- restart ---------------------------------------------------------------------------
 
@@ -195,7 +251,7 @@ class VethDatapath:
                 for index, name in sorted(veths.items(), key=lambda kv: kv[1])]
 
 
-def _veth_pair(pod: PodNetwork, netns_fd: int) -> rtnl.Request:
+def _veth_pair(pod: PodNetwork, netns_fd: int | None) -> rtnl.Request:
     return rtnl.veth_pair(host_name=pod.host_veth, host_mac=pod.host_mac, peer_name=pod.ifname,
                           peer_mac=pod.pod_mac, mtu=pod.mtu, peer_netns_fd=netns_fd)
 

@@ -136,6 +136,8 @@ class Outcome:
     ips: tuple[PoolIP, ...] = ()
     added: int = 0
     removed: int = 0
+    #: addresses the pool lacks to reach its warm target and cannot get now (for metrics)
+    short: int = 0
 
 
 # -- conditions: built here and nowhere else -------------------------------------------------
@@ -462,7 +464,8 @@ def _record_without_nic(obs: Observation, p: Plan) -> Outcome:
                      observed_generation=pool.generation,
                      conditions=_conditions(pool, _ready(pool, p)))
     return Outcome(status=_changed(pool, status), events=tuple(_plan_events(pool, p)),
-                   requeue_after=_requeue(obs, p, 0), message=p.reason, ips=ips)
+                   requeue_after=_requeue(obs, p, 0), message=p.reason, ips=ips,
+                   short=p.short)
 
 
 def _record(d: Decision, nic: NicSnapshot) -> Outcome:
@@ -522,7 +525,8 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
                      observed_generation=pool.generation,
                      conditions=_conditions(pool, provisioned, ready, exhausted))
     return Outcome(status=_changed(pool, status), events=tuple(events), requeue_after=requeue,
-                   message=p.reason, ips=ips, added=len(added), removed=len(write.remove))
+                   message=p.reason, ips=ips, added=len(added), removed=len(write.remove),
+                   short=p.short)
 
 
 def _failed_parts(nic: NicSnapshot) -> list[str]:

@@ -3,9 +3,12 @@
 Pure functions, no I/O: the operator observes the NIC and the pool, calls :func:`plan`, and
 applies the result in one NIC write. The rules, in the pool's own words:
 
-- ``free = available - used``: addresses the agent can still hand out. ``available`` counts
-  only ``Available`` addresses; an address being released is never counted as free, and every
-  used address is assumed to sit on an ``Available`` one (so free is never overestimated).
+- ``free = available - used - cooling``: addresses the agent can hand out now. ``available``
+  counts only ``Available`` addresses; an address being released is never counted as free,
+  every used address is assumed to sit on an ``Available`` one, and ``cooling`` (published by
+  the agent) counts ``Available`` addresses freed less than its cooldown ago, which it will
+  not hand out yet. So free is never overestimated, and churn (pods deleted and created
+  within the cooldown, as in a rolling update) grows the pool instead of failing ADDs.
 - **Grow** when ``free < minFreeIPs`` or ``available < minIPs``: add whole batches until the
   warm pool is met, or exactly enough to reach the floor ``minIPs``, whichever is more; never
   beyond ``maxIPs``, the NIC's 255 secondary slots, or the subnet's free addresses.
@@ -73,7 +76,7 @@ def plan(
     releasing = [ip for ip in status.ips if ip.state is IPState.RELEASING]
     acked = sorted(ip.ip_configuration for ip in releasing
                    if ip.ip_configuration in status.release_acks)
-    free = len(available) - status.used
+    free = len(available) - status.used - status.cooling
     ceiling = min(spec.max_ips, MAX_SECONDARY_IPS, nic_capacity)
     # Releasing addresses still occupy the NIC until removed, so they count against the ceiling.
     headroom = max(0, ceiling - (len(status.ips) - len(acked)))

@@ -7,6 +7,13 @@ database itself refuses a duplicate). A released address remembers when it was r
 it is not handed out again during the cooldown, also across restarts, and the least recently
 used free address is picked first.
 
+Cooldowns run on ``CLOCK_BOOTTIME`` (see ``Clock``), not on the wall clock: an NTP step back
+by an hour would otherwise keep every freed address cooling for an hour (the pool looks
+exhausted), and a step forward would end cooldowns early. That clock restarts at zero when
+the machine boots, so each release also records the boot it happened in and the wall-clock
+time; a store opened in another boot carries its cooldowns over on the wall clock, clamped
+so that none lasts longer than it was set to (``AddressStore._rebase``).
+
 An ``AddressStore`` is not thread-safe: the agent uses it from one thread only.
 """
 
@@ -15,10 +22,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assignments (
@@ -36,9 +44,40 @@ CREATE UNIQUE INDEX IF NOT EXISTS assignments_veth ON assignments (host_veth);
 CREATE TABLE IF NOT EXISTS releases (
     address      TEXT PRIMARY KEY,
     released_at  REAL NOT NULL,
-    cool_until   REAL NOT NULL
+    cool_until   REAL NOT NULL,
+    boot_id      TEXT NOT NULL DEFAULT '',
+    released_wall REAL NOT NULL DEFAULT 0
 );
 """
+
+#: schema 1 kept released_at and cool_until on the wall clock and had no boot id
+_FROM_SCHEMA_1 = """
+ALTER TABLE releases ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE releases ADD COLUMN released_wall REAL NOT NULL DEFAULT 0;
+UPDATE releases SET released_wall = released_at;
+"""
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    """This boot's id (the kernel's; the same inside containers), or "" if unknown."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The store's clocks. ``since_boot`` measures cooldowns: CLOCK_BOOTTIME is monotonic
+    (wall-clock steps do not move it), counts suspended time, and is the same for every
+    process of one boot, so a restarted agent continues a cooldown where it stood. ``wall``
+    dates assignments (other processes compare with it) and bridges a reboot."""
+
+    since_boot: Callable[[], float] = field(
+        default=partial(time.clock_gettime, time.CLOCK_BOOTTIME))
+    wall: Callable[[], float] = time.time
+    boot_id: Callable[[], str] = read_boot_id
 
 
 class StoreError(RuntimeError):
@@ -47,6 +86,13 @@ class StoreError(RuntimeError):
 
 class DuplicateAssignment(StoreError):
     """An address or host veth is already recorded for another attachment."""
+
+
+#: ifnames of the attachments Docker's network plugin records (":" is not allowed in a
+#: Linux interface name, so no CNI request has them): an address only Docker's IPAM holds,
+#: and one a Docker endpoint uses
+DOCKER_IPAM = "docker:ipam"
+DOCKER_ENDPOINT = "docker:endpoint"
 
 
 @dataclass(frozen=True)
@@ -58,6 +104,11 @@ class AttachmentKey:
 
     def __str__(self) -> str:
         return f"{self.container_id}/{self.ifname}"
+
+    @property
+    def from_docker(self) -> bool:
+        """Recorded by the Docker plugin, not by a CNI ADD (CNI verbs leave it alone)."""
+        return self.ifname in (DOCKER_IPAM, DOCKER_ENDPOINT)
 
 
 @dataclass(frozen=True)
@@ -79,6 +130,8 @@ Chooser = Callable[[frozenset[str], Mapping[str, "Release"]], str | None]
 
 @dataclass(frozen=True)
 class Release:
+    """When an address was released and until when it cools down, on ``Clock.since_boot``."""
+
     released_at: float
     cool_until: float
 
@@ -86,8 +139,9 @@ class Release:
 class AddressStore:
     """Assignments and releases in one sqlite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = path
+        self.clock = clock or Clock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         try:
@@ -105,14 +159,44 @@ class AddressStore:
             raise StoreError(f"{self.path} is not a readable sqlite database: {e}") from e
         if check != "ok":
             raise StoreError(f"{self.path} failed sqlite's integrity check: {check}")
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise StoreError(f"{self.path} has schema version {version}; this agent knows "
                              f"{SCHEMA_VERSION}. Refusing to guess which addresses are in use.")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # statement by statement: executescript() would commit this transaction
+            script = _SCHEMA + (_FROM_SCHEMA_1 if version == 1 else "")
+            for statement in filter(str.strip, script.split(";")):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._rebase()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _rebase(self) -> None:
+        """Carry cooldowns released in another boot (or by schema 1) over to this boot's clock.
+
+        The time since the release is taken from the wall clock; if that went backwards it
+        counts as none, so a cooldown restarts in full but never lasts longer than it was set.
+        """
+        boot_id = self.clock.boot_id()
+        now, wall = self.clock.since_boot(), self.clock.wall()
+        rows = self._db.execute(
+            "SELECT address, released_at, cool_until, released_wall FROM releases "
+            "WHERE boot_id != ? OR ? = ''", (boot_id, boot_id)).fetchall()
+        for address, released_at, cool_until, released_wall in rows:
+            length = max(0.0, float(cool_until) - float(released_at))
+            elapsed = max(0.0, wall - float(released_wall))
+            left = max(0.0, length - elapsed)
+            self._db.execute(
+                "UPDATE releases SET released_at = ?, cool_until = ?, boot_id = ? "
+                "WHERE address = ?", (now - elapsed, now + left, boot_id, address))
 
     def close(self) -> None:
         self._db.close()
@@ -148,8 +232,9 @@ class AddressStore:
         Reading what is taken, choosing, and inserting happen in one immediate transaction, so
         two callers (even two processes) can never pick the same address. Returns None when
         ``choose`` finds nothing; raises DuplicateAssignment if ``key`` already holds one.
+        ``now`` (default: the wall clock) dates the assignment.
         """
-        now = time.time() if now is None else now
+        now = self.clock.wall() if now is None else now
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -174,10 +259,9 @@ class AddressStore:
             raise
         return Assignment(key, address, netns, host_veth, pod, now)
 
-    def release(self, key: AttachmentKey, cooldown_seconds: float,
-                now: float | None = None) -> Assignment | None:
+    def release(self, key: AttachmentKey, cooldown_seconds: float) -> Assignment | None:
         """Forget ``key``'s assignment; its address cools down. Returns what was removed."""
-        now = time.time() if now is None else now
+        now, wall, boot_id = self.clock.since_boot(), self.clock.wall(), self.clock.boot_id()
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -191,14 +275,43 @@ class AddressStore:
             db.execute("DELETE FROM assignments WHERE container_id = ? AND ifname = ?",
                        (key.container_id, key.ifname))
             if cooldown_seconds > 0:
-                db.execute("INSERT OR REPLACE INTO releases VALUES (?, ?, ?)",
-                           (row[2], now, now + cooldown_seconds))
+                db.execute("INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?)",
+                           (row[2], now, now + cooldown_seconds, boot_id, wall))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
         return _assignment(row)
+
+    def rebind(self, key: AttachmentKey, new_key: AttachmentKey, *, netns: str,
+               host_veth: str, pod: str) -> Assignment | None:
+        """Hand ``key``'s address to ``new_key`` (which may be ``key``) with new details, in one
+        transaction: the address is never free in between. None if ``key`` holds nothing;
+        DuplicateAssignment if ``new_key`` or ``host_veth`` is another attachment's."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
+                "FROM assignments WHERE container_id = ? AND ifname = ?",
+                (key.container_id, key.ifname)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return None
+            db.execute("UPDATE assignments SET container_id = ?, ifname = ?, netns = ?, "
+                       "host_veth = ?, pod = ? WHERE container_id = ? AND ifname = ?",
+                       (new_key.container_id, new_key.ifname, netns, host_veth, pod,
+                        key.container_id, key.ifname))
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as e:
+            db.execute("ROLLBACK")
+            raise DuplicateAssignment(f"{key} cannot become {new_key}: {e}") from e
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return Assignment(new_key, row[2], netns, host_veth, pod, float(row[6]))
 
     def forget_releases(self, addresses: Iterable[str]) -> None:
         """Drop release history of addresses that left the pool (keeps the table small)."""

@@ -358,6 +358,7 @@ class PoolController:
                     else:
                         self.nic_hints.pop(node_name, None)
             except CloudError as e:
+                metrics.observe_azure_error(e)
                 log.warning("event=nic_list_failed subscription=%s resource_group=%s "
                             "error=%s", subscription, resource_group, e)
                 continue

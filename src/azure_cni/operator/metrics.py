@@ -1,4 +1,9 @@
-"""Prometheus metrics of the operator (the Azure call latencies live in azure_cni.cloud)."""
+"""Prometheus metrics of the operator (the Azure call latencies live in azure_cni.cloud).
+
+Per-pool series carry the label ``nodeippool`` (the pool's name, which is its node's name),
+not ``node``: scrape configurations commonly give every target a ``node`` label of their own
+(the node the operator runs on), which would rename ours to ``exported_node``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 
 from azure_cni.api.nodeippool import IPState, PoolIP
+from azure_cni.cloud.armjson import usable_addresses
+from azure_cni.cloud.port import CloudError, SubnetInfo
 
 ALLOCATED = Counter("azure_cni_operator_ip_allocations_total",
                     "Addresses added to NICs as secondary ipConfigurations")
@@ -19,8 +26,28 @@ NIC_WRITES = Histogram(
     ["kind", "outcome"],
     buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
 )
-POOL_IPS = Gauge("azure_cni_operator_pool_ips", "Addresses of a node's pool by state",
-                 ["node", "state"])
+POOL_ADDRESSES = Gauge(
+    "azure_cni_operator_pool_addresses",
+    "Addresses on a node's NIC by their NodeIPPool state (available or releasing); the sum "
+    "is the pool's ALLOCATED column",
+    ["nodeippool", "state"])
+POOL_USED = Gauge("azure_cni_operator_pool_used_addresses",
+                  "Addresses of a node's pool in use by pods, as its agent reports (USED)",
+                  ["nodeippool"])
+POOL_SHORT = Gauge(
+    "azure_cni_operator_pool_short_addresses",
+    "Addresses a node's warm pool wants but cannot get (maxIPs, the NIC's 255 slots or the "
+    "subnet)", ["nodeippool"])
+SUBNET_FREE = Gauge("azure_cni_operator_subnet_free_addresses",
+                    "Addresses of a subnet not assigned to any ipConfiguration, as last read "
+                    "from Azure minus what the operator took since", ["subnet"])
+SUBNET_USABLE = Gauge("azure_cni_operator_subnet_usable_addresses",
+                      "Addresses of a subnet that can be assigned (its size minus the five "
+                      "Azure reserves)", ["subnet"])
+AZURE_ERRORS = Counter(
+    "azure_cni_operator_azure_errors_total",
+    "Pool reconciles that Azure failed, by error type (Throttled, AuthFailed, SubnetFull, "
+    "NotFound, Conflict, NicLimitExceeded, CloudError, ...)", ["error"])
 RECONCILES = Counter("azure_cni_operator_reconciles_total", "Pool reconciles by outcome",
                      ["outcome"])
 KUBE_REQUESTS = Counter("azure_cni_operator_kube_requests_total",
@@ -32,6 +59,8 @@ NIC_SWEEPS = Counter("azure_cni_operator_nic_sweeps_total",
                      "Sweeps that listed every node's NIC to find drift")
 POOLS_KNOWN = Gauge("azure_cni_operator_pools", "NodeIPPools the operator follows")
 
+_POOL_STATES = {IPState.AVAILABLE: "available", IPState.RELEASING: "releasing"}
+
 
 def observe_write(added: int, removed: int, seconds: float, error: Exception | None) -> None:
     kind = "allocate" if added and not removed else "release" if removed and not added else (
@@ -42,15 +71,43 @@ def observe_write(added: int, removed: int, seconds: float, error: Exception | N
         RELEASED.inc(removed)
 
 
-def observe_pool(node: str, ips: Iterable[PoolIP], used: int) -> None:
-    ips = list(ips)
-    releasing = sum(ip.state is IPState.RELEASING for ip in ips)
-    POOL_IPS.labels(node, "available").set(len(ips) - releasing)
-    POOL_IPS.labels(node, "releasing").set(releasing)
-    POOL_IPS.labels(node, "used").set(used)
+def observe_pool(node: str, ips: Iterable[PoolIP], used: int, short: int = 0) -> None:
+    counts = dict.fromkeys(_POOL_STATES.values(), 0)
+    for ip in ips:
+        counts[_POOL_STATES[ip.state]] += 1
+    for state, count in counts.items():
+        POOL_ADDRESSES.labels(node, state).set(count)
+    POOL_USED.labels(node).set(used)
+    POOL_SHORT.labels(node).set(short)
 
 
 def forget_pool(node: str) -> None:
-    for state in ("available", "releasing", "used"):
+    series: list[tuple[Gauge, tuple[str, ...]]] = [(POOL_USED, (node,)), (POOL_SHORT, (node,))]
+    series += [(POOL_ADDRESSES, (node, state)) for state in _POOL_STATES.values()]
+    for gauge, labels in series:
         with contextlib.suppress(KeyError):
-            POOL_IPS.remove(node, state)
+            gauge.remove(*labels)
+
+
+def subnet_label(subnet_id: str) -> str:
+    """``<vnet>/<subnet>`` from a subnet's resource ID (a bounded, readable label value)."""
+    parts = [p for p in subnet_id.split("/") if p]
+    lowered = [p.lower() for p in parts]
+    try:
+        vnet = parts[lowered.index("virtualnetworks") + 1]
+        subnet = parts[lowered.index("subnets") + 1]
+    except (ValueError, IndexError):
+        return subnet_id
+    return f"{vnet}/{subnet}"
+
+
+def observe_subnet(subnet: SubnetInfo) -> None:
+    label = subnet_label(subnet.id)
+    with contextlib.suppress(ValueError):
+        SUBNET_USABLE.labels(label).set(usable_addresses(subnet.cidr))
+    if subnet.free_addresses is not None:
+        SUBNET_FREE.labels(label).set(subnet.free_addresses)
+
+
+def observe_azure_error(error: CloudError) -> None:
+    AZURE_ERRORS.labels(type(error).__name__).inc()

@@ -68,6 +68,7 @@ class SubnetCache:
             if entry is None or time.monotonic() - entry[1] > self._ttl:
                 entry = (await self._azure.get_subnet(subnet_id), time.monotonic())
                 self._entries[key] = entry
+                metrics.observe_subnet(entry[0])
             return entry[0]
 
     def consumed(self, subnet_id: str, delta: int) -> None:
@@ -77,6 +78,7 @@ class SubnetCache:
         if entry is not None and entry[0].free_addresses is not None:
             info = replace(entry[0], free_addresses=max(0, entry[0].free_addresses - delta))
             self._entries[key] = (info, entry[1])
+            metrics.observe_subnet(info)
 
     def forget(self, subnet_id: str) -> None:
         self._entries.pop(subnet_id.lower(), None)
@@ -113,6 +115,7 @@ class PoolReconciler:
                     nic = await self._observe_nic(pool, provider_id)
                 obs = replace(obs, nic=nic, subnet=await self.subnets.get(nic.primary.subnet_id))
             except CloudError as e:
+                metrics.observe_azure_error(e)
                 return await self._record(pool, observation_failed(obs, e))
             decision = decide(obs, self._new_name)
         if decision.write is None:
@@ -153,6 +156,7 @@ class PoolReconciler:
             written = await self.azure.update_ip_configurations(
                 nic, write.add, write.remove, reapply=write.reapply)
         except CloudError as e:
+            metrics.observe_azure_error(e)
             metrics.observe_write(len(write.add), len(write.remove),
                                   time.monotonic() - started, e)
             if isinstance(e, SubnetFull):
@@ -178,5 +182,5 @@ class PoolReconciler:
             log.warning("event=reconcile_failed pool=%s retry_in=%s message=%r", pool.name,
                         outcome.requeue_after, outcome.message)
         elif outcome.ips and not outcome.release_finalizer:
-            metrics.observe_pool(pool.name, outcome.ips, pool.status.used)
+            metrics.observe_pool(pool.name, outcome.ips, pool.status.used, outcome.short)
         return Result(outcome, stored, nic)

@@ -58,6 +58,7 @@ from azure_cni_sim.armstate import (
     vnet_json,
 )
 from azure_cni_sim.imds import Imds, TokenIssuer
+from azure_cni_sim.portal import listen_in_netns
 from azure_cni_sim.throttling import ArmThrottle, BucketSize
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,13 @@ class ArmEmulator:
         arm_port: int = 0,
         imds_port: int = 0,
         state_dir: Path | None = None,
+        tls_addresses: Sequence[str] = (),
     ) -> None:
         self.config = config or ArmConfig()
         self._host = host
+        #: more IP addresses the ARM certificate is valid for (see ``serve_arm_in_netns``)
+        self._tls_addresses = tuple(tls_addresses)
+        self._tls: ssl.SSLContext | None = None
         self._wanted_ports = (arm_port, imds_port)
         self._own_dir = state_dir is None
         self._dir = state_dir
@@ -175,10 +180,10 @@ class ArmEmulator:
         self._dir.mkdir(parents=True, exist_ok=True)
         ca = pki.CertificateAuthority("azure-cni-sim-arm-ca")
         (self._dir / "ca.crt").write_bytes(ca.pair.cert_pem)
-        leaf = ca.issue("localhost", dns_names=("localhost",), ip_addresses=("127.0.0.1",),
-                        server=True)
+        leaf = ca.issue("localhost", dns_names=("localhost",),
+                        ip_addresses=("127.0.0.1", *self._tls_addresses), server=True)
         cert, key = leaf.write(self._dir, "arm")
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls = self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cert, key)
 
         self._loop = asyncio.get_running_loop()
@@ -194,6 +199,19 @@ class ArmEmulator:
         log.info("event=arm_emulator_started arm=%s imds=%s ca=%s",
                  self.arm_url, self.imds_url, self.ca_path)
         return self
+
+    async def serve_arm_in_netns_async(self, netns: str, address: str,
+                                       port: int = 443) -> None:
+        """Also serve ARM on ``address:port`` inside a network namespace, as the simulated VMs
+        reach it (``address`` must be one of ``tls_addresses``, so the certificate holds)."""
+        arm = self._servers[0]
+        sock = listen_in_netns(netns, port, address)
+        await web.SockSite(arm.runner, sock, ssl_context=self._tls).start()
+        log.info("event=arm_emulator_listening netns=%s address=%s:%d", netns, address, port)
+
+    def serve_arm_in_netns(self, netns: str, address: str, port: int = 443) -> None:
+        """``serve_arm_in_netns_async`` for a ``start()``-ed emulator, from another thread."""
+        self._call_on_loop(self.serve_arm_in_netns_async(netns, address, port))
 
     async def _serve(self, app: web.Application, port: int,
                      tls: ssl.SSLContext | None) -> _Server:
@@ -425,6 +443,14 @@ class ArmEmulator:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+        self._imds.clear_faults()
+
+    def inject_imds_fault(self, vm_name: str, path: str, status: int, body: bytes | str, *,
+                          content_type: str = "application/json", count: int = 1) -> None:
+        """Answer ``vm_name``'s next ``count`` IMDS metadata requests under ``path`` (e.g.
+        ``instance/network``) with this status and body, e.g. a malformed document."""
+        self._imds.inject_fault(vm_name, path, status, body, content_type=content_type,
+                                count=count)
 
     def set_latency(self, method: str, seconds: float) -> None:
         """Delay every ARM request of ``method`` (``*`` for all) by ``seconds``."""

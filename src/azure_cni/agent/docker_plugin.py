@@ -1,0 +1,538 @@
+"""Docker Engine's network and IPAM plugin ``azure-cni``, served by a standalone agent.
+
+    docker network create -d azure-cni --ipam-driver azure-cni azure
+    docker run --network azure IMAGE
+
+Docker's libnetwork talks to "remote" drivers in JSON over HTTP on a unix socket it finds in
+``/run/docker/plugins/`` (``POST /Plugin.Activate``, ``/IpamDriver.*``,
+``/NetworkDriver.*``). A container's address and datapath are the agent's, as for a pod:
+
+1. ``IpamDriver.RequestAddress``: an address of the pool (or the one ``--ip`` names) is
+   recorded for a fresh IPAM handle (ifname ``docker:ipam``) and answered as a /32.
+2. ``NetworkDriver.CreateEndpoint``: the address moves to the endpoint (container id = the
+   endpoint ID, ifname ``docker:endpoint``) and ``ensure_pod_veth`` builds its veth pair:
+   the host side as for every pod, the pod side left on the host under a temporary name.
+3. ``NetworkDriver.Join``: the answer names that interface; libnetwork moves it into the
+   container, renames it ``eth0`` and gives it the address, a connected route to 169.254.1.1
+   and ``default via 169.254.1.1`` (the host side answers ARP for the gateway).
+4. ``Leave``; ``DeleteEndpoint`` (the pair goes, the address goes back to an IPAM handle);
+   ``ReleaseAddress`` (the address is released, with the usual cooldown).
+
+Neither ":" nor the handles ever appear in a CNI request, so CNI verbs never touch these
+attachments. If the agent is down while Docker removes a container, Docker gives up on the
+plugin (after ~15 s of retries per call), moves the pod side back to the host and removes the
+container; the address stays recorded until the agent finds that (at start and every
+minute, ``free_departed_endpoints``) and frees it. Networks created
+with the driver are remembered in ``<stateDir>/docker-networks.json``, because Docker does
+not tell a restarted plugin about networks it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+
+from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.cni_handler import Datapath, KeyedLocks
+from azure_cni.agent.install import write_atomically
+from azure_cni.agent.server import bind_socket
+from azure_cni.datapath.names import (
+    POD_GATEWAY,
+    handover_name,
+    host_veth_mac,
+    host_veth_name,
+    pod_mac,
+)
+from azure_cni.datapath.veth import PodNetwork
+from azure_cni.ipam.store import DOCKER_ENDPOINT, DOCKER_IPAM, Assignment, AttachmentKey
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PLUGIN_NAME = "azure-cni"
+ADDRESS_SPACE = "azure-cni"
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+#: libnetwork's labels (netlabel) that matter here
+GATEWAY_LABEL = "com.docker.network.gateway"
+PORTMAP_LABEL = "com.docker.network.portmap"
+REQUEST_ADDRESS_TYPE = "RequestAddressType"
+#: libnetwork's route types: 0 through a next hop, 1 connected
+ROUTE_CONNECTED = 1
+DEPARTED_SWEEP_SECONDS = 60.0
+NETWORKS_FILE = "docker-networks.json"
+
+
+class DockerDatapath(Datapath, Protocol):
+    """The datapath, plus what tells the agent that libnetwork moved an interface back."""
+
+    def link_exists(self, name: str) -> bool: ...
+
+
+class PluginError(Exception):
+    """A request Docker should see fail; ``message`` is shown to the user by the CLI."""
+
+    status = 400
+
+
+class PluginFailure(PluginError):
+    """The agent could not do what a valid request asked (datapath, store)."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class DockerNetwork:
+    network_id: str
+    pool: str
+
+
+#: the one pool: this VM's NIC
+POOL_ID = "azure-cni"
+#: the pool Docker is given when it names none; libnetwork skips its check that a local
+#: network's pool does not overlap the host's routes for this one, and the NIC's subnet
+#: always overlaps the VM's own address
+ANY_POOL = "0.0.0.0/0"
+
+
+def ipam_handle() -> tuple[AttachmentKey, str]:
+    """A fresh key (and its never-created veth name) for an address only the IPAM holds."""
+    key = AttachmentKey(uuid.uuid4().hex, DOCKER_IPAM)
+    return key, host_veth_name(key.container_id, key.ifname)
+
+
+def _string(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise PluginError(f"the request has no {key}")
+    return value
+
+
+def _describe(usage: PoolUsage) -> str:
+    return (f"{usage.allocated} secondary addresses on the NIC, {usage.used} used, "
+            f"{usage.cooling} cooling down, {usage.free} free")
+
+
+class DockerPlugin:
+    """The plugin's state and handlers; ``start`` serves them on ``socket_path``."""
+
+    def __init__(self, *, socket_path: Path, state_dir: Path, allocator: Allocator,
+                 datapath: DockerDatapath, netlink: Executor, mtu: int,
+                 add_wait_seconds: float = 10.0,
+                 pool_problem: Callable[[], str] = lambda: "",
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.socket_path = socket_path
+        self.networks_path = state_dir / NETWORKS_FILE
+        self.allocator = allocator
+        self.datapath = datapath
+        self.netlink = netlink
+        self.mtu = mtu
+        self.add_wait_seconds = add_wait_seconds
+        self.pool_problem = pool_problem
+        self.on_change = on_change
+        self.locks = KeyedLocks()
+        self.networks: dict[str, DockerNetwork] = {}
+        #: endpoints the last sweep found departed; freed if the next one finds them so too
+        self._departing: set[Assignment] = set()
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.handlers: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "Plugin.Activate": self.activate,
+            "IpamDriver.GetCapabilities": self.ipam_capabilities,
+            "IpamDriver.GetDefaultAddressSpaces": self.address_spaces,
+            "IpamDriver.RequestPool": self.request_pool,
+            "IpamDriver.ReleasePool": self.nothing,
+            "IpamDriver.RequestAddress": self.request_address,
+            "IpamDriver.ReleaseAddress": self.release_address,
+            "NetworkDriver.GetCapabilities": self.network_capabilities,
+            "NetworkDriver.CreateNetwork": self.create_network,
+            "NetworkDriver.DeleteNetwork": self.delete_network,
+            "NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "NetworkDriver.EndpointOperInfo": self.endpoint_info,
+            "NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "NetworkDriver.Join": self.join,
+            "NetworkDriver.Leave": self.nothing,
+            "NetworkDriver.DiscoverNew": self.nothing,
+            "NetworkDriver.DiscoverDelete": self.nothing,
+            "NetworkDriver.ProgramExternalConnectivity": self.program_connectivity,
+            "NetworkDriver.RevokeExternalConnectivity": self.nothing,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Free what departed containers left, then serve (call after the agent started)."""
+        self.networks = self._load_networks()
+        # Docker cannot be half-way through a Join with a plugin that is not serving yet
+        await self.free_departed_endpoints(confirm=False)
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post("/{method}", self._serve)
+        sock = bind_socket(self.socket_path)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="docker-sweep")
+        log.info("event=docker_plugin_listening path=%s networks=%d", self.socket_path,
+                 len(self.networks))
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.socket_path.unlink(missing_ok=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DEPARTED_SWEEP_SECONDS)
+            try:
+                await self.free_departed_endpoints()
+            except Exception as e:  # noqa: BLE001 - retried next time
+                log.warning("event=docker_sweep_failed error=%r", e)
+
+    async def _serve(self, http: web.Request) -> web.Response:
+        method = http.match_info["method"]
+        handler = self.handlers.get(method)
+        if handler is None:  # libnetwork reads 404 as "not implemented by this plugin"
+            return web.json_response({"Err": f"{method} is not implemented"}, status=404)
+        try:
+            raw = await http.read()
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, Mapping):
+                raise PluginError("the request body must be a JSON object")
+            answer = await asyncio.shield(handler(body))
+        except ValueError as e:
+            answer, status = {"Err": f"the request is not valid JSON: {e}"}, 400
+        except PluginError as e:
+            log.warning("event=docker_request_refused method=%s error=%s", method, e)
+            answer, status = {"Err": str(e)}, e.status
+        except Exception as e:
+            log.exception("event=docker_request_failed method=%s", method)
+            answer, status = {"Err": f"internal error in the azure-cni agent: {e!r}"}, 500
+        else:
+            status = 200
+        return web.json_response(answer, status=status, content_type=CONTENT_TYPE)
+
+    async def _netlink(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
+
+    # -- the pool --------------------------------------------------------------------------
+
+    def _subnet(self) -> str:
+        pool = self.allocator.pool
+        nic = pool.status.nic if pool else None
+        if nic is None or not nic.subnet_cidr:
+            raise PluginError("this VM's addresses are not known yet: "
+                              f"{self.pool_problem() or 'the agent is still reading them'}")
+        return nic.subnet_cidr
+
+    @staticmethod
+    def _check_pool_id(body: Mapping[str, Any]) -> None:
+        given = _string(body, "PoolID")
+        if given != POOL_ID:
+            raise PluginError(f"unknown pool {given!r}: the azure-cni pool is {POOL_ID!r}")
+
+    # -- handshake -------------------------------------------------------------------------
+
+    async def activate(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    async def nothing(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def ipam_capabilities(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    async def address_spaces(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE,
+                "GlobalDefaultAddressSpace": ADDRESS_SPACE}
+
+    async def network_capabilities(self, _: Mapping[str, Any]) -> dict[str, Any]:
+        # addresses are the VNet's: they reach every VM, but are handed out on this one
+        return {"Scope": "local", "ConnectivityScope": "global"}
+
+    # -- IPAM ------------------------------------------------------------------------------
+
+    async def request_pool(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The NIC's addresses: as ``--subnet`` (it must be the NIC's subnet; needed for
+        ``--ip``) or, with none given, as 0.0.0.0/0."""
+        if body.get("V6"):
+            raise PluginError("IPv6 is not supported by the azure-cni network")
+        if body.get("SubPool"):
+            raise PluginError("--ip-range is not supported: the pool is the NIC's secondary "
+                              "addresses")
+        wanted = str(body.get("Pool") or "")
+        if wanted:
+            subnet = self._subnet()
+            try:
+                same = ipaddress.ip_network(wanted, strict=False) == ipaddress.ip_network(subnet)
+            except ValueError:
+                raise PluginError(f"--subnet {wanted!r} is not a CIDR") from None
+            if not same:
+                raise PluginError(f"--subnet {wanted} is not this VM's subnet {subnet}; leave "
+                                  "--subnet out, or give exactly the NIC's subnet")
+        return {"PoolID": POOL_ID, "Pool": (wanted and self._subnet()) or ANY_POOL,
+                # the veth's host side answers for 169.254.1.1 as for every pod
+                "Data": {GATEWAY_LABEL: f"{POD_GATEWAY}/32"}}
+
+    async def request_address(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._check_pool_id(body)
+        self._subnet()  # the pool must be known
+        options = body.get("Options") or {}
+        if isinstance(options, Mapping) and options.get(REQUEST_ADDRESS_TYPE) == GATEWAY_LABEL:
+            raise PluginError(f"the gateway of an azure-cni network is {POD_GATEWAY} (the "
+                              "host side of each container's veth); leave --gateway out")
+        key, veth = ipam_handle()
+        wanted = str(body.get("Address") or "")
+        if wanted:
+            made = await self.allocator.assign_wanted(key, wanted, "", veth, "docker")
+            if made is None:
+                raise PluginError(await self._why_not(wanted))
+        else:
+            made = await self._assign_waiting(key, veth)
+            if made is None:
+                usage = await self.allocator.usage()
+                raise PluginError(
+                    f"no free address in this VM's pool after {self.add_wait_seconds:.0f}s "
+                    f"({_describe(usage)}); add secondary IP configurations to the VM's NIC, "
+                    "the agent sees them within standalone.refreshSeconds")
+        log.info("event=docker_address_requested address=%s fixed=%s", made.address,
+                 bool(wanted))
+        self.on_change()
+        return {"Address": f"{made.address}/32", "Data": {}}
+
+    async def _assign_waiting(self, key: AttachmentKey, veth: str) -> Assignment | None:
+        """Any free address, waiting up to ``add_wait_seconds`` (as a CNI ADD does) for one
+        to end its cooldown or for the admin's new addresses to show up."""
+        deadline = time.monotonic() + self.add_wait_seconds
+        while True:
+            made, _ = await self.allocator.assign(key, "", veth, "docker")
+            remaining = deadline - time.monotonic()
+            if made is not None or remaining <= 0:
+                return made
+            await asyncio.sleep(min(1.0, remaining))
+
+    async def _why_not(self, address: str) -> str:
+        pool = self.allocator.pool
+        known = [ip.address for ip in pool.status.ips] if pool else []
+        if address not in known:
+            listed = ", ".join(known) or "none"
+            return (f"{address} is not a secondary address of this VM's NIC, so Azure would "
+                    f"not deliver it; the NIC's secondary addresses are: {listed}")
+        holder = await self.allocator.holder(address)
+        if holder is not None:
+            return f"{address} is already used ({holder.pod or holder.key})"
+        return f"{address} cannot be handed out now (it is being released from the NIC)"
+
+    async def release_address(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        address = _string(body, "Address").split("/")[0]
+        holder = await self.allocator.holder(address)
+        if holder is None or not holder.key.from_docker:
+            return {}  # already free (a retry), the gateway, or not Docker's at all
+        if holder.key.ifname == DOCKER_ENDPOINT:
+            raise PluginError(f"{address} is still used by endpoint "
+                              f"{holder.key.container_id[:12]}; delete the endpoint first")
+        if await self.allocator.release(holder.key) is not None:
+            log.info("event=docker_address_released address=%s", address)
+            self.on_change()
+        return {}
+
+    # -- networks --------------------------------------------------------------------------
+
+    def _load_networks(self) -> dict[str, DockerNetwork]:
+        try:
+            document = json.loads(self.networks_path.read_text())
+            return {n: DockerNetwork(n, str(d["pool"]))
+                    for n, d in dict(document["networks"]).items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("event=docker_networks_unreadable path=%s error=%r; endpoints of networks "
+                      "created before cannot start until they are created again",
+                      self.networks_path, e)
+            return {}
+
+    def _save_networks(self) -> None:
+        document = {"networks": {n.network_id: {"pool": n.pool}
+                                 for n in self.networks.values()}}
+        write_atomically(self.networks_path, json.dumps(document, indent=2).encode(),
+                         mode=0o600)
+
+    def _network(self, body: Mapping[str, Any]) -> DockerNetwork:
+        network_id = _string(body, "NetworkID")
+        network = self.networks.get(network_id)
+        if network is None:
+            raise PluginError(
+                f"unknown network {network_id[:12]}: it was not created with the azure-cni "
+                "driver on this VM, or the agent lost its record of it (docker network rm "
+                "and create it again)")
+        return network
+
+    async def create_network(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        network_id = _string(body, "NetworkID")
+        if body.get("IPv6Data"):
+            raise PluginError("IPv6 is not supported by the azure-cni network")
+        pools = [d for d in body.get("IPv4Data") or () if isinstance(d, Mapping)]
+        if len(pools) != 1 or pools[0].get("AddressSpace") != ADDRESS_SPACE:
+            given = ", ".join(f"{p.get('Pool')} in address space {p.get('AddressSpace')!r}"
+                              for p in pools) or "no IPv4 pool"
+            raise PluginError(f"an azure-cni network needs --ipam-driver azure-cni (its "
+                              f"addresses are the VM NIC's); this one has {given}")
+        self.networks[network_id] = DockerNetwork(network_id, str(pools[0].get("Pool")))
+        self._save_networks()
+        log.info("event=docker_network_created network=%s pool=%s", network_id[:12],
+                 self.networks[network_id].pool)
+        return {}
+
+    async def delete_network(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        network_id = _string(body, "NetworkID")
+        if self.networks.pop(network_id, None) is not None:
+            self._save_networks()
+            log.info("event=docker_network_deleted network=%s", network_id[:12])
+        return {}
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _pod_network(self, endpoint: AttachmentKey, address: str, mac: str) -> PodNetwork:
+        return PodNetwork(
+            netns="", ifname=handover_name(endpoint.container_id, endpoint.ifname),
+            address=address,
+            host_veth=host_veth_name(endpoint.container_id, endpoint.ifname),
+            host_mac=host_veth_mac(endpoint.container_id, endpoint.ifname),
+            pod_mac=mac, mtu=self.mtu)
+
+    async def create_endpoint(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._network(body)
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        interface = body.get("Interface") or {}
+        if not isinstance(interface, Mapping) or not interface.get("Address"):
+            raise PluginError("the endpoint has no IPv4 address: the network must use "
+                              "--ipam-driver azure-cni")
+        if interface.get("AddressIPv6"):
+            raise PluginError("IPv6 is not supported by the azure-cni network")
+        address = str(interface["Address"]).split("/")[0]
+        given_mac = str(interface.get("MacAddress") or "")
+        mac = given_mac.lower() or pod_mac(endpoint.container_id, endpoint.ifname)
+        pod = self._pod_network(endpoint, address, mac)
+        async with self.locks.hold(endpoint):
+            holder = await self.allocator.holder(address)
+            if holder is None or (holder.key.ifname != DOCKER_IPAM and holder.key != endpoint):
+                raise PluginError(f"{address} was not handed out by the azure-cni IPAM "
+                                  "driver: the network must use --ipam-driver azure-cni")
+            if holder.key != endpoint:
+                await self.allocator.rebind(holder.key, endpoint, netns="",
+                                            host_veth=pod.host_veth,
+                                            pod=f"docker/{endpoint.container_id[:12]}")
+            try:
+                await self._netlink(self.datapath.ensure_pod_veth, pod)
+            except Exception as e:
+                handle, veth = ipam_handle()
+                await self.allocator.rebind(endpoint, handle, netns="", host_veth=veth,
+                                            pod="docker")
+                raise PluginFailure(f"building the veth pair for {address} failed: {e}") from e
+        log.info("event=docker_endpoint_created endpoint=%s address=%s veth=%s",
+                 endpoint.container_id[:12], address, pod.host_veth)
+        self.on_change()
+        # libnetwork refuses a MAC address back if it gave one
+        return {"Interface": {} if given_mac else {"MacAddress": mac}}
+
+    async def _endpoint(self, body: Mapping[str, Any]) -> Assignment:
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        found = await self.allocator.get(endpoint)
+        if found is None:
+            raise PluginError(f"unknown endpoint {endpoint.container_id[:12]}")
+        return found
+
+    async def endpoint_info(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        found = await self._endpoint(body)
+        return {"Value": {"address": found.address, "hostVeth": found.host_veth}}
+
+    async def join(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._network(body)
+        sandbox = _string(body, "SandboxKey")
+        found = await self._endpoint(body)
+        async with self.locks.hold(found.key):
+            # the sandbox is how the agent later tells whether the container is still there
+            await self.allocator.rebind(found.key, found.key, netns=sandbox,
+                                        host_veth=found.host_veth, pod=found.pod)
+        return {"InterfaceName": {"SrcName": handover_name(found.key.container_id,
+                                                           found.key.ifname),
+                                  "DstPrefix": "eth"},
+                "Gateway": POD_GATEWAY,
+                "StaticRoutes": [{"Destination": f"{POD_GATEWAY}/32",
+                                  "RouteType": ROUTE_CONNECTED}]}
+
+    async def program_connectivity(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        options = body.get("Options") or {}
+        if isinstance(options, Mapping) and options.get(PORTMAP_LABEL):
+            raise PluginError("publishing ports (-p) is not supported by the azure-cni "
+                              "network: the container is reachable on its own VNet address")
+        return {}
+
+    async def delete_endpoint(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        async with self.locks.hold(endpoint):
+            found = await self.allocator.get(endpoint)
+            if found is None:
+                return {}  # deleted before (a retry, or the sweep got there first)
+            await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
+            handle, veth = ipam_handle()
+            await self.allocator.rebind(endpoint, handle, netns="", host_veth=veth,
+                                        pod="docker")
+        log.info("event=docker_endpoint_deleted endpoint=%s address=%s",
+                 endpoint.container_id[:12], found.address)
+        return {}
+
+    # -- the agent's own sweep ---------------------------------------------------------------
+
+    async def free_departed_endpoints(self, confirm: bool = True) -> list[Assignment]:
+        """Free endpoints whose container is gone though Docker never said so.
+
+        That happens when Leave and DeleteEndpoint did not reach the agent (it was down):
+        Docker then moves the pod side back to the host anyway (under its temporary name)
+        and removes the container, keeping the address recorded. An endpoint that has joined
+        a sandbox is departed when its pod side is back on the host, or when its veth and its
+        sandbox are both gone. A moment after Join, and between a Leave and its
+        DeleteEndpoint, an endpoint looks departed too, so with ``confirm`` only what two
+        sweeps in a row find departed is freed.
+        """
+        host_veths = {v.name for v in await self._netlink(self.datapath.list_host_veths)}
+        departed = set()
+        for found in await self.allocator.assignments():
+            if found.key.ifname != DOCKER_ENDPOINT or not found.netns:
+                continue
+            peer = handover_name(found.key.container_id, found.key.ifname)
+            if await self._netlink(self.datapath.link_exists, peer) or (
+                    found.host_veth not in host_veths and not os.path.exists(found.netns)):
+                departed.add(found)
+        ready = departed & self._departing if confirm else departed
+        self._departing = departed - ready
+        freed = []
+        for found in sorted(ready, key=lambda a: a.address):
+            async with self.locks.hold(found.key):
+                if await self.allocator.get(found.key) != found:
+                    continue
+                await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
+                await self.allocator.release(found.key)
+            freed.append(found)
+            log.warning("event=docker_departed_endpoint_freed endpoint=%s address=%s "
+                        "sandbox=%s", found.key.container_id[:12], found.address, found.netns)
+        if freed:
+            self.on_change()
+        return freed
