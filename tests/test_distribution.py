@@ -1,4 +1,4 @@
-"""The product's wheel carries the product only: no simulation code or simulation-only
+"""The product's wheel and image carry the product only: no simulation code, no simulation-only
 dependency."""
 
 from __future__ import annotations
@@ -53,3 +53,12 @@ def test_simulation_is_its_own_distribution(tmp_path: Path) -> None:
     assert any(n.startswith("azure_cni_sim/arm") for n in names), names[:20]
     assert not [n for n in names if n.startswith("azure_cni/")]
     assert any(r.startswith("azure-cni") for r in requires), requires
+
+
+def test_the_image_copies_only_the_product() -> None:
+    """The Containerfile installs from ``src`` (the product) and never copies ``sim``."""
+    copies = [line.split()[1:] for line in (ROOT / "Containerfile").read_text().splitlines()
+              if line.startswith("COPY ")]
+    sources = {s for args in copies for s in args[:-1] if not s.startswith("--")}
+    assert "src" in sources, copies
+    assert not {s for s in sources if s == "." or s.startswith("sim")}, copies

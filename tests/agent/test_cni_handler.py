@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import errno
 import json
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from azure_cni.cni.request import CniRequest, parse_request
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import host_veth_name
 from azure_cni.ipam.store import DOCKER_ENDPOINT, AttachmentKey
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 
 def pool(*addresses: str, releasing: tuple[str, ...] = ()) -> NodeIPPool:
@@ -156,6 +160,23 @@ async def test_exhausted_pool_fails_with_try_again_after_the_wait(harness: Harne
     assert caught.value.code == Code.TRY_AGAIN_LATER
     assert "exhausted" in caught.value.msg
     assert "1 used, 1 releasing" in caught.value.details
+
+
+async def test_a_pool_being_deleted_hands_out_nothing_and_says_why(harness: Harness) -> None:
+    """Issue 11, defect 5: the agent kept handing out addresses of a pool being deleted."""
+    await harness.add("c0", "/run/netns/p0")
+    deleting = replace(pool(*(f"198.18.0.{i}" for i in range(10, 70))), deletion_timestamp=NOW)
+    await harness.allocator.set_pool(deleting)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(CniError) as caught:
+        await harness.add("c1", "/run/netns/p1")
+    assert caught.value.code == Code.TRY_AGAIN_LATER
+    assert "being deleted" in caught.value.msg
+    assert asyncio.get_running_loop().time() - started < 0.4, "it waited for an address"
+    assert len(await harness.allocator.assignments()) == 1
+    # a pod that already has its address keeps getting it (ADD is idempotent)
+    again = await harness.add("c0", "/run/netns/p0")
+    assert again["ips"][0]["address"] == "198.18.0.10/32"
 
 
 async def test_del_frees_and_is_idempotent(harness: Harness) -> None:

@@ -33,7 +33,7 @@ from azure_cni_sim.procs import wait_for
 
 pytestmark = pytest.mark.cluster
 
-#: what kopf or the Kubernetes client log when RBAC refuses them something
+#: what the operator or the Kubernetes client log when RBAC refuses them something
 PERMISSION_PROBLEM = re.compile(r"[Ff]orbidden|Not enough permissions|\(403\)|status=403")
 
 
@@ -44,8 +44,8 @@ def pool_of(release: Release, node: str) -> NodeIPPool | None:
 
 
 def test_operator_process_runs_on_its_chart_token(release: Release, tmp_path: Path) -> None:
-    """kopf and the operator's own client need nothing the chart does not grant: the pool of a
-    new node is created and filled, follows the agent's usage, and goes with its node."""
+    """The operator needs nothing the chart does not grant: the pool of a new node is created
+    and filled, follows the agent's usage, and goes with its node once nothing is in use."""
     emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0)).start()
     operator = None
     try:
@@ -79,6 +79,23 @@ def test_operator_process_runs_on_its_chart_token(release: Release, tmp_path: Pa
         wait_allocated(8, "the agent's usage left too few free")
 
         release.kube.kubectl("delete", "node", node)
+        # the pool gives back only what the agent acknowledges as unused (its node's token
+        # went with the node, so the admin speaks for the agent here)
+        marked: list[str] = []
+
+        def all_releasing() -> bool:
+            pool = pool_of(release, node)
+            if pool is None or {ip.state for ip in pool.status.ips} != {"Releasing"}:
+                return False
+            marked[:] = [ip.ip_configuration for ip in pool.status.ips]
+            return True
+
+        wait_for(f"pool {node} to mark every address Releasing", all_releasing, timeout=60,
+                 interval=0.25, alive=operator.check_running)
+        release.kube.kubectl(
+            "apply", "--server-side", f"--field-manager={AGENT_FIELD_MANAGER}",
+            "--subresource=status", "--force-conflicts", "-f", "-",
+            input=json.dumps(status_apply_body(node, {"used": 0, "releaseAcks": marked})))
         release.kube.kubectl("wait", "--for=delete", f"nodeippool/{node}", "--timeout=60s")
         nic = emulator.nic(vm.nic_id)
         assert not [c for c in nic["properties"]["ipConfigurations"]

@@ -63,8 +63,8 @@ def get_pool(release: Release, name: str) -> dict[str, Any]:
 
 def post_event(kubeconfig: Path, namespace: str, pool: str, involved_namespace: str = ""
                ) -> None:
-    """An Event about a pool, as kopf (involved object in its namespace) or the operator's and
-    the agent's own code (cluster-scoped involved object, Event in ``default``) post it."""
+    """An Event about a pool, as the operator and the agent post it (cluster-scoped involved
+    object, Event in ``default``), or with the involved object in ``involved_namespace``."""
     involved = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool", "name": pool}
     if involved_namespace:
         involved["namespace"] = involved_namespace
@@ -109,24 +109,19 @@ def test_operator_token_can_do_what_the_operator_does(release: Release,
     def ok(*args: str, **kwargs: Any) -> str:
         return run_kubectl(kubeconfig, *args, **kwargs).stdout
 
-    # nodes: list and watch, and kopf's CRD discovery: list and watch
-    assert release.nodes[0] in ok("get", "nodes", "-o", "name")
-    for path in ("/api/v1/nodes",
-                 "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"):
+    # nodes and pools: list (in pages) and watch
+    assert release.nodes[0] in ok("get", "nodes", "-o", "name", "--chunk-size=1")
+    for path in ("/api/v1/nodes", "/apis/azurecni.io/v1alpha1/nodeippools"):
         result = watch_once(kubeconfig, path)
         assert result.returncode == 0, result.stderr
-    assert "nodeippools.azurecni.io" in ok(
-        "get", "--raw", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
 
-    # a pool for a new node, with kopf's finalizer and annotation, then its status
+    # a pool for a new node, with the operator's finalizer, then its status
     pool = f"{release.nodes[0]}-op"
     release.nodes.append(pool)  # cleaned up with the release
     ok("create", "-f", "-", input=json.dumps({
         "apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
-        "metadata": {"name": pool}, "spec": {"nodeName": pool, "minIPs": 2}}))
-    ok("patch", "nodeippool", pool, "--type=merge", "-p", json.dumps({"metadata": {
-        "finalizers": ["azurecni.io/nic-cleanup"],
-        "annotations": {"azurecni.io/last-handled-configuration": "{}"}}}))
+        "metadata": {"name": pool, "finalizers": ["azurecni.io/nic-cleanup"]},
+        "spec": {"nodeName": pool, "minIPs": 2}}))
     apply_status(kubeconfig, pool, OPERATOR_STATUS, OPERATOR_FIELD_MANAGER)
     stored = get_pool(release, pool)
     assert stored["status"]["allocated"] == 2
@@ -136,12 +131,14 @@ def test_operator_token_can_do_what_the_operator_does(release: Release,
     assert (OPERATOR_FIELD_MANAGER, "status") in managers
     assert "2" in ok("get", "nodeippool", pool)  # the ALLOCATED column an admin sees
 
-    # Events: kopf's in the operator's namespace, the operator's own in default
-    post_event(kubeconfig, release.namespace, pool, involved_namespace=release.namespace)
+    # Events: in default, where an Event about a cluster-scoped object must be
     post_event(kubeconfig, "default", pool)
 
-    # a deleted node's pool: the finalizer is removed after the NIC cleanup, then it goes
-    ok("patch", "nodeippool", pool, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    # a deleted node's pool: the finalizer is removed (a tested JSON patch) once the NIC holds
+    # nothing of it, then it goes
+    ok("patch", "nodeippool", pool, "--type=json", "-p", json.dumps([
+        {"op": "test", "path": "/metadata/finalizers/0", "value": "azurecni.io/nic-cleanup"},
+        {"op": "remove", "path": "/metadata/finalizers/0"}]))
     ok("delete", "nodeippool", pool, "--wait=true", "--timeout=60s")
     assert release.kube.kubectl("get", "nodeippool", pool, check=False).returncode != 0
 
@@ -160,7 +157,12 @@ def test_operator_token_is_refused_secrets_and_node_writes(release: Release,
     no("patch", "node", node, "--type=merge", "-p", '{"spec":{"unschedulable":true}}')
     no("delete", "node", node)
     no("get", "crd", "nodeippools.azurecni.io")
+    no("get", "crd")  # it needs no discovery of resources: it watches exactly two
     no("delete", "crd", "nodeippools.azurecni.io")
+    for namespace in (release.namespace, "kube-public"):
+        can = run_kubectl(kubeconfig, "auth", "can-i", "create", "events", "-n", namespace,
+                          check=False)
+        assert can.stdout.strip() == "no", f"may post Events in {namespace}"
     no("get", "configmaps", "-n", release.namespace)
     no("create", "serviceaccount", "x", "-n", release.namespace)
 
@@ -310,13 +312,13 @@ def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Rele
     operator = operator_kubeconfig(release, tmp_path)
     agent = agent_kubeconfig(release, tmp_path, release.nodes[0])
     pools = "nodeippools.azurecni.io"
-    assert can_i_list(operator, release.namespace) == {
+    cluster_wide = {
         "nodes": {"list", "watch"},
         pools: {"get", "list", "watch", "create", "patch", "delete"},
         f"{pools}/status": {"patch"},
-        "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
-        "events": {"create"},
     }
+    assert can_i_list(operator, "default") == {**cluster_wide, "events": {"create"}}
+    assert can_i_list(operator, release.namespace) == cluster_wide
     assert can_i_list(operator, "kube-public").get("events") is None
     for namespace in (release.namespace, "default"):
         assert can_i_list(agent, namespace) == {pools: {"list", "watch"},

@@ -167,6 +167,10 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
      "pool.minIPs (20) must not exceed pool.maxIPs (10)"),
     ("warm pool floor above its ceiling", {"pool": {"minFreeIPs": 30, "maxFreeIPs": 24}},
      "pool.minFreeIPs (30) must not exceed pool.maxFreeIPs (24)"),
+    ("a reserve of the whole bucket", {"azure": {"writeReserve": 200}},
+     "azure.writeReserve (200) must be below azure.writeBurst (200)"),
+    ("a subscription key that is not a budget", {"azure": {"subscriptions": {"s": {"x": 1}}}},
+     "at '/azure/subscriptions/s': additional properties 'x' not allowed"),
 ]
 
 
@@ -179,16 +183,20 @@ def test_bad_values_are_refused_with_a_clear_message(helm: Helm, values: dict[st
     assert message in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize(("pool", "message"), [
-    ({"minIPs": 20, "maxIPs": 10}, r"minIPs \(20\) must be between 0 and spec.maxIPs \(10\)"),
-    ({"minFreeIPs": 30, "maxFreeIPs": 24}, r"minFreeIPs \(30\) must not exceed"),
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"pool": {"minIPs": 20, "maxIPs": 10}},
+     r"minIPs \(20\) must be between 0 and spec.maxIPs \(10\)"),
+    ({"pool": {"minFreeIPs": 30, "maxFreeIPs": 24}}, r"minFreeIPs \(30\) must not exceed"),
+    ({"azure": {"writeReserve": 200}}, r"writeReserve \(200\) must be at least 0 and below"),
+    ({"azure": {"subscriptions": {"s": {"readReserve": 300}}}},
+     r"azure.subscriptions.s: readReserve \(300\)"),
 ])
-def test_cross_field_rules_are_also_the_settings_loaders(pool: dict[str, int],
+def test_cross_field_rules_are_also_the_settings_loaders(doc: dict[str, Any],
                                                          message: str) -> None:
     """The chart's render-time check repeats a rule the operator itself enforces at start-up
     (the settings loader raises the pool's own ValueError, which the entry points report)."""
     with pytest.raises(ValueError, match=message):
-        settings_from_mapping({"pool": pool})
+        settings_from_mapping(doc)
 
 
 def test_admission_policy_refuses_clusters_whose_tokens_name_no_node(helm: Helm) -> None:

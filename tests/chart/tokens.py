@@ -58,7 +58,7 @@ def service_account_kubeconfig(
         "kind": "Config",
         "clusters": [{"name": "cluster", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": token}}],
-        # the namespace is where a kopf-based process posts Events about cluster objects
+        # the service account's own namespace, as in its pod
         "contexts": [{"name": user, "context": {"cluster": "cluster", "user": user,
                                                 "namespace": namespace}}],
         "current-context": user,

@@ -52,7 +52,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "custom-pools-and-paths": {
         "pool": {"minIPs": 16, "maxIPs": 64, "batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12,
                  "releaseDelaySeconds": 600},
-        "azure": {"writeQPS": 0.5, "copyLoadBalancerPools": True},
+        "azure": {"writeQPS": 0.5, "writeReserve": 50, "copyLoadBalancerPools": True,
+                  "subscriptions": {"00000000-0000-0000-0000-000000000001":
+                                    {"writeReserve": 100, "readQPS": 20.0}}},
         "operator": {"healthPort": 9808, "metricsPort": 9809},
         "agent": {"socketPath": "/var/run/acni/agent.sock", "stateDir": "/var/lib/acni",
                   "cniBinDir": "/usr/libexec/cni", "cniConfDir": "/etc/cni/conf.d",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 from azure.mgmt.network.aio import NetworkManagementClient
@@ -118,6 +119,49 @@ async def test_adding_forty_addresses_is_one_put(world, adapter):
     addresses = [c.address for c in result.ip_configurations]
     assert len(set(addresses)) == 41
     assert set(world.emu.nic_addresses(nic_id)) == set(addresses)
+
+
+async def test_a_write_from_a_snapshot_reads_the_nic_no_second_time(world, adapter):
+    nic_id = world.vms[0].nic_id
+    snapshot = await adapter.get_nic(nic_id)
+    world.emu.reset_requests()
+    await adapter.update_ip_configurations(snapshot, add=new("azcni-a"))
+    # the PUT, its operation poll(s) and the SDK's final GET: no GET before the PUT
+    first = world.emu.requests()[0]
+    assert (first.method, first.path.lower()) == ("PUT", nic_id.lower())
+
+
+def test_the_adapters_own_requests_use_the_sdks_api_version():
+    from azure.mgmt.network.operations._operations import build_network_interfaces_list_request
+
+    from azure_cni.cloud.armjson import NETWORK_API_VERSION
+
+    request = build_network_interfaces_list_request("rg", "sub")
+    assert f"api-version={NETWORK_API_VERSION}" in request.url
+
+
+async def test_a_nic_list_of_a_missing_group_is_not_found(world, adapter):
+    with pytest.raises(NotFound):
+        [n async for n in adapter.list_nics(world.emu.endpoints()["subscription"], "nope")]
+
+
+async def test_requests_share_one_tls_connection(world, adapter):
+    """With a CA bundle, azure-core made a TLS context per request and so a connection per
+    request, each left open: about 1 MB of the operator's memory per request in flight."""
+    world.emu.reset_requests()
+    for vm in world.vms:
+        await adapter.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
+    peers = {r.peer for r in world.emu.requests()}
+    assert len(world.emu.requests()) >= 9 and len(peers) == 1, peers
+
+
+async def test_nic_lists_cost_one_read_per_page(world, adapter):
+    world.emu.configure(list_page_size=2)
+    world.emu.reset_requests()
+    listed = [nic async for nic in adapter.list_nics(world.emu.endpoints()["subscription"],
+                                                     "rg1")]
+    assert sorted(n.id for n in listed) == sorted(vm.nic_id for vm in world.vms)
+    assert world.emu.request_count("GET") == 2  # three NICs, two per page
 
 
 async def test_the_256th_ipconfiguration_is_accepted_and_the_257th_refused(world, adapter):
@@ -417,11 +461,11 @@ async def test_an_unsupported_api_version_is_a_cloud_error(world, adapter):
 
 
 async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
-    """The client allows a burst of 10 writes, ARM only 3: the 429's Retry-After pauses the
-    client's write bucket for every caller, so each write is refused at most about once."""
+    """The budget's model is larger than ARM's real bucket: the first answers correct it and
+    a 429 pauses every caller, so each write is refused at most about once."""
     world.emu.configure(write_burst=3, write_qps=4.0, fractional_retry_after=True)
     vms = world.vms + [world.emu.add_vm(f"burst{i}", world.subnet_id) for i in range(7)]
-    adapter = make_adapter(write_qps=4.0, write_burst=10)
+    adapter = make_adapter(write_qps=4.0, write_burst=10, write_reserve=0)
     results = await asyncio.gather(*(adapter.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
                                      for vm in vms))
     assert all(len(r.ip_configurations) == 2 for r in results)
@@ -429,6 +473,37 @@ async def test_a_throttled_burst_backs_off_without_a_storm(world, make_adapter):
     assert throttled >= 1  # the burst really was throttled
     assert throttled <= len(vms)
     assert world.emu.request_count("PUT") == len(vms) + throttled
+
+
+async def test_a_burst_twice_the_bucket_is_never_refused(world, make_adapter):
+    """With ARM's bucket as the model and no reserve, the budget spends the bucket and then
+    paces at its refill: no 429, and no faster than ARM allows."""
+    world.emu.configure(write_burst=4, write_qps=4.0)
+    vms = world.vms + [world.emu.add_vm(f"pace{i}", world.subnet_id) for i in range(5)]
+    adapter = make_adapter(write_qps=4.0, write_burst=4, write_reserve=0)
+    started = time.monotonic()
+    await asyncio.gather(*(adapter.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
+                           for vm in vms))
+    assert world.emu.request_count(status=429) == 0
+    assert world.emu.request_count("PUT") == len(vms)
+    assert time.monotonic() - started >= (len(vms) - 4) / 4.0 * 0.9
+
+
+async def test_what_another_client_spent_is_learnt_from_the_answers(world, make_adapter):
+    """Another client of the same identity used most of the write bucket: the first answer
+    says so, and the writes after it wait for the refill instead of being refused."""
+    world.emu.configure(write_burst=6, write_qps=2.0)
+    other = make_adapter(write_qps=2.0, write_burst=6, write_reserve=0)
+    for vm in world.vms[:2]:  # two writes, one at a time: 4 tokens left
+        await other.update_ip_configurations(vm.nic_id, add=new("azcni-o"))
+    ours = make_adapter(write_qps=2.0, write_burst=6, write_reserve=1)
+    # its model says 6; one write learns that 3 are left
+    await ours.update_ip_configurations(world.vms[2].nic_id, add=new("azcni-first"))
+    # five at once: believing 5 were free would send all five into a bucket of 3
+    more = [world.emu.add_vm(f"learn{i}", world.subnet_id) for i in range(5)]
+    await asyncio.gather(*(ours.update_ip_configurations(vm.nic_id, add=new("azcni-a"))
+                           for vm in more))
+    assert world.emu.request_count(status=429) == 0
 
 
 # -- observability --------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
-"""Token buckets, driven by a fake clock so the arithmetic is exact and the test instant."""
+"""The ARM budget, on a hand-driven clock so the arithmetic is exact and the test instant."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from prometheus_client import REGISTRY
 
 from azure_cni.api.settings import AzureSettings
-from azure_cni.cloud.ratelimit import ApiRateLimiter, TokenBucket
+from azure_cni.cloud.ratelimit import ArmBudget, ArmBudgets, remaining_in, subscription_of
 
 
 class FakeClock:
@@ -24,75 +23,94 @@ class FakeClock:
         self.now += seconds
 
 
-def test_a_burst_passes_then_callers_are_spaced_by_the_rate():
+def budget(size: float = 10, refill: float = 10, reserve: float = 0) -> tuple[ArmBudget,
+                                                                              FakeClock]:
     clock = FakeClock()
-    bucket = TokenBucket(qps=5, burst=3, clock=clock)
-    waits = [bucket.reserve() for _ in range(6)]
-    assert waits[:3] == [0.0, 0.0, 0.0]
-    assert waits[3:] == pytest.approx([0.2, 0.4, 0.6])
+    return ArmBudget(size, refill, reserve, clock=clock, sleep=clock.sleep), clock
 
 
-def test_tokens_refill_up_to_the_burst_only():
-    clock = FakeClock()
-    bucket = TokenBucket(qps=10, burst=2, clock=clock)
-    bucket.reserve()
-    bucket.reserve()
-    clock.now += 60
-    assert bucket.available == 2
-    assert [bucket.reserve() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.1])
+async def test_it_spends_down_to_the_reserve_then_waits_for_the_refill() -> None:
+    b, _ = budget(size=10, refill=10, reserve=2)
+    for _ in range(8):
+        _, waited = await b.acquire()
+        assert waited == 0
+    _, waited = await b.acquire()
+    assert waited == pytest.approx(0.1)  # one token at 10/s
+    assert b.tokens == pytest.approx(2.0)  # the reserve is never spent
 
 
-def test_try_take_takes_nothing_when_it_would_have_to_wait():
-    clock = FakeClock()
-    bucket = TokenBucket(qps=4, burst=1, clock=clock)
-    assert bucket.try_take() == 0.0
-    assert bucket.try_take() == pytest.approx(0.25)
-    assert bucket.try_take() == pytest.approx(0.25)  # the refusal took no token
-    clock.now += 0.25
-    assert bucket.try_take() == 0.0
+async def test_a_remaining_count_is_lowered_by_whatever_arm_may_have_counted_since() -> None:
+    b, _ = budget(size=200, refill=10)
+    tickets = [(await b.acquire())[0] for _ in range(5)]
+    assert b.tokens == 195
+    # four others are unanswered: ARM may have counted them after this answer's count
+    b.answered(tickets[1], remaining=100)
+    assert b.tokens == 100 - 4
+    # one answer came since ticket 5 was sent, and three are still out
+    b.answered(tickets[4], remaining=50)
+    assert b.tokens == 50 - 1 - 3
+    # concurrent requests reach ARM in any order: an answer counted before others that were
+    # answered first still only bounds what is left from below
+    b.answered(tickets[2], remaining=90)
+    assert b.tokens == 90 - 2 - 2
+    b.answered(tickets[0], remaining=0)
+    assert b.tokens == 0 - 3 - 1
 
 
-def test_a_pause_holds_every_caller_and_restarts_without_a_burst():
-    clock = FakeClock()
-    bucket = TokenBucket(qps=10, burst=10, clock=clock)
-    bucket.pause(2.0)
-    assert bucket.try_take() == pytest.approx(2.1)
-    # after the pause callers come at the rate, not as a burst of ten
-    assert [bucket.reserve() for _ in range(3)] == pytest.approx([2.1, 2.2, 2.3])
+async def test_a_count_never_lifts_the_estimate_above_the_bucket() -> None:
+    b, _ = budget(size=10)
+    ticket, _ = await b.acquire()
+    b.answered(ticket, remaining=2999)  # a global count, say
+    assert b.tokens == 10
 
 
-async def test_acquire_sleeps_for_its_reservation():
-    clock = FakeClock()
-    bucket = TokenBucket(qps=2, burst=1, clock=clock)
-    assert await bucket.acquire(clock.sleep) == 0.0
-    assert await bucket.acquire(clock.sleep) == pytest.approx(0.5)
-    assert clock.slept == pytest.approx([0.5])
+async def test_a_429_empties_the_estimate_and_pauses_for_retry_after() -> None:
+    b, clock = budget(size=10, refill=10)
+    ticket, _ = await b.acquire()
+    b.answered(ticket, retry_after=3.0)
+    started = clock.now
+    await b.acquire()
+    assert clock.now - started >= 3.0
+    assert clock.now - started == pytest.approx(3.1)  # then one token's refill
 
 
-async def test_a_cancelled_wait_gives_its_token_back():
-    bucket = TokenBucket(qps=0.001, burst=1)
-    bucket.reserve()
-    waiter = asyncio.create_task(bucket.acquire())
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert bucket.available == pytest.approx(0.0, abs=0.01)
+async def test_waiters_are_served_in_arrival_order() -> None:
+    b, _ = budget(size=1, refill=1)
+    await b.acquire()
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        await b.acquire()
+        order.append(i)
+
+    await asyncio.gather(*(one(i) for i in range(5)))
+    assert order == [0, 1, 2, 3, 4]
 
 
-def test_buckets_refuse_nonsense():
-    with pytest.raises(ValueError, match="qps > 0"):
-        TokenBucket(qps=0, burst=1)
-    with pytest.raises(ValueError, match="burst >= 1"):
-        TokenBucket(qps=1, burst=0)
+def test_the_lower_of_the_principals_and_the_global_count_is_what_is_left() -> None:
+    headers = {"x-ms-ratelimit-remaining-subscription-writes": "150",
+               "X-Ms-Ratelimit-Remaining-Subscription-Global-Writes": "12",
+               "x-ms-ratelimit-remaining-subscription-reads": "x"}
+    assert remaining_in(headers, "write") == 12
+    assert remaining_in(headers, "read") is None
+    assert remaining_in({}, "write") is None
 
 
-async def test_reads_and_writes_have_separate_buckets_and_every_wait_is_observed():
-    limiter = ApiRateLimiter.from_settings(AzureSettings(read_qps=100, read_burst=1,
-                                                         write_qps=100, write_burst=1))
-    name = "azure_cni_azure_api_rate_limit_duration_seconds_count"
-    before = REGISTRY.get_sample_value(name, {"operation": "test.read"}) or 0.0
-    assert await limiter.wait("read", "test.read") == 0.0
-    assert await limiter.wait("write", "test.write") == 0.0  # the read did not use it up
-    assert await limiter.wait("read", "test.read") > 0.0
-    assert REGISTRY.get_sample_value(name, {"operation": "test.read"}) == before + 2
+def test_each_subscription_has_its_own_budget_and_overrides() -> None:
+    settings = AzureSettings(write_reserve=20, subscriptions={"AAA": {"writeReserve": 150,
+                                                                      "writeQPS": 5}})
+    budgets = ArmBudgets(settings)
+    special = budgets.budget("aaa", "write")
+    plain = budgets.budget("bbb", "write")
+    assert (special.reserve, special.refill, special.size) == (150, 5, 200)
+    assert (plain.reserve, plain.refill) == (20, 10)
+    assert budgets.budget("AAA", "write") is special
+    assert budgets.budget("aaa", "read").size == 250
+    assert subscription_of("https://management.azure.com/subscriptions/AAA/providers/x") == "aaa"
+    assert subscription_of("https://login/x") == ""
+
+
+def test_nonsense_budgets_are_refused() -> None:
+    for size, refill, reserve in ((10, 0, 0), (0, 1, 0), (10, 1, 10), (10, 1, -1)):
+        with pytest.raises(ValueError):
+            ArmBudget(size, refill, reserve)

@@ -1,8 +1,14 @@
-"""The real operator process against a real API server and the ARM emulator (no kubelet)."""
+"""The real operator process against a real API server and the ARM emulator (no kubelet).
+
+Nothing here sleeps and then checks that nothing happened: a test that expects no change
+waits for the operator to prove it looked (a reconcile or a NIC sweep counted in its metrics)
+and then checks.
+"""
 
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import pytest
@@ -19,6 +25,24 @@ def ready(pool: NodeIPPool) -> bool:
 
 def releasing(pool: NodeIPPool) -> list[str]:
     return [ip.ip_configuration for ip in pool.status.ips if ip.state is IPState.RELEASING]
+
+
+def counter(env, name: str) -> float:
+    """The sum of a counter over its labels, as the operator's /metrics reports it."""
+    total = 0.0
+    for line in env.metrics().splitlines():
+        if re.match(rf"{name}(\{{|\s)", line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until_looked(env, what: str, name: str, more: float = 1) -> None:
+    """Wait until the operator has counted ``more`` of ``name`` since now."""
+    start = counter(env, name)
+    from azure_cni_sim.procs import wait_for
+
+    wait_for(f"the operator to look again ({what})", lambda: counter(env, name) >= start + more,
+             timeout=60, interval=0.25, alive=env.operator.check_running)
 
 
 def test_five_nodes_converge_with_one_nic_write_each(env) -> None:
@@ -76,9 +100,9 @@ def test_usage_grows_in_batches_and_shrinks_only_after_delay_and_ack(env) -> Non
     by_address = sorted(pool.status.ips, key=lambda ip: tuple(map(int, ip.address.split("."))))
     assert set(marked) == {ip.ip_configuration for ip in by_address[-8:]}
 
-    # without an acknowledgement nothing leaves the NIC
+    # without an acknowledgement nothing leaves the NIC: two sweeps look at it and do nothing
     puts = env.emulator.request_count("PUT", vm.nic_id)
-    time.sleep(4)
+    wait_until_looked(env, "two NIC sweeps", "azure_cni_operator_nic_sweeps_total", more=2)
     assert env.emulator.request_count("PUT", vm.nic_id) == puts
     assert set(marked) <= set(env.our_ipconfigs(vm))
 
@@ -107,12 +131,25 @@ def test_scale_sets_min_ips(env) -> None:
     assert refused.returncode != 0 and "minIPs must not exceed maxIPs" in refused.stderr
 
 
-def test_deleting_a_node_removes_its_addresses_and_pool(env) -> None:
+def test_deleting_a_node_gives_back_only_what_no_pod_uses(env) -> None:
     vm = env.add_node("d")
     env.start_operator()
     env.wait_pool(vm.name, "initial batch", lambda p: p.status.allocated == 4)
+    env.act_as_agent(vm.name, used=2)
     before = env.emulator.subnet_usage(env.subnet_id)
     env.kube.kubectl("delete", "node", vm.name)
+    pool = env.wait_pool(vm.name, "Deleting, every address Releasing", lambda p: (
+        (c := p.status.condition(ConditionType.READY)) is not None and c.reason == "Deleting"
+        and len(releasing(p)) == 4))
+    assert len(env.our_ipconfigs(vm)) == 4, "addresses pods may use left the NIC"
+    assert "DeletionWaiting" in {e["reason"] for e in env.events(vm.name)}
+    names = releasing(pool)
+    # the agent acknowledges the two its pods do not use: those leave, the pool stays
+    env.act_as_agent(vm.name, used=2, acks=names[:2])
+    env.wait_pool(vm.name, "two left", lambda p: p.status.allocated == 2)
+    assert sorted(env.our_ipconfigs(vm)) == sorted(names[2:])
+    # the pods go: the rest leave and so does the pool
+    env.act_as_agent(vm.name, used=0, acks=names)
     env.kube.kubectl("wait", "--for=delete", f"nodeippool/{vm.name}", "--timeout=60s")
     assert env.our_ipconfigs(vm) == {}
     after = env.emulator.subnet_usage(env.subnet_id)
@@ -198,7 +235,7 @@ def test_full_subnet_sets_a_condition_without_a_retry_storm(env) -> None:
     assert 'azure_cni_operator_subnet_usable_addresses{subnet="vnet/small"} 11.0' in metrics
     assert f'azure_cni_operator_pool_short_addresses{{nodeippool="{vm.name}"}} 6.0' in metrics
     puts = env.emulator.request_count("PUT", vm.nic_id)
-    time.sleep(8)  # two drift periods
+    wait_until_looked(env, "two NIC sweeps", "azure_cni_operator_nic_sweeps_total", more=2)
     assert env.emulator.request_count("PUT", vm.nic_id) == puts, "retried a full subnet"
 
 

@@ -163,6 +163,39 @@ def test_unknown_resources_are_not_found(arm):
     assert (status, body["error"]["code"]) == (404, "ResourceGroupNotFound")
 
 
+def test_a_served_path_with_another_method_is_not_allowed(arm):
+    status, _, body = arm.call("DELETE", arm.vms[0].vm_id, query="api-version=2026-04-01")
+    assert (status, body["error"]["code"]) == (405, "MethodNotAllowed")
+    status, _, body = arm.call("GET", f"{arm.vms[0].nic_id}/nonsense")
+    assert (status, body["error"]["code"]) == (404, "InvalidResourceType")
+
+
+def test_nic_lists_come_in_pages_the_sdk_follows(arm):
+    arm.emu.configure(list_page_size=1)
+    status, _, first = arm.call("GET", arm.vms[0].nic_id.rsplit("/", 1)[0])
+    assert status == 200
+    assert [n["name"] for n in first["value"]] == ["vm0-nic"]
+    assert first["nextLink"].startswith(arm.emu.arm_url)
+    with arm.sdk() as client:
+        assert sorted(n.name for n in client.network_interfaces.list("rg1")) == \
+            ["vm0-nic", "vm1-nic"]
+    assert arm.emu.request_count("GET", "*/networkinterfaces") == 1 + 2
+
+
+def test_every_answer_says_what_is_left_of_arms_buckets(arm):
+    """ARM counts down the caller's buckets in every response (arm-api.md §1.5, §2.3)."""
+    nic_id = arm.vms[0].nic_id
+    reads = [arm.call("GET", nic_id)[1] for _ in range(3)]
+    counts = [int(h["x-ms-ratelimit-remaining-subscription-reads"]) for h in reads]
+    assert counts[0] <= 250 - 1 and counts[1] == counts[0] - 1 and counts[2] == counts[0] - 2
+    assert int(reads[-1]["x-ms-ratelimit-remaining-subscription-global-reads"]) > counts[2]
+    body = arm.nic_body(arm.vms[0])
+    _, written, _ = arm.call("PUT", nic_id, body)
+    assert written["x-ms-ratelimit-remaining-subscription-writes"] == "199"
+    assert written["x-ms-ratelimit-remaining-subscription-global-writes"] == str(15 * 200 - 1)
+    assert "x-ms-ratelimit-remaining-subscription-reads" not in written
+
+
 def test_vnet_usage_and_address_checks(arm):
     with arm.sdk() as client:
         usage = {u.id: u for u in client.virtual_networks.list_usage("rg1", "vnet1")}

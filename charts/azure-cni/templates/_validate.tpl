@@ -12,6 +12,14 @@ only moves the error to `helm install` time, where the admin is looking.
 {{- if gt (int $pool.minFreeIPs) (int $pool.maxFreeIPs) }}
 {{- fail (printf "pool.minFreeIPs (%v) must not exceed pool.maxFreeIPs (%v)" $pool.minFreeIPs $pool.maxFreeIPs) }}
 {{- end }}
+{{- $az := .Values.azure }}
+{{- range $kind := list "read" "write" }}
+{{- $reserve := index $az (printf "%sReserve" $kind) }}
+{{- $burst := index $az (printf "%sBurst" $kind) }}
+{{- if ge (int $reserve) (int $burst) }}
+{{- fail (printf "azure.%sReserve (%v) must be below azure.%sBurst (%v)" $kind $reserve $kind $burst) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.admissionPolicy.enabled (semverCompare "<1.32.0-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.32 or later (found %s): older API servers do not put the node's name in the agent's service account token, so the policy would refuse every status write of the agent. Upgrade the cluster, or set admissionPolicy.enabled=false and accept that an agent could write any node's pool status." .Capabilities.KubeVersion.Version) }}
 {{- end }}

@@ -1,7 +1,7 @@
 """The emulated Azure world: VNets, subnets with address allocation, VMs and their NICs.
 
-No I/O here: the HTTP layer (``sim.arm``) turns requests into calls on ``ArmState`` and its
-``ArmError``s into ARM's error envelope. Every rule a NIC write must obey lives in
+No I/O here: the HTTP layer (``azure_cni_sim.arm``) turns requests into calls on ``ArmState``
+and its ``ArmError``s into ARM's error envelope. Every rule a NIC write must obey lives in
 ``ArmState.put_nic``, so the emulator refuses exactly what Azure refuses (arm-api.md §1-§2).
 Codes marked UNVERIFIED are not documented by Microsoft; they are descriptive guesses.
 """

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from azure_cni.cloud.ratelimit import TokenBucket
 from azure_cni_sim.armstate import ArmState, Vm
+from azure_cni_sim.throttling import RateLimit
 
 IMDS_VERSIONS = ("2017-03-01", "2017-04-02", "2017-08-01", "2017-12-01", "2018-02-01",
                  "2018-04-02", "2018-10-01", "2019-02-01", "2019-03-11", "2019-04-30",
@@ -175,8 +175,8 @@ class Imds:
 
     def __init__(self, host: ImdsHost) -> None:
         self._host = host
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
-        self._buckets_lock = threading.Lock()
+        self._limit = RateLimit()
+        self._limit_lock = threading.Lock()
         self._faults: list[ImdsFault] = []
 
     def inject_fault(self, vm: str, path: str, status: int, body: bytes | str, *,
@@ -184,16 +184,16 @@ class Imds:
         """Answer ``vm``'s next ``count`` metadata requests whose path (after
         ``/metadata/``) starts with ``path`` with ``status`` and ``body`` as given."""
         data = body.encode() if isinstance(body, str) else body
-        with self._buckets_lock:
+        with self._limit_lock:
             self._faults.append(ImdsFault(vm, path.strip("/"), status, data, content_type,
                                           count))
 
     def clear_faults(self) -> None:
-        with self._buckets_lock:
+        with self._limit_lock:
             self._faults.clear()
 
     def _take_fault(self, vm: str, tail: str) -> ImdsFault | None:
-        with self._buckets_lock:
+        with self._limit_lock:
             for fault in self._faults:
                 if fault.vm == vm and tail.startswith(fault.path) and fault.remaining > 0:
                     fault.remaining -= 1
@@ -212,11 +212,8 @@ class Imds:
     def _throttled(self, vm: str, category: str) -> bool:
         instance_rps, identity_rps, _ = self._host.imds_limits()
         rate = identity_rps if category == "identity" else instance_rps
-        with self._buckets_lock:
-            bucket = self._buckets.get((vm, category))
-            if bucket is None or bucket.qps != rate:
-                bucket = self._buckets[(vm, category)] = TokenBucket(rate, max(1, int(rate)))
-            return bucket.try_take() > 0
+        with self._limit_lock:
+            return not self._limit.admit((vm, category), rate)
 
     async def _handle(self, request: web.Request, vm_name: str | None) -> web.Response:
         tail = request.match_info["tail"].strip("/")

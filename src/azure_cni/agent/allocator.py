@@ -25,6 +25,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class PoolBeingDeleted(Exception):
+    """The node's NodeIPPool is being deleted: no new address is handed out."""
+
+
 def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
                    released: Mapping[str, Release], now: float) -> str | None:
     """The address a new pod gets: Available, unused, not cooling down; least recently used.
@@ -170,6 +174,10 @@ class Allocator:
             existing = self.store.get(key)
             if existing is not None:
                 return existing, False
+            if self._pool is not None and self._pool.deleting:
+                # checked here, on the store's thread, so no pick can pass after the agent
+                # has seen the deletion (the operator hands back what stays unused)
+                raise PoolBeingDeleted(self._pool.name)
             ips = self._pool.status.ips if self._pool else ()
             now = self.clock.since_boot()
             made = self.store.assign(

@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.allocator import Allocator, PoolBeingDeleted, PoolUsage
 from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.cni.errors import (
     DatapathMismatch,
@@ -199,8 +199,15 @@ class CniHandler:
         deadline = time.monotonic() + budget
         while True:
             changed = self._pool_changed
-            assignment, created = await self.allocator.assign(key, request.netns, veth,
-                                                              request.pod)
+            try:
+                assignment, created = await self.allocator.assign(key, request.netns, veth,
+                                                                  request.pod)
+            except PoolBeingDeleted as e:
+                raise TryAgainLater(
+                    f"the NodeIPPool of node {self.node_name} is being deleted; no new pod "
+                    "gets an address on this node until the pool is recreated",
+                    f"its addresses go back to Azure as their pods go (kubectl describe "
+                    f"nodeippool {e})") from e
             if assignment is not None:
                 return assignment, created
             remaining = deadline - time.monotonic()

@@ -315,6 +315,13 @@ class NodeIPPool:
     generation: int = 0
     resource_version: str = ""
     uid: str = ""
+    #: set once the pool is being deleted (it stays while a finalizer holds it)
+    deletion_timestamp: dt.datetime | None = None
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def deleting(self) -> bool:
+        return self.deletion_timestamp is not None
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> NodeIPPool:
@@ -330,6 +337,8 @@ class NodeIPPool:
             generation=int(meta.get("generation") or 0),
             resource_version=str(meta.get("resourceVersion") or ""),
             uid=str(meta.get("uid") or ""),
+            deletion_timestamp=parse_time(meta.get("deletionTimestamp")),
+            finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
         )
 
 

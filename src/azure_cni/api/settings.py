@@ -55,16 +55,64 @@ class AzureSettings:
     managed_identity_client_id: str = ""
     #: CA bundle to trust for arm_endpoint (empty: the system's)
     ca_bundle: str = ""
-    # Our own token buckets, below Azure's limits so other clients keep their share:
-    # Microsoft.Network allows 10000 reads and 1000 writes per 5 minutes (33/s and 3.3/s).
-    read_qps: float = 20.0
-    read_burst: int = 50
-    write_qps: float = 3.0
-    write_burst: int = 20
+    # ARM's token buckets for one subscription and principal, as Microsoft documents them
+    # (reads 250 + 25/s, writes 200 + 10/s). The operator models them, corrects the model
+    # with every x-ms-ratelimit-remaining-subscription-* header, and spends what is there
+    # down to the reserve, which it leaves to other clients using the same identity.
+    read_qps: float = 25.0
+    read_burst: int = 250
+    write_qps: float = 10.0
+    write_burst: int = 200
+    read_reserve: int = 25
+    write_reserve: int = 20
+    #: per subscription ID: any of the six keys above, overriding them for that subscription
+    subscriptions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     copy_application_security_groups: bool = True
     copy_load_balancer_pools: bool = False
     #: seconds between long-running-operation polls when Azure gives no Retry-After
     polling_interval: float = 1.0
+
+    def budget(self, subscription: str) -> Budget:
+        """The budget for ``subscription``: the defaults above with its overrides."""
+        values = {"read_qps": self.read_qps, "read_burst": self.read_burst,
+                  "write_qps": self.write_qps, "write_burst": self.write_burst,
+                  "read_reserve": self.read_reserve, "write_reserve": self.write_reserve}
+        overrides = {k.lower(): v for k, v in self.subscriptions.items()}.get(
+            subscription.lower(), {})
+        for key, value in overrides.items():
+            values[_BUDGET_KEYS[key.lower()]] = value
+        return Budget(float(values["read_qps"]), int(values["read_burst"]),
+                      float(values["write_qps"]), int(values["write_burst"]),
+                      int(values["read_reserve"]), int(values["write_reserve"]))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """ARM's read and write buckets for one subscription, and what the operator leaves."""
+
+    read_qps: float
+    read_burst: int
+    write_qps: float
+    write_burst: int
+    read_reserve: int
+    write_reserve: int
+
+    def problems(self) -> list[str]:
+        out = []
+        for kind in ("read", "write"):
+            qps, burst = getattr(self, f"{kind}_qps"), getattr(self, f"{kind}_burst")
+            reserve = getattr(self, f"{kind}_reserve")
+            if qps <= 0 or burst < 1:
+                out.append(f"{kind}QPS must be > 0 and {kind}Burst >= 1")
+            if not 0 <= reserve < burst:
+                out.append(f"{kind}Reserve ({reserve}) must be at least 0 and below "
+                           f"{kind}Burst ({burst})")
+        return out
+
+
+_BUDGET_KEYS = {"readqps": "read_qps", "readburst": "read_burst", "writeqps": "write_qps",
+                "writeburst": "write_burst", "readreserve": "read_reserve",
+                "writereserve": "write_reserve"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +190,12 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as e:
                 raise InvalidSettings(f"snat.nonMasqueradeCIDRs: {cidr!r} is not a CIDR") from e
+        for where, budget in [("azure", self.azure.budget("")),
+                              *((f"azure.subscriptions.{sub}", self.azure.budget(sub))
+                                for sub in self.azure.subscriptions)]:
+            problems = budget.problems()
+            if problems:
+                raise InvalidSettings(f"{where}: {'; '.join(problems)}")
         if self.azure.credential not in {"default", "managedIdentity", "workloadIdentity",
                                          "servicePrincipal"}:
             raise InvalidSettings(
@@ -188,7 +242,9 @@ def _section(cls: type[T], data: Any, where: str) -> T:
         default = f.default
         raw = data[key]
         try:
-            if isinstance(default, bool):
+            if f.default_factory is dict:
+                values[f.name] = _subscription_overrides(raw, f"{where}.{key}")
+            elif isinstance(default, bool):
                 if not isinstance(raw, bool):
                     raise TypeError("expected true or false")
                 values[f.name] = raw
@@ -205,6 +261,27 @@ def _section(cls: type[T], data: Any, where: str) -> T:
         except (TypeError, ValueError) as e:
             raise InvalidSettings(f"{where}.{key}: {raw!r} is not valid: {e}") from e
     return cls(**values)
+
+
+def _subscription_overrides(raw: Any, where: str) -> dict[str, dict[str, float]]:
+    """``{<subscription ID>: {readReserve: 50, writeQPS: 5, ...}}``, checked key by key."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSettings(f"{where} must be a mapping of subscription IDs")
+    out: dict[str, dict[str, float]] = {}
+    for subscription, overrides in raw.items():
+        if not isinstance(overrides, Mapping):
+            raise InvalidSettings(f"{where}.{subscription} must be a mapping")
+        known = {"readQPS", "readBurst", "writeQPS", "writeBurst", "readReserve",
+                 "writeReserve"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidSettings(f"{where}.{subscription}: unknown keys {', '.join(unknown)} "
+                                  f"(known: {', '.join(sorted(known))})")
+        try:
+            out[str(subscription)] = {str(k): float(v) for k, v in overrides.items()}
+        except (TypeError, ValueError) as e:
+            raise InvalidSettings(f"{where}.{subscription}: not a number: {e}") from e
+    return out
 
 
 def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
@@ -249,7 +326,8 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
     for section in dataclasses.fields(Settings):
         value = getattr(settings, section.name)
         out[section.name] = {
-            _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple) else v
+            _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple)
+            else {k: dict(o) for k, o in v.items()} if isinstance(v, Mapping) else v
             for f in dataclasses.fields(value)
         }
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from azure_cni.cloud.port import (
 
 #: "Private IP addresses per network interface: 256" (Azure networking limits)
 MAX_IP_CONFIGURATIONS = 256
+#: the Network RP api-version azure-mgmt-network 33.1 uses (arm-api.md §0); requests the
+#: adapter builds itself use it too (a test keeps it equal to the SDK's)
+NETWORK_API_VERSION = "2026-03-01"
 #: network, gateway (.1), two DNS (.2, .3) and broadcast: never assignable in an Azure subnet
 RESERVED_PER_SUBNET = 5
 
@@ -47,7 +51,8 @@ def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
 
 
 def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
-    """A NicSnapshot from a NetworkInterface (SDK model or its JSON)."""
+    """A NicSnapshot from a NetworkInterface (SDK model or its JSON), keeping the JSON text as
+    its ``document``."""
     props = _props(nic)
     configs = props.get("ipConfigurations") or ()
     return NicSnapshot(
@@ -57,7 +62,18 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         location=str(nic.get("location") or ""),
         vm_id=_ref_id(props.get("virtualMachine")),
         ip_configurations=tuple(parse_ip_configuration(c) for c in configs),
+        provisioning_state=str(props.get("provisioningState") or "Succeeded"),
+        primary_nic=props.get("primary") is not False,
+        document=json.dumps(nic, separators=(",", ":"), default=_model_json).encode(),
     )
+
+
+def _model_json(value: Any) -> Any:
+    """The JSON of an SDK model nested in a mapping (they are mappings with ``as_dict``)."""
+    as_dict = getattr(value, "as_dict", None)
+    if as_dict is None:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+    return as_dict()
 
 
 def parse_vm_primary_nic_id(vm: Mapping[str, Any]) -> str:

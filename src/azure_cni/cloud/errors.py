@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 from azure.core.exceptions import (
     AzureError,
@@ -37,6 +38,7 @@ _AUTH = {"invalidauthenticationtoken", "expiredauthenticationtoken", "authentica
          "invalidauthenticationtokenaudience", "authorizationfailed",
          "linkedauthorizationfailed"}
 _ADDRESS_IN_USE = {"privateipaddressinuse", "privateipaddressisallocated"}
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -54,6 +56,17 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         if math.isfinite(value) and value >= 0:
             return value
     return None
+
+
+def taken_addresses(message: str, requested: Iterable[str]) -> tuple[str, ...]:
+    """Which of the ``requested`` static addresses an AddressInUse message names.
+
+    ARM names the address in both messages ("is using the same private IP address 10.0.0.5
+    as ...", "is using the private IP address 10.0.0.5 which is already allocated to ...",
+    arm-api.md §2.1); that is the only place it says which one.
+    """
+    named = set(_IPV4.findall(message))
+    return tuple(a for a in requested if a in named)
 
 
 def _is_nic_limit(code: str) -> bool:

@@ -1,14 +1,15 @@
-"""The operator's port to Azure: five operations, typed values and typed errors.
+"""The operator's port to Azure: six operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
 implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni_sim.arm`` is
-reached through that same adapter over HTTPS, so there is no second, fake implementation.
+reached through that same adapter over HTTPS. The operator's unit tests use a stateful fake
+(``tests/cloud/fake_network.py``) that a conformance test holds to the adapter's behaviour.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -46,6 +47,11 @@ class IPConfiguration:
     def succeeded(self) -> bool:
         return self.provisioning_state.lower() == "succeeded"
 
+    @property
+    def failed(self) -> bool:
+        """Azure gave up on it; only a new write of the NIC clears this."""
+        return self.provisioning_state.lower() == "failed"
+
 
 @dataclass(frozen=True)
 class NicSnapshot:
@@ -57,6 +63,12 @@ class NicSnapshot:
     location: str
     vm_id: str
     ip_configurations: tuple[IPConfiguration, ...]
+    provisioning_state: str = "Succeeded"
+    #: the VM's primary NIC (a VM with several NICs marks exactly one)
+    primary_nic: bool = True
+    #: the NIC exactly as read (its JSON text: a third of the memory of the parsed form), so
+    #: a write can start from it without reading the NIC again
+    document: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def primary(self) -> IPConfiguration:
@@ -69,6 +81,11 @@ class NicSnapshot:
         """Non-primary ipConfigurations whose name starts with ``prefix``."""
         return tuple(c for c in self.ip_configurations
                      if not c.primary and c.name.startswith(prefix))
+
+    @property
+    def failed(self) -> bool:
+        """The NIC's last operation failed; only a new write of the NIC clears this."""
+        return self.provisioning_state.lower() == "failed"
 
 
 @dataclass(frozen=True)
@@ -101,17 +118,31 @@ class AzureNetwork(Protocol):
         """A NIC by resource ID. Raises NotFound if it is gone."""
         ...
 
+    def list_nics(self, subscription_id: str, resource_group: str
+                  ) -> AsyncIterator[NicSnapshot]:
+        """Every NIC of a resource group, a page at a time (one read per page, not per NIC).
+
+        Raises NotFound if the resource group is gone.
+        """
+        ...
+
     async def update_ip_configurations(
         self,
-        nic_id: str,
+        nic: str | NicSnapshot,
         add: Sequence[NewIPConfiguration] = (),
         remove: Sequence[str] = (),
+        *,
+        reapply: bool = False,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
 
-        Idempotent by name: a name in ``add`` that already exists is kept as it is, a name in
-        ``remove`` that is already gone is ignored. The primary is never removed. Returns the
-        NIC after the write has succeeded (or as read, if nothing needed changing).
+        ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
+        (written as is, guarded by its etag; a NIC that changed since is read again and the
+        same edit applied). Idempotent by name: a name in ``add`` that already exists is kept
+        as it is, a name in ``remove`` that is already gone is ignored. The primary is never
+        removed. Nothing is written when nothing changes, unless ``reapply``: then the NIC is
+        written anyway, which is how Azure clears a Failed provisioning state. Returns the
+        NIC after the write has succeeded (or as read, if nothing was written).
         """
         ...
 
@@ -154,7 +185,15 @@ class SubnetFull(CloudError):
 
 
 class AddressInUse(CloudError):
-    """A Static address requested is already used by another ipConfiguration."""
+    """A Static address requested is already used by another ipConfiguration.
+
+    ``addresses`` are the requested addresses Azure named as taken (empty if it named none).
+    """
+
+    def __init__(self, message: str, *, addresses: Sequence[str] = (), code: str = "",
+                 status: int | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.addresses = tuple(addresses)
 
 
 class NicLimitExceeded(CloudError):
@@ -175,3 +214,7 @@ class Unsupported(CloudError):
 
 class InvalidProviderID(CloudError):
     """A Node's spec.providerID is not an Azure VM resource."""
+
+
+class MissingProviderID(InvalidProviderID):
+    """The Node has no spec.providerID (yet): kubelet or the cloud controller sets it."""

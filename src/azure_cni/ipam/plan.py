@@ -53,7 +53,8 @@ class Plan:
         return not self.writes_nic and not self.mark
 
 
-def _address_key(ip: PoolIP) -> int:
+def address_key(ip: PoolIP) -> int:
+    """Pool addresses sort numerically (the inventory's order, and release's from the top)."""
     return int(ipaddress.ip_address(ip.address))
 
 
@@ -113,7 +114,7 @@ def plan(
         return Plan(remove=tuple(acked), excess_since=since,
                     reason=f"{releasable} excess since {since:%H:%M:%S}, "
                            f"waiting releaseDelaySeconds {spec.release_delay_seconds}")
-    candidates = sorted(available, key=_address_key, reverse=True)[:releasable]
+    candidates = sorted(available, key=address_key, reverse=True)[:releasable]
     reason = (f"available {len(available)} > maxIPs {spec.max_ips}" if over_ceiling > 0
               else f"free {free} > maxFreeIPs {spec.max_free_ips} for "
                    f"{spec.release_delay_seconds}s")
@@ -153,7 +154,7 @@ def merge_inventory(previous: Iterable[PoolIP], on_nic: Mapping[str, str]) -> In
     for name, old in known.items():
         if name not in on_nic and old.state is not IPState.RELEASING:
             vanished.append(old)
-    ips.sort(key=_address_key)
+    ips.sort(key=address_key)
     return Inventory(tuple(ips), tuple(adopted), tuple(vanished))
 
 

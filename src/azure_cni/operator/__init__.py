@@ -1,1 +1,1 @@
-"""The cluster-wide operator (kopf) that keeps each node's NIC pool at the right size."""
+"""The cluster-wide operator that keeps each node's NIC pool at the right size."""

@@ -1,9 +1,20 @@
-"""The operator's side of the Kubernetes API: NodeIPPools, their status and their Events."""
+"""The operator's side of the Kubernetes API: watching Nodes and NodeIPPools, and writing
+pools, their status, their finalizer and their Events.
+
+Watches are done by hand on raw responses (list in pages, then watch from the list's
+resourceVersion, relist after 410 Gone or any failure), so no object is ever turned into a
+client model and nothing is kept of it but what the caller takes. Every request is counted in
+``azure_cni_operator_kube_requests_total``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubernetes_asyncio import client
@@ -21,11 +32,114 @@ from azure_cni.api.nodeippool import (
     status_apply_body,
     utcnow,
 )
+from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
 
 #: cluster-scoped objects get their Events in this namespace (kubectl describe looks there)
 EVENT_NAMESPACE = "default"
+#: holds a pool until the addresses it handed out have left the NIC
+FINALIZER = "azurecni.io/nic-cleanup"
+#: objects per page of an initial list (bounds the memory a list of 5,000 Nodes takes)
+LIST_PAGE = 500
+WATCH_TIMEOUT_SECONDS = 300
+
+
+def _count(verb: str, resource: str) -> None:
+    metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
+
+
+class WatchExpired(RuntimeError):
+    """The server no longer has the resourceVersion the watch started from (410 Gone)."""
+
+
+OnEvent = Callable[[str, dict[str, Any]], Awaitable[None] | None]
+OnSynced = Callable[[set[str]], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One resource to follow: its name for metrics and how to list (and watch) it."""
+
+    resource: str
+    lister: Callable[..., Awaitable[Any]]
+
+
+async def _maybe(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
+
+
+async def follow(watched: Watched, on_event: OnEvent, on_synced: OnSynced, *,
+                 max_backoff: float = 30.0) -> None:
+    """List ``watched`` in pages, calling ``on_event("ADDED", obj)`` for each object and then
+    ``on_synced(names)`` with every name listed; then pass on each watch event. Relists after
+    410 Gone or a failure (with jittered backoff), forever."""
+    backoff = 1.0
+    while True:
+        try:
+            version = await _list(watched, on_event, on_synced)
+            backoff = 1.0
+            while True:
+                version = await _watch(watched, version, on_event)
+        except WatchExpired:
+            log.info("event=watch_expired resource=%s; relisting", watched.resource)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - API server restarts, network blips
+            log.warning("event=watch_failed resource=%s error=%r retry_in=%.0fs",
+                        watched.resource, e, backoff)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, max_backoff)
+
+
+async def _list(watched: Watched, on_event: OnEvent, on_synced: OnSynced) -> str:
+    names: set[str] = set()
+    token: str | None = None
+    while True:
+        _count("list", watched.resource)
+        kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        response = await watched.lister(**kwargs)
+        try:
+            page = json.loads(await response.read())
+        finally:
+            response.release()
+        for obj in page.get("items") or ():
+            names.add(str((obj.get("metadata") or {}).get("name") or ""))
+            await _maybe(on_event("ADDED", obj))
+        meta = page.get("metadata") or {}
+        token = meta.get("continue")
+        if not token:
+            await _maybe(on_synced(names))
+            return str(meta.get("resourceVersion") or "")
+
+
+async def _watch(watched: Watched, version: str, on_event: OnEvent) -> str:
+    """One watch request until the server ends it; returns the resourceVersion reached."""
+    _count("watch", watched.resource)
+    response = await watched.lister(
+        watch=True, resource_version=version, allow_watch_bookmarks=True,
+        timeout_seconds=WATCH_TIMEOUT_SECONDS, _preload_content=False,
+        _request_timeout=WATCH_TIMEOUT_SECONDS + 30)
+    try:
+        async for line in response.content:
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            kind = str(event.get("type"))
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise WatchExpired(str(obj.get("message")))
+                raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            if kind != "BOOKMARK":
+                await _maybe(on_event(kind, obj))
+    finally:
+        response.release()
+    return version
 
 
 class PoolWriter(Protocol):
@@ -38,6 +152,14 @@ class PoolWriter(Protocol):
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None: ...
 
+    async def add_finalizer(self, name: str) -> None:
+        """Hold the pool (``FINALIZER``) until its addresses have left the NIC."""
+        ...
+
+    async def remove_finalizer(self, pool: NodeIPPool) -> None:
+        """Let the pool go: nothing of it is left on the NIC. A pool already gone is fine."""
+        ...
+
 
 class KubePools:
     """NodeIPPool reads and writes on kubernetes_asyncio, as field manager azure-cni-operator."""
@@ -45,6 +167,17 @@ class KubePools:
     def __init__(self, api: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+
+    @property
+    def nodes(self) -> Watched:
+        return Watched("nodes", self._core.list_node)
+
+    @property
+    def pools(self) -> Watched:
+        async def lister(**kwargs: Any) -> Any:
+            return await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
+
+        return Watched(PLURAL, lister)
 
     async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
         """Create the pool of a node, owned by the Node; False if it already exists."""
@@ -54,11 +187,13 @@ class KubePools:
             "metadata": {
                 "name": node_name,
                 "labels": {"app.kubernetes.io/managed-by": "azure-cni"},
+                "finalizers": [FINALIZER],
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node_name,
                                      "uid": node_uid}],
             },
             "spec": spec.to_dict(),
         }
+        _count("create", PLURAL)
         try:
             await self._custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
         except ApiException as e:
@@ -68,6 +203,7 @@ class KubePools:
         return True
 
     async def get_pool(self, name: str) -> NodeIPPool | None:
+        _count("get", PLURAL)
         try:
             obj = await self._custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
         except ApiException as e:
@@ -77,6 +213,7 @@ class KubePools:
         return NodeIPPool.from_object(obj)
 
     async def delete_pool(self, name: str) -> None:
+        _count("delete", PLURAL)
         try:
             await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
         except ApiException as e:
@@ -85,6 +222,7 @@ class KubePools:
 
     async def apply_status(self, name: str, fields: Mapping[str, Any]) -> NodeIPPool:
         """Server-side apply of the operator's status fields (the agent owns the others)."""
+        _count("patch", f"{PLURAL}/status")
         # _content_type is honoured at runtime but missing from the library's stubs
         obj = await self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
             GROUP, VERSION, PLURAL, name, status_apply_body(name, fields),
@@ -92,6 +230,44 @@ class KubePools:
             _content_type="application/apply-patch+yaml",
         )
         return NodeIPPool.from_object(obj)
+
+    async def add_finalizer(self, name: str) -> None:
+        """Append ``FINALIZER`` (a JSON patch: the other finalizers stay as they are)."""
+        patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+        _count("patch", PLURAL)
+        try:
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, name, patch, _content_type="application/json-patch+json")
+        except ApiException as e:
+            if e.status != 422:  # no finalizers list yet: create it
+                raise
+            _count("patch", PLURAL)
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, name,
+                [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}],
+                _content_type="application/json-patch+json")
+
+    async def remove_finalizer(self, pool: NodeIPPool) -> None:
+        """Remove ``FINALIZER`` at the index we saw it, tested first so no other is touched."""
+        if FINALIZER not in pool.finalizers:
+            return
+        index = pool.finalizers.index(FINALIZER)
+        patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
+                 {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
+        _count("patch", PLURAL)
+        try:
+            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, pool.name, patch,
+                _content_type="application/json-patch+json")
+        except ApiException as e:
+            if e.status == 404:
+                return
+            if e.status == 422:  # the list changed since we saw it: read it again
+                fresh = await self.get_pool(pool.name)
+                if fresh is not None and fresh.finalizers != pool.finalizers:
+                    await self.remove_finalizer(fresh)
+                return
+            raise
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None:
@@ -106,6 +282,7 @@ class KubePools:
             source=client.V1EventSource(component="azure-cni-operator"),
             reporting_component="azure-cni-operator", reporting_instance="azure-cni-operator",
         )
+        _count("create", "events")
         try:
             await self._core.create_namespaced_event(EVENT_NAMESPACE, event)
         except ApiException as e:

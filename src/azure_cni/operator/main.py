@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import kopf
-
-from azure_cni.api.settings import InvalidSettings, load_settings
+from azure_cni.api.settings import InvalidSettings, Settings, load_settings
 from azure_cni.kubeclient import KubeConfigError, connect
-from azure_cni.operator import handlers, runtime
+from azure_cni.operator.runtime import Operator
 
 
 async def _check_kubernetes_access(kubeconfig: str | None) -> None:
-    """Fail before kopf starts (and retries forever) when there is no way to the API."""
+    """Fail at once, with a clear message, when there is no way to the API."""
     api = await connect(kubeconfig)
     await api.close()
+
+
+async def _run(settings: Settings, kubeconfig: str | None) -> None:
+    operator = await Operator.start(settings, kubeconfig)
+    await operator.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,18 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KubeConfigError as e:
         print(f"azure-cni-operator: {e}", file=sys.stderr)  # noqa: T201
         return 2
-    runtime.launch.settings = settings
-    runtime.launch.kubeconfig = args.kubeconfig
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
-    assert handlers.FINALIZER  # the import registers the handlers with kopf
     # One active replica (Deployment strategy Recreate): two operators would each plan the
-    # same NIC from their own view and kopf's peering is a pause switch, not an election.
-    kopf.run(
-        clusterwide=True,
-        standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{settings.operator.health_port}/healthz",
-    )
+    # same NIC from their own view.
+    asyncio.run(_run(settings, args.kubeconfig))
     return 0
 
 

@@ -50,6 +50,14 @@ AZURE_ERRORS = Counter(
     "NotFound, Conflict, NicLimitExceeded, CloudError, ...)", ["error"])
 RECONCILES = Counter("azure_cni_operator_reconciles_total", "Pool reconciles by outcome",
                      ["outcome"])
+KUBE_REQUESTS = Counter("azure_cni_operator_kube_requests_total",
+                        "Requests the operator made to the Kubernetes API (a watch counts once)",
+                        ["verb", "resource"])
+QUEUE_DEPTH = Gauge("azure_cni_operator_queue_depth",
+                    "Pools waiting to be reconciled (now or after a delay)")
+NIC_SWEEPS = Counter("azure_cni_operator_nic_sweeps_total",
+                     "Sweeps that listed every node's NIC to find drift")
+POOLS_KNOWN = Gauge("azure_cni_operator_pools", "NodeIPPools the operator follows")
 
 _POOL_STATES = {IPState.AVAILABLE: "available", IPState.RELEASING: "releasing"}
 

@@ -1,0 +1,99 @@
+"""The ARM surface the emulator serves, as one table: method, path template, handler.
+
+Paths match case-insensitively, as ARM's do (arm-api.md §1.1). ``{name}`` segments capture
+a value; everything else must match literally. A path that matches a template under another
+method is answered 405, a path that matches none 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from azure_cni_sim.arm import resources
+from azure_cni_sim.arm.resources import Reply, Request
+
+Handler = Callable[[Request], Reply]
+
+_RG = "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers"
+_NETWORK = f"{_RG}/Microsoft.Network"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    #: which api-versions apply: the Network RP's or the Compute RP's
+    provider: str = "network"
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(s for s in self.template.split("/") if s)
+
+    def match(self, parts: Sequence[str]) -> dict[str, str] | None:
+        segments = self.segments
+        if len(segments) != len(parts):
+            return None
+        params = {}
+        for want, got in zip(segments, parts, strict=True):
+            if want.startswith("{"):
+                params[want.strip("{}")] = got
+            elif want.lower() != got.lower():
+                return None
+        return params
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", f"{_RG}/Microsoft.Compute/virtualMachines/{{vm}}", resources.get_vm,
+          provider="compute"),
+    Route("GET", f"{_NETWORK}/networkInterfaces", resources.list_nics),
+    Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.get_nic),
+    Route("PUT", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.put_nic),
+    Route("PATCH", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.patch_nic_tags),
+    Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}/ipConfigurations",
+          resources.list_ip_configurations),
+    Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}/ipConfigurations/{{ipconfig}}",
+          resources.get_ip_configuration),
+    Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}", resources.get_vnet),
+    Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/subnets/{{subnet}}",
+          resources.get_subnet),
+    Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/usages", resources.list_usages),
+    Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/checkIPAddressAvailability",
+          resources.check_ip_address),
+    Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Network/locations/"
+                 "{location}/operations/{operation}", resources.get_operation),
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    route: Route
+    params: dict[str, str]
+
+
+class MethodNotAllowed(Exception):
+    """The path is served, but not for this method (``route`` serves it for another)."""
+
+    def __init__(self, method: str, route: Route) -> None:
+        super().__init__(f"{method} {route.template}")
+        self.route = route
+
+
+def resolve(method: str, path: str, routes: Sequence[Route] = ROUTES) -> Match | None:
+    """The route serving ``method path`` (None: no such resource type).
+
+    Raises MethodNotAllowed when the path is served for other methods only.
+    """
+    parts = [p for p in path.split("/") if p]
+    other: Route | None = None
+    for route in routes:
+        params = route.match(parts)
+        if params is None:
+            continue
+        if route.method == method.upper():
+            return Match(route, params)
+        other = other or route
+    if other is not None:
+        raise MethodNotAllowed(method, other)
+    return None

@@ -1,0 +1,372 @@
+"""When pools are reconciled: watch events, one work queue, a fixed number of workers.
+
+- Per pool the controller keeps the newest object seen and, at most, one NIC read handed over
+  by the sweep; per node its uid and providerID. Nothing else: no task, thread or timer per
+  pool.
+- Watch events only store the newest object (by resourceVersion, so a stale event never
+  replaces a newer object) and queue the pool if something that matters changed: the spec
+  or a deletion at once, the agent's usage after ``usageDebounceSeconds``. The operator's own
+  status writes change nothing that matters and queue nothing.
+- ``maxConcurrentNodes`` workers take pools from the queue (``workqueue``): a pool is never
+  reconciled by two workers at once, and a pool queued while it is reconciled is reconciled
+  again right after. A reconcile's outcome may ask to look again later (a release delay, a
+  retry after an Azure error): that is a delayed add.
+- The NIC sweep replaces per-pool drift timers: every ``driftCheckSeconds`` it lists the
+  NICs of each resource group that holds nodes (one ARM read per page of NICs instead of one
+  per pool) and queues the pools whose NIC differs from their status, handing them what it
+  read. A pool whose NIC it does not find is queued to look for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from azure_cni.api.nodeippool import IPCONFIG_PREFIX, InvalidPool, NodeIPPool
+from azure_cni.api.settings import OperatorSettings, PoolDefaults
+from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
+from azure_cni.cloud.providerid import parse_provider_id
+from azure_cni.operator import metrics
+from azure_cni.operator.kube import KubePools, follow
+from azure_cni.operator.reconcile import PoolReconciler
+from azure_cni.operator.workqueue import ShutDown, WorkQueue
+
+log = logging.getLogger(__name__)
+
+#: a reconcile that raised (not an Azure error: those are outcomes) is retried after this,
+#: doubling per failure up to MAX_BACKOFF
+BACKOFF = 1.0
+MAX_BACKOFF = 300.0
+#: workers creating the pools of new nodes (API server writes, no Azure)
+POOL_CREATORS = 4
+
+
+def newer(candidate: NodeIPPool, current: NodeIPPool | None) -> bool:
+    """Whether ``candidate`` is at least as new as ``current`` (resourceVersions compare as
+    numbers on every API server we know; opaque ones trust arrival order)."""
+    if current is None:
+        return True
+    try:
+        return int(candidate.resource_version) >= int(current.resource_version)
+    except ValueError:
+        return True
+
+
+def interest(pool: NodeIPPool) -> tuple[Any, ...]:
+    """What in a pool calls for a reconcile when it changes: the spec (its generation), a
+    deletion, and the agent's fields other than its condition (used, acknowledgements, and
+    whatever else the agent publishes about usage)."""
+    agent = pool.status.agent_fields()
+    agent.pop("conditions", None)
+    return pool.generation, pool.deleting, tuple(sorted((k, str(v)) for k, v in agent.items()))
+
+
+def nic_differs(pool: NodeIPPool, nic: NicSnapshot) -> bool:
+    """Whether the NIC as listed does not match the pool's recorded view of it."""
+    if nic.failed or pool.status.nic is None or pool.status.nic.id.lower() != nic.id.lower():
+        return True
+    ours = {c.name: c.address for c in nic.secondary(IPCONFIG_PREFIX)}
+    if any(not c.succeeded for c in nic.secondary(IPCONFIG_PREFIX)):
+        return True
+    return ours != {ip.ip_configuration: ip.address for ip in pool.status.ips}
+
+
+@dataclass
+class PoolEntry:
+    pool: NodeIPPool
+    interest: tuple[Any, ...]
+    failures: int = 0
+    #: when a reconcile last finished with the NIC read or written (monotonic): a sweep
+    #: listing that started before then may show the NIC before that write
+    nic_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class NicHint:
+    """What the sweep saw of a node's NIC (None: not found), and when its listing started."""
+
+    nic: NicSnapshot | None
+    listed: float
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    uid: str
+    provider_id: str | None
+
+
+class PoolController:
+    """Follows Nodes and NodeIPPools and runs every reconcile of every pool."""
+
+    def __init__(self, reconciler: PoolReconciler, kube: KubePools, azure: AzureNetwork,
+                 defaults: PoolDefaults, settings: OperatorSettings) -> None:
+        self.reconciler = reconciler
+        self.kube = kube
+        self.azure = azure
+        self.defaults = defaults
+        self.settings = settings
+        self.queue = WorkQueue()
+        self.pools: dict[str, PoolEntry] = {}
+        self.nodes: dict[str, NodeEntry] = {}
+        #: what the sweep saw of a node's NIC, for the next reconcile of its pool
+        self.nic_hints: dict[str, NicHint] = {}
+        #: nodes whose pool is to be created (a few workers create them, in order)
+        self._creations = WorkQueue()
+        self._requested: set[str] = set()
+        self._pools_synced = asyncio.Event()
+        self._nodes_synced = asyncio.Event()
+        self.synced = asyncio.Event()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow both resources and reconcile until cancelled."""
+        tasks = [asyncio.create_task(follow(self.kube.pools, self.pool_event,
+                                            self.pools_listed), name="watch-pools")]
+        try:
+            # pools first, so that a node whose pool exists is not given a second one
+            await self._pools_synced.wait()
+            tasks.append(asyncio.create_task(follow(self.kube.nodes, self.node_event,
+                                                    self.nodes_listed), name="watch-nodes"))
+            await self._nodes_synced.wait()
+            tasks += await self.begin()
+            await asyncio.gather(*tasks)
+        finally:
+            self.queue.shut_down()
+            self._creations.shut_down()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def begin(self) -> list[asyncio.Task[None]]:
+        """Once both lists are in: sweep once, queue every pool, start the workers."""
+        # one sweep before any reconcile: new pools find their NIC in the listing instead of
+        # one VM read each
+        await self.sweep()
+        for name in self.pools:
+            self.queue.add(name)
+        self.synced.set()
+        log.info("event=controller_synced pools=%d nodes=%d workers=%d", len(self.pools),
+                 len(self.nodes), self.settings.max_concurrent_nodes)
+        tasks = [asyncio.create_task(self._creator(), name=f"pool-creator-{i}")
+                 for i in range(POOL_CREATORS)]
+        tasks += [asyncio.create_task(self._worker(), name=f"worker-{i}")
+                  for i in range(max(1, self.settings.max_concurrent_nodes))]
+        tasks.append(asyncio.create_task(self._sweep_forever(), name="nic-sweep"))
+        return tasks
+
+    def health(self) -> str:
+        return (f"{len(self.pools)} pools, {len(self.queue)} queued, "
+                f"{self.queue.processing} reconciling")
+
+    # -- watch events ----------------------------------------------------------------------
+
+    def pool_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        try:
+            pool = NodeIPPool.from_object(obj)
+        except InvalidPool as e:
+            log.warning("event=pool_unreadable error=%r", str(e))
+            return
+        if kind == "DELETED":
+            self._forget(pool.name)
+            return
+        self.remember(pool)
+
+    def remember(self, pool: NodeIPPool) -> None:
+        """Keep ``pool`` if it is the newest seen; queue it if what matters changed.
+
+        The pool a status write returned goes through here too: it may carry an agent update
+        whose own watch event, older than our write, will be ignored as stale.
+        """
+        entry = self.pools.get(pool.name)
+        if entry is not None and not newer(pool, entry.pool):
+            return  # a stale event: never let it replace what a later write returned
+        wanted = interest(pool)
+        if entry is None:
+            self.pools[pool.name] = PoolEntry(pool, wanted)
+            metrics.POOLS_KNOWN.set(len(self.pools))
+            if self.synced.is_set():
+                self.queue.add(pool.name)
+            return
+        before, entry.pool, entry.interest = entry.interest, pool, wanted
+        if before == wanted or not self.synced.is_set():
+            return
+        if before[:2] != wanted[:2]:
+            self.queue.add(pool.name)  # the spec, or a deletion
+        else:
+            # the agent's usage: let a burst of its updates settle into one reconcile
+            self.queue.add_after(pool.name, self.settings.usage_debounce_seconds)
+
+    def _forget(self, name: str) -> None:
+        self.pools.pop(name, None)
+        self.queue.forget(name)
+        self._requested.discard(name)
+        metrics.POOLS_KNOWN.set(len(self.pools))
+        metrics.forget_pool(name)
+        node = self.nodes.get(name)
+        if node is not None and self.synced.is_set():
+            # the pool was deleted while its node lives on: every node has a pool
+            self._create_pool_soon(name, node)
+
+    def pools_listed(self, names: set[str]) -> None:
+        for gone in set(self.pools) - names:
+            self._forget(gone)
+        self._pools_synced.set()
+
+    async def node_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if not name:
+            return
+        if kind == "DELETED":
+            self.nodes.pop(name, None)
+            self.nic_hints.pop(name, None)
+            # the owner reference has the garbage collector delete the pool; this is a
+            # backstop for clusters without one
+            await self.kube.delete_pool(name)
+            return
+        spec = obj.get("spec") or {}
+        node = NodeEntry(str(meta.get("uid") or ""), spec.get("providerID") or None)
+        previous = self.nodes.get(name)
+        self.nodes[name] = node
+        if name not in self.pools:
+            if self._pools_synced.is_set():
+                self._create_pool_soon(name, node)
+        elif previous is not None and previous.provider_id != node.provider_id:
+            self.queue.add(name)
+
+    def nodes_listed(self, names: set[str]) -> None:
+        for gone in set(self.nodes) - names:
+            self.nodes.pop(gone, None)
+        self._nodes_synced.set()
+
+    def _create_pool_soon(self, name: str, node: NodeEntry) -> None:
+        if name not in self._requested:
+            self._requested.add(name)
+            self._creations.add(name)
+
+    async def _creator(self) -> None:
+        while True:
+            try:
+                name = await self._creations.get()
+            except ShutDown:
+                return
+            try:
+                node = self.nodes.get(name)
+                if node is None or name in self.pools:
+                    continue
+                if await self.kube.create_pool(name, node.uid, self.defaults.spec_for(name)):
+                    log.info("event=pool_created node=%s", name)
+            except Exception as e:  # noqa: BLE001 - retried after a pause
+                log.warning("event=pool_create_failed node=%s error=%r", name, e)
+                self._creations.add_after(name, 5.0)
+            finally:
+                self._creations.done(name)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                name = await self.queue.get()
+            except ShutDown:
+                return
+            try:
+                await self.process(name)
+            finally:
+                self.queue.done(name)
+                metrics.QUEUE_DEPTH.set(len(self.queue))
+
+    async def process(self, name: str) -> None:
+        """Reconcile one pool with what the controller knows of it, then schedule the next."""
+        entry = self.pools.get(name)
+        if entry is None:
+            return
+        node = self.nodes.get(entry.pool.spec.node_name)
+        hint = self.nic_hints.pop(entry.pool.spec.node_name, None)
+        if hint is not None and hint.listed < entry.nic_seen:
+            hint = None  # listed before our last write: the difference it saw is ours
+        try:
+            result = await self.reconciler.reconcile(
+                entry.pool, node.provider_id if node else None,
+                hint.nic if hint is not None else None, look=hint is not None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the API server may be away: retry later
+            entry.failures += 1
+            delay = min(MAX_BACKOFF, BACKOFF * 2 ** (entry.failures - 1))
+            log.warning("event=reconcile_crashed pool=%s error=%r retry_in=%.0fs", name, e,
+                        delay)
+            metrics.RECONCILES.labels("error").inc()
+            self.queue.add_after(name, delay * (0.5 + random.random()))
+            return
+        entry.failures = 0
+        if result.nic is not None:
+            entry.nic_seen = time.monotonic()
+        outcome = result.outcome
+        metrics.RECONCILES.labels("retry" if outcome.failed else "done").inc()
+        if result.stored is not None:
+            self.remember(result.stored)
+        if outcome.requeue_after is not None and not outcome.release_finalizer:
+            self.queue.add_after(name, outcome.requeue_after)
+
+    # -- the NIC sweep ---------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_check_seconds)
+            try:
+                await self.sweep()
+            except Exception as e:  # noqa: BLE001 - the next sweep tries again
+                log.warning("event=nic_sweep_failed error=%r", e)
+
+    async def sweep(self) -> None:
+        """List the NICs of every resource group with nodes; queue the pools whose NIC
+        differs from their status, with what was read (new nodes' pools get it too)."""
+        groups: dict[tuple[str, str], dict[str, str]] = {}
+        for name, node in self.nodes.items():
+            if not node.provider_id:
+                continue
+            try:
+                vm = parse_provider_id(node.provider_id)
+            except CloudError:
+                continue  # its pool's reconcile reports it
+            group = groups.setdefault((vm.subscription_id.lower(), vm.resource_group.lower()),
+                                      {})
+            group[vm.id.lower()] = name
+        for (subscription, resource_group), by_vm in groups.items():
+            found: set[str] = set()
+            listed = time.monotonic()
+            try:
+                async for nic in self.azure.list_nics(subscription, resource_group):
+                    node_name = by_vm.get(nic.vm_id.lower())
+                    if node_name is None or not nic.primary_nic:
+                        continue
+                    found.add(node_name)
+                    entry = self.pools.get(node_name)
+                    if entry is None or nic_differs(entry.pool, nic):
+                        self.nic_hints[node_name] = NicHint(nic, listed)
+                        self._queue_after_sweep(node_name)
+                    else:
+                        self.nic_hints.pop(node_name, None)
+            except CloudError as e:
+                metrics.observe_azure_error(e)
+                log.warning("event=nic_list_failed subscription=%s resource_group=%s "
+                            "error=%s", subscription, resource_group, e)
+                continue
+            for node_name in set(by_vm.values()) - found:
+                self.nic_hints[node_name] = NicHint(None, listed)
+                self._queue_after_sweep(node_name)
+        metrics.NIC_SWEEPS.inc()
+
+    def _queue_after_sweep(self, name: str) -> None:
+        if self.synced.is_set() and name in self.pools:
+            self.queue.add(name)

@@ -1,0 +1,283 @@
+"""A stateful fake of the ``AzureNetwork`` port, for unit tests of the operator.
+
+It keeps a small Azure of its own, with the rules the emulator and Azure enforce on the
+operator's writes: etags that change on every write, lowest-free Dynamic allocation in the
+subnet, Static addresses refused when someone else holds them, 256 ipConfigurations per NIC,
+provisioning states (a Failed NIC or ipConfiguration is cleared only by a new write), and
+throttling. It is not a mock of calls: tests set up a world, run the operator against it, and
+look at the world. ``tests/cloud/test_fake_network.py`` holds it to the real adapter's
+behaviour on the emulator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from azure_cni.cloud.port import (
+    AddressInUse,
+    CloudError,
+    IPConfiguration,
+    NewIPConfiguration,
+    NicLimitExceeded,
+    NicSnapshot,
+    NotFound,
+    SubnetFull,
+    SubnetInfo,
+    Throttled,
+    Unsupported,
+    VMRef,
+)
+
+MAX_IP_CONFIGURATIONS = 256
+SUB = "00000000-0000-0000-0000-00000000fake"
+RG = "rg1"
+
+
+def _etag() -> str:
+    return f'W/"{uuid.uuid4()}"'
+
+
+@dataclass
+class FakeSubnet:
+    id: str
+    network: ipaddress.IPv4Network
+    vnet_address_space: tuple[str, ...]
+    #: address -> "<nic id>/<ipconfig name>" holding it
+    used: dict[str, str] = field(default_factory=dict)
+    #: pretend Azure leaves the ipConfigurations list out (free addresses unknown)
+    hide_usage: bool = False
+
+    def usable(self) -> list[str]:
+        hosts = list(self.network.hosts())
+        return [str(a) for a in hosts[3:]]  # .1-.3 and the broadcast are Azure's
+
+    def free(self) -> list[str]:
+        return [a for a in self.usable() if a not in self.used]
+
+
+@dataclass
+class FakeIPConfig:
+    name: str
+    address: str
+    primary: bool = False
+    state: str = "Succeeded"
+
+
+@dataclass
+class FakeNic:
+    id: str
+    vm_id: str
+    subnet: FakeSubnet
+    configs: list[FakeIPConfig]
+    etag: str = field(default_factory=_etag)
+    state: str = "Succeeded"
+
+    def snapshot(self) -> NicSnapshot:
+        configs = tuple(IPConfiguration(c.name, c.address, c.primary, c.state, self.subnet.id)
+                        for c in self.configs)
+        snap = NicSnapshot(self.id, self.id.rsplit("/", 1)[-1], self.etag, "eastus", self.vm_id,
+                           configs, provisioning_state=self.state)
+        # the document only has to identify the version the write starts from
+        return replace(snap, document=b"{}")
+
+
+@dataclass
+class Throttle:
+    """The next ``count`` calls of ``operation`` ("read", "write" or "*") raise Throttled."""
+
+    operation: str
+    count: int
+    retry_after: float
+
+
+class FakeAzure:
+    """One subscription, one resource group, any number of subnets and VMs."""
+
+    def __init__(self) -> None:
+        self.subnets: dict[str, FakeSubnet] = {}
+        self.vms: dict[str, str] = {}  # vm id (lower) -> nic id
+        self.nics: dict[str, FakeNic] = {}
+        self.calls: Counter[str] = Counter()
+        self.writes: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        self.faults: dict[str, list[CloudError]] = {}
+        self.throttles: list[Throttle] = []
+        self.conflicts = 0
+        self._names = itertools.count()
+        self.closed = False
+
+    # -- building the world -------------------------------------------------------------------
+
+    def add_subnet(self, cidr: str, name: str = "nodes", space: str = "198.18.0.0/16") -> str:
+        subnet_id = (f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/"
+                     f"virtualNetworks/vnet/subnets/{name}")
+        self.subnets[subnet_id.lower()] = FakeSubnet(subnet_id, ipaddress.IPv4Network(cidr),
+                                                     (space,))
+        return subnet_id
+
+    def add_vm(self, name: str, subnet_id: str) -> tuple[str, str]:
+        """A VM and its NIC with a primary address; returns (providerID, NIC id)."""
+        subnet = self.subnets[subnet_id.lower()]
+        vm_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/" \
+                f"virtualMachines/{name}"
+        nic_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/" \
+                 f"networkInterfaces/{name}-nic"
+        address = subnet.free()[0]
+        subnet.used[address] = f"{nic_id}/ipconfig1"
+        self.nics[nic_id.lower()] = FakeNic(nic_id, vm_id, subnet,
+                                            [FakeIPConfig("ipconfig1", address, primary=True)])
+        self.vms[vm_id.lower()] = nic_id
+        return f"azure://{vm_id}", nic_id
+
+    def delete_vm(self, provider_id: str) -> None:
+        vm_id = provider_id.removeprefix("azure://").lower()
+        nic = self.nics.pop(self.vms.pop(vm_id).lower())
+        for c in nic.configs:
+            nic.subnet.used.pop(c.address, None)
+
+    def nic(self, nic_id: str) -> FakeNic:
+        return self.nics[nic_id.lower()]
+
+    def ours(self, nic_id: str) -> dict[str, str]:
+        """The NIC's azure-cni ipConfigurations: name -> address."""
+        return {c.name: c.address for c in self.nic(nic_id).configs if c.name.startswith("azcni-")}
+
+    def take_address(self, subnet_id: str, address: str, owner: str = "someone-else") -> None:
+        """Somebody outside azure-cni holds ``address`` from now on."""
+        self.subnets[subnet_id.lower()].used[address] = owner
+
+    def remove_behind_our_back(self, nic_id: str, *names: str) -> None:
+        nic = self.nic(nic_id)
+        for c in [c for c in nic.configs if c.name in names]:
+            nic.configs.remove(c)
+            nic.subnet.used.pop(c.address, None)
+        nic.etag = _etag()
+
+    def fail(self, nic_id: str, *names: str) -> None:
+        """A failed operation left these ipConfigurations (or, without names, the NIC) Failed."""
+        nic = self.nic(nic_id)
+        if not names:
+            nic.state = "Failed"
+        for c in nic.configs:
+            if c.name in names:
+                c.state = "Failed"
+
+    def set_state(self, nic_id: str, name: str, state: str) -> None:
+        next(c for c in self.nic(nic_id).configs if c.name == name).state = state
+
+    def inject(self, operation: str, *errors: CloudError) -> None:
+        """The next calls of ``operation`` raise these errors, one call each."""
+        self.faults.setdefault(operation, []).extend(errors)
+
+    def throttle(self, operation: str, count: int, retry_after: float) -> None:
+        self.throttles.append(Throttle(operation, count, retry_after))
+
+    # -- the port -----------------------------------------------------------------------------
+
+    def _call(self, operation: str, kind: str) -> None:
+        self.calls[operation] += 1
+        queued = self.faults.get(operation)
+        if queued:
+            raise queued.pop(0)
+        for t in self.throttles:
+            if t.operation in (kind, "*") and t.count > 0:
+                t.count -= 1
+                raise Throttled(f"{operation} throttled", retry_after=t.retry_after,
+                                code="SubscriptionRequestsThrottled")
+
+    def _nic(self, nic_id: str) -> FakeNic:
+        found = self.nics.get(nic_id.lower())
+        if found is None:
+            raise NotFound(f"The Resource 'Microsoft.Network/networkInterfaces/{nic_id}' was "
+                           "not found.", code="ResourceNotFound", status=404)
+        return found
+
+    async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
+        self._call("get_vm_nic", "read")
+        if vm.scale_set is not None:
+            raise Unsupported("Uniform scale sets are not supported",
+                              code="UniformScaleSetUnsupported")
+        nic_id = self.vms.get(vm.id.lower())
+        if nic_id is None:
+            raise NotFound(f"virtual machine {vm.id} not found", code="ResourceNotFound",
+                           status=404)
+        return self._nic(nic_id).snapshot()
+
+    async def get_nic(self, nic_id: str) -> NicSnapshot:
+        self._call("get_nic", "read")
+        return self._nic(nic_id).snapshot()
+
+    async def list_nics(self, subscription_id: str, resource_group: str
+                        ) -> AsyncIterator[NicSnapshot]:
+        self._call("list_nics", "read")
+        for nic in list(self.nics.values()):
+            yield nic.snapshot()
+
+    async def update_ip_configurations(
+        self,
+        nic: str | NicSnapshot,
+        add: Sequence[NewIPConfiguration] = (),
+        remove: Sequence[str] = (),
+        *,
+        reapply: bool = False,
+    ) -> NicSnapshot:
+        self._call("update_ip_configurations", "write")
+        nic_id = nic if isinstance(nic, str) else nic.id
+        current = self._nic(nic_id)
+        if not isinstance(nic, str) and nic.etag != current.etag:
+            self.conflicts += 1  # the adapter reads again and applies the same edit
+        have = {c.name.lower() for c in current.configs}
+        fresh = [a for a in add if a.name.lower() not in have]
+        doomed = {n.lower() for n in remove if n.lower() in have}
+        if not fresh and not doomed and not reapply:
+            return current.snapshot()
+        kept = [c for c in current.configs if c.name.lower() not in doomed]
+        if len(kept) + len(fresh) > MAX_IP_CONFIGURATIONS:
+            raise NicLimitExceeded(f"NIC {nic_id} cannot have more than "
+                                   f"{MAX_IP_CONFIGURATIONS} IP configurations",
+                                   code="NetworkInterfaceIpConfigurationCountLimitReached")
+        subnet = current.subnet
+        mine = {c.address for c in current.configs}
+        # all-or-nothing, like a PUT: check everything before changing anything
+        statics = [a.address for a in fresh if a.address is not None]
+        taken = [a for a in statics if subnet.used.get(a) is not None and a not in mine]
+        if taken:
+            raise AddressInUse(
+                f"IP configuration {nic_id}/ipConfigurations/x is using the private IP address "
+                f"{taken[0]} which is already allocated to resource "
+                f"{subnet.used[taken[0]]}.", addresses=taken[:1],
+                code="PrivateIPAddressIsAllocated", status=400)
+        free = [a for a in subnet.free() if a not in statics]
+        dynamic = sum(1 for a in fresh if a.address is None)
+        if dynamic > len(free):
+            raise SubnetFull(f"Subnet {subnet.network} does not have enough capacity for "
+                             f"{dynamic} IP addresses.", code="SubnetIsFull", status=400)
+        for c in current.configs:
+            if c.name.lower() in doomed:
+                subnet.used.pop(c.address, None)
+        new = []
+        for a in fresh:
+            address = a.address if a.address is not None else free.pop(0)
+            subnet.used[address] = f"{nic_id}/{a.name}"
+            new.append(FakeIPConfig(a.name, address))
+        # a write clears Failed: everything on the NIC was provisioned again
+        current.configs = [replace(c, state="Succeeded") for c in kept] + new
+        current.state = "Succeeded"
+        current.etag = _etag()
+        self.writes.append((nic_id, tuple(a.name for a in fresh), tuple(sorted(doomed))))
+        return current.snapshot()
+
+    async def get_subnet(self, subnet_id: str) -> SubnetInfo:
+        self._call("get_subnet", "read")
+        subnet = self.subnets.get(subnet_id.lower())
+        if subnet is None:
+            raise NotFound(f"subnet {subnet_id} not found", code="NotFound", status=404)
+        free = None if subnet.hide_usage else len(subnet.free())
+        return SubnetInfo(subnet.id, str(subnet.network), subnet.vnet_address_space, free)
+
+    async def close(self) -> None:
+        self.closed = True

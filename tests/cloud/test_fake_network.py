@@ -1,0 +1,166 @@
+"""The operator's unit tests run on a fake of the Azure port: hold the fake to the real adapter.
+
+Each scenario runs twice, on ``FakeAzure`` and on the real ``AzureAdapter`` talking to the ARM
+emulator over HTTPS, and must observe the same things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from tests.cloud.fake_network import RG, SUB, FakeAzure
+
+from azure_cni.cloud.azure import AzureAdapter
+from azure_cni.cloud.port import (
+    AddressInUse,
+    AzureNetwork,
+    NewIPConfiguration,
+    NicLimitExceeded,
+    NotFound,
+    SubnetFull,
+)
+from azure_cni.cloud.providerid import parse_provider_id
+from azure_cni_sim.arm import ArmConfig, ArmEmulator
+
+
+@dataclass
+class Backend:
+    """One implementation of the port, and how to arrange its world."""
+
+    port: AzureNetwork
+    subnet_id: str
+    tiny_subnet_id: str
+    vm: Any
+    make_vm: Any
+    fail_nic: Any
+    rg: tuple[str, str]
+
+
+@pytest.fixture(params=["fake", "adapter"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "fake":
+        fake = FakeAzure()
+        subnet = fake.add_subnet("198.18.0.0/24")
+        tiny = fake.add_subnet("198.18.1.0/29", name="tiny")
+
+        async def fail_fake(nic_id: str) -> None:
+            fake.fail(nic_id)
+
+        yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG))
+        return
+    emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
+    try:
+        vnet = emu.add_vnet("vnet", "198.18.0.0/16",
+                            {"nodes": "198.18.0.0/24", "tiny": "198.18.1.0/29"})
+        adapter = AzureAdapter(emu.azure_settings(polling_interval=0.01),
+                               credential=emu.credential())
+
+        def make_vm(name: str, subnet_id: str) -> tuple[str, str]:
+            vm = emu.add_vm(name, subnet_id)
+            return vm.provider_id, vm.nic_id
+
+        async def fail_emulated(nic_id: str) -> None:
+            emu.fail_next_operation(nic_id, "InternalServerError")
+            with pytest.raises(Exception, match="InternalServerError"):
+                await adapter.update_ip_configurations(nic_id, reapply=True)
+
+        yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
+                      make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"))
+        await adapter.close()
+    finally:
+        emu.stop()
+
+
+def ours(nic: Any) -> dict[str, str]:
+    return {c.name: c.address for c in nic.secondary("azcni-")}
+
+
+async def test_dynamic_adds_take_the_lowest_free_addresses_once(backend) -> None:
+    provider_id, nic_id = backend.vm("a", backend.subnet_id)
+    nic = await backend.port.get_vm_nic(parse_provider_id(provider_id))
+    assert nic.id.lower() == nic_id.lower() and nic.primary.address == "198.18.0.4"
+    written = await backend.port.update_ip_configurations(
+        nic, [NewIPConfiguration("azcni-a"), NewIPConfiguration("azcni-b")])
+    assert ours(written) == {"azcni-a": "198.18.0.5", "azcni-b": "198.18.0.6"}
+    again = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    assert again.etag == written.etag, "an add of an existing name wrote the NIC"
+    free = (await backend.port.get_subnet(backend.subnet_id)).free_addresses
+    assert free == 256 - 5 - 3
+
+
+async def test_removals_by_name_and_nothing_written_when_nothing_changes(backend) -> None:
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    await backend.port.update_ip_configurations(
+        nic_id, [NewIPConfiguration("azcni-a"), NewIPConfiguration("azcni-b")])
+    after = await backend.port.update_ip_configurations(nic_id, remove=["azcni-a", "azcni-x"])
+    assert list(ours(after)) == ["azcni-b"]
+    same = await backend.port.update_ip_configurations(nic_id, remove=["azcni-a"])
+    assert same.etag == after.etag
+
+
+async def test_a_stale_snapshot_is_written_on_the_current_nic(backend) -> None:
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    stale = await backend.port.get_nic(nic_id)
+    await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    written = await backend.port.update_ip_configurations(stale, [NewIPConfiguration("azcni-b")])
+    assert sorted(ours(written)) == ["azcni-a", "azcni-b"], "a write lost another one"
+
+
+async def test_a_static_address_someone_holds_is_address_in_use_naming_it(backend) -> None:
+    _, first = backend.vm("a", backend.subnet_id)
+    _, second = backend.vm("b", backend.subnet_id)
+    held = (await backend.port.get_nic(second)).primary.address
+    with pytest.raises(AddressInUse) as raised:
+        await backend.port.update_ip_configurations(
+            first, [NewIPConfiguration("azcni-a", "198.18.0.50"),
+                    NewIPConfiguration("azcni-b", held)])
+    assert raised.value.addresses == (held,)
+    assert ours(await backend.port.get_nic(first)) == {}, "half a write happened"
+
+
+async def test_a_full_subnet_is_subnet_full(backend) -> None:
+    _, nic_id = backend.vm("t", backend.tiny_subnet_id)  # a /29: 3 usable, 1 is primary
+    with pytest.raises(SubnetFull):
+        await backend.port.update_ip_configurations(
+            nic_id, [NewIPConfiguration(f"azcni-{i}") for i in range(3)])
+
+
+async def test_the_257th_ipconfiguration_is_refused(backend) -> None:
+    big = backend.subnet_id
+    _, nic_id = backend.vm("a", big)
+    await backend.port.update_ip_configurations(
+        nic_id, [NewIPConfiguration(f"azcni-{i:03d}") for i in range(240)])
+    with pytest.raises(NicLimitExceeded):
+        await backend.port.update_ip_configurations(
+            nic_id, [NewIPConfiguration(f"azcni-x{i:03d}") for i in range(16)])
+
+
+async def test_a_failed_nic_is_cleared_only_by_a_new_write(backend) -> None:
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    await backend.fail_nic(nic_id)
+    failed = await backend.port.get_nic(nic_id)
+    assert failed.failed
+    unchanged = await backend.port.update_ip_configurations(failed)
+    assert unchanged.failed, "nothing to change must write nothing"
+    cleared = await backend.port.update_ip_configurations(failed, reapply=True)
+    assert not cleared.failed and cleared.etag != failed.etag
+
+
+async def test_nics_are_listed_with_their_vms(backend) -> None:
+    vms = [backend.vm(f"l{i}", backend.subnet_id) for i in range(3)]
+    listed = [nic async for nic in backend.port.list_nics(*backend.rg)]
+    by_vm = {nic.vm_id.lower(): nic.id.lower() for nic in listed}
+    for provider_id, nic_id in vms:
+        assert by_vm[parse_provider_id(provider_id).id.lower()] == nic_id.lower()
+    assert all(nic.primary_nic for nic in listed)
+
+
+async def test_a_missing_nic_is_not_found(backend) -> None:
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    with pytest.raises(NotFound):
+        await backend.port.get_nic(nic_id.replace("a-nic", "gone-nic"))
+    snapshot = await backend.port.get_nic(nic_id)
+    assert replace(snapshot, document=None) == snapshot  # the document never compares

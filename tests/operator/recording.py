@@ -1,0 +1,127 @@
+"""A recording ``PoolWriter``: NodeIPPools kept as an API server would keep them, in memory.
+
+Status writes merge the operator's fields and bump the resourceVersion; the agent's fields are
+set with ``act_as_agent``; Events and finalizer changes are recorded. Faults can be planned
+for the next status write (an operator killed between its NIC write and its status write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from azure_cni.api.nodeippool import AGENT_CONDITIONS, NodeIPPool, PoolSpec, PoolStatus, utcnow
+from azure_cni.operator.kube import FINALIZER
+
+
+@dataclass
+class RecordedEvent:
+    pool: str
+    type: str
+    reason: str
+    message: str
+
+
+class Killed(Exception):
+    """The operator died here (raised by a planned fault)."""
+
+
+@dataclass
+class RecordingPools:
+    pools: dict[str, NodeIPPool] = field(default_factory=dict)
+    events: list[RecordedEvent] = field(default_factory=list)
+    status_writes: int = 0
+    version: int = 0
+    kill_next_status_write: bool = False
+    finalizer_calls: list[tuple[str, str]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    #: called with (name, pool) after every change, (name, None) after a deletion: a watch
+    listeners: list[Callable[[str, NodeIPPool | None], None]] = field(default_factory=list)
+
+    def _bump(self, pool: NodeIPPool) -> NodeIPPool:
+        self.version += 1
+        stored = replace(pool, resource_version=str(self.version))
+        self.pools[pool.name] = stored
+        for listener in self.listeners:
+            listener(pool.name, stored)
+        return stored
+
+    def _gone(self, name: str) -> None:
+        del self.pools[name]
+        for listener in self.listeners:
+            listener(name, None)
+
+    def create(self, name: str, spec: PoolSpec | None = None, *,
+               finalizers: tuple[str, ...] = (FINALIZER,)) -> NodeIPPool:
+        return self._bump(NodeIPPool(name, spec or PoolSpec(name), generation=1, uid=f"uid-{name}",
+                                     finalizers=finalizers))
+
+    def get(self, name: str) -> NodeIPPool:
+        return self.pools[name]
+
+    def edit_spec(self, name: str, **changes: Any) -> NodeIPPool:
+        pool = self.pools[name]
+        return self._bump(replace(pool, spec=replace(pool.spec, **changes),
+                                  generation=pool.generation + 1))
+
+    def act_as_agent(self, name: str, used: int, acks: set[str] | None = None) -> NodeIPPool:
+        pool = self.pools[name]
+        status = replace(pool.status, used=used, release_acks=frozenset(acks or ()))
+        return self._bump(replace(pool, status=status))
+
+    def delete(self, name: str) -> NodeIPPool:
+        pool = self.pools[name]
+        if not pool.finalizers:
+            self._gone(name)
+            return pool
+        return self._bump(replace(pool, deletion_timestamp=utcnow()))
+
+    def reasons(self, name: str) -> list[str]:
+        return [e.reason for e in self.events if e.pool == name]
+
+    # -- the PoolWriter protocol ------------------------------------------------------------
+
+    async def apply_status(self, name: str, fields: Mapping[str, Any]) -> NodeIPPool:
+        if self.kill_next_status_write:
+            self.kill_next_status_write = False
+            raise Killed("killed before the status write")
+        self.status_writes += 1
+        pool = self.pools[name]
+        mine = PoolStatus.from_dict(dict(fields))
+        agents = tuple(c for c in pool.status.conditions if c.type in AGENT_CONDITIONS)
+        status = replace(mine, used=pool.status.used, release_acks=pool.status.release_acks,
+                         conditions=mine.conditions + agents)
+        return self._bump(replace(pool, status=status))
+
+    async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str) -> None:
+        self.events.append(RecordedEvent(pool.name, kind, reason, message))
+
+    async def add_finalizer(self, name: str) -> None:
+        self.finalizer_calls.append(("add", name))
+        pool = self.pools[name]
+        self._bump(replace(pool, finalizers=(*pool.finalizers, FINALIZER)))
+
+    async def remove_finalizer(self, pool: NodeIPPool) -> None:
+        self.finalizer_calls.append(("remove", pool.name))
+        stored = self.pools.get(pool.name)
+        if stored is None:
+            return
+        finalizers = tuple(f for f in stored.finalizers if f != FINALIZER)
+        if stored.deleting and not finalizers:
+            self._gone(pool.name)
+        else:
+            self._bump(replace(stored, finalizers=finalizers))
+
+    # -- what the controller adds: pools of new nodes ----------------------------------------
+
+    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
+        if node_name in self.pools:
+            return False
+        self.created.append(node_name)
+        self.create(node_name, spec)
+        return True
+
+    async def delete_pool(self, name: str) -> None:
+        if name in self.pools:
+            self.delete(name)

@@ -1,0 +1,269 @@
+"""The controller without a cluster: watch events, the work queue, workers and the NIC sweep,
+on the stateful fake of Azure and the recording PoolWriter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tracemalloc
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+import pytest
+from tests.cloud.fake_network import FakeAzure
+from tests.operator.recording import RecordingPools
+
+from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
+from azure_cni.api.settings import OperatorSettings, PoolDefaults
+from azure_cni.operator.controller import NicHint, PoolController, interest, newer
+from azure_cni.operator.reconcile import PoolReconciler
+
+DEFAULTS = PoolDefaults(batch_size=4, min_free_ips=4, max_free_ips=8, max_ips=64,
+                        release_delay_seconds=0)
+
+
+class CountingReconciler(PoolReconciler):
+    reconciles: int = 0
+
+    async def reconcile(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.reconciles += 1
+        return await super().reconcile(*args, **kwargs)
+
+
+@dataclass
+class Cluster:
+    azure: FakeAzure
+    pools: RecordingPools
+    controller: PoolController
+    reconciler: CountingReconciler
+    subnet_id: str
+    providers: dict[str, str]
+    tasks: list[asyncio.Task[None]]
+
+    def add_node(self, name: str) -> None:
+        provider_id, _ = self.azure.add_vm(name, self.subnet_id)
+        self.providers[name] = provider_id
+
+    async def node_event(self, name: str, kind: str = "ADDED") -> None:
+        await self.controller.node_event(kind, {
+            "metadata": {"name": name, "uid": f"uid-{name}"},
+            "spec": {"providerID": self.providers[name]}})
+
+    async def start(self) -> None:
+        """The node list is in (the pool list was, before it): the controller begins."""
+        self.controller.nodes_listed(set(self.providers))
+        self.tasks = await self.controller.begin()
+
+    async def settled(self, what: str, check: Callable[[], bool], timeout: float = 10) -> None:
+        async def idle() -> None:
+            # delayed adds (a retry in 60s) may still wait: what counts is the check
+            while not (check() and self.controller.queue.processing == 0):
+                await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.wait_for(idle(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"not settled within {timeout}s: {what}; "
+                                 f"{self.controller.health()}") from None
+
+    def ours(self, name: str) -> dict[str, str]:
+        return {ip.ip_configuration: ip.address for ip in self.pools.get(name).status.ips}
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    azure = FakeAzure()
+    subnet_id = azure.add_subnet("198.18.0.0/20")
+    pools = RecordingPools()
+    reconciler = CountingReconciler(azure, pools)
+    controller = PoolController(reconciler, pools, azure, DEFAULTS,  # type: ignore[arg-type]
+                                OperatorSettings(max_concurrent_nodes=4,
+                                                 usage_debounce_seconds=0.2,
+                                                 drift_check_seconds=3600))
+
+    def watch(name: str, pool: NodeIPPool | None) -> None:
+        if pool is None:
+            controller.pool_event("DELETED", {"metadata": {"name": name}})
+        else:
+            controller.remember(pool)
+
+    pools.listeners.append(watch)
+    controller.pools_listed(set())  # the pools are listed first, and there are none
+    c = Cluster(azure, pools, controller, reconciler, subnet_id, {}, [])
+    yield c
+    controller.queue.shut_down()
+    for task in c.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def pool_at(version: int, used: int = 0) -> NodeIPPool:
+    return NodeIPPool("n", PoolSpec("n"), PoolStatus(used=used), generation=1,
+                      resource_version=str(version))
+
+
+def test_a_stale_watch_event_never_replaces_a_newer_pool() -> None:
+    assert newer(pool_at(5), pool_at(4)) and newer(pool_at(5), None)
+    assert not newer(pool_at(3), pool_at(5))
+    assert newer(replace(pool_at(1), resource_version="opaque"), pool_at(5))
+
+
+def test_only_the_spec_a_deletion_and_the_agents_usage_matter() -> None:
+    base = NodeIPPool("n", PoolSpec("n"), PoolStatus(used=1), generation=1)
+    ours = replace(base, status=replace(base.status, ips=(PoolIP("198.18.0.9", "azcni-a"),)))
+    assert interest(ours) == interest(base), "the operator's own status write mattered"
+    assert interest(replace(base, generation=2)) != interest(base)
+    assert interest(replace(base, status=replace(base.status, used=2))) != interest(base)
+    assert interest(replace(base, status=replace(base.status,
+                                                 release_acks=frozenset({"x"})))) != \
+        interest(base)
+
+
+async def test_new_nodes_get_one_pool_each_filled_from_the_nic_listing(cluster) -> None:
+    for i in range(6):
+        cluster.add_node(f"n{i}")
+    for name in cluster.providers:
+        await cluster.node_event(name)
+        await cluster.node_event(name, "MODIFIED")  # a second event creates nothing more
+    await cluster.start()
+    await cluster.settled("six pools with four addresses", lambda: all(
+        n in cluster.pools.pools and len(cluster.ours(n)) == 4 for n in cluster.providers))
+    assert sorted(cluster.pools.created) == sorted(cluster.providers)
+    assert cluster.azure.calls["get_vm_nic"] == 0, "the listing should have found every NIC"
+    assert cluster.azure.calls["get_nic"] == 0
+    assert cluster.azure.calls["list_nics"] == 1
+    assert len(cluster.azure.writes) == 6
+
+
+async def test_the_operators_own_writes_queue_nothing_and_a_burst_is_one_reconcile(
+        cluster) -> None:
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("the pool filled", lambda: len(cluster.ours("n0")) == 4)
+    before = cluster.reconciler.reconciles
+    await asyncio.sleep(0.3)
+    assert cluster.reconciler.reconciles == before, "its own status write woke the pool"
+    for used in range(1, 4):  # three agent updates inside the debounce
+        cluster.pools.act_as_agent("n0", used=used)
+    await cluster.settled("the burst handled", lambda: len(cluster.ours("n0")) == 8)
+    assert cluster.reconciler.reconciles == before + 1
+
+
+async def test_a_spec_change_is_reconciled_at_once(cluster) -> None:
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("the pool filled", lambda: len(cluster.ours("n0")) == 4)
+    cluster.pools.edit_spec("n0", min_ips=12)
+    await cluster.settled("twelve addresses", lambda: len(cluster.ours("n0")) == 12, timeout=2)
+
+
+async def test_the_sweep_finds_drift_and_hands_over_what_it_read(cluster) -> None:
+    cluster.add_node("n0")
+    cluster.add_node("n1")
+    for name in cluster.providers:
+        await cluster.node_event(name)
+    await cluster.start()
+    await cluster.settled("filled", lambda: all(len(cluster.ours(n)) == 4 for n in ("n0", "n1")))
+    nic_id = cluster.pools.get("n0").status.nic.id  # type: ignore[union-attr]
+    victim = sorted(cluster.ours("n0"))[0]
+    cluster.azure.remove_behind_our_back(nic_id, victim)
+    reconciles = cluster.reconciler.reconciles
+    await cluster.controller.sweep()
+    await cluster.settled("repaired", lambda: victim in cluster.azure.ours(nic_id))
+    assert cluster.reconciler.reconciles == reconciles + 1, "the unchanged pool was reconciled"
+    assert cluster.azure.calls["get_nic"] == 0  # the reconcile used the listing's read
+
+
+async def test_a_listing_older_than_the_last_write_is_not_taken_for_drift(cluster) -> None:
+    """The sweep listed the NIC, then a reconcile wrote it: what the listing saw is stale."""
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    nic_id = cluster.azure.vms[cluster.providers["n0"].removeprefix("azure://").lower()]
+    before = await cluster.azure.get_nic(nic_id)  # empty: listed before the first fill
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    writes = len(cluster.azure.writes)
+    cluster.controller.nic_hints["n0"] = NicHint(before, listed=0.0)
+    cluster.controller.queue.add("n0")
+    await cluster.settled("reconciled", lambda: "n0" not in cluster.controller.nic_hints)
+    assert "DriftRepaired" not in cluster.pools.reasons("n0")
+    assert len(cluster.azure.writes) == writes
+
+
+async def test_a_nic_the_sweep_does_not_find_is_looked_for(cluster) -> None:
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    cluster.azure.delete_vm(cluster.providers["n0"])
+    await cluster.controller.sweep()
+    await cluster.settled("NotFound recorded", lambda: (
+        (c := cluster.pools.get("n0").status.condition("Provisioned")) is not None  # type: ignore[arg-type]
+        and not c.status))
+
+
+async def test_a_crashed_reconcile_is_retried(cluster) -> None:
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    cluster.pools.kill_next_status_write = True  # the API server refuses the status write
+    await cluster.start()
+    await cluster.settled("filled after the retry", lambda: len(cluster.ours("n0")) == 4)
+    assert len(cluster.azure.writes) == 1, "the retry wrote the NIC again"
+    assert "Adopted" in cluster.pools.reasons("n0")
+
+
+async def test_a_deleted_node_takes_its_pool_along_but_only_what_is_unused(cluster) -> None:
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    cluster.pools.act_as_agent("n0", used=1)
+    await cluster.node_event("n0", "DELETED")
+    await cluster.settled("waiting on the agent", lambda: all(
+        ip.state is IPState.RELEASING for ip in cluster.pools.get("n0").status.ips))
+    names = sorted(cluster.ours("n0"))
+    cluster.pools.act_as_agent("n0", used=0, acks=set(names))
+    await cluster.settled("the pool is gone", lambda: "n0" not in cluster.pools.pools)
+    assert "n0" not in cluster.controller.pools
+
+
+def test_per_pool_state_is_a_few_kilobytes() -> None:
+    """5,000 pools of 16 addresses, as the controller holds them."""
+    controller = PoolController(None, None, None, DEFAULTS, OperatorSettings())  # type: ignore[arg-type]
+    objects = [{"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+                "metadata": {"name": f"aks-nodepool1-{i:08d}-vmss{i:06d}",
+                             "resourceVersion": str(1000 + i), "generation": 1,
+                             "uid": f"6f1c7c8e-{i:04d}-4bb1-9d39-2f9a0d6e4c1b",
+                             "finalizers": ["azurecni.io/nic-cleanup"]},
+                "spec": {"nodeName": f"aks-nodepool1-{i:08d}-vmss{i:06d}", "minIPs": 0,
+                         "maxIPs": 250, "batchSize": 8, "minFreeIPs": 8, "maxFreeIPs": 24,
+                         "releaseDelaySeconds": 180},
+                "status": {"ips": [{"address": f"10.{i // 250}.{i % 250}.{j}",
+                                    "ipConfiguration": f"azcni-{i:05d}{j:05d}",
+                                    "state": "Available"} for j in range(16)],
+                           "used": 5, "releaseAcks": [],
+                           "nic": {"id": f"/subscriptions/x/resourceGroups/mc_rg/providers/"
+                                         f"Microsoft.Network/networkInterfaces/nic-{i}",
+                                   "primaryIP": "10.0.0.4", "subnetID": "/subscriptions/x/"
+                                   "resourceGroups/rg/providers/Microsoft.Network/"
+                                   "virtualNetworks/v/subnets/nodes",
+                                   "subnetCIDR": "10.0.0.0/8", "vnetAddressSpace": ["10.0.0.0/8"]},
+                           "conditions": [{"type": t, "status": "True", "reason": "Ok",
+                                           "message": "the pool holds its warm target",
+                                           "lastTransitionTime": "2026-11-27T12:00:00Z"}
+                                          for t in ("Provisioned", "Ready", "AgentReady")]}}
+               for i in range(5000)]
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for obj in objects:
+        controller.pool_event("ADDED", obj)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert len(controller.pools) == 5000
+    per_pool = grown / 5000
+    print(f"controller state: {per_pool:.0f} bytes per pool")
+    assert per_pool < 8 * 1024, f"{per_pool:.0f} bytes per pool"
