@@ -647,10 +647,14 @@ class ArmEmulator:
                                "the azure-cni ARM emulator.")
             if isinstance(body, ArmError):
                 raise body
-            reply = found.route.handler(Request(
-                method, request.path, request.host, found.params, request.query,
-                request.headers, body, self._state, self.config,
-                self._faults.take_operation_failure))
+            try:
+                reply = found.route.handler(Request(
+                    method, request.path, request.host, found.params, request.query,
+                    request.headers, body, self._state, self.config,
+                    self._faults.take_operation_failure))
+            except ArmError as e:  # ARM's own headers are on a provider's refusal too
+                e.headers = {**headers, **e.headers}
+                raise
         await self._changes.publish(reply.changes)
         return web.json_response(reply.payload, status=reply.status,
                                  headers={**headers, **reply.headers})
