@@ -50,8 +50,7 @@ def _instance(r: Request) -> Instance:
 
 def _operation_url(r: Request, op: Operation) -> str:
     return (f"https://{r.host}/subscriptions/{op.subscription}/providers/Microsoft.Compute/"
-            f"locations/{op.location}/operations/{op.id}?p={op.nic_id.rsplit('/', 1)[-1]}"
-            f"&api-version={COMPUTE_API_VERSION}")
+            f"locations/{op.location}/operations/{op.id}?api-version={COMPUTE_API_VERSION}")
 
 
 # -- Compute ----------------------------------------------------------------------------------
