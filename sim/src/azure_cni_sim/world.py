@@ -133,8 +133,8 @@ class World:
             self.cluster = LocalCluster(
                 self.workdir / "cluster", owner=self.owner,
                 network=ControlPlaneNetwork(cp_netns, CONTROL_PLANE_ADDRESS)).start()
-            say(f"starting {len(self.machines) or self.vm_count} VMs as Kubernetes nodes (containerd, kubelet, "
-                "kube-proxy)")
+            say(f"starting {len(self.machines) or self.vm_count} VMs as Kubernetes nodes "
+                "(containerd, kubelet, kube-proxy)")
             self._start_nodes()
             say("installing the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), "
                 "as a cluster with kube-prometheus-stack has them")
