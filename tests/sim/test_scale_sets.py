@@ -18,7 +18,7 @@ from azure.mgmt.compute.models import VirtualMachineScaleSetVM
 from azure.mgmt.network import NetworkManagementClient
 
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
-from azure_cni_sim.arm.compute_throttling import RESOURCE_POLICY
+from azure_cni_sim.arm.compute_throttling import RESOURCE_POLICY, SUBSCRIPTION_POLICY
 from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
 
 pytestmark = pytest.mark.timeout(60)
@@ -258,3 +258,18 @@ def test_scale_set_nics_are_read_only_and_only_on_2018_10_01(vmss: ScaleSetWorld
     assert response.json()["error"]["code"] == "NoRegisteredProviderFound"
     put = HttpRequest("PUT", f"{nic_id}?api-version=2018-10-01", json={})
     assert client.send_request(put).status_code == 405
+
+
+def test_the_subscriptions_instance_updates_share_one_bucket(vmss: ScaleSetWorld) -> None:
+    vmss.emu.configure(compute_subscription_vm_updates_per_minute=2)
+    vmss.update(0, vmss.with_ipconfigs(vmss.model(0), "azcni-a"))
+    vmss.update(1, vmss.with_ipconfigs(vmss.model(1), "azcni-b"))
+    with pytest.raises(HttpResponseError) as raised:
+        vmss.update(0, vmss.with_ipconfigs(vmss.model(0), "azcni-c"))
+    assert raised.value.status_code == 429
+    assert raised.value.response is not None
+    headers = raised.value.response.headers  # type: ignore[attr-defined]
+    assert f"{SUBSCRIPTION_POLICY};0" in headers["x-ms-ratelimit-remaining-resource"]
+    # ARM's own bucket had room: a client can tell Compute's refusal from ARM's
+    assert int(headers["x-ms-ratelimit-remaining-subscription-writes"]) > 0
+    assert "subscription" in str(raised.value)
