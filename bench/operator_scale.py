@@ -11,9 +11,12 @@ converge (every pool Ready with its warm target) against that floor, requests th
 made to the API server (its own counter), its peak RSS; then, with nothing changing for
 ``--steady-seconds``, its CPU seconds, API server requests and ARM requests per minute.
 
-    .venv/bin/python bench/operator_scale.py [--nodes 500]
+    .venv/bin/python bench/operator_scale.py [--nodes 500] [--scale-set]
 
 bench/results/operator_scale.json keeps one run per node count; a run replaces its own.
+``--scale-set`` makes every node an instance of one Uniform scale set, whose NIC is written
+by a Compute PUT of the instance model (bench/results/scale_set.json); the floor is the same
+ARM buckets (Compute's own limit, 1,500 instance updates a minute, does not bind below that).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from azure_cni_sim.tools import find_tool  # noqa: E402
 
 CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
+SCALE_SET_RESULTS = ROOT / "bench" / "results" / "scale_set.json"
 ARM = ArmConfig()  # the emulator's defaults are ARM's documented buckets
 #: a pool's name, allocated count and Ready status, one line per watch event
 READY = ('{.metadata.name}{" "}{.status.allocated}{" "}'
@@ -87,8 +91,11 @@ def floor_seconds(writes: int, reads: int) -> float:
                0.0)
 
 
-def topology(emulator: ArmEmulator, nodes: int) -> list[VmInfo]:
+def topology(emulator: ArmEmulator, nodes: int, scale_set: bool = False) -> list[VmInfo]:
     vnet = emulator.add_vnet("bench", "198.18.0.0/15", {"nodes": "198.18.0.0/16"})
+    if scale_set:  # every node an instance of one Uniform scale set
+        pool = emulator.add_scale_set("pool", vnet.subnet_ids["nodes"])
+        return [emulator.add_instance(pool) for _ in range(nodes)]
     return [emulator.add_vm(f"vm{i:05d}", vnet.subnet_ids["nodes"]) for i in range(nodes)]
 
 
@@ -118,13 +125,14 @@ def arm_counts(emulator: ArmEmulator) -> dict[str, int]:
             "throttled": sum(1 for r in records if r.status == 429)}
 
 
-def run(workdir: Path, nodes: int, target: int, steady_seconds: float) -> dict[str, Any]:
+def run(workdir: Path, nodes: int, target: int, steady_seconds: float,
+        scale_set: bool = False) -> dict[str, Any]:
     owner = uuid.uuid4().hex
     with LocalCluster(workdir / "cluster", controller_manager=False, owner=owner) as cluster, \
             ArmEmulator(ArmConfig()) as emulator:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
         wait_crd_established(cluster.kubectl, "nodeippools.azurecni.io")
-        vms = topology(emulator, nodes)
+        vms = topology(emulator, nodes, scale_set)
         node_list = {"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": vm.name},
              "spec": {"providerID": vm.provider_id}} for vm in vms]}
@@ -154,7 +162,9 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float) -> dict[s
                                        "an hour")
             seconds = watch.last_change - started
             counts = arm_counts(emulator)
-            puts = emulator.request_count("PUT", "*/networkinterfaces/*")
+            # a Uniform instance's NIC is written by a PUT of the instance model
+            puts = emulator.request_count("PUT", "*/virtualmachinescalesets/*/virtualmachines/*"
+                                          if scale_set else "*/networkinterfaces/*")
             api_requests = operator_counter(metrics_port,
                                             "azure_cni_operator_kube_requests_total")
             # nothing changes from here on: what does the operator cost at rest?
@@ -200,13 +210,17 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=500)
     parser.add_argument("--steady-seconds", type=float, default=120.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--scale-set", action="store_true",
+                        help="every node an instance of one Uniform scale set (written through "
+                             "Compute); results in bench/results/scale_set.json")
     args = parser.parse_args()
+    args.out = args.out or (SCALE_SET_RESULTS if args.scale_set else RESULTS)
     defaults = Settings()
     pool = defaults.pool
     target = max(pool.min_ips, pool.min_free_ips + (-pool.min_free_ips) % pool.batch_size)
     with tempfile.TemporaryDirectory(prefix="azcni-bench-") as tmp:
-        result = run(Path(tmp), args.nodes, target, args.steady_seconds)
+        result = run(Path(tmp), args.nodes, target, args.steady_seconds, args.scale_set)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = previous.get("runs") if isinstance(previous.get("runs"), dict) else {}
@@ -216,7 +230,11 @@ def main() -> None:
                 "the ARM emulator's token buckets; the floor is what those buckets allow for "
                 "the reads and writes made: max((W-200)/10, (R-250)/25) seconds",
         "emulator_buckets": {"reads": f"{ARM.read_burst} + {ARM.read_qps:g}/s",
-                             "writes": f"{ARM.write_burst} + {ARM.write_qps:g}/s"},
+                             "writes": f"{ARM.write_burst} + {ARM.write_qps:g}/s",
+                             **({"compute_instance_updates":
+                                 f"{ARM.compute_vm_updates_per_minute}/min per instance, "
+                                 f"{ARM.compute_subscription_vm_updates_per_minute}/min per "
+                                 "subscription"} if args.scale_set else {})},
         "operator_settings": {"readReserve": 0, "writeReserve": 0,
                               "maxConcurrentNodes": defaults.operator.max_concurrent_nodes,
                               "driftCheckSeconds": defaults.operator.drift_check_seconds,

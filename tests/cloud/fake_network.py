@@ -1,8 +1,9 @@
 """A stateful fake of the ``AzureNetwork`` port, for unit tests of the operator.
 
-It keeps a small Azure of its own, with the rules the emulator and Azure enforce on the
-operator's writes: etags that change on every write, lowest-free Dynamic allocation in the
-subnet, Static addresses refused when someone else holds them, 256 ipConfigurations per NIC,
+It keeps a small Azure of its own (VMs and Uniform scale-set instances), with the rules the
+emulator and Azure enforce on the operator's writes: etags that change on every write,
+lowest-free Dynamic allocation in the subnet, Static addresses refused when someone else
+holds them, 256 ipConfigurations per NIC,
 provisioning states (a Failed NIC or ipConfiguration is cleared only by a new write), and
 throttling. It is not a mock of calls: tests set up a world, run the operator against it, and
 look at the world. ``tests/cloud/test_fake_network.py`` holds it to the real adapter's
@@ -29,13 +30,16 @@ from azure_cni.cloud.port import (
     SubnetFull,
     SubnetInfo,
     Throttled,
-    Unsupported,
     VMRef,
 )
 
 MAX_IP_CONFIGURATIONS = 256
 SUB = "00000000-0000-0000-0000-00000000fake"
 RG = "rg1"
+
+
+def _is_instance_nic(nic_id: str) -> bool:
+    return "/microsoft.compute/virtualmachinescalesets/" in nic_id.lower()
 
 
 def _etag() -> str:
@@ -133,6 +137,24 @@ class FakeAzure:
         self.vms[vm_id.lower()] = nic_id
         return f"azure://{vm_id}", nic_id
 
+    def add_instance(self, scale_set: str, instance_id: str, subnet_id: str
+                     ) -> tuple[str, str]:
+        """An instance of a Uniform scale set and its NIC; returns (providerID, NIC id).
+
+        Its NIC is written through the instance model, so its addresses are always Dynamic,
+        and it is listed with its scale set, not with the resource group's Network NICs.
+        """
+        subnet = self.subnets[subnet_id.lower()]
+        vm_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/" \
+                f"virtualMachineScaleSets/{scale_set}/virtualMachines/{instance_id}"
+        nic_id = f"{vm_id}/networkInterfaces/{scale_set}-nic"
+        address = subnet.free()[0]
+        subnet.used[address] = f"{nic_id}/ipconfig1"
+        self.nics[nic_id.lower()] = FakeNic(nic_id, vm_id, subnet,
+                                            [FakeIPConfig("ipconfig1", address, primary=True)])
+        self.vms[vm_id.lower()] = nic_id
+        return f"azure://{vm_id}", nic_id
+
     def delete_vm(self, provider_id: str) -> None:
         vm_id = provider_id.removeprefix("azure://").lower()
         nic = self.nics.pop(self.vms.pop(vm_id).lower())
@@ -198,9 +220,6 @@ class FakeAzure:
 
     async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
         self._call("get_vm_nic", "read")
-        if vm.scale_set is not None:
-            raise Unsupported("Uniform scale sets are not supported",
-                              code="UniformScaleSetUnsupported")
         nic_id = self.vms.get(vm.id.lower())
         if nic_id is None:
             raise NotFound(f"virtual machine {vm.id} not found", code="ResourceNotFound",
@@ -215,7 +234,16 @@ class FakeAzure:
                         ) -> AsyncIterator[NicSnapshot]:
         self._call("list_nics", "read")
         for nic in list(self.nics.values()):
-            yield nic.snapshot()
+            if not _is_instance_nic(nic.id):
+                yield nic.snapshot()
+
+    async def list_scale_set_nics(self, subscription_id: str, resource_group: str,
+                                  scale_set: str) -> AsyncIterator[NicSnapshot]:
+        self._call("list_scale_set_nics", "read")
+        marker = f"/virtualmachinescalesets/{scale_set.lower()}/virtualmachines/"
+        for nic in list(self.nics.values()):
+            if marker in nic.id.lower():
+                yield nic.snapshot()
 
     async def update_ip_configurations(
         self,
@@ -228,6 +256,8 @@ class FakeAzure:
         self._call("update_ip_configurations", "write")
         nic_id = nic if isinstance(nic, str) else nic.id
         current = self._nic(nic_id)
+        if _is_instance_nic(nic_id):  # the instance model cannot ask for an address
+            add = [NewIPConfiguration(a.name) for a in add]
         if not isinstance(nic, str) and nic.etag != current.etag:
             self.conflicts += 1  # the adapter reads again and applies the same edit
         have = {c.name.lower() for c in current.configs}

@@ -25,7 +25,6 @@ from azure_cni.cloud.port import (
     NotFound,
     SubnetFull,
     Throttled,
-    Unsupported,
 )
 from azure_cni.cloud.providerid import parse_provider_id
 from azure_cni_sim.armstate import NIC_LIMIT_CODE
@@ -60,15 +59,6 @@ async def test_flexible_scale_set_vms_are_ordinary_vms(world, adapter):
     vm = world.emu.add_vm("flex_0a1b2c3d", world.subnet_id, scale_set="flex")
     nic = await adapter.get_vm_nic(parse_provider_id(vm.provider_id))
     assert nic.primary.address == vm.primary_ip
-
-
-async def test_uniform_scale_set_instances_are_refused_before_any_request(world, adapter):
-    ref = parse_provider_id("azure:///subscriptions/00000000-0000-0000-0000-000000000001/"
-                            "resourceGroups/rg1/providers/Microsoft.Compute/"
-                            "virtualMachineScaleSets/pool/virtualMachines/7")
-    with pytest.raises(Unsupported, match="Uniform virtual machine scale sets are not supported"):
-        await adapter.get_vm_nic(ref)
-    assert world.emu.request_count() == 0
 
 
 async def test_missing_vm_nic_and_group_are_not_found(world, adapter):

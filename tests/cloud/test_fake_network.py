@@ -37,6 +37,8 @@ class Backend:
     make_vm: Any
     fail_nic: Any
     rg: tuple[str, str]
+    #: (scale set, subnet id) -> (providerID, NIC id) of a new Uniform instance
+    instance: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -49,7 +51,14 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         async def fail_fake(nic_id: str) -> None:
             fake.fail(nic_id)
 
-        yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG))
+        counts: dict[str, int] = {}
+
+        def fake_instance(scale_set: str, subnet_id: str) -> tuple[str, str]:
+            counts[scale_set] = counts.get(scale_set, -1) + 1
+            return fake.add_instance(scale_set, str(counts[scale_set]), subnet_id)
+
+        yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
+                      fake_instance)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -67,8 +76,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             with pytest.raises(Exception, match="InternalServerError"):
                 await adapter.update_ip_configurations(nic_id, reapply=True)
 
+        scale_sets: dict[str, str] = {}
+
+        def make_instance(scale_set: str, subnet_id: str) -> tuple[str, str]:
+            if scale_set not in scale_sets:
+                scale_sets[scale_set] = emu.add_scale_set(scale_set, subnet_id)
+            vm = emu.add_instance(scale_sets[scale_set])
+            return vm.provider_id, vm.nic_id
+
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
-                      make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"))
+                      make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
+                      make_instance)
         await adapter.close()
     finally:
         emu.stop()
@@ -164,3 +182,23 @@ async def test_a_missing_nic_is_not_found(backend) -> None:
         await backend.port.get_nic(nic_id.replace("a-nic", "gone-nic"))
     snapshot = await backend.port.get_nic(nic_id)
     assert replace(snapshot, document=None) == snapshot  # the document never compares
+
+
+async def test_uniform_instances_are_written_dynamically_and_listed_with_their_set(
+        backend) -> None:
+    provider_id, nic_id = backend.instance("pool", backend.subnet_id)
+    _, other = backend.instance("pool", backend.subnet_id)
+    nic = await backend.port.get_vm_nic(parse_provider_id(provider_id))
+    assert nic.id.lower() == nic_id.lower() and nic.primary.address == "198.18.0.4"
+    assert nic.vm_id.lower() == parse_provider_id(provider_id).id.lower()
+    # the instance model cannot ask for an address: a requested one is taken dynamically
+    written = await backend.port.update_ip_configurations(
+        nic, [NewIPConfiguration("azcni-a"), NewIPConfiguration("azcni-b", "198.18.0.77")])
+    assert ours(written) == {"azcni-a": "198.18.0.6", "azcni-b": "198.18.0.7"}
+    stale = nic
+    written = await backend.port.update_ip_configurations(stale, remove=["azcni-a"])
+    assert ours(written) == {"azcni-b": "198.18.0.7"}, "a write lost another one"
+    listed = [n.id.lower() async for n in backend.port.list_scale_set_nics(*backend.rg, "pool")]
+    assert listed == [nic_id.lower(), other.lower()]
+    grouped = [n.id.lower() async for n in backend.port.list_nics(*backend.rg)]
+    assert nic_id.lower() not in grouped

@@ -267,3 +267,27 @@ def test_per_pool_state_is_a_few_kilobytes() -> None:
     per_pool = grown / 5000
     print(f"controller state: {per_pool:.0f} bytes per pool")
     assert per_pool < 8 * 1024, f"{per_pool:.0f} bytes per pool"
+
+
+async def test_the_sweep_lists_a_scale_sets_nics_once_and_repairs_drift(cluster) -> None:
+    """Uniform instances' NICs are not in the resource group's list: the sweep reads them per
+    scale set, one read per page, and leaves the unchanged pools alone."""
+    for i in range(3):
+        cluster.providers[f"pool00000{i}"], _ = cluster.azure.add_instance(
+            "pool", str(i), cluster.subnet_id)
+    cluster.add_node("vm0")
+    for name in cluster.providers:
+        await cluster.node_event(name)
+    await cluster.start()
+    await cluster.settled("filled", lambda: all(len(cluster.ours(n)) == 4
+                                                for n in cluster.providers))
+    nic_id = cluster.pools.get("pool000001").status.nic.id  # type: ignore[union-attr]
+    victim = sorted(cluster.ours("pool000001"))[0]
+    cluster.azure.remove_behind_our_back(nic_id, victim)
+    reconciles = cluster.reconciler.reconciles
+    listings = cluster.azure.calls["list_scale_set_nics"]
+    await cluster.controller.sweep()
+    await cluster.settled("repaired", lambda: victim in cluster.azure.ours(nic_id))
+    assert cluster.reconciler.reconciles == reconciles + 1, "an unchanged pool was reconciled"
+    assert cluster.azure.calls["list_scale_set_nics"] == listings + 1
+    assert cluster.azure.calls["get_nic"] == 0  # the reconcile used the listing's read

@@ -76,6 +76,8 @@ NAMESPACE = "kube-system"
 #: pools sized for a demo: batches of 4, 4..12 free, releases after 30 s
 DEMO_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12, "maxIPs": 32,
              "releaseDelaySeconds": 30}
+#: the Uniform scale set of ``World.machines``' "uniform" nodes
+UNIFORM_SCALE_SET = "pool"
 #: where the operator's container finds the emulator's CA (a ConfigMap the admin creates)
 ARM_CA_CONFIGMAP = "azure-arm-ca"
 ARM_CA_DIR = "/etc/azure-arm-ca"
@@ -91,6 +93,10 @@ class World:
 
     workdir: Path
     vm_count: int = 3
+    #: what kind of VM each node is, "standalone", "flexible" (a Flexible scale set's VM) or
+    #: "uniform" (an instance of the Uniform scale set ``pool``); empty: ``vm_count``
+    #: standalone VMs
+    machines: tuple[str, ...] = ()
     prefix: str = field(default_factory=lambda: f"az{uuid.uuid4().hex[:4]}")
     owner: str = field(default_factory=lambda: f"world-{uuid.uuid4().hex[:10]}")
     pool_defaults: dict[str, Any] = field(default_factory=lambda: dict(DEMO_POOL))
@@ -127,8 +133,8 @@ class World:
             self.cluster = LocalCluster(
                 self.workdir / "cluster", owner=self.owner,
                 network=ControlPlaneNetwork(cp_netns, CONTROL_PLANE_ADDRESS)).start()
-            say(f"starting {self.vm_count} VMs as Kubernetes nodes (containerd, kubelet, "
-                "kube-proxy)")
+            say(f"starting {len(self.machines) or self.vm_count} VMs as Kubernetes nodes "
+                "(containerd, kubelet, kube-proxy)")
             self._start_nodes()
             say("installing the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), "
                 "as a cluster with kube-prometheus-stack has them")
@@ -206,8 +212,18 @@ class World:
         assert self.fabric is not None
         subnet_id = self.emulator.add_vnet("vnet", VNET_SPACE, {"nodes": SUBNET}
                                            ).subnet_ids["nodes"]
-        for i in range(self.vm_count):
-            vm = self.emulator.add_vm(f"vm{i}", subnet_id)
+        scale_set: str | None = None
+        for i, kind in enumerate(self.machines or ("standalone",) * self.vm_count):
+            if kind == "standalone":
+                vm = self.emulator.add_vm(f"vm{i}", subnet_id)
+            elif kind == "flexible":
+                vm = self.emulator.add_vm(f"flex{i}", subnet_id, scale_set="flex")
+            elif kind == "uniform":
+                scale_set = scale_set or self.emulator.add_scale_set(UNIFORM_SCALE_SET,
+                                                                     subnet_id)
+                vm = self.emulator.add_instance(scale_set)  # named pool000000, pool000001, ...
+            else:
+                raise WorldError(f"no such kind of VM {kind!r}: standalone, flexible, uniform")
             self.vms[vm.name] = vm
             fvm = self.fabric.add_vm(vm)
             self.nodes[vm.name] = KubeNode(

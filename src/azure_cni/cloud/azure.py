@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -29,6 +30,7 @@ from azure.core.pipeline.policies import AsyncHTTPPolicy, HttpLoggingPolicy
 from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.rest import HttpRequest
 from azure.mgmt.compute.aio import ComputeManagementClient
+from azure.mgmt.compute.models import VirtualMachineScaleSetVM
 from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterface
@@ -56,12 +58,19 @@ from azure_cni.cloud.port import (
     Conflict,
     NewIPConfiguration,
     NicSnapshot,
+    NotFound,
     SubnetInfo,
-    Unsupported,
+    Throttled,
     VMRef,
 )
 from azure_cni.cloud.ratelimit import ArmBudgets, Kind, remaining_in
 from azure_cni.cloud.resourceid import ResourceID, parse_resource_id
+from azure_cni.cloud.scaleset import (
+    VMSS_NETWORK_API_VERSION,
+    InstanceNic,
+    edit_instance_ip_configurations,
+    instance_nic,
+)
 
 log = logging.getLogger(__name__)
 # The SDK logs every request and response at INFO; _ArmRequestPolicy logs one line per request
@@ -72,6 +81,9 @@ _sdk_http_log.setLevel(logging.WARNING)
 _TYPE_LABELS = {t.lower(): t for t in (
     "networkInterfaces", "virtualMachines", "virtualNetworks", "subnets", "operations",
     "ipConfigurations", "virtualMachineScaleSets", "usages", "resourceGroups")}
+
+
+_COMPUTE = "/providers/microsoft.compute/"
 
 
 def api_operation(method: str, url: str) -> str:
@@ -93,11 +105,20 @@ class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
 
     def __init__(self, budgets: ArmBudgets) -> None:
         self._budgets = budgets
+        #: (kind, resource path) -> when a resource provider's throttling of it ends
+        self._resource_pauses: dict[tuple[Kind, str], float] = {}
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         http = request.http_request
         operation = api_operation(http.method, http.url)
         kind = request_kind(http.method)
+        resource = (kind, urlsplit(http.url).path.lower())
+        paused = self._resource_pauses.get(resource, 0.0) - time.monotonic()
+        if paused > 0:
+            raise Throttled(f"{http.method} {urlsplit(http.url).path} is throttled by its "
+                            f"resource provider for {paused:.0f} more seconds",
+                            retry_after=paused, code="ResourceThrottled")
+        self._resource_pauses.pop(resource, None)
         budget, ticket = await self._budgets.wait(http.url, kind, operation)
         start = time.monotonic()
         try:
@@ -110,6 +131,17 @@ class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
         status = response.http_response.status_code
         self._observe(operation, str(status), start)
         headers = response.http_response.headers
+        left = remaining_in(headers, kind)
+        if status == 429 and left is not None and left >= 1 and _COMPUTE in resource[1]:
+            # ARM had room: Compute refused this resource (its per-VM limits, or the instance
+            # is busy). Only this resource waits, and the caller is told at once instead of
+            # the SDK sleeping out a Retry-After of up to a minute in an operator worker.
+            wait = retry_after_seconds(headers) or DEFAULT_RETRY_AFTER
+            budget.answered(ticket, left)
+            self._resource_pauses[resource] = time.monotonic() + wait
+            log.info("event=azure_resource_throttled operation=%s retry_after=%s", operation,
+                     wait)
+            raise await _throttled(response, wait)
         if status == 429:
             # every caller sharing this budget waits, not only the one the SDK retries
             wait = retry_after_seconds(headers) or DEFAULT_RETRY_AFTER
@@ -127,6 +159,16 @@ class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
         API_CALLS.labels(operation=operation, status=status).inc()
         log.debug("event=azure_request operation=%s status=%s seconds=%.3f",
                   operation, status, elapsed)
+
+
+async def _throttled(response: PipelineResponse[Any, Any], wait: float) -> Throttled:
+    """The Throttled error a resource provider's 429 stands for, with its code and message."""
+    code, message = "", "throttled by the resource provider"
+    with contextlib.suppress(Exception):  # the error body is a courtesy: the status decides
+        await response.http_response.read()
+        error = response.http_response.json().get("error") or {}
+        code, message = str(error.get("code") or ""), str(error.get("message") or message)
+    return Throttled(message, retry_after=wait, code=code)
 
 
 @contextlib.contextmanager
@@ -226,13 +268,10 @@ class AzureAdapter:
         return parse_nic(model.as_dict())
 
     async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
-        """The VM's primary NIC: one VM GET, one NIC GET."""
+        """The VM's primary NIC: one VM GET, one NIC GET; for a Uniform scale-set instance,
+        one read of its NICs through the Network provider's scale-set NIC API."""
         if vm.scale_set is not None:
-            raise Unsupported(
-                f"node VM {vm.id} is an instance of the Uniform scale set {vm.scale_set[0]!r}: "
-                "Uniform virtual machine scale sets are not supported yet (their NICs can only "
-                "be changed through the scale set's VM model); use Flexible orchestration, "
-                "whose VMs have standalone NICs", code="UniformScaleSetUnsupported")
+            return await self._read_instance_primary_nic(vm, *vm.scale_set)
         compute = self._compute_client(vm.subscription_id)
         with _typed_errors():
             model = await compute.virtual_machines.get(vm.resource_group, vm.name)
@@ -240,10 +279,81 @@ class AzureAdapter:
         return await self._read_nic(parse_resource_id(nic_id))
 
     async def get_nic(self, nic_id: str) -> NicSnapshot:
-        """A NIC by resource ID: one GET."""
+        """A NIC by resource ID (a Network NIC or a scale-set instance's): one GET."""
         ref = parse_resource_id(nic_id)
+        instance = instance_nic(ref)
+        if instance is not None:
+            return await self._read_instance_nic(instance)
         _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
         return await self._read_nic(ref)
+
+    # -- Uniform scale-set instances ---------------------------------------------------------
+
+    async def _read_instance_nic(self, nic: InstanceNic) -> NicSnapshot:
+        client = self._network_client(nic.subscription)
+        with _typed_errors():
+            model = await client.network_interfaces.get_virtual_machine_scale_set_network_interface(
+                nic.resource_group, nic.scale_set, nic.instance_id, nic.nic,
+                api_version=VMSS_NETWORK_API_VERSION)
+        return parse_nic(model.as_dict())
+
+    async def _read_instance_primary_nic(self, vm: VMRef, scale_set: str,
+                                         instance: str) -> NicSnapshot:
+        client = self._network_client(vm.subscription_id)
+        nics = []
+        with _typed_errors():
+            async for model in client.network_interfaces.\
+                    list_virtual_machine_scale_set_vm_network_interfaces(
+                        vm.resource_group, scale_set, instance,
+                        api_version=VMSS_NETWORK_API_VERSION):
+                nics.append(parse_nic(model.as_dict()))
+        primary = [n for n in nics if n.primary_nic] or nics
+        if not primary:
+            raise NotFound(f"scale-set instance {vm.id} has no network interface",
+                           code="NoNetworkInterface")
+        return primary[0]
+
+    def list_scale_set_nics(self, subscription_id: str, resource_group: str, scale_set: str
+                            ) -> AsyncIterator[NicSnapshot]:
+        """Every instance NIC of a Uniform scale set: one GET per page, following nextLink."""
+        return self._nic_pages(
+            subscription_id,
+            f"/subscriptions/{quote(subscription_id)}/resourceGroups/{quote(resource_group)}"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{quote(scale_set)}"
+            f"/networkInterfaces?api-version={VMSS_NETWORK_API_VERSION}")
+
+    async def _write_instance_once(self, nic: InstanceNic, nic_id: str, *,
+                                   known: NicSnapshot | None, add: Sequence[NewIPConfiguration],
+                                   remove: Sequence[str], reapply: bool) -> NicSnapshot:
+        """GET the instance model, edit its NIC configuration, PUT it If-Match its etag and
+        read the NIC back: the one write of a Uniform instance."""
+        compute = self._compute_client(nic.subscription)
+        with _typed_errors():
+            model = await compute.virtual_machine_scale_set_vms.get(
+                nic.resource_group, nic.scale_set, nic.instance_id)
+        document = model.as_dict()
+        edit = edit_instance_ip_configurations(
+            document, nic.nic, add, remove, reapply=reapply,
+            copy_application_security_groups=self._settings.copy_application_security_groups,
+            copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
+        if edit is None:
+            return known if known is not None else await self._read_instance_nic(nic)
+        pinned = [n.name for n in add if n.address is not None and n.name in edit.added]
+        if pinned:
+            log.info("event=instance_address_not_pinned nic=%s ip_configurations=%s reason=%s",
+                     nic_id, ",".join(pinned), "a scale-set model cannot ask for an address")
+        etag = str(document.get("etag") or "") or None
+        started = time.monotonic()
+        poller = await compute.virtual_machine_scale_set_vms.begin_update(
+            nic.resource_group, nic.scale_set, nic.instance_id,
+            VirtualMachineScaleSetVM(edit.body), etag=etag,
+            match_condition=MatchConditions.IfNotModified if etag else None)
+        await poller.result()
+        snapshot = await self._read_instance_nic(nic)
+        log.info("event=instance_updated nic=%s added=%d removed=%d seconds=%.2f "
+                 "ip_configurations=%d", nic_id, len(edit.added), len(edit.removed),
+                 time.monotonic() - started, len(snapshot.ip_configurations))
+        return snapshot
 
     async def list_nics(self, subscription_id: str, resource_group: str
                         ) -> AsyncIterator[NicSnapshot]:
@@ -253,10 +363,16 @@ class AzureAdapter:
         authentication, retries and the budget as for every call), not as SDK models: the
         models of 5,000 NICs took 8 s of CPU per listing, every driftCheckSeconds.
         """
+        async for nic in self._nic_pages(
+                subscription_id,
+                f"/subscriptions/{quote(subscription_id)}/resourceGroups/{quote(resource_group)}"
+                f"/providers/Microsoft.Network/networkInterfaces?api-version="
+                f"{NETWORK_API_VERSION}"):
+            yield nic
+
+    async def _nic_pages(self, subscription_id: str, first: str) -> AsyncIterator[NicSnapshot]:
         client = self._network_client(subscription_id)
-        url: str | None = (
-            f"/subscriptions/{quote(subscription_id)}/resourceGroups/{quote(resource_group)}"
-            f"/providers/Microsoft.Network/networkInterfaces?api-version={NETWORK_API_VERSION}")
+        url: str | None = first
         while url:
             with _typed_errors():
                 response = await client.send_request(HttpRequest("GET", url))
@@ -275,7 +391,8 @@ class AzureAdapter:
         *,
         reapply: bool = False,
     ) -> NicSnapshot:
-        """Edit and If-Match PUT of the whole NIC; retried from a fresh GET on conflict.
+        """Edit and If-Match PUT of the whole NIC (of a Uniform instance: of its model, through
+        Compute); retried from a fresh GET on conflict.
 
         A snapshot with its document is written without reading the NIC again. Returns the
         NIC once the long-running operation has succeeded, so its ipConfigurations are
@@ -284,10 +401,15 @@ class AzureAdapter:
         """
         nic_id = nic if isinstance(nic, str) else nic.id
         ref = parse_resource_id(nic_id)
-        _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
+        instance = instance_nic(ref)
+        if instance is None:
+            _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
         known = None if isinstance(nic, str) or nic.document is None else nic
         lock = self._nic_locks.setdefault(nic_id.lower(), asyncio.Lock())
         async with lock:  # writers in this process queue here instead of failing on the etag
+            if instance is not None:
+                return await self._update_instance_locked(
+                    instance, nic_id, known=known, add=add, remove=remove, reapply=reapply)
             return await self._update_locked(ref, nic_id, known=known, add=add, remove=remove,
                                              reapply=reapply)
 
@@ -313,20 +435,7 @@ class AzureAdapter:
                     ref.resource_group, ref.name, NetworkInterface(body), headers=headers)
                 result = await poller.result()
             except AzureError as e:
-                error = to_cloud_error(e)
-                if isinstance(error, AddressInUse):
-                    error = AddressInUse(
-                        str(error), code=error.code, status=error.status,
-                        addresses=taken_addresses(str(error), [a.address for a in add
-                                                               if a.address is not None]))
-                if not isinstance(error, Conflict) or attempt == self._max_write_attempts:
-                    log.warning("event=nic_update_failed nic=%s code=%s attempt=%d error=%s",
-                                nic_id, error.code, attempt, error)
-                    raise error from e
-                delay = self._conflict_delay(error, e, attempt)
-                log.info("event=nic_update_conflict nic=%s code=%s attempt=%d retry_in=%.2f",
-                         nic_id, error.code, attempt, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_in(e, add, attempt, nic_id))
                 continue
             snapshot = parse_nic(result.as_dict())
             log.info("event=nic_updated nic=%s added=%d removed=%d attempt=%d seconds=%.2f "
@@ -335,6 +444,38 @@ class AzureAdapter:
                      len(snapshot.ip_configurations))
             return snapshot
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _update_instance_locked(
+            self, nic: InstanceNic, nic_id: str, *, known: NicSnapshot | None,
+            add: Sequence[NewIPConfiguration], remove: Sequence[str],
+            reapply: bool) -> NicSnapshot:
+        for attempt in range(1, self._max_write_attempts + 1):
+            try:
+                return await self._write_instance_once(
+                    nic, nic_id, known=known if attempt == 1 else None, add=add, remove=remove,
+                    reapply=reapply)
+            except AzureError as e:
+                await asyncio.sleep(self._retry_in(e, add, attempt, nic_id))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_in(self, cause: AzureError, add: Sequence[NewIPConfiguration], attempt: int,
+                  nic_id: str) -> float:
+        """How long to wait before writing again after ``cause``; raises the typed error
+        when it is not a conflict or this was the last attempt."""
+        error = to_cloud_error(cause)
+        if isinstance(error, AddressInUse):
+            error = AddressInUse(
+                str(error), code=error.code, status=error.status,
+                addresses=taken_addresses(str(error), [a.address for a in add
+                                                       if a.address is not None]))
+        if not isinstance(error, Conflict) or attempt == self._max_write_attempts:
+            log.warning("event=nic_update_failed nic=%s code=%s attempt=%d error=%s",
+                        nic_id, error.code, attempt, error)
+            raise error from cause
+        delay = self._conflict_delay(error, cause, attempt)
+        log.info("event=nic_update_conflict nic=%s code=%s attempt=%d retry_in=%.2f",
+                 nic_id, error.code, attempt, delay)
+        return delay
 
     def _conflict_delay(self, error: CloudError, cause: AzureError, attempt: int) -> float:
         if error.status == 412:

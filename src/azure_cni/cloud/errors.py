@@ -31,7 +31,10 @@ DEFAULT_RETRY_AFTER = 5.0
 _THROTTLED = {"subscriptionrequeststhrottled", "tenantrequeststhrottled", "toomanyrequests",
               "retryableerror", "retryableerrorduetoanotheroperation"}
 _CONFLICT = {"anotheroperationinprogress", "canceledandsupersededduetoanotheroperation",
-             "preconditionfailed"}
+             "preconditionfailed",
+             # Compute: "The request failed due to conflict with a concurrent request", and an
+             # operation on an instance that a newer one replaced
+             "conflict", "operationpreempted"}
 _NOT_FOUND = {"resourcenotfound", "resourcegroupnotfound", "notfound", "subscriptionnotfound",
               "invalidresourcereference", "parentresourcenotfound"}
 _AUTH = {"invalidauthenticationtoken", "expiredauthenticationtoken", "authenticationfailed",

@@ -1,4 +1,4 @@
-"""The operator's port to Azure: six operations, typed values and typed errors.
+"""The operator's port to Azure: seven operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
 implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni_sim.arm`` is
@@ -111,11 +111,14 @@ class AzureNetwork(Protocol):
     """What the operator needs from Azure, and nothing more."""
 
     async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
-        """The VM's primary NIC. Raises NotFound if the VM or NIC is gone."""
+        """The VM's (or Uniform scale-set instance's) primary NIC.
+
+        Raises NotFound if the VM or NIC is gone.
+        """
         ...
 
     async def get_nic(self, nic_id: str) -> NicSnapshot:
-        """A NIC by resource ID. Raises NotFound if it is gone."""
+        """A NIC by resource ID (a scale-set instance's too). Raises NotFound if it is gone."""
         ...
 
     def list_nics(self, subscription_id: str, resource_group: str
@@ -123,6 +126,14 @@ class AzureNetwork(Protocol):
         """Every NIC of a resource group, a page at a time (one read per page, not per NIC).
 
         Raises NotFound if the resource group is gone.
+        """
+        ...
+
+    def list_scale_set_nics(self, subscription_id: str, resource_group: str, scale_set: str
+                            ) -> AsyncIterator[NicSnapshot]:
+        """Every instance NIC of a Uniform scale set, a page at a time (one read per page).
+
+        Raises NotFound if the scale set is gone.
         """
         ...
 
@@ -135,6 +146,11 @@ class AzureNetwork(Protocol):
         reapply: bool = False,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
+
+        A Uniform scale-set instance's NIC (its ID is under the instance) is written through
+        its instance model instead: one Compute PUT guarded by the instance's etag, after
+        which the NIC is read back; its addresses are always Dynamic (the model cannot ask
+        for one), so a requested ``address`` is not kept.
 
         ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
         (written as is, guarded by its etag; a NIC that changed since is read again and the
@@ -209,7 +225,7 @@ class AuthFailed(CloudError):
 
 
 class Unsupported(CloudError):
-    """The node's VM kind is not supported yet (Uniform scale sets)."""
+    """The node's VM kind is not supported."""
 
 
 class InvalidProviderID(CloudError):

@@ -12,9 +12,10 @@
   again right after. A reconcile's outcome may ask to look again later (a release delay, a
   retry after an Azure error): that is a delayed add.
 - The NIC sweep replaces per-pool drift timers: every ``driftCheckSeconds`` it lists the
-  NICs of each resource group that holds nodes (one ARM read per page of NICs instead of one
-  per pool) and queues the pools whose NIC differs from their status, handing them what it
-  read. A pool whose NIC it does not find is queued to look for it.
+  NICs of each resource group that holds nodes, and of each Uniform scale set with nodes (one
+  ARM read per page of NICs instead of one per pool) and queues the pools whose NIC differs
+  from their status, handing them what it read. A pool whose NIC it does not find is queued
+  to look for it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,6 +333,7 @@ class PoolController:
         """List the NICs of every resource group with nodes; queue the pools whose NIC
         differs from their status, with what was read (new nodes' pools get it too)."""
         groups: dict[tuple[str, str], dict[str, str]] = {}
+        scale_sets: dict[tuple[str, str], set[str]] = {}
         for name, node in self.nodes.items():
             if not node.provider_id:
                 continue
@@ -339,14 +341,17 @@ class PoolController:
                 vm = parse_provider_id(node.provider_id)
             except CloudError:
                 continue  # its pool's reconcile reports it
-            group = groups.setdefault((vm.subscription_id.lower(), vm.resource_group.lower()),
-                                      {})
-            group[vm.id.lower()] = name
+            key = (vm.subscription_id.lower(), vm.resource_group.lower())
+            groups.setdefault(key, {})[vm.id.lower()] = name
+            if vm.scale_set is not None:
+                scale_sets.setdefault(key, set()).add(vm.scale_set[0].lower())
         for (subscription, resource_group), by_vm in groups.items():
             found: set[str] = set()
             listed = time.monotonic()
             try:
-                async for nic in self.azure.list_nics(subscription, resource_group):
+                async for nic in self._nics_of_group(
+                        subscription, resource_group,
+                        scale_sets.get((subscription, resource_group), set())):
                     node_name = by_vm.get(nic.vm_id.lower())
                     if node_name is None or not nic.primary_nic:
                         continue
@@ -366,6 +371,17 @@ class PoolController:
                 self.nic_hints[node_name] = NicHint(None, listed)
                 self._queue_after_sweep(node_name)
         metrics.NIC_SWEEPS.inc()
+
+    async def _nics_of_group(self, subscription: str, resource_group: str,
+                             scale_sets: set[str]) -> AsyncIterator[NicSnapshot]:
+        """The resource group's NICs, then those of its Uniform scale sets with nodes (their
+        instances' NICs are not in the group's list)."""
+        async for nic in self.azure.list_nics(subscription, resource_group):
+            yield nic
+        for scale_set in sorted(scale_sets):
+            async for nic in self.azure.list_scale_set_nics(subscription, resource_group,
+                                                            scale_set):
+                yield nic
 
     def _queue_after_sweep(self, name: str) -> None:
         if self.synced.is_set() and name in self.pools:

@@ -50,6 +50,11 @@ class ArmConfig:
         "2026-03-01", "2026-01-01", "2025-09-01", "2025-07-01", "2025-05-01")
     compute_api_versions: tuple[str, ...] = (
         "2026-04-01", "2025-11-01", "2025-04-01", "2024-11-01", "2024-07-01")
+    #: NRP serves scale-set NICs only with this old version (arm-api.md §0)
+    vmss_network_api_versions: tuple[str, ...] = ("2018-10-01",)
+    #: Compute's own limits on scale-set instance updates (``arm.compute_throttling``)
+    compute_vm_updates_per_minute: int = 12
+    compute_subscription_vm_updates_per_minute: int = 1500
 
 
 @dataclass(frozen=True)

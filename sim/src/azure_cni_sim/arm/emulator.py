@@ -49,6 +49,8 @@ from azure_cni_sim.arm.config import (
 from azure_cni_sim.arm.faults import FaultBook
 from azure_cni_sim.arm.resources import Request
 from azure_cni_sim.arm.routes import MethodNotAllowed, Route, resolve
+from azure_cni_sim.arm.scaleset_resources import scale_sets_of
+from azure_cni_sim.arm.scalesets import instance_json
 from azure_cni_sim.armstate import (
     DEFAULT_SUBSCRIPTION,
     ArmError,
@@ -373,6 +375,53 @@ class ArmEmulator:
                 nic_name=nic_name, scale_set=scale_set, identities=identities)
         return VmInfo(vm.name, vm.id, nic.id, nic.addresses()[0], subnet.id)
 
+    def add_scale_set(self, name: str, subnet_id: str, *, resource_group: str | None = None,
+                      subscription: str | None = None, location: str | None = None) -> str:
+        """A Uniform scale set whose instances get one NIC (``<name>-nic``) in ``subnet_id``;
+        returns its ID. Instances come from ``add_instance``."""
+        with self._lock:
+            subnet = self._state.subnets.get(subnet_id.lower())
+            if subnet is None:
+                raise ValueError(f"no subnet {subnet_id}")
+            vnet = self._state.vnets[subnet.vnet_id.lower()]
+            return scale_sets_of(self._state).add_scale_set(
+                subscription or vnet.subscription, resource_group or vnet.resource_group, name,
+                subnet_id, location=location or vnet.location).id
+
+    def add_instance(self, scale_set_id: str, primary_ip: str | None = None) -> VmInfo:
+        """Scale a Uniform scale set out by one instance. Its ``VmInfo.name`` is the
+        instance's computer name (a valid node name), its ``vm_id`` the instance's ID."""
+        with self._lock:
+            sets = scale_sets_of(self._state)
+            ss = sets.by_id.get(scale_set_id.lower())
+            if ss is None:
+                raise ValueError(f"no scale set {scale_set_id}")
+            instance = sets.add_instance(ss, primary_ip)
+            nic = sets.instance_nic(instance)
+        return VmInfo(instance.computer_name, instance.id, nic.id, nic.addresses()[0],
+                      ss.subnet_id)
+
+    def delete_instance(self, instance_id: str) -> None:
+        """Scale a Uniform scale set in: the instance, its NIC and its addresses go."""
+        with self._lock:
+            sets = scale_sets_of(self._state)
+            for ss in sets.by_id.values():
+                for instance in list(ss.instances.values()):
+                    if instance.id.lower() == instance_id.lower():
+                        sets.delete_instance(instance)
+                        return
+        raise KeyError(instance_id)
+
+    def instance_model(self, instance_id: str) -> dict[str, Any]:
+        """A Uniform instance's model as Compute would return it now."""
+        with self._lock:
+            sets = scale_sets_of(self._state)
+            for ss in sets.by_id.values():
+                for instance in ss.instances.values():
+                    if instance.id.lower() == instance_id.lower():
+                        return instance_json(instance, sets.instance_nic(instance))
+        raise KeyError(instance_id)
+
     # -- inspection -----------------------------------------------------------------------------
 
     def nic(self, nic_id: str) -> dict[str, Any]:
@@ -536,9 +585,10 @@ class ArmEmulator:
             raise ArmError(400, "MissingApiVersionParameter",
                            "The api-version query parameter (?api-version=) is required for "
                            "all requests.")
-        compute = route is not None and route.provider == "compute"
-        supported = (self.config.compute_api_versions if compute
-                     else self.config.network_api_versions)
+        provider = route.provider if route is not None else "network"
+        supported = {"compute": self.config.compute_api_versions,
+                     "vmss-network": self.config.vmss_network_api_versions,
+                     }.get(provider, self.config.network_api_versions)
         if version not in supported:
             kind = route.segments[-2] if route is not None else "unknown"
             raise ArmError(400, "NoRegisteredProviderFound",
@@ -597,10 +647,14 @@ class ArmEmulator:
                                "the azure-cni ARM emulator.")
             if isinstance(body, ArmError):
                 raise body
-            reply = found.route.handler(Request(
-                method, request.path, request.host, found.params, request.query,
-                request.headers, body, self._state, self.config,
-                self._faults.take_operation_failure))
+            try:
+                reply = found.route.handler(Request(
+                    method, request.path, request.host, found.params, request.query,
+                    request.headers, body, self._state, self.config,
+                    self._faults.take_operation_failure))
+            except ArmError as e:  # ARM's own headers are on a provider's refusal too
+                e.headers = {**headers, **e.headers}
+                raise
         await self._changes.publish(reply.changes)
         return web.json_response(reply.payload, status=reply.status,
                                  headers={**headers, **reply.headers})

@@ -99,7 +99,9 @@ def list_nics(r: Request) -> Reply:
     """The resource group's NICs, ``list_page_size`` per page, the rest behind ``nextLink``."""
     r.state.require_group(r.subscription, r.resource_group)
     prefix = f"/subscriptions/{r.subscription}/resourcegroups/{r.resource_group}/".lower()
-    keys = sorted(key for key in r.state.nics if key.startswith(prefix))
+    # scale-set instances' NICs are Compute's: NRP lists them only under their scale set
+    keys = sorted(key for key in r.state.nics if key.startswith(prefix)
+                  and "/providers/microsoft.network/" in key)
     try:
         start = max(0, int(r.query.get("$skipToken", "0")))
     except ValueError:

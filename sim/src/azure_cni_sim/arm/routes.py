@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from azure_cni_sim.arm import resources
+from azure_cni_sim.arm import resources, scaleset_resources
 from azure_cni_sim.arm.resources import Reply, Request
 
 Handler = Callable[[Request], Reply]
 
 _RG = "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers"
 _NETWORK = f"{_RG}/Microsoft.Network"
+_INSTANCE = f"{_RG}/Microsoft.Compute/virtualMachineScaleSets/{{vmss}}/virtualMachines/{{instance}}"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class Route:
     method: str
     template: str
     handler: Handler
-    #: which api-versions apply: the Network RP's or the Compute RP's
+    #: which api-versions apply: the Network RP's, the Compute RP's, or the Network RP's for
+    #: scale-set NICs ("vmss-network")
     provider: str = "network"
 
     @property
@@ -63,6 +65,18 @@ ROUTES: tuple[Route, ...] = (
           resources.check_ip_address),
     Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Network/locations/"
                  "{location}/operations/{operation}", resources.get_operation),
+    # Uniform scale sets: the instance model through Compute, its NICs read-only through NRP
+    Route("GET", _INSTANCE, scaleset_resources.get_instance, provider="compute"),
+    Route("PUT", _INSTANCE, scaleset_resources.put_instance, provider="compute"),
+    Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Compute/locations/"
+                 "{location}/operations/{operation}", scaleset_resources.get_compute_operation,
+          provider="compute"),
+    Route("GET", f"{_INSTANCE}/networkInterfaces", scaleset_resources.list_instance_nics,
+          provider="vmss-network"),
+    Route("GET", f"{_INSTANCE}/networkInterfaces/{{nic}}", scaleset_resources.get_instance_nic,
+          provider="vmss-network"),
+    Route("GET", f"{_RG}/Microsoft.Compute/virtualMachineScaleSets/{{vmss}}/networkInterfaces",
+          scaleset_resources.list_scale_set_nics, provider="vmss-network"),
 )
 
 
