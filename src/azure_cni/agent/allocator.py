@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,13 +78,19 @@ class PoolUsage:
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
                released: Mapping[str, Release], now: float) -> PoolUsage:
-    """Count what ``choose_address`` could hand out and what may be released (pure)."""
+    """Count what ``choose_address`` could hand out and what may be released (pure).
+
+    ``pool`` has one entry per address (blocks expanded, see ``Allocator.set_pool``); an
+    ipConfiguration is acknowledged only when every address under its name is Releasing,
+    unused and out of its cooldown."""
     taken = {a.address for a in assignments}
     if pool is None:
         return PoolUsage(False, 0, len(taken), 0, 0, 0,
                          outside_pool=tuple(sorted(taken)))
     free = releasing = cooling = 0
-    acks = set()
+    acks: set[str] = set()
+    # a block is acked as a whole: one address of it in use or cooling holds all of it back
+    held_back: set[str] = set()
     inventory = set()
     ends: list[float] = []
     for ip in pool.status.ips:
@@ -97,13 +103,15 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
             releasing += 1
             if ip.address not in taken and not cool:
                 acks.add(ip.ip_configuration)
+            else:
+                held_back.add(ip.ip_configuration)
         elif ip.address not in taken:
             if cool:
                 cooling += 1
             else:
                 free += 1
     return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
-                     frozenset(acks), tuple(sorted(taken - inventory)),
+                     frozenset(acks - held_back), tuple(sorted(taken - inventory)),
                      min(ends) if ends else None)
 
 
@@ -149,6 +157,11 @@ class Allocator:
 
     async def set_pool(self, pool: NodeIPPool | None) -> None:
         """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
+
+        if pool is not None:
+            # blocks become their addresses, each under its block's ipConfiguration: picks,
+            # counts and the store see single addresses only
+            pool = replace(pool, status=pool.status.by_address())
 
         def adopt() -> None:
             # Held addresses are never handed out again, whatever the pool says; one that
