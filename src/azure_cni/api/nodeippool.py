@@ -136,6 +136,11 @@ class PoolSpec:
     def from_dict(cls, spec: Mapping[str, Any], name: str | None = None) -> PoolSpec:
         defaults = cls(node_name="")
         try:
+            mode = PoolMode(spec.get("mode", defaults.mode))
+        except ValueError:
+            raise InvalidPool(f"spec.mode {spec.get('mode')!r} must be one of "
+                              f"{', '.join(m.value for m in PoolMode)}") from None
+        try:
             return cls(
                 node_name=str(spec.get("nodeName") or name or ""),
                 min_ips=int(spec.get("minIPs", defaults.min_ips)),
@@ -145,12 +150,12 @@ class PoolSpec:
                 max_free_ips=int(spec.get("maxFreeIPs", defaults.max_free_ips)),
                 release_delay_seconds=int(
                     spec.get("releaseDelaySeconds", defaults.release_delay_seconds)),
-                mode=PoolMode(spec.get("mode", defaults.mode)),
+                mode=mode,
                 block_prefix_length=int(
                     spec.get("blockPrefixLength", defaults.block_prefix_length)),
             )
         except (TypeError, ValueError) as e:
-            raise InvalidPool(f"spec has a malformed field: {e}") from e
+            raise InvalidPool(f"spec has a non-integer field: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         return {
