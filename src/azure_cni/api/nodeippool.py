@@ -13,6 +13,10 @@ Release handshake: the operator marks an address ``Releasing``; the agent stops 
 and, once no pod uses it, lists its ipConfiguration name in ``releaseAcks``; only then does the
 operator remove it from the NIC. ipConfiguration names are never reused and an address marked
 ``Releasing`` never becomes ``Available`` again, so an acknowledgement can never be stale.
+
+In ``Blocks`` mode an entry of ``status.ips`` is an aligned CIDR block (``prefixLength`` set,
+``address`` its first address) and the handshake works on whole blocks; every size in the
+spec still counts addresses.
 """
 
 from __future__ import annotations
