@@ -74,6 +74,11 @@ class Subnet:
         """Azure keeps the network address, .1, .2, .3 and the broadcast address."""
         return not self.first_usable <= address <= self.last_usable
 
+    @property
+    def lowest_unused(self) -> ipaddress.IPv4Address:
+        """No address below this one is free (where a search for free space may start)."""
+        return ipaddress.IPv4Address(self._hint)
+
     def free_count(self) -> int:
         return max(0, int(self.last_usable) - int(self.first_usable) + 1) - len(self.used)
 
@@ -523,7 +528,7 @@ class ArmState:
         for i in [i for i in dynamic if wanted[i]["prefix"] is not None]:
             length = wanted[i]["prefix"]
             block = _blocks().lowest_free_block(
-                subnet.network, first_usable=subnet.first_usable,
+                subnet.network, first_usable=max(subnet.first_usable, subnet.lowest_unused),
                 last_usable=subnet.last_usable, held=subnet.used, exclude=taken_here,
                 length=length)
             if block is None:

@@ -103,13 +103,16 @@ def lowest_free_block(network: ipaddress.IPv4Network, *, first_usable: ipaddress
                       held: Mapping[ipaddress.IPv4Address, str],
                       exclude: Collection[ipaddress.IPv4Address], length: int,
                       ) -> ipaddress.IPv4Network | None:
-    """The lowest aligned /``length`` of ``network`` inside the usable range whose addresses
-    nobody holds (``held``) or is about to take (``exclude``)."""
+    """The lowest aligned /``length`` of ``network`` inside ``first_usable..last_usable``
+    whose addresses nobody holds (``held``) or is about to take (``exclude``); the caller
+    may raise ``first_usable`` to the lowest address it knows to be free."""
     if length < network.prefixlen:
         return None
-    for block in network.subnets(new_prefix=length):
-        if block.network_address < first_usable or block.broadcast_address > last_usable:
-            continue
+    size = 2 ** (32 - length)
+    # the first aligned block that starts at or above first_usable
+    start = -(-int(first_usable) // size) * size
+    for first in range(start, int(last_usable) - size + 2, size):
+        block = ipaddress.IPv4Network((first, length))
         if not any(a in held or a in exclude for a in block):
             return block
     return None
