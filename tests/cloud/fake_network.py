@@ -62,6 +62,8 @@ class FakeSubnet:
     def free_block(self, length: int, exclude: set[str]) -> list[str] | None:
         """The lowest aligned block of ``length`` whose addresses are all usable and free."""
         usable = set(self.usable())
+        if length < self.network.prefixlen:
+            return None
         for block in self.network.subnets(new_prefix=length):
             addresses = [str(a) for a in block]
             if all(a in usable and a not in self.used and a not in exclude
