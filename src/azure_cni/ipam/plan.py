@@ -98,7 +98,8 @@ def plan(
     ceiling = min(max_ips // unit, MAX_SECONDARY_IPS, nic_capacity)
     # Releasing entries still occupy the NIC until removed, so they count against the
     # ceiling: against maxIPs those of the pool's kind, against the NIC's slots all of them.
-    occupied = [ip for ip in status.ips if ip.ip_configuration not in set(acked)]
+    gone = set(acked)
+    occupied = [ip for ip in status.ips if ip.ip_configuration not in gone]
     same_kind = sum(ip.size for ip in occupied if ip.prefix_length == wanted_length)
     slots = min(MAX_SECONDARY_IPS, nic_capacity) - len(occupied)
     headroom = max(0, min((max_ips - same_kind) // unit, slots))
