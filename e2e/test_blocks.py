@@ -154,13 +154,14 @@ def test_a_mode_change_is_refused_while_pods_run(world: World,
 
 def test_scaling_down_releases_whole_blocks_only_after_their_pods_go(
         world: World, namespace: str, many: list[workloads.RunningPod]) -> None:
-    """The operator marks the excess blocks from the top; a marked block that still holds a
-    pod stays on the NIC (the agent does not ack it) until that pod is gone."""
+    """Scaled from PODS to FEW pods, the operator hands back whole blocks (those the agent
+    reports idle first); a block marked while a pod still uses one of its addresses stays on
+    the NIC until that pod is gone. At every step, every pod that exists has its address on
+    the NIC."""
     before = blocks_on_nic(world, BLOCK_VM)
     violations: list[str] = []
 
-    def marked_blocks_hold_pods(replicas: int) -> bool:
-        # every pod that still exists keeps its address on the NIC, at every step
+    def released_down_to(replicas: int) -> bool:
         pods = pods_with_addresses(world, namespace, BLOCK_VM)
         blocks = blocks_on_nic(world, BLOCK_VM)
         for name, ip in pods:
@@ -169,28 +170,34 @@ def test_scaling_down_releases_whole_blocks_only_after_their_pods_go(
         pool = world.pool(BLOCK_VM)
         addresses = [ipaddress.IPv4Address(ip) for _, ip in pods]
         waiting = [ip for ip in pool.status.ips if ip.state == "Releasing"]
-        # settled: the pool counts the pods left, and a block still marked holds one of them
-        return len(pods) == replicas and pool.status.used == replicas and all(
-            any(a in ipaddress.IPv4Network(f"{ip.address}/{ip.prefix_length}")
-                for a in addresses) for ip in waiting)
+        available = len(pool.status.ips) - len(waiting)
+        # settled: the pool counts the pods left, nothing is cooling, a block still marked
+        # holds one of them, and the free addresses are within maxFreeIPs (24) + one block
+        return (len(pods) == replicas and pool.status.used == replicas
+                and pool.status.cooling == 0
+                and 16 * available - replicas < 24 + 16
+                and all(any(a in ipaddress.IPv4Network(f"{ip.address}/{ip.prefix_length}")
+                            for a in addresses) for ip in waiting))
 
     world.kubectl("scale", "deployment", "many", "-n", namespace, f"--replicas={FEW}")
     wait_for(f"vm2 to hand back the blocks of its departed pods, down to {FEW} pods",
-             lambda: marked_blocks_hold_pods(FEW), timeout=300, interval=1)
+             lambda: released_down_to(FEW), timeout=300, interval=1)
     middle = blocks_on_nic(world, BLOCK_VM)
     assert len(middle) < len(before) and set(middle) < set(before), \
         "whole blocks left; none was split or moved"
     pinned = [ip for ip in world.pool(BLOCK_VM).status.ips if ip.state == "Releasing"]
+    log.warning("event=block_scale_down before=%d after=%d pinned_by_pods=%d", len(before),
+                len(middle), len(pinned))
     survivors = workloads.running_pods(world, "app=many", namespace, FEW)
     assert all(workloads.ping(world, s, survivors[0].ip) for s in survivors[1:3])
 
     world.kubectl("scale", "deployment", "many", "-n", namespace, "--replicas=0")
     wait_for("vm2 to hand back every block its last pods held, once they are gone",
-             lambda: marked_blocks_hold_pods(0) and not any(
+             lambda: released_down_to(0) and not any(
                  ip.state == "Releasing" for ip in world.pool(BLOCK_VM).status.ips),
              timeout=300, interval=1)
     assert not violations, violations
-    after = blocks_on_nic(world, BLOCK_VM)
-    gone = {f"{ip.address}/{ip.prefix_length}" for ip in pinned}
-    assert not gone & {str(b) for b in after}, "blocks marked while pods used them are gone"
-    assert 16 * len(after) <= 24 + 16, "what is left is the warm pool, in whole blocks"
+    after = {str(b) for b in blocks_on_nic(world, BLOCK_VM)}
+    assert not {f"{ip.address}/{ip.prefix_length}" for ip in pinned} & after, \
+        "a block marked while pods used it left once they were gone"
+    assert len(after) <= 2, "what is left is the warm pool (minFreeIPs 8), in whole blocks"

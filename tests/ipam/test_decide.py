@@ -622,3 +622,12 @@ def test_blocks_vanished_block_comes_back_static_with_its_length() -> None:
     assert decision.write is not None
     assert decision.write.add[0].address == "198.18.0.32"
     assert decision.write.add[0].prefix_length == 28
+
+
+def test_blocks_the_agents_idle_blocks_are_released_first() -> None:
+    """Pods left in the top block: the operator marks the block the agent reports idle."""
+    the_pool = pool(blocks(3), used=8, spec=BLOCKS, idle_blocks=frozenset({"azcni-b01"}))
+    _, outcome = run(Observation(the_pool, NOW, nic(the_pool.status.ips), SUBNET))
+    assert outcome.status is not None
+    assert [ip.ip_configuration for ip in outcome.status.ips
+            if ip.state is IPState.RELEASING] == ["azcni-b01"]

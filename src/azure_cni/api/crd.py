@@ -176,6 +176,12 @@ def _status_schema() -> dict[str, Any]:
                 "description": "ipConfiguration names the agent confirms are unused and will "
                                "not hand out: the operator may remove them.",
             },
+            "idleBlocks": {
+                "type": "array", "items": {"type": "string"},
+                "x-kubernetes-list-type": "set",
+                "description": "Blocks (their ipConfiguration names) none of whose addresses "
+                               "a pod uses or cools down: the operator releases these first.",
+            },
             "conditions": {
                 "type": "array",
                 "x-kubernetes-list-type": "map",

@@ -7,7 +7,7 @@ with server-side apply under its own field manager):
 - the operator: ``nic``, ``ips``, ``allocated``, ``excessSince``, conditions ``Provisioned``,
   ``Ready``, ``SubnetExhausted``, and ``observedGeneration``;
 - the node agent: ``used``, ``cooling`` (freed addresses still in their cooldown, which it
-  will not hand out yet), ``releaseAcks`` and condition ``AgentReady``.
+  will not hand out yet), ``releaseAcks``, ``idleBlocks`` and condition ``AgentReady``.
 
 Release handshake: the operator marks an address ``Releasing``; the agent stops handing it out
 and, once no pod uses it, lists its ipConfiguration name in ``releaseAcks``; only then does the
@@ -331,6 +331,8 @@ class PoolStatus:
     #: Available addresses the agent will not hand out before their cooldown ends
     cooling: int = 0
     release_acks: frozenset[str] = frozenset()
+    #: blocks none of whose addresses is used or cooling (agent-owned): what to release first
+    idle_blocks: frozenset[str] = frozenset()
     conditions: tuple[Condition, ...] = ()
 
     @property
@@ -367,6 +369,7 @@ class PoolStatus:
             used=int(d.get("used") or 0),
             cooling=int(d.get("cooling") or 0),
             release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
+            idle_blocks=frozenset(str(a) for a in d.get("idleBlocks") or ()),
             conditions=conditions,
         )
 
@@ -389,12 +392,15 @@ class PoolStatus:
 
     def agent_fields(self) -> dict[str, Any]:
         """The agent's part of status, for its server-side apply."""
-        return {
+        out: dict[str, Any] = {
             "used": self.used,
             "cooling": self.cooling,
             "releaseAcks": sorted(self.release_acks),
             "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
         }
+        if self.idle_blocks:
+            out["idleBlocks"] = sorted(self.idle_blocks)
+        return out
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ applies the result in one NIC write. The rules, in the pool's own words:
   addresses (16 for a /28). Every size above still counts addresses; adds, ``maxIPs`` and
   releases are rounded to whole blocks (up for what the pool needs, down for what it gives
   back), and the subnet's free addresses bound the blocks it may supply. A block is marked as
-  a whole and the agent acks it only when none of its addresses is used or cooling.
+  a whole and the agent acks it only when none of its addresses is used or cooling; blocks
+  the agent reports idle (``idleBlocks``) are marked before the others.
 - **Mode change.** Entries of the other kind (single addresses in a Blocks pool or the other
   way round) are marked ``Releasing`` at once and leave through the same handshake; the CRD
   refuses the change while pods use the pool, so this runs on an idle pool.
@@ -147,9 +148,10 @@ def plan(
         return Plan(mark=mark_misfits, remove=tuple(acked), excess_since=since,
                     reason=f"{releasable * unit} excess since {since:%H:%M:%S}, "
                            f"waiting releaseDelaySeconds {spec.release_delay_seconds}")
-    # the highest first: the agent hands out the lowest addresses first, so in Blocks mode
-    # the highest blocks are the likeliest to be wholly unused (only those are acked)
-    candidates = sorted(available, key=address_key, reverse=True)[:releasable]
+    # blocks the agent reports idle first (only a wholly unused block is acked), then the
+    # highest: the agent hands out the lowest addresses first
+    candidates = sorted(available, reverse=True, key=lambda ip: (
+        ip.ip_configuration in status.idle_blocks, address_key(ip)))[:releasable]
     reason = (f"available {held} > maxIPs {spec.max_ips}" if over_ceiling > 0
               else f"free {free} > maxFreeIPs {spec.max_free_ips} for "
                    f"{spec.release_delay_seconds}s")
