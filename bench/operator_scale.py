@@ -125,8 +125,8 @@ def arm_counts(emulator: ArmEmulator) -> dict[str, int]:
             "throttled": sum(1 for r in records if r.status == 429)}
 
 
-def run(workdir: Path, nodes: int, target: int, steady_seconds: float,
-        scale_set: bool = False) -> dict[str, Any]:
+def run(workdir: Path, nodes: int, target: int, steady_seconds: float, *,
+        scale_set: bool = False, pool: dict[str, Any] | None = None) -> dict[str, Any]:
     owner = uuid.uuid4().hex
     with LocalCluster(workdir / "cluster", controller_manager=False, owner=owner) as cluster, \
             ArmEmulator(ArmConfig()) as emulator:
@@ -138,7 +138,8 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float,
              "spec": {"providerID": vm.provider_id}} for vm in vms]}
         cluster.kubectl("create", "-f", "-", input=json.dumps(node_list), timeout=600)
         emulator.reset_requests()
-        settings = operator_settings(emulator, azure={"readReserve": 0, "writeReserve": 0})
+        settings = operator_settings(emulator, pool=pool,
+                                     azure={"readReserve": 0, "writeReserve": 0})
         settings["azure"].pop("pollingInterval")  # the production default
         metrics_port = int(settings["operator"]["metricsPort"])
         watch = ReadyWatch(cluster.kubeconfig, target)
@@ -205,6 +206,20 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float,
         }
 
 
+def blocks_target(addresses: int, prefix_length: int) -> int:
+    """The warm target in Blocks mode: whole blocks."""
+    unit = 2 ** (32 - prefix_length)
+    return -(-addresses // unit) * unit
+
+
+def record_blocks(nodes: int, result: dict[str, Any]) -> None:
+    out = ROOT / "bench" / "results" / "blocks.json"
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    doc.setdefault("operator_scale", {})[str(nodes)] = result
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,14 +229,23 @@ def main() -> None:
     parser.add_argument("--scale-set", action="store_true",
                         help="every node an instance of one Uniform scale set (written through "
                              "Compute); results in bench/results/scale_set.json")
+    parser.add_argument("--blocks", action="store_true",
+                        help="pools in Blocks mode (/28 blocks); the run is recorded in "
+                             "bench/results/blocks.json")
     args = parser.parse_args()
     args.out = args.out or (SCALE_SET_RESULTS if args.scale_set else RESULTS)
     defaults = Settings()
     pool = defaults.pool
     target = max(pool.min_ips, pool.min_free_ips + (-pool.min_free_ips) % pool.batch_size)
+    if args.blocks:
+        target = blocks_target(target, pool.block_prefix_length)
     with tempfile.TemporaryDirectory(prefix="azcni-bench-") as tmp:
-        result = run(Path(tmp), args.nodes, target, args.steady_seconds, args.scale_set)
+        result = run(Path(tmp), args.nodes, target, args.steady_seconds, scale_set=args.scale_set,
+                     pool={"mode": "Blocks"} if args.blocks else None)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.blocks:
+        record_blocks(args.nodes, result)
+        return
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = previous.get("runs") if isinstance(previous.get("runs"), dict) else {}
     runs[str(args.nodes)] = result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,84 @@ async def test_an_address_that_changes_under_a_known_ipconfig_name(tmp_path: Pat
         assert (await allocator.usage()).release_acks == {x}
     finally:
         await allocator.close()
+
+
+# -- blocks (issue 14) --------------------------------------------------------------------------
+
+#: two /28 blocks of the subnet 10.0.0.0/24 (.16/28 and .32/28): every address is the pod's
+BLOCKS = (PoolIP("10.0.0.16", "azcni-b1", A, 28), PoolIP("10.0.0.32", "azcni-b2", A, 28))
+
+
+def block_pool(*entries: PoolIP) -> NodeIPPool:
+    return NodeIPPool("n1", PoolSpec("n1"), PoolStatus(ips=entries))
+
+
+def test_a_block_is_acked_only_when_every_address_in_it_is_unused() -> None:
+    """The operator marked block 2 while a pod still used one of its 16 addresses."""
+    marked = (BLOCKS[0], PoolIP("10.0.0.32", "azcni-b2", R, 28))
+    expanded = NodeIPPool("n1", PoolSpec("n1"),
+                          block_pool(*marked).status.by_address())
+    half_used = pool_usage(expanded, held("10.0.0.1", "10.0.0.40"), {}, NOW)
+    assert half_used.release_acks == frozenset()
+    assert (half_used.allocated, half_used.releasing, half_used.free) == (32, 16, 16)
+    cooling = pool_usage(expanded, held(), {"10.0.0.47": Release(990.0, 1020.0)}, NOW)
+    assert cooling.release_acks == frozenset(), "an address still cooling holds the block"
+    assert pool_usage(expanded, held(), {}, NOW).release_acks == {"azcni-b2"}
+
+
+async def test_the_agent_hands_out_single_addresses_from_its_blocks(tmp_path: Path) -> None:
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=0)
+    await allocator.open()
+    try:
+        await allocator.set_pool(block_pool(*BLOCKS))
+        got = []
+        for n in range(33):
+            made, _ = await allocator.assign(AttachmentKey(f"c{n}", "eth0"), "n", f"azv{n}", "")
+            got.append(made.address if made else None)
+        assert got[:32] == [f"10.0.0.{i}" for i in range(16, 48)], "lowest block first"
+        assert got[32] is None, "32 addresses, 32 pods"
+    finally:
+        await allocator.close()
+
+
+async def test_agent_restart_with_blocks_in_the_store(tmp_path: Path) -> None:
+    """Pods on both blocks, the agent restarts on the same store: every assignment is still
+    there, nothing is handed out twice, and the block the operator marks meanwhile is acked
+    only once its last pod is gone."""
+    store = tmp_path / "ipam.db"
+    first = Allocator(store, cooldown_seconds=0)
+    await first.open()
+    try:
+        await first.set_pool(block_pool(*BLOCKS))
+        before = {}
+        for n in range(20):
+            made, _ = await first.assign(AttachmentKey(f"c{n}", "eth0"), "n", f"azv{n}", "")
+            assert made is not None
+            before[made.key] = made.address
+    finally:
+        await first.close()
+
+    second = Allocator(store, cooldown_seconds=0)
+    await second.open()
+    try:
+        await second.set_pool(block_pool(BLOCKS[0], PoolIP("10.0.0.32", "azcni-b2", R, 28)))
+        assert {a.key: a.address for a in await second.assignments()} == before
+        # block 2 (.32-.47) holds c16..c19: no ack, and none of its addresses is handed out
+        assert (await second.usage()).release_acks == frozenset()
+        extra, _ = await second.assign(AttachmentKey("new", "eth0"), "n", "azvnew", "")
+        assert extra is None, "block 1 is full and block 2 is being released"
+        for key, address in before.items():
+            if ipaddress.ip_address(address) >= ipaddress.ip_address("10.0.0.32"):
+                await second.release(key)
+        assert (await second.usage()).release_acks == {"azcni-b2"}
+    finally:
+        await second.close()
+
+
+def test_blocks_with_no_address_used_or_cooling_are_reported_idle() -> None:
+    pool = NodeIPPool("n1", PoolSpec("n1"), block_pool(*BLOCKS).status.by_address())
+    names = frozenset({"azcni-b1", "azcni-b2"})
+    assert pool_usage(pool, held(), {}, NOW, names).idle_blocks == names
+    assert pool_usage(pool, held("10.0.0.40"), {}, NOW, names).idle_blocks == {"azcni-b1"}
+    cooling = {"10.0.0.17": Release(990.0, 1020.0)}
+    assert pool_usage(pool, held(), cooling, NOW, names).idle_blocks == {"azcni-b2"}

@@ -37,6 +37,8 @@ def _create(kube, name: str, spec: dict) -> tuple[int, str]:
     ({"batchSize": "eight"}, 'spec.batchSize: Invalid value: "string": spec.batchSize in body '
                              'must be of type integer'),
     ({"releaseDelaySeconds": 100000}, "should be less than or equal to 86400"),
+    ({"mode": "Prefixes"}, 'spec.mode: Unsupported value: "Prefixes"'),
+    ({"mode": "Blocks", "blockPrefixLength": 24}, "should be greater than or equal to 26"),
 ])
 def test_invalid_specs_are_refused(pools, spec, message) -> None:
     rc, stderr = _create(pools, f"bad-{uuid.uuid4().hex[:6]}", spec)
@@ -67,12 +69,50 @@ def test_defaults_columns_and_scale(pools) -> None:
     pools.kubectl("create", "-f", "-", input=json.dumps(body))
     spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
     assert spec == {"nodeName": name, "minIPs": 0, "maxIPs": 250, "batchSize": 8,
-                    "minFreeIPs": 8, "maxFreeIPs": 24, "releaseDelaySeconds": 180}
+                    "minFreeIPs": 8, "maxFreeIPs": 24, "releaseDelaySeconds": 180,
+                    "mode": "Addresses", "blockPrefixLength": 28}
     pools.kubectl("scale", "nodeippool", name, "--replicas=12")
     wide = pools.kubectl("get", "nodeippools", name, "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE",
-                               "COOLING", "PRIMARY-IP", "SUBNET", "AGENT"]
+                               "COOLING", "PRIMARY-IP", "SUBNET", "AGENT", "MODE", "BLOCKS"]
     assert wide[1].split()[1:3] == ["12", "250"]
+    assert wide[1].split()[-1] == "Addresses"  # no blocks: the BLOCKS cell is empty
     by_category = pools.kubectl("get", "azure-cni").stdout
     assert name in by_category
+    pools.kubectl("delete", "nip", name)
+
+
+def _patch_status(kube, name: str, status: dict) -> None:
+    kube.kubectl("patch", "nodeippool", name, "--subresource=status", "--type=merge", "-p",
+                 json.dumps({"status": status}))
+
+
+def test_mode_cannot_change_while_pods_use_the_pool(pools) -> None:
+    """A spec update sees the stored status: with pods on the pool (status.used > 0) the
+    mode and the block length are refused; once it is idle they may change."""
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": name}, "spec": {"nodeName": name, "mode": "Blocks"}}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    _patch_status(pools, name, {"used": 3, "allocated": 32, "blocks": 2, "ips": [
+        {"address": "198.18.0.16", "prefixLength": 28, "ipConfiguration": "azcni-a",
+         "state": "Available"},
+        {"address": "198.18.0.32", "prefixLength": 28, "ipConfiguration": "azcni-b",
+         "state": "Available"}]})
+    wide = pools.kubectl("get", "nip", name, "-o", "wide").stdout.splitlines()
+    assert wide[1].split()[1] == "32" and wide[1].split()[-2:] == ["Blocks", "2"]
+
+    for change in ({"mode": "Addresses"}, {"blockPrefixLength": 27}):
+        refused = pools.kubectl("patch", "nip", name, "--type=merge", "-p",
+                                json.dumps({"spec": change}), check=False)
+        assert refused.returncode != 0
+        assert "spec.mode and spec.blockPrefixLength cannot change while pods use the pool" \
+            in refused.stderr, refused.stderr
+    # other fields still change while pods run
+    pools.kubectl("patch", "nip", name, "--type=merge", "-p", '{"spec":{"minIPs":20}}')
+
+    _patch_status(pools, name, {"used": 0})
+    pools.kubectl("patch", "nip", name, "--type=merge", "-p", '{"spec":{"mode":"Addresses"}}')
+    spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
+    assert spec["mode"] == "Addresses" and spec["minIPs"] == 20
     pools.kubectl("delete", "nip", name)

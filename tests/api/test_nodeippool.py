@@ -84,6 +84,9 @@ def test_condition_keeps_its_transition_time_while_status_holds() -> None:
     ({"batchSize": 0}, "spec.batchSize (0) must be between 1 and 255"),
     ({"minFreeIPs": 20}, "spec.minFreeIPs (20) must not exceed spec.maxFreeIPs (12)"),
     ({"minIPs": "many"}, "non-integer"),
+    ({"mode": "Prefixes"}, "spec.mode 'Prefixes' must be one of Addresses, Blocks"),
+    ({"mode": "Blocks", "blockPrefixLength": 20}, "spec.blockPrefixLength (20) must be between "
+                                                  "26 and 30"),
 ])
 def test_invalid_specs_are_refused_with_the_field_named(change, message) -> None:
     spec = {**OBJ["spec"], **change}

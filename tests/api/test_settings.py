@@ -46,6 +46,8 @@ def test_values_are_read(tmp_path) -> None:
     ("azure: {credential: password}", "azure.credential: 'password' is not one of"),
     ("pool: {minIPs: 300}", "pool: spec.minIPs \\(300\\) must be between"),
     ("pool: [1, 2]", "pool must be a mapping"),
+    ("pool: {mode: Prefixes}", "pool: mode 'Prefixes' is not one of Addresses, Blocks"),
+    ("pool: {mode: Blocks, blockPrefixLength: 24}", "spec.blockPrefixLength \\(24\\) must be"),
     ("pool: {", "not valid YAML"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
@@ -53,3 +55,10 @@ def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
     path.write_text(doc)
     with pytest.raises(InvalidSettings, match=message):
         load_settings(path)
+
+
+def test_the_chart_can_make_every_new_pool_a_blocks_pool(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("pool: {mode: Blocks, blockPrefixLength: 27}\n")
+    spec = load_settings(path).pool.spec_for("n1")
+    assert (spec.mode, spec.prefix_length, spec.unit) == ("Blocks", 27, 32)

@@ -63,6 +63,18 @@ class FakeSubnet:
     def free(self) -> list[str]:
         return [a for a in self.usable() if a not in self.used]
 
+    def free_block(self, length: int, exclude: set[str]) -> list[str] | None:
+        """The lowest aligned block of ``length`` whose addresses are all usable and free."""
+        usable = set(self.usable())
+        if length < self.network.prefixlen:
+            return None
+        for block in self.network.subnets(new_prefix=length):
+            addresses = [str(a) for a in block]
+            if all(a in usable and a not in self.used and a not in exclude
+                   for a in addresses):
+                return addresses
+        return None
+
 
 @dataclass
 class FakeIPConfig:
@@ -70,6 +82,14 @@ class FakeIPConfig:
     address: str
     primary: bool = False
     state: str = "Succeeded"
+    prefix_length: int | None = None
+
+    def held(self) -> list[str]:
+        """Every address the ipConfiguration holds (a block's all)."""
+        if self.prefix_length is None:
+            return [self.address]
+        block = ipaddress.IPv4Network(f"{self.address}/{self.prefix_length}")
+        return [str(a) for a in block]
 
 
 @dataclass
@@ -82,8 +102,8 @@ class FakeNic:
     state: str = "Succeeded"
 
     def snapshot(self) -> NicSnapshot:
-        configs = tuple(IPConfiguration(c.name, c.address, c.primary, c.state, self.subnet.id)
-                        for c in self.configs)
+        configs = tuple(IPConfiguration(c.name, c.address, c.primary, c.state, self.subnet.id,
+                                        c.prefix_length) for c in self.configs)
         snap = NicSnapshot(self.id, self.id.rsplit("/", 1)[-1], self.etag, "eastus", self.vm_id,
                            configs, provisioning_state=self.state)
         # the document only has to identify the version the write starts from
@@ -159,7 +179,8 @@ class FakeAzure:
         vm_id = provider_id.removeprefix("azure://").lower()
         nic = self.nics.pop(self.vms.pop(vm_id).lower())
         for c in nic.configs:
-            nic.subnet.used.pop(c.address, None)
+            for a in c.held():
+                nic.subnet.used.pop(a, None)
 
     def nic(self, nic_id: str) -> FakeNic:
         return self.nics[nic_id.lower()]
@@ -176,7 +197,8 @@ class FakeAzure:
         nic = self.nic(nic_id)
         for c in [c for c in nic.configs if c.name in names]:
             nic.configs.remove(c)
-            nic.subnet.used.pop(c.address, None)
+            for a in c.held():
+                nic.subnet.used.pop(a, None)
         nic.etag = _etag()
 
     def fail(self, nic_id: str, *names: str) -> None:
@@ -271,9 +293,11 @@ class FakeAzure:
                                    f"{MAX_IP_CONFIGURATIONS} IP configurations",
                                    code="NetworkInterfaceIpConfigurationCountLimitReached")
         subnet = current.subnet
-        mine = {c.address for c in current.configs}
+        mine = {a for c in current.configs for a in c.held()}
         # all-or-nothing, like a PUT: check everything before changing anything
-        statics = [a.address for a in fresh if a.address is not None]
+        statics = [a for new in fresh if new.address is not None
+                   for a in FakeIPConfig(new.name, new.address,
+                                         prefix_length=new.prefix_length).held()]
         taken = [a for a in statics if subnet.used.get(a) is not None and a not in mine]
         if taken:
             raise AddressInUse(
@@ -282,18 +306,35 @@ class FakeAzure:
                 f"{subnet.used[taken[0]]}.", addresses=taken[:1],
                 code="PrivateIPAddressIsAllocated", status=400)
         free = [a for a in subnet.free() if a not in statics]
-        dynamic = sum(1 for a in fresh if a.address is None)
+        dynamic = sum(1 for a in fresh if a.address is None and a.prefix_length is None)
         if dynamic > len(free):
             raise SubnetFull(f"Subnet {subnet.network} does not have enough capacity for "
                              f"{dynamic} IP addresses.", code="SubnetIsFull", status=400)
+        blocks: dict[str, list[str]] = {}
+        claimed = set(statics) | set(free[:dynamic])
+        for a in fresh:
+            if a.address is None and a.prefix_length is not None:
+                block = subnet.free_block(a.prefix_length, claimed)
+                if block is None:
+                    raise SubnetFull(f"Subnet {subnet.network} does not have enough capacity "
+                                     f"for a /{a.prefix_length} block.", code="SubnetIsFull",
+                                     status=400)
+                blocks[a.name] = block
+                claimed.update(block)
         for c in current.configs:
             if c.name.lower() in doomed:
-                subnet.used.pop(c.address, None)
+                for held in c.held():
+                    subnet.used.pop(held, None)
         new = []
         for a in fresh:
-            address = a.address if a.address is not None else free.pop(0)
-            subnet.used[address] = f"{nic_id}/{a.name}"
-            new.append(FakeIPConfig(a.name, address))
+            if a.name in blocks:
+                address = blocks[a.name][0]
+            else:
+                address = a.address if a.address is not None else free.pop(0)
+            config = FakeIPConfig(a.name, address, prefix_length=a.prefix_length)
+            for held in config.held():
+                subnet.used[held] = f"{nic_id}/{a.name}"
+            new.append(config)
         # a write clears Failed: everything on the NIC was provisioned again
         current.configs = [replace(c, state="Succeeded") for c in kept] + new
         current.state = "Succeeded"

@@ -202,3 +202,23 @@ async def test_uniform_instances_are_written_dynamically_and_listed_with_their_s
     assert listed == [nic_id.lower(), other.lower()]
     grouped = [n.id.lower() async for n in backend.port.list_nics(*backend.rg)]
     assert nic_id.lower() not in grouped
+
+
+async def test_blocks_are_aligned_whole_and_refused_when_no_aligned_space_is_left(
+        backend) -> None:
+    """A /28 block goes to the lowest aligned free space (.16/28: .0-.15 holds the reserved
+    and the primary), leaves whole, and a /29 subnet never has one."""
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    written = await backend.port.update_ip_configurations(
+        nic_id, [NewIPConfiguration("azcni-b", prefix_length=28), NewIPConfiguration("azcni-s")])
+    got = {c.name: c.private_ip for c in written.secondary("azcni-")}
+    assert got == {"azcni-b": "198.18.0.16/28", "azcni-s": "198.18.0.5"}
+    after = await backend.port.update_ip_configurations(nic_id, remove=["azcni-b"])
+    again = await backend.port.update_ip_configurations(
+        after, [NewIPConfiguration("azcni-c", prefix_length=28)])
+    assert {c.name: c.private_ip for c in again.secondary("azcni-")}["azcni-c"] == \
+        "198.18.0.16/28"
+    _, tiny_nic = backend.vm("t", backend.tiny_subnet_id)
+    with pytest.raises(SubnetFull):
+        await backend.port.update_ip_configurations(
+            tiny_nic, [NewIPConfiguration("azcni-x", prefix_length=28)])

@@ -23,6 +23,7 @@ from azure_cni.api.nodeippool import (
     NicInfo,
     NodeIPPool,
     PoolIP,
+    PoolMode,
     PoolSpec,
     PoolStatus,
 )
@@ -41,6 +42,7 @@ from azure_cni.cloud.port import (
     SubnetInfo,
     Throttled,
     Unsupported,
+    VnetLimitReached,
 )
 from azure_cni.ipam.decide import (
     ERRORS,
@@ -80,7 +82,8 @@ def nic(configs: Sequence[PoolIP] = (), *, states: dict[str, str] | None = None,
         nic_state: str = "Succeeded", extra: Sequence[tuple[str, str]] = ()) -> NicSnapshot:
     states = states or {}
     secondary = [IPConfiguration(ip.ip_configuration, ip.address, False,
-                                 states.get(ip.ip_configuration, "Succeeded"), SUBNET_ID)
+                                 states.get(ip.ip_configuration, "Succeeded"), SUBNET_ID,
+                                 ip.prefix_length)
                  for ip in configs]
     secondary += [IPConfiguration(name, address, False, "Succeeded", SUBNET_ID)
                   for name, address in extra]
@@ -494,3 +497,137 @@ def test_only_acknowledged_addresses_ever_leave_the_nic(n, used, releasing, acke
         assert set(decision.write.remove) <= releasing_names
     if decision.write.add and decision.write.remove:
         assert not (free is not None and free < len(decision.write.add))
+
+
+# -- blocks (issue 14) -----------------------------------------------------------------------------
+
+BLOCKS = replace(SPEC, mode=PoolMode.BLOCKS, min_free_ips=8, max_free_ips=24, batch_size=8)
+
+
+def blocks(n: int, releasing: Sequence[int] = (), start: int = 1) -> tuple[PoolIP, ...]:
+    """``n`` /28 blocks of 198.18.0.0/24 from the ``start``-th (the first holds .0-.3)."""
+    base = int(ipaddress.ip_address("198.18.0.0"))
+    return tuple(PoolIP(str(ipaddress.ip_address(base + 16 * i)), f"azcni-b{i:02d}",
+                        IPState.RELEASING if i in releasing else IPState.AVAILABLE, 28)
+                 for i in range(start, start + n))
+
+
+def test_blocks_a_new_pool_asks_for_whole_blocks_in_one_write() -> None:
+    """minFreeIPs 8 wants 8 addresses: one /28 block, with the prefix length in the write."""
+    the_pool = pool(spec=BLOCKS)
+    decision = decide(Observation(the_pool, NOW, nic(), SUBNET), lambda: "azcni-b01")
+    assert decision.write is not None
+    assert [(a.address, a.prefix_length) for a in decision.write.add] == [(None, 28)]
+    outcome = decision.settle(nic(blocks(1)))
+    assert outcome.status is not None
+    assert outcome.status.ips == blocks(1) and outcome.status.allocated == 16
+    assert outcome.status.blocks == 1
+    assert reasons(outcome) == ["Allocated"] and "198.18.0.16/28" in outcome.events[0].message
+
+
+@pytest.mark.parametrize(("held", "used", "min_ips", "add"), [
+    (0, 0, 20, 2),     # minIPs 20 rounds up to two blocks
+    (1, 9, 0, 1),      # 7 free < minFreeIPs 8: one more block
+    (2, 24, 0, 0),     # 32 - 24 = 8 free: the warm target is met
+    (16, 250, 0, 0),   # maxIPs 250 rounds up to 16 blocks (256 addresses): the ceiling
+])
+def test_blocks_sizes_count_addresses_and_round_to_blocks(held, used, min_ips, add) -> None:
+    spec = replace(BLOCKS, min_ips=min_ips, max_ips=250)
+    the_pool = pool(blocks(held, start=1), used=used, spec=spec)
+    decision = decide(Observation(the_pool, NOW, nic(the_pool.status.ips),
+                                  replace(SUBNET, cidr="198.18.0.0/20", free_addresses=4000)),
+                      lambda: "azcni-new")
+    assert (len(decision.write.add) if decision.write is not None else 0) == add
+
+
+def test_blocks_release_marks_whole_blocks_from_the_top_and_keeps_min_ips() -> None:
+    """40 free of 48 with maxFreeIPs 24: 16 excess -> one block, the highest."""
+    the_pool = pool(blocks(3), used=8, spec=replace(BLOCKS, min_ips=20))
+    decision, outcome = run(Observation(the_pool, NOW, nic(the_pool.status.ips), SUBNET))
+    assert decision.write is None and outcome.status is not None
+    marked = [ip.ip_configuration for ip in outcome.status.ips if ip.state is IPState.RELEASING]
+    assert marked == ["azcni-b03"]
+    assert reasons(outcome) == ["Releasing"]
+
+
+def test_blocks_a_half_used_block_stays_on_the_nic_until_the_agent_acks_it() -> None:
+    """The operator marked block 3 while pods used half of it: no ack, no removal; the ack
+    (once its pods are gone) removes exactly that block, in one write."""
+    inventory = blocks(3, releasing=[3])
+    waiting = pool(inventory, used=8 + 8, spec=BLOCKS)   # 8 pods still on block 3
+    decision = decide(Observation(waiting, NOW, nic(inventory), SUBNET), lambda: "azcni-new")
+    assert decision.write is None or "azcni-b03" not in decision.write.remove
+    acked = pool(inventory, used=8, acks=["azcni-b03"], spec=BLOCKS)
+    decision, outcome = run(Observation(acked, NOW, nic(inventory), SUBNET),
+                            written=nic(blocks(2)))
+    assert decision.write is not None and decision.write.remove == ("azcni-b03",)
+    assert decision.address_delta == -16
+    assert outcome.status is not None and outcome.status.ips == blocks(2)
+
+
+def test_blocks_mode_change_releases_the_other_kind_through_the_handshake() -> None:
+    """An idle pool switched from Addresses to Blocks: its single addresses are marked (they
+    leave once acked) and blocks are added in the same reconcile."""
+    singles = ips(4)
+    the_pool = pool(singles, spec=BLOCKS)
+    decision, outcome = run(Observation(the_pool, NOW, nic(singles), SUBNET),
+                            written=nic((*singles, *blocks(1))))
+    assert decision.write is not None and len(decision.write.add) == 1
+    assert decision.write.add[0].prefix_length == 28 and decision.write.remove == ()
+    assert outcome.status is not None
+    states = {ip.ip_configuration: ip.state for ip in outcome.status.ips}
+    assert all(states[ip.ip_configuration] is IPState.RELEASING for ip in singles)
+    assert states["azcni-b01"] is IPState.AVAILABLE
+
+
+def test_blocks_fragmented_subnet_says_so_in_the_condition() -> None:
+    """Azure refuses the block although the subnet reports free addresses: fragmentation."""
+    the_pool = pool(spec=BLOCKS)
+    subnet = replace(SUBNET, free_addresses=40)
+    _, outcome = run(Observation(the_pool, NOW, nic(), subnet),
+                     error=SubnetFull("Subnet nodes has no free /28 block", code="SubnetIsFull"))
+    assert outcome.status is not None
+    exhausted = outcome.status.condition(ConditionType.SUBNET_EXHAUSTED)
+    assert exhausted is not None and exhausted.status and exhausted.reason == "NoFreeBlock"
+    assert "40 unassigned addresses" in exhausted.message and "/28" in exhausted.message
+    assert ready(outcome.status) == (False, "SubnetFull")
+
+
+def test_blocks_a_subnet_with_fewer_free_addresses_than_a_block_is_exhausted() -> None:
+    the_pool = pool(spec=BLOCKS)
+    decision, outcome = run(Observation(the_pool, NOW, nic(),
+                                        replace(SUBNET, free_addresses=10)))
+    assert decision.write is None and outcome.status is not None
+    exhausted = outcome.status.condition(ConditionType.SUBNET_EXHAUSTED)
+    assert exhausted is not None and exhausted.status
+    assert "room for at most 0 /28 blocks" in exhausted.message
+
+
+def test_the_vnet_limit_is_its_own_reason_and_points_at_blocks() -> None:
+    the_pool = pool()
+    _, outcome = run(Observation(the_pool, NOW, nic(), SUBNET), error=VnetLimitReached(
+        "too many", code="PrivateIPAddressesPerVirtualNetworkLimitReached"))
+    assert outcome.status is not None
+    exhausted = outcome.status.condition(ConditionType.SUBNET_EXHAUSTED)
+    assert exhausted is not None and exhausted.reason == "VnetLimit"
+    assert "Blocks mode" in exhausted.message
+    assert ready(outcome.status) == (False, "VnetLimit")
+    assert reasons(outcome) == ["SubnetExhausted"]
+
+
+def test_blocks_vanished_block_comes_back_static_with_its_length() -> None:
+    inventory = blocks(2)
+    the_pool = pool(inventory, used=20, spec=BLOCKS)
+    decision = decide(Observation(the_pool, NOW, nic(inventory[:1]), SUBNET), lambda: "x")
+    assert decision.write is not None
+    assert decision.write.add[0].address == "198.18.0.32"
+    assert decision.write.add[0].prefix_length == 28
+
+
+def test_blocks_the_agents_idle_blocks_are_released_first() -> None:
+    """Pods left in the top block: the operator marks the block the agent reports idle."""
+    the_pool = pool(blocks(3), used=8, spec=BLOCKS, idle_blocks=frozenset({"azcni-b01"}))
+    _, outcome = run(Observation(the_pool, NOW, nic(the_pool.status.ips), SUBNET))
+    assert outcome.status is not None
+    assert [ip.ip_configuration for ip in outcome.status.ips
+            if ip.state is IPState.RELEASING] == ["azcni-b01"]

@@ -10,7 +10,7 @@ import pytest
 from tests.cloud.fake_network import FakeAzure
 from tests.operator.recording import Killed, RecordingPools
 
-from azure_cni.api.nodeippool import ConditionType, IPState, NodeIPPool, PoolSpec
+from azure_cni.api.nodeippool import ConditionType, IPState, NodeIPPool, PoolMode, PoolSpec
 from azure_cni.cloud.port import (
     AuthFailed,
     CloudError,
@@ -368,3 +368,39 @@ async def test_an_admin_made_pool_gets_the_finalizer_before_its_first_write(worl
     await world.reconcile()
     assert world.pools.finalizer_calls == [("add", "n1")]
     assert FINALIZER in world.pool().finalizers
+
+
+# -- blocks (issue 14) -------------------------------------------------------------------------
+
+
+async def test_blocks_grow_and_shrink_by_whole_blocks_after_their_pods_go(world) -> None:
+    """A Blocks pool of a /24: 40 pods need three /28 blocks; when most go, the excess is
+    marked as a whole block, which stays on the NIC while a pod uses one of its addresses
+    and leaves, all 16 addresses at once, when the agent acks it."""
+    world.pools.create("n1", replace(SPEC, mode=PoolMode.BLOCKS, batch_size=8, min_free_ips=8,
+                                     max_free_ips=16))
+    await filled(world)
+    assert [ip.prefix_length for ip in world.pool().status.ips] == [28]
+    assert world.azure.ours(world.nic_id) == {world.pool().status.ips[0].ip_configuration:
+                                              "198.18.0.16"}
+    world.pools.act_as_agent("n1", used=40)
+    await world.reconcile()
+    status = world.pool().status
+    assert (status.blocks, status.allocated) == (3, 48), "40 used + 8 warm = 48: 2 more"
+    assert len(world.azure.writes) == 2
+
+    world.pools.act_as_agent("n1", used=4)  # 36 pods went: 44 free, 16 allowed
+    await world.reconcile()
+    marked = [ip.ip_configuration for ip in world.pool().status.ips
+              if ip.state is IPState.RELEASING]
+    assert marked == [world.pool().status.ips[-1].ip_configuration], "(44-16)//16: the top"
+    world.pools.act_as_agent("n1", used=4)  # its pods still sit in the marked block: no ack
+    await world.reconcile()
+    assert marked[0] in world.azure.ours(world.nic_id), "not acked: stays on the NIC"
+    subnet = world.azure.subnets[world.subnet_id.lower()]
+    assert sum(1 for owner in subnet.used.values() if marked[0] in owner) == 16
+    world.pools.act_as_agent("n1", used=4, acks={marked[0]})
+    await world.reconcile()
+    assert marked[0] not in world.azure.ours(world.nic_id)
+    assert sum(1 for owner in subnet.used.values() if marked[0] in owner) == 0
+    assert (world.pool().status.blocks, world.pool().status.allocated) == (2, 32)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 #: "Private IP addresses per network interface: 256" (Azure networking limits)
@@ -73,6 +74,11 @@ class Subnet:
         """Azure keeps the network address, .1, .2, .3 and the broadcast address."""
         return not self.first_usable <= address <= self.last_usable
 
+    @property
+    def lowest_unused(self) -> ipaddress.IPv4Address:
+        """No address below this one is free (where a search for free space may start)."""
+        return ipaddress.IPv4Address(self._hint)
+
     def free_count(self) -> int:
         return max(0, int(self.last_usable) - int(self.first_usable) + 1) - len(self.used)
 
@@ -117,6 +123,33 @@ class IpConfig:
     state: str = "Succeeded"
     #: writable properties Azure stores and echoes (ASGs, load balancer pools, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: set when the ipConfiguration holds the aligned block ``address/prefix_length``
+    prefix_length: int | None = None
+
+    def held(self) -> tuple[ipaddress.IPv4Address, ...]:
+        """Every address of the subnet this ipConfiguration holds (a block's all)."""
+        return _held(self.address, self.prefix_length)
+
+    @property
+    def private_ip(self) -> str:
+        """``privateIPAddress`` as Azure reports it (``<address>/<length>`` for a block)."""
+        if self.prefix_length is None:
+            return str(self.address)
+        return f"{self.address}/{self.prefix_length}"
+
+    def address_json(self) -> dict[str, Any]:
+        """The address fields of the ipConfiguration's JSON."""
+        if self.prefix_length is None:
+            return {"privateIPAddress": self.private_ip}
+        return {"privateIPAddress": self.private_ip,
+                "privateIPAddressPrefixLength": self.prefix_length}
+
+
+def _held(address: ipaddress.IPv4Address, prefix_length: int | None
+          ) -> tuple[ipaddress.IPv4Address, ...]:
+    if prefix_length is None:
+        return (address,)
+    return tuple(ipaddress.IPv4Network(f"{address}/{prefix_length}"))
 
 
 @dataclass
@@ -156,7 +189,7 @@ class Nic:
     def addresses(self) -> tuple[str, ...]:
         """Addresses of the NIC, primary first, in ipConfiguration order."""
         ordered = sorted(self.ip_configs, key=lambda c: not c.primary)
-        return tuple(str(c.address) for c in ordered)
+        return tuple(c.private_ip for c in ordered)
 
     def ipconfig_id(self, name: str) -> str:
         return f"{self.id}/ipConfigurations/{name}"
@@ -330,6 +363,8 @@ class ArmState:
     def put_nic(self, subscription: str, resource_group: str, name: str, body: Any, *,
                 if_match: str | None, if_none_match: str | None, polls: int,
                 failure: tuple[str, str, str] | None = None,
+                block_lengths: Sequence[int] = (28,),
+                vnet_limit: int = 65_536,
                 conflict_retry_after: int | None = None,
                 operation_url: Callable[[Operation], str] = lambda op: op.id) -> tuple[Nic, bool]:
         """Validate and accept a NIC PUT; return the NIC and whether it was created.
@@ -378,7 +413,18 @@ class ArmState:
                            f"{len(wanted)}.")
         subnet = self._check_subnets(nic_id, wanted)
         primary_name = self._check_primary(nic, wanted)
-        new_configs, claims = self._assign_addresses(nic_id, nic, wanted, subnet, primary_name)
+        blocks = _blocks()
+        try:
+            blocks.check_lengths(nic_id, wanted, block_lengths)
+            new_configs, claims = self._assign_addresses(nic_id, nic, wanted, subnet,
+                                                         primary_name)
+            vnet = self.vnets[subnet.vnet_id.lower()]
+            before = blocks.private_ips(s.used for s in vnet.subnets.values())
+            mine = sum(1 for c in (nic.ip_configs if nic else ()) if c.subnet.vnet_id == vnet.id)
+            blocks.check_vnet_limit(vnet.id, before, before - mine + len(new_configs),
+                                    vnet_limit)
+        except blocks.BlockRequestError as e:
+            raise ArmError(400, e.code, e.message) from None
 
         created = nic is None
         if nic is None:
@@ -452,7 +498,8 @@ class ArmState:
         for i, cfg in enumerate(wanted):
             ipc_id = f"{nic_id}/ipConfigurations/{cfg['name']}"
             previous = old.get(cfg["name"].lower())
-            keep_previous = previous is not None and previous.subnet is subnet
+            keep_previous = previous is not None and previous.subnet is subnet and \
+                previous.prefix_length == cfg["prefix"]
             address: ipaddress.IPv4Address | None = None
             if cfg["method"] == "Static" and cfg["address"] is not None:
                 address = cfg["address"]
@@ -466,28 +513,35 @@ class ArmState:
                 dynamic.append(i)
                 result.append(None)
                 continue
-            if address not in subnet.network:
-                raise ArmError(400, "PrivateIPAddressNotInSubnet",  # UNVERIFIED code
-                               f"IP configuration {ipc_id} has private IP address {address} "
-                               f"which is not in subnet {subnet.id} ({subnet.network}).")
-            if subnet.reserved(address):
-                raise ArmError(400, "PrivateIPAddressInReservedRange",  # UNVERIFIED code
-                               f"Private static IP address {address} of IP configuration "
-                               f"{ipc_id} falls in a range Azure reserves in subnet "
-                               f"{subnet.network}.")
-            if address in taken_here:
-                raise ArmError(400, "PrivateIPAddressInUse",
-                               f"IP configuration {ipc_id} is using the same private IP address "
-                               f"{address} as IP configuration {taken_here[address]}.")
-            owner = subnet.used.get(address)
-            if owner is not None and str(address) not in mine:
-                raise ArmError(400, "PrivateIPAddressIsAllocated",
-                               f"IP configuration {ipc_id} is using the private IP address "
-                               f"{address} which is already allocated to resource {owner}.")
-            taken_here[address] = ipc_id
+            if cfg["prefix"] is not None:
+                try:
+                    _blocks().check_static_block(ipc_id, address, cfg["prefix"])
+                except _blocks().BlockRequestError as e:
+                    raise ArmError(400, e.code, e.message) from None
+            for held in _held(address, cfg["prefix"]):
+                self._check_static(ipc_id, held, subnet, taken_here, mine)
+                taken_here[held] = ipc_id
             result.append(_ip_config(cfg, address, subnet, previous))
         # this NIC's own addresses stay held until the operation commits, so only addresses
-        # nobody holds are handed out (an address dropped here is reusable after the write)
+        # nobody holds are handed out (an address dropped here is reusable after the write);
+        # blocks first, so that single addresses do not split the aligned space they need
+        for i in [i for i in dynamic if wanted[i]["prefix"] is not None]:
+            length = wanted[i]["prefix"]
+            block = _blocks().lowest_free_block(
+                subnet.network, first_usable=max(subnet.first_usable, subnet.lowest_unused),
+                last_usable=subnet.last_usable, held=subnet.used, exclude=taken_here,
+                length=length)
+            if block is None:
+                raise ArmError(400, "SubnetIsFull",
+                               f"Subnet {subnet.name} with address prefix {subnet.network} does "
+                               f"not have a free aligned /{length} block for IP configuration "
+                               f"{nic_id}/ipConfigurations/{wanted[i]['name']} "
+                               f"({subnet.free_count()} addresses are free).")
+            for held in block:
+                taken_here[held] = f"{nic_id}/ipConfigurations/{wanted[i]['name']}"
+            result[i] = _ip_config(wanted[i], block.network_address, subnet,
+                                   old.get(wanted[i]["name"].lower()))
+        dynamic = [i for i in dynamic if wanted[i]["prefix"] is None]
         free = subnet.lowest_free(set(taken_here))
         for i in dynamic:
             address = next(free, None)
@@ -501,6 +555,29 @@ class ArmState:
         configs = [c for c in result if c is not None]
         claims = [(a, o) for a, o in taken_here.items() if subnet.used.get(a) != o]
         return configs, claims
+
+    @staticmethod
+    def _check_static(ipc_id: str, address: ipaddress.IPv4Address, subnet: Subnet,
+                      taken_here: Mapping[ipaddress.IPv4Address, str], mine: set[str]) -> None:
+        """Refuse a Static address outside the subnet, reserved, or someone else's."""
+        if address not in subnet.network:
+            raise ArmError(400, "PrivateIPAddressNotInSubnet",  # UNVERIFIED code
+                           f"IP configuration {ipc_id} has private IP address {address} "
+                           f"which is not in subnet {subnet.id} ({subnet.network}).")
+        if subnet.reserved(address):
+            raise ArmError(400, "PrivateIPAddressInReservedRange",  # UNVERIFIED code
+                           f"Private static IP address {address} of IP configuration "
+                           f"{ipc_id} falls in a range Azure reserves in subnet "
+                           f"{subnet.network}.")
+        if address in taken_here:
+            raise ArmError(400, "PrivateIPAddressInUse",
+                           f"IP configuration {ipc_id} is using the same private IP address "
+                           f"{address} as IP configuration {taken_here[address]}.")
+        owner = subnet.used.get(address)
+        if owner is not None and str(address) not in mine:
+            raise ArmError(400, "PrivateIPAddressIsAllocated",
+                           f"IP configuration {ipc_id} is using the private IP address "
+                           f"{address} which is already allocated to resource {owner}.")
 
     # -- operations -------------------------------------------------------------------------
 
@@ -529,13 +606,14 @@ class ArmState:
         nic.etag = new_etag()
         # While the operation ran, both the old and the new addresses were held for this NIC,
         # so whichever side loses can be released without looking at owners.
-        before = {(c.address, c.subnet.id.lower()) for c in op.before}
-        after = {(c.address, c.subnet.id.lower()) for c in nic.ip_configs}
+        before = {(a, c.subnet.id.lower()) for c in op.before for a in c.held()}
+        after = {(a, c.subnet.id.lower()) for c in nic.ip_configs for a in c.held()}
         if op.outcome != "Succeeded":
             for address, subnet_id in after - before:
                 self.subnets[subnet_id].release(address)
             for cfg in op.before:
-                cfg.subnet.claim(cfg.address, nic.ipconfig_id(cfg.name))
+                for address in cfg.held():
+                    cfg.subnet.claim(address, nic.ipconfig_id(cfg.name))
             nic.ip_configs = op.before
             nic.state = "Failed"
             if not op.before:  # a failed create leaves no NIC behind
@@ -557,6 +635,14 @@ class ArmState:
                 if op.status == "InProgress" and now - op.started >= timeout]
 
 
+def _blocks() -> ModuleType:
+    """``azure_cni_sim.arm.blocks``, imported on first use: importing it at the top would
+    import the ``arm`` package, whose emulator imports this module."""
+    from azure_cni_sim.arm import blocks  # noqa: PLC0415
+
+    return blocks
+
+
 def _not_found(resource_type: str, name: str, resource_group: str) -> ArmError:
     return ArmError(404, "ResourceNotFound",
                     f"The Resource '{resource_type}/{name}' under resource group "
@@ -570,9 +656,11 @@ def _ordered_addresses(configs: Sequence[IpConfig]) -> tuple[str, ...]:
 
 def _ip_config(cfg: Mapping[str, Any], address: ipaddress.IPv4Address, subnet: Subnet,
                previous: IpConfig | None) -> IpConfig:
-    unchanged = previous is not None and previous.address == address
+    unchanged = previous is not None and previous.address == address and \
+        previous.prefix_length == cfg["prefix"]
     return IpConfig(cfg["name"], address, cfg["method"], cfg["primary"], subnet,
-                    state="Succeeded" if unchanged else "Updating", extra=cfg["extra"])
+                    state="Succeeded" if unchanged else "Updating", extra=cfg["extra"],
+                    prefix_length=cfg["prefix"])
 
 
 def _parse_ip_configurations(nic_id: str, raw: Any) -> list[dict[str, Any]]:
@@ -600,15 +688,10 @@ def _parse_ip_configurations(nic_id: str, raw: Any) -> list[dict[str, Any]]:
             raise ArmError(400, "InvalidRequestFormat",
                            f"IP configuration {name}: privateIPAllocationMethod {method!r} is "
                            "not Static or Dynamic.")
-        raw_address = props.get("privateIPAddress")
-        address = None
-        if raw_address:
-            try:
-                address = ipaddress.IPv4Address(str(raw_address))
-            except ValueError:
-                raise ArmError(400, "InvalidPrivateIPAddressFormat",  # UNVERIFIED code
-                               f"IP configuration {name}: {raw_address!r} is not an IPv4 "
-                               "address.") from None
+        try:
+            address, prefix = _blocks().parse_request(name, props)
+        except _blocks().BlockRequestError as e:
+            raise ArmError(400, e.code, e.message) from None
         version = str(props.get("privateIPAddressVersion") or "IPv4")
         if version != "IPv4":
             raise ArmError(400, "InvalidRequestFormat",
@@ -616,6 +699,7 @@ def _parse_ip_configurations(nic_id: str, raw: Any) -> list[dict[str, Any]]:
         out.append({
             "name": name, "subnet_id": subnet_id, "method": method, "address": address,
             "primary": bool(props.get("primary")),
+            "prefix": prefix,
             "extra": {k: props[k] for k in _IPCONFIG_WRITABLE if k in props},
         })
     return out
@@ -635,7 +719,7 @@ def nic_json(nic: Nic) -> dict[str, Any]:
             "type": "Microsoft.Network/networkInterfaces/ipConfigurations",
             "properties": {
                 "provisioningState": c.state,
-                "privateIPAddress": str(c.address),
+                **c.address_json(),
                 "privateIPAllocationMethod": c.method,
                 "subnet": {"id": c.subnet.id},
                 "primary": c.primary,

@@ -74,6 +74,11 @@ class FabricError(RuntimeError):
     """A namespace, link or route of the fabric could not be set up."""
 
 
+def _prefix(address: str) -> str:
+    """A NIC address as a route's destination: a single address is a /32."""
+    return address if "/" in address else f"{address}/32"
+
+
 def _run(*args: str, stdin: str | None = None) -> str:
     result = subprocess.run(list(args), input=stdin, capture_output=True, text=True,
                             check=False, timeout=30)
@@ -268,19 +273,22 @@ class Fabric:
             fvm.addresses = set(addresses)
         # The SDN maps an address to the NIC, not to an ARP answer: secondary addresses are
         # sent to the NIC's MAC, i.e. routed via the primary address (which eth0 answers for).
+        # A block (``<address>/<length>``, an ipConfiguration with a prefix) is one route.
         def route(a: str) -> str:
             via = "" if a == fvm.primary_ip else f" via {fvm.primary_ip}"
-            return f"{a}/32{via} dev {fvm.fabric_if}"
+            return f"{_prefix(a)}{via} dev {fvm.fabric_if}"
 
-        batch = [f"route del {a}/32 dev {fvm.fabric_if}" for a in sorted(gone)]
+        batch = [f"route del {_prefix(a)} dev {fvm.fabric_if}" for a in sorted(gone)]
         batch += [f"route replace {route(a)}" for a in sorted(added, key=lambda a: (
             a != fvm.primary_ip, a))]
         if batch:
             _run("ip", "-n", self.fabric_ns, "-force", "-batch", "-", stdin="\n".join(batch) + "\n")
             # forget conntrack state of removed addresses, as the SDN forgets its flows
             for address in gone:
+                network = ipaddress.IPv4Network(_prefix(address))
                 with contextlib.suppress(FabricError):
-                    _run("ip", "netns", "exec", self.fabric_ns, "conntrack", "-D", "-s", address)
+                    _run("ip", "netns", "exec", self.fabric_ns, "conntrack", "-D", "-s",
+                         str(network.network_address), "--mask-src", str(network.netmask))
             log.info("event=fabric_programmed vm=%s added=%d removed=%d", fvm.name, len(added),
                      len(gone))
 

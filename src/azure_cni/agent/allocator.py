@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,17 +74,28 @@ class PoolUsage:
     outside_pool: tuple[str, ...] = ()
     #: seconds until the next cooldown of a pool address ends (``cooling`` or an ack changes)
     cooldown_ends_in: float | None = None
+    #: Available blocks none of whose addresses is used or cooling
+    idle_blocks: frozenset[str] = field(default_factory=frozenset)
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
-               released: Mapping[str, Release], now: float) -> PoolUsage:
-    """Count what ``choose_address`` could hand out and what may be released (pure)."""
+               released: Mapping[str, Release], now: float,
+               blocks: frozenset[str] = frozenset()) -> PoolUsage:
+    """Count what ``choose_address`` could hand out and what may be released (pure).
+
+    ``pool`` has one entry per address (blocks expanded, see ``Allocator.set_pool``); an
+    ipConfiguration is acknowledged only when every address under its name is Releasing,
+    unused and out of its cooldown; ``blocks`` names the pool's blocks, reported idle when
+    all of their addresses are Available, unused and out of their cooldown."""
     taken = {a.address for a in assignments}
     if pool is None:
         return PoolUsage(False, 0, len(taken), 0, 0, 0,
                          outside_pool=tuple(sorted(taken)))
     free = releasing = cooling = 0
-    acks = set()
+    acks: set[str] = set()
+    # a block is acked as a whole: one address of it in use or cooling holds all of it back
+    held_back: set[str] = set()
+    busy: set[str] = set()
     inventory = set()
     ends: list[float] = []
     for ip in pool.status.ips:
@@ -93,18 +104,22 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
         cool = release is not None and release.cool_until > now
         if cool and release is not None and ip.address not in taken:
             ends.append(release.cool_until - now)
+        if ip.state != IPState.AVAILABLE or ip.address in taken or cool:
+            busy.add(ip.ip_configuration)
         if ip.state == IPState.RELEASING:
             releasing += 1
             if ip.address not in taken and not cool:
                 acks.add(ip.ip_configuration)
+            else:
+                held_back.add(ip.ip_configuration)
         elif ip.address not in taken:
             if cool:
                 cooling += 1
             else:
                 free += 1
     return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
-                     frozenset(acks), tuple(sorted(taken - inventory)),
-                     min(ends) if ends else None)
+                     frozenset(acks - held_back), tuple(sorted(taken - inventory)),
+                     min(ends) if ends else None, frozenset(blocks - busy))
 
 
 class Allocator:
@@ -119,6 +134,7 @@ class Allocator:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: AddressStore | None = None
         self._pool: NodeIPPool | None = None
+        self._blocks: frozenset[str] = frozenset()
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
@@ -150,11 +166,20 @@ class Allocator:
     async def set_pool(self, pool: NodeIPPool | None) -> None:
         """Adopt a new copy of the NodeIPPool; later picks and acks see it."""
 
+        blocks: frozenset[str] = frozenset()
+        if pool is not None:
+            # blocks become their addresses, each under its block's ipConfiguration: picks,
+            # counts and the store see single addresses only
+            blocks = frozenset(ip.ip_configuration for ip in pool.status.ips
+                               if ip.prefix_length is not None)
+            pool = replace(pool, status=pool.status.by_address())
+
         def adopt() -> None:
             # Held addresses are never handed out again, whatever the pool says; one that
             # left the NIC is reported as usage.outside_pool (the agent logs it once).
             self._pool = pool
             if pool is not None:
+                self._blocks = blocks
                 inventory = {ip.address for ip in pool.status.ips}
                 gone = [a for a in self.store.releases() if a not in inventory]
                 if gone:
@@ -201,7 +226,7 @@ class Allocator:
     async def usage(self) -> PoolUsage:
         def count() -> PoolUsage:
             return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
-                              self.clock.since_boot())
+                              self.clock.since_boot(), self._blocks)
 
         return await self._run(count)
 
@@ -209,8 +234,8 @@ class Allocator:
         def read() -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
             assignments = self.store.assignments()
             released = self.store.releases()
-            return (pool_usage(self._pool, assignments, released, self.clock.since_boot()),
-                    assignments, released)
+            return (pool_usage(self._pool, assignments, released, self.clock.since_boot(),
+                               self._blocks), assignments, released)
 
         return await self._run(read)
 

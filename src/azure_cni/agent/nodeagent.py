@@ -21,10 +21,10 @@ and answers STATUS as ready for a short grace after a graceful stop (``shim.AGEN
 It is removed when the agent refuses to start (exit 2 or 3: no restart will help until an
 admin acts) and by ``azure-cni-agent --uninstall``.
 
-Only ``used``, ``cooling``, ``releaseAcks`` and the ``AgentReady`` condition are written, by
-server-side apply under the ``azure-cni-agent`` field manager, debounced, and only when they
-change; a cooldown that ends changes ``cooling`` (and maybe an ack) without any event, so the
-reporter also wakes up then.
+Only ``used``, ``cooling``, ``releaseAcks``, ``idleBlocks`` and the ``AgentReady`` condition
+are written, by server-side apply under the ``azure-cni-agent`` field manager, debounced, and
+only when they change; a cooldown that ends changes ``cooling`` (and maybe an ack) without
+any event, so the reporter also wakes up then.
 """
 
 from __future__ import annotations
@@ -482,10 +482,12 @@ class NodeAgent:
             usage = await self.allocator.usage()
             self.metrics.set_pool(usage)
             used, cooling, acks = usage.used, usage.cooling, usage.release_acks
+            idle = usage.idle_blocks
             if usage.cooldown_ends_in is not None:
                 self.reporter.request_later(usage.cooldown_ends_in)
         elif self._reported_usage is not None:
             used, cooling, acks = self._reported_usage
+            idle = frozenset()
         else:
             return None
         if not self._pool_seen:
@@ -495,7 +497,7 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
-        return PoolStatus(used=used, cooling=cooling, release_acks=acks,
+        return PoolStatus(used=used, cooling=cooling, release_acks=acks, idle_blocks=idle,
                           conditions=(self._condition,)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:

@@ -14,14 +14,23 @@ import yaml
 from azure_cni.api.nodeippool import (
     GROUP,
     KIND,
+    MAX_BLOCK_PREFIX_LENGTH,
     MAX_SECONDARY_IPS,
+    MIN_BLOCK_PREFIX_LENGTH,
     PLURAL,
     SHORT_NAME,
     VERSION,
+    PoolMode,
     PoolSpec,
 )
 
 _DEFAULTS = PoolSpec(node_name="")
+_MODE_CHANGE_RULE = (
+    "!has(oldSelf.spec.mode) || !has(self.spec.mode) || "
+    "(self.spec.mode == oldSelf.spec.mode && (self.spec.mode == 'Addresses' || "
+    "!has(self.spec.blockPrefixLength) || !has(oldSelf.spec.blockPrefixLength) || "
+    "self.spec.blockPrefixLength == oldSelf.spec.blockPrefixLength)) || "
+    "!has(self.status) || !has(self.status.used) || self.status.used == 0")
 
 
 def _count(description: str, default: int | None = None, maximum: int | None = None
@@ -61,6 +70,22 @@ def _spec_schema() -> dict[str, Any]:
             "releaseDelaySeconds": _count("How long an excess must last before addresses are "
                                           "released (hysteresis).",
                                           _DEFAULTS.release_delay_seconds, maximum=86400),
+            "mode": {
+                "type": "string", "enum": [m.value for m in PoolMode],
+                "default": _DEFAULTS.mode.value,
+                "description": "Addresses: one ipConfiguration per address. Blocks: one "
+                               "ipConfiguration per aligned CIDR block of blockPrefixLength "
+                               "(privateIPAddressPrefixLength); the sizes above still count "
+                               "addresses and are rounded up to whole blocks. Cannot change "
+                               "while pods use the pool.",
+            },
+            "blockPrefixLength": {
+                "type": "integer", "minimum": MIN_BLOCK_PREFIX_LENGTH,
+                "maximum": MAX_BLOCK_PREFIX_LENGTH,
+                "default": _DEFAULTS.block_prefix_length,
+                "description": "Length of each block in Blocks mode (a /28 holds 16 "
+                               "addresses). Cannot change while pods use the pool.",
+            },
         },
         "x-kubernetes-validations": [
             {"rule": "self.minIPs <= self.maxIPs", "fieldPath": ".minIPs",
@@ -125,10 +150,16 @@ def _status_schema() -> dict[str, Any]:
                         "address": {"type": "string"},
                         "ipConfiguration": {"type": "string"},
                         "state": {"type": "string", "enum": ["Available", "Releasing"]},
+                        "prefixLength": {"type": "integer",
+                                         "description": "Set for a block: the ipConfiguration "
+                                                        "holds address/prefixLength."},
                     },
                 },
             },
-            "allocated": {"type": "integer", "description": "Number of addresses in ips."},
+            "allocated": {"type": "integer", "description": "Number of addresses in ips (a "
+                                                            "block counts all of its own)."},
+            "blocks": {"type": "integer", "description": "Number of blocks in ips (Blocks "
+                                                         "mode)."},
             "excessSince": {"type": "string", "format": "date-time",
                             "description": "Since when the pool has held more free addresses "
                                            "than maxFreeIPs."},
@@ -144,6 +175,12 @@ def _status_schema() -> dict[str, Any]:
                 "x-kubernetes-list-type": "set",
                 "description": "ipConfiguration names the agent confirms are unused and will "
                                "not hand out: the operator may remove them.",
+            },
+            "idleBlocks": {
+                "type": "array", "items": {"type": "string"},
+                "x-kubernetes-list-type": "set",
+                "description": "Blocks (their ipConfiguration names) none of whose addresses "
+                               "a pod uses or cools down: the operator releases these first.",
             },
             "conditions": {
                 "type": "array",
@@ -201,6 +238,9 @@ def nodeippool_crd() -> dict[str, Any]:
                      "priority": 1},
                     {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
                      "priority": 1},
+                    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
+                    {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
+                     "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
@@ -219,6 +259,15 @@ def nodeippool_crd() -> dict[str, Any]:
                         "fieldPath": ".spec.nodeName",
                         "message": "spec.nodeName must equal metadata.name (the pool is named "
                                    "after its node)",
+                    }, {
+                        # a transition rule: the stored status (with the agent's count of
+                        # pods) is part of self on a spec update
+                        "rule": _MODE_CHANGE_RULE,
+                        "fieldPath": ".spec.mode",
+                        "message": "spec.mode and spec.blockPrefixLength cannot change while "
+                                   "pods use the pool's addresses (status.used > 0): drain "
+                                   "the node first; an idle pool then releases its old "
+                                   "ipConfigurations and takes new ones",
                     }],
                 }},
             }],

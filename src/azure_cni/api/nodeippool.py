@@ -7,17 +7,22 @@ with server-side apply under its own field manager):
 - the operator: ``nic``, ``ips``, ``allocated``, ``excessSince``, conditions ``Provisioned``,
   ``Ready``, ``SubnetExhausted``, and ``observedGeneration``;
 - the node agent: ``used``, ``cooling`` (freed addresses still in their cooldown, which it
-  will not hand out yet), ``releaseAcks`` and condition ``AgentReady``.
+  will not hand out yet), ``releaseAcks``, ``idleBlocks`` and condition ``AgentReady``.
 
 Release handshake: the operator marks an address ``Releasing``; the agent stops handing it out
 and, once no pod uses it, lists its ipConfiguration name in ``releaseAcks``; only then does the
 operator remove it from the NIC. ipConfiguration names are never reused and an address marked
 ``Releasing`` never becomes ``Available`` again, so an acknowledgement can never be stale.
+
+In ``Blocks`` mode an entry of ``status.ips`` is an aligned CIDR block (``prefixLength`` set,
+``address`` its first address) and the handshake works on whole blocks; every size in the
+spec still counts addresses.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -37,6 +42,25 @@ IPCONFIG_PREFIX = "azcni-"
 
 OPERATOR_FIELD_MANAGER = "azure-cni-operator"
 AGENT_FIELD_MANAGER = "azure-cni-agent"
+
+
+class PoolMode(StrEnum):
+    """What one ipConfiguration of the pool holds: one address, or an aligned CIDR block."""
+
+    ADDRESSES = "Addresses"
+    BLOCKS = "Blocks"
+
+
+#: AKS's static block allocation uses /28 blocks (azure-features.md §1)
+DEFAULT_BLOCK_PREFIX_LENGTH = 28
+#: block lengths a pool may ask for: 4 to 64 addresses (Azure documents none but /28)
+MIN_BLOCK_PREFIX_LENGTH = 26
+MAX_BLOCK_PREFIX_LENGTH = 30
+
+
+def block_size(prefix_length: int | None) -> int:
+    """Addresses in one ipConfiguration: 1 for a single address, else the block's."""
+    return 1 if prefix_length is None else 2 ** (32 - prefix_length)
 
 
 class IPState(StrEnum):
@@ -72,6 +96,20 @@ class PoolSpec:
     min_free_ips: int = 8
     max_free_ips: int = 24
     release_delay_seconds: int = 180
+    mode: PoolMode = PoolMode.ADDRESSES
+    #: the length of each block in Blocks mode (ignored in Addresses mode)
+    block_prefix_length: int = DEFAULT_BLOCK_PREFIX_LENGTH
+
+    @property
+    def prefix_length(self) -> int | None:
+        """The ``privateIPAddressPrefixLength`` of each new ipConfiguration (None: one
+        address)."""
+        return self.block_prefix_length if self.mode is PoolMode.BLOCKS else None
+
+    @property
+    def unit(self) -> int:
+        """Addresses one ipConfiguration of this pool holds."""
+        return block_size(self.prefix_length)
 
     def validate(self) -> None:
         """Raise InvalidPool for combinations the CRD's CEL rules also refuse."""
@@ -92,12 +130,20 @@ class PoolSpec:
                             f"spec.maxFreeIPs ({self.max_free_ips})")
         if self.release_delay_seconds < 0:
             problems.append("spec.releaseDelaySeconds must not be negative")
+        if not MIN_BLOCK_PREFIX_LENGTH <= self.block_prefix_length <= MAX_BLOCK_PREFIX_LENGTH:
+            problems.append(f"spec.blockPrefixLength ({self.block_prefix_length}) must be "
+                            f"between {MIN_BLOCK_PREFIX_LENGTH} and {MAX_BLOCK_PREFIX_LENGTH}")
         if problems:
             raise InvalidPool("; ".join(problems))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], name: str | None = None) -> PoolSpec:
         defaults = cls(node_name="")
+        try:
+            mode = PoolMode(spec.get("mode", defaults.mode))
+        except ValueError:
+            raise InvalidPool(f"spec.mode {spec.get('mode')!r} must be one of "
+                              f"{', '.join(m.value for m in PoolMode)}") from None
         try:
             return cls(
                 node_name=str(spec.get("nodeName") or name or ""),
@@ -108,6 +154,9 @@ class PoolSpec:
                 max_free_ips=int(spec.get("maxFreeIPs", defaults.max_free_ips)),
                 release_delay_seconds=int(
                     spec.get("releaseDelaySeconds", defaults.release_delay_seconds)),
+                mode=mode,
+                block_prefix_length=int(
+                    spec.get("blockPrefixLength", defaults.block_prefix_length)),
             )
         except (TypeError, ValueError) as e:
             raise InvalidPool(f"spec has a non-integer field: {e}") from e
@@ -121,28 +170,56 @@ class PoolSpec:
             "minFreeIPs": self.min_free_ips,
             "maxFreeIPs": self.max_free_ips,
             "releaseDelaySeconds": self.release_delay_seconds,
+            "mode": str(self.mode),
+            "blockPrefixLength": self.block_prefix_length,
         }
 
 
 @dataclass(frozen=True)
 class PoolIP:
-    """One secondary address of the node's NIC that belongs to the pool."""
+    """One secondary ipConfiguration of the node's NIC that belongs to the pool: a single
+    address, or (``prefix_length`` set) the aligned block starting at ``address``."""
 
     address: str
     ip_configuration: str
     state: IPState = IPState.AVAILABLE
+    prefix_length: int | None = None
+
+    @property
+    def size(self) -> int:
+        return block_size(self.prefix_length)
+
+    @classmethod
+    def from_azure(cls, private_ip: str, ip_configuration: str,
+                   state: IPState = IPState.AVAILABLE) -> PoolIP:
+        """From ``privateIPAddress`` as Azure reports it: ``<address>`` or, for a block,
+        ``<address>/<length>`` (azure-features.md §1)."""
+        address, _, length = private_ip.partition("/")
+        return cls(address, ip_configuration, state, int(length) if length else None)
+
+    def addresses(self) -> tuple[PoolIP, ...]:
+        """One single-address entry per address this one holds, under the same name."""
+        if self.prefix_length is None:
+            return (self,)
+        block = ipaddress.IPv4Network(f"{self.address}/{self.prefix_length}")
+        return tuple(PoolIP(str(a), self.ip_configuration, self.state) for a in block)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PoolIP:
         try:
+            length = d.get("prefixLength")
             return cls(str(d["address"]), str(d["ipConfiguration"]),
-                       IPState(d.get("state", IPState.AVAILABLE)))
+                       IPState(d.get("state", IPState.AVAILABLE)),
+                       int(length) if length is not None else None)
         except (KeyError, ValueError) as e:
             raise InvalidPool(f"status.ips has a malformed entry {dict(d)!r}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
-        return {"address": self.address, "ipConfiguration": self.ip_configuration,
-                "state": str(self.state)}
+        out: dict[str, Any] = {"address": self.address, "ipConfiguration": self.ip_configuration,
+                               "state": str(self.state)}
+        if self.prefix_length is not None:
+            out["prefixLength"] = self.prefix_length
+        return out
 
 
 @dataclass(frozen=True)
@@ -254,11 +331,25 @@ class PoolStatus:
     #: Available addresses the agent will not hand out before their cooldown ends
     cooling: int = 0
     release_acks: frozenset[str] = frozenset()
+    #: blocks none of whose addresses is used or cooling (agent-owned): what to release first
+    idle_blocks: frozenset[str] = frozenset()
     conditions: tuple[Condition, ...] = ()
 
     @property
     def allocated(self) -> int:
-        return len(self.ips)
+        """Addresses the pool holds (a block counts all of its addresses)."""
+        return sum(ip.size for ip in self.ips)
+
+    @property
+    def blocks(self) -> int:
+        return sum(1 for ip in self.ips if ip.prefix_length is not None)
+
+    def by_address(self) -> PoolStatus:
+        """This status with every block expanded into its addresses, each under the block's
+        ipConfiguration name: what the node agent hands out from."""
+        if not self.blocks:
+            return self
+        return replace(self, ips=tuple(a for ip in self.ips for a in ip.addresses()))
 
     def condition(self, ctype: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == ctype), None)
@@ -278,6 +369,7 @@ class PoolStatus:
             used=int(d.get("used") or 0),
             cooling=int(d.get("cooling") or 0),
             release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
+            idle_blocks=frozenset(str(a) for a in d.get("idleBlocks") or ()),
             conditions=conditions,
         )
 
@@ -286,6 +378,7 @@ class PoolStatus:
         out: dict[str, Any] = {
             "ips": [ip.to_dict() for ip in self.ips],
             "allocated": self.allocated,
+            **({"blocks": self.blocks} if self.blocks else {}),
             "conditions": [c.to_dict() for c in self.conditions if c.type in OPERATOR_CONDITIONS],
         }
         # Server-side apply drops a field its manager stops sending, so "no excess" is omission.
@@ -299,12 +392,15 @@ class PoolStatus:
 
     def agent_fields(self) -> dict[str, Any]:
         """The agent's part of status, for its server-side apply."""
-        return {
+        out: dict[str, Any] = {
             "used": self.used,
             "cooling": self.cooling,
             "releaseAcks": sorted(self.release_acks),
             "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
         }
+        if self.idle_blocks:
+            out["idleBlocks"] = sorted(self.idle_blocks)
+        return out
 
 
 @dataclass(frozen=True)

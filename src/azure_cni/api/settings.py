@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from azure_cni.api.nodeippool import InvalidPool, PoolSpec
+from azure_cni.api.nodeippool import InvalidPool, PoolMode, PoolSpec
 
 DEFAULT_CONFIG_PATH = Path("/etc/azure-cni/config.yaml")
 
@@ -36,10 +36,19 @@ class PoolDefaults:
     min_free_ips: int = PoolSpec.min_free_ips
     max_free_ips: int = PoolSpec.max_free_ips
     release_delay_seconds: int = PoolSpec.release_delay_seconds
+    #: Addresses (one ipConfiguration per address) or Blocks (one per aligned CIDR block)
+    mode: str = str(PoolSpec.mode)
+    block_prefix_length: int = PoolSpec.block_prefix_length
 
     def spec_for(self, node_name: str) -> PoolSpec:
+        try:
+            mode = PoolMode(self.mode)
+        except ValueError:
+            raise InvalidPool(f"mode {self.mode!r} is not one of "
+                              f"{', '.join(m.value for m in PoolMode)}") from None
         return PoolSpec(node_name, self.min_ips, self.max_ips, self.batch_size,
-                        self.min_free_ips, self.max_free_ips, self.release_delay_seconds)
+                        self.min_free_ips, self.max_free_ips, self.release_delay_seconds,
+                        mode, self.block_prefix_length)
 
 
 @dataclass(frozen=True)

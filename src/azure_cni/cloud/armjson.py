@@ -40,13 +40,17 @@ def _ref_id(value: Any) -> str:
 
 def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
     props = _props(ipc)
-    address = props.get("privateIPAddress")
+    # a block reads "<address>/<length>" (azure-features.md §1); the length is also its own
+    # property, which a VMSS VM model returns without the CIDR form
+    address, _, cidr_length = str(props.get("privateIPAddress") or "").partition("/")
+    length = props.get("privateIPAddressPrefixLength") or cidr_length or None
     return IPConfiguration(
         name=str(ipc.get("name") or ""),
-        address=str(address) if address else None,
+        address=address or None,
         primary=bool(props.get("primary")),
         provisioning_state=str(props.get("provisioningState") or ""),
         subnet_id=_ref_id(props.get("subnet")),
+        prefix_length=int(length) if length is not None else None,
     )
 
 
@@ -201,6 +205,8 @@ def edit_ip_configurations(
         else:
             ipc_props["privateIPAllocationMethod"] = "Static"
             ipc_props["privateIPAddress"] = new.address
+        if new.prefix_length is not None:
+            ipc_props["privateIPAddressPrefixLength"] = new.prefix_length
         kept.append({"name": new.name, "properties": ipc_props})
 
     props["ipConfigurations"] = kept

@@ -23,6 +23,7 @@ from azure_cni.cloud.port import (
     NotFound,
     SubnetFull,
     Throttled,
+    VnetLimitReached,
 )
 
 #: when a throttled response carries no Retry-After, the caller waits this long
@@ -78,6 +79,12 @@ def _is_nic_limit(code: str) -> bool:
     return "ipconfiguration" in code and ("limit" in code or "exceed" in code)
 
 
+def _is_vnet_limit(code: str) -> bool:
+    # Azure documents the limit (65,536 private addresses per VNet) but not its error code:
+    # recognise any private-address count/limit code that names the virtual network
+    return ("virtualnetwork" in code or "vnet" in code) and "limit" in code
+
+
 def classify(status: int | None, code: str, message: str,
              headers: Mapping[str, str]) -> CloudError:
     """The typed error for an Azure status, error code and message (a failed LRO has 200)."""
@@ -91,6 +98,8 @@ def classify(status: int | None, code: str, message: str,
         return Conflict(text, code=code or "PreconditionFailed", status=status)
     if key == "subnetisfull":
         return SubnetFull(text, code=code, status=status)
+    if _is_vnet_limit(key):
+        return VnetLimitReached(text, code=code, status=status)
     if key in _ADDRESS_IN_USE:
         return AddressInUse(text, code=code, status=status)
     if _is_nic_limit(key):

@@ -42,6 +42,15 @@ class IPConfiguration:
     primary: bool
     provisioning_state: str
     subnet_id: str
+    #: set when the ipConfiguration holds the aligned block ``address/prefix_length``
+    prefix_length: int | None = None
+
+    @property
+    def private_ip(self) -> str | None:
+        """``privateIPAddress`` in Azure's form: the address, or ``<address>/<length>``."""
+        if self.address is None or self.prefix_length is None:
+            return self.address
+        return f"{self.address}/{self.prefix_length}"
 
     @property
     def succeeded(self) -> bool:
@@ -90,10 +99,12 @@ class NicSnapshot:
 
 @dataclass(frozen=True)
 class NewIPConfiguration:
-    """An ipConfiguration to add: Dynamic when ``address`` is None, else Static on it."""
+    """An ipConfiguration to add: Dynamic when ``address`` is None, else Static on it; a
+    block of ``prefix_length`` (``privateIPAddressPrefixLength``) when that is set."""
 
     name: str
     address: str | None = None
+    prefix_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +208,12 @@ class Conflict(CloudError):
 
 
 class SubnetFull(CloudError):
-    """The subnet has no address left for a new ipConfiguration."""
+    """The subnet has no address (or no free aligned block) left for a new ipConfiguration."""
+
+
+class VnetLimitReached(SubnetFull):
+    """The VNet holds as many private addresses as Azure allows (65,536; a block counts
+    once): no subnet of it can give more, whatever its free space."""
 
 
 class AddressInUse(CloudError):

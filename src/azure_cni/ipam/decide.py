@@ -50,6 +50,7 @@ from azure_cni.api.nodeippool import (
     NodeIPPool,
     PoolIP,
     PoolStatus,
+    block_size,
     set_condition,
 )
 from azure_cni.cloud.port import (
@@ -67,6 +68,7 @@ from azure_cni.cloud.port import (
     SubnetInfo,
     Throttled,
     Unsupported,
+    VnetLimitReached,
 )
 from azure_cni.ipam.plan import Plan, address_key, apply_marks, merge_inventory, plan
 
@@ -182,8 +184,9 @@ def _summary(items: Iterable[str], limit: int = 8) -> str:
 
 
 def ours(nic: NicSnapshot) -> dict[str, str]:
-    """azure-cni's ipConfigurations on the NIC that hold an address: name -> address."""
-    return {c.name: c.address for c in nic.secondary(IPCONFIG_PREFIX) if c.address}
+    """azure-cni's ipConfigurations on the NIC that hold an address: name -> address
+    (``<address>/<length>`` for a block)."""
+    return {c.name: c.private_ip for c in nic.secondary(IPCONFIG_PREFIX) if c.private_ip}
 
 
 def _nic_info(nic: NicSnapshot, subnet: SubnetInfo | None, known: NicInfo | None) -> NicInfo:
@@ -199,6 +202,9 @@ def _subnet_condition(pool: NodeIPPool, subnet: SubnetInfo | None, exhausted: bo
         return None
     free = (f"subnet {subnet.cidr}: {subnet.free_addresses} addresses free"
             if subnet.free_addresses is not None else f"subnet {subnet.cidr}")
+    if subnet.free_addresses is not None and pool.spec.unit > 1:
+        free += (f", room for at most {subnet.free_addresses // pool.spec.unit} "
+                 f"/{pool.spec.prefix_length} blocks")
     return _condition(pool, ConditionType.SUBNET_EXHAUSTED, exhausted,
                       "SubnetFull" if exhausted else "SubnetHasSpace", free)
 
@@ -223,6 +229,7 @@ ERRORS: Mapping[type[CloudError], ErrorPolicy] = {
     Throttled: ErrorPolicy("AzureThrottled", None, transient=True),  # delay: its Retry-After
     Conflict: ErrorPolicy("Conflict", 5.0, event=False, transient=True),
     SubnetFull: ErrorPolicy("SubnetFull", SUBNET_RECHECK_SECONDS),
+    VnetLimitReached: ErrorPolicy("VnetLimit", SUBNET_RECHECK_SECONDS),
     AddressInUse: ErrorPolicy("AddressInUse", 1.0),
     NicLimitExceeded: ErrorPolicy("NicLimit", 300.0),
     NotFound: ErrorPolicy("NotFound", 60.0, not_provisioned=True),
@@ -242,8 +249,10 @@ def error_policy(error: CloudError) -> ErrorPolicy:
     return ERRORS[CloudError]
 
 
-def _failure(pool: NodeIPPool, error: CloudError, doing: str, *, reason: str = "") -> Outcome:
-    """The outcome of ``error`` while ``doing``, by the table (``reason`` overrides its)."""
+def _failure(pool: NodeIPPool, error: CloudError, doing: str, *, reason: str = "",
+             exhausted: Condition | None = None) -> Outcome:
+    """The outcome of ``error`` while ``doing``, by the table (``reason`` overrides its;
+    ``exhausted`` is the SubnetExhausted condition a SubnetFull sets, if not the plain one)."""
     policy = error_policy(error)
     if reason:
         policy = replace(policy, reason=reason)
@@ -260,8 +269,9 @@ def _failure(pool: NodeIPPool, error: CloudError, doing: str, *, reason: str = "
     ready = _condition(pool, ConditionType.READY, False, policy.reason, detail)
     provisioned = _condition(pool, ConditionType.PROVISIONED, False, policy.reason, detail) \
         if policy.not_provisioned else None
-    exhausted = _condition(pool, ConditionType.SUBNET_EXHAUSTED, True, "SubnetFull", str(error)) \
-        if isinstance(error, SubnetFull) else None
+    if exhausted is None and isinstance(error, SubnetFull):
+        exhausted = _condition(pool, ConditionType.SUBNET_EXHAUSTED, True, "SubnetFull",
+                               str(error))
     if policy.event and (_reason(pool, ConditionType.READY) != policy.reason
                          or _is_true(pool, ConditionType.READY)):
         reason = "SubnetExhausted" if isinstance(error, SubnetFull) else policy.reason
@@ -310,6 +320,16 @@ class Decision:
     held_back: int = 0
     deleting: bool = False
 
+    @property
+    def address_delta(self) -> int:
+        """Subnet addresses the write takes (positive) or gives back (negative)."""
+        if self.write is None:
+            return 0
+        sizes = {ip.ip_configuration: ip.size
+                 for ip in (self.planned.ips if self.planned is not None else ())}
+        taken = sum(block_size(a.prefix_length) for a in self.write.add)
+        return taken - sum(sizes.get(name, 1) for name in self.write.remove)
+
     def settle(self, written: NicSnapshot) -> Outcome:
         """The outcome once ``write`` succeeded and the NIC reads ``written``."""
         if self.deleting:
@@ -326,7 +346,32 @@ class Decision:
         if self.write is not None and self.write.reapply and not error_policy(error).transient:
             return _failure(pool, error, "writing the NIC again to clear its Failed "
                             "provisioning state", reason="ProvisioningFailed")
+        if isinstance(error, SubnetFull):
+            return _failure(pool, error, "writing the NIC", exhausted=self._exhaustion(error))
         return _failure(pool, error, "writing the NIC")
+
+    def _exhaustion(self, error: SubnetFull) -> Condition:
+        """SubnetExhausted for a refused write: the VNet's limit, a fragmented subnet (free
+        addresses, but no free aligned block), or a full one."""
+        pool, subnet = self.obs.pool, self.obs.subnet
+        unit, length = pool.spec.unit, pool.spec.prefix_length
+        wants_blocks = self.write is not None and any(
+            a.prefix_length is not None and a.address is None for a in self.write.add)
+        if isinstance(error, VnetLimitReached):
+            hint = ("" if unit > 1 else "; Blocks mode counts one address per block against "
+                    "this limit")
+            reason, message = "VnetLimit", (
+                f"the virtual network holds as many private addresses as Azure allows "
+                f"(65,536; a block counts once){hint}: {error}")
+        elif wants_blocks and subnet is not None and subnet.free_addresses is not None \
+                and subnet.free_addresses >= unit:
+            reason, message = "NoFreeBlock", (
+                f"subnet {subnet.cidr} reports {subnet.free_addresses} unassigned addresses "
+                f"but Azure found no free aligned /{length} block: its free space is in "
+                f"pieces smaller than {unit} aligned addresses: {error}")
+        else:
+            reason, message = "SubnetFull", str(error)
+        return _condition(pool, ConditionType.SUBNET_EXHAUSTED, True, reason, message)
 
     def _addresses_lost(self, error: AddressInUse) -> Outcome:
         """Give up the restored addresses Azure says are taken; keep the rest for next time."""
@@ -384,17 +429,18 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
     inventory = merge_inventory(pool.status.ips, ours(nic))
     # Addresses that vanished behind our back go back on the NIC, same name and same address
     # (Static), so the pods using them keep working.
-    restore = tuple(PoolIP(ip.address, ip.ip_configuration, IPState.AVAILABLE)
-                    for ip in inventory.vanished)
+    restore = tuple(replace(ip, state=IPState.AVAILABLE) for ip in inventory.vanished)
     planned = replace(pool.status, ips=tuple(sorted(inventory.ips + restore, key=address_key)))
     others = len(nic.secondary()) - len(nic.secondary(IPCONFIG_PREFIX))
     subnet_free = obs.subnet.free_addresses if obs.subnet is not None else None
     p = plan(pool.spec, planned, obs.now, subnet_free=subnet_free,
              nic_capacity=MAX_SECONDARY_IPS - others)
-    adds = tuple(NewIPConfiguration(ip.ip_configuration, ip.address) for ip in restore) + \
-        tuple(NewIPConfiguration(new_name()) for _ in range(p.add))
+    adds = tuple(NewIPConfiguration(ip.ip_configuration, ip.address, ip.prefix_length)
+                 for ip in restore) + \
+        tuple(NewIPConfiguration(new_name(), prefix_length=pool.spec.prefix_length)
+              for _ in range(p.add))
     held_back = 0
-    if adds and p.remove and _subnet_tight(pool, subnet_free, len(adds)):
+    if adds and p.remove and _subnet_tight(pool, subnet_free, len(adds) * pool.spec.unit):
         # removals free room: they must not wait inside a write the subnet refuses
         held_back, adds = len(adds), ()
     reapply = nic.failed or any(c.failed for c in nic.secondary(IPCONFIG_PREFIX))
@@ -536,7 +582,8 @@ def _failed_parts(nic: NicSnapshot) -> list[str]:
 
 
 def ip_key(address: str) -> int:
-    return address_key(PoolIP(address, ""))
+    """Sort key of an address as Azure writes it (``<address>/<length>`` for a block)."""
+    return address_key(PoolIP.from_azure(address, ""))
 
 
 # -- deletion ---------------------------------------------------------------------------------

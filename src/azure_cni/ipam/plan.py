@@ -17,6 +17,15 @@ applies the result in one NIC write. The rules, in the pool's own words:
   ``minIPs`` and never more than are free. The agent answers with acknowledgements; only
   acknowledged addresses are removed. A ``Releasing`` address never returns to
   ``Available`` (that is what makes an acknowledgement impossible to misread).
+- **Blocks.** In ``Blocks`` mode each ipConfiguration holds an aligned block of ``unit``
+  addresses (16 for a /28). Every size above still counts addresses; adds, ``maxIPs`` and
+  releases are rounded to whole blocks (up for what the pool needs, down for what it gives
+  back), and the subnet's free addresses bound the blocks it may supply. A block is marked as
+  a whole and the agent acks it only when none of its addresses is used or cooling; blocks
+  the agent reports idle (``idleBlocks``) are marked before the others.
+- **Mode change.** Entries of the other kind (single addresses in a Blocks pool or the other
+  way round) are marked ``Releasing`` at once and leave through the same handshake; the CRD
+  refuses the change while pods use the pool, so this runs on an idle pool.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from azure_cni.api.nodeippool import MAX_SECONDARY_IPS, IPState, PoolIP, PoolSpec, PoolStatus
 
@@ -72,54 +81,86 @@ def plan(
     ``nic_capacity`` is how many secondary ipConfigurations azure-cni may hold on the NIC
     (255 minus anything else on it); ``subnet_free`` is None when Azure does not say.
     """
-    available = [ip for ip in status.ips if ip.state is IPState.AVAILABLE]
+    unit = spec.unit
+    wanted_length = spec.prefix_length
+    # Entries of the other kind (the pool's mode changed while it was idle) are released
+    # through the handshake like any excess: the agent acks each once no pod uses it.
+    misfit = [ip for ip in status.ips
+              if ip.state is IPState.AVAILABLE and ip.prefix_length != wanted_length]
+    available = [ip for ip in status.ips
+                 if ip.state is IPState.AVAILABLE and ip.prefix_length == wanted_length]
     releasing = [ip for ip in status.ips if ip.state is IPState.RELEASING]
     acked = sorted(ip.ip_configuration for ip in releasing
                    if ip.ip_configuration in status.release_acks)
-    free = len(available) - status.used - status.cooling
-    ceiling = min(spec.max_ips, MAX_SECONDARY_IPS, nic_capacity)
-    # Releasing addresses still occupy the NIC until removed, so they count against the ceiling.
-    headroom = max(0, ceiling - (len(status.ips) - len(acked)))
+    held = sum(ip.size for ip in available)
+    free = held - status.used - status.cooling
+    # sizes count addresses; in Blocks mode they round up to whole blocks
+    max_ips = _round_up(spec.max_ips, unit)
+    ceiling = min(max_ips // unit, MAX_SECONDARY_IPS, nic_capacity)
+    # Releasing entries still occupy the NIC until removed, so they count against the
+    # ceiling: against maxIPs those of the pool's kind, against the NIC's slots all of them.
+    gone = set(acked)
+    occupied = [ip for ip in status.ips if ip.ip_configuration not in gone]
+    same_kind = sum(ip.size for ip in occupied if ip.prefix_length == wanted_length)
+    slots = min(MAX_SECONDARY_IPS, nic_capacity) - len(occupied)
+    headroom = max(0, min((max_ips - same_kind) // unit, slots))
+    mark_misfits = tuple(ip.ip_configuration for ip in misfit)
 
     warm_need = spec.min_free_ips - free
-    warm_add = -(-warm_need // spec.batch_size) * spec.batch_size if warm_need > 0 else 0
-    floor_add = max(0, spec.min_ips - len(available))
+    warm_add = _round_up(warm_need, spec.batch_size) if warm_need > 0 else 0
+    floor_add = max(0, spec.min_ips - held)
     want = max(warm_add, floor_add)
-    over_ceiling = len(available) - spec.max_ips
+    over_ceiling = held - max_ips
     if want > 0 and (headroom > 0 or over_ceiling <= 0):
-        add = min(want, headroom)
-        exhausted = subnet_free is not None and subnet_free < add
-        if subnet_free is not None:
-            add = min(add, max(0, subnet_free))
+        want_entries = _round_up(want, unit) // unit
+        add = min(want_entries, headroom)
+        supply = None if subnet_free is None else max(0, subnet_free) // unit
+        exhausted = supply is not None and supply < add
+        if supply is not None:
+            add = min(add, supply)
         limits = []
-        if add < want and headroom < want:
-            limits.append(f"ceiling {ceiling}")
+        if add < want_entries and headroom < want_entries:
+            limits.append(f"ceiling {ceiling * unit}")
         if exhausted:
-            limits.append(f"subnet has {subnet_free} free")
+            limits.append(f"subnet has {subnet_free} free" if unit == 1 else
+                          f"subnet has {subnet_free} free addresses, room for at most "
+                          f"{supply} /{wanted_length} blocks")
         reason = (f"free {free} < minFreeIPs {spec.min_free_ips}" if warm_add >= floor_add
-                  else f"available {len(available)} < minIPs {spec.min_ips}")
+                  else f"available {held} < minIPs {spec.min_ips}")
+        if unit > 1:
+            reason += f": {add} /{wanted_length} blocks"
         if limits:
             reason += " (limited by " + ", ".join(limits) + ")"
-        return Plan(add=add, remove=tuple(acked), subnet_exhausted=exhausted,
-                    short=want - add, reason=reason)
+        return Plan(add=add, mark=mark_misfits, remove=tuple(acked), subnet_exhausted=exhausted,
+                    short=max(0, want - add * unit), reason=reason)
 
     # Above maxIPs the ceiling wins over the warm pool; otherwise shrink only above maxFreeIPs.
     excess = over_ceiling if want > 0 else max(free - spec.max_free_ips, over_ceiling)
-    releasable = min(excess, free, len(available) - spec.min_ips)
+    releasable = min(excess, free, held - spec.min_ips) // unit
     if releasable <= 0:
-        return Plan(remove=tuple(acked),
-                    reason=f"{len(acked)} acknowledged releases" if acked else "")
+        reason = f"{len(acked)} acknowledged releases" if acked else ""
+        if misfit:
+            reason = (f"releasing {len(misfit)} ipConfigurations of the pool's former mode "
+                      f"(now {spec.mode})")
+        return Plan(mark=mark_misfits, remove=tuple(acked), reason=reason)
     since = status.excess_since or now
     if (now - since).total_seconds() < spec.release_delay_seconds:
-        return Plan(remove=tuple(acked), excess_since=since,
-                    reason=f"{releasable} excess since {since:%H:%M:%S}, "
+        return Plan(mark=mark_misfits, remove=tuple(acked), excess_since=since,
+                    reason=f"{releasable * unit} excess since {since:%H:%M:%S}, "
                            f"waiting releaseDelaySeconds {spec.release_delay_seconds}")
-    candidates = sorted(available, key=address_key, reverse=True)[:releasable]
-    reason = (f"available {len(available)} > maxIPs {spec.max_ips}" if over_ceiling > 0
+    # blocks the agent reports idle first (only a wholly unused block is acked), then the
+    # highest: the agent hands out the lowest addresses first
+    candidates = sorted(available, reverse=True, key=lambda ip: (
+        ip.ip_configuration in status.idle_blocks, address_key(ip)))[:releasable]
+    reason = (f"available {held} > maxIPs {spec.max_ips}" if over_ceiling > 0
               else f"free {free} > maxFreeIPs {spec.max_free_ips} for "
                    f"{spec.release_delay_seconds}s")
-    return Plan(mark=tuple(ip.ip_configuration for ip in candidates), remove=tuple(acked),
-                reason=reason)
+    return Plan(mark=mark_misfits + tuple(ip.ip_configuration for ip in candidates),
+                remove=tuple(acked), reason=reason)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 @dataclass(frozen=True)
@@ -134,7 +175,8 @@ class Inventory:
 
 
 def merge_inventory(previous: Iterable[PoolIP], on_nic: Mapping[str, str]) -> Inventory:
-    """The pool's inventory after observing the NIC's ``{ipConfiguration name: address}``.
+    """The pool's inventory after observing the NIC's ``{ipConfiguration name: address}``
+    (``privateIPAddress`` as Azure writes it: ``<address>/<length>`` for a block).
 
     The NIC is the truth for what exists; the previous inventory is the truth for states.
     Names on the NIC the pool did not know are adopted as ``Available`` (a crash between a NIC
@@ -145,11 +187,9 @@ def merge_inventory(previous: Iterable[PoolIP], on_nic: Mapping[str, str]) -> In
     ips, adopted, vanished = [], [], []
     for name, address in on_nic.items():
         old = known.get(name)
+        ip = PoolIP.from_azure(address, name, IPState.AVAILABLE if old is None else old.state)
         if old is None:
-            ip = PoolIP(address, name, IPState.AVAILABLE)
             adopted.append(ip)
-        else:
-            ip = PoolIP(address, name, old.state)
         ips.append(ip)
     for name, old in known.items():
         if name not in on_nic and old.state is not IPState.RELEASING:
@@ -161,5 +201,5 @@ def merge_inventory(previous: Iterable[PoolIP], on_nic: Mapping[str, str]) -> In
 def apply_marks(ips: Sequence[PoolIP], mark: Iterable[str]) -> tuple[PoolIP, ...]:
     """The inventory with ``mark`` turned ``Releasing`` (never the other way round)."""
     marked = set(mark)
-    return tuple(PoolIP(ip.address, ip.ip_configuration, IPState.RELEASING)
+    return tuple(replace(ip, state=IPState.RELEASING)
                  if ip.ip_configuration in marked else ip for ip in ips)

@@ -164,7 +164,7 @@ class PoolReconciler:
             return decision.failed(e), None
         metrics.observe_write(len(write.add), len(write.remove), time.monotonic() - started,
                               None)
-        self.subnets.consumed(nic.primary.subnet_id, len(write.add) - len(write.remove))
+        self.subnets.consumed(nic.primary.subnet_id, decision.address_delta)
         return decision.settle(written), written
 
     async def _record(self, pool: NodeIPPool, outcome: Outcome,

@@ -46,6 +46,11 @@ class ArmConfig:
     #: NICs per page of a NIC list; the rest follow through nextLink. UNVERIFIED: ARM does
     #: not document its page size, so the emulator pages small rather than flatter a client.
     list_page_size: int = 100
+    #: IPv4 lengths of privateIPAddressPrefixLength the emulator allocates (Azure documents
+    #: none; AKS uses /28)
+    block_prefix_lengths: tuple[int, ...] = (28,)
+    #: "Private IP addresses per virtual network: 65,536" (a block counts once)
+    vnet_private_ip_limit: int = 65_536
     network_api_versions: tuple[str, ...] = (
         "2026-03-01", "2026-01-01", "2025-09-01", "2025-07-01", "2025-05-01")
     compute_api_versions: tuple[str, ...] = (

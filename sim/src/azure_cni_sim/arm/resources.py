@@ -155,6 +155,7 @@ def put_nic(r: Request) -> Reply:
         r.subscription, r.resource_group, r.params["nic"], r.body,
         if_match=r.headers.get("If-Match"), if_none_match=r.headers.get("If-None-Match"),
         polls=r.config.lro_polls, failure=r.operation_failure(r.path),
+        block_lengths=r.config.block_prefix_lengths, vnet_limit=r.config.vnet_private_ip_limit,
         conflict_retry_after=r.config.conflict_retry_after, operation_url=r.operation_url)
     assert nic.operation is not None
     headers = {"Azure-AsyncOperation": r.operation_url(nic.operation),
