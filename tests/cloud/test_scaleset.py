@@ -16,6 +16,7 @@ from azure_cni.cloud.port import (
     NewIPConfiguration,
     NotFound,
     Throttled,
+    Unsupported,
 )
 from azure_cni.cloud.providerid import parse_provider_id
 from azure_cni.cloud.scaleset import edit_instance_ip_configurations, is_instance_nic_id
@@ -93,6 +94,13 @@ def test_nothing_to_do_is_none_unless_reapplied() -> None:
     again = edit([], reapply=True)
     assert again is not None and again.added == () and again.removed == ()
     assert "imageReference" not in again.body["properties"]["storageProfile"]
+
+
+def test_an_address_block_is_refused_for_an_instance_not_turned_into_an_address() -> None:
+    """A Blocks pool on a Uniform node: the model cannot hold a prefix, and dropping it would
+    give the pool single addresses where it counts 16."""
+    with pytest.raises(Unsupported, match="Uniform scale-set instance"):
+        edit([NewIPConfiguration("azcni-a", prefix_length=28)])
 
 
 def test_a_model_without_the_nic_configuration_is_not_found() -> None:

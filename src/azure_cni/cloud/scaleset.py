@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure_cni.cloud.armjson import NicEdit, edit_ip_configurations
-from azure_cni.cloud.port import CloudError, NewIPConfiguration, NotFound
+from azure_cni.cloud.port import CloudError, NewIPConfiguration, NotFound, Unsupported
 from azure_cni.cloud.resourceid import ResourceID, parse_resource_id
 
 #: NRP serves scale-set NICs only with this api-version; newer ones are refused with
@@ -87,6 +87,12 @@ def edit_instance_ip_configurations(
     Compute Gallery image in the PUT needs read permission on that gallery (Azure/AKS#1819);
     left out, the instance keeps its image.
     """
+    if any(a.prefix_length is not None for a in add):
+        # the instance model's ipConfigurations have no privateIPAddressPrefixLength
+        raise Unsupported(
+            f"address blocks cannot be added to {model.get('id')}: a Uniform scale-set "
+            "instance's model has no address prefixes; use mode Addresses for this node's "
+            "pool, or Flexible orchestration")
     config = _nic_configuration(model, nic_name)
     config_props = dict(config.get("properties") or {})
     view: dict[str, Any] = {

@@ -215,7 +215,8 @@ class ScaleSets:
         wanted = self._wanted_ip_configurations(instance, nic, props)
         if wanted is None:  # the body leaves the network profile as it is
             wanted = [{"name": c.name, "subnet_id": c.subnet.id, "method": "Dynamic",
-                       "address": None, "primary": c.primary, "extra": dict(c.extra)}
+                       "address": None, "primary": c.primary, "extra": dict(c.extra),
+                       "prefix": c.prefix_length}
                       for c in nic.ip_configs]
         subnet = self.state.subnets.get(wanted[0]["subnet_id"].lower())
         assert subnet is not None  # _wanted_ip_configurations checked every reference
@@ -306,7 +307,10 @@ class ScaleSets:
                                "not found.")
             wanted.append({"name": name, "subnet_id": subnet_id, "method": "Dynamic",
                            "address": None, "primary": bool(ipc.get("primary")),
-                           "extra": {k: ipc[k] for k in _IPCONFIG_WRITABLE if k in ipc}})
+                           "extra": {k: ipc[k] for k in _IPCONFIG_WRITABLE if k in ipc},
+                           # the instance model has no address blocks (UNVERIFIED: the
+                           # model's ipConfiguration documents no privateIPAddressPrefixLength)
+                           "prefix": None})
         if len({w["subnet_id"].lower() for w in wanted}) > 1:
             raise ArmError(400, DIFFERENT_SUBNETS_CODE,
                            f"IP configurations on the network interface configuration "
