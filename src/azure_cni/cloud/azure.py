@@ -129,6 +129,29 @@ class _ArmRequestPolicy(AsyncHTTPPolicy[Any, Any]):
                   operation, status, elapsed)
 
 
+class KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it (a lock per
+    NIC ever written would grow with the cluster)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
 @contextlib.contextmanager
 def _typed_errors() -> Iterator[None]:
     try:
@@ -179,7 +202,7 @@ class AzureAdapter:
         self._network: dict[str, NetworkManagementClient] = {}
         self._compute: dict[str, ComputeManagementClient] = {}
         self._vnet_spaces: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._nic_locks: dict[str, asyncio.Lock] = {}
+        self._nic_locks = KeyedLocks()
 
     async def __aenter__(self) -> AzureAdapter:
         return self
@@ -286,8 +309,8 @@ class AzureAdapter:
         ref = parse_resource_id(nic_id)
         _expect(ref, nic_id, "Microsoft.Network", "networkInterfaces")
         known = None if isinstance(nic, str) or nic.document is None else nic
-        lock = self._nic_locks.setdefault(nic_id.lower(), asyncio.Lock())
-        async with lock:  # writers in this process queue here instead of failing on the etag
+        # writers in this process queue here instead of failing on the etag
+        async with self._nic_locks.hold(nic_id.lower()):
             return await self._update_locked(ref, nic_id, known=known, add=add, remove=remove,
                                              reapply=reapply)
 
