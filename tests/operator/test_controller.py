@@ -15,6 +15,7 @@ from tests.operator.recording import RecordingPools
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
+from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
 
@@ -248,7 +249,7 @@ async def test_a_deleted_node_takes_its_pool_along_but_only_what_is_unused(clust
 
 
 def test_per_pool_state_is_a_few_kilobytes() -> None:
-    """5,000 pools of 16 addresses, as the controller holds them."""
+    """5,000 pools of 16 addresses, as the controller holds them, with their series."""
     controller = PoolController(None, None, None, DEFAULTS, OperatorSettings())  # type: ignore[arg-type]
     objects = [{"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
                 "metadata": {"name": f"aks-nodepool1-{i:08d}-vmss{i:06d}",
@@ -277,8 +278,12 @@ def test_per_pool_state_is_a_few_kilobytes() -> None:
     before = tracemalloc.take_snapshot()
     for obj in objects:
         controller.pool_event("ADDED", obj)
+        entry = controller.pools[obj["metadata"]["name"]]
+        metrics.observe_pool(entry.pool.name, entry.pool.status.ips, entry.pool.status.used)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    for name in controller.pools:
+        metrics.forget_pool(name)
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert len(controller.pools) == 5000
     per_pool = grown / 5000
