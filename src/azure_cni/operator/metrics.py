@@ -72,7 +72,7 @@ class _PoolSeries(Collector):
 
     A labelled ``Gauge`` keeps an object, a lock and a label tuple per series: about 2.8 KB
     for a pool's four series, 14 MB at 5,000 nodes. These are the same series from a dict
-    of small tuples (about 200 bytes a pool).
+    of small tuples (about 100 bytes a pool).
     """
 
     def __init__(self) -> None:
