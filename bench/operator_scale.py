@@ -118,6 +118,23 @@ def operator_counter(port: int, name: str) -> float:
                if re.match(rf"{name}(\{{|\s)", line))
 
 
+class LoadSampler:
+    """The machine's 1-minute load average, sampled while a phase runs: the cores are shared
+    with other work, and a loaded machine slows the operator and the API server alike."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        return {"mean": round(sum(self.samples) / len(self.samples), 2),
+                "max": round(max(self.samples), 2)}
+
+
 def arm_counts(emulator: ArmEmulator) -> dict[str, int]:
     records = emulator.requests()
     return {"reads": sum(1 for r in records if r.method == "GET"),
@@ -147,11 +164,13 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float, *,
         operator = start_operator(workdir / "operator", cluster.kubeconfig, emulator, settings,
                                   owner=owner, identity_vm=vms[0].name)
         peak_rss = 0
+        fill_load, steady_load = LoadSampler(), LoadSampler()
         try:
             reported = 0.0
             while len(watch.ready) < nodes:
                 time.sleep(0.5)
                 operator.check_running()
+                fill_load.sample()
                 peak_rss = max(peak_rss, proc_status(operator.pid, "VmRSS"))
                 elapsed = time.monotonic() - started
                 if elapsed - reported >= 10:
@@ -173,7 +192,10 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float, *,
             cpu0, api0 = cpu_seconds(operator.pid), operator_counter(
                 metrics_port, "azure_cni_operator_kube_requests_total")
             arm0 = len(emulator.requests())
-            time.sleep(steady_seconds)
+            steady_end = time.monotonic() + steady_seconds
+            while time.monotonic() < steady_end:
+                time.sleep(min(5.0, max(0.0, steady_end - time.monotonic())))
+                steady_load.sample()
             minutes = steady_seconds / 60.0
             steady = {
                 "seconds_observed": steady_seconds,
@@ -203,6 +225,9 @@ def run(workdir: Path, nodes: int, target: int, steady_seconds: float, *,
             "api_requests_by_operator": int(api_requests),
             "operator_peak_rss_mb": round(peak_rss / 1024, 1),
             "steady_state": steady,
+            "machine": {"cores": os.cpu_count(),
+                        "loadavg_1m_while_converging": fill_load.summary(),
+                        "loadavg_1m_in_steady_state": steady_load.summary()},
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,9 @@ from azure.mgmt.network.models import NetworkInterface
 
 from azure_cni.cloud.armjson import (
     MAX_IP_CONFIGURATIONS,
+    REFERENCE,
     edit_ip_configurations,
+    load_collapsed,
     parse_nic,
     parse_subnet,
     parse_vm_primary_nic_id,
@@ -142,6 +145,19 @@ def test_parse_subnet_free_addresses():
     info = parse_subnet(omitted, ["10.0.0.0/16"])
     assert info.free_addresses is None
     assert info.cidr == "10.0.0.0/24"
+
+
+def test_references_collapse_as_they_are_parsed_and_still_count():
+    refs = [{"id": f"{NIC_ID}{i}/ipConfigurations/azcni-{i}"} for i in range(6)]
+    body = json.dumps({"id": SUBNET, "name": "a", "properties": {
+        "addressPrefix": "10.0.0.0/24", "ipConfigurations": refs,
+        "networkSecurityGroup": {"id": ASG, "name": "x"}}}).encode()
+    subnet = load_collapsed(body)
+    assert parse_subnet(subnet, ["10.0.0.0/16"]).free_addresses == 251 - 6
+    assert all(ref is REFERENCE for ref in subnet["properties"]["ipConfigurations"])
+    # objects holding more than an id are kept whole, the subnet itself included
+    assert subnet["id"] == SUBNET
+    assert subnet["properties"]["networkSecurityGroup"] == {"id": ASG, "name": "x"}
 
 
 @pytest.mark.parametrize(("nics", "expected"), [

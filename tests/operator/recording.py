@@ -65,9 +65,11 @@ class RecordingPools:
         return self._bump(replace(pool, spec=replace(pool.spec, **changes),
                                   generation=pool.generation + 1))
 
-    def act_as_agent(self, name: str, used: int, acks: set[str] | None = None) -> NodeIPPool:
+    def act_as_agent(self, name: str, used: int, acks: set[str] | None = None,
+                     cooling: int = 0) -> NodeIPPool:
         pool = self.pools[name]
-        status = replace(pool.status, used=used, release_acks=frozenset(acks or ()))
+        status = replace(pool.status, used=used, cooling=cooling,
+                         release_acks=frozenset(acks or ()))
         return self._bump(replace(pool, status=status))
 
     def delete(self, name: str) -> NodeIPPool:
@@ -90,7 +92,9 @@ class RecordingPools:
         pool = self.pools[name]
         mine = PoolStatus.from_dict(dict(fields))
         agents = tuple(c for c in pool.status.conditions if c.type in AGENT_CONDITIONS)
-        status = replace(mine, used=pool.status.used, release_acks=pool.status.release_acks,
+        # the agent's fields stay as they are, as under server-side apply
+        status = replace(mine, used=pool.status.used, cooling=pool.status.cooling,
+                         release_acks=pool.status.release_acks,
                          conditions=mine.conditions + agents)
         return self._bump(replace(pool, status=status))
 

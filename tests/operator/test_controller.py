@@ -15,6 +15,7 @@ from tests.operator.recording import RecordingPools
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
+from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
 
@@ -115,6 +116,7 @@ def test_only_the_spec_a_deletion_and_the_agents_usage_matter() -> None:
     assert interest(ours) == interest(base), "the operator's own status write mattered"
     assert interest(replace(base, generation=2)) != interest(base)
     assert interest(replace(base, status=replace(base.status, used=2))) != interest(base)
+    assert interest(replace(base, status=replace(base.status, cooling=2))) != interest(base)
     assert interest(replace(base, status=replace(base.status,
                                                  release_acks=frozenset({"x"})))) != \
         interest(base)
@@ -143,12 +145,28 @@ async def test_the_operators_own_writes_queue_nothing_and_a_burst_is_one_reconci
     await cluster.start()
     await cluster.settled("the pool filled", lambda: len(cluster.ours("n0")) == 4)
     before = cluster.reconciler.reconciles
-    await asyncio.sleep(0.3)
-    assert cluster.reconciler.reconciles == before, "its own status write woke the pool"
+    # a write that woke the pool would have queued it (at once or after the debounce) as the
+    # watch delivered it, and the watch here delivers before the write returns
+    assert len(cluster.controller.queue) == 0, "its own status write woke the pool"
     for used in range(1, 4):  # three agent updates inside the debounce
         cluster.pools.act_as_agent("n0", used=used)
     await cluster.settled("the burst handled", lambda: len(cluster.ours("n0")) == 8)
     assert cluster.reconciler.reconciles == before + 1
+
+
+async def test_the_agents_cooling_addresses_wake_the_pool(cluster) -> None:
+    """free = available - used - cooling: addresses the agent publishes as cooling are not
+    free, so a pool whose free addresses all cool grows by a batch."""
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("the pool filled", lambda: len(cluster.ours("n0")) == 4)
+    assert len(cluster.controller.queue) == 0
+    cluster.pools.act_as_agent("n0", used=0, cooling=4)
+    assert len(cluster.controller.queue) == 1, "the agent's cooling count did not queue the pool"
+    await cluster.settled("a batch more for the cooling ones",
+                          lambda: len(cluster.ours("n0")) == 8)
+    assert cluster.pools.get("n0").status.cooling == 4, "the operator's write lost the agent's"
 
 
 async def test_a_spec_change_is_reconciled_at_once(cluster) -> None:
@@ -231,7 +249,7 @@ async def test_a_deleted_node_takes_its_pool_along_but_only_what_is_unused(clust
 
 
 def test_per_pool_state_is_a_few_kilobytes() -> None:
-    """5,000 pools of 16 addresses, as the controller holds them."""
+    """5,000 pools of 16 addresses, as the controller holds them, with their series."""
     controller = PoolController(None, None, None, DEFAULTS, OperatorSettings())  # type: ignore[arg-type]
     objects = [{"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
                 "metadata": {"name": f"aks-nodepool1-{i:08d}-vmss{i:06d}",
@@ -260,8 +278,12 @@ def test_per_pool_state_is_a_few_kilobytes() -> None:
     before = tracemalloc.take_snapshot()
     for obj in objects:
         controller.pool_event("ADDED", obj)
+        entry = controller.pools[obj["metadata"]["name"]]
+        metrics.observe_pool(entry.pool.name, entry.pool.status.ips, entry.pool.status.used)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    for name in controller.pools:
+        metrics.forget_pool(name)
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert len(controller.pools) == 5000
     per_pool = grown / 5000

@@ -190,6 +190,8 @@ class PoolController:
         entry = self.pools.get(pool.name)
         if entry is not None and not newer(pool, entry.pool):
             return  # a stale event: never let it replace what a later write returned
+        if entry is not None and pool.resource_version == entry.pool.resource_version:
+            return  # the watch event of our own write: the same object, kept already
         wanted = interest(pool)
         if entry is None:
             self.pools[pool.name] = PoolEntry(pool, wanted)

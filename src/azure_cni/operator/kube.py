@@ -29,6 +29,7 @@ from azure_cni.api.nodeippool import (
     VERSION,
     NodeIPPool,
     PoolSpec,
+    rfc3339,
     status_apply_body,
     utcnow,
 )
@@ -142,6 +143,18 @@ async def _watch(watched: Watched, version: str, on_event: OnEvent) -> str:
     return version
 
 
+async def _unread(request: Awaitable[Any]) -> None:
+    """Send a request whose answer is not needed (``_preload_content=False``): only its
+    status is looked at, and an error raised as the client would raise it."""
+    response = await request
+    try:
+        if not 200 <= response.status <= 299:
+            body = (await response.read())[:512].decode(errors="replace")
+            raise ApiException(status=response.status, reason=body)
+    finally:
+        response.release()
+
+
 class PoolWriter(Protocol):
     """What reconciling a pool writes back to Kubernetes."""
 
@@ -195,7 +208,8 @@ class KubePools:
         }
         _count("create", PLURAL)
         try:
-            await self._custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+            await _unread(self._custom.create_cluster_custom_object(
+                GROUP, VERSION, PLURAL, body, _preload_content=False))
         except ApiException as e:
             if e.status == 409:
                 return False
@@ -272,19 +286,25 @@ class KubePools:
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None:
         """A Kubernetes Event on the pool; failures are logged, never raised."""
-        now = utcnow()
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{pool.name}."),
-            involved_object=client.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=pool.name, uid=pool.uid or None),
-            type=kind, reason=reason, message=message[:1024],
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component="azure-cni-operator"),
-            reporting_component="azure-cni-operator", reporting_instance="azure-cni-operator",
-        )
+        now = rfc3339(utcnow())
+        # a plain body, and the answer left unread: the client's models cost a deep copy of
+        # its configuration each, five per Event, for nothing the operator uses
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{pool.name}."},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": pool.name,
+                               **({"uid": pool.uid} if pool.uid else {})},
+            "type": kind, "reason": reason, "message": message[:1024],
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "azure-cni-operator"},
+            "reportingComponent": "azure-cni-operator",
+            "reportingInstance": "azure-cni-operator",
+        }
         _count("create", "events")
         try:
-            await self._core.create_namespaced_event(EVENT_NAMESPACE, event)
+            # the client sends a dict body as it is; its stubs only know the model
+            await _unread(self._core.create_namespaced_event(
+                EVENT_NAMESPACE, event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as e:
             log.warning("event=event_post_failed pool=%s reason=%s status=%s", pool.name,
                         reason, e.status)

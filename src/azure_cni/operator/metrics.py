@@ -8,9 +8,12 @@ not ``node``: scrape configurations commonly give every target a ``node`` label 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from azure_cni.api.nodeippool import IPState, PoolIP
 from azure_cni.cloud.armjson import usable_addresses
@@ -26,18 +29,6 @@ NIC_WRITES = Histogram(
     ["kind", "outcome"],
     buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
 )
-POOL_ADDRESSES = Gauge(
-    "azure_cni_operator_pool_addresses",
-    "Addresses on a node's NIC by their NodeIPPool state (available or releasing); the sum "
-    "is the pool's ALLOCATED column",
-    ["nodeippool", "state"])
-POOL_USED = Gauge("azure_cni_operator_pool_used_addresses",
-                  "Addresses of a node's pool in use by pods, as its agent reports (USED)",
-                  ["nodeippool"])
-POOL_SHORT = Gauge(
-    "azure_cni_operator_pool_short_addresses",
-    "Addresses a node's warm pool wants but cannot get (maxIPs, the NIC's 255 slots or the "
-    "subnet)", ["nodeippool"])
 SUBNET_FREE = Gauge("azure_cni_operator_subnet_free_addresses",
                     "Addresses of a subnet not assigned to any ipConfiguration, as last read "
                     "from Azure minus what the operator took since", ["subnet"])
@@ -59,8 +50,6 @@ NIC_SWEEPS = Counter("azure_cni_operator_nic_sweeps_total",
                      "Sweeps that listed every node's NIC to find drift")
 POOLS_KNOWN = Gauge("azure_cni_operator_pools", "NodeIPPools the operator follows")
 
-_POOL_STATES = {IPState.AVAILABLE: "available", IPState.RELEASING: "releasing"}
-
 
 def observe_write(added: int, removed: int, seconds: float, error: Exception | None) -> None:
     kind = "allocate" if added and not removed else "release" if removed and not added else (
@@ -71,22 +60,61 @@ def observe_write(added: int, removed: int, seconds: float, error: Exception | N
         RELEASED.inc(removed)
 
 
+class _PoolCounts(NamedTuple):
+    available: int
+    releasing: int
+    used: int
+    short: int
+
+
+class _PoolSeries(Collector):
+    """The per-pool gauges, rendered at scrape time from four numbers per pool.
+
+    A labelled ``Gauge`` keeps an object, a lock and a label tuple per series: about 2.8 KB
+    for a pool's four series, 14 MB at 5,000 nodes. These are the same series from a dict
+    of small tuples (about 100 bytes a pool).
+    """
+
+    def __init__(self) -> None:
+        self.pools: dict[str, _PoolCounts] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        addresses = GaugeMetricFamily(
+            "azure_cni_operator_pool_addresses",
+            "Addresses on a node's NIC by their NodeIPPool state (available or releasing); "
+            "the sum is the pool's ALLOCATED column", labels=["nodeippool", "state"])
+        used = GaugeMetricFamily(
+            "azure_cni_operator_pool_used_addresses",
+            "Addresses of a node's pool in use by pods, as its agent reports (USED)",
+            labels=["nodeippool"])
+        short = GaugeMetricFamily(
+            "azure_cni_operator_pool_short_addresses",
+            "Addresses a node's warm pool wants but cannot get (maxIPs, the NIC's 255 slots or "
+            "the subnet)", labels=["nodeippool"])
+        for name, counts in list(self.pools.items()):
+            addresses.add_metric([name, "available"], counts.available)
+            addresses.add_metric([name, "releasing"], counts.releasing)
+            used.add_metric([name], counts.used)
+            short.add_metric([name], counts.short)
+        yield from (addresses, used, short)
+
+
+_POOLS = _PoolSeries()
+REGISTRY.register(_POOLS)
+
+
 def observe_pool(node: str, ips: Iterable[PoolIP], used: int, short: int = 0) -> None:
-    counts = dict.fromkeys(_POOL_STATES.values(), 0)
+    releasing = available = 0
     for ip in ips:
-        counts[_POOL_STATES[ip.state]] += 1
-    for state, count in counts.items():
-        POOL_ADDRESSES.labels(node, state).set(count)
-    POOL_USED.labels(node).set(used)
-    POOL_SHORT.labels(node).set(short)
+        if ip.state is IPState.RELEASING:
+            releasing += 1
+        else:
+            available += 1
+    _POOLS.pools[node] = _PoolCounts(available, releasing, used, short)
 
 
 def forget_pool(node: str) -> None:
-    series: list[tuple[Gauge, tuple[str, ...]]] = [(POOL_USED, (node,)), (POOL_SHORT, (node,))]
-    series += [(POOL_ADDRESSES, (node, state)) for state in _POOL_STATES.values()]
-    for gauge, labels in series:
-        with contextlib.suppress(KeyError):
-            gauge.remove(*labels)
+    _POOLS.pools.pop(node, None)
 
 
 def subnet_label(subnet_id: str) -> str:
