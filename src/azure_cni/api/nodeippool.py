@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from azure_cni.api.podnet import PodAttachment, PodNetworkRequest
+
 GROUP = "azurecni.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -255,6 +257,10 @@ class PoolStatus:
     cooling: int = 0
     release_acks: frozenset[str] = frozenset()
     conditions: tuple[Condition, ...] = ()
+    #: agent: what pods on the node asked for (a public IP, backend pools), per ipConfiguration
+    pod_requests: tuple[PodNetworkRequest, ...] = ()
+    #: operator: what it attached, refused or detached for those requests
+    pod_networking: tuple[PodAttachment, ...] = ()
 
     @property
     def allocated(self) -> int:
@@ -279,6 +285,10 @@ class PoolStatus:
             cooling=int(d.get("cooling") or 0),
             release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
             conditions=conditions,
+            pod_requests=tuple(PodNetworkRequest.from_dict(x)
+                               for x in d.get("podRequests") or ()),
+            pod_networking=tuple(PodAttachment.from_dict(x)
+                                 for x in d.get("podNetworking") or ()),
         )
 
     def operator_fields(self) -> dict[str, Any]:
@@ -295,16 +305,21 @@ class PoolStatus:
             out["nic"] = self.nic.to_dict()
         if self.observed_generation is not None:
             out["observedGeneration"] = self.observed_generation
+        if self.pod_networking:
+            out["podNetworking"] = [a.to_dict() for a in self.pod_networking]
         return out
 
     def agent_fields(self) -> dict[str, Any]:
         """The agent's part of status, for its server-side apply."""
-        return {
+        out: dict[str, Any] = {
             "used": self.used,
             "cooling": self.cooling,
             "releaseAcks": sorted(self.release_acks),
             "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
         }
+        if self.pod_requests:
+            out["podRequests"] = [r.to_dict() for r in self.pod_requests]
+        return out
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from azure_cni.cloud.port import (
     AddressInUse,
     CloudError,
     Conflict,
+    IPConfigFeatures,
     NewIPConfiguration,
     NicSnapshot,
     SubnetInfo,
@@ -274,6 +275,7 @@ class AzureAdapter:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
+        features: Mapping[str, IPConfigFeatures] | None = None,
     ) -> NicSnapshot:
         """Edit and If-Match PUT of the whole NIC; retried from a fresh GET on conflict.
 
@@ -289,11 +291,12 @@ class AzureAdapter:
         lock = self._nic_locks.setdefault(nic_id.lower(), asyncio.Lock())
         async with lock:  # writers in this process queue here instead of failing on the etag
             return await self._update_locked(ref, nic_id, known=known, add=add, remove=remove,
-                                             reapply=reapply)
+                                             reapply=reapply, features=features or {})
 
     async def _update_locked(self, ref: ResourceID, nic_id: str, *, known: NicSnapshot | None,
                              add: Sequence[NewIPConfiguration],
-                             remove: Sequence[str], reapply: bool) -> NicSnapshot:
+                             remove: Sequence[str], reapply: bool,
+                             features: Mapping[str, IPConfigFeatures]) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         for attempt in range(1, self._max_write_attempts + 1):
             current = known if known is not None and attempt == 1 else await self._read_nic(ref)
@@ -302,7 +305,8 @@ class AzureAdapter:
             edit = edit_ip_configurations(
                 document, add, remove,
                 copy_application_security_groups=self._settings.copy_application_security_groups,
-                copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
+                copy_load_balancer_pools=self._settings.copy_load_balancer_pools,
+                features=features)
             if edit is None and not reapply:
                 return current
             body = edit.body if edit is not None else document
@@ -329,10 +333,10 @@ class AzureAdapter:
                 await asyncio.sleep(delay)
                 continue
             snapshot = parse_nic(result.as_dict())
-            log.info("event=nic_updated nic=%s added=%d removed=%d attempt=%d seconds=%.2f "
-                     "ip_configurations=%d", nic_id, len(edit.added) if edit else 0,
-                     len(edit.removed) if edit else 0, attempt, time.monotonic() - started,
-                     len(snapshot.ip_configurations))
+            log.info("event=nic_updated nic=%s added=%d removed=%d featured=%d attempt=%d "
+                     "seconds=%.2f ip_configurations=%d", nic_id, len(edit.added) if edit else 0,
+                     len(edit.removed) if edit else 0, len(edit.featured) if edit else 0,
+                     attempt, time.monotonic() - started, len(snapshot.ip_configurations))
             return snapshot
         raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -8,7 +8,7 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +42,14 @@ class IPConfiguration:
     primary: bool
     provisioning_state: str
     subnet_id: str
+    #: resource ID of the public IP on it ("" for none)
+    public_ip_id: str = ""
+    #: resource IDs of the load balancer backend pools it is in
+    backend_pool_ids: tuple[str, ...] = ()
+
+    @property
+    def features(self) -> IPConfigFeatures:
+        return IPConfigFeatures(self.public_ip_id, self.backend_pool_ids)
 
     @property
     def succeeded(self) -> bool:
@@ -89,6 +97,20 @@ class NicSnapshot:
 
 
 @dataclass(frozen=True)
+class IPConfigFeatures:
+    """What an ipConfiguration carries besides its address: a public IP and backend pools."""
+
+    public_ip: str = ""
+    backend_pools: tuple[str, ...] = ()
+
+    def same(self, other: IPConfigFeatures) -> bool:
+        """Equal as ARM compares resource IDs (case-insensitively, pools as a set)."""
+        return (self.public_ip.lower() == other.public_ip.lower()
+                and {p.lower() for p in self.backend_pools}
+                == {p.lower() for p in other.backend_pools})
+
+
+@dataclass(frozen=True)
 class NewIPConfiguration:
     """An ipConfiguration to add: Dynamic when ``address`` is None, else Static on it."""
 
@@ -133,8 +155,12 @@ class AzureNetwork(Protocol):
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
+        features: Mapping[str, IPConfigFeatures] | None = None,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
+
+        ``features`` sets, in the same write, exactly the public IP and backend pools of the
+        named existing ipConfigurations (a name that is not on the NIC is ignored).
 
         ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
         (written as is, guarded by its etag; a NIC that changed since is read again and the
@@ -194,6 +220,16 @@ class AddressInUse(CloudError):
                  status: int | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.addresses = tuple(addresses)
+
+
+class AttachmentRefused(CloudError):
+    """Azure refused a public IP or backend pool named on an ipConfiguration (in use
+    elsewhere, not Standard, gone). ``resources`` are the resource IDs Azure named."""
+
+    def __init__(self, message: str, *, resources: Sequence[str] = (), code: str = "",
+                 status: int | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.resources = tuple(resources)
 
 
 class NicLimitExceeded(CloudError):
