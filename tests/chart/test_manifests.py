@@ -235,7 +235,7 @@ def test_operator_may_post_events_where_it_posts_them(helm: Helm) -> None:
 def test_admission_policy_guards_every_status_field_the_agent_does_not_own(helm: Helm) -> None:
     crd = yaml.safe_load((CHART / "crds" / "azurecni.io_nodeippools.yaml").read_text())
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
-    agent_fields = {"used", "cooling", "releaseAcks", "conditions"}
+    agent_fields = {"used", "cooling", "releaseAcks", "podRequests", "conditions"}
     policy = find(helm.render(), "ValidatingAdmissionPolicy", "-agent-own-pool")
     expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
     for name in sorted(set(status["properties"]) - agent_fields):

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
-from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Clock, Release
+from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni.ipam.store import (
+    AddressStore,
+    Assignment,
+    AttachmentKey,
+    Clock,
+    Release,
+    StoredPodRequest,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -107,6 +115,25 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
                      min(ends) if ends else None)
 
 
+def settled_requests(pool: NodeIPPool, stored: Sequence[StoredPodRequest]) -> list[str]:
+    """Withdrawn requests the agent may forget (their addresses become reusable): the operator
+    reports them Detached, or the address left the pool (its ipConfiguration is gone)."""
+    configs = {ip.address: ip.ip_configuration for ip in pool.status.ips}
+    detached = {(a.ip_configuration, a.pod) for a in pool.status.pod_networking
+                if a.state == AttachmentState.DETACHED}
+    return [r.address for r in stored if r.withdrawn and (
+        r.address not in configs or (configs[r.address], r.pod) in detached)]
+
+
+def publishable_requests(pool: NodeIPPool | None, stored: Sequence[StoredPodRequest]
+                         ) -> list[PodNetworkRequest]:
+    """The store's requests as ``status.podRequests`` entries (pure)."""
+    configs = {ip.address: ip.ip_configuration for ip in pool.status.ips} if pool else {}
+    return [PodNetworkRequest(configs[r.address], r.address, r.pod, r.public_ip,
+                              r.backend_pools, r.withdrawn)
+            for r in stored if r.address in configs]
+
+
 class Allocator:
     """The store and the agent's copy of the pool, used from one thread only."""
 
@@ -159,6 +186,9 @@ class Allocator:
                 gone = [a for a in self.store.releases() if a not in inventory]
                 if gone:
                     self.store.forget_releases(gone)
+                settled = settled_requests(pool, self.store.pod_requests())
+                if settled:
+                    self.store.forget_pod_requests(settled)
 
         await self._run(adopt)
 
@@ -231,6 +261,16 @@ class Allocator:
         """Hand ``key``'s address to ``new_key`` without freeing it in between."""
         return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
                                                          host_veth=host_veth, pod=pod))
+
+    async def record_pod_request(self, address: str, pod: str, public_ip: str,
+                                 backend_pools: Sequence[str]) -> None:
+        await self._run(lambda: self.store.record_pod_request(address, pod, public_ip,
+                                                              backend_pools))
+
+    async def pod_requests(self) -> list[PodNetworkRequest]:
+        """The requests to publish: by ipConfiguration, for addresses in the pool."""
+        return await self._run(lambda: publishable_requests(self._pool,
+                                                            self.store.pod_requests()))
 
     async def holder(self, address: str) -> Assignment | None:
         """The attachment holding ``address``, if any."""
