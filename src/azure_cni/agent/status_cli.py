@@ -70,9 +70,7 @@ def _render_pod_networking(status: dict[str, Any], out: TextIO) -> None:
     if not requests:
         return
     answers = {a["ipConfiguration"]: a for a in status.get("podNetworking") or []}
-    out.write(f"
-{len(requests)} pod network request(s)
-")
+    out.write(f"\n{len(requests)} pod network request(s)\n")
     for r in requests:
         answer = answers.get(r["ipConfiguration"], {})
         asked = ", ".join(([f"public IP {r['publicIP']}"] if r.get("publicIP") else [])
