@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from tests.sim.test_arm import Arm, error_code
 
 from azure_cni.cloud.port import AttachmentRefused, IPConfigFeatures, NewIPConfiguration
 from azure_cni_sim.arm import ArmConfig, ArmEmulator
 from azure_cni_sim.arm.netfeatures import FabricPolicy
 from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
-from tests.sim.test_arm import Arm, error_code
 
 pytestmark = pytest.mark.timeout(60)
 RG = "pips"

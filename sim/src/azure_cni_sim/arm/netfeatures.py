@@ -690,7 +690,8 @@ def fabric_policy(state: ArmState) -> FabricPolicy:
     for nic in state.nics.values():
         nic_nsg = features.nsgs.get(_ref(nic.extra.get("networkSecurityGroup")).lower())
         for c in nic.ip_configs:
-            subnet_nsg = features.nsgs.get(features.subnet_nsgs.get(c.subnet.id.lower(), ""))
+            subnet_nsg = features.nsgs.get(
+                features.subnet_nsgs.get(c.subnet.id.lower(), "").lower())
             applied = tuple(_ordered(g) for g in (subnet_nsg, nic_nsg) if g is not None)
             if applied:
                 guarded.append(GuardedAddress(str(c.address), applied))
