@@ -6,17 +6,22 @@ emulator over HTTPS, and must observe the same things.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
+from azure.mgmt.network import NetworkManagementClient
 from tests.cloud.fake_network import RG, SUB, FakeAzure
 
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     AzureNetwork,
+    IPConfigFeatures,
     NewIPConfiguration,
     NicLimitExceeded,
     NotFound,
@@ -37,6 +42,8 @@ class Backend:
     make_vm: Any
     fail_nic: Any
     rg: tuple[str, str]
+    #: name -> resource ID of a new Standard public IP
+    make_public_ip: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -49,7 +56,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         async def fail_fake(nic_id: str) -> None:
             fake.fail(nic_id)
 
-        yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG))
+        yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
+                      fake.add_public_ip)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -67,8 +75,24 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             with pytest.raises(Exception, match="InternalServerError"):
                 await adapter.update_ip_configurations(nic_id, reapply=True)
 
+        def make_public_ip(name: str) -> str:
+            emu.add_resource_group("pips")
+            token = emu.config.static_tokens[0]
+
+            class SyncToken:
+                def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+                    return AccessToken(token, int(time.time()) + 3600)
+
+            with NetworkManagementClient(SyncToken(), emu.endpoints()["subscription"],
+                                         base_url=emu.arm_url, polling_interval=0.01,
+                                         connection_verify=str(emu.ca_path)) as client:
+                return str(client.public_ip_addresses.begin_create_or_update(
+                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"}}
+                ).result().id)
+
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
-                      make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"))
+                      make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
+                      make_public_ip)
         await adapter.close()
     finally:
         emu.stop()
@@ -164,3 +188,28 @@ async def test_a_missing_nic_is_not_found(backend) -> None:
         await backend.port.get_nic(nic_id.replace("a-nic", "gone-nic"))
     snapshot = await backend.port.get_nic(nic_id)
     assert replace(snapshot, document=None) == snapshot  # the document never compares
+
+
+async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend) -> None:
+    pip = backend.make_public_ip("web")
+    _, nic_a = backend.vm("a", backend.subnet_id)
+    _, nic_b = backend.vm("b", backend.subnet_id)
+    await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
+    await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
+    on = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures(pip), "azcni-gone": IPConfigFeatures(pip)})
+    assert on.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
+    same = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures(pip.upper())})
+    assert same.etag == on.etag, "an unchanged public IP wrote the NIC"
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+    assert refused.value.code == "PublicIPAddressInUse"
+    assert [r.lower() for r in refused.value.resources] == [pip.lower()]
+    off = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures()})
+    assert off.secondary("azcni-")[0].public_ip_id == ""
+    moved = await backend.port.update_ip_configurations(
+        nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+    assert moved.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
