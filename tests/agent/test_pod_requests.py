@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.ipam.test_store import first_free
 
-from azure_cni.agent.allocator import publishable_requests, settled_requests
+from azure_cni.agent.allocator import pool_usage, publishable_requests, settled_requests
 from azure_cni.agent.egress import snat_policy
 from azure_cni.agent.nodeagent import public_sources
 from azure_cni.api.nodeippool import NicInfo, NodeIPPool, PoolIP, PoolSpec, PoolStatus
@@ -87,3 +87,8 @@ def test_the_pod_annotations_come_from_the_runtime_capability() -> None:
     request = CniRequest("ADD", "1.0.0", "azure-cni", config)
     assert request.pod_annotations == {"azurecni.io/public-ip": "web"}
     assert CniRequest("ADD", "1.0.0", "azure-cni", {}).pod_annotations == {}
+
+
+def test_a_withheld_address_is_not_free_for_the_warm_pool() -> None:
+    usage = pool_usage(pool(), [], {}, 0.0, withheld=frozenset({ADDRESSES[0]}))
+    assert (usage.free, usage.cooling) == (1, 1)

@@ -85,8 +85,13 @@ class PoolUsage:
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
-               released: Mapping[str, Release], now: float) -> PoolUsage:
-    """Count what ``choose_address`` could hand out and what may be released (pure)."""
+               released: Mapping[str, Release], now: float,
+               withheld: frozenset[str] = frozenset()) -> PoolUsage:
+    """Count what ``choose_address`` could hand out and what may be released (pure).
+
+    ``withheld`` addresses (a gone pod's public IP or pools not yet detached) count as cooling:
+    not free for the warm pool until the operator has taken them off.
+    """
     taken = {a.address for a in assignments}
     if pool is None:
         return PoolUsage(False, 0, len(taken), 0, 0, 0,
@@ -106,7 +111,7 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
             if ip.address not in taken and not cool:
                 acks.add(ip.ip_configuration)
         elif ip.address not in taken:
-            if cool:
+            if cool or ip.address in withheld:
                 cooling += 1
             else:
                 free += 1
@@ -231,7 +236,7 @@ class Allocator:
     async def usage(self) -> PoolUsage:
         def count() -> PoolUsage:
             return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
-                              self.clock.since_boot())
+                              self.clock.since_boot(), self._withheld())
 
         return await self._run(count)
 
@@ -239,7 +244,8 @@ class Allocator:
         def read() -> tuple[PoolUsage, list[Assignment], dict[str, Release]]:
             assignments = self.store.assignments()
             released = self.store.releases()
-            return (pool_usage(self._pool, assignments, released, self.clock.since_boot()),
+            return (pool_usage(self._pool, assignments, released, self.clock.since_boot(),
+                               self._withheld()),
                     assignments, released)
 
         return await self._run(read)
@@ -261,6 +267,9 @@ class Allocator:
         """Hand ``key``'s address to ``new_key`` without freeing it in between."""
         return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
                                                          host_veth=host_veth, pod=pod))
+
+    def _withheld(self) -> frozenset[str]:
+        return frozenset(r.address for r in self.store.pod_requests() if r.withdrawn)
 
     async def record_pod_request(self, address: str, pod: str, public_ip: str,
                                  backend_pools: Sequence[str]) -> None:

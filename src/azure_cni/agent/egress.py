@@ -87,9 +87,9 @@ class EgressReconciler:
         """Apply the policy for ``nic`` (or the last one with ``keep_nic``) and the pods with
         a public IP (None: the last ones); ``problem`` says whether that worked."""
         async with self._lock:
+            nic = self.policy_nic if keep_nic else nic
             sources = self.policy.public_sources if public_sources is None else public_sources
-            policy = self.policy if keep_nic and public_sources is None else snat_policy(
-                self.snat, self.policy_nic if keep_nic else nic, sources)
+            policy = snat_policy(self.snat, nic, sources)
             try:
                 changed = await self._run(ensure_snat, policy)
             except (IptablesFailed, OSError) as e:
@@ -98,9 +98,7 @@ class EgressReconciler:
                 self.chains_problem = f"programming the pod egress chains failed: {first}"
                 log.error("event=snat_failed error=%s", e)
                 return
-            self.policy = policy
-            if not keep_nic:
-                self.policy_nic = nic
+            self.policy, self.policy_nic = policy, nic
             if self.chains_problem:
                 log.info("event=egress_chains_in_place")
             self.chains_problem = ""
