@@ -11,7 +11,7 @@ A pod asks with annotations (read by the agent at ADD, from the runtime's
 The flow keeps the NodeIPPool contract. The agent lists each request against the pod's
 ipConfiguration in ``status.podRequests`` (its own field); when the pod goes, the entry stays
 with ``withdrawn: true`` and the agent does not hand the address out again. The operator,
-the only part that talks to Azure, decides with :func:`azure_cni.ipam.podnet.decide_pod_network`
+the only part that talks to Azure, decides with :func:`azure_cni.ipam.podnet.plan_pod_network`
 what each ipConfiguration should carry, writes it in its next NIC write, and reports in
 ``status.podNetworking`` (its own field): ``Attached``, ``Refused`` (with the reason, also an
 Event on the pod) or ``Detached`` (a withdrawn request whose public IP and pools are off the

@@ -260,7 +260,8 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
 def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachment]) -> bool:
     """Whether a request has no answer yet in ``podNetworking`` (then read the NIC)."""
     answered = {a.ip_configuration: a for a in previous}
-    for name, request in merge_by_ipconfig(requests).items():
+    asked = merge_by_ipconfig(requests)
+    for name, request in asked.items():
         prior = answered.get(name)
         if request.withdrawn:
             if prior is None or prior.state != AttachmentState.DETACHED:
@@ -270,5 +271,5 @@ def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachm
                     prior.state == AttachmentState.REFUSED and not _same_request(prior, request)):
             return True
     # Detached entries whose request is gone are dropped by the next write of the status
-    return any(a.ip_configuration not in merge_by_ipconfig(requests) for a in previous)
+    return any(name not in asked for name in answered)
 
