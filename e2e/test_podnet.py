@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from azure_cni.api.nodeippool import ConditionType
 from azure_cni.api.podnet import BACKEND_POOLS_ANNOTATION, PUBLIC_IP_ANNOTATION
 from azure_cni_sim import workloads
 from azure_cni_sim.procs import wait_for
@@ -134,6 +135,8 @@ def test_a_pod_with_a_public_ip_is_reachable_at_it_and_leaves_with_it(
     # what a user sees: kubectl get nip -o wide, azure-cni status
     wide = world.kubectl("get", "nip", "vm1", "-o", "wide").stdout
     assert "PUBLIC-IPS" in wide and "web-pip" in wide, wide
+    condition = world.pool("vm1").status.condition(ConditionType.POD_NETWORKING)
+    assert condition is not None and condition.status and "web-pip" in condition.message
     status = workloads.agent_status(world, "vm1")
     assert pod.ip in status["snat"]["publicSources"]
     assert any(a["state"] == "Attached" and a["address"] == pod.ip
@@ -212,6 +215,9 @@ def test_a_public_ip_attached_elsewhere_is_the_arm_error_as_an_event(
         assert "vm2-nic" in message
         entry = answer(world, "vm0", f"{allowed}/wants-taken")
         assert entry is not None and entry["reason"] == "PublicIPAddressInUse"
+        condition = world.pool("vm0").status.condition(ConditionType.POD_NETWORKING)
+        assert condition is not None and (condition.status, condition.reason) == (
+            False, "Refused") and "wants-taken" in condition.message
         assert workloads.http_get(world, pod, f"http://{ONPREM_HOST}/") == {
             "seen": pod.ip, "host": "onprem"}
         # the rest of the node's pool keeps working: another pod starts there

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
 
+from azure_cni.api.nodeippool import ConditionType, PoolStatus
 from azure_cni.api.podnet import (
     NOT_ALLOWED,
     AttachmentState,
@@ -65,6 +66,12 @@ def attached(pod: str = "web/a", public_ip: str = PIP, pools: Sequence[str] = ()
     return PodAttachment(NAME, ADDRESS, pod, AttachmentState.ATTACHED, public_ip, tuple(pools))
 
 
+def condition(status: PoolStatus | None) -> tuple[bool, str] | None:
+    assert status is not None
+    c = status.condition(ConditionType.POD_NETWORKING)
+    return (c.status, c.reason) if c is not None else None
+
+
 def test_annotations_are_read_as_written() -> None:
     assert requested_features({}) == ("", ())
     assert requested_features({"azurecni.io/public-ip": " web ",
@@ -79,6 +86,7 @@ def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> 
     assert decision.write.add == () and decision.write.remove == ()
     assert outcome.status is not None
     assert outcome.status.pod_networking == (attached(),)
+    assert condition(outcome.status) == (True, "Attached")
     (event,) = outcome.pod_events
     assert (event.namespace, event.pod, event.type, event.reason) == \
         ("web", "a", "Normal", "PodNetworkAttached")
@@ -102,6 +110,9 @@ def test_the_policy_refuses_before_azure_sees_anything(name, req, why) -> None:
     (answer,) = outcome.status.pod_networking
     assert answer.state == AttachmentState.REFUSED and answer.reason == NOT_ALLOWED, name
     assert why in answer.message, answer.message
+    assert condition(outcome.status) == (False, "Refused")
+    c = outcome.status.condition(ConditionType.POD_NETWORKING)
+    assert c is not None and why in c.message and c.message.startswith("0 attached, 1 refused")
     (event,) = outcome.pod_events
     assert (event.type, event.reason) == ("Warning", "PodNetworkRefused") and why in event.message
 
@@ -127,6 +138,7 @@ def test_azures_refusal_sticks_for_the_same_request_and_the_write_goes_on_withou
     assert refused[NAME].reason == "PublicIPAddressInUse" and PIP in refused[NAME].message
     assert other.ip_configuration not in refused  # the pool request was not what Azure refused
     assert [(e.pod, e.reason) for e in outcome.pod_events] == [("a", "PodNetworkRefused")]
+    assert condition(outcome.status) == (False, "Refused")
     # the next reconcile writes the pool request alone, and never retries the refused one
     again = observe([request(), other], outcome.status.pod_networking)
     decision, _ = run(again, written=carrying({other.ip_configuration:
@@ -183,8 +195,10 @@ def test_pods_that_ask_nothing_cost_nothing() -> None:
     quiet = pool(INVENTORY, used=1)
     decision = decide(Observation(quiet, NOW, pod_networking=POLICY), lambda: "x")
     assert not decision.read_nic and decision.write is None
-    decision, _ = run(observe())
+    decision, outcome = run(observe())
     assert decision.write is None
+    # and a pool that never had a request gets no PodNetworking condition at all
+    assert outcome.status is None or condition(outcome.status) is None
 
 
 def test_answered_requests_do_not_read_the_nic_again() -> None:

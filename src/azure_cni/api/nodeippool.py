@@ -51,10 +51,13 @@ class ConditionType(StrEnum):
     READY = "Ready"
     SUBNET_EXHAUSTED = "SubnetExhausted"
     AGENT_READY = "AgentReady"
+    #: per-pod public IPs and backend pools: False while a request is refused
+    POD_NETWORKING = "PodNetworking"
 
 
 OPERATOR_CONDITIONS = frozenset(
-    {ConditionType.PROVISIONED, ConditionType.READY, ConditionType.SUBNET_EXHAUSTED}
+    {ConditionType.PROVISIONED, ConditionType.READY, ConditionType.SUBNET_EXHAUSTED,
+     ConditionType.POD_NETWORKING}
 )
 AGENT_CONDITIONS = frozenset({ConditionType.AGENT_READY})
 

@@ -57,6 +57,7 @@ from azure_cni.api.nodeippool import (
     PoolStatus,
     set_condition,
 )
+from azure_cni.api.podnet import PodAttachment
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
     AddressInUse,
@@ -77,7 +78,13 @@ from azure_cni.cloud.port import (
     Unsupported,
 )
 from azure_cni.ipam.plan import Plan, address_key, apply_marks, merge_inventory, plan
-from azure_cni.ipam.podnet import PodEvent, PodNetworkPlan, pending, plan_pod_network
+from azure_cni.ipam.podnet import (
+    PodEvent,
+    PodNetworkPlan,
+    pending,
+    plan_pod_network,
+    summarize,
+)
 
 NameSource = Callable[[], str]
 
@@ -206,6 +213,15 @@ def _nic_info(nic: NicSnapshot, subnet: SubnetInfo | None, known: NicInfo | None
     space = subnet.vnet_address_space if subnet is not None else (
         known.vnet_address_space if known else ())
     return NicInfo(nic.id, nic.primary.address or "", nic.primary.subnet_id, cidr, space)
+
+
+def _pod_condition(pool: NodeIPPool, networking: Iterable[PodAttachment]) -> Condition | None:
+    """``PodNetworking`` for the pool's answers; none on a pool that never had a request."""
+    listed = tuple(networking)
+    if not listed and pool.status.condition(ConditionType.POD_NETWORKING) is None:
+        return None
+    status, reason, message = summarize(listed)
+    return _condition(pool, ConditionType.POD_NETWORKING, status, reason, message)
 
 
 def _subnet_condition(pool: NodeIPPool, subnet: SubnetInfo | None, exhausted: bool
@@ -357,7 +373,8 @@ class Decision:
         if not pod_events:
             return _failure(pool, error, "writing the NIC")
         status = replace(pool.status, pod_networking=networking,
-                         observed_generation=pool.generation)
+                         observed_generation=pool.generation,
+                         conditions=_conditions(pool, _pod_condition(pool, networking)))
         return Outcome(status=_changed(pool, status), pod_events=pod_events,
                        requeue_after=SPLIT_WRITE_RECHECK_SECONDS, failed=True,
                        message=str(error))
@@ -562,7 +579,8 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
                               else (pool.status.pod_networking, ()))
     status = replace(pool.status, nic=info, ips=ips, excess_since=p.excess_since,
                      observed_generation=pool.generation, pod_networking=networking,
-                     conditions=_conditions(pool, provisioned, ready, exhausted))
+                     conditions=_conditions(pool, provisioned, ready, exhausted,
+                                            _pod_condition(pool, networking)))
     return Outcome(status=_changed(pool, status), events=tuple(events), requeue_after=requeue,
                    message=p.reason, ips=ips, added=len(added), removed=len(write.remove),
                    short=p.short, pod_events=pod_events)

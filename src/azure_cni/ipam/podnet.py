@@ -191,6 +191,20 @@ class PodNetworkPlan:
         return tuple(out[n] for n in sorted(out)), tuple(events)
 
 
+def summarize(attachments: Iterable[PodAttachment]) -> tuple[bool, str, str]:
+    """The ``PodNetworking`` condition for these answers: (status, reason, message)."""
+    listed = list(attachments)
+    by_state = {s: [a for a in listed if a.state == s] for s in AttachmentState}
+    attached, refused = by_state[AttachmentState.ATTACHED], by_state[AttachmentState.REFUSED]
+    counts = ", ".join(f"{len(by_state[s])} {str(s).lower()}" for s in AttachmentState)
+    details = [f"{a.pod}: {a.message}" for a in refused[:3]] + \
+        [f"{a.pod}: {_describe(a)}" for a in attached[:5]]
+    message = counts + (f"; {'; '.join(details)}" if details else "")
+    if refused:
+        return False, "Refused", message
+    return True, "Attached" if attached else "NothingAttached", message
+
+
 def _lower(items: Iterable[str]) -> set[str]:
     return {i.lower() for i in items if i}
 
