@@ -13,7 +13,9 @@ An address reaches a VM only while it is an ipConfiguration of that VM's NIC: th
 NIC-change hook adds or removes the fabric's /32 route, and strict reverse-path filtering drops
 traffic a VM sends from an address its NIC does not hold (Azure drops it too). The internet
 host accepts packets only from the VMs' primary addresses (Azure gives outbound connectivity
-to the primary ipConfiguration only), so pods reach it only through the agent's SNAT.
+to the primary ipConfiguration only) and from public IPs, so pods reach it through the agent's
+SNAT or with a public IP of their own. Public IPs, load balancers and NSGs are ``sdn.py``'s,
+programmed from the emulator's policy hook (``on_policy``).
 
 Only 198.18.0.0/15 and 203.0.113.0/24 are used, only inside these namespaces; nothing is
 routed to the machine's own namespace or uplink.
