@@ -30,7 +30,8 @@ def test_conflist_document() -> None:
         "cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": "azure-cni",
         "plugins": [
             {"type": "azure-vnet", "agentSocket": "/run/azure-cni/agent.sock",
-             "spoolDir": "/var/lib/azure-cni/spool", "timeoutSeconds": 15},
+             "spoolDir": "/var/lib/azure-cni/spool", "timeoutSeconds": 15,
+             "capabilities": {"io.kubernetes.cri.pod-annotations": True}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ]}
 

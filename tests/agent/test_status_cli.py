@@ -36,3 +36,21 @@ def test_render_not_ready() -> None:
             "pool": {**STATUS["pool"], "known": False}, "assignments": []}, out, now=0)
     assert "NOT READY (NoPool)" in out.getvalue()
     assert "pool:    not received yet" in out.getvalue()
+
+
+def test_render_pod_network_requests_and_their_answers() -> None:
+    out = io.StringIO()
+    pip = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
+    render({**STATUS,
+            "podRequests": [
+                {"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "shop/web-1",
+                 "publicIP": "web"},
+                {"ipConfiguration": "azcni-b", "address": "198.18.0.13", "pod": "shop/gone",
+                 "backendPools": ["pool-1"], "withdrawn": True}],
+            "podNetworking": [
+                {"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "shop/web-1",
+                 "state": "Attached", "publicIP": pip}]}, out, now=1010.0)
+    text = out.getvalue()
+    assert "2 pod network request(s)" in text
+    assert "198.18.0.10  shop/web-1  public IP web  -> Attached" in text
+    assert "198.18.0.13  shop/gone  withdrawn (pool pool-1)  -> Pending" in text

@@ -74,7 +74,8 @@ def test_defaults_columns_and_scale(pools) -> None:
     pools.kubectl("scale", "nodeippool", name, "--replicas=12")
     wide = pools.kubectl("get", "nodeippools", name, "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE",
-                               "COOLING", "PRIMARY-IP", "SUBNET", "AGENT", "MODE", "BLOCKS"]
+                               "COOLING", "PRIMARY-IP", "SUBNET", "AGENT", "MODE", "BLOCKS",
+                               "PUBLIC-IPS"]
     assert wide[1].split()[1:3] == ["12", "250"]
     assert wide[1].split()[-1] == "Addresses"  # no blocks: the BLOCKS cell is empty
     by_category = pools.kubectl("get", "azure-cni").stdout

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.chart.helm import CHART, ROOT, Helm, find
+from tests.chart.helm import CHART, ROOT, Helm, HelmFailed, find
 from tests.chart.value_sets import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -232,10 +232,24 @@ def test_operator_may_post_events_where_it_posts_them(helm: Helm) -> None:
     assert namespaces == {EVENT_NAMESPACE}
 
 
+def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) -> None:
+    def pod_event_roles(values: dict[str, Any] | None) -> list[dict[str, Any]]:
+        return [o for o in helm.render(values) if o["kind"] == "ClusterRole"
+                and o["metadata"]["name"].endswith("-operator-pod-events")]
+
+    assert pod_event_roles(None) == []
+    (role,) = pod_event_roles({"podNetworking": {"resourceGroups": ["pod-ips"],
+                                                 "publicIPNamespaces": ["web"]}})
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    with pytest.raises(HelmFailed, match="podNetworking"):
+        helm.render({"podNetworking": {"publicIPs": ["web"]}})
+
+
 def test_admission_policy_guards_every_status_field_the_agent_does_not_own(helm: Helm) -> None:
     crd = yaml.safe_load((CHART / "crds" / "azurecni.io_nodeippools.yaml").read_text())
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
-    agent_fields = {"used", "cooling", "releaseAcks", "idleBlocks", "conditions"}
+    agent_fields = {"used", "cooling", "releaseAcks", "idleBlocks", "podRequests",
+                    "conditions"}
     policy = find(helm.render(), "ValidatingAdmissionPolicy", "-agent-own-pool")
     expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
     for name in sorted(set(status["properties"]) - agent_fields):

@@ -211,7 +211,7 @@ def test_agent_token_is_refused_everything_else(release: Release, tmp_path: Path
 
     refused(apply_status(agent, own, {"allocated": 200}, AGENT_FIELD_MANAGER, check=False),
             "the azure-cni agent may only change status.used, status.cooling, "
-            "status.releaseAcks, status.idleBlocks and the AgentReady condition")
+            "status.releaseAcks,")
     refused(apply_status(agent, own, {"conditions": [{"type": "Ready", "status": "False"}]},
                          AGENT_FIELD_MANAGER, check=False),
             "the other status fields belong to the operator")

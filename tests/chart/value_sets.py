@@ -14,7 +14,7 @@ IDENTITY_CLIENT_ID = "5e4f3a2b-1c0d-4e9f-8a7b-6c5d4e3f2a1b"
 #: a client secret that must appear nowhere but in the Secret object
 CLIENT_SECRET = "Zq8~xS3cr3t.V4lue-that_must-n0t-leak"
 
-SETTINGS_SECTIONS = ("pool", "azure", "operator", "agent", "snat")
+SETTINGS_SECTIONS = ("pool", "azure", "operator", "agent", "snat", "podNetworking")
 #: settings of a VM without Kubernetes (``azure-cni install standalone``), never in the chart
 STANDALONE_ONLY_SECTIONS = ("standalone",)
 

@@ -16,12 +16,14 @@ import ipaddress
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     CloudError,
+    IPConfigFeatures,
     IPConfiguration,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -90,6 +92,7 @@ class FakeIPConfig:
             return [self.address]
         block = ipaddress.IPv4Network(f"{self.address}/{self.prefix_length}")
         return [str(a) for a in block]
+    features: IPConfigFeatures = field(default_factory=IPConfigFeatures)
 
 
 @dataclass
@@ -103,7 +106,9 @@ class FakeNic:
 
     def snapshot(self) -> NicSnapshot:
         configs = tuple(IPConfiguration(c.name, c.address, c.primary, c.state, self.subnet.id,
-                                        c.prefix_length) for c in self.configs)
+                                        c.prefix_length, c.features.public_ip,
+                                        c.features.backend_pools)
+                        for c in self.configs)
         snap = NicSnapshot(self.id, self.id.rsplit("/", 1)[-1], self.etag, "eastus", self.vm_id,
                            configs, provisioning_state=self.state)
         # the document only has to identify the version the write starts from
@@ -131,10 +136,58 @@ class FakeAzure:
         self.faults: dict[str, list[CloudError]] = {}
         self.throttles: list[Throttle] = []
         self.conflicts = 0
+        #: public IP resource ID (lower) -> SKU; backend pool ID (lower) -> its LB's SKU
+        self.public_ips: dict[str, str] = {}
+        self.backend_pools: dict[str, str] = {}
         self._names = itertools.count()
         self.closed = False
 
     # -- building the world -------------------------------------------------------------------
+
+    def add_public_ip(self, name: str, resource_group: str = "pips", sku: str = "Standard"
+                      ) -> str:
+        pip_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
+                  f"Microsoft.Network/publicIPAddresses/{name}")
+        self.public_ips[pip_id.lower()] = sku
+        return pip_id
+
+    def add_backend_pool(self, lb: str, pool: str, resource_group: str = "pips",
+                         sku: str = "Standard") -> str:
+        pool_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
+                   f"Microsoft.Network/loadBalancers/{lb}/backendAddressPools/{pool}")
+        self.backend_pools[pool_id.lower()] = sku
+        return pool_id
+
+    def holder_of(self, resource_id: str) -> str | None:
+        """``<nic id>/<ipconfig>`` whose public IP is ``resource_id``."""
+        for nic in self.nics.values():
+            for c in nic.configs:
+                if c.features.public_ip.lower() == resource_id.lower():
+                    return f"{nic.id}/ipConfigurations/{c.name}"
+        return None
+
+    def _check_features(self, nic_id: str, features: Mapping[str, IPConfigFeatures]) -> None:
+        """Azure's refusals for what an ipConfiguration may carry (the emulator's, in short)."""
+        for name, feature in features.items():
+            me = f"{nic_id}/ipConfigurations/{name}"
+            if feature.public_ip:
+                sku = self.public_ips.get(feature.public_ip.lower())
+                holder = self.holder_of(feature.public_ip)
+                if sku is None:
+                    raise AttachmentRefused(
+                        f"Resource {feature.public_ip} referenced by resource {nic_id} was not "
+                        "found.", resources=(feature.public_ip,),
+                        code="InvalidResourceReference", status=400)
+                if holder is not None and holder.lower() != me.lower():
+                    raise AttachmentRefused(
+                        f"Resource {me} is referencing public IP address {feature.public_ip} "
+                        f"that is already allocated to resource {holder}.",
+                        resources=(feature.public_ip,), code="PublicIPAddressInUse", status=400)
+            for pool in feature.backend_pools:
+                if pool.lower() not in self.backend_pools:
+                    raise AttachmentRefused(
+                        f"Resource {pool} referenced by resource {nic_id} was not found.",
+                        resources=(pool,), code="InvalidResourceReference", status=400)
 
     def add_subnet(self, cidr: str, name: str = "nodes", space: str = "198.18.0.0/16") -> str:
         subnet_id = (f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/"
@@ -274,6 +327,7 @@ class FakeAzure:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
+        features: Mapping[str, IPConfigFeatures] | None = None,
     ) -> NicSnapshot:
         self._call("update_ip_configurations", "write")
         nic_id = nic if isinstance(nic, str) else nic.id
@@ -285,8 +339,14 @@ class FakeAzure:
         have = {c.name.lower() for c in current.configs}
         fresh = [a for a in add if a.name.lower() not in have]
         doomed = {n.lower() for n in remove if n.lower() in have}
-        if not fresh and not doomed and not reapply:
+        wanted = {n.lower(): f for n, f in (features or {}).items()}
+        featured = {c.name: wanted[c.name.lower()] for c in current.configs
+                    if not c.primary and c.name.lower() in wanted
+                    and c.name.lower() not in doomed
+                    and not c.features.same(wanted[c.name.lower()])}
+        if not fresh and not doomed and not featured and not reapply:
             return current.snapshot()
+        self._check_features(nic_id, featured)
         kept = [c for c in current.configs if c.name.lower() not in doomed]
         if len(kept) + len(fresh) > MAX_IP_CONFIGURATIONS:
             raise NicLimitExceeded(f"NIC {nic_id} cannot have more than "
@@ -336,7 +396,8 @@ class FakeAzure:
                 subnet.used[held] = f"{nic_id}/{a.name}"
             new.append(config)
         # a write clears Failed: everything on the NIC was provisioned again
-        current.configs = [replace(c, state="Succeeded") for c in kept] + new
+        current.configs = [replace(c, state="Succeeded", features=featured.get(c.name, c.features))
+                           for c in kept] + new
         current.state = "Succeeded"
         current.etag = _etag()
         self.writes.append((nic_id, tuple(a.name for a in fresh), tuple(sorted(doomed))))

@@ -231,13 +231,20 @@ async def _set_primary_groups(world, nic_id: str) -> tuple[str, str]:
     """Give the NIC's primary an ASG and a load balancer pool, as an admin would."""
     asg = ("/subscriptions/s/resourceGroups/rg1/providers/Microsoft.Network/"
            "applicationSecurityGroups/web")
-    pool = ("/subscriptions/s/resourceGroups/rg1/providers/Microsoft.Network/loadBalancers/lb/"
-            "backendAddressPools/pool")
     ref = parse_provider_id(world.vms[0].provider_id)
     async with NetworkManagementClient(world.emu.credential(), ref.subscription_id,
                                        base_url=world.emu.arm_url,
                                        connection_verify=str(world.emu.ca_path),
                                        polling_interval=0.01) as client:
+        # the pool must exist: Azure refuses a reference to one that does not
+        front = await (await client.public_ip_addresses.begin_create_or_update(
+            "rg1", "lb-front", {"location": "eastus", "sku": {"name": "Standard"}})).result()
+        lb = await (await client.load_balancers.begin_create_or_update("rg1", "lb", {
+            "location": "eastus", "sku": {"name": "Standard"}, "properties": {
+                "frontendIPConfigurations": [{"name": "fe", "properties": {
+                    "publicIPAddress": {"id": front.id}}}],
+                "backendAddressPools": [{"name": "pool"}]}})).result()
+        pool = lb.backend_address_pools[0].id
         nic = await client.network_interfaces.get("rg1", nic_id.rsplit("/", 1)[1])
         body = nic.as_dict()
         props = body["properties"]["ipConfigurations"][0]["properties"]

@@ -6,17 +6,22 @@ emulator over HTTPS, and must observe the same things.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
+from azure.core.credentials import AccessToken
+from azure.mgmt.network import NetworkManagementClient
 from tests.cloud.fake_network import RG, SUB, FakeAzure
 
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     AzureNetwork,
+    IPConfigFeatures,
     NewIPConfiguration,
     NicLimitExceeded,
     NotFound,
@@ -39,6 +44,8 @@ class Backend:
     rg: tuple[str, str]
     #: (scale set, subnet id) -> (providerID, NIC id) of a new Uniform instance
     instance: Any = None
+    #: name -> resource ID of a new Standard public IP
+    make_public_ip: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -58,7 +65,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             return fake.add_instance(scale_set, str(counts[scale_set]), subnet_id)
 
         yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
-                      fake_instance)
+                      fake_instance, fake.add_public_ip)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -76,6 +83,21 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             with pytest.raises(Exception, match="InternalServerError"):
                 await adapter.update_ip_configurations(nic_id, reapply=True)
 
+        def make_public_ip(name: str) -> str:
+            emu.add_resource_group("pips")
+            token = emu.config.static_tokens[0]
+
+            class SyncToken:
+                def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+                    return AccessToken(token, int(time.time()) + 3600)
+
+            with NetworkManagementClient(SyncToken(), emu.endpoints()["subscription"],
+                                         base_url=emu.arm_url, polling_interval=0.01,
+                                         connection_verify=str(emu.ca_path)) as client:
+                return str(client.public_ip_addresses.begin_create_or_update(
+                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"}}
+                ).result().id)
+
         scale_sets: dict[str, str] = {}
 
         def make_instance(scale_set: str, subnet_id: str) -> tuple[str, str]:
@@ -86,7 +108,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
                       make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
-                      make_instance)
+                      make_instance, make_public_ip)
         await adapter.close()
     finally:
         emu.stop()
@@ -222,3 +244,28 @@ async def test_blocks_are_aligned_whole_and_refused_when_no_aligned_space_is_lef
     with pytest.raises(SubnetFull):
         await backend.port.update_ip_configurations(
             tiny_nic, [NewIPConfiguration("azcni-x", prefix_length=28)])
+
+
+async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend) -> None:
+    pip = backend.make_public_ip("web")
+    _, nic_a = backend.vm("a", backend.subnet_id)
+    _, nic_b = backend.vm("b", backend.subnet_id)
+    await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
+    await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
+    on = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures(pip), "azcni-gone": IPConfigFeatures(pip)})
+    assert on.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
+    same = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures(pip.upper())})
+    assert same.etag == on.etag, "an unchanged public IP wrote the NIC"
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+    assert refused.value.code == "PublicIPAddressInUse"
+    assert [r.lower() for r in refused.value.resources] == [pip.lower()]
+    off = await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures()})
+    assert off.secondary("azcni-")[0].public_ip_id == ""
+    moved = await backend.port.update_ip_configurations(
+        nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+    assert moved.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()

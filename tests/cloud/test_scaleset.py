@@ -11,8 +11,10 @@ import pytest
 
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni.cloud.port import (
+    AttachmentRefused,
     CloudError,
     Conflict,
+    IPConfigFeatures,
     NewIPConfiguration,
     NotFound,
     Throttled,
@@ -163,6 +165,23 @@ async def test_an_instance_write_is_one_compute_put_and_the_nic_reads_back(
     # nothing to change: no write
     await adapter.update_ip_configurations(nic, [NewIPConfiguration("azcni-2")], ["azcni-0"])
     assert world.emu.request_count("PUT") == 2
+
+
+async def test_a_public_ip_for_an_instance_is_refused_and_nothing_is_written(
+        world: World, adapter: AzureAdapter) -> None:
+    """Per-pod features go on Network-provider NICs only: for a Uniform instance the request
+    is refused by name (the pod gets an Event), never dropped silently."""
+    first, _ = instances(world)
+    nic = await adapter.update_ip_configurations(first.nic_id, [NewIPConfiguration("azcni-a")])
+    world.emu.reset_requests()
+    pip = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
+    with pytest.raises(AttachmentRefused) as refused:
+        await adapter.update_ip_configurations(nic, features={"azcni-a": IPConfigFeatures(pip)})
+    assert refused.value.resources == (pip,)
+    assert refused.value.code == "UnsupportedOnScaleSetInstance"
+    assert world.emu.request_count("PUT") == 0
+    # taking nothing off is no request for anything
+    await adapter.update_ip_configurations(nic, features={"azcni-a": IPConfigFeatures()})
 
 
 async def test_ipconfigs_of_others_on_the_instance_are_kept(world: World,

@@ -95,11 +95,17 @@ class RecordingPools:
         # the agent's fields stay as they are, as under server-side apply
         status = replace(mine, used=pool.status.used, cooling=pool.status.cooling,
                          release_acks=pool.status.release_acks,
+                         idle_blocks=pool.status.idle_blocks,
+                         pod_requests=pool.status.pod_requests,
                          conditions=mine.conditions + agents)
         return self._bump(replace(pool, status=status))
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str) -> None:
         self.events.append(RecordedEvent(pool.name, kind, reason, message))
+
+    async def post_pod_event(self, namespace: str, pod: str, kind: str, reason: str,
+                             message: str) -> None:
+        self.events.append(RecordedEvent(f"pod:{namespace}/{pod}", kind, reason, message))
 
     async def add_finalizer(self, name: str) -> None:
         self.finalizer_calls.append(("add", name))

@@ -69,10 +69,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The settings file: exactly the five settings sections of the values, nothing else. */}}
+{{/* The settings file: exactly the six settings sections of the values, nothing else. */}}
 {{- define "azure-cni.settings" -}}
 {{- $v := .Values }}
-{{- toYaml (dict "pool" $v.pool "azure" $v.azure "operator" $v.operator "agent" $v.agent "snat" $v.snat) }}
+{{- toYaml (dict "pool" $v.pool "azure" $v.azure "operator" $v.operator "agent" $v.agent "snat" $v.snat "podNetworking" $v.podNetworking) }}
 {{- end }}
 
 {{/* The service account user name the API server gives the agent's tokens. */}}

@@ -13,7 +13,9 @@ An address reaches a VM only while it is an ipConfiguration of that VM's NIC: th
 NIC-change hook adds or removes the fabric's /32 route, and strict reverse-path filtering drops
 traffic a VM sends from an address its NIC does not hold (Azure drops it too). The internet
 host accepts packets only from the VMs' primary addresses (Azure gives outbound connectivity
-to the primary ipConfiguration only), so pods reach it only through the agent's SNAT.
+to the primary ipConfiguration only) and from public IPs, so pods reach it through the agent's
+SNAT or with a public IP of their own. Public IPs, load balancers and NSGs are ``sdn.py``'s,
+programmed from the emulator's policy hook (``on_policy``).
 
 Only 198.18.0.0/15 and 203.0.113.0/24 are used, only inside these namespaces; nothing is
 routed to the machine's own namespace or uplink.
@@ -31,7 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from azure_cni_sim import sdn
 from azure_cni_sim.arm import VmInfo
+from azure_cni_sim.arm.netfeatures import FabricPolicy
 from azure_cni_sim.procs import ManagedProcess, wait_for
 
 log = logging.getLogger(__name__)
@@ -111,6 +115,9 @@ class Fabric:
     owner: str
     vms: dict[str, FabricVM] = field(default_factory=dict)
     procs: list[ManagedProcess] = field(default_factory=list)
+    #: addresses public IPs and load balancer frontends answer on (sdn.py)
+    public_addresses: set[str] = field(default_factory=set)
+    _sdn_ready: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _namespaces: list[str] = field(default_factory=list)
 
@@ -209,6 +216,9 @@ class Fabric:
                  "-A INPUT -p icmp -s 203.0.113.0/24 -j ACCEPT"]
         rules += [f"-A INPUT -s {vm.primary_ip}/32 -m comment --comment \"VM {vm.name} primary\""
                   " -j ACCEPT" for vm in self.vms.values()]
+        # a pod with a public IP reaches the internet from it (the fabric's 1:1 NAT)
+        rules += [f"-A INPUT -s {a}/32 -m comment --comment \"public IP\" -j ACCEPT"
+                  for a in sorted(self.public_addresses)]
         rules.append("COMMIT")
         _run("ip", "netns", "exec", self.internet_ns, "iptables-restore", stdin="\n".join(rules)
              + "\n")
@@ -291,6 +301,28 @@ class Fabric:
                          str(network.network_address), "--mask-src", str(network.netmask))
             log.info("event=fabric_programmed vm=%s added=%d removed=%d", fvm.name, len(added),
                      len(gone))
+
+    def on_policy(self, policy: FabricPolicy) -> None:
+        """The emulator's hook: enforce its public IP NAT, load balancers and NSGs (sdn.py)."""
+        with self._lock:
+            if not self._sdn_ready:
+                _run("ip", "netns", "exec", self.fabric_ns, "iptables-restore", "--noflush",
+                     stdin=sdn.jump_rules())
+                self._sdn_ready = True
+            _run("ip", "netns", "exec", self.fabric_ns, "iptables-restore", "--noflush",
+                 stdin=sdn.render(policy, internet_if="fi", connected=[ONPREM_CIDR]))
+            wanted = set(policy.public_addresses)
+            batch = [f"address del {a}/32 dev lo" for a in sorted(self.public_addresses - wanted)]
+            batch += [f"address add {a}/32 dev lo" for a in sorted(wanted - self.public_addresses)]
+            if batch:
+                _run("ip", "-n", self.fabric_ns, "-force", "-batch", "-",
+                     stdin="\n".join(batch) + "\n")
+            changed = wanted != self.public_addresses
+            self.public_addresses = wanted
+        if changed:
+            self._accept_only_primaries()
+        log.info("event=fabric_policy nat=%d balancers=%d guarded=%d", len(policy.nat),
+                 len(policy.balancers), len(policy.guarded))
 
     def routes(self, vm_name: str) -> set[str]:
         """Addresses the fabric currently delivers to a VM (for tests)."""

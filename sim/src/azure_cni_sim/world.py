@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 from azure.core.credentials import AccessToken
+from azure.mgmt.network import NetworkManagementClient
 
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
@@ -110,6 +111,7 @@ class World:
     #: the cluster's Prometheus, through its portal on the host's loopback
     prometheus: PrometheusAPI | None = None
     _unhook: Any = None
+    _unhook_policy: Any = None
     _helm_home: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -174,6 +176,8 @@ class World:
             self.cluster.stop()
         if self._unhook is not None:
             self._unhook()
+        if self._unhook_policy is not None:
+            self._unhook_policy()
         if self.emulator is not None:
             with contextlib.suppress(Exception):
                 self.emulator.stop()
@@ -206,6 +210,10 @@ class World:
         # exist)
         self.emulator.serve_arm_in_netns(self.fabric.arm_ns, ARM_ADDRESS)
         self._unhook = self.emulator.on_nic_change(self._program_fabric)
+        fabric = self.fabric
+        # public IPs, load balancers and NSGs, like the routes: in place before ARM answers
+        self._unhook_policy = self.emulator.on_network_policy(
+            lambda policy: asyncio.to_thread(fabric.on_policy, policy))
 
     def _start_nodes(self) -> None:
         assert self.cluster is not None and self.emulator is not None
@@ -496,6 +504,20 @@ class World:
             yield adapter
         finally:
             await adapter.close()
+
+    def network_client(self) -> NetworkManagementClient:
+        """The azure-mgmt-network client an admin uses for public IPs, load balancers and
+        NSGs (with an admin's own token, not the operator's identity)."""
+        assert self.emulator is not None
+        token = self.emulator.issue_token("portal-admin")
+
+        class AdminToken:
+            def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+                return AccessToken(token, int(time.time()) + 3600)
+
+        return NetworkManagementClient(AdminToken(), self.emulator.endpoints()["subscription"],
+                                       base_url=self.emulator.arm_url, polling_interval=0.1,
+                                       connection_verify=str(self.emulator.ca_path))
 
     def nic_addresses(self, vm: str) -> tuple[str, ...]:
         assert self.emulator is not None

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
-from azure_cni.ipam.store import AddressStore, Assignment, AttachmentKey, Clock, Release
+from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni.ipam.store import (
+    AddressStore,
+    Assignment,
+    AttachmentKey,
+    Clock,
+    Release,
+    StoredPodRequest,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -79,14 +87,18 @@ class PoolUsage:
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
-               released: Mapping[str, Release], now: float,
-               blocks: frozenset[str] = frozenset()) -> PoolUsage:
+               released: Mapping[str, Release], now: float, *,
+               blocks: frozenset[str] = frozenset(),
+               withheld: frozenset[str] = frozenset()) -> PoolUsage:
     """Count what ``choose_address`` could hand out and what may be released (pure).
 
     ``pool`` has one entry per address (blocks expanded, see ``Allocator.set_pool``); an
     ipConfiguration is acknowledged only when every address under its name is Releasing,
     unused and out of its cooldown; ``blocks`` names the pool's blocks, reported idle when
-    all of their addresses are Available, unused and out of their cooldown."""
+    all of their addresses are Available, unused and out of their cooldown. ``withheld``
+    addresses (a gone pod's public IP or pools not yet detached) count as cooling: not free
+    for the warm pool until the operator has taken them off.
+    """
     taken = {a.address for a in assignments}
     if pool is None:
         return PoolUsage(False, 0, len(taken), 0, 0, 0,
@@ -113,13 +125,32 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
             else:
                 held_back.add(ip.ip_configuration)
         elif ip.address not in taken:
-            if cool:
+            if cool or ip.address in withheld:
                 cooling += 1
             else:
                 free += 1
     return PoolUsage(True, len(pool.status.ips), len(taken), free, releasing, cooling,
                      frozenset(acks - held_back), tuple(sorted(taken - inventory)),
                      min(ends) if ends else None, frozenset(blocks - busy))
+
+
+def settled_requests(pool: NodeIPPool, stored: Sequence[StoredPodRequest]) -> list[str]:
+    """Withdrawn requests the agent may forget (their addresses become reusable): the operator
+    reports them Detached, or the address left the pool (its ipConfiguration is gone)."""
+    configs = {ip.address: ip.ip_configuration for ip in pool.status.ips}
+    detached = {(a.ip_configuration, a.pod) for a in pool.status.pod_networking
+                if a.state == AttachmentState.DETACHED}
+    return [r.address for r in stored if r.withdrawn and (
+        r.address not in configs or (configs[r.address], r.pod) in detached)]
+
+
+def publishable_requests(pool: NodeIPPool | None, stored: Sequence[StoredPodRequest]
+                         ) -> list[PodNetworkRequest]:
+    """The store's requests as ``status.podRequests`` entries (pure)."""
+    configs = {ip.address: ip.ip_configuration for ip in pool.status.ips} if pool else {}
+    return [PodNetworkRequest(configs[r.address], r.address, r.pod, r.public_ip,
+                              r.backend_pools, r.withdrawn)
+            for r in stored if r.address in configs]
 
 
 class Allocator:
@@ -184,6 +215,9 @@ class Allocator:
                 gone = [a for a in self.store.releases() if a not in inventory]
                 if gone:
                     self.store.forget_releases(gone)
+                settled = settled_requests(pool, self.store.pod_requests())
+                if settled:
+                    self.store.forget_pod_requests(settled)
 
         await self._run(adopt)
 
@@ -226,7 +260,8 @@ class Allocator:
     async def usage(self) -> PoolUsage:
         def count() -> PoolUsage:
             return pool_usage(self._pool, self.store.assignments(), self.store.releases(),
-                              self.clock.since_boot(), self._blocks)
+                              self.clock.since_boot(), blocks=self._blocks,
+                              withheld=self._withheld())
 
         return await self._run(count)
 
@@ -235,7 +270,8 @@ class Allocator:
             assignments = self.store.assignments()
             released = self.store.releases()
             return (pool_usage(self._pool, assignments, released, self.clock.since_boot(),
-                               self._blocks), assignments, released)
+                               blocks=self._blocks, withheld=self._withheld()),
+                    assignments, released)
 
         return await self._run(read)
 
@@ -256,6 +292,19 @@ class Allocator:
         """Hand ``key``'s address to ``new_key`` without freeing it in between."""
         return await self._run(lambda: self.store.rebind(key, new_key, netns=netns,
                                                          host_veth=host_veth, pod=pod))
+
+    def _withheld(self) -> frozenset[str]:
+        return frozenset(r.address for r in self.store.pod_requests() if r.withdrawn)
+
+    async def record_pod_request(self, address: str, pod: str, public_ip: str,
+                                 backend_pools: Sequence[str]) -> None:
+        await self._run(lambda: self.store.record_pod_request(address, pod, public_ip,
+                                                              backend_pools))
+
+    async def pod_requests(self) -> list[PodNetworkRequest]:
+        """The requests to publish: by ipConfiguration, for addresses in the pool."""
+        return await self._run(lambda: publishable_requests(self._pool,
+                                                            self.store.pod_requests()))
 
     async def holder(self, address: str) -> Assignment | None:
         """The attachment holding ``address``, if any."""

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 
 from azure_cni.agent.allocator import Allocator, PoolBeingDeleted, PoolUsage
 from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
+from azure_cni.api.podnet import requested_features
 from azure_cni.cni.errors import (
     DatapathMismatch,
     InvalidConfig,
@@ -181,6 +182,15 @@ class CniHandler:
                     await self.allocator.release(key, cooldown=False)
                     self.pool_changed()
                 raise
+        public_ip, backend_pools = requested_features(request.pod_annotations)
+        if public_ip or backend_pools:
+            # for the operator, through the pool's status; pods asking nothing skip this
+            await self.allocator.record_pod_request(assignment.address, request.pod,
+                                                    public_ip, backend_pools)
+            log.info("event=pod_network_requested address=%s pod=%s public_ip=%s "
+                     "backend_pools=%s", assignment.address, request.pod or "-",
+                     public_ip or "-", ",".join(backend_pools) or "-")
+            self.on_change()
         if created:
             self.on_change()
             log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",

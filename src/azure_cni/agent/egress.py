@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def snat_policy(snat: SnatSettings, nic: NicInfo | None) -> SnatPolicy:
+def snat_policy(snat: SnatSettings, nic: NicInfo | None,
+                public_sources: tuple[str, ...] = ()) -> SnatPolicy:
     """The chains' content for these settings and this NIC (pure)."""
     return SnatPolicy(
+        public_sources=public_sources,
         pod_cidr=(nic.subnet_cidr or None) if nic else None,
         vnet_cidrs=nic.vnet_address_space if nic else (),
         non_masquerade_cidrs=snat.non_masquerade_cidrs,
@@ -52,6 +54,7 @@ class EgressReconciler:
         self.executor = executor
         self.sysctl_root = proc_sys_net(host_root)
         self.policy = snat_policy(snat, None)
+        self.policy_nic: NicInfo | None = None
         self.sysctl_problem = ""
         self.chains_problem = NOT_PROGRAMMED
         self._lock = asyncio.Lock()
@@ -79,11 +82,14 @@ class EgressReconciler:
         for key, before in changed.items():
             log.info("event=sysctl_set key=%s before=%s", key, before)
 
-    async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False) -> None:
-        """Apply the policy for ``nic`` (or the last one with ``keep_nic``); ``problem`` says
-        whether that worked."""
+    async def reconcile(self, nic: NicInfo | None = None, *, keep_nic: bool = False,
+                        public_sources: tuple[str, ...] | None = None) -> None:
+        """Apply the policy for ``nic`` (or the last one with ``keep_nic``) and the pods with
+        a public IP (None: the last ones); ``problem`` says whether that worked."""
         async with self._lock:
-            policy = self.policy if keep_nic else snat_policy(self.snat, nic)
+            nic = self.policy_nic if keep_nic else nic
+            sources = self.policy.public_sources if public_sources is None else public_sources
+            policy = snat_policy(self.snat, nic, sources)
             try:
                 changed = await self._run(ensure_snat, policy)
             except (IptablesFailed, OSError) as e:
@@ -92,7 +98,7 @@ class EgressReconciler:
                 self.chains_problem = f"programming the pod egress chains failed: {first}"
                 log.error("event=snat_failed error=%s", e)
                 return
-            self.policy = policy
+            self.policy, self.policy_nic = policy, nic
             if self.chains_problem:
                 log.info("event=egress_chains_in_place")
             self.chains_problem = ""

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from azure_cni.api.podnet import POD_ANNOTATIONS_CAPABILITY
 from azure_cni.api.settings import AgentSettings
 from azure_cni.cni import shim
 
@@ -142,6 +143,8 @@ def conflist(settings: AgentSettings, chained: Sequence[str], newest_ok: bool,
         "spoolDir": str(spool_dir),
         # the shim gives up after this; the agent's own wait for addresses fits inside it
         "timeoutSeconds": settings.add_wait_seconds + 5,
+        # the pod's annotations, for a public IP or backend pools it asks for (api/podnet.py)
+        "capabilities": {POD_ANNOTATIONS_CAPABILITY: True},
     }]
     plugins += [{"type": name, "capabilities": {"portMappings": True}} for name in chained]
     return {"cniVersion": BASE_VERSION, "cniVersions": versions, "name": NETWORK_NAME,

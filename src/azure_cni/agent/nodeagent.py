@@ -59,6 +59,7 @@ from azure_cni.api.nodeippool import (
     set_condition,
     utcnow,
 )
+from azure_cni.api.podnet import AttachmentState
 from azure_cni.api.settings import Settings
 from azure_cni.cni.request import CniRequest
 from azure_cni.ipam.store import StoreError
@@ -396,8 +397,11 @@ class NodeAgent:
             # the conflist stays (DELs of running pods need it); ADDs wait for a pool
             self._set_readiness(False, "NoPool", f"{self.source.hints.name} does not exist")
             return
+        public = public_sources(pool)
         if previous is None or previous.status.nic != pool.status.nic:
-            await self.egress.reconcile(pool.status.nic)
+            await self.egress.reconcile(pool.status.nic, public_sources=public)
+        elif public != self.egress.policy.public_sources:
+            await self.egress.reconcile(keep_nic=True, public_sources=public)
         await self._install_when_ready()
         await self._note_addresses_outside_pool()
         self._changed()
@@ -497,8 +501,10 @@ class NodeAgent:
                               rfc3339(utcnow()))
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
+        requests = await self.allocator.pod_requests() if self.allocator.is_open else []
         return PoolStatus(used=used, cooling=cooling, release_acks=acks, idle_blocks=idle,
-                          conditions=(self._condition,)).agent_fields()
+                          conditions=(self._condition,),
+                          pod_requests=tuple(requests)).agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
         """What ``azure-cni status`` shows."""
@@ -530,8 +536,18 @@ class NodeAgent:
             "snat": {"podCIDR": self.egress.policy.pod_cidr,
                      "vnet": list(self.egress.policy.vnet_cidrs),
                      "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
-                     "masquerade": self.egress.policy.masquerade},
+                     "masquerade": self.egress.policy.masquerade,
+                     "publicSources": list(self.egress.policy.public_sources)},
+            # per-pod Azure networking: what pods asked for, and what the operator did
+            "podRequests": [r.to_dict() for r in await self.allocator.pod_requests()],
+            "podNetworking": [a.to_dict() for a in pool.status.pod_networking] if pool else [],
         }
+
+
+def public_sources(pool: NodeIPPool) -> tuple[str, ...]:
+    """Pod addresses the operator reports with a public IP attached (pure)."""
+    return tuple(sorted(a.address for a in pool.status.pod_networking
+                        if a.state == AttachmentState.ATTACHED and a.public_ip and a.address))
 
 
 def _usage_document(usage: PoolUsage) -> dict[str, Any]:

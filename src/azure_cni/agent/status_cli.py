@@ -64,6 +64,24 @@ def _age(since: float, now: float) -> str:
     return f"{seconds // 3600}h"
 
 
+def _render_pod_networking(status: dict[str, Any], out: TextIO) -> None:
+    """Public IPs and backend pools per pod: the request, and what the operator did."""
+    requests = status.get("podRequests") or []
+    if not requests:
+        return
+    answers = {a["ipConfiguration"]: a for a in status.get("podNetworking") or []}
+    out.write(f"\n{len(requests)} pod network request(s)\n")
+    for r in requests:
+        answer = answers.get(r["ipConfiguration"], {})
+        asked = ", ".join(([f"public IP {r['publicIP']}"] if r.get("publicIP") else [])
+                          + [f"pool {p}" for p in r.get("backendPools") or ()])
+        state = answer.get("state", "Pending")
+        if r.get("withdrawn"):
+            asked = f"withdrawn ({asked})"
+        detail = f": {answer['message']}" if answer.get("message") else ""
+        out.write(f"  {r['address']}  {r['pod'] or '-'}  {asked}  -> {state}{detail}\n")
+
+
 def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> None:
     """Print the status for a person."""
     now = time.time() if now is None else now
@@ -102,6 +120,7 @@ def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> Non
         for row in rows:
             out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
             out.write("\n")
+    _render_pod_networking(status, out)
     cooling = {a: t for a, t in status.get("coolingDown", {}).items() if t > now}
     if cooling:
         until = ", ".join(f"{a} ({int(t - now)}s)" for a, t in sorted(cooling.items()))

@@ -188,7 +188,43 @@ def _status_schema() -> dict[str, Any]:
                 "x-kubernetes-list-map-keys": ["type"],
                 "items": _condition_schema(),
             },
+            **_pod_networking_schema(),
         },
+    }
+
+
+def _pod_networking_schema() -> dict[str, Any]:
+    """The two per-pod Azure networking lists (api/podnet.py): the agent's, the operator's."""
+    common = {
+        "ipConfiguration": {"type": "string"},
+        "address": {"type": "string"},
+        "pod": {"type": "string", "description": "namespace/name"},
+        "publicIP": {"type": "string"},
+        "backendPools": {"type": "array", "items": {"type": "string"},
+                         "x-kubernetes-list-type": "atomic"},
+    }
+
+    def listed(description: str, required: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "description": description,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["ipConfiguration"],
+                "items": {"type": "object", "required": required,
+                          "properties": {**common, **extra}}}
+
+    return {
+        "podRequests": listed(
+            "Written by the node agent: the public IP and backend pools pods asked for by "
+            "annotation, per ipConfiguration. withdrawn: the pod is gone and the agent keeps "
+            "the address until the operator reports it Detached.",
+            ["ipConfiguration", "pod"], {"withdrawn": {"type": "boolean"}}),
+        "podNetworking": listed(
+            "Written by the operator: what it attached to each requesting ipConfiguration, "
+            "what it refused and why, and which withdrawn requests are off the NIC.",
+            ["ipConfiguration", "pod", "state"],
+            {"state": {"type": "string", "enum": ["Attached", "Refused", "Detached"]},
+             "reason": {"type": "string",
+                        "description": "NotAllowed (the chart's policy) or Azure's error code"},
+             "message": {"type": "string"}}),
     }
 
 
@@ -240,6 +276,9 @@ def nodeippool_crd() -> dict[str, Any]:
                      "priority": 1},
                     {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
                     {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
+                     "priority": 1},
+                    {"name": "Public-IPs", "type": "string",
+                     "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
                      "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {

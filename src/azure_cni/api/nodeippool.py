@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from azure_cni.api.podnet import PodAttachment, PodNetworkRequest
+
 GROUP = "azurecni.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -73,10 +75,13 @@ class ConditionType(StrEnum):
     READY = "Ready"
     SUBNET_EXHAUSTED = "SubnetExhausted"
     AGENT_READY = "AgentReady"
+    #: per-pod public IPs and backend pools: False while a request is refused
+    POD_NETWORKING = "PodNetworking"
 
 
 OPERATOR_CONDITIONS = frozenset(
-    {ConditionType.PROVISIONED, ConditionType.READY, ConditionType.SUBNET_EXHAUSTED}
+    {ConditionType.PROVISIONED, ConditionType.READY, ConditionType.SUBNET_EXHAUSTED,
+     ConditionType.POD_NETWORKING}
 )
 AGENT_CONDITIONS = frozenset({ConditionType.AGENT_READY})
 
@@ -334,6 +339,10 @@ class PoolStatus:
     #: blocks none of whose addresses is used or cooling (agent-owned): what to release first
     idle_blocks: frozenset[str] = frozenset()
     conditions: tuple[Condition, ...] = ()
+    #: agent: what pods on the node asked for (a public IP, backend pools), per ipConfiguration
+    pod_requests: tuple[PodNetworkRequest, ...] = ()
+    #: operator: what it attached, refused or detached for those requests
+    pod_networking: tuple[PodAttachment, ...] = ()
 
     @property
     def allocated(self) -> int:
@@ -371,6 +380,10 @@ class PoolStatus:
             release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
             idle_blocks=frozenset(str(a) for a in d.get("idleBlocks") or ()),
             conditions=conditions,
+            pod_requests=tuple(PodNetworkRequest.from_dict(x)
+                               for x in d.get("podRequests") or ()),
+            pod_networking=tuple(PodAttachment.from_dict(x)
+                                 for x in d.get("podNetworking") or ()),
         )
 
     def operator_fields(self) -> dict[str, Any]:
@@ -388,6 +401,8 @@ class PoolStatus:
             out["nic"] = self.nic.to_dict()
         if self.observed_generation is not None:
             out["observedGeneration"] = self.observed_generation
+        if self.pod_networking:
+            out["podNetworking"] = [a.to_dict() for a in self.pod_networking]
         return out
 
     def agent_fields(self) -> dict[str, Any]:
@@ -400,6 +415,8 @@ class PoolStatus:
         }
         if self.idle_blocks:
             out["idleBlocks"] = sorted(self.idle_blocks)
+        if self.pod_requests:
+            out["podRequests"] = [r.to_dict() for r in self.pod_requests]
         return out
 
 

@@ -165,6 +165,19 @@ class SnatSettings:
 
 
 @dataclass(frozen=True)
+class PodNetworkingSettings:
+    """Who may give pods a public IP or put them in load balancer backend pools (operator)."""
+
+    #: resource groups whose public IPs and load balancers pods may use; a bare public IP
+    #: name in an annotation means that name in the first of them
+    resource_groups: tuple[str, ...] = ()
+    #: namespaces whose pods may ask for a public IP ("*": every namespace)
+    public_ip_namespaces: tuple[str, ...] = ()
+    #: namespaces whose pods may join load balancer backend pools ("*": every namespace)
+    load_balancer_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StandaloneSettings:
     """A VM without Kubernetes: the pool is the NIC's secondary addresses as IMDS lists them."""
 
@@ -188,6 +201,7 @@ class Settings:
     agent: AgentSettings = field(default_factory=AgentSettings)
     snat: SnatSettings = field(default_factory=SnatSettings)
     standalone: StandaloneSettings = field(default_factory=StandaloneSettings)
+    pod_networking: PodNetworkingSettings = field(default_factory=PodNetworkingSettings)
 
     def validate(self) -> None:
         try:
@@ -214,6 +228,13 @@ class Settings:
             raise InvalidSettings(
                 f"standalone.refreshSeconds: {self.standalone.refresh_seconds} is below 1; "
                 "IMDS allows 5 requests per second per VM for everything on it")
+        for key, namespaces in (("publicIPNamespaces", self.pod_networking.public_ip_namespaces),
+                                ("loadBalancerNamespaces",
+                                 self.pod_networking.load_balancer_namespaces)):
+            if namespaces and not self.pod_networking.resource_groups:
+                raise InvalidSettings(
+                    f"podNetworking.{key} lets pods use Azure resources, but "
+                    "podNetworking.resourceGroups names none they may come from")
         if not self.standalone.imds_endpoint.startswith("http://"):
             raise InvalidSettings(
                 f"standalone.imdsEndpoint: {self.standalone.imds_endpoint!r} must be an "
@@ -223,6 +244,7 @@ class Settings:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     word = head + "".join(p.capitalize() for p in rest)
+    word = word.replace("IpNamespaces", "IPNamespaces")
     # the chart spells these acronyms in capitals
     for low, up in (("Ips", "IPs"), ("Qps", "QPS"), ("Cidrs", "CIDRs"), ("Id", "ID"),
                     ("Mtu", "MTU"), ("Arm", "ARM"), ("Ca", "CA"), ("Mac", "MAC")):
@@ -296,7 +318,7 @@ def _subscription_overrides(raw: Any, where: str) -> dict[str, dict[str, float]]
 def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
     """Settings from an already parsed document; raise InvalidSettings on any bad key."""
     data = data or {}
-    sections = {f.name: f.type for f in dataclasses.fields(Settings)}
+    sections = {_camel(f.name): f.type for f in dataclasses.fields(Settings)}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise InvalidSettings(f"unknown top-level keys {', '.join(unknown)} "
@@ -308,6 +330,8 @@ def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
         agent=_section(AgentSettings, data.get("agent"), "agent"),
         snat=_section(SnatSettings, data.get("snat"), "snat"),
         standalone=_section(StandaloneSettings, data.get("standalone"), "standalone"),
+        pod_networking=_section(PodNetworkingSettings, data.get("podNetworking"),
+                                "podNetworking"),
     )
     settings.validate()
     return settings
@@ -334,7 +358,7 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section in dataclasses.fields(Settings):
         value = getattr(settings, section.name)
-        out[section.name] = {
+        out[_camel(section.name)] = {
             _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple)
             else {k: dict(o) for k, o in v.items()} if isinstance(v, Mapping) else v
             for f in dataclasses.fields(value)

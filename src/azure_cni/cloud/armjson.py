@@ -12,6 +12,7 @@ from typing import Any
 
 from azure_cni.cloud.port import (
     CloudError,
+    IPConfigFeatures,
     IPConfiguration,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -51,6 +52,9 @@ def parse_ip_configuration(ipc: Mapping[str, Any]) -> IPConfiguration:
         provisioning_state=str(props.get("provisioningState") or ""),
         subnet_id=_ref_id(props.get("subnet")),
         prefix_length=int(length) if length is not None else None,
+        public_ip_id=_ref_id(props.get("publicIPAddress")),
+        backend_pool_ids=tuple(_ref_id(p) for p in props.get("loadBalancerBackendAddressPools")
+                               or () if _ref_id(p)),
     )
 
 
@@ -146,6 +150,8 @@ class NicEdit:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     body: dict[str, Any]
+    #: existing ipConfigurations whose public IP or backend pools this write changes
+    featured: tuple[str, ...] = ()
 
 
 def _check_request(add: Sequence[NewIPConfiguration], remove: Sequence[str]) -> None:
@@ -167,8 +173,12 @@ def edit_ip_configurations(
     *,
     copy_application_security_groups: bool,
     copy_load_balancer_pools: bool,
+    features: Mapping[str, IPConfigFeatures] | None = None,
 ) -> NicEdit | None:
     """The NIC with ``add`` appended and ``remove`` dropped, or None when nothing changes.
+
+    ``features`` sets exactly the public IP and backend pools of named existing
+    ipConfigurations (the primary's are never touched; unknown names are ignored).
 
     Names compare case-insensitively, as ARM's do. A name in ``add`` that exists is kept as
     it is; a name in ``remove`` that is gone is ignored; removing the primary is refused.
@@ -194,7 +204,8 @@ def edit_ip_configurations(
         if new.name.lower() not in by_name and all(f.name.lower() != new.name.lower()
                                                      for f in fresh):
             fresh.append(new)
-    if not fresh and not doomed:
+    featured = _set_features(configs, features or {}, doomed)
+    if not fresh and not doomed and not featured:
         return None
 
     kept = [c for c in configs if str(c.get("name") or "").lower() not in doomed]
@@ -229,4 +240,33 @@ def edit_ip_configurations(
     props["ipConfigurations"] = kept
     removed = tuple(str(c.get("name")) for c in configs
                     if str(c.get("name") or "").lower() in doomed)
-    return NicEdit(added=tuple(f.name for f in fresh), removed=removed, body=body)
+    return NicEdit(added=tuple(f.name for f in fresh), removed=removed, body=body,
+                   featured=featured)
+
+
+def _set_features(configs: list[dict[str, Any]], features: Mapping[str, IPConfigFeatures],
+                  doomed: set[str]) -> tuple[str, ...]:
+    """Put ``features`` on the named secondary ipConfigurations of ``configs`` (in place);
+    returns the names that changed."""
+    wanted = {name.lower(): f for name, f in features.items()}
+    changed = []
+    for i, config in enumerate(configs):
+        name = str(config.get("name") or "")
+        feature = wanted.get(name.lower())
+        props = dict(_props(config))
+        if feature is None or name.lower() in doomed or props.get("primary"):
+            continue
+        current = parse_ip_configuration(config).features
+        if current.same(feature):
+            continue
+        if feature.public_ip:
+            props["publicIPAddress"] = {"id": feature.public_ip}
+        else:
+            props.pop("publicIPAddress", None)
+        if feature.backend_pools:
+            props["loadBalancerBackendAddressPools"] = [{"id": p} for p in feature.backend_pools]
+        else:
+            props.pop("loadBalancerBackendAddressPools", None)
+        configs[i] = {**config, "properties": props}
+        changed.append(name)
+    return tuple(changed)

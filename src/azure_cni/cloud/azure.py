@@ -55,8 +55,10 @@ from azure_cni.cloud.errors import (
 from azure_cni.cloud.metrics import API_CALLS, API_DURATION, RATE_LIMIT_REMAINING
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     CloudError,
     Conflict,
+    IPConfigFeatures,
     NewIPConfiguration,
     NicSnapshot,
     NotFound,
@@ -427,6 +429,7 @@ class AzureAdapter:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
+        features: Mapping[str, IPConfigFeatures] | None = None,
     ) -> NicSnapshot:
         """Edit and If-Match PUT of the whole NIC (of a Uniform instance: of its model, through
         Compute); retried from a fresh GET on conflict.
@@ -445,14 +448,25 @@ class AzureAdapter:
         # writers in this process queue here instead of failing on the etag
         async with self._nic_locks.hold(nic_id.lower()):
             if instance is not None:
+                wanted = sorted({r for f in (features or {}).values()
+                                 for r in (f.public_ip, *f.backend_pools) if r})
+                if wanted:
+                    # per-pod features go on Network-provider NICs only (standalone VMs and
+                    # Flexible instances); the instance model path does not carry them
+                    raise AttachmentRefused(
+                        f"azure-cni does not put public IPs or backend pools on the "
+                        f"ipConfigurations of a Uniform scale-set instance ({nic_id}); use "
+                        f"nodes that are standalone VMs or Flexible instances for such pods",
+                        resources=wanted, code="UnsupportedOnScaleSetInstance")
                 return await self._update_instance_locked(
                     instance, nic_id, known=known, add=add, remove=remove, reapply=reapply)
             return await self._update_locked(ref, nic_id, known=known, add=add, remove=remove,
-                                             reapply=reapply)
+                                             reapply=reapply, features=features or {})
 
     async def _update_locked(self, ref: ResourceID, nic_id: str, *, known: NicSnapshot | None,
                              add: Sequence[NewIPConfiguration],
-                             remove: Sequence[str], reapply: bool) -> NicSnapshot:
+                             remove: Sequence[str], reapply: bool,
+                             features: Mapping[str, IPConfigFeatures]) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         for attempt in range(1, self._max_write_attempts + 1):
             current = known if known is not None and attempt == 1 else await self._read_nic(ref)
@@ -461,7 +475,8 @@ class AzureAdapter:
             edit = edit_ip_configurations(
                 document, add, remove,
                 copy_application_security_groups=self._settings.copy_application_security_groups,
-                copy_load_balancer_pools=self._settings.copy_load_balancer_pools)
+                copy_load_balancer_pools=self._settings.copy_load_balancer_pools,
+                features=features)
             if edit is None and not reapply:
                 return current
             body = edit.body if edit is not None else document
@@ -475,10 +490,10 @@ class AzureAdapter:
                 await asyncio.sleep(self._retry_in(e, add, attempt, nic_id))
                 continue
             snapshot = parse_nic(result.as_dict())
-            log.info("event=nic_updated nic=%s added=%d removed=%d attempt=%d seconds=%.2f "
-                     "ip_configurations=%d", nic_id, len(edit.added) if edit else 0,
-                     len(edit.removed) if edit else 0, attempt, time.monotonic() - started,
-                     len(snapshot.ip_configurations))
+            log.info("event=nic_updated nic=%s added=%d removed=%d featured=%d attempt=%d "
+                     "seconds=%.2f ip_configurations=%d", nic_id, len(edit.added) if edit else 0,
+                     len(edit.removed) if edit else 0, len(edit.featured) if edit else 0,
+                     attempt, time.monotonic() - started, len(snapshot.ip_configurations))
             return snapshot
         raise AssertionError("unreachable: the last attempt returns or raises")
 

@@ -16,6 +16,7 @@ from azure.core.exceptions import (
 
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     AuthFailed,
     CloudError,
     Conflict,
@@ -42,6 +43,15 @@ _AUTH = {"invalidauthenticationtoken", "expiredauthenticationtoken", "authentica
          "invalidauthenticationtokenaudience", "authorizationfailed",
          "linkedauthorizationfailed"}
 _ADDRESS_IN_USE = {"privateipaddressinuse", "privateipaddressisallocated"}
+#: a public IP or backend pool named on an ipConfiguration that Azure will not put there
+_ATTACHMENT_REFUSED = {"publicipaddressinuse", "publicipreferencedbymultipleipconfigs",
+                       "standardskupublicipaddresscannotbeusedwithbasicsku",
+                       "basicskuloadbalancerbackendpoolnotsupported",
+                       "publicipandloadbalancerskudonotmatch"}
+_ATTACHED_RESOURCE = re.compile(
+    r"/subscriptions/[^/\s]+/resourceGroups/[^/\s]+/providers/Microsoft\.Network/"
+    r"(?:publicIPAddresses/[^/\s.,']+|loadBalancers/[^/\s]+/backendAddressPools/[^/\s.,']+)",
+    re.IGNORECASE)
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 
 
@@ -73,6 +83,11 @@ def taken_addresses(message: str, requested: Iterable[str]) -> tuple[str, ...]:
     return tuple(a for a in requested if a in named)
 
 
+def attached_resources(message: str) -> tuple[str, ...]:
+    """Public IP and backend pool resource IDs an ARM message names, in order, once each."""
+    return tuple(dict.fromkeys(m.group(0) for m in _ATTACHED_RESOURCE.finditer(message)))
+
+
 def _is_nic_limit(code: str) -> bool:
     # The real code for "more than 256 ipConfigurations" is not documented (arm-api.md,
     # Appendix B); recognise any ipConfiguration count/limit code instead of one guess.
@@ -102,6 +117,10 @@ def classify(status: int | None, code: str, message: str,
         return VnetLimitReached(text, code=code, status=status)
     if key in _ADDRESS_IN_USE:
         return AddressInUse(text, code=code, status=status)
+    named = attached_resources(text)
+    if key in _ATTACHMENT_REFUSED or (key == "invalidresourcereference" and named):
+        # the second: "Resource <public IP or pool> referenced by resource <NIC> was not found"
+        return AttachmentRefused(text, resources=named, code=code, status=status)
     if _is_nic_limit(key):
         return NicLimitExceeded(text, code=code, status=status)
     if status == 404 or key in _NOT_FOUND:

@@ -8,7 +8,7 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +51,15 @@ class IPConfiguration:
         if self.address is None or self.prefix_length is None:
             return self.address
         return f"{self.address}/{self.prefix_length}"
+
+    #: resource ID of the public IP on it ("" for none)
+    public_ip_id: str = ""
+    #: resource IDs of the load balancer backend pools it is in
+    backend_pool_ids: tuple[str, ...] = ()
+
+    @property
+    def features(self) -> IPConfigFeatures:
+        return IPConfigFeatures(self.public_ip_id, self.backend_pool_ids)
 
     @property
     def succeeded(self) -> bool:
@@ -95,6 +104,20 @@ class NicSnapshot:
     def failed(self) -> bool:
         """The NIC's last operation failed; only a new write of the NIC clears this."""
         return self.provisioning_state.lower() == "failed"
+
+
+@dataclass(frozen=True)
+class IPConfigFeatures:
+    """What an ipConfiguration carries besides its address: a public IP and backend pools."""
+
+    public_ip: str = ""
+    backend_pools: tuple[str, ...] = ()
+
+    def same(self, other: IPConfigFeatures) -> bool:
+        """Equal as ARM compares resource IDs (case-insensitively, pools as a set)."""
+        return (self.public_ip.lower() == other.public_ip.lower()
+                and {p.lower() for p in self.backend_pools}
+                == {p.lower() for p in other.backend_pools})
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,7 @@ class AzureNetwork(Protocol):
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
+        features: Mapping[str, IPConfigFeatures] | None = None,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
 
@@ -162,6 +186,9 @@ class AzureNetwork(Protocol):
         its instance model instead: one Compute PUT guarded by the instance's etag, after
         which the NIC is read back; its addresses are always Dynamic (the model cannot ask
         for one), so a requested ``address`` is not kept.
+
+        ``features`` sets, in the same write, exactly the public IP and backend pools of the
+        named existing ipConfigurations (a name that is not on the NIC is ignored).
 
         ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
         (written as is, guarded by its etag; a NIC that changed since is read again and the
@@ -226,6 +253,16 @@ class AddressInUse(CloudError):
                  status: int | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.addresses = tuple(addresses)
+
+
+class AttachmentRefused(CloudError):
+    """Azure refused a public IP or backend pool named on an ipConfiguration (in use
+    elsewhere, not Standard, gone). ``resources`` are the resource IDs Azure named."""
+
+    def __init__(self, message: str, *, resources: Sequence[str] = (), code: str = "",
+                 status: int | None = None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.resources = tuple(resources)
 
 
 class NicLimitExceeded(CloudError):

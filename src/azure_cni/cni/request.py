@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from azure_cni.api.podnet import POD_ANNOTATIONS_CAPABILITY
 from azure_cni.cni.errors import IncompatibleVersion, InvalidConfig, InvalidEnvironment
 from azure_cni.ipam.store import AttachmentKey
 
@@ -61,6 +62,15 @@ class CniRequest:
         name = self.cni_args.get("K8S_POD_NAME", "")
         namespace = self.cni_args.get("K8S_POD_NAMESPACE", "")
         return f"{namespace}/{name}" if name else ""
+
+    @property
+    def pod_annotations(self) -> Mapping[str, Any]:
+        """The pod's annotations, when the runtime passes them (the conflist asks for the
+        ``io.kubernetes.cri.pod-annotations`` capability; containerd and CRI-O honour it)."""
+        runtime = self.config.get("runtimeConfig")
+        annotations = runtime.get(POD_ANNOTATIONS_CAPABILITY) if isinstance(
+            runtime, Mapping) else None
+        return annotations if isinstance(annotations, Mapping) else {}
 
     def prev_result_addresses(self) -> set[str] | None:
         """IPv4 addresses prevResult gives this attachment, or None without a prevResult."""

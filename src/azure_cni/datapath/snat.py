@@ -69,6 +69,9 @@ class SnatPolicy:
     masquerade: bool = True
     block_wireserver: bool = True
     block_instance_metadata: bool = True
+    #: pod addresses with a public IP of their own: Azure gives them 1:1 NAT, so they leave
+    #: the node un-masqueraded
+    public_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ def render_rules(policy: SnatPolicy) -> OwnedRules:
     if policy.masquerade and policy.pod_cidr:
         nat_jump = (f"-s {_network(policy.pod_cidr)} -m addrtype ! --src-type LOCAL "
                     f"{_comment('masquerade pod traffic leaving the VNet')} -j {NAT_CHAIN}")
+        nat_chain += [f"-s {_network(a)} {_comment('pod with a public IP of its own')} -j RETURN"
+                      for a in sorted(set(policy.public_sources), key=_network)]
         seen: set[str] = set()
         for cidr, why in [*((c, "VNet address space") for c in policy.vnet_cidrs),
                           *((c, "nonMasqueradeCIDRs") for c in policy.non_masquerade_cidrs)]:

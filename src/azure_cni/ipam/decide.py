@@ -30,6 +30,11 @@ The rules, beyond :func:`azure_cni.ipam.plan.plan`'s sizing:
   gone has nothing left to hand back.
 - **Errors.** Each ``CloudError`` type maps to a condition, an Event and a delay in one table,
   :data:`ERRORS`.
+- **Per-pod Azure networking.** What pods asked for (a public IP, backend pools) rides on the
+  same NIC write, decided by :func:`azure_cni.ipam.podnet.plan_pod_network`; a request not
+  answered yet in ``status.podNetworking`` makes the reconcile read the NIC. When Azure
+  refuses one of them, only the requests naming what it refused become Refused (an Event on
+  each pod) and the write is made again without them.
 """
 
 from __future__ import annotations
@@ -53,12 +58,16 @@ from azure_cni.api.nodeippool import (
     block_size,
     set_condition,
 )
+from azure_cni.api.podnet import PodAttachment
+from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
     AddressInUse,
+    AttachmentRefused,
     AuthFailed,
     CloudError,
     Conflict,
     InvalidProviderID,
+    IPConfigFeatures,
     MissingProviderID,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -71,6 +80,13 @@ from azure_cni.cloud.port import (
     VnetLimitReached,
 )
 from azure_cni.ipam.plan import Plan, address_key, apply_marks, merge_inventory, plan
+from azure_cni.ipam.podnet import (
+    PodEvent,
+    PodNetworkPlan,
+    pending,
+    plan_pod_network,
+    summarize,
+)
 
 NameSource = Callable[[], str]
 
@@ -108,6 +124,8 @@ class Observation:
     now: dt.datetime
     nic: NicSnapshot | None = None
     subnet: SubnetInfo | None = None
+    #: who may use per-pod public IPs and backend pools (default: nobody)
+    pod_networking: PodNetworkingSettings = field(default_factory=PodNetworkingSettings)
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,8 @@ class NicWrite:
     remove: tuple[str, ...] = ()
     #: write even if nothing changes: clears a Failed provisioning state
     reapply: bool = False
+    #: (ipConfiguration, exactly the public IP and backend pools it must carry)
+    features: tuple[tuple[str, IPConfigFeatures], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,8 @@ class Outcome:
     removed: int = 0
     #: addresses the pool lacks to reach its warm target and cannot get now (for metrics)
     short: int = 0
+    #: Events on pods (per-pod Azure networking)
+    pod_events: tuple[PodEvent, ...] = ()
 
 
 # -- conditions: built here and nowhere else -------------------------------------------------
@@ -196,6 +218,15 @@ def _nic_info(nic: NicSnapshot, subnet: SubnetInfo | None, known: NicInfo | None
     return NicInfo(nic.id, nic.primary.address or "", nic.primary.subnet_id, cidr, space)
 
 
+def _pod_condition(pool: NodeIPPool, networking: Iterable[PodAttachment]) -> Condition | None:
+    """``PodNetworking`` for the pool's answers; none on a pool that never had a request."""
+    listed = tuple(networking)
+    if not listed and pool.status.condition(ConditionType.POD_NETWORKING) is None:
+        return None
+    status, reason, message = summarize(listed)
+    return _condition(pool, ConditionType.POD_NETWORKING, status, reason, message)
+
+
 def _subnet_condition(pool: NodeIPPool, subnet: SubnetInfo | None, exhausted: bool
                       ) -> Condition | None:
     if subnet is None:
@@ -231,6 +262,7 @@ ERRORS: Mapping[type[CloudError], ErrorPolicy] = {
     SubnetFull: ErrorPolicy("SubnetFull", SUBNET_RECHECK_SECONDS),
     VnetLimitReached: ErrorPolicy("VnetLimit", SUBNET_RECHECK_SECONDS),
     AddressInUse: ErrorPolicy("AddressInUse", 1.0),
+    AttachmentRefused: ErrorPolicy("PodNetworkRefused", 30.0),
     NicLimitExceeded: ErrorPolicy("NicLimit", 300.0),
     NotFound: ErrorPolicy("NotFound", 60.0, not_provisioned=True),
     AuthFailed: ErrorPolicy("AzureAuthFailed", 120.0, not_provisioned=True),
@@ -319,6 +351,7 @@ class Decision:
     #: additions held back so that removals could go alone (a full subnet)
     held_back: int = 0
     deleting: bool = False
+    pod_network: PodNetworkPlan | None = None
 
     @property
     def address_delta(self) -> int:
@@ -343,6 +376,8 @@ class Decision:
             return observation_failed(self.obs, error)
         if isinstance(error, AddressInUse) and self.restore:
             return self._addresses_lost(error)
+        if isinstance(error, AttachmentRefused) and self.pod_network is not None:
+            return self._attachments_refused(error)
         if self.write is not None and self.write.reapply and not error_policy(error).transient:
             return _failure(pool, error, "writing the NIC again to clear its Failed "
                             "provisioning state", reason="ProvisioningFailed")
@@ -372,6 +407,22 @@ class Decision:
         else:
             reason, message = "SubnetFull", str(error)
         return _condition(pool, ConditionType.SUBNET_EXHAUSTED, True, reason, message)
+
+    def _attachments_refused(self, error: AttachmentRefused) -> Outcome:
+        """Record Azure's refusal on the requests that named what it refused; the next write
+        goes without them."""
+        assert self.pod_network is not None
+        pool = self.obs.pool
+        networking, pod_events = self.pod_network.refuse(error.resources, str(error),
+                                                         error.code)
+        if not pod_events:
+            return _failure(pool, error, "writing the NIC")
+        status = replace(pool.status, pod_networking=networking,
+                         observed_generation=pool.generation,
+                         conditions=_conditions(pool, _pod_condition(pool, networking)))
+        return Outcome(status=_changed(pool, status), pod_events=pod_events,
+                       requeue_after=SPLIT_WRITE_RECHECK_SECONDS, failed=True,
+                       message=str(error))
 
     def _addresses_lost(self, error: AddressInUse) -> Outcome:
         """Give up the restored addresses Azure says are taken; keep the rest for next time."""
@@ -416,7 +467,7 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
         # Usage changes usually need no NIC at all: decide on the recorded inventory, and
         # read the NIC only if that wants a write.
         p = plan(pool.spec, pool.status, obs.now)
-        if p.writes_nic:
+        if p.writes_nic or pending(pool.status.pod_requests, pool.status.pod_networking):
             return Decision(obs, read_nic=True)
         return Decision(obs, outcome=_record_without_nic(obs, p))
 
@@ -444,10 +495,13 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
         # removals free room: they must not wait inside a write the subnet refuses
         held_back, adds = len(adds), ()
     reapply = nic.failed or any(c.failed for c in nic.secondary(IPCONFIG_PREFIX))
+    pods = plan_pod_network(pool.status.pod_requests, pool.status.pod_networking, nic,
+                            obs.pod_networking, (ip.ip_configuration for ip in planned.ips))
     decision = Decision(obs, planned=planned, plan=p, restore=restore if adds else (),
-                        adopted=inventory.adopted, held_back=held_back)
-    if adds or p.remove or reapply:
-        return replace(decision, write=NicWrite(adds, p.remove, reapply))
+                        adopted=inventory.adopted, held_back=held_back, pod_network=pods)
+    if adds or p.remove or reapply or pods.writes_nic:
+        return replace(decision, write=NicWrite(adds, p.remove, reapply,
+                                                tuple(sorted(pods.features.items()))))
     return replace(decision, outcome=_record(decision, nic))
 
 
@@ -567,12 +621,15 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
                              f"NIC {nic.name}, primary {info.primary_ip}, subnet "
                              f"{info.subnet_cidr}")
     exhausted = _subnet_condition(pool, obs.subnet, p.subnet_exhausted or d.held_back > 0)
+    networking, pod_events = (d.pod_network.settle(nic) if d.pod_network is not None
+                              else (pool.status.pod_networking, ()))
     status = replace(pool.status, nic=info, ips=ips, excess_since=p.excess_since,
-                     observed_generation=pool.generation,
-                     conditions=_conditions(pool, provisioned, ready, exhausted))
+                     observed_generation=pool.generation, pod_networking=networking,
+                     conditions=_conditions(pool, provisioned, ready, exhausted,
+                                            _pod_condition(pool, networking)))
     return Outcome(status=_changed(pool, status), events=tuple(events), requeue_after=requeue,
                    message=p.reason, ips=ips, added=len(added), removed=len(write.remove),
-                   short=p.short)
+                   short=p.short, pod_events=pod_events)
 
 
 def _failed_parts(nic: NicSnapshot) -> list[str]:

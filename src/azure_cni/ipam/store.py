@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS assignments (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS assignments_address ON assignments (address);
 CREATE UNIQUE INDEX IF NOT EXISTS assignments_veth ON assignments (host_veth);
+CREATE TABLE IF NOT EXISTS pod_requests (
+    address       TEXT PRIMARY KEY,
+    pod           TEXT NOT NULL,
+    public_ip     TEXT NOT NULL,
+    backend_pools TEXT NOT NULL,
+    withdrawn     INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS releases (
     address      TEXT PRIMARY KEY,
     released_at  REAL NOT NULL,
@@ -238,7 +245,11 @@ class AddressStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            taken = frozenset(a for (a,) in db.execute("SELECT address FROM assignments"))
+            # an address whose pod asked for a public IP or backend pools is not handed out
+            # again until the operator has taken them off its ipConfiguration
+            taken = frozenset(a for (a,) in db.execute(
+                "SELECT address FROM assignments UNION "
+                "SELECT address FROM pod_requests WHERE withdrawn = 1"))
             released = {a: Release(float(r), float(c)) for a, r, c in
                         db.execute("SELECT address, released_at, cool_until FROM releases")}
             address = choose(taken, released)
@@ -274,6 +285,7 @@ class AddressStore:
                 return None
             db.execute("DELETE FROM assignments WHERE container_id = ? AND ifname = ?",
                        (key.container_id, key.ifname))
+            db.execute("UPDATE pod_requests SET withdrawn = 1 WHERE address = ?", (row[2],))
             if cooldown_seconds > 0:
                 db.execute("INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?)",
                            (row[2], now, now + cooldown_seconds, boot_id, wall))
@@ -317,6 +329,38 @@ class AddressStore:
         """Drop release history of addresses that left the pool (keeps the table small)."""
         self._db.executemany("DELETE FROM releases WHERE address = ?",
                              [(a,) for a in addresses])
+
+
+    # -- per-pod Azure networking (api/podnet.py) ----------------------------------------
+
+    def record_pod_request(self, address: str, pod: str, public_ip: str,
+                           backend_pools: Iterable[str]) -> None:
+        """What the pod holding ``address`` asked for (replaces an earlier request)."""
+        self._db.execute("INSERT OR REPLACE INTO pod_requests VALUES (?, ?, ?, ?, 0)",
+                         (address, pod, public_ip, ",".join(backend_pools)))
+
+    def pod_requests(self) -> list[StoredPodRequest]:
+        rows = self._db.execute("SELECT address, pod, public_ip, backend_pools, withdrawn "
+                                "FROM pod_requests ORDER BY address")
+        return [StoredPodRequest(a, p, ip, tuple(x for x in pools.split(",") if x), bool(w))
+                for a, p, ip, pools, w in rows]
+
+    def forget_pod_requests(self, addresses: Iterable[str]) -> None:
+        """Forget withdrawn requests (the operator reported their ipConfigurations Detached)."""
+        self._db.executemany("DELETE FROM pod_requests WHERE address = ? AND withdrawn = 1",
+                             [(a,) for a in addresses])
+
+
+@dataclass(frozen=True)
+class StoredPodRequest:
+    """A pod's public IP / backend pool request, by the address it holds (or held)."""
+
+    address: str
+    pod: str
+    public_ip: str
+    backend_pools: tuple[str, ...]
+    #: the pod is gone; the address stays out of use until the operator says Detached
+    withdrawn: bool
 
 
 def _assignment(row: tuple[str, str, str, str, str, str, float]) -> Assignment:

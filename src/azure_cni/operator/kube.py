@@ -165,6 +165,11 @@ class PoolWriter(Protocol):
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None: ...
 
+    async def post_pod_event(self, namespace: str, pod: str, kind: str, reason: str,
+                             message: str) -> None:
+        """A Kubernetes Event on a pod (per-pod Azure networking); never raises."""
+        ...
+
     async def add_finalizer(self, name: str) -> None:
         """Hold the pool (``FINALIZER``) until its addresses have left the NIC."""
         ...
@@ -307,4 +312,25 @@ class KubePools:
                 EVENT_NAMESPACE, event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as e:
             log.warning("event=event_post_failed pool=%s reason=%s status=%s", pool.name,
+                        reason, e.status)
+
+    async def post_pod_event(self, namespace: str, pod: str, kind: str, reason: str,
+                             message: str) -> None:
+        """An Event on a pod, in its namespace (the pod's uid is not needed: kubectl describe
+        matches Events by kind, namespace and name)."""
+        now = utcnow()
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{pod}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(api_version="v1", kind="Pod",
+                                                     name=pod, namespace=namespace),
+            type=kind, reason=reason, message=message[:1024],
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="azure-cni-operator"),
+            reporting_component="azure-cni-operator", reporting_instance="azure-cni-operator",
+        )
+        _count("create", "events")
+        try:
+            await self._core.create_namespaced_event(namespace, event)
+        except ApiException as e:
+            log.warning("event=event_post_failed pod=%s/%s reason=%s status=%s", namespace, pod,
                         reason, e.status)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from azure_cni.api.nodeippool import IPCONFIG_PREFIX, NodeIPPool, utcnow
+from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
     AzureNetwork,
     CloudError,
@@ -95,9 +96,11 @@ class PoolReconciler:
         clock: Callable[[], dt.datetime] = utcnow,
         new_name: Callable[[], str] = new_ipconfig_name,
         subnet_ttl: float = 10.0,
+        pod_networking: PodNetworkingSettings | None = None,
     ) -> None:
         self.azure = azure
         self.pools = pools
+        self.pod_networking = pod_networking or PodNetworkingSettings()
         self.subnets = SubnetCache(azure, subnet_ttl)
         self._clock = clock
         self._new_name = new_name
@@ -107,7 +110,7 @@ class PoolReconciler:
         """One reconcile of ``pool``. ``nic`` is a recent read of its NIC if the caller has
         one; ``look`` reads the NIC even when the decision would not need it (a drift check).
         Azure errors end up in the outcome, never raised."""
-        obs = Observation(pool, self._clock())
+        obs = Observation(pool, self._clock(), pod_networking=self.pod_networking)
         decision = None if nic is not None or look else decide(obs, self._new_name)
         if decision is None or decision.read_nic:
             try:
@@ -154,7 +157,8 @@ class PoolReconciler:
         started = time.monotonic()
         try:
             written = await self.azure.update_ip_configurations(
-                nic, write.add, write.remove, reapply=write.reapply)
+                nic, write.add, write.remove, reapply=write.reapply,
+                features=dict(write.features))
         except CloudError as e:
             metrics.observe_azure_error(e)
             metrics.observe_write(len(write.add), len(write.remove),
@@ -178,6 +182,9 @@ class PoolReconciler:
             stored = await self.pools.apply_status(pool.name, outcome.status.operator_fields())
         for event in outcome.events:
             await self.pools.post_event(pool, str(event.type), event.reason, event.message)
+        for pod_event in outcome.pod_events:
+            await self.pools.post_pod_event(pod_event.namespace, pod_event.pod, pod_event.type,
+                                            pod_event.reason, pod_event.message)
         if outcome.failed:
             log.warning("event=reconcile_failed pool=%s retry_in=%s message=%r", pool.name,
                         outcome.requeue_after, outcome.message)

@@ -35,7 +35,8 @@ class Operator:
         api = await connect(kubeconfig)
         azure = AzureAdapter(settings.azure)
         kube = KubePools(api)
-        controller = PoolController(PoolReconciler(azure, kube), kube, azure, settings.pool,
+        controller = PoolController(PoolReconciler(
+            azure, kube, pod_networking=settings.pod_networking), kube, azure, settings.pool,
                                     settings.operator)
         return cls(settings, api, azure, controller, time.monotonic())
 

@@ -47,6 +47,7 @@ from azure_cni_sim.arm.config import (
     VnetInfo,
 )
 from azure_cni_sim.arm.faults import FaultBook
+from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed
 from azure_cni_sim.arm.resources import Request
 from azure_cni_sim.arm.routes import MethodNotAllowed, Route, resolve
 from azure_cni_sim.arm.scaleset_resources import scale_sets_of
@@ -120,6 +121,7 @@ class ArmEmulator:
         self._faults = FaultBook()
         self._requests: list[RequestRecord] = []
         self._changes = NicChangeFeed(self._lock)
+        self._policy = PolicyFeed(self._lock)
         self._servers: list[_Server] = []
         self._vm_imds: dict[str, _Server] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -351,6 +353,12 @@ class ArmEmulator:
                    for sub_name, cidr in (subnets or {}).items()}
         return VnetInfo(vnet.id, ids)
 
+    def add_resource_group(self, name: str, *, subscription: str = DEFAULT_SUBSCRIPTION,
+                           location: str = "eastus") -> None:
+        """An empty resource group (for public IPs, load balancers and NSGs made over ARM)."""
+        with self._lock:
+            self._state.add_resource_group(subscription, name, location)
+
     def add_subnet(self, vnet_id: str, name: str, cidr: str) -> str:
         with self._lock:
             return self._state.add_subnet(vnet_id, name, cidr).id
@@ -540,6 +548,12 @@ class ArmEmulator:
         """
         return self._changes.subscribe(callback)
 
+    def on_network_policy(self, callback: PolicyCallback) -> Callable[[], None]:
+        """Call ``callback(policy)`` whenever what the SDN must enforce besides routes changes
+        (public IP NAT, load balancers, NSGs: ``netfeatures.FabricPolicy``); like
+        ``on_nic_change``, before the request that changed it is answered."""
+        return self._policy.subscribe(callback)
+
     async def wait_events(self, after: int, timeout: float) -> dict[str, Any]:
         """NIC changes with a sequence number above ``after``, waiting up to ``timeout``."""
         return await self._changes.wait(after, timeout)
@@ -551,6 +565,7 @@ class ArmEmulator:
                 expired = self._state.expired_operations(self.config.lro_timeout)
                 changes = [c for op in expired if (c := self._state.finish(op)) is not None]
             await self._changes.publish(changes)
+            await self._policy.refresh(self._state)
 
     # -- ARM request handling ---------------------------------------------------------------------
 
@@ -656,5 +671,6 @@ class ArmEmulator:
                 e.headers = {**headers, **e.headers}
                 raise
         await self._changes.publish(reply.changes)
+        await self._policy.refresh(self._state)
         return web.json_response(reply.payload, status=reply.status,
                                  headers={**headers, **reply.headers})

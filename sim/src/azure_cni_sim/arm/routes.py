@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from azure_cni_sim.arm import resources, scaleset_resources
+from azure_cni_sim.arm import netfeatures, resources, scaleset_resources
 from azure_cni_sim.arm.resources import Reply, Request
 
 Handler = Callable[[Request], Reply]
@@ -51,7 +51,8 @@ ROUTES: tuple[Route, ...] = (
           provider="compute"),
     Route("GET", f"{_NETWORK}/networkInterfaces", resources.list_nics),
     Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.get_nic),
-    Route("PUT", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.put_nic),
+    # the NIC write, after the checks of what its ipConfigurations reference (netfeatures)
+    Route("PUT", f"{_NETWORK}/networkInterfaces/{{nic}}", netfeatures.put_nic),
     Route("PATCH", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.patch_nic_tags),
     Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}/ipConfigurations",
           resources.list_ip_configurations),
@@ -59,10 +60,30 @@ ROUTES: tuple[Route, ...] = (
           resources.get_ip_configuration),
     Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}", resources.get_vnet),
     Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/subnets/{{subnet}}",
-          resources.get_subnet),
+          netfeatures.get_subnet),
+    Route("PUT", f"{_NETWORK}/virtualNetworks/{{vnet}}/subnets/{{subnet}}",
+          netfeatures.put_subnet),
     Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/usages", resources.list_usages),
     Route("GET", f"{_NETWORK}/virtualNetworks/{{vnet}}/checkIPAddressAvailability",
           resources.check_ip_address),
+    # public IPs, load balancers and network security groups (netfeatures)
+    *(Route(method, f"{_NETWORK}/{path}", handler) for method, path, handler in (
+        ("GET", "publicIPAddresses/{pip}", netfeatures.get_public_ip),
+        ("PUT", "publicIPAddresses/{pip}", netfeatures.put_public_ip),
+        ("DELETE", "publicIPAddresses/{pip}", netfeatures.delete_public_ip),
+        ("GET", "loadBalancers/{lb}", netfeatures.get_load_balancer),
+        ("PUT", "loadBalancers/{lb}", netfeatures.put_load_balancer),
+        ("DELETE", "loadBalancers/{lb}", netfeatures.delete_load_balancer),
+        ("GET", "networkSecurityGroups/{nsg}", netfeatures.get_nsg),
+        ("PUT", "networkSecurityGroups/{nsg}", netfeatures.put_nsg),
+        ("DELETE", "networkSecurityGroups/{nsg}", netfeatures.delete_nsg),
+        ("GET", "networkSecurityGroups/{nsg}/securityRules/{rule}",
+         netfeatures.get_security_rule),
+        ("PUT", "networkSecurityGroups/{nsg}/securityRules/{rule}",
+         netfeatures.put_security_rule),
+        ("DELETE", "networkSecurityGroups/{nsg}/securityRules/{rule}",
+         netfeatures.delete_security_rule),
+    )),
     Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Network/locations/"
                  "{location}/operations/{operation}", resources.get_operation),
     # Uniform scale sets: the instance model through Compute, its NICs read-only through NRP

@@ -1,0 +1,151 @@
+"""Azure networking per pod: a public IP and load balancer backend pools on the pod's address.
+
+A pod asks with annotations (read by the agent at ADD, from the runtime's
+``io.kubernetes.cri.pod-annotations`` capability; see docs/security.md):
+
+- ``azurecni.io/public-ip``: the name or resource ID of an existing Standard public IP. A bare
+  name means that name in the first of the chart's ``podNetworking.resourceGroups``;
+- ``azurecni.io/backend-pools``: comma-separated resource IDs of backend pools of Standard
+  load balancers.
+
+The flow keeps the NodeIPPool contract. The agent lists each request against the pod's
+ipConfiguration in ``status.podRequests`` (its own field); when the pod goes, the entry stays
+with ``withdrawn: true`` and the agent does not hand the address out again. The operator,
+the only part that talks to Azure, decides with :func:`azure_cni.ipam.podnet.plan_pod_network`
+what each ipConfiguration should carry, writes it in its next NIC write, and reports in
+``status.podNetworking`` (its own field): ``Attached``, ``Refused`` (with the reason, also an
+Event on the pod) or ``Detached`` (a withdrawn request whose public IP and pools are off the
+NIC: only then does the agent forget it and reuse the address).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+PUBLIC_IP_ANNOTATION = "azurecni.io/public-ip"
+BACKEND_POOLS_ANNOTATION = "azurecni.io/backend-pools"
+#: the CNI capability under which containerd and CRI-O pass a pod's annotations to a plugin
+POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
+#: the reason of a request the chart's policy refuses (Azure's refusals carry Azure's code)
+NOT_ALLOWED = "NotAllowed"
+
+
+class AttachmentState(StrEnum):
+    ATTACHED = "Attached"
+    REFUSED = "Refused"
+    DETACHED = "Detached"
+
+
+@dataclass(frozen=True)
+class PodNetworkRequest:
+    """What a pod asked for, as its node agent recorded it (agent-owned status)."""
+
+    ip_configuration: str
+    address: str
+    #: ``namespace/name``
+    pod: str
+    public_ip: str = ""
+    backend_pools: tuple[str, ...] = ()
+    #: the pod is gone: its address is not handed out until the operator says Detached
+    withdrawn: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return self.pod.partition("/")[0]
+
+    @property
+    def pod_name(self) -> str:
+        return self.pod.partition("/")[2]
+
+    @property
+    def wants(self) -> tuple[str, tuple[str, ...]]:
+        """(public IP, backend pools) as asked; nothing once withdrawn."""
+        return ("", ()) if self.withdrawn else (self.public_ip, self.backend_pools)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PodNetworkRequest:
+        return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
+                   str(d.get("pod") or ""), str(d.get("publicIP") or ""),
+                   tuple(str(p) for p in d.get("backendPools") or ()),
+                   bool(d.get("withdrawn")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
+                               "address": self.address, "pod": self.pod}
+        if self.public_ip:
+            out["publicIP"] = self.public_ip
+        if self.backend_pools:
+            out["backendPools"] = list(self.backend_pools)
+        if self.withdrawn:
+            out["withdrawn"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class PodAttachment:
+    """What the operator did about one request (operator-owned status)."""
+
+    ip_configuration: str
+    address: str
+    pod: str
+    state: AttachmentState
+    #: resource IDs as written on the ipConfiguration (Attached) or as refused (Refused)
+    public_ip: str = ""
+    backend_pools: tuple[str, ...] = ()
+    #: for Refused: ``NotAllowed`` (the chart's policy) or Azure's error code
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def refused_by_azure(self) -> bool:
+        return self.state == AttachmentState.REFUSED and self.reason != NOT_ALLOWED
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PodAttachment:
+        try:
+            state = AttachmentState(d.get("state") or AttachmentState.REFUSED)
+        except ValueError:
+            state = AttachmentState.REFUSED
+        return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
+                   str(d.get("pod") or ""), state, str(d.get("publicIP") or ""),
+                   tuple(str(p) for p in d.get("backendPools") or ()),
+                   str(d.get("reason") or ""), str(d.get("message") or ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
+                               "address": self.address, "pod": self.pod,
+                               "state": str(self.state)}
+        if self.public_ip:
+            out["publicIP"] = self.public_ip
+        if self.backend_pools:
+            out["backendPools"] = list(self.backend_pools)
+        if self.reason:
+            out["reason"] = self.reason
+        if self.message:
+            out["message"] = self.message
+        return out
+
+
+class InvalidAnnotation(ValueError):
+    """A pod annotation azure-cni cannot read; the message names it."""
+
+
+def requested_features(annotations: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(public IP, backend pools) a pod's annotations ask for, as written (pure)."""
+    public_ip = str(annotations.get(PUBLIC_IP_ANNOTATION) or "").strip()
+    raw_pools = str(annotations.get(BACKEND_POOLS_ANNOTATION) or "")
+    pools = tuple(dict.fromkeys(p.strip() for p in raw_pools.split(",") if p.strip()))
+    return public_ip, pools
+
+
+def merge_by_ipconfig(entries: Iterable[PodNetworkRequest]) -> dict[str, PodNetworkRequest]:
+    """Requests by ipConfiguration; a live request wins over a withdrawn one for the same."""
+    out: dict[str, PodNetworkRequest] = {}
+    for entry in entries:
+        seen = out.get(entry.ip_configuration)
+        if seen is None or (seen.withdrawn and not entry.withdrawn):
+            out[entry.ip_configuration] = entry
+    return out

@@ -1,0 +1,94 @@
+"""The agent's side of per-pod networking: requests survive restarts, a pod's address is not
+handed out again until the operator has detached what it asked for, and pods with a public
+IP are exempt from the node's SNAT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.ipam.test_store import first_free
+
+from azure_cni.agent.allocator import pool_usage, publishable_requests, settled_requests
+from azure_cni.agent.egress import snat_policy
+from azure_cni.agent.nodeagent import public_sources
+from azure_cni.api.nodeippool import NicInfo, NodeIPPool, PoolIP, PoolSpec, PoolStatus
+from azure_cni.api.podnet import AttachmentState, PodAttachment
+from azure_cni.api.settings import SnatSettings
+from azure_cni.cni.request import CniRequest
+from azure_cni.datapath.snat import render_rules
+from azure_cni.ipam.store import AddressStore, AttachmentKey
+
+A, B = AttachmentKey("c1", "eth0"), AttachmentKey("c2", "eth0")
+ADDRESSES = ["198.18.0.10", "198.18.0.11"]
+PIP = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
+
+
+def pool(*answers: PodAttachment) -> NodeIPPool:
+    ips = tuple(PoolIP(a, f"azcni-{i}") for i, a in enumerate(ADDRESSES))
+    return NodeIPPool("n1", PoolSpec("n1"), PoolStatus(ips=ips, pod_networking=answers))
+
+
+def test_a_withdrawn_request_keeps_its_address_out_of_use_until_detached(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    store = AddressStore(path)
+    first = store.assign(A, netns="/n1", host_veth="v1", pod="web/a",
+                         choose=first_free(ADDRESSES))
+    assert first is not None and first.address == ADDRESSES[0]
+    store.record_pod_request(first.address, "web/a", "web", ())
+    store.release(A, 0.0)  # no cooldown: only the request holds the address back
+    store.close()
+    store = AddressStore(path)  # and across a restart
+    (held,) = store.pod_requests()
+    assert held.withdrawn and held.public_ip == "web"
+    second = store.assign(B, netns="/n2", host_veth="v2", pod="web/b",
+                          choose=first_free(ADDRESSES))
+    assert second is not None and second.address == ADDRESSES[1]
+    # the operator's answer for another pod on that ipConfiguration settles nothing
+    stale = PodAttachment("azcni-0", ADDRESSES[0], "web/old", AttachmentState.DETACHED)
+    assert settled_requests(pool(stale), store.pod_requests()) == []
+    detached = PodAttachment("azcni-0", ADDRESSES[0], "web/a", AttachmentState.DETACHED)
+    settled = settled_requests(pool(detached), store.pod_requests())
+    assert settled == [ADDRESSES[0]]
+    store.forget_pod_requests(settled)
+    store.release(B, 0.0)
+    again = store.assign(A, netns="/n3", host_veth="v3", pod="web/c",
+                         choose=first_free(ADDRESSES))
+    assert again is not None and again.address == ADDRESSES[0]
+    store.close()
+
+
+def test_requests_are_published_by_ipconfiguration_for_pool_addresses_only(tmp_path) -> None:
+    store = AddressStore(tmp_path / "ipam.db")
+    store.record_pod_request(ADDRESSES[1], "web/a", "", ("p1", "p2"))
+    store.record_pod_request("198.18.0.99", "web/b", "web", ())
+    (published,) = publishable_requests(pool(), store.pod_requests())
+    assert (published.ip_configuration, published.backend_pools) == ("azcni-1", ("p1", "p2"))
+    assert published.to_dict() == {"ipConfiguration": "azcni-1", "address": ADDRESSES[1],
+                                   "pod": "web/a", "backendPools": ["p1", "p2"]}
+    store.close()
+
+
+def test_pods_with_an_attached_public_ip_leave_without_masquerade() -> None:
+    attached = PodAttachment("azcni-0", ADDRESSES[0], "web/a", AttachmentState.ATTACHED, PIP)
+    refused = PodAttachment("azcni-1", ADDRESSES[1], "web/b", AttachmentState.REFUSED, PIP)
+    sources = public_sources(pool(attached, refused))
+    assert sources == (ADDRESSES[0],)
+    rules = render_rules(snat_policy(SnatSettings(), None, sources))
+    assert rules.nat_chain == ()  # no pod CIDR known yet: nothing masqueraded at all
+    nic = NicInfo("nic", "198.18.0.4", "subnet", "198.18.0.0/24", ("198.18.0.0/16",))
+    chain = render_rules(snat_policy(SnatSettings(), nic, sources)).nat_chain
+    assert chain[0].startswith(f"-s {ADDRESSES[0]}/32 ") and chain[0].endswith("-j RETURN")
+    assert chain[-1].endswith("-j MASQUERADE --random-fully")
+
+
+def test_the_pod_annotations_come_from_the_runtime_capability() -> None:
+    config = {"runtimeConfig": {"io.kubernetes.cri.pod-annotations": {
+        "azurecni.io/public-ip": "web"}}}
+    request = CniRequest("ADD", "1.0.0", "azure-cni", config)
+    assert request.pod_annotations == {"azurecni.io/public-ip": "web"}
+    assert CniRequest("ADD", "1.0.0", "azure-cni", {}).pod_annotations == {}
+
+
+def test_a_withheld_address_is_not_free_for_the_warm_pool() -> None:
+    usage = pool_usage(pool(), [], {}, 0.0, withheld=frozenset({ADDRESSES[0]}))
+    assert (usage.free, usage.cooling) == (1, 1)

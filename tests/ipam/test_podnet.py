@@ -1,0 +1,237 @@
+"""Per-pod Azure networking in the pure decision: each rule of ``ipam/podnet.py`` a row."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
+
+from azure_cni.api.nodeippool import ConditionType, PoolStatus
+from azure_cni.api.podnet import (
+    NOT_ALLOWED,
+    AttachmentState,
+    PodAttachment,
+    PodNetworkRequest,
+    requested_features,
+)
+from azure_cni.api.settings import PodNetworkingSettings
+from azure_cni.cloud.port import (
+    AttachmentRefused,
+    IPConfigFeatures,
+    IPConfiguration,
+    NicSnapshot,
+)
+from azure_cni.ipam.decide import Observation, decide
+
+SUB = "s"
+PIP = f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
+OTHER_RG_PIP = PIP.replace("/pips/", "/someone-else/")
+POOL_A = (f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/loadBalancers/"
+          "lb/backendAddressPools/a")
+POOL_B = POOL_A[:-1] + "b"
+POLICY = PodNetworkingSettings(resource_groups=("pips",), public_ip_namespaces=("web",),
+                               load_balancer_namespaces=("web", "lb"))
+INVENTORY = ips(8)
+NAME, ADDRESS = INVENTORY[0].ip_configuration, INVENTORY[0].address
+
+
+def request(pod: str = "web/a", public_ip: str = "web", pools: Sequence[str] = (),
+            withdrawn: bool = False, name: str = NAME, address: str = ADDRESS
+            ) -> PodNetworkRequest:
+    return PodNetworkRequest(name, address, pod, public_ip, tuple(pools), withdrawn)
+
+
+def carrying(features: dict[str, IPConfigFeatures]) -> NicSnapshot:
+    """The NIC with the inventory, each ipConfiguration carrying ``features``."""
+    base = nic(INVENTORY)
+    configs = tuple(replace(c, public_ip_id=features[c.name].public_ip,
+                            backend_pool_ids=features[c.name].backend_pools)
+                    if c.name in features else c for c in base.ip_configurations)
+    return replace(base, ip_configurations=configs)
+
+
+def observe(requests: Sequence[PodNetworkRequest] = (),
+            answers: Sequence[PodAttachment] = (),
+            on_nic: dict[str, IPConfigFeatures] | None = None,
+            policy: PodNetworkingSettings = POLICY) -> Observation:
+    the_pool = pool(INVENTORY, used=1, pod_requests=tuple(requests),
+                    pod_networking=tuple(answers))
+    return Observation(the_pool, NOW, carrying(on_nic or {}), SUBNET, policy)
+
+
+def attached(pod: str = "web/a", public_ip: str = PIP, pools: Sequence[str] = ()
+             ) -> PodAttachment:
+    return PodAttachment(NAME, ADDRESS, pod, AttachmentState.ATTACHED, public_ip, tuple(pools))
+
+
+def condition(status: PoolStatus | None) -> tuple[bool, str] | None:
+    assert status is not None
+    c = status.condition(ConditionType.POD_NETWORKING)
+    return (c.status, c.reason) if c is not None else None
+
+
+def test_annotations_are_read_as_written() -> None:
+    assert requested_features({}) == ("", ())
+    assert requested_features({"azurecni.io/public-ip": " web ",
+                               "azurecni.io/backend-pools": f"{POOL_A}, {POOL_B},{POOL_A}"}) \
+        == ("web", (POOL_A, POOL_B))
+
+
+def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> None:
+    decision, outcome = run(observe([request()]), written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert decision.write is not None
+    assert dict(decision.write.features) == {NAME: IPConfigFeatures(PIP)}
+    assert decision.write.add == () and decision.write.remove == ()
+    assert outcome.status is not None
+    assert outcome.status.pod_networking == (attached(),)
+    assert condition(outcome.status) == (True, "Attached")
+    (event,) = outcome.pod_events
+    assert (event.namespace, event.pod, event.type, event.reason) == \
+        ("web", "a", "Normal", "PodNetworkAttached")
+    assert PIP in event.message and ADDRESS in event.message
+
+
+@pytest.mark.parametrize(("name", "req", "why"), [
+    ("a namespace not allowed public IPs", request(pod="tenant/x"),
+     "namespace 'tenant' may not use public IPs"),
+    ("a public IP outside the allowed resource groups", request(public_ip=OTHER_RG_PIP),
+     "resource group 'someone-else'"),
+    ("a resource ID of another type", request(public_ip=POOL_A),
+     "is not a Microsoft.Network/publicIPAddresses resource ID"),
+    ("a namespace not allowed backend pools", request(pod="db/x", public_ip="", pools=[POOL_A]),
+     "namespace 'db' may not join load balancer backend pools"),
+])
+def test_the_policy_refuses_before_azure_sees_anything(name, req, why) -> None:
+    decision, outcome = run(observe([req]))
+    assert decision.write is None, name
+    assert outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert answer.state == AttachmentState.REFUSED and answer.reason == NOT_ALLOWED, name
+    assert why in answer.message, answer.message
+    assert condition(outcome.status) == (False, "Refused")
+    c = outcome.status.condition(ConditionType.POD_NETWORKING)
+    assert c is not None and why in c.message and c.message.startswith("0 attached, 1 refused")
+    (event,) = outcome.pod_events
+    assert (event.type, event.reason) == ("Warning", "PodNetworkRefused") and why in event.message
+
+
+def test_a_pod_in_a_block_gets_no_public_ip_of_its_own() -> None:
+    """A block's ipConfiguration is shared by 16 pods: a public IP there would reach them all."""
+    obs = observe([request()])
+    block = tuple(replace(c, prefix_length=28) if c.name == NAME else c
+                  for c in obs.nic.ip_configurations)
+    decision, outcome = run(replace(obs, nic=replace(obs.nic, ip_configurations=block)))
+    assert decision.write is None
+    assert outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert answer.state == AttachmentState.REFUSED and answer.reason == NOT_ALLOWED
+    assert "Addresses mode" in answer.message
+    (event,) = outcome.pod_events
+    assert event.reason == "PodNetworkRefused"
+
+
+def test_nobody_may_by_default() -> None:
+    _, outcome = run(observe([request()], policy=PodNetworkingSettings()))
+    assert outcome.status is not None
+    assert outcome.status.pod_networking[0].state == AttachmentState.REFUSED
+
+
+def test_azures_refusal_sticks_for_the_same_request_and_the_write_goes_on_without_it() -> None:
+    in_use = AttachmentRefused(
+        f"Resource {NAME} is referencing public IP address {PIP} that is already allocated to "
+        "resource /x/ipConfigurations/ipconfig1.", resources=(PIP,),
+        code="PublicIPAddressInUse", status=400)
+    other = request(pod="web/b", public_ip="", pools=[POOL_A], name=INVENTORY[1].ip_configuration,
+                    address=INVENTORY[1].address)
+    decision, outcome = run(observe([request(), other]), error=in_use)
+    assert outcome.failed and outcome.requeue_after is not None and outcome.requeue_after < 5
+    assert outcome.status is not None
+    refused = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert refused[NAME].state == AttachmentState.REFUSED
+    assert refused[NAME].reason == "PublicIPAddressInUse" and PIP in refused[NAME].message
+    assert other.ip_configuration not in refused  # the pool request was not what Azure refused
+    assert [(e.pod, e.reason) for e in outcome.pod_events] == [("a", "PodNetworkRefused")]
+    assert condition(outcome.status) == (False, "Refused")
+    # the next reconcile writes the pool request alone, and never retries the refused one
+    again = observe([request(), other], outcome.status.pod_networking)
+    decision, _ = run(again, written=carrying({other.ip_configuration:
+                                               IPConfigFeatures("", (POOL_A,))}))
+    assert decision.write is not None
+    assert dict(decision.write.features) == {other.ip_configuration:
+                                             IPConfigFeatures("", (POOL_A,))}
+
+
+def test_a_withdrawn_request_is_detached_before_it_is_reported_detached() -> None:
+    obs = observe([request(withdrawn=True)], [attached()], on_nic={NAME: IPConfigFeatures(PIP)})
+    decision, outcome = run(obs, written=carrying({}))
+    assert decision.write is not None
+    assert dict(decision.write.features) == {NAME: IPConfigFeatures()}
+    assert outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert answer.state == AttachmentState.DETACHED
+    assert [e.reason for e in outcome.pod_events] == ["PodNetworkDetached"]
+
+
+def test_a_withdrawn_request_still_on_the_nic_is_not_reported_detached() -> None:
+    obs = observe([request(withdrawn=True)], [attached()], on_nic={NAME: IPConfigFeatures(PIP)})
+    _, outcome = run(obs, written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert outcome.status is None or outcome.status.pod_networking == (attached(),)
+
+
+def test_a_detached_entry_goes_once_the_agent_forgot_the_request() -> None:
+    detached = PodAttachment(NAME, ADDRESS, "web/a", AttachmentState.DETACHED)
+    decision = decide(replace(observe([], [detached]), nic=None, subnet=None), lambda: "x")
+    assert decision.read_nic  # an answer to drop is work
+    _, outcome = run(observe([], [detached]))
+    assert outcome.status is not None and outcome.status.pod_networking == ()
+
+
+def test_only_the_pools_a_pod_asked_for_come_and_go() -> None:
+    foreign = POOL_A.replace("/lb/", "/infra/")
+    obs = observe([request(public_ip="", pools=[POOL_B])],
+                  on_nic={NAME: IPConfigFeatures("", (foreign,))})
+    decision, _ = run(obs, written=carrying({NAME: IPConfigFeatures("", (foreign, POOL_B))}))
+    assert decision.write is not None
+    assert dict(decision.write.features) == {NAME: IPConfigFeatures("", (foreign, POOL_B))}
+    gone = observe([request(public_ip="", pools=[POOL_B], withdrawn=True)],
+                   [attached(public_ip="", pools=[POOL_B])],
+                   on_nic={NAME: IPConfigFeatures("", (foreign, POOL_B))})
+    decision, outcome = run(gone, written=carrying({NAME: IPConfigFeatures("", (foreign,))}))
+    assert decision.write is not None
+    assert dict(decision.write.features) == {NAME: IPConfigFeatures("", (foreign,))}
+    assert outcome.status is not None
+    assert outcome.status.pod_networking[0].state == AttachmentState.DETACHED
+
+
+def test_pods_that_ask_nothing_cost_nothing() -> None:
+    """No request: the reconcile takes the shortcut without the NIC, as before."""
+    quiet = pool(INVENTORY, used=1)
+    decision = decide(Observation(quiet, NOW, pod_networking=POLICY), lambda: "x")
+    assert not decision.read_nic and decision.write is None
+    decision, outcome = run(observe())
+    assert decision.write is None
+    # and a pool that never had a request gets no PodNetworking condition at all
+    assert outcome.status is None or condition(outcome.status) is None
+
+
+def test_answered_requests_do_not_read_the_nic_again() -> None:
+    obs = replace(observe([request()], [attached()]), nic=None, subnet=None)
+    decision = decide(obs, lambda: "x")
+    assert not decision.read_nic and decision.write is None
+
+
+def test_requests_for_addresses_outside_the_pool_are_ignored() -> None:
+    stray = request(name="azcni-gone", address="198.18.0.250")
+    decision, outcome = run(observe([stray]))
+    assert decision.write is None
+    assert outcome.status is None or outcome.status.pod_networking == ()
+
+
+def test_the_primary_is_never_given_a_pods_features() -> None:
+    primary = IPConfiguration("ipconfig1", "198.18.0.4", True, "Succeeded", SUBNET_ID)
+    req = request(name="ipconfig1", address="198.18.0.4")
+    decision, _ = run(replace(observe([req]), nic=replace(
+        carrying({}), ip_configurations=(primary, *carrying({}).secondary()))))
+    assert decision.write is None

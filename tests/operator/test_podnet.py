@@ -1,0 +1,124 @@
+"""Per-pod public IPs and backend pools through the real reconciler on the stateful fake of
+Azure: what the agent records is put on the NIC, reported, and taken off when the pod goes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from tests.cloud.fake_network import FakeAzure
+from tests.operator.recording import RecordingPools
+from tests.operator.test_reconcile import SPEC, World
+
+from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni.api.settings import PodNetworkingSettings
+from azure_cni.operator.reconcile import PoolReconciler
+
+POLICY = PodNetworkingSettings(resource_groups=("pips",), public_ip_namespaces=("web",),
+                               load_balancer_namespaces=("web",))
+
+
+def world_with_policy() -> World:
+    azure = FakeAzure()
+    subnet_id = azure.add_subnet("198.18.0.0/24")
+    provider_id, nic_id = azure.add_vm("n1", subnet_id)
+    pools = RecordingPools()
+    pools.create("n1", SPEC)
+    names = itertools.count(1000)
+    reconciler = PoolReconciler(azure, pools, new_name=lambda: f"azcni-{next(names):04d}",
+                                pod_networking=POLICY)
+    return World(azure, pools, subnet_id, provider_id, nic_id, reconciler)
+
+
+def agent_requests(world: World, *requests: PodNetworkRequest) -> None:
+    """The node agent publishes what pods asked for (its own status field)."""
+    pool = world.pool()
+    world.pools._bump(replace(pool, status=replace(pool.status, pod_requests=requests)))
+
+
+def request(world: World, index: int, pod: str, public_ip: str = "", pools: tuple[str, ...] = (),
+            withdrawn: bool = False) -> PodNetworkRequest:
+    ip = world.pool().status.ips[index]
+    return PodNetworkRequest(ip.ip_configuration, ip.address, pod, public_ip, pools, withdrawn)
+
+
+def on_nic(world: World, name: str) -> tuple[str, tuple[str, ...]]:
+    config = world.azure.nics[world.nic_id.lower()].configs
+    found = next(c for c in config if c.name == name)
+    return found.features.public_ip, found.features.backend_pools
+
+
+def pod_events(world: World) -> list[tuple[str, str]]:
+    return [(e.pool.removeprefix("pod:"), e.reason) for e in world.pools.events
+            if e.pool.startswith("pod:")]
+
+
+async def test_a_public_ip_goes_on_in_the_next_write_and_off_before_the_address_is_free() -> None:
+    world = world_with_policy()
+    await world.reconcile()
+    pip = world.azure.add_public_ip("web")
+    asked = request(world, 0, "web/a", "web")
+    agent_requests(world, asked)
+    writes = len(world.azure.writes)
+    result = await world.reconcile()
+    assert not result.outcome.failed, result.outcome.message
+    assert on_nic(world, asked.ip_configuration)[0].lower() == pip.lower()
+    (answer,) = world.pool().status.pod_networking
+    assert (answer.state, answer.public_ip.lower()) == (AttachmentState.ATTACHED, pip.lower())
+    assert pod_events(world) == [("web/a", "PodNetworkAttached")]
+    # the NIC write that attached it was the only one, and an answered request costs nothing
+    calls = sum(world.azure.calls.values())
+    await world.reconcile()
+    assert sum(world.azure.calls.values()) == calls
+    assert world.azure.holder_of(pip) is not None and len(world.azure.writes) >= writes
+    # the pod goes: the agent withdraws, the operator detaches, then reports Detached
+    agent_requests(world, replace(asked, withdrawn=True))
+    await world.reconcile()
+    assert on_nic(world, asked.ip_configuration) == ("", ())
+    (answer,) = world.pool().status.pod_networking
+    assert answer.state == AttachmentState.DETACHED
+    assert pod_events(world)[-1] == ("web/a", "PodNetworkDetached")
+    # the agent forgets it: the answer goes too
+    agent_requests(world)
+    await world.reconcile()
+    assert world.pool().status.pod_networking == ()
+
+
+async def test_a_public_ip_in_use_elsewhere_is_an_event_and_does_not_block_the_others() -> None:
+    world = world_with_policy()
+    await world.reconcile()
+    pip = world.azure.add_public_ip("taken")
+    pool = world.azure.add_backend_pool("lb", "web")
+    _, other_nic = world.azure.add_vm("n2", world.subnet_id)
+    world.azure.nics[other_nic.lower()].configs[0].features = replace(
+        world.azure.nics[other_nic.lower()].configs[0].features, public_ip=pip)
+    taken = request(world, 0, "web/a", pip)
+    pooled = request(world, 1, "web/b", pools=(pool,))
+    agent_requests(world, taken, pooled)
+    first = await world.reconcile()
+    assert first.outcome.failed and first.outcome.requeue_after is not None
+    assert pod_events(world) == [("web/a", "PodNetworkRefused")]
+    assert "already allocated" in world.pools.events[-1].message
+    await world.reconcile()  # the retry, without the refused request
+    answers = {a.pod: a for a in world.pool().status.pod_networking}
+    assert answers["web/a"].state == AttachmentState.REFUSED
+    assert answers["web/a"].reason == "PublicIPAddressInUse"
+    assert answers["web/b"].state == AttachmentState.ATTACHED
+    assert on_nic(world, pooled.ip_configuration) == ("", (pool,))
+    assert on_nic(world, taken.ip_configuration) == ("", ())
+    writes = len(world.azure.writes)
+    await world.drift_check()
+    assert len(world.azure.writes) == writes, "a refused request was tried again"
+
+
+async def test_a_namespace_that_may_not_gets_an_event_and_no_azure_call() -> None:
+    world = world_with_policy()
+    await world.reconcile()
+    world.azure.add_public_ip("web")
+    agent_requests(world, request(world, 0, "tenant/x", "web"))
+    writes = len(world.azure.writes)
+    await world.reconcile()
+    assert len(world.azure.writes) == writes
+    (answer,) = world.pool().status.pod_networking
+    assert answer.state == AttachmentState.REFUSED and "may not use public IPs" in answer.message
+    assert pod_events(world) == [("tenant/x", "PodNetworkRefused")]
