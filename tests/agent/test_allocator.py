@@ -209,6 +209,6 @@ def test_blocks_with_no_address_used_or_cooling_are_reported_idle() -> None:
     pool = NodeIPPool("n1", PoolSpec("n1"), block_pool(*BLOCKS).status.by_address())
     names = frozenset({"azcni-b1", "azcni-b2"})
     assert pool_usage(pool, held(), {}, NOW, blocks=names).idle_blocks == names
-    assert pool_usage(pool, held("10.0.0.40"), {}, NOW, names).idle_blocks == {"azcni-b1"}
+    assert pool_usage(pool, held("10.0.0.40"), {}, NOW, blocks=names).idle_blocks == {"azcni-b1"}
     cooling = {"10.0.0.17": Release(990.0, 1020.0)}
-    assert pool_usage(pool, held(), cooling, NOW, names).idle_blocks == {"azcni-b2"}
+    assert pool_usage(pool, held(), cooling, NOW, blocks=names).idle_blocks == {"azcni-b2"}
