@@ -37,13 +37,16 @@ NIC = {"azcni-a": "198.18.0.10", "azcni-b": "198.18.0.11", "azcni-c": "198.18.0.
 
 
 def pool(ips: dict[str, str] = NIC, *, acks: frozenset[str] = frozenset(), ready: bool = True,
-         releasing: frozenset[str] = frozenset(), max_ips: int = 8) -> NodeIPPool:
+         releasing: frozenset[str] = frozenset(), max_ips: int = 8, used: int = 2,
+         cooling: int = 0) -> NodeIPPool:
+    """Two pods' pool with one address free, in a warm band of 1..2 free."""
     status = PoolStatus(
         ips=tuple(PoolIP(a, n, IPState.RELEASING if n in releasing else IPState.AVAILABLE)
                   for n, a in ips.items()),
-        observed_generation=1, release_acks=acks,
+        observed_generation=1, release_acks=acks, used=used, cooling=cooling,
         conditions=(Condition(ConditionType.READY, ready, "Ready" if ready else "Pending"),))
-    return NodeIPPool(NODE, PoolSpec(NODE, max_ips=max_ips), status, generation=1)
+    spec = PoolSpec(NODE, max_ips=max_ips, batch_size=1, min_free_ips=1, max_free_ips=2)
+    return NodeIPPool(NODE, spec, status, generation=1)
 
 
 def healthy() -> Observation:
@@ -84,7 +87,8 @@ def test_a_planted_duplicate_across_nodes_is_counted() -> None:
 
 def test_a_pod_holding_an_address_its_nic_gave_back_is_a_duplicate_in_waiting() -> None:
     nic = {k: v for k, v in NIC.items() if k != "azcni-b"}
-    seen = dataclasses.replace(healthy(), nics=(NicView(NODE, nic),), pools=(pool(nic),))
+    seen = dataclasses.replace(healthy(), nics=(NicView(NODE, nic),),
+                               pools=(pool(nic, max_ips=2),))
     assert counts(seen) == {"duplicate": 1}
 
 
@@ -95,7 +99,7 @@ def test_a_planted_leak_is_counted() -> None:
 
 
 def test_a_pod_the_agent_forgot_is_counted() -> None:
-    seen = dataclasses.replace(healthy(), records=healthy().records[:1])
+    seen = dataclasses.replace(healthy(), records=healthy().records[:1], pools=(pool(used=1),))
     assert counts(seen) == {"unrecorded": 1}
 
 
@@ -114,7 +118,8 @@ def test_a_planted_orphan_is_counted() -> None:
 def test_an_acknowledged_address_still_on_the_nic_is_counted() -> None:
     seen = dataclasses.replace(healthy(), pools=(pool(acks=frozenset({"azcni-c"}),
                                                       releasing=frozenset({"azcni-c"})),))
-    assert counts(seen) == {"acked_on_nic": 1}
+    # ... and a release under way is a pool that has not settled
+    assert counts(seen) == {"acked_on_nic": 1, "unsettled": 1}
 
 
 def test_a_pod_given_up_with_room_to_grow_is_counted_and_without_room_not() -> None:
@@ -130,6 +135,30 @@ def test_a_wedged_pool_is_unsettled() -> None:
     seen = dataclasses.replace(healthy(), pools=(pool(ready=False),),
                                nics=(NicView(NODE, NIC, not_succeeded=("azcni-a",)),))
     assert counts(seen) == {"unsettled": 2}
+
+
+@pytest.mark.parametrize(("the_pool", "subnet_free", "why"), [
+    (pool(used=1), 100, "the agent published 1 used, it records 2"),
+    (pool({**NIC, "azcni-d": "198.18.0.13"}, cooling=1), 100, "1 addresses still cooling down"),
+    (pool({**NIC, "azcni-d": "198.18.0.13", "azcni-e": "198.18.0.14"}), 100,
+     "3 free is above maxFreeIPs 2"),
+    (pool({k: v for k, v in NIC.items() if k != "azcni-c"}), 100,
+     "0 free is below minFreeIPs 1"),
+])
+def test_a_pool_not_at_rest_is_unsettled(the_pool, subnet_free, why) -> None:
+    nic = NicView(NODE, {ip.ip_configuration: ip.address for ip in the_pool.status.ips})
+    seen = dataclasses.replace(healthy(), pools=(the_pool,), nics=(nic,),
+                               subnet_free=subnet_free)
+    found = check(seen)
+    assert found.by_invariant["unsettled"] == [f"vm0: {why}"]
+
+
+def test_a_short_warm_pool_in_a_full_subnet_is_at_rest() -> None:
+    short = pool({k: v for k, v in NIC.items() if k != "azcni-c"})
+    seen = dataclasses.replace(healthy(), pools=(short,), subnet_free=0,
+                               nics=(NicView(NODE, {"azcni-a": "198.18.0.10",
+                                                    "azcni-b": "198.18.0.11"}),))
+    assert check(seen).clean
 
 
 def test_nic_view_keeps_only_ours_and_names_what_is_not_succeeded() -> None:

@@ -15,8 +15,9 @@ pods the runtime gave up on. ``check`` turns it into findings, one list per inva
 - ``acked_on_nic``: an address the agent acknowledged for release that is still on the NIC;
 - ``failed_with_room``: a pod the runtime gave up on although its pool was below its ceiling
   and the subnet had room;
-- ``unsettled``: a pool that is not Ready, whose inventory disagrees with its NIC, or whose
-  NIC holds an ipConfiguration not in provisioningState ``Succeeded``.
+- ``unsettled``: a pool that is not at rest: not Ready, usage not published, addresses still
+  cooling or being released, free addresses outside the warm band, an inventory that disagrees
+  with the NIC, or an ipConfiguration not in provisioningState ``Succeeded``.
 
 Leaks, orphans, acknowledgements and settling are promises about a system that had time to
 converge: the campaign waits (bounded) for ``check`` to come back clean and counts what is left
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure_cni.api.nodeippool import IPCONFIG_PREFIX, ConditionType, NodeIPPool
+from azure_cni.api.nodeippool import IPCONFIG_PREFIX, ConditionType, IPState, NodeIPPool
 
 INVARIANTS = ("duplicate", "unrecorded", "leak", "orphan", "acked_on_nic", "failed_with_room",
               "unsettled")
@@ -167,11 +168,13 @@ def failed_with_room(seen: Observation) -> Iterable[str]:
 
 def unsettled(seen: Observation) -> Iterable[str]:
     nics = {nic.node: nic for nic in seen.nics}
+    recorded = Counter(r.node for r in seen.records)
     for pool in seen.pools:
         ready = pool.status.condition(ConditionType.READY)
         if ready is None or not ready.status \
                 or pool.status.observed_generation != pool.generation:
             yield f"{pool.name}: not Ready ({ready.reason if ready else 'no condition'})"
+        yield from _at_rest(pool, recorded[pool.name], seen.subnet_free)
         nic = nics.get(pool.name)
         if nic is None:
             continue
@@ -180,6 +183,24 @@ def unsettled(seen: Observation) -> Iterable[str]:
             yield f"{pool.name}: the inventory disagrees with the NIC"
         for name in nic.not_succeeded:
             yield f"{pool.name}: ipConfiguration {name} is not Succeeded"
+
+
+def _at_rest(pool: NodeIPPool, records: int, subnet_free: int) -> Iterable[str]:
+    """A pool at rest: usage published, no release under way, free addresses in the warm band
+    (DESIGN.md: ``minFreeIPs <= allocated - used - cooling <= maxFreeIPs`` within the clamps)."""
+    status, spec = pool.status, pool.spec
+    if status.used != records:
+        yield f"{pool.name}: the agent published {status.used} used, it records {records}"
+    if status.cooling:
+        yield f"{pool.name}: {status.cooling} addresses still cooling down"
+    releasing = sum(1 for ip in status.ips if ip.state is IPState.RELEASING)
+    if releasing or status.excess_since is not None:
+        yield f"{pool.name}: a release is under way ({releasing} Releasing)"
+    free = status.allocated - status.used - status.cooling
+    if free > spec.max_free_ips and status.allocated > spec.min_ips:
+        yield f"{pool.name}: {free} free is above maxFreeIPs {spec.max_free_ips}"
+    if free < spec.min_free_ips and status.allocated < spec.max_ips and subnet_free > 0:
+        yield f"{pool.name}: {free} free is below minFreeIPs {spec.min_free_ips}"
 
 
 _RULES = {"duplicate": duplicates, "unrecorded": unrecorded, "leak": leaks, "orphan": orphans,
