@@ -119,7 +119,7 @@ def test_an_acknowledged_address_still_on_the_nic_is_counted() -> None:
     seen = dataclasses.replace(healthy(), pools=(pool(acks=frozenset({"azcni-c"}),
                                                       releasing=frozenset({"azcni-c"})),))
     # ... and a release under way is a pool that has not settled
-    assert counts(seen) == {"acked_on_nic": 1, "unsettled": 1}
+    assert counts(seen) == {"acked_on_nic": 1, "unsettled": 2}
 
 
 def test_a_pod_given_up_with_room_to_grow_is_counted_and_without_room_not() -> None:
@@ -151,6 +151,18 @@ def test_a_pool_not_at_rest_is_unsettled(the_pool, subnet_free, why) -> None:
                                subnet_free=subnet_free)
     found = check(seen)
     assert found.by_invariant["unsettled"] == [f"vm0: {why}"]
+
+
+def test_a_release_waiting_for_the_pod_that_holds_the_address_is_at_rest() -> None:
+    """The operator marks the highest free addresses without knowing which a pod holds; such
+    an address is released when its pod goes, not before (an unused one must go now)."""
+    held = pool({**NIC, "azcni-d": "198.18.0.13"}, releasing=frozenset({"azcni-b"}))
+    nic = NicView(NODE, {**NIC, "azcni-d": "198.18.0.13"})
+    assert check(dataclasses.replace(healthy(), pools=(held,), nics=(nic,))).clean
+    unused = pool({**NIC, "azcni-d": "198.18.0.13"}, releasing=frozenset({"azcni-d"}))
+    found = check(dataclasses.replace(healthy(), pools=(unused,), nics=(nic,)))
+    assert found.by_invariant["unsettled"] == ["vm0: a release is under way (1 Releasing, "
+                                               "unused)"]
 
 
 def test_a_short_warm_pool_in_a_full_subnet_is_at_rest() -> None:

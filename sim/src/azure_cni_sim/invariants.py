@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,7 +168,9 @@ def failed_with_room(seen: Observation) -> Iterable[str]:
 
 def unsettled(seen: Observation) -> Iterable[str]:
     nics = {nic.node: nic for nic in seen.nics}
-    recorded = Counter(r.node for r in seen.records)
+    recorded: dict[str, set[str]] = defaultdict(set)
+    for record in seen.records:
+        recorded[record.node].add(record.address)
     for pool in seen.pools:
         ready = pool.status.condition(ConditionType.READY)
         if ready is None or not ready.status \
@@ -185,19 +187,23 @@ def unsettled(seen: Observation) -> Iterable[str]:
             yield f"{pool.name}: ipConfiguration {name} is not Succeeded"
 
 
-def _at_rest(pool: NodeIPPool, records: int, subnet_free: int) -> Iterable[str]:
-    """A pool at rest: usage published, no release under way, free addresses in the warm band
-    (DESIGN.md: ``minFreeIPs <= allocated - used - cooling <= maxFreeIPs`` within the clamps)."""
+def _at_rest(pool: NodeIPPool, records: set[str], subnet_free: int) -> Iterable[str]:
+    """A pool at rest: usage published, no release waiting on anyone but a pod, free addresses
+    in the warm band (DESIGN.md: ``free = Available - used - cooling`` within
+    ``[minFreeIPs, maxFreeIPs]``, unless a clamp stops it)."""
     status, spec = pool.status, pool.spec
-    if status.used != records:
-        yield f"{pool.name}: the agent published {status.used} used, it records {records}"
+    if status.used != len(records):
+        yield f"{pool.name}: the agent published {status.used} used, it records {len(records)}"
     if status.cooling:
         yield f"{pool.name}: {status.cooling} addresses still cooling down"
-    releasing = sum(1 for ip in status.ips if ip.state is IPState.RELEASING)
-    if releasing or status.excess_since is not None:
-        yield f"{pool.name}: a release is under way ({releasing} Releasing)"
-    free = status.allocated - status.used - status.cooling
-    if free > spec.max_free_ips and status.allocated > spec.min_ips:
+    # a Releasing address a pod holds waits for that pod, however long it lives
+    waiting = [ip for ip in status.ips
+               if ip.state is IPState.RELEASING and ip.address not in records]
+    if waiting or status.excess_since is not None:
+        yield f"{pool.name}: a release is under way ({len(waiting)} Releasing, unused)"
+    available = sum(1 for ip in status.ips if ip.state is IPState.AVAILABLE)
+    free = available - status.used - status.cooling
+    if free > spec.max_free_ips and available > spec.min_ips:
         yield f"{pool.name}: {free} free is above maxFreeIPs {spec.max_free_ips}"
     if free < spec.min_free_ips and status.allocated < spec.max_ips and subnet_free > 0:
         yield f"{pool.name}: {free} free is below minFreeIPs {spec.min_free_ips}"
