@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["arm_batching.py", "cni_latency.py", "operator_scale.py", "standalone_docker.py"]
+BENCHMARKS = ["arm_batching.py", "cni_latency.py", "operator_scale.py", "standalone_docker.py",
+              "chaos.py"]
 
 
 def main() -> int:

@@ -38,13 +38,14 @@ NIC = {"azcni-a": "198.18.0.10", "azcni-b": "198.18.0.11", "azcni-c": "198.18.0.
 
 def pool(ips: dict[str, str] = NIC, *, acks: frozenset[str] = frozenset(), ready: bool = True,
          releasing: frozenset[str] = frozenset(), max_ips: int = 8, used: int = 2,
-         cooling: int = 0) -> NodeIPPool:
+         cooling: int = 0, reason: str = "") -> NodeIPPool:
     """Two pods' pool with one address free, in a warm band of 1..2 free."""
     status = PoolStatus(
         ips=tuple(PoolIP(a, n, IPState.RELEASING if n in releasing else IPState.AVAILABLE)
                   for n, a in ips.items()),
         observed_generation=1, release_acks=acks, used=used, cooling=cooling,
-        conditions=(Condition(ConditionType.READY, ready, "Ready" if ready else "Pending"),))
+        conditions=(Condition(ConditionType.READY, ready,
+                              reason or ("WarmPoolReady" if ready else "Pending")),))
     spec = PoolSpec(NODE, max_ips=max_ips, batch_size=1, min_free_ips=1, max_free_ips=2)
     return NodeIPPool(NODE, spec, status, generation=1)
 
@@ -166,11 +167,13 @@ def test_a_release_waiting_for_the_pod_that_holds_the_address_is_at_rest() -> No
 
 
 def test_a_short_warm_pool_in_a_full_subnet_is_at_rest() -> None:
-    short = pool({k: v for k, v in NIC.items() if k != "azcni-c"})
+    short = pool({k: v for k, v in NIC.items() if k != "azcni-c"}, ready=False, reason="Limited")
     seen = dataclasses.replace(healthy(), pools=(short,), subnet_free=0,
                                nics=(NicView(NODE, {"azcni-a": "198.18.0.10",
                                                     "azcni-b": "198.18.0.11"}),))
     assert check(seen).clean
+    # Limited with room to grow is a pool that has not settled
+    assert counts(dataclasses.replace(seen, subnet_free=5)) == {"unsettled": 2}
 
 
 def test_nic_view_keeps_only_ours_and_names_what_is_not_succeeded() -> None:

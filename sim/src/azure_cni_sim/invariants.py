@@ -35,6 +35,9 @@ from typing import Any
 
 from azure_cni.api.nodeippool import IPCONFIG_PREFIX, ConditionType, IPState, NodeIPPool
 
+#: the Ready reason of a pool whose warm pool a clamp (subnet, maxIPs, NIC) stops
+LIMITED = "Limited"
+
 INVARIANTS = ("duplicate", "unrecorded", "leak", "orphan", "acked_on_nic", "failed_with_room",
               "unsettled")
 
@@ -173,7 +176,10 @@ def unsettled(seen: Observation) -> Iterable[str]:
         recorded[record.node].add(record.address)
     for pool in seen.pools:
         ready = pool.status.condition(ConditionType.READY)
-        if ready is None or not ready.status \
+        # Ready=False "Limited" is the truth while the subnet or maxIPs stops the warm pool
+        limited = ready is not None and ready.reason == LIMITED and (
+            seen.subnet_free == 0 or pool.status.allocated >= pool.spec.max_ips)
+        if ready is None or not (ready.status or limited) \
                 or pool.status.observed_generation != pool.generation:
             yield f"{pool.name}: not Ready ({ready.reason if ready else 'no condition'})"
         yield from _at_rest(pool, recorded[pool.name], seen.subnet_free)
