@@ -282,7 +282,6 @@ class PodSandbox:
     name: str
     netns: str
     container: str = ""
-    attempts: int = 0
 
 
 @dataclass
@@ -338,7 +337,6 @@ class Runtime:
             self.pods[name] = pod
         give_up = time.monotonic() + self.deadline
         while True:
-            pod.attempts += 1
             container = uuid.uuid4().hex
             pod.container = ""
             candidate = PodSandbox(name, pod.netns, container)
@@ -424,8 +422,7 @@ class Campaign:
         self.tallies: dict[str, FaultTally] = {}
         self.examples: list[str] = []
 
-    def settle_and_check(self, fault: str, immediate: Callable[[Findings], None] | None = None
-                         ) -> Findings:
+    def settle_and_check(self, immediate: Callable[[Findings], None] | None = None) -> Findings:
         """Wait (bounded) for every invariant to hold; the findings left when it ends."""
         deadline = time.monotonic() + SETTLE_SECONDS
         findings = Findings()
@@ -447,10 +444,13 @@ class Campaign:
         """Delete every pod and let the pool shrink back, so the next fault starts from a pool
         at rest; what is found then is counted for the fault before."""
         self.shrink()
-        findings = self.settle_and_check(fault)
+        self.count(fault, "after its last round", self.settle_and_check())
+
+    def count(self, fault: str, when: str, findings: Findings) -> None:
+        """Add what a check found to the fault's violations, with a few examples."""
         self.tallies[fault].violations.update({k: v for k, v in findings.counts().items() if v})
         for name, found in findings.by_invariant.items():
-            self.examples.extend(f"{fault} after its last round: {name}: {f}" for f in found[:3])
+            self.examples.extend(f"{fault} {when}: {name}: {f}" for f in found[:3])
 
     def round(self, fault: str, body: Callable[[], bool]) -> None:
         tally = self.tallies.setdefault(fault, FaultTally())
@@ -463,7 +463,7 @@ class Campaign:
         def at_once(findings: Findings) -> None:
             duplicates_at_once.extend(findings.by_invariant["duplicate"])
 
-        findings = self.settle_and_check(fault, at_once)
+        findings = self.settle_and_check(at_once)
         counts = findings.counts()
         # a duplicate seen at once counts even if it went away while the system settled
         counts["duplicate"] = max(counts["duplicate"], len(duplicates_at_once))
@@ -572,7 +572,7 @@ class Campaign:
         try:
             self.grow_or_shrink(index)
             # with the fault still armed: a release's write comes only after cooldown and delay
-            self.settle_and_check(fault)
+            self.settle_and_check()
         finally:
             emu.clear_faults()
             if fault == "slow_lro":
@@ -603,7 +603,7 @@ class Campaign:
             worker.start()
             self.shrink(len(self.runtime.names()) // 2)
             worker.join()
-            findings = self.settle_and_check("subnet_full")  # while the subnet is full
+            findings = self.settle_and_check()  # while the subnet is full
         finally:
             self.runtime.deadline = ADD_DEADLINE
             stack.empty_subnet()
@@ -612,9 +612,7 @@ class Campaign:
         tally = self.tallies.setdefault("subnet_full", FaultTally())
         tally.evidence["subnet_is_full"] += statuses[400]
         tally.evidence["pods_given_up_without_room"] += len(self.runtime.gave_up)
-        tally.violations.update({k: v for k, v in findings.counts().items() if v})
-        for name, found in findings.by_invariant.items():
-            self.examples.extend(f"subnet_full while full: {name}: {f}" for f in found[:3])
+        self.count("subnet_full", "while full", findings)
         self.runtime.gave_up.clear()
         return statuses[400] > 0
 
