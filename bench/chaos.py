@@ -520,6 +520,7 @@ class Campaign:
         thread.start()
         in_parallel(jobs, workers=100)
         thread.join()
+        self.tallies["agent_kill"].evidence["agent_killed_during_calls"] += 1
         return True
 
     def operator_kill(self, index: int) -> bool:
@@ -538,6 +539,7 @@ class Campaign:
         self.stack.operator.popen.wait(10)  # type: ignore[union-attr]
         self.stack.start_operator()
         worker.join()
+        self.tallies["operator_kill"].evidence["killed_after_arm_committed"] += 1
         return True
 
     def arm_fault(self, fault: str, index: int) -> bool:
@@ -624,6 +626,7 @@ class Campaign:
         time.sleep(self.rng.uniform(2, 5))  # the outage itself
         self.stack.cluster.start_api_server()
         worker.join()
+        self.tallies["api_restart"].evidence["api_server_killed"] += 1
         return True
 
     def watch_drop(self, index: int) -> bool:
@@ -650,6 +653,7 @@ class Campaign:
             deleting.join()
             previous = sorted(set(self.runtime.names()) - before)
         in_parallel([lambda n=n: self.runtime.delete(n) for n in previous])
+        self.tallies["churn"].evidence["pods_created_and_deleted"] += 250
         return True
 
     def _failed_operations(self) -> int:
