@@ -235,6 +235,15 @@ class FakeAzure:
             for a in c.held():
                 nic.subnet.used.pop(a, None)
 
+    def attach_nic(self, nic_id: str, provider_id: str) -> None:
+        """Detach ``nic_id`` from its VM and make it ``provider_id``'s NIC, addresses and all."""
+        nic = self.nic(nic_id)
+        for vm_id, attached in list(self.vms.items()):
+            if attached.lower() == nic_id.lower():
+                del self.vms[vm_id]
+        nic.vm_id = provider_id.removeprefix("azure://")
+        self.vms[nic.vm_id.lower()] = nic.id
+
     def nic(self, nic_id: str) -> FakeNic:
         return self.nics[nic_id.lower()]
 

@@ -226,6 +226,22 @@ def test_vanished_addresses_come_back_under_their_name_in_the_same_write() -> No
     assert reasons(outcome) == ["DriftRepaired"]
 
 
+def test_a_nic_moved_to_another_vm_takes_its_addresses_along() -> None:
+    """Issue 11, to settle: the NIC the pool recorded still exists, on another VM, and the
+    node has a NIC of its own again. The addresses went with the moved NIC: restoring them
+    here would be refused (AddressInUse) one address per write, so they leave the pool at once
+    with one Event, and the new NIC gets its warm pool in one write."""
+    recorded = ips(4)
+    other_nic = replace(nic(), id=NIC_ID.replace("n1-nic", "spare-nic"), name="spare-nic")
+    moved = replace(nic(recorded), vm_id="another-vm")
+    decision, outcome = run(Observation(pool(recorded), NOW, other_nic, SUBNET, moved=moved),
+                            written=other_nic)
+    assert decision.write is not None
+    assert [a.address for a in decision.write.add] == [None] * 4, "nothing restored"
+    assert reasons(outcome)[0] == "NicMoved"
+    assert "4 addresses" in outcome.events[0].message
+
+
 def test_defect_8_address_in_use_gives_up_only_the_taken_address() -> None:
     """Two addresses vanished, one of them is now used elsewhere: only that one is lost."""
     recorded = ips(8)

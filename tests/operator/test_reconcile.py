@@ -327,6 +327,32 @@ async def test_a_replaced_nic_is_found_again_through_the_vm(world) -> None:
     assert len(world.azure.ours(world.nic_id)) == 4
 
 
+@pytest.mark.parametrize("found_by", ["its own read", "the sweep's listing"])
+async def test_a_nic_moved_to_another_vm_is_left_to_that_vm(world, found_by) -> None:
+    """Issue 11, to settle: the NIC a pool knows now belongs to another VM. The pool follows
+    its own VM to the NIC it has now and never writes the moved one on this node's behalf:
+    the addresses there are the other VM's business (its pool adopts them). They leave this
+    pool in one reconcile (restoring them here failed one write per address)."""
+    await filled(world)
+    moved = world.nic_id
+    on_moved = world.azure.ours(moved)
+    other, _ = world.azure.add_vm("n2", world.subnet_id)
+    _, fresh = world.azure.add_vm("spare", world.subnet_id)
+    world.azure.attach_nic(moved, other)
+    world.azure.attach_nic(fresh, world.provider_id)
+    writes = len(world.azure.writes)
+    if found_by == "its own read":
+        result = await world.drift_check()
+    else:
+        result = await world.reconciler.reconcile(world.pool(), world.provider_id,
+                                                  world.azure.nic(fresh).snapshot())
+    assert not result.outcome.failed, result.outcome.message
+    assert world.pool().status.nic is not None and world.pool().status.nic.id == fresh
+    assert [w for w in world.azure.writes[writes:] if w[0].lower() == moved.lower()] == []
+    assert world.azure.ours(moved) == on_moved
+    assert world.inventory() == world.azure.ours(fresh) and len(world.inventory()) == 4
+
+
 # -- deletion (defect 5) ---------------------------------------------------------------------------
 
 

@@ -408,6 +408,39 @@ def test_faults_are_one_shot_and_match_method_and_path(arm):
     assert arm.emu.request_count("GET", nic_id, status=503) == 2
 
 
+def test_a_second_writer_after_a_read_makes_the_readers_write_stale(arm):
+    vm = arm.vms[0]
+    arm.emu.race_next_reads(vm.nic_id, count=1)
+    body = arm.nic_body(vm)
+    status, _, refused = arm.call("PUT", vm.nic_id, body, headers={"If-Match": body["etag"]})
+    assert (status, refused["error"]["code"]) == (412, "PreconditionFailed")
+    again = arm.nic_body(vm)  # the race was used up: this read stays current
+    assert again["tags"] == {"azure-cni-sim-second-writer": "1"}
+    assert arm.call("PUT", vm.nic_id, again, headers={"If-Match": again["etag"]})[0] == 200
+
+
+def test_a_failed_ipconfig_stays_failed_until_the_nic_is_written(arm):
+    vm = arm.vms[0]
+    with arm.sdk() as client:
+        nic = client.network_interfaces.get("rg1", "vm0-nic")
+        nic.ip_configurations.append(secondary("azcni-a", arm.subnets["nodes"]))
+        client.network_interfaces.begin_create_or_update("rg1", "vm0-nic", nic).result()
+    arm.emu.fail_ipconfig(vm.nic_id, "azcni-a")
+
+    def states() -> dict[str, str]:
+        body = arm.nic_body(vm)
+        return {"nic": body["properties"]["provisioningState"],
+                **{c["name"]: c["properties"]["provisioningState"]
+                   for c in body["properties"]["ipConfigurations"]}}
+
+    assert states() == {"nic": "Failed", "ipconfig1": "Succeeded", "azcni-a": "Failed"}
+    assert states()["azcni-a"] == "Failed"  # reading does not repair it
+    with arm.sdk() as client:
+        nic = client.network_interfaces.get("rg1", "vm0-nic")
+        client.network_interfaces.begin_create_or_update("rg1", "vm0-nic", nic).result()
+    assert set(states().values()) == {"Succeeded"}
+
+
 def test_latency_is_added_per_method(arm):
     arm.emu.set_latency("GET", 0.3)
     started = time.monotonic()

@@ -94,6 +94,17 @@ def test_controller_manager_runs_garbage_collection(kube) -> None:
     kube.kubectl("wait", "--for=delete", f"configmap/{owner}-dep", "--timeout=60s")
 
 
+def test_the_api_server_restarts_on_the_same_port_with_its_data(tmp_path) -> None:
+    """The chaos campaign's API server outage: kill -9, then the same flags, port and etcd."""
+    with LocalCluster(tmp_path / "cluster", controller_manager=False) as cluster:
+        cluster.kubectl("create", "namespace", "made-before")
+        cluster.kill_api_server()
+        assert cluster.kubectl("get", "namespaces", check=False, timeout=20).returncode != 0
+        cluster.start_api_server()
+        names = cluster.kubectl("get", "namespaces", "-o", "name").stdout.split()
+        assert "namespace/made-before" in names
+
+
 def test_cli_up_and_down(tmp_path) -> None:
     state_dir = tmp_path / "cli-cluster"
     cli = [sys.executable, "-m", "azure_cni_sim.cli", "cluster"]

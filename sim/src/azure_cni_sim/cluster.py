@@ -205,6 +205,31 @@ class LocalCluster:
     ) -> None:
         self.stop()
 
+    def kill_api_server(self) -> None:
+        """SIGKILL kube-apiserver, as a crash would: every watch and request drops."""
+        proc = self._api_server()
+        assert proc.popen is not None
+        proc.popen.kill()
+        proc.popen.wait(30)
+
+    def start_api_server(self, timeout: float = 120.0) -> None:
+        """Start kube-apiserver again with the same flags and port; return once it is ready."""
+        old = self._api_server()
+        self.procs[self.procs.index(old)] = ManagedProcess(
+            old.name, old.argv, old.log_path, old.owner).start()
+        wait_for("kube-apiserver /readyz after its restart", self._api_ready, timeout,
+                 alive=self._alive)
+
+    def _api_server(self) -> ManagedProcess:
+        return next(p for p in self.procs if p.name == "kube-apiserver")
+
+    def _api_ready(self) -> bool:
+        try:
+            status, _ = self.get("/readyz")
+        except OSError:
+            return False
+        return status == 200
+
     # -- helpers for callers ---------------------------------------------------------------
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
@@ -356,15 +381,8 @@ class LocalCluster:
                 "--target", f"{self.network.netns}@{self.network.address}:{api_port}",
                 "--listen", f"127.0.0.1:{portal_port}"], on_host=True)
 
-        def api_ready() -> bool:
-            try:
-                status, _ = self.get("/readyz")
-            except OSError:
-                return False
-            return status == 200
-
         try:
-            wait_for("kube-apiserver /readyz", api_ready, timeout, alive=self._alive)
+            wait_for("kube-apiserver /readyz", self._api_ready, timeout, alive=self._alive)
         except ProcessFailed as e:
             raise ClusterError(str(e)) from e
 

@@ -15,7 +15,9 @@ The rules, beyond :func:`azure_cni.ipam.plan.plan`'s sizing:
 - **Drift.** An address that vanished from the NIC behind our back goes back under its own
   name at its own address (Static), in the same write as the rest. If Azure says an address
   is now someone else's (AddressInUse), only the addresses it names are given up (Event
-  ``AddressLost``); the others stay in the pool and are restored by the next write.
+  ``AddressLost``); the others stay in the pool and are restored by the next write. When the
+  node has another NIC now and the one the pool recorded still exists on another VM, the
+  addresses on it went with it: they leave the pool at once (Event ``NicMoved``).
 - **Provisioning.** An ipConfiguration of ours (or the NIC) in ``Failed`` gets a new write of
   the NIC, which is the only thing that clears Failed in Azure, and condition Ready=False
   ``ProvisioningFailed`` until it is clean. One ``Updating`` means a write is in flight: look
@@ -126,6 +128,9 @@ class Observation:
     subnet: SubnetInfo | None = None
     #: who may use per-pod public IPs and backend pools (default: nobody)
     pod_networking: PodNetworkingSettings = field(default_factory=PodNetworkingSettings)
+    #: the NIC the pool recorded, when the node has another one now and that one still exists
+    #: (moved to another VM): the addresses on it went with it
+    moved: NicSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,8 @@ class Decision:
     adopted: tuple[PoolIP, ...] = ()
     #: additions held back so that removals could go alone (a full subnet)
     held_back: int = 0
+    #: recorded addresses that left with the NIC the pool recorded (now another VM's)
+    moved_away: tuple[PoolIP, ...] = ()
     deleting: bool = False
     pod_network: PodNetworkPlan | None = None
 
@@ -480,7 +487,13 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
     inventory = merge_inventory(pool.status.ips, ours(nic))
     # Addresses that vanished behind our back go back on the NIC, same name and same address
     # (Static), so the pods using them keep working.
-    restore = tuple(replace(ip, state=IPState.AVAILABLE) for ip in inventory.vanished)
+    # Those that left on a NIC now attached to another VM are that VM's (Azure would refuse
+    # each one, one write at a time).
+    went = ours(obs.moved) if obs.moved is not None else {}
+    moved_away = tuple(ip for ip in inventory.vanished
+                       if went.get(ip.ip_configuration) == ip.address)
+    restore = tuple(replace(ip, state=IPState.AVAILABLE)
+                    for ip in inventory.vanished if ip not in moved_away)
     planned = replace(pool.status, ips=tuple(sorted(inventory.ips + restore, key=address_key)))
     others = len(nic.secondary()) - len(nic.secondary(IPCONFIG_PREFIX))
     subnet_free = obs.subnet.free_addresses if obs.subnet is not None else None
@@ -498,7 +511,8 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
     pods = plan_pod_network(pool.status.pod_requests, pool.status.pod_networking, nic,
                             obs.pod_networking, (ip.ip_configuration for ip in planned.ips))
     decision = Decision(obs, planned=planned, plan=p, restore=restore if adds else (),
-                        adopted=inventory.adopted, held_back=held_back, pod_network=pods)
+                        adopted=inventory.adopted, held_back=held_back, pod_network=pods,
+                        moved_away=moved_away)
     if adds or p.remove or reapply or pods.writes_nic:
         return replace(decision, write=NicWrite(adds, p.remove, reapply,
                                                 tuple(sorted(pods.features.items()))))
@@ -578,6 +592,13 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
     added = sorted((on_nic[a.name] for a in write.add
                     if a.address is None and a.name in on_nic), key=ip_key)
     events: list[Event] = []
+    if d.moved_away and d.obs.moved is not None:
+        events.append(Event(
+            Severity.WARNING, "NicMoved",
+            f"NIC {d.obs.moved.name} now belongs to another VM and took {len(d.moved_away)} "
+            f"addresses of this pool along; pods using them lost their address; the pool "
+            f"continues on NIC {nic.name}: "
+            f"{_summary(f'{ip.address} ({ip.ip_configuration})' for ip in d.moved_away)}"))
     if d.adopted:
         events.append(Event(
             Severity.NORMAL, "Adopted",

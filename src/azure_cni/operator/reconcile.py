@@ -116,7 +116,8 @@ class PoolReconciler:
             try:
                 if nic is None:
                     nic = await self._observe_nic(pool, provider_id)
-                obs = replace(obs, nic=nic, subnet=await self.subnets.get(nic.primary.subnet_id))
+                obs = replace(obs, nic=nic, moved=await self._recorded_nic_elsewhere(pool, nic),
+                              subnet=await self.subnets.get(nic.primary.subnet_id))
             except CloudError as e:
                 metrics.observe_azure_error(e)
                 return await self._record(pool, observation_failed(obs, e))
@@ -149,6 +150,18 @@ class PoolReconciler:
             raise MissingProviderID(f"node {pool.spec.node_name} has no spec.providerID (yet); "
                                     "waiting for it")
         return await self.azure.get_vm_nic(vm)
+
+    async def _recorded_nic_elsewhere(self, pool: NodeIPPool,
+                                      nic: NicSnapshot) -> NicSnapshot | None:
+        """The NIC the pool recorded, if the node has ``nic`` now and the recorded one still
+        exists (moved to another VM). One read, only when the node's NIC changed."""
+        known = pool.status.nic.id if pool.status.nic else ""
+        if not known or known.lower() == nic.id.lower():
+            return None
+        try:
+            return await self.azure.get_nic(known)
+        except NotFound:
+            return None
 
     async def _write_nic(self, decision: Decision) -> tuple[Outcome, NicSnapshot | None]:
         """The decision's one NIC write, and its outcome."""

@@ -13,7 +13,8 @@ counts, inject faults and follow NIC changes. Reach it with ``ca_path`` as the C
 
 Modules: ``emulator`` (servers, Python API, the request path), ``routes`` (the table of
 served operations), ``resources`` (one function per operation), ``admin`` (``/_sim/``),
-``faults``, ``topology``, ``config``.
+``faults``, ``interference`` (a second writer, a Failed ipConfiguration), ``topology``,
+``config``.
 """
 
 from azure_cni_sim.arm.changes import NicChangeCallback

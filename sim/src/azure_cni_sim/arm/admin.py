@@ -70,6 +70,16 @@ async def _fail_operation(emu: ArmEmulator, request: web.Request, body: Any) -> 
     return {}, 201
 
 
+async def _race_reads(emu: ArmEmulator, request: web.Request, body: Any) -> Answer:
+    emu.race_next_reads(body["path"], int(body.get("count", 1)))
+    return {}, 201
+
+
+async def _fail_ipconfig(emu: ArmEmulator, request: web.Request, body: Any) -> Answer:
+    emu.fail_ipconfig(body["nic"], body["ipConfiguration"])
+    return {}, 201
+
+
 async def _latency(emu: ArmEmulator, request: web.Request, body: Any) -> Answer:
     emu.set_latency(body["method"], float(body["seconds"]))
     return {}, 200
@@ -118,6 +128,8 @@ ADMIN_ROUTES: dict[tuple[str, str], AdminHandler] = {
     ("DELETE", "faults"): _clear_faults,
     ("POST", "operation-failures"): _fail_operation,
     ("POST", "latency"): _latency,
+    ("POST", "read-races"): _race_reads,
+    ("POST", "failed-ipconfigs"): _fail_ipconfig,
     ("GET", "config"): _get_config,
     ("PATCH", "config"): _patch_config,
     ("POST", "vnets"): _add_vnet,

@@ -47,6 +47,7 @@ from azure_cni_sim.arm.config import (
     VnetInfo,
 )
 from azure_cni_sim.arm.faults import FaultBook
+from azure_cni_sim.arm.interference import Interference, fail_ipconfig
 from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed
 from azure_cni_sim.arm.resources import Request
 from azure_cni_sim.arm.routes import MethodNotAllowed, Route, resolve
@@ -119,6 +120,7 @@ class ArmEmulator:
         self._imds = Imds(self)
         self._throttle = self._new_throttle()
         self._faults = FaultBook()
+        self._interference = Interference()
         self._requests: list[RequestRecord] = []
         self._changes = NicChangeFeed(self._lock)
         self._policy = PolicyFeed(self._lock)
@@ -497,9 +499,22 @@ class ArmEmulator:
         with self._lock:
             self._faults.fail_operation(path, code, message, outcome)
 
+    def race_next_reads(self, path: str, count: int = 1) -> None:
+        """After each of the next ``count`` GETs of a NIC matching ``path``, a second writer
+        commits a change to it, so the reader's conditional write gets 412."""
+        with self._lock:
+            self._interference.race_reads(path, count)
+
+    def fail_ipconfig(self, nic_id: str, name: str) -> None:
+        """Leave ipConfiguration ``name`` (and its NIC) in provisioningState Failed until the
+        NIC is written again."""
+        with self._lock:
+            fail_ipconfig(self._state, nic_id, name)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._interference.clear()
         self._imds.clear_faults()
 
     def inject_imds_fault(self, vm_name: str, path: str, status: int, body: bytes | str, *,
@@ -670,6 +685,7 @@ class ArmEmulator:
             except ArmError as e:  # ARM's own headers are on a provider's refusal too
                 e.headers = {**headers, **e.headers}
                 raise
+            self._interference.after_read(method, request.path, self._state)
         await self._changes.publish(reply.changes)
         await self._policy.refresh(self._state)
         return web.json_response(reply.payload, status=reply.status,
