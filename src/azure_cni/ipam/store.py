@@ -169,7 +169,7 @@ class AddressStore:
         if version not in (0, 1, SCHEMA_VERSION):
             raise StoreError(f"{self.path} has schema version {version}; this agent knows "
                              f"{SCHEMA_VERSION}. Refusing to guess which addresses are in use.")
-        db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("BEGIN IMMEDIATE")
@@ -185,6 +185,20 @@ class AddressStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _use_wal(self, timeout: float = 30.0) -> None:
+        """Switch the database to write-ahead logging. sqlite answers "database is locked" at
+        once, without its busy timeout, when another connection opens the file at the same
+        moment (e.g. ``azure-cni status`` beside the agent); try again until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _rebase(self) -> None:
         """Carry cooldowns released in another boot (or by schema 1) over to this boot's clock.
