@@ -7,23 +7,17 @@ connections are visible to the caller, which relists.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, GROUP, PLURAL, VERSION
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import connect, watch_events
 
 log = logging.getLogger(__name__)
-
-
-class WatchExpired(RuntimeError):
-    """The server no longer has the resourceVersion the watch started from (410 Gone)."""
 
 
 class KubePoolApi:
@@ -58,21 +52,8 @@ class KubePoolApi:
             resource_version=resource_version, allow_watch_bookmarks=True,
             timeout_seconds=timeout_seconds, _preload_content=False,
             _request_timeout=timeout_seconds + 30)
-        try:
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind = str(event.get("type"))
-                obj = event.get("object") or {}
-                if kind == "ERROR":
-                    code = obj.get("code")
-                    if code == 410:
-                        raise WatchExpired(str(obj.get("message")))
-                    raise ApiException(status=code, reason=str(obj.get("message")))
-                yield kind, obj
-        finally:
-            response.release()
+        async for event in watch_events(response):
+            yield event
 
     async def apply_status(self, name: str, body: Mapping[str, Any]) -> None:
         """Server-side apply of the agent's status fields (field manager azure-cni-agent)."""

@@ -33,6 +33,7 @@ from azure_cni.api.nodeippool import (
     status_apply_body,
     utcnow,
 )
+from azure_cni.kubeclient import WatchExpired, watch_events
 from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ WATCH_TIMEOUT_SECONDS = 300
 
 def _count(verb: str, resource: str) -> None:
     metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
-
-
-class WatchExpired(RuntimeError):
-    """The server no longer has the resourceVersion the watch started from (410 Gone)."""
 
 
 OnEvent = Callable[[str, dict[str, Any]], Awaitable[None] | None]
@@ -124,22 +121,10 @@ async def _watch(watched: Watched, version: str, on_event: OnEvent) -> str:
         watch=True, resource_version=version, allow_watch_bookmarks=True,
         timeout_seconds=WATCH_TIMEOUT_SECONDS, _preload_content=False,
         _request_timeout=WATCH_TIMEOUT_SECONDS + 30)
-    try:
-        async for line in response.content:
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            kind = str(event.get("type"))
-            obj = event.get("object") or {}
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    raise WatchExpired(str(obj.get("message")))
-                raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if kind != "BOOKMARK":
-                await _maybe(on_event(kind, obj))
-    finally:
-        response.release()
+    async for kind, obj in watch_events(response):
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+        if kind != "BOOKMARK":
+            await _maybe(on_event(kind, obj))
     return version
 
 
