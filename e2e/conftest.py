@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni_sim.kubenode import mounts_under, remove_cgroups
-from azure_cni_sim.world import World, namespaces_with_prefix
+from azure_cni_sim.world import World
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +20,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
     finally:
         w.stop()
-        left = {"namespaces": namespaces_with_prefix(w.prefix),
-                "cgroups": remove_cgroups(f"{w.prefix}-*", kill=False, remove=False),
-                "mounts": mounts_under(w.workdir)}
+        left = w.leftovers()
         assert not any(left.values()), f"the world left things behind: {left}"
 
 

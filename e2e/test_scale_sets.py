@@ -14,10 +14,9 @@ import pytest
 
 from azure_cni.cloud.port import NewIPConfiguration
 from azure_cni_sim import workloads
-from azure_cni_sim.kubenode import mounts_under, remove_cgroups
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.vnet import ONPREM_HOST
-from azure_cni_sim.world import DEMO_POOL, World, namespaces_with_prefix
+from azure_cni_sim.world import DEMO_POOL, World
 
 pytestmark = pytest.mark.e2e
 
@@ -36,9 +35,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
     finally:
         w.stop()
-        left = {"namespaces": namespaces_with_prefix(w.prefix),
-                "cgroups": remove_cgroups(f"{w.prefix}-*", kill=False, remove=False),
-                "mounts": mounts_under(w.workdir)}
+        left = w.leftovers()
         assert not any(left.values()), f"the world left things behind: {left}"
 
 

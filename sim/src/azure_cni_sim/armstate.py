@@ -89,6 +89,19 @@ class Subnet:
             if address not in self.used and address not in exclude:
                 yield address
 
+    def free_address(self, wanted: str | None = None) -> ipaddress.IPv4Address:
+        """``wanted`` if it is a free usable address here, else the lowest free one (for a
+        new NIC's primary); ValueError when neither is possible."""
+        if wanted is not None:
+            address = ipaddress.IPv4Address(wanted)
+            if address not in self.network or self.reserved(address) or address in self.used:
+                raise ValueError(f"{wanted} is not a free usable address of {self.id}")
+            return address
+        free = next(self.lowest_free(set()), None)
+        if free is None:
+            raise ValueError(f"subnet {self.id} is full")
+        return free
+
     def claim(self, address: ipaddress.IPv4Address, owner: str) -> None:
         self.used[address] = owner
         while self._hint <= int(self.last_usable) and \
@@ -292,15 +305,7 @@ class ArmState:
         nic_id = f"{prefix}/providers/Microsoft.Network/networkInterfaces/{nic_name}"
         if nic_id.lower() in self.nics:
             raise ValueError(f"network interface {nic_id} exists already")
-        if primary_ip is not None:
-            address = ipaddress.IPv4Address(primary_ip)
-            if address not in subnet.network or subnet.reserved(address) or address in subnet.used:
-                raise ValueError(f"{primary_ip} is not a free usable address of {subnet.id}")
-        else:
-            free = next(subnet.lowest_free(set()), None)
-            if free is None:
-                raise ValueError(f"subnet {subnet.id} is full")
-            address = free
+        address = subnet.free_address(primary_ip)
         self.add_resource_group(subscription, resource_group, location)
         mac = "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3])
         nic = Nic(nic_id, nic_name, subscription, resource_group, location, vm_id, mac, [])

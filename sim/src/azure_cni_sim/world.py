@@ -51,7 +51,7 @@ from azure_cni_sim import coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
-from azure_cni_sim.kubenode import KubeNode
+from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.prometheus import (
     PoolCounts,
@@ -193,6 +193,12 @@ class World:
         for node in self.nodes.values():
             node.remove_disk()
         shutil.rmtree(self.workdir / "cluster" / "etcd", ignore_errors=True)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What of this world is still on the machine (all empty after ``stop``)."""
+        return {"namespaces": namespaces_with_prefix(self.prefix),
+                "cgroups": remove_cgroups(f"{self.prefix}-*", kill=False, remove=False),
+                "mounts": mounts_under(self.workdir)}
 
     def __enter__(self) -> World:
         return self.start()

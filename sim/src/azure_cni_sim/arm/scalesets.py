@@ -15,7 +15,6 @@ them out, and they can be changed only through the instance model.
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,15 +122,7 @@ class ScaleSets:
         scale_set.next_instance += 1
         inst_path = f"{scale_set.id}/virtualMachines/{instance_id}"
         nic_id = f"{inst_path}/networkInterfaces/{scale_set.nic_config}"
-        if primary_ip is not None:
-            address = ipaddress.IPv4Address(primary_ip)
-            if address not in subnet.network or subnet.reserved(address) or address in subnet.used:
-                raise ValueError(f"{primary_ip} is not a free usable address of {subnet.id}")
-        else:
-            free = next(subnet.lowest_free(set()), None)
-            if free is None:
-                raise ValueError(f"subnet {subnet.id} is full")
-            address = free
+        address = subnet.free_address(primary_ip)
         mac = "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3])
         nic = Nic(nic_id, scale_set.nic_config, scale_set.subscription,
                   scale_set.resource_group, scale_set.location, inst_path, mac, [])
