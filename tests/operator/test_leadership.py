@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from tests.operator.test_operator import counter, ready
+from tests.operator.test_operator import ready
 
 from azure_cni_sim.procs import ManagedProcess, wait_for
 
