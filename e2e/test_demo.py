@@ -48,11 +48,17 @@ def test_demo_up_shows_the_promises_and_down_leaves_nothing(tmp_path: Path) -> N
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         out = up.stdout
-        for command in ("get nodes", "get pods -A -o wide", "get nip -o wide"):
+        for command in ("get nodes", "get pods -A -o wide", "get nip -o wide",
+                        "-n kube-system get lease azure-cni-operator"):
             assert f"$ kubectl {command}\n" in out
         nodes = [line.split() for line in out.split("$ kubectl get nodes\n")[1].splitlines()[1:4]]
         assert [(n[0], n[1]) for n in nodes] == [(f"vm{i}", "Ready") for i in range(3)], out
-        assert "azure-cni-operator-" in out and out.count("azure-cni-agent-") == 3
+        # two operator replicas, one of which holds the Lease (named in the lease's row)
+        pods = out.split("$ kubectl get pods -A -o wide\n")[1].split("\n\n")[0]
+        assert pods.count("azure-cni-operator-") == 2 and out.count("azure-cni-agent-") == 3
+        lease = out.split("$ kubectl -n kube-system get lease azure-cni-operator\n")[1]
+        holder = lease.splitlines()[1].split()[1]
+        assert holder.split("_")[0] in pods, f"the Lease's holder {holder} is no operator pod"
         assert out.count("coredns-") == 2 and out.count("web-") >= 6
         for check in ("(no NAT, no tunnel)", "pod to ClusterIP Service", "(on vm",
                       "(the ClusterIP, from kube-dns); GET: answered by web-",
@@ -61,7 +67,7 @@ def test_demo_up_shows_the_promises_and_down_leaves_nothing(tmp_path: Path) -> N
                       "refused: pods are kept away"):
             assert check in out, f"{check!r} missing from the demo's output:\n{out}"
         assert "no answer" not in out and "FAILED" not in out, out
-        for check in ("up == 1 for the operator (", "the agents on vm0, vm1, vm2",
+        for check in ("up == 1 for the operators (leading: ", "the agents on vm0, vm1, vm2",
                       "Prometheus says what kubectl get nip says on vm0, vm1, vm2",
                       "rules of the chart's PrometheusRule loaded; firing: none"):
             assert check in out, f"{check!r} missing from the demo's output:\n{out}"

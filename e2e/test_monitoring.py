@@ -8,7 +8,7 @@ import pytest
 
 from azure_cni_sim import workloads
 from azure_cni_sim.monitoring import CHART_VALUES
-from azure_cni_sim.prometheus import AGENT_JOB, OPERATOR_JOB, PrometheusAPI
+from azure_cni_sim.prometheus import AGENT_JOB, OPERATOR_JOB, PrometheusAPI, leader_instances
 from azure_cni_sim.world import World
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +32,11 @@ def test_every_operator_and_agent_target_is_up(world: World, prometheus: Prometh
           for s in prometheus.query(f'up{{job=~"{OPERATOR_JOB}|{AGENT_JOB}"}}')}
     assert up == {(OPERATOR_JOB, ""): "1", **{(AGENT_JOB, node): "1"
                                               for node in node_names(world)}}
+    # both operator replicas are scraped; exactly one says it holds the Lease
+    operators = [s for s in prometheus.query(f'up{{job="{OPERATOR_JOB}"}}')
+                 if s["value"][1] == "1"]
+    assert len(operators) == 2, operators
+    assert len(leader_instances(prometheus)) == 1
     # found through the chart's ServiceMonitors: their endpoints, the chart's Services
     interval = CHART_VALUES["serviceMonitor"]["interval"]
     for target in prometheus.active_targets():

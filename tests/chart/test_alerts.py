@@ -42,8 +42,9 @@ def test_promtool_unit_tests_pass() -> None:
 
 def test_the_issue_s_alerts_are_all_there() -> None:
     assert sorted(ALERT_NAMES) == sorted([
-        "AzureCNIOperatorDown", "AzureCNIAgentNotReady", "AzureCNIPoolExhausted",
-        "AzureCNIPoolNotGrowing", "AzureCNISubnetNearlyFull", "AzureCNISubnetFull",
+        "AzureCNIOperatorDown", "AzureCNIOperatorNoLeader", "AzureCNIAgentNotReady",
+        "AzureCNIPoolExhausted", "AzureCNIPoolNotGrowing", "AzureCNISubnetNearlyFull",
+        "AzureCNISubnetFull",
         "AzureCNIAzureThrottled", "AzureCNIAzureAuthFailing", "AzureCNIAddFailures",
         "AzureCNIReleaseStuck"])
     for rule in alert_rules():

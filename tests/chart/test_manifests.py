@@ -108,13 +108,21 @@ def test_other_credentials_add_no_identity_wiring(helm: Helm, name: str) -> None
 
 # -- the operator -----------------------------------------------------------------------------
 
-def test_operator_is_one_unprivileged_replica(helm: Helm) -> None:
+def test_operator_is_a_leader_and_a_standby_unprivileged(helm: Helm) -> None:
     values = VALUE_SETS["custom-pools-and-paths"]
     objects = helm.render(values)
     deployment = find(objects, "Deployment", "-operator")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    # one replica at a time, no surge: with hostNetwork a new pod needs an old one's ports
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    pdb = find(objects, "PodDisruptionBudget", "-operator")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
     spec = deployment["spec"]["template"]["spec"]
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"] == deployment["spec"]["selector"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -123,6 +131,12 @@ def test_operator_is_one_unprivileged_replica(helm: Helm) -> None:
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "privileged": False, "capabilities": {"drop": ["ALL"]}}
     assert container["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml"]
+    # the Lease's holder names the pod; the Lease lives in the pod's namespace
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+           for e in container["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    assert spec["terminationGracePeriodSeconds"] > values.get("operator", {}).get(
+        "drainSeconds", 20.0)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": values["operator"]["healthPort"],
                      "metrics": values["operator"]["metricsPort"]}
@@ -219,7 +233,7 @@ def test_no_role_grants_secrets_wildcards_or_node_writes(helm: Helm) -> None:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], where
             assert "secrets" not in rule["resources"], where
             assert not ("nodes" in rule["resources"]
-                        and set(rule["verbs"]) - {"list", "watch"}), where
+                        and set(rule["verbs"]) - {"get", "list", "watch"}), where
 
 
 def test_operator_may_post_events_where_it_posts_them(helm: Helm) -> None:

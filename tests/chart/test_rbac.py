@@ -134,6 +134,17 @@ def test_operator_token_can_do_what_the_operator_does(release: Release,
     # Events: in default, where an Event about a cluster-scoped object must be
     post_event(kubeconfig, "default", pool)
 
+    # the leader Lease in the release namespace: created, read and renewed
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "azure-cni-operator", "namespace": release.namespace},
+             "spec": {"holderIdentity": "operator-0_test", "leaseDurationSeconds": 15}}
+    ok("create", "-f", "-", input=json.dumps(lease))
+    renewed = json.loads(ok("get", "lease", "azure-cni-operator", "-n", release.namespace,
+                            "-o", "json"))
+    renewed["spec"]["holderIdentity"] = "operator-1_test"
+    ok("replace", "-f", "-", input=json.dumps(renewed))
+    release.kube.kubectl("delete", "lease", "azure-cni-operator", "-n", release.namespace)
+
     # a deleted node's pool: the finalizer is removed (a tested JSON patch) once the NIC holds
     # nothing of it, then it goes
     ok("patch", "nodeippool", pool, "--type=json", "-p", json.dumps([
@@ -313,12 +324,14 @@ def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Rele
     agent = agent_kubeconfig(release, tmp_path, release.nodes[0])
     pools = "nodeippools.azurecni.io"
     cluster_wide = {
-        "nodes": {"list", "watch"},
+        "nodes": {"get", "list", "watch"},
         pools: {"get", "list", "watch", "create", "patch", "delete"},
         f"{pools}/status": {"patch"},
     }
     assert can_i_list(operator, "default") == {**cluster_wide, "events": {"create"}}
-    assert can_i_list(operator, release.namespace) == cluster_wide
+    # the leader Lease: create any (it may not exist yet), read and renew only its own
+    assert can_i_list(operator, release.namespace) == {
+        **cluster_wide, "leases.coordination.k8s.io": {"create", "get", "update"}}
     assert can_i_list(operator, "kube-public").get("events") is None
     for namespace in (release.namespace, "default"):
         assert can_i_list(agent, namespace) == {pools: {"list", "watch"},

@@ -121,8 +121,14 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
      "at '/pool/releaseDelaySeconds': maximum: got 90,000, want 86,400"),
     ("misspelt pool key", {"pool": {"maxIP": 10}},
      "at '/pool': additional properties 'maxIP' not allowed"),
-    ("second operator", {"operatorDeployment": {"replicas": 2}},
-     "at '/operatorDeployment': additional properties 'replicas' not allowed"),
+    ("replicas without leader election",
+     {"operatorDeployment": {"replicas": 2}, "operator": {"leaderElection": False}},
+     "operatorDeployment.replicas is 2 but operator.leaderElection is false"),
+    ("drain longer than the grace period", {"operator": {"drainSeconds": 40}},
+     "operator.drainSeconds (40) must be below operatorDeployment."
+     "terminationGracePeriodSeconds (30)"),
+    ("lease timings out of order", {"operator": {"renewDeadlineSeconds": 20}},
+     "retryPeriodSeconds (2) < renewDeadlineSeconds (20) < leaseDurationSeconds (15)"),
     ("unknown credential", {"azure": {"credential": "password"}},
      "at '/azure/credential': value must be one of 'default', 'managedIdentity', "
      "'workloadIdentity', 'servicePrincipal'"),

@@ -115,10 +115,18 @@ async def test_a_write_from_a_snapshot_reads_the_nic_no_second_time(world, adapt
     nic_id = world.vms[0].nic_id
     snapshot = await adapter.get_nic(nic_id)
     world.emu.reset_requests()
-    await adapter.update_ip_configurations(snapshot, add=new("azcni-a"))
-    # the PUT, its operation poll(s) and the SDK's final GET: no GET before the PUT
+    result = await adapter.update_ip_configurations(snapshot, add=new("azcni-a"))
+    # the PUT and its operation poll(s), nothing else: no GET of the NIC before the PUT, and
+    # none after the operation (the PUT's answer holds every address)
     first = world.emu.requests()[0]
     assert (first.method, first.path.lower()) == ("PUT", nic_id.lower())
+    assert world.emu.request_count("GET", nic_id) == 0
+    assert world.emu.request_count("GET", "*/operations/*") >= 1
+    # what it returns is the NIC as Azure now has it, settled
+    settled = await adapter.get_nic(nic_id)
+    assert result.ip_configurations == settled.ip_configurations
+    assert all(c.succeeded for c in result.ip_configurations)
+    assert result.document is None, "a write must never start from the PUT's answer"
 
 
 def test_the_adapters_own_requests_use_the_sdks_api_version():
@@ -355,7 +363,7 @@ async def test_another_operation_in_progress_is_retried_from_a_fresh_read(world,
     result = await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
     assert "azcni-a" in {c.name for c in result.ip_configurations}
     assert world.emu.request_count("PUT", nic_id) == 2
-    assert world.emu.request_count("GET", nic_id) == 3  # read, re-read, the LRO's final read
+    assert world.emu.request_count("GET", nic_id) == 2  # read, re-read (no read after the LRO)
 
 
 async def test_another_operation_with_retry_after_is_retried_by_the_sdk(world, adapter):
@@ -364,7 +372,8 @@ async def test_another_operation_with_retry_after_is_retried_by_the_sdk(world, a
                            headers={"Retry-After": "0.05"})
     await adapter.update_ip_configurations(nic_id, add=new("azcni-a"))
     assert world.emu.request_count("PUT", nic_id) == 2
-    assert world.emu.request_count("GET", nic_id) == 2  # no re-read: the SDK resent the PUT
+    # the initial read only: the SDK resent the PUT, and the PUT's answer is the result
+    assert world.emu.request_count("GET", nic_id) == 1
 
 
 async def test_a_nic_that_stays_busy_is_a_conflict_after_bounded_attempts(world, make_adapter):

@@ -34,6 +34,10 @@ class OperatorEnv:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:6]}")
     nodes: list[str] = field(default_factory=list)
     operator: ManagedProcess | None = None
+    #: every operator process started, in order (replicas of one another)
+    operators: list[ManagedProcess] = field(default_factory=list)
+    #: an operator process's metrics port, by its pid
+    metrics_ports: dict[int, int] = field(default_factory=dict)
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     vms: dict[str, VmInfo] = field(default_factory=dict)
     metrics_port: int = 0
@@ -49,20 +53,37 @@ class OperatorEnv:
         return vm
 
     def start_operator(self, **overrides: Mapping[str, Any]) -> ManagedProcess:
+        """Start an operator process (another replica if one runs: each has its own ports,
+        settings file and log, and they share the leader Lease ``lease_name``)."""
         settings = operator_settings(self.emulator, pool={**TEST_POOL, **overrides.get("pool", {})},
                                      operator={"driftCheckSeconds": 3,
                                                "usageDebounceSeconds": 0.3,
+                                               "leaseName": self.lease_name,
                                                **overrides.get("operator", {})})
         self.metrics_port = int(settings["operator"]["metricsPort"])
         vm = next(iter(self.vms.values()))
-        self.operator = start_operator(self.workdir, self.kube.kubeconfig, self.emulator,
+        workdir = self.workdir / f"operator-{len(self.operators)}" if self.operators \
+            else self.workdir
+        self.operator = start_operator(workdir, self.kube.kubeconfig, self.emulator,
                                        settings, owner=self.owner, identity_vm=vm.name)
+        self.metrics_ports[self.operator.pid] = self.metrics_port
+        self.operators.append(self.operator)
         return self.operator
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
+    @property
+    def lease_name(self) -> str:
+        """Each test's operators elect their leader in a Lease of their own."""
+        return f"azure-cni-operator-{self.prefix}"
+
+    def metrics(self, operator: ManagedProcess | None = None) -> str:
+        port = self.metrics_ports[operator.pid] if operator else self.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
+
+    def lease_holder(self) -> str:
+        out = self.kube.kubectl("-n", "kube-system", "get", "lease", self.lease_name, "-o",
+                                "jsonpath={.spec.holderIdentity}", check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
 
     def kill_operator(self) -> None:
         assert self.operator is not None and self.operator.popen is not None
@@ -117,8 +138,10 @@ class OperatorEnv:
         return items
 
     def cleanup(self) -> None:
-        if self.operator is not None:
-            self.operator.stop()
+        for operator in self.operators:
+            operator.stop()
+        self.kube.kubectl("-n", "kube-system", "delete", "lease", self.lease_name,
+                          "--ignore-not-found", check=False)
         for node in self.nodes:
             self.kube.kubectl("delete", "node", node, "--wait=false", check=False)
             self.kube.kubectl("patch", "nodeippool", node, "--type=merge", "-p",

@@ -7,12 +7,19 @@ for the next status write (an operator killed between its NIC write and its stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from azure_cni.api.nodeippool import AGENT_CONDITIONS, NodeIPPool, PoolSpec, PoolStatus, utcnow
-from azure_cni.operator.kube import FINALIZER
+from azure_cni.api.nodeippool import (
+    AGENT_CONDITIONS,
+    NodeIPPool,
+    PoolSpec,
+    PoolStatus,
+    rfc3339,
+    utcnow,
+)
+from azure_cni.operator.kube import FINALIZER, PoolGone
 
 
 @dataclass
@@ -38,6 +45,10 @@ class RecordingPools:
     created: list[str] = field(default_factory=list)
     #: called with (name, pool) after every change, (name, None) after a deletion: a watch
     listeners: list[Callable[[str, NodeIPPool | None], None]] = field(default_factory=list)
+    #: the Node objects the API server holds, by name (what the controller lists)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: called after a status write is stored, before it returns (a concurrent actor)
+    after_status_write: Callable[[str], None] | None = None
 
     def _bump(self, pool: NodeIPPool) -> NodeIPPool:
         self.version += 1
@@ -89,7 +100,9 @@ class RecordingPools:
             self.kill_next_status_write = False
             raise Killed("killed before the status write")
         self.status_writes += 1
-        pool = self.pools[name]
+        pool = self.pools.get(name)
+        if pool is None:
+            raise PoolGone(f"NodeIPPool {name} no longer exists")
         mine = PoolStatus.from_dict(dict(fields))
         agents = tuple(c for c in pool.status.conditions if c.type in AGENT_CONDITIONS)
         # the agent's fields stay as they are, as under server-side apply
@@ -98,7 +111,10 @@ class RecordingPools:
                          idle_blocks=pool.status.idle_blocks,
                          pod_requests=pool.status.pod_requests,
                          conditions=mine.conditions + agents)
-        return self._bump(replace(pool, status=status))
+        stored = self._bump(replace(pool, status=status))
+        if self.after_status_write is not None:
+            self.after_status_write(name)
+        return stored
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str) -> None:
         self.events.append(RecordedEvent(pool.name, kind, reason, message))
@@ -123,6 +139,18 @@ class RecordingPools:
         else:
             self._bump(replace(stored, finalizers=finalizers))
 
+    # -- what the controller lists and reads ------------------------------------------------
+
+    async def list_pools(self) -> AsyncIterator[list[dict[str, Any]]]:
+        yield [as_object(pool) for pool in self.pools.values()]
+
+    async def list_nodes(self) -> AsyncIterator[list[dict[str, Any]]]:
+        yield list(self.nodes.values())
+
+    async def node_uid(self, name: str) -> str | None:
+        node = self.nodes.get(name)
+        return str(node["metadata"]["uid"]) if node is not None else None
+
     # -- what the controller adds: pools of new nodes ----------------------------------------
 
     async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
@@ -135,3 +163,14 @@ class RecordingPools:
     async def delete_pool(self, name: str) -> None:
         if name in self.pools:
             self.delete(name)
+
+
+def as_object(pool: NodeIPPool) -> dict[str, Any]:
+    """The pool as the API server would list it."""
+    meta: dict[str, Any] = {"name": pool.name, "uid": pool.uid,
+                            "resourceVersion": pool.resource_version,
+                            "generation": pool.generation, "finalizers": list(pool.finalizers)}
+    if pool.deletion_timestamp is not None:
+        meta["deletionTimestamp"] = rfc3339(pool.deletion_timestamp)
+    return {"metadata": meta, "spec": pool.spec.to_dict(),
+            "status": {**pool.status.operator_fields(), **pool.status.agent_fields()}}

@@ -41,18 +41,25 @@ class Cluster:
     providers: dict[str, str]
     tasks: list[asyncio.Task[None]]
 
-    def add_node(self, name: str) -> None:
-        provider_id, _ = self.azure.add_vm(name, self.subnet_id)
-        self.providers[name] = provider_id
+    def add_node(self, name: str, uid: str | None = None) -> None:
+        """A VM and its Node object in the (recorded) API server."""
+        if name not in self.providers:
+            provider_id, _ = self.azure.add_vm(name, self.subnet_id)
+            self.providers[name] = provider_id
+        self.pools.nodes[name] = {"metadata": {"name": name, "uid": uid or f"uid-{name}"},
+                                  "spec": {"providerID": self.providers[name]}}
 
     async def node_event(self, name: str, kind: str = "ADDED") -> None:
-        await self.controller.node_event(kind, {
-            "metadata": {"name": name, "uid": f"uid-{name}"},
-            "spec": {"providerID": self.providers[name]}})
+        """What kopf hands over for the Node ``name``."""
+        obj = self.pools.nodes.get(name) or {"metadata": {"name": name, "uid": f"uid-{name}"},
+                                             "spec": {"providerID": self.providers[name]}}
+        if kind == "DELETED":
+            self.pools.nodes.pop(name, None)
+        await self.controller.node_event(kind, obj)
 
     async def start(self) -> None:
-        """The node list is in (the pool list was, before it): the controller begins."""
-        self.controller.nodes_listed(set(self.providers))
+        """The controller takes its lists of pools and Nodes, then begins."""
+        await self.controller.list_everything()
         self.tasks = await self.controller.begin()
 
     async def settled(self, what: str, check: Callable[[], bool], timeout: float = 10) -> None:
@@ -89,7 +96,6 @@ async def cluster() -> AsyncIterator[Cluster]:
             controller.remember(pool)
 
     pools.listeners.append(watch)
-    controller.pools_listed(set())  # the pools are listed first, and there are none
     c = Cluster(azure, pools, controller, reconciler, subnet_id, {}, [])
     yield c
     controller.queue.shut_down()
@@ -313,3 +319,85 @@ async def test_the_sweep_lists_a_scale_sets_nics_once_and_repairs_drift(cluster)
     assert cluster.reconciler.reconciles == reconciles + 1, "an unchanged pool was reconciled"
     assert cluster.azure.calls["list_scale_set_nics"] == listings + 1
     assert cluster.azure.calls["get_nic"] == 0  # the reconcile used the listing's read
+
+
+async def test_a_node_deleted_before_its_pool_was_made_gets_one_when_it_joins_again(
+        cluster) -> None:
+    """Scale-set instance names are reused: a Node of the same name that joins after its
+    namesake left (before the operator made its pool) gets a pool of its own (issue 22,
+    row 7)."""
+    await cluster.start()
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.node_event("n0", "DELETED")
+    await asyncio.sleep(0.05)  # the pool creators look at n0 while it is gone
+    cluster.add_node("n0", uid="uid-n0-again")
+    await cluster.node_event("n0")
+    await cluster.settled("a pool for the node that joined again",
+                          lambda: "n0" in cluster.pools.pools
+                          and len(cluster.ours("n0")) == 4)
+
+
+async def test_a_pool_deleted_while_it_is_reconciled_is_not_brought_back(cluster) -> None:
+    """An admin removes the finalizer and deletes a pool just as the operator's status write
+    lands: the answer of that write must not put the deleted pool back into the controller
+    (it would be reconciled, and 404, for ever), and the node, which lives on, gets a new
+    pool."""
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+
+    def delete_it(name: str) -> None:
+        cluster.pools.after_status_write = None
+        pool = cluster.pools.pools[name]
+        cluster.pools.pools[name] = replace(pool, finalizers=())
+        cluster.pools.delete(name)
+
+    cluster.pools.after_status_write = delete_it
+    cluster.pools.act_as_agent("n0", used=3)  # a reconcile, and its status write
+    await cluster.settled("a new pool for n0, and the controller follows it", lambda: (
+        cluster.pools.after_status_write is None and cluster.pools.created.count("n0") == 2
+        and "n0" in cluster.pools.pools and "n0" in cluster.controller.pools
+        and cluster.controller.pools["n0"].pool.resource_version
+        == cluster.pools.get("n0").resource_version))
+
+
+async def test_a_node_whose_deletion_was_missed_is_forgotten_with_its_pool(cluster) -> None:
+    """kopf relists after a broken watch without telling what vanished meanwhile: a Node
+    deleted in that gap stays in the controller until its pool goes too (the garbage
+    collector deletes it); then the operator asks, finds no Node, and forgets it, its NIC
+    hint included, instead of making it a new pool."""
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    cluster.pools.nodes.pop("n0")  # gone from the API server; no DELETED event came
+    cluster.controller.nic_hints["n0"] = NicHint(None, listed=0.0)
+    pool = cluster.pools.get("n0")
+    cluster.pools.pools["n0"] = replace(pool, finalizers=())
+    cluster.pools.delete("n0")  # as the garbage collector does, its owner being gone
+    await cluster.settled("n0 forgotten", lambda: "n0" not in cluster.controller.nodes)
+    assert "n0" not in cluster.controller.nic_hints
+    assert "n0" not in cluster.pools.pools
+    assert cluster.pools.created.count("n0") == 1
+
+
+async def test_a_deletion_seen_while_the_lists_are_taken_keeps_the_object_out(
+        cluster) -> None:
+    """kopf's events flow while the controller takes its own lists: a list answered before a
+    deletion must not bring the deleted pool or Node back."""
+    cluster.add_node("n0")
+    cluster.add_node("n1")
+    stale = cluster.pools.create("n1")
+    gone_pool = {"metadata": {"name": "n1", "resourceVersion": str(int(
+        stale.resource_version) + 5)}}
+    cluster.controller.pool_event("DELETED", gone_pool)
+    node = cluster.pools.nodes["n0"]
+    node["metadata"]["resourceVersion"] = "3"
+    await cluster.controller.node_event("DELETED", {"metadata": {
+        "name": "n0", "uid": "uid-n0", "resourceVersion": "7"}})
+    await cluster.controller.list_everything()  # still lists n1's pool and the Node n0
+    assert "n1" not in cluster.controller.pools
+    assert "n0" not in cluster.controller.nodes
+    assert "n1" in cluster.controller.nodes

@@ -244,7 +244,8 @@ def test_a_nic_write_is_a_long_running_operation(arm):
     assert "Retry-After" not in answers[2][1]
     final = arm.nic_body(vm)
     assert final["properties"]["provisioningState"] == "Succeeded"
-    assert final["etag"] not in (before["etag"], accepted["etag"])
+    # one fresh etag per successful write: the PUT's answer names the version that succeeded
+    assert final["etag"] == accepted["etag"] != before["etag"]
     assert final["properties"]["ipConfigurations"][1]["properties"]["privateIPAddress"] == \
         "198.18.0.6"  # .4 and .5 are the VMs' primaries: lowest free
 

@@ -608,7 +608,6 @@ class ArmState:
         if nic is None or nic.operation is not op:
             return None
         nic.operation = None
-        nic.etag = new_etag()
         # While the operation ran, both the old and the new addresses were held for this NIC,
         # so whichever side loses can be released without looking at owners.
         before = {(a, c.subnet.id.lower()) for c in op.before for a in c.held()}
@@ -621,6 +620,10 @@ class ArmState:
                     cfg.subnet.claim(address, nic.ipconfig_id(cfg.name))
             nic.ip_configs = op.before
             nic.state = "Failed"
+            # a rollback changes the NIC (back to its old configurations): a fresh etag. A
+            # success leaves the etag the PUT gave it: one fresh etag per successful write
+            # (arm-api.md, "NIC GET"), so the PUT's answer names the version that succeeded
+            nic.etag = new_etag()
             if not op.before:  # a failed create leaves no NIC behind
                 del self.nics[nic.id.lower()]
             return None

@@ -26,7 +26,7 @@ from typing import Any
 from azure_cni_sim import workloads
 from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
-from azure_cni_sim.prometheus import OPERATOR_JOB, answered_examples, scrape_problems
+from azure_cni_sim.prometheus import answered_examples, leader_instances, scrape_problems
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
 from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
 
@@ -88,6 +88,7 @@ def report(world: World) -> str:
     """Run the demo's checks on a running world and describe them for a person."""
     lines = []
     for command in (("get", "nodes"), ("get", "pods", "-A", "-o", "wide"),
+                    ("-n", "kube-system", "get", "lease", "azure-cni-operator"),
                     ("get", "nip", "-o", "wide")):
         lines += [f"$ kubectl {' '.join(command)}",
                   world.kubectl(*command).stdout.rstrip(), ""]
@@ -161,9 +162,9 @@ def prometheus_rows(world: World) -> list[tuple[str, str]]:
     assert api is not None
     nodes = sorted(world.vms)
     problems = scrape_problems(api, nodes)
-    targets = {t["labels"]["job"]: t for t in api.active_targets()}
+    leaders = leader_instances(api)
     rows = [("Prometheus targets", f"FAILED: {'; '.join(problems)}" if problems else
-             f"up == 1 for the operator ({targets[OPERATOR_JOB]['labels']['instance']}) and "
+             f"up == 1 for the operators (leading: {', '.join(leaders)}) and "
              f"the agents on {', '.join(nodes)}, found through the chart's ServiceMonitors")]
     try:
         world.wait_prometheus_agrees_with_pools()

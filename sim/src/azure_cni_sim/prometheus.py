@@ -252,13 +252,23 @@ def scrape_problems(api: PrometheusAPI, nodes: Iterable[str]) -> list[str]:
                 f"({t.get('lastError') or 'not scraped yet'})"
                 for t in api.active_targets() if t["health"] != "up"]
     operators = [s for s in up if s["metric"]["job"] == OPERATOR_JOB and s["value"][1] == "1"]
-    if len(operators) != 1:
-        problems.append(f"{len(operators)} operators up, expected 1")
+    if not operators:
+        problems.append("no operator up")
+    leaders = leader_instances(api)
+    if len(leaders) != 1:
+        problems.append(f"{len(leaders)} operator replicas lead ({', '.join(leaders)}), "
+                        "expected 1")
     agents = sorted(s["metric"].get("node", "?") for s in up
                     if s["metric"]["job"] == AGENT_JOB and s["value"][1] == "1")
     if agents != sorted(nodes):
         problems.append(f"agents up on {agents}, expected on {sorted(nodes)}")
     return problems
+
+
+def leader_instances(api: PrometheusAPI) -> list[str]:
+    """The scraped operator replicas that say they hold the leader Lease."""
+    return sorted(s["metric"].get("instance", "?")
+                  for s in api.query(f'azure_cni_operator_leader{{job="{OPERATOR_JOB}"}} == 1'))
 
 
 class PoolCounts(NamedTuple):

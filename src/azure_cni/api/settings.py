@@ -132,6 +132,17 @@ class OperatorSettings:
     usage_debounce_seconds: float = 1.0
     metrics_port: int = 9090
     health_port: int = 8080
+    #: one replica acts, the holder of a coordination.k8s.io Lease; the others stand by
+    leader_election: bool = True
+    lease_name: str = "azure-cni-operator"
+    #: a standby takes over a Lease not renewed for this long (a leader killed outright)
+    lease_duration_seconds: float = 15.0
+    #: a leader that could not renew for this long stops writing (below the duration)
+    renew_deadline_seconds: float = 10.0
+    retry_period_seconds: float = 2.0
+    #: on SIGTERM, reconciles under way get this long to finish their writes; then the Lease
+    #: is released (keep it below the pod's terminationGracePeriodSeconds)
+    drain_seconds: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,17 @@ class Settings:
             raise InvalidSettings(
                 f"azure.credential: {self.azure.credential!r} is not one of default, "
                 "managedIdentity, workloadIdentity, servicePrincipal")
+        operator = self.operator
+        if not (0 < operator.retry_period_seconds < operator.renew_deadline_seconds
+                < operator.lease_duration_seconds):
+            raise InvalidSettings(
+                "operator: leader election needs 0 < retryPeriodSeconds < "
+                "renewDeadlineSeconds < leaseDurationSeconds (got "
+                f"{operator.retry_period_seconds:g}, {operator.renew_deadline_seconds:g}, "
+                f"{operator.lease_duration_seconds:g})")
+        if operator.drain_seconds < 0:
+            raise InvalidSettings(f"operator.drainSeconds: {operator.drain_seconds:g} is "
+                                  "negative")
         if self.standalone.refresh_seconds < 1:
             raise InvalidSettings(
                 f"standalone.refreshSeconds: {self.standalone.refresh_seconds} is below 1; "

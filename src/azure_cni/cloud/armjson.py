@@ -7,7 +7,7 @@ import copy
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure_cni.cloud.port import (
@@ -74,6 +74,24 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         primary_nic=props.get("primary") is not False,
         document=json.dumps(nic, separators=(",", ":"), default=_model_json).encode(),
     )
+
+
+def settled_nic(put_answer: Mapping[str, Any]) -> NicSnapshot | None:
+    """The NIC a PUT answered, once its long-running operation has succeeded: the answer with
+    its provisioning states ``Succeeded``. None when the answer lacks an address (the NIC must
+    then be read). The snapshot has no ``document``: its etag is the one of the PUT's answer,
+    not the settled NIC's, so no write may start from it."""
+    nic = json.loads(json.dumps(put_answer, default=_model_json))
+    props = nic.setdefault("properties", {})
+    for config in props.get("ipConfigurations") or ():
+        config_props = config.setdefault("properties", {})
+        if not config_props.get("privateIPAddress"):
+            return None
+        if str(config_props.get("provisioningState") or "").lower() == "updating":
+            config_props["provisioningState"] = "Succeeded"
+    if str(props.get("provisioningState") or "").lower() == "updating":
+        props["provisioningState"] = "Succeeded"
+    return replace(parse_nic(nic), document=None)
 
 
 def _model_json(value: Any) -> Any:

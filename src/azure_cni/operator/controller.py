@@ -1,12 +1,17 @@
-"""When pools are reconciled: watch events, one work queue, a fixed number of workers.
+"""When pools are reconciled: events from kopf, one work queue, a fixed number of workers.
 
-- Per pool the controller keeps the newest object seen and, at most, one NIC read handed over
-  by the sweep; per node its uid and providerID. Nothing else: no task, thread or timer per
-  pool.
-- Watch events only store the newest object (by resourceVersion, so a stale event never
-  replaces a newer object) and queue the pool if something that matters changed: the spec
-  or a deletion at once, the agent's usage after ``usageDebounceSeconds``. The operator's own
-  status writes change nothing that matters and queue nothing.
+- kopf lists and watches Nodes and NodeIPPools and calls ``pool_event`` and ``node_event``
+  (``operator/kopf_events.py``). Per pool the controller keeps the newest object seen and, at
+  most, one NIC read handed over by the sweep; per node its uid, resourceVersion and
+  providerID. Nothing else: no task, thread or timer per pool.
+- Reconciling starts only once both lists are in. kopf's events carry no "listing done", so the
+  controller takes one list of its own (pools first, then Nodes) while kopf's events already
+  flow; a deletion kopf reports while that list runs is remembered so that the list cannot
+  bring the object back.
+- Events only store the newest object (by resourceVersion, so a stale event never replaces a
+  newer object) and queue the pool if something that matters changed: the spec or a deletion
+  at once, the agent's usage after ``usageDebounceSeconds``. The operator's own status writes
+  change nothing that matters and queue nothing.
 - ``maxConcurrentNodes`` workers take pools from the queue (``workqueue``): a pool is never
   reconciled by two workers at once, and a pool queued while it is reconciled is reconciled
   again right after. A reconcile's outcome may ask to look again later (a release delay, a
@@ -16,6 +21,8 @@
   ARM read per page of NICs instead of one per pool) and queues the pools whose NIC differs
   from their status, handing them what it read. A pool whose NIC it does not find is queued
   to look for it.
+- ``drain`` is the clean stop: no new reconcile starts, those under way finish their NIC
+  write and status write (within a bound), then the caller releases the Lease.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
 from azure_cni.cloud.providerid import parse_provider_id
 from azure_cni.operator import metrics
-from azure_cni.operator.kube import KubePools, follow
+from azure_cni.operator.kube import KubePools, PoolGone
 from azure_cni.operator.reconcile import PoolReconciler
 from azure_cni.operator.workqueue import ShutDown, WorkQueue
 
@@ -48,15 +55,19 @@ MAX_BACKOFF = 300.0
 POOL_CREATORS = 4
 
 
-def newer(candidate: NodeIPPool, current: NodeIPPool | None) -> bool:
-    """Whether ``candidate`` is at least as new as ``current`` (resourceVersions compare as
-    numbers on every API server we know; opaque ones trust arrival order)."""
-    if current is None:
-        return True
+def version_at_least(candidate: str, current: str) -> bool:
+    """Whether resourceVersion ``candidate`` is at least ``current`` (they compare as numbers
+    on every API server we know; opaque ones trust arrival order)."""
     try:
-        return int(candidate.resource_version) >= int(current.resource_version)
+        return int(candidate) >= int(current)
     except ValueError:
         return True
+
+
+def newer(candidate: NodeIPPool, current: NodeIPPool | None) -> bool:
+    """Whether ``candidate`` is at least as new as ``current``."""
+    return current is None or version_at_least(candidate.resource_version,
+                                               current.resource_version)
 
 
 def interest(pool: NodeIPPool) -> tuple[Any, ...]:
@@ -100,6 +111,19 @@ class NicHint:
 class NodeEntry:
     uid: str
     provider_id: str | None
+    resource_version: str = ""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> NodeEntry:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        return cls(str(meta.get("uid") or ""), spec.get("providerID") or None,
+                   str(meta.get("resourceVersion") or ""))
+
+
+def _name_and_version(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
 
 
 class PoolController:
@@ -120,23 +144,25 @@ class PoolController:
         #: nodes whose pool is to be created (a few workers create them, in order)
         self._creations = WorkQueue()
         self._requested: set[str] = set()
+        #: nodes whose pool was deleted while they lived: ask the API server before making
+        #: another (a Node whose deletion was missed would otherwise get pools forever)
+        self._verify_node: set[str] = set()
+        #: while the controller takes its own lists: (kind, name) -> resourceVersion of a
+        #: deletion seen meanwhile, so that the list cannot bring the object back
+        self._deleted_while_listing: dict[tuple[str, str], str] | None = {}
         self._pools_synced = asyncio.Event()
         self._nodes_synced = asyncio.Event()
         self.synced = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
 
     # -- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Follow both resources and reconcile until cancelled."""
-        tasks = [asyncio.create_task(follow(self.kube.pools, self.pool_event,
-                                            self.pools_listed), name="watch-pools")]
+        """Take both lists, then reconcile until ``drain`` (or cancellation)."""
+        tasks: list[asyncio.Task[None]] = []
         try:
-            # pools first, so that a node whose pool exists is not given a second one
-            await self._pools_synced.wait()
-            tasks.append(asyncio.create_task(follow(self.kube.nodes, self.node_event,
-                                                    self.nodes_listed), name="watch-nodes"))
-            await self._nodes_synced.wait()
-            tasks += await self.begin()
+            await self.list_everything()
+            tasks = await self.begin()
             await asyncio.gather(*tasks)
         finally:
             self.queue.shut_down()
@@ -146,6 +172,32 @@ class PoolController:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def list_everything(self) -> None:
+        """One list of the pools, then of the Nodes (kopf's events flow meanwhile): when it
+        returns, the controller knows every pool and every node."""
+        async for page in self.kube.list_pools():
+            for obj in page:
+                if not self._deleted_meanwhile("pool", obj):
+                    self.pool_event("ADDED", obj)
+        self._pools_synced.set()
+        async for page in self.kube.list_nodes():
+            for obj in page:
+                if not self._deleted_meanwhile("node", obj):
+                    await self.node_event("ADDED", obj)
+        self._nodes_synced.set()
+        self._deleted_while_listing = None
+        log.info("event=lists_taken pools=%d nodes=%d", len(self.pools), len(self.nodes))
+
+    def _deleted_meanwhile(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        name, version = _name_and_version(obj)
+        gone = (self._deleted_while_listing or {}).get((kind, name))
+        return gone is not None and version_at_least(gone, version)
+
+    def _note_deletion(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if self._deleted_while_listing is not None:
+            name, version = _name_and_version(obj)
+            self._deleted_while_listing[(kind, name)] = version
 
     async def begin(self) -> list[asyncio.Task[None]]:
         """Once both lists are in: sweep once, queue every pool, start the workers."""
@@ -157,12 +209,33 @@ class PoolController:
         self.synced.set()
         log.info("event=controller_synced pools=%d nodes=%d workers=%d", len(self.pools),
                  len(self.nodes), self.settings.max_concurrent_nodes)
+        for name, node in self.nodes.items():
+            if name not in self.pools:
+                self._create_pool_soon(name, node)
         tasks = [asyncio.create_task(self._creator(), name=f"pool-creator-{i}")
                  for i in range(POOL_CREATORS)]
-        tasks += [asyncio.create_task(self._worker(), name=f"worker-{i}")
-                  for i in range(max(1, self.settings.max_concurrent_nodes))]
+        self._workers = [asyncio.create_task(self._worker(), name=f"worker-{i}")
+                         for i in range(max(1, self.settings.max_concurrent_nodes))]
+        tasks += self._workers
         tasks.append(asyncio.create_task(self._sweep_forever(), name="nic-sweep"))
         return tasks
+
+    async def drain(self, timeout: float) -> list[str]:
+        """Stop taking work; let the reconciles under way finish (NIC write, status write) for
+        up to ``timeout`` seconds. Returns the pools whose reconcile had to be cut short."""
+        self.queue.shut_down()
+        self._creations.shut_down()
+        running = [t for t in self._workers if not t.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=timeout)
+        else:
+            late = set()
+        cut = sorted(self.queue.in_progress())
+        for task in late:
+            task.cancel()
+        log.info("event=drained finished=%d cut_short=%s", len(running) - len(late),
+                 ",".join(cut) or "none")
+        return cut
 
     def health(self) -> str:
         return (f"{len(self.pools)} pools, {len(self.queue)} queued, "
@@ -177,6 +250,7 @@ class PoolController:
             log.warning("event=pool_unreadable error=%r", str(e))
             return
         if kind == "DELETED":
+            self._note_deletion("pool", obj)
             self._forget(pool.name)
             return
         self.remember(pool)
@@ -194,6 +268,7 @@ class PoolController:
             return  # the watch event of our own write: the same object, kept already
         wanted = interest(pool)
         if entry is None:
+            self._requested.discard(pool.name)
             self.pools[pool.name] = PoolEntry(pool, wanted)
             metrics.POOLS_KNOWN.set(len(self.pools))
             if self.synced.is_set():
@@ -216,29 +291,27 @@ class PoolController:
         metrics.forget_pool(name)
         node = self.nodes.get(name)
         if node is not None and self.synced.is_set():
-            # the pool was deleted while its node lives on: every node has a pool
+            # the pool was deleted while its node lives on: every node has a pool (if the
+            # Node still exists: its own deletion may have been missed)
+            self._verify_node.add(name)
             self._create_pool_soon(name, node)
 
-    def pools_listed(self, names: set[str]) -> None:
-        for gone in set(self.pools) - names:
-            self._forget(gone)
-        self._pools_synced.set()
-
     async def node_event(self, kind: str, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        name = str(meta.get("name") or "")
+        name = _name_and_version(obj)[0]
         if not name:
             return
         if kind == "DELETED":
-            self.nodes.pop(name, None)
-            self.nic_hints.pop(name, None)
+            self._note_deletion("node", obj)
+            self._forget_node(name)
             # the owner reference has the garbage collector delete the pool; this is a
             # backstop for clusters without one
             await self.kube.delete_pool(name)
             return
-        spec = obj.get("spec") or {}
-        node = NodeEntry(str(meta.get("uid") or ""), spec.get("providerID") or None)
+        node = NodeEntry.from_object(obj)
         previous = self.nodes.get(name)
+        if previous is not None and previous.uid == node.uid and not version_at_least(
+                node.resource_version, previous.resource_version):
+            return  # older than what we have (the controller's own list, taken late)
         self.nodes[name] = node
         if name not in self.pools:
             if self._pools_synced.is_set():
@@ -246,10 +319,14 @@ class PoolController:
         elif previous is not None and previous.provider_id != node.provider_id:
             self.queue.add(name)
 
-    def nodes_listed(self, names: set[str]) -> None:
-        for gone in set(self.nodes) - names:
-            self.nodes.pop(gone, None)
-        self._nodes_synced.set()
+    def _forget_node(self, name: str) -> None:
+        """A Node is gone: nothing of it is kept, and a Node of that name that joins later
+        (scale-set instance names are reused) gets a pool of its own."""
+        self.nodes.pop(name, None)
+        self.nic_hints.pop(name, None)
+        self._requested.discard(name)
+        self._verify_node.discard(name)
+        self._creations.forget(name)
 
     def _create_pool_soon(self, name: str, node: NodeEntry) -> None:
         if name not in self._requested:
@@ -266,6 +343,12 @@ class PoolController:
                 node = self.nodes.get(name)
                 if node is None or name in self.pools:
                     continue
+                if name in self._verify_node:
+                    if await self.kube.node_uid(name) != node.uid:
+                        log.info("event=node_gone node=%s (its deletion was not seen)", name)
+                        self._forget_node(name)
+                        continue
+                    self._verify_node.discard(name)
                 if await self.kube.create_pool(name, node.uid, self.defaults.spec_for(name)):
                     log.info("event=pool_created node=%s", name)
             except Exception as e:  # noqa: BLE001 - retried after a pause
@@ -303,6 +386,11 @@ class PoolController:
                 hint.nic if hint is not None else None, look=hint is not None)
         except asyncio.CancelledError:
             raise
+        except PoolGone:
+            # deleted while it was reconciled (its DELETED event may come later, or never)
+            log.info("event=pool_gone pool=%s", name)
+            self._forget(name)
+            return
         except Exception as e:  # noqa: BLE001 - the API server may be away: retry later
             entry.failures += 1
             delay = min(MAX_BACKOFF, BACKOFF * 2 ** (entry.failures - 1))
@@ -316,7 +404,8 @@ class PoolController:
             entry.nic_seen = time.monotonic()
         outcome = result.outcome
         metrics.RECONCILES.labels("retry" if outcome.failed else "done").inc()
-        if result.stored is not None:
+        if result.stored is not None and self.pools.get(name) is entry:
+            # (a pool forgotten while it was reconciled stays forgotten)
             self.remember(result.stored)
         if outcome.requeue_after is not None and not outcome.release_finalizer:
             self.queue.add_after(name, outcome.requeue_after)

@@ -1,20 +1,17 @@
-"""The operator's side of the Kubernetes API: watching Nodes and NodeIPPools, and writing
-pools, their status, their finalizer and their Events.
+"""The operator's writes to the Kubernetes API: pools, their status, their finalizer and
+their Events; and the one list of Nodes and pools it takes itself before reconciling.
 
-Watches are done by hand on raw responses (list in pages, then watch from the list's
-resourceVersion, relist after 410 Gone or any failure), so no object is ever turned into a
-client model and nothing is kept of it but what the caller takes. Every request is counted in
-``azure_cni_operator_kube_requests_total``.
+Watching is kopf's (``operator/kopf_events.py``). Requests here send and read plain JSON where
+the answer is not needed as an object, so no client model is built for them. Every request is
+counted in ``azure_cni_operator_kube_requests_total``; every write first asks the ``fence``
+(the leader Lease: ``operator/lease.py``) whether this replica may write.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from kubernetes_asyncio import client
@@ -33,7 +30,6 @@ from azure_cni.api.nodeippool import (
     status_apply_body,
     utcnow,
 )
-from azure_cni.kubeclient import WatchExpired, watch_events
 from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
@@ -44,88 +40,42 @@ EVENT_NAMESPACE = "default"
 FINALIZER = "azurecni.io/nic-cleanup"
 #: objects per page of an initial list (bounds the memory a list of 5,000 Nodes takes)
 LIST_PAGE = 500
-WATCH_TIMEOUT_SECONDS = 300
+
+#: asked before every write; raises when this replica may not write (not the leader)
+Fence = Callable[[], None]
+
+
+def _open_fence() -> None:
+    """Writes are always allowed (one replica, or a test)."""
 
 
 def _count(verb: str, resource: str) -> None:
     metrics.KUBE_REQUESTS.labels(verb=verb, resource=resource).inc()
 
 
-OnEvent = Callable[[str, dict[str, Any]], Awaitable[None] | None]
-OnSynced = Callable[[set[str]], Awaitable[None] | None]
+class PoolGone(LookupError):
+    """The pool no longer exists (404): whatever was to be written about it is moot."""
 
 
-@dataclass(frozen=True)
-class Watched:
-    """One resource to follow: its name for metrics and how to list (and watch) it."""
-
-    resource: str
-    lister: Callable[..., Awaitable[Any]]
-
-
-async def _maybe(result: Awaitable[None] | None) -> None:
-    if result is not None:
-        await result
-
-
-async def follow(watched: Watched, on_event: OnEvent, on_synced: OnSynced, *,
-                 max_backoff: float = 30.0) -> None:
-    """List ``watched`` in pages, calling ``on_event("ADDED", obj)`` for each object and then
-    ``on_synced(names)`` with every name listed; then pass on each watch event. Relists after
-    410 Gone or a failure (with jittered backoff), forever."""
-    backoff = 1.0
-    while True:
-        try:
-            version = await _list(watched, on_event, on_synced)
-            backoff = 1.0
-            while True:
-                version = await _watch(watched, version, on_event)
-        except WatchExpired:
-            log.info("event=watch_expired resource=%s; relisting", watched.resource)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - API server restarts, network blips
-            log.warning("event=watch_failed resource=%s error=%r retry_in=%.0fs",
-                        watched.resource, e, backoff)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff)
-
-
-async def _list(watched: Watched, on_event: OnEvent, on_synced: OnSynced) -> str:
-    names: set[str] = set()
+async def list_pages(lister: Callable[..., Awaitable[Any]], resource: str
+                     ) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every object of a resource, a page of ``LIST_PAGE`` at a time, as plain JSON (no
+    client models; nothing is kept but what the caller takes from each page)."""
     token: str | None = None
     while True:
-        _count("list", watched.resource)
+        _count("list", resource)
         kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
         if token:
             kwargs["_continue"] = token
-        response = await watched.lister(**kwargs)
+        response = await lister(**kwargs)
         try:
             page = json.loads(await response.read())
         finally:
             response.release()
-        for obj in page.get("items") or ():
-            names.add(str((obj.get("metadata") or {}).get("name") or ""))
-            await _maybe(on_event("ADDED", obj))
-        meta = page.get("metadata") or {}
-        token = meta.get("continue")
+        yield list(page.get("items") or ())
+        token = (page.get("metadata") or {}).get("continue")
         if not token:
-            await _maybe(on_synced(names))
-            return str(meta.get("resourceVersion") or "")
-
-
-async def _watch(watched: Watched, version: str, on_event: OnEvent) -> str:
-    """One watch request until the server ends it; returns the resourceVersion reached."""
-    _count("watch", watched.resource)
-    response = await watched.lister(
-        watch=True, resource_version=version, allow_watch_bookmarks=True,
-        timeout_seconds=WATCH_TIMEOUT_SECONDS, _preload_content=False,
-        _request_timeout=WATCH_TIMEOUT_SECONDS + 30)
-    async for kind, obj in watch_events(response):
-        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-        if kind != "BOOKMARK":
-            await _maybe(on_event(kind, obj))
-    return version
+            return
 
 
 async def _unread(request: Awaitable[Any]) -> None:
@@ -167,20 +117,34 @@ class PoolWriter(Protocol):
 class KubePools:
     """NodeIPPool reads and writes on kubernetes_asyncio, as field manager azure-cni-operator."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Fence = _open_fence) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
+        self._fence = fence
 
-    @property
-    def nodes(self) -> Watched:
-        return Watched("nodes", self._core.list_node)
+    def list_nodes(self) -> AsyncIterator[list[dict[str, Any]]]:
+        return list_pages(self._core.list_node, "nodes")
 
-    @property
-    def pools(self) -> Watched:
+    def list_pools(self) -> AsyncIterator[list[dict[str, Any]]]:
         async def lister(**kwargs: Any) -> Any:
             return await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
 
-        return Watched(PLURAL, lister)
+        return list_pages(lister, PLURAL)
+
+    async def node_uid(self, name: str) -> str | None:
+        """The uid of the Node ``name`` as the API server has it now, None if it is gone."""
+        _count("get", "nodes")
+        try:
+            response: Any = await self._core.read_node(name, _preload_content=False)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            obj = json.loads(await response.read())
+        finally:
+            response.release()
+        return str((obj.get("metadata") or {}).get("uid") or "") or None
 
     async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
         """Create the pool of a node, owned by the Node; False if it already exists."""
@@ -196,6 +160,7 @@ class KubePools:
             },
             "spec": spec.to_dict(),
         }
+        self._fence()
         _count("create", PLURAL)
         try:
             await _unread(self._custom.create_cluster_custom_object(
@@ -217,6 +182,7 @@ class KubePools:
         return NodeIPPool.from_object(obj)
 
     async def delete_pool(self, name: str) -> None:
+        self._fence()
         _count("delete", PLURAL)
         try:
             await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
@@ -225,19 +191,27 @@ class KubePools:
                 raise
 
     async def apply_status(self, name: str, fields: Mapping[str, Any]) -> NodeIPPool:
-        """Server-side apply of the operator's status fields (the agent owns the others)."""
+        """Server-side apply of the operator's status fields (the agent owns the others);
+        ``PoolGone`` if the pool no longer exists."""
+        self._fence()
         _count("patch", f"{PLURAL}/status")
-        # _content_type is honoured at runtime but missing from the library's stubs
-        obj = await self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
-            GROUP, VERSION, PLURAL, name, status_apply_body(name, fields),
-            field_manager=OPERATOR_FIELD_MANAGER, force=True,
-            _content_type="application/apply-patch+yaml",
-        )
+        try:
+            # _content_type is honoured at runtime but missing from the library's stubs
+            obj = await self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
+                GROUP, VERSION, PLURAL, name, status_apply_body(name, fields),
+                field_manager=OPERATOR_FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as e:
+            if e.status == 404:
+                raise PoolGone(f"NodeIPPool {name} no longer exists") from e
+            raise
         return NodeIPPool.from_object(obj)
 
     async def add_finalizer(self, name: str) -> None:
         """Append ``FINALIZER`` (a JSON patch: the other finalizers stay as they are)."""
         patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+        self._fence()
         _count("patch", PLURAL)
         try:
             await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
@@ -258,6 +232,7 @@ class KubePools:
         index = pool.finalizers.index(FINALIZER)
         patch = [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": FINALIZER},
                  {"op": "remove", "path": f"/metadata/finalizers/{index}"}]
+        self._fence()
         _count("patch", PLURAL)
         try:
             await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]

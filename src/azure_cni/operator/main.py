@@ -1,17 +1,19 @@
-"""``azure-cni-operator``: run the operator (one active replica, cluster-wide)."""
+"""``azure-cni-operator``: run the operator (cluster-wide; one replica acts, the holder of the
+leader Lease, and the others stand by)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from azure_cni.api.settings import InvalidSettings, Settings, load_settings
 from azure_cni.kubeclient import KubeConfigError, connect
-from azure_cni.operator.runtime import Operator
+from azure_cni.operator.runtime import ExitCode, Operator
 
 
 async def _check_kubernetes_access(kubeconfig: str | None) -> None:
@@ -20,9 +22,9 @@ async def _check_kubernetes_access(kubeconfig: str | None) -> None:
     await api.close()
 
 
-async def _run(settings: Settings, kubeconfig: str | None) -> None:
+async def _run(settings: Settings, kubeconfig: str | None) -> ExitCode:
     operator = await Operator.start(settings, kubeconfig)
-    await operator.run()
+    return await operator.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,22 +36,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # the Azure SDK logs every request at INFO; keep ours readable
+    # the Azure SDK logs every request at INFO, kopf every watch it starts; keep ours readable
     logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         settings = load_settings(args.config)
     except (InvalidSettings, ValueError) as e:
         print(f"azure-cni-operator: invalid configuration: {e}", file=sys.stderr)  # noqa: T201
-        return 2
+        return ExitCode.INVALID_SETTINGS
+    if args.kubeconfig:
+        # kopf logs in from KUBECONFIG (operator/kopf_events.py), the client from the flag
+        os.environ["KUBECONFIG"] = args.kubeconfig
     try:
         asyncio.run(_check_kubernetes_access(args.kubeconfig))
     except KubeConfigError as e:
         print(f"azure-cni-operator: {e}", file=sys.stderr)  # noqa: T201
-        return 2
-    # One active replica (Deployment strategy Recreate): two operators would each plan the
-    # same NIC from their own view.
-    asyncio.run(_run(settings, args.kubeconfig))
-    return 0
+        return ExitCode.INVALID_SETTINGS
+    return asyncio.run(_run(settings, args.kubeconfig))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ QUEUE_DEPTH = Gauge("azure_cni_operator_queue_depth",
 NIC_SWEEPS = Counter("azure_cni_operator_nic_sweeps_total",
                      "Sweeps that listed every node's NIC to find drift")
 POOLS_KNOWN = Gauge("azure_cni_operator_pools", "NodeIPPools the operator follows")
+IS_LEADER = Gauge("azure_cni_operator_leader",
+                  "1 while this operator replica holds the leader Lease and may write, else 0")
 
 
 def observe_write(added: int, removed: int, seconds: float, error: Exception | None) -> None:

@@ -97,9 +97,12 @@ class PoolReconciler:
         new_name: Callable[[], str] = new_ipconfig_name,
         subnet_ttl: float = 10.0,
         pod_networking: PodNetworkingSettings | None = None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.azure = azure
         self.pools = pools
+        #: raises when this replica may not write (it lost the leader Lease)
+        self.fence = fence
         self.pod_networking = pod_networking or PodNetworkingSettings()
         self.subnets = SubnetCache(azure, subnet_ttl)
         self._clock = clock
@@ -128,6 +131,7 @@ class PoolReconciler:
         if FINALIZER not in pool.finalizers and not pool.deleting:
             # a pool an admin created: it must not vanish while the NIC holds its addresses
             await self.pools.add_finalizer(pool.name)
+        self.fence()
         outcome, written = await self._write_nic(decision)
         return await self._record(pool, outcome, written or obs.nic)
 
@@ -187,6 +191,7 @@ class PoolReconciler:
     async def _record(self, pool: NodeIPPool, outcome: Outcome,
                       nic: NicSnapshot | None = None) -> Result:
         """The outcome's status write, Events and finalizer, each at most once."""
+        self.fence()
         stored = None
         if outcome.release_finalizer:
             await self.pools.remove_finalizer(pool)

@@ -7,6 +7,7 @@
 - ``add_after(key, seconds)``: the key is added later; of several delayed adds the earliest
   wins, and an ``add`` in the meantime makes it due at once.
 - ``forget(key)``: drop any pending add of the key (its object is gone).
+- ``shut_down()``: ``get`` raises ``ShutDown`` from then on; keys being processed finish.
 
 Its memory is a few dozen bytes per key that waits, nothing per key that does not.
 """
@@ -47,6 +48,10 @@ class WorkQueue:
     @property
     def processing(self) -> int:
         return len(self._processing)
+
+    def in_progress(self) -> set[str]:
+        """The keys being processed right now."""
+        return set(self._processing)
 
     def add(self, key: str) -> None:
         if self._closed:

@@ -1,0 +1,105 @@
+"""kopf as the operator's event source: it logs in, lists and watches Nodes and NodeIPPools
+(relisting after 410 Gone or a broken stream) and hands every event to the controller.
+
+The handlers are ``@kopf.on.event`` only: they record the newest object and queue its pool,
+nothing else, so kopf keeps no progress or diff-base annotations, adds no finalizer and makes
+no write. Everything that decides and writes stays in the controller, the work queue and the
+reconcile. The settings below are chosen for 5,000 nodes (docs/design-notes.md, "kopf as the
+event source").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import kopf
+
+from azure_cni.api.nodeippool import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+#: objects per page of kopf's initial list: one page of 8 KiB Nodes is ~4 MB of JSON
+LIST_CHUNK = 500
+#: seconds an idle per-object kopf worker lives; it holds its last raw event meanwhile, so
+#: with kopf's default (5 s) the whole initial list of Nodes stays in memory at once
+WORKER_IDLE_SECONDS = 0.2
+
+_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class EventSink(Protocol):
+    """What the controller takes from kopf (``kind``: ADDED, MODIFIED or DELETED)."""
+
+    def pool_event(self, kind: str, obj: Mapping[str, Any]) -> None: ...
+
+    async def node_event(self, kind: str, obj: Mapping[str, Any]) -> None: ...
+
+
+def settings() -> kopf.OperatorSettings:
+    """kopf as an event source for thousands of objects."""
+    s = kopf.OperatorSettings()
+    # only the two resources the handlers name: no list and watch of every CRD
+    s.scanning.disabled = True
+    # the operator posts its own Events; kopf would post one per handler log line
+    s.posting.enabled = False
+    # leader election is the Lease (operator/lease.py); kopf's peering is not
+    s.peering.standalone = True
+    s.peering.clusterwide = True
+    s.watching.chunk_size = LIST_CHUNK
+    s.queueing.idle_timeout = WORKER_IDLE_SECONDS
+    # a watch stream silent for this long is dead: reconnect (bookmarks come every minute)
+    s.watching.inactivity_timeout = 70.0
+    return s
+
+
+def _kind(event: Mapping[str, Any]) -> str:
+    """kopf marks objects of its initial list with type None; to the controller they are
+    ADDED."""
+    return str(event.get("type") or "ADDED")
+
+
+def in_cluster_connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's service account, reaching the API server at the address the kubelet gives
+    every pod (``KUBERNETES_SERVICE_HOST``): the operator runs before cluster DNS does (it is
+    what gives CoreDNS its address), so kopf's own ``kubernetes.default.svc`` would not
+    resolve. The token is read anew at every login, as the kubelet rotates it."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
+        "KUBERNETES_SERVICE_PORT")
+    token_file = _SERVICE_ACCOUNT / "token"
+    if not host or not port or not token_file.exists():
+        return None
+    ca = _SERVICE_ACCOUNT / "ca.crt"
+    server_host = f"[{host}]" if ":" in host else host
+    return kopf.ConnectionInfo(
+        server=f"https://{server_host}:{port}",
+        ca_path=str(ca) if ca.exists() else None,
+        token=token_file.read_text().strip() or None,
+        trust_env=settings.networking.trust_env,
+    )
+
+
+def registry(sink: EventSink) -> kopf.OperatorRegistry:
+    """A registry of kopf handlers that feed ``sink``; nothing is registered globally."""
+    handlers = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=handlers)
+    def login(*, settings: kopf.OperatorSettings, **kwargs: Any
+              ) -> kopf.ConnectionInfo | None:
+        # the operator's --kubeconfig becomes KUBECONFIG (operator/main.py)
+        if os.environ.get("KUBECONFIG"):
+            return kopf.login_with_kubeconfig(settings=settings, **kwargs)
+        return in_cluster_connection(settings)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=handlers)
+    def pool_event(*, event: Mapping[str, Any], **_: Any) -> None:
+        sink.pool_event(_kind(event), event.get("object") or {})
+
+    @kopf.on.event("", "v1", "nodes", registry=handlers)
+    async def node_event(*, event: Mapping[str, Any], **_: Any) -> None:
+        await sink.node_event(_kind(event), event.get("object") or {})
+
+    return handlers
