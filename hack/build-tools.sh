@@ -35,6 +35,13 @@ done
 wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 mkdir -p "$cache/bin"
+# one build at a time per cache: two runs at once (two checkouts sharing a cache, make -j)
+# would build into the same .tmp directories and remove each other's work
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+  echo "build-tools: another build holds $cache/.lock; waiting for it ..."
+  flock 9
+fi
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
