@@ -231,6 +231,7 @@ def test_the_demo_s_checks_compare_prometheus_with_the_pools(
     ips = [PoolIP(f"198.18.0.{i}", f"azcni-{i}", IPState.AVAILABLE) for i in range(10, 17)]
     ips.append(PoolIP("198.18.0.17", "azcni-17", IPState.RELEASING))
     operator_metrics.observe_pool(pool, ips, used=3)
+    operator_metrics.IS_LEADER.set(1)  # the demo's checks want exactly one leader
     agent_address, agent = agent_endpoint
     agent.ready.set(1)
     agent.set_pool(PoolUsage(known=True, allocated=8, used=3, free=3, releasing=1, cooling=1,
@@ -284,6 +285,7 @@ def test_the_demo_s_checks_compare_prometheus_with_the_pools(
     finally:
         server.stop()
         operator_metrics.forget_pool(pool)
+        operator_metrics.IS_LEADER.set(0)
 
 
 def test_an_address_where_no_prometheus_answers_is_unreachable_not_an_error_answer() -> None:
