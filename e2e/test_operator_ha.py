@@ -131,7 +131,12 @@ def test_helm_upgrade_of_the_operator_while_pods_churn_loses_nothing(
         # a change of the operator's pod template: both replicas are replaced, one at a time
         world.upgrade_chart(operatorDeployment={"podAnnotations": {"azurecni.io/upgrade": "1"}})
         world.kubectl("scale", "nodeippool", vm, f"--replicas={target}")
-        world.wait_rollout(f"deployment/{LEASE}", NAMESPACE, timeout=240)
+        try:
+            world.wait_rollout(f"deployment/{LEASE}", NAMESPACE, timeout=480)
+        except Exception:
+            print(world.kubectl("-n", NAMESPACE, "get", "pods", "-o", "wide").stdout)
+            print(world.kubectl("-n", NAMESPACE, "describe", "deployment", LEASE).stdout)
+            raise
     finally:
         stop.set()
         churner.join(30)
