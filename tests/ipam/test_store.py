@@ -208,6 +208,31 @@ def test_a_schema_1_store_is_migrated_with_its_cooldowns(tmp_path: Path) -> None
     store.close()
 
 
+def test_a_schema_2_store_is_migrated_and_its_attachments_have_no_network(
+        tmp_path: Path) -> None:
+    path = tmp_path / "ipam.db"
+    old = sqlite3.connect(str(path))
+    old.executescript(
+        "CREATE TABLE assignments (container_id TEXT NOT NULL, ifname TEXT NOT NULL, "
+        "address TEXT NOT NULL, netns TEXT NOT NULL, host_veth TEXT NOT NULL, "
+        "pod TEXT NOT NULL, assigned_at REAL NOT NULL, PRIMARY KEY (container_id, ifname));"
+        "INSERT INTO assignments VALUES ('c1', 'eth0', '198.18.0.11', 'n', 'azv1', 'a/b', 5);"
+        "PRAGMA user_version=2;")
+    old.close()
+    store = AddressStore(path)
+    kept = store.get(A)
+    assert kept is not None and (kept.address, kept.pod, kept.network) == (
+        "198.18.0.11", "a/b", "")
+    made = store.assign(B, netns="n2", host_veth="azv2", pod="", network="azure-cni",
+                        choose=first_free(["198.18.0.11", "198.18.0.12"]))
+    assert made is not None and made.network == "azure-cni"
+    store.close()
+    reopened = AddressStore(path)
+    assert [a.network for a in reopened.assignments()] == ["", "azure-cni"]
+    assert int(reopened._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+    reopened.close()
+
+
 def test_the_real_clock_is_the_boot_clock() -> None:
     clock = Clock()
     assert read_boot_id() and clock.boot_id() == read_boot_id()

@@ -226,8 +226,9 @@ class Allocator:
         return self._pool
 
     async def assign(self, key: AttachmentKey, netns: str, host_veth: str,
-                     pod: str) -> tuple[Assignment | None, bool]:
-        """``key``'s assignment: (existing one, False), (new one, True), or (None, False)."""
+                     pod: str, network: str = "") -> tuple[Assignment | None, bool]:
+        """``key``'s assignment: (existing one, False), (new one, True), or (None, False);
+        a new one is recorded as ``network``'s (the CNI network's name)."""
 
         def pick() -> tuple[Assignment | None, bool]:
             existing = self.store.get(key)
@@ -240,7 +241,7 @@ class Allocator:
             ips = self._pool.status.ips if self._pool else ()
             now = self.clock.since_boot()
             made = self.store.assign(
-                key, netns=netns, host_veth=host_veth, pod=pod,
+                key, netns=netns, host_veth=host_veth, pod=pod, network=network,
                 choose=lambda taken, released: choose_address(ips, taken, released, now))
             return made, made is not None
 

@@ -529,7 +529,8 @@ class NodeAgent:
             "assignments": [
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
-                 "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
+                 "pod": a.pod, "network": a.network, "assignedAt": a.assigned_at}
+                for a in assignments],
             # as wall-clock deadlines, for people and for the status command
             "coolingDown": {address: wall + (r.cool_until - now)
                             for address, r in sorted(released.items()) if r.cool_until > now},
