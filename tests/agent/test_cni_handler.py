@@ -89,6 +89,20 @@ async def test_add_builds_the_datapath_and_returns_the_result(harness: Harness) 
     assert harness.changes == 1
 
 
+async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
+    harness.datapath.namespaces.add("/run/netns/p1")
+    annotated = parse_request({
+        "protocol": 1, "command": "ADD", "containerID": "c1", "netns": "/run/netns/p1",
+        "ifname": "eth0", "args": "K8S_POD_NAMESPACE=web;K8S_POD_NAME=web-0;K8S_POD_UID=u-1",
+        "config": {"cniVersion": "1.0.0", "name": "azure-cni", "runtimeConfig": {
+            "io.kubernetes.cri.pod-annotations": {"azurecni.io/public-ip": "web"}}}})
+    await harness.handler.handle(annotated)
+    (published,) = await harness.allocator.pod_requests()
+    assert published.to_dict() == {"address": "198.18.0.10", "ipConfiguration":
+                                   "azcni-198-18-0-10", "pod": "web/web-0", "podUID": "u-1",
+                                   "publicIP": "web"}
+
+
 async def test_add_is_idempotent_per_key(harness: Harness) -> None:
     first = await harness.add()
     second = await harness.add()

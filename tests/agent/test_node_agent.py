@@ -22,6 +22,7 @@ from azure_cni.api.nodeippool import (
     PoolSpec,
     utcnow,
 )
+from azure_cni.api.podnet import POD_ANNOTATIONS_CAPABILITY, PUBLIC_IP_ANNOTATION
 from azure_cni.datapath.snat import owned_state
 from azure_cni.ipam.plan import plan
 from azure_cni_sim.node import (
@@ -424,6 +425,33 @@ def test_a_rule_put_above_the_pod_filter_is_undone_by_the_agent(kube, nodeippool
             assert not reaches_the_wireserver(pod)
         finally:
             wireserver.stop()
+
+
+def test_annotated_pods_sharing_a_block_keep_the_agents_status_written(
+        node: LocalNode, kube, netns_factory) -> None:
+    """Pods of one block share its ipConfiguration; the agent's list of their requests must
+    still be one the API server accepts, or used, acks and idle blocks stop updating."""
+    publish_pool(kube.kubectl, node.name, ["198.18.0.16"], prefix_length=28)
+    node.start_agent()
+    node.wait_ready()
+    config = node.plugin_config(extra={"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: {
+        PUBLIC_IP_ANNOTATION: "web"}}})
+    for pod in ("a", "b"):
+        added = node.run_shim("ADD", pod, netns_factory.create(pod), config=config,
+                              cni_args=f"K8S_POD_NAMESPACE=web;K8S_POD_NAME={pod};"
+                                       f"K8S_POD_UID=uid-{pod}")
+        assert added.returncode == 0, added
+    status = wait_for_pool_status(kube.kubectl, node.name, "used=2 and two requests",
+                                  lambda s: s.get("used") == 2
+                                  and len(s.get("podRequests") or ()) == 2)
+    assert {(r["pod"], r["podUID"], r["ipConfiguration"]) for r in status["podRequests"]} == {
+        ("web/a", "uid-a", ipconfig_name("198.18.0.16")),
+        ("web/b", "uid-b", ipconfig_name("198.18.0.16"))}
+    # and the writes go on: a pod's DEL is counted and its request withdrawn
+    assert node.run_shim("DEL", "a", "").returncode == 0
+    status = wait_for_pool_status(kube.kubectl, node.name, "used=1",
+                                  lambda s: s.get("used") == 1)
+    assert [r["pod"] for r in status["podRequests"] if r.get("withdrawn")] == ["web/a"]
 
 
 def test_a_recreated_pool_gets_the_agents_status(node: LocalNode, kube) -> None:

@@ -7,6 +7,19 @@ import uuid
 
 import pytest
 
+from azure_cni.api.crd import nodeippool_crd
+from azure_cni.api.nodeippool import (
+    AGENT_FIELD_MANAGER,
+    KIND,
+    OPERATOR_FIELD_MANAGER,
+    PLURAL,
+    VERSION,
+    PoolStatus,
+)
+from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni_sim.node import wait_crd_established
+from azure_cni_sim.procs import wait_for
+
 pytestmark = pytest.mark.cluster
 
 
@@ -117,3 +130,84 @@ def test_mode_cannot_change_while_pods_use_the_pool(pools) -> None:
     spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
     assert spec["mode"] == "Addresses" and spec["minIPs"] == 20
     pools.kubectl("delete", "nip", name)
+
+
+def _crd_keyed_by_ipconfiguration(group: str) -> dict:
+    """The CRD as it was before the per-pod lists were keyed by address, in ``group``."""
+    crd = nodeippool_crd()
+    crd["metadata"]["name"] = f"{PLURAL}.{group}"
+    crd["spec"]["group"] = group
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for field in ("podRequests", "podNetworking"):
+        listed = status["properties"][field]
+        listed["x-kubernetes-list-map-keys"] = ["ipConfiguration"]
+        listed["items"]["required"].remove("address")
+        del listed["items"]["properties"]["podUID"]
+    return crd
+
+
+def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceable(
+        kube) -> None:
+    """``kubectl apply --server-side -f charts/azure-cni/crds/`` on a cluster whose pools
+    hold per-pod lists keyed by ipConfiguration: they read as before, and each writer's next
+    apply replaces its list whole (nothing it dropped lingers)."""
+    group = f"upgrade-{uuid.uuid4().hex[:6]}.azurecni.io"
+    crd_name = f"{PLURAL}.{group}"
+    api = f"{group}/{VERSION}"
+
+    def apply(manager: str, body: dict, *, status: bool) -> None:
+        extra = ["--subresource=status"] if status else []
+        kube.kubectl("apply", "--server-side", f"--field-manager={manager}", *extra, "-f",
+                     "-", input=json.dumps(body))
+
+    def read() -> dict:
+        return json.loads(kube.kubectl("get", crd_name, "n1", "-o", "json").stdout)["status"]
+
+    old = _crd_keyed_by_ipconfiguration(group)
+    kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(old))
+    try:
+        wait_crd_established(kube.kubectl, crd_name)
+        apply("admin", {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                        "spec": {"nodeName": "n1"}}, status=False)
+        before = [{"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "web/a",
+                   "publicIP": "web"},
+                  {"ipConfiguration": "azcni-b", "address": "198.18.0.11", "pod": "web/b",
+                   "withdrawn": True}]
+        apply(AGENT_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
+                                    "metadata": {"name": "n1"},
+                                    "status": {"podRequests": before}}, status=True)
+        apply(OPERATOR_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
+                                       "metadata": {"name": "n1"}, "status": {
+                                           "podNetworking": [{**before[1], "state": "Detached"}]}},
+              status=True)
+
+        new = nodeippool_crd()
+        new["metadata"]["name"], new["spec"]["group"] = crd_name, group
+        kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(new))
+        wait_crd_established(kube.kubectl, crd_name)
+        stored = PoolStatus.from_dict(read())
+        assert [(r.address, r.pod, r.withdrawn) for r in stored.pod_requests] == [
+            ("198.18.0.10", "web/a", False), ("198.18.0.11", "web/b", True)]
+        assert [(a.address, a.state) for a in stored.pod_networking] == [
+            ("198.18.0.11", AttachmentState.DETACHED)]
+
+        # the new agent forgot web/b (Detached) and has two pods in one block
+        after = [PodNetworkRequest("azcni-a", "198.18.0.10", "web/a", "web", pod_uid="u-a"),
+                 PodNetworkRequest("azcni-c", "198.18.0.32", "web/c", "web", pod_uid="u-c"),
+                 PodNetworkRequest("azcni-c", "198.18.0.33", "web/d", "web", pod_uid="u-d")]
+        body = {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                "status": {"podRequests": [r.to_dict() for r in after]}}
+
+        def accepted() -> bool:  # the new schema reaches the API server's handlers shortly
+            extra = ["--subresource=status", "--field-manager", AGENT_FIELD_MANAGER]
+            return kube.kubectl("apply", "--server-side", *extra, "-f", "-",
+                                input=json.dumps(body), check=False).returncode == 0
+
+        wait_for("the API server to take the new CRD", accepted, 30, interval=0.5)
+        assert PoolStatus.from_dict(read()).pod_requests == tuple(after)
+        apply(OPERATOR_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
+                                       "metadata": {"name": "n1"},
+                                       "status": {"podNetworking": []}}, status=True)
+        assert "podNetworking" not in read()
+    finally:
+        kube.kubectl("delete", "crd", crd_name, "--wait=false", check=False)

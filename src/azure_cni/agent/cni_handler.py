@@ -186,10 +186,11 @@ class CniHandler:
         if public_ip or backend_pools:
             # for the operator, through the pool's status; pods asking nothing skip this
             await self.allocator.record_pod_request(assignment.address, request.pod,
-                                                    public_ip, backend_pools)
-            log.info("event=pod_network_requested address=%s pod=%s public_ip=%s "
+                                                    public_ip, backend_pools,
+                                                    request.pod_uid)
+            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
                      "backend_pools=%s", assignment.address, request.pod or "-",
-                     public_ip or "-", ",".join(backend_pools) or "-")
+                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
             self.on_change()
         if created:
             self.on_change()

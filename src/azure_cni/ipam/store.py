@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS pod_requests (
     pod           TEXT NOT NULL,
     public_ip     TEXT NOT NULL,
     backend_pools TEXT NOT NULL,
-    withdrawn     INTEGER NOT NULL DEFAULT 0
+    withdrawn     INTEGER NOT NULL DEFAULT 0,
+    pod_uid       TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS releases (
     address      TEXT PRIMARY KEY,
@@ -67,8 +68,10 @@ UPDATE releases SET released_wall = released_at;
 #: columns added by later schemas to tables an older agent created: (table, column, type);
 #: rows from before keep the default
 _ADDED_COLUMNS = (
-    # schema 3: the CNI network whose ADD made an attachment (GC is scoped to one network)
+    # schema 3: the CNI network whose ADD made an attachment (GC is scoped to one network),
+    # and the UID of the pod that asked for a public IP or pools
     ("assignments", "network", "TEXT NOT NULL DEFAULT ''"),
+    ("pod_requests", "pod_uid", "TEXT NOT NULL DEFAULT ''"),
 )
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
@@ -365,16 +368,18 @@ class AddressStore:
     # -- per-pod Azure networking (api/podnet.py) ----------------------------------------
 
     def record_pod_request(self, address: str, pod: str, public_ip: str,
-                           backend_pools: Iterable[str]) -> None:
+                           backend_pools: Iterable[str], pod_uid: str = "") -> None:
         """What the pod holding ``address`` asked for (replaces an earlier request)."""
-        self._db.execute("INSERT OR REPLACE INTO pod_requests VALUES (?, ?, ?, ?, 0)",
-                         (address, pod, public_ip, ",".join(backend_pools)))
+        self._db.execute(
+            "INSERT OR REPLACE INTO pod_requests (address, pod, public_ip, backend_pools, "
+            "withdrawn, pod_uid) VALUES (?, ?, ?, ?, 0, ?)",
+            (address, pod, public_ip, ",".join(backend_pools), pod_uid))
 
     def pod_requests(self) -> list[StoredPodRequest]:
-        rows = self._db.execute("SELECT address, pod, public_ip, backend_pools, withdrawn "
-                                "FROM pod_requests ORDER BY address")
-        return [StoredPodRequest(a, p, ip, tuple(x for x in pools.split(",") if x), bool(w))
-                for a, p, ip, pools, w in rows]
+        rows = self._db.execute("SELECT address, pod, public_ip, backend_pools, withdrawn, "
+                                "pod_uid FROM pod_requests ORDER BY address")
+        return [StoredPodRequest(a, p, ip, tuple(x for x in pools.split(",") if x), bool(w),
+                                 uid) for a, p, ip, pools, w, uid in rows]
 
     def forget_pod_requests(self, addresses: Iterable[str]) -> None:
         """Forget withdrawn requests (the operator reported their ipConfigurations Detached)."""
@@ -392,6 +397,8 @@ class StoredPodRequest:
     backend_pools: tuple[str, ...]
     #: the pod is gone; the address stays out of use until the operator says Detached
     withdrawn: bool
+    #: the pod's UID, when the runtime gave it ("" for requests recorded before schema 3)
+    pod_uid: str = ""
 
 
 def _assignment(row: tuple[str, str, str, str, str, str, float, str]) -> Assignment:
