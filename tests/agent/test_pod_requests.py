@@ -4,6 +4,7 @@ IP are exempt from the node's SNAT."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from tests.api.test_crd import list_map_keys
@@ -14,11 +15,12 @@ from azure_cni.agent.allocator import (
     pool_usage,
     publishable_requests,
     settled_requests,
+    stray_requests,
 )
 from azure_cni.agent.egress import snat_policy
 from azure_cni.agent.nodeagent import public_sources
 from azure_cni.api.nodeippool import NicInfo, NodeIPPool, PoolIP, PoolSpec, PoolStatus
-from azure_cni.api.podnet import AttachmentState, PodAttachment
+from azure_cni.api.podnet import AttachmentState, PodAttachment, PodNetworkRequest
 from azure_cni.api.settings import SnatSettings
 from azure_cni.cni.request import CniRequest
 from azure_cni.datapath.snat import render_rules
@@ -146,3 +148,12 @@ def test_a_detached_answer_for_an_earlier_pod_of_the_same_name_settles_nothing(
     assert settled_requests(pool(detached("uid-new")), requests) == [ADDRESSES[0]]
     # an operator that names no UID is matched by address and pod name
     assert settled_requests(pool(detached("")), requests) == [ADDRESSES[0]]
+
+
+def test_strays_are_the_pools_requests_the_agent_does_not_publish() -> None:
+    mine = PodNetworkRequest("azcni-0", ADDRESSES[0], "web/a", "web")
+    gone = PodNetworkRequest("azcni-1", ADDRESSES[1], "web/b", "web", withdrawn=True)
+    listed = replace(pool(), status=replace(pool().status, pod_requests=(mine, gone)))
+    assert stray_requests(listed, [mine]) == [gone]
+    assert stray_requests(listed, [mine, gone]) == []
+    assert stray_requests(None, [mine]) == []

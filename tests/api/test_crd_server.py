@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from azure_cni.agent.allocator import stray_requests
 from azure_cni.api.crd import nodeippool_crd
 from azure_cni.api.nodeippool import (
     AGENT_FIELD_MANAGER,
@@ -14,6 +15,8 @@ from azure_cni.api.nodeippool import (
     OPERATOR_FIELD_MANAGER,
     PLURAL,
     VERSION,
+    NodeIPPool,
+    PoolSpec,
     PoolStatus,
 )
 from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
@@ -149,8 +152,9 @@ def _crd_keyed_by_ipconfiguration(group: str) -> dict:
 def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceable(
         kube) -> None:
     """``kubectl apply --server-side -f charts/azure-cni/crds/`` on a cluster whose pools
-    hold per-pod lists keyed by ipConfiguration: they read as before, and each writer's next
-    apply replaces its list whole (nothing it dropped lingers)."""
+    hold per-pod lists keyed by ipConfiguration: they read as before; an entry the agent
+    dropped meanwhile is owned by nobody, and the agent's first write takes it over to drop
+    it (the operator's list needs the same)."""
     group = f"upgrade-{uuid.uuid4().hex[:6]}.azurecni.io"
     crd_name = f"{PLURAL}.{group}"
     api = f"{group}/{VERSION}"
@@ -178,7 +182,10 @@ def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceabl
                                     "status": {"podRequests": before}}, status=True)
         apply(OPERATOR_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
                                        "metadata": {"name": "n1"}, "status": {
-                                           "podNetworking": [{**before[1], "state": "Detached"}]}},
+                                           "podNetworking": [{
+                                               "ipConfiguration": "azcni-b",
+                                               "address": "198.18.0.11", "pod": "web/b",
+                                               "state": "Detached"}]}},
               status=True)
 
         new = nodeippool_crd()
@@ -204,10 +211,29 @@ def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceabl
                                 input=json.dumps(body), check=False).returncode == 0
 
         wait_for("the API server to take the new CRD", accepted, 30, interval=0.5)
+        # web/b's entry stays: its ownership names it by the old key, which matches it no more
+        left = PoolStatus.from_dict(read()).pod_requests
+        assert [r.pod for r in left] == ["web/a", "web/b", "web/c", "web/d"]
+        # what the agent's first write to a pool does: own the strays, then drop them
+        strays = stray_requests(NodeIPPool("n1", PoolSpec("n1"), PoolStatus.from_dict(read())),
+                                after)
+        assert [r.pod for r in strays] == ["web/b"]
+        apply(AGENT_FIELD_MANAGER, {**body, "status": {"podRequests": [
+            r.to_dict() for r in (*after, *strays)]}}, status=True)
+        apply(AGENT_FIELD_MANAGER, body, status=True)
         assert PoolStatus.from_dict(read()).pod_requests == tuple(after)
-        apply(OPERATOR_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
-                                       "metadata": {"name": "n1"},
-                                       "status": {"podNetworking": []}}, status=True)
-        assert "podNetworking" not in read()
+        # the operator's list alike: its Detached answer for web/b stays after a plain apply,
+        # and goes when its first write owns it first (operator/ does not do that yet)
+        answers = {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                   "status": {"podNetworking": [{
+                       "address": "198.18.0.32", "ipConfiguration": "azcni-c", "pod": "web/c",
+                       "state": "Refused", "reason": "NotAllowed"}]}}
+        apply(OPERATOR_FIELD_MANAGER, answers, status=True)
+        left_answers = read()["podNetworking"]
+        assert [a["pod"] for a in left_answers] == ["web/b", "web/c"]
+        apply(OPERATOR_FIELD_MANAGER, {**answers, "status": {"podNetworking": left_answers}},
+              status=True)
+        apply(OPERATOR_FIELD_MANAGER, answers, status=True)
+        assert read()["podNetworking"] == answers["status"]["podNetworking"]
     finally:
         kube.kubectl("delete", "crd", crd_name, "--wait=false", check=False)

@@ -164,6 +164,21 @@ def publishable_requests(pool: NodeIPPool | None, stored: Sequence[StoredPodRequ
             for r in stored if r.address in configs]
 
 
+def stray_requests(pool: NodeIPPool | None, published: Sequence[PodNetworkRequest]
+                   ) -> list[PodNetworkRequest]:
+    """Entries of the pool's ``status.podRequests`` the agent does not publish (pure).
+
+    The agent's server-side apply drops what it no longer publishes, but only entries it owns:
+    when the CRD changed the list's key (ipConfiguration to address) the entries stored before
+    kept ownership under the old key, which no longer names them, so those the agent forgot
+    before its first write under the new key stay, owned by nobody.
+    """
+    if pool is None:
+        return []
+    mine = {r.address for r in published}
+    return [r for r in pool.status.pod_requests if r.address not in mine]
+
+
 class Allocator:
     """The store and the agent's copy of the pool, used from one thread only."""
 
