@@ -4,6 +4,7 @@ and a node drained and deleted (then joining again, as a replaced VM would)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import threading
@@ -16,6 +17,7 @@ import pytest
 from azure_cni_sim import workloads
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.tools import find_tool
+from azure_cni_sim.vnet import ONPREM_HOST
 from azure_cni_sim.world import NAMESPACE, World
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +75,37 @@ class ReadinessLog:
         finally:
             log._stop.set()
             sampler.join(10)
+
+
+def test_a_gc_for_another_network_leaves_running_pods_untouched(
+        world: World, namespace: str, web: list[workloads.RunningPod]) -> None:
+    """A GC is about one network: a second conflist of this plugin, or a runtime that
+    collects each network, sends one whose list names only that network's attachments. (Seen
+    live before the fix: such a GC took every web pod of the node off the network.)"""
+    vm, node = "vm1", world.nodes["vm1"]
+    victims = on(web, vm)
+    assert victims, f"no web pod on {vm}"
+    held = {(a["containerID"], a["address"])
+            for a in workloads.agent_status(world, vm)["assignments"]}
+    conflist = json.loads(node.exec("cat", "/etc/cni/net.d/10-azure.conflist").stdout)
+    others = [{"containerID": "0" * 64, "ifname": "net1"}]
+    config = {**conflist["plugins"][0], "cniVersion": "1.1.0", "name": "other-net",
+              "cni.dev/valid-attachments": others, "cni.dev/attachments": others}
+    shim = f"/opt/cni/bin/{conflist['plugins'][0]['type']}"
+    collected = node.exec("env", "CNI_COMMAND=GC", "CNI_PATH=/opt/cni/bin", shim,
+                          input=json.dumps(config), check=False)
+    assert (collected.returncode, collected.stdout) == (0, ""), collected
+    logs = world.kubectl("logs", "-n", NAMESPACE, workloads.agent_pod(world, vm)).stdout
+    assert "event=gc network=other-net kept=1 freed=0" in logs, "the agent served that GC"
+    for pod in victims:
+        assert workloads.onprem_get(world, f"http://{pod.ip}:{workloads.WEB_PORT}"
+                                    f"{workloads.WHOAMI}") == {"pod": pod.name,
+                                                               "seen": ONPREM_HOST}, pod
+    after = {(a["containerID"], a["address"])
+             for a in workloads.agent_status(world, vm)["assignments"]}
+    assert after == held, "the agent freed attachments of another network"
+    running = workloads.running_pods(world, "app=web", namespace, REPLICAS)
+    assert {p.name: p.ip for p in on(running, vm)} == {p.name: p.ip for p in victims}
 
 
 def test_kill_9_of_kubelet_and_containerd_keeps_pods_networking(

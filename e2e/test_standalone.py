@@ -23,8 +23,10 @@ from azure.core.credentials import AccessToken
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterfaceIPConfiguration
 
-from azure_cni.agent.docker_plugin import PLUGIN_NAME
+from azure_cni.agent.docker_plugin import DEPARTED_SWEEP_SECONDS, PLUGIN_NAME
 from azure_cni.api.settings import AgentSettings
+from azure_cni.datapath.names import host_veth_name
+from azure_cni.ipam.store import DOCKER_ENDPOINT
 from azure_cni_sim.arm import ArmEmulator, VmInfo
 from azure_cni_sim.containerd import Containerd
 from azure_cni_sim.dockerd import DockerEngine
@@ -359,6 +361,53 @@ def test_the_agent_down_while_docker_removes_a_container_leaks_nothing(vnet: Vne
     again = vnet.docker_run("back0")
     vnet.docker.docker("rm", "-f", "back0")
     assert again in vnet.secondaries("vm1")
+
+
+def test_what_docker_abandoned_before_join_is_freed_and_running_containers_keep_theirs(
+        vnet: Vnet) -> None:
+    world = vnet.world
+    vm0_host = f"/run/netns/{vnet.vm0.netns}"
+    live = vnet.docker_run("live0")
+    endpoint = vnet.docker.docker("inspect", "-f",
+                                  "{{.NetworkSettings.Networks.azure.EndpointID}}",
+                                  "live0").stdout.strip()
+    network = vnet.docker.docker("network", "inspect", "-f", "{{.Id}}", "azure").stdout.strip()
+    try:
+        # what a dockerd killed while starting two containers leaves (these calls reached
+        # the agent, the rest never came): an address only the IPAM holds, and an endpoint
+        # that never reached Join, with its veth pair
+        status, handle = _plugin_call(vnet.vm1, "IpamDriver.RequestAddress",
+                                      {"PoolID": "azure-cni"})
+        assert status == 200, handle
+        status, unjoined = _plugin_call(vnet.vm1, "IpamDriver.RequestAddress",
+                                        {"PoolID": "azure-cni"})
+        assert status == 200, unjoined
+        status, answer = _plugin_call(vnet.vm1, "NetworkDriver.CreateEndpoint", {
+            "NetworkID": network, "EndpointID": "f" * 64,
+            "Interface": {"Address": unjoined["Address"]}})
+        assert status == 200, answer
+        leftovers = {handle["Address"].split("/")[0], unjoined["Address"].split("/")[0]}
+        assert set(vnet.assignments(vnet.vm1)) == {live, *leftovers}
+        live_veth = host_veth_name(endpoint, DOCKER_ENDPOINT)
+        assert vnet.veths(vnet.vm1) > {live_veth}, "the abandoned endpoint's pair is there"
+        # and an agent outage on top: the restarted agent only notes them at start (Docker
+        # could still be retrying its next call), and frees them at its next sweep
+        vnet.vm1.stop_agent()
+        vnet.vm1.start_agent()
+        vnet.vm1.wait_ready()
+        vnet.vm1.wait_for_status("only the running container's address held", lambda s: {
+            a["address"] for a in s["assignments"]} == {live},
+            timeout=2 * DEPARTED_SWEEP_SECONDS + 30)
+        log = vnet.vm1.agent_log()
+        assert "event=docker_stranded_address_freed" in log
+        assert "event=docker_stranded_endpoint_freed" in log
+        assert vnet.veths(vnet.vm1) == {live_veth}, "the abandoned pair is gone, not the live"
+        assert world.ping(vm0_host, live), "the running container still answers"
+        assert vnet.docker.docker("exec", "live0", "ping", "-c", "1", "-W", "2",
+                                  world.vms["vm0"].primary_ip, check=False).returncode == 0
+    finally:
+        vnet.docker.docker("rm", "-f", "live0", check=False)
+    vnet.vm1.wait_for_status("nothing held", lambda s: s["assignments"] == [])
 
 
 # -- bad input: each a clear error, nothing leaked ------------------------------------------------

@@ -35,13 +35,13 @@ def pool(*addresses: str, releasing: tuple[str, ...] = ()) -> NodeIPPool:
     return NodeIPPool("node-a", PoolSpec("node-a"), PoolStatus(ips=ips))
 
 
-def req(command: str, container: str = "c1", netns: str = "/run/netns/p1",
-        **config: Any) -> CniRequest:
+def req(command: str, container: str = "c1", netns: str = "/run/netns/p1", *,
+        ifname: str = "eth0", network: str = "azure-cni", **config: Any) -> CniRequest:
     version = "1.1.0" if command in ("GC", "STATUS") else "1.0.0"
     return parse_request({"protocol": 1, "command": command, "containerID": container,
-                          "netns": netns, "ifname": "eth0",
+                          "netns": netns, "ifname": ifname,
                           "args": "K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns", "deadlineSeconds": 15,
-                          "config": {"cniVersion": version, "name": "azure-cni", **config}})
+                          "config": {"cniVersion": version, "name": network, **config}})
 
 
 class Harness:
@@ -50,9 +50,11 @@ class Harness:
         self.handler, self.datapath, self.allocator = handler, datapath, allocator
         self.changes = 0
 
-    async def add(self, container: str = "c1", netns: str = "/run/netns/p1") -> dict[str, Any]:
+    async def add(self, container: str = "c1", netns: str = "/run/netns/p1", *,
+                  ifname: str = "eth0", network: str = "azure-cni") -> dict[str, Any]:
         self.datapath.namespaces.add(netns)
-        reply = await self.handler.handle(req("ADD", container, netns))
+        reply = await self.handler.handle(req("ADD", container, netns, ifname=ifname,
+                                              network=network))
         return dict(json.loads(reply.output))
 
 
@@ -85,6 +87,20 @@ async def test_add_builds_the_datapath_and_returns_the_result(harness: Harness) 
     (assignment,) = await harness.allocator.assignments()
     assert assignment.pod == "ns/p"
     assert harness.changes == 1
+
+
+async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
+    harness.datapath.namespaces.add("/run/netns/p1")
+    annotated = parse_request({
+        "protocol": 1, "command": "ADD", "containerID": "c1", "netns": "/run/netns/p1",
+        "ifname": "eth0", "args": "K8S_POD_NAMESPACE=web;K8S_POD_NAME=web-0;K8S_POD_UID=u-1",
+        "config": {"cniVersion": "1.0.0", "name": "azure-cni", "runtimeConfig": {
+            "io.kubernetes.cri.pod-annotations": {"azurecni.io/public-ip": "web"}}}})
+    await harness.handler.handle(annotated)
+    (published,) = await harness.allocator.pod_requests()
+    assert published.to_dict() == {"address": "198.18.0.10", "ipConfiguration":
+                                   "azcni-198-18-0-10", "pod": "web/web-0", "podUID": "u-1",
+                                   "publicIP": "web"}
 
 
 async def test_add_is_idempotent_per_key(harness: Harness) -> None:
@@ -261,13 +277,17 @@ async def test_status(harness: Harness) -> None:
     assert caught.value.code == Code.NOT_AVAILABLE and "not received" in caught.value.msg
 
 
-async def gc(harness: Harness, **config: Any) -> str:
-    reply = await harness.handler.handle(req("GC", "", "", **config))
+async def gc(harness: Harness, network: str = "azure-cni", **config: Any) -> str:
+    reply = await harness.handler.handle(req("GC", "", "", network=network, **config))
     return reply.warning
 
 
 async def held(harness: Harness) -> set[str]:
     return {a.key.container_id for a in await harness.allocator.assignments()}
+
+
+async def held_keys(harness: Harness) -> set[str]:
+    return {str(a.key) for a in await harness.allocator.assignments()}
 
 
 async def test_gc_frees_what_is_not_listed(harness: Harness) -> None:
@@ -277,6 +297,47 @@ async def test_gc_frees_what_is_not_listed(harness: Harness) -> None:
                                                         "ifname": "eth0"}]})
     assert await held(harness) == {"c1"}
     assert list(harness.datapath.pairs) == [host_veth_name("c1", "eth0")]
+
+
+async def test_gc_for_another_network_leaves_ours_alone(harness: Harness) -> None:
+    """The spec scopes GC to one network: its list names that network's valid attachments,
+    so what it does not list may still be another network's (a second conflist of this
+    plugin, a Multus secondary network)."""
+    for i in range(3):
+        await harness.add(f"c{i}", f"/run/netns/p{i}")
+    await gc(harness, network="other-net",
+             **{"cni.dev/valid-attachments": [{"containerID": "x", "ifname": "eth0"}]})
+    assert await held(harness) == {"c0", "c1", "c2"}
+    assert len(harness.datapath.pairs) == 3, "every pod keeps its veth"
+    await gc(harness, network="other-net", **{"cni.dev/valid-attachments": None})
+    assert await held(harness) == {"c0", "c1", "c2"}
+
+
+async def test_gc_frees_the_unlisted_attachments_of_its_own_network_only(
+        harness: Harness) -> None:
+    await harness.add("c0", "/run/netns/p0")
+    await harness.add("c0", "/run/netns/p0", ifname="net1", network="second")
+    await harness.add("c1", "/run/netns/p1", ifname="net1", network="second")
+    await gc(harness, network="second",
+             **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "net1"}]})
+    assert await held_keys(harness) == {"c0/eth0", "c1/net1"}
+    # a list entry of our network with another ifname names another attachment: (c0, eth0)
+    # is not listed, so it goes; (c1, net1) is the second network's and stays
+    await gc(harness, **{"cni.dev/valid-attachments": [{"containerID": "c0",
+                                                        "ifname": "net1"}]})
+    assert await held_keys(harness) == {"c1/net1"}
+    assert list(harness.datapath.pairs) == [host_veth_name("c1", "net1")]
+
+
+async def test_gc_leaves_attachments_of_an_unknown_network_to_del_and_the_sweep(
+        harness: Harness) -> None:
+    """An attachment recorded before the agent kept network names may be any network's."""
+    key = AttachmentKey("old", "eth0")
+    made, _ = await harness.allocator.assign(key, "/run/netns/old", host_veth_name(
+        key.container_id, key.ifname), "ns/old")
+    assert made is not None and made.network == ""
+    await gc(harness, **{"cni.dev/valid-attachments": []})
+    assert await held(harness) == {"old"}
 
 
 async def test_gc_leaves_dockers_attachments_alone(harness: Harness) -> None:

@@ -17,7 +17,7 @@ from azure_cni.agent.docker_plugin import ANY_POOL, POOL_ID, DockerPlugin
 from azure_cni.agent.imds_source import NicAddresses, pool_from_nic
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import handover_name, host_veth_name
-from azure_cni.ipam.store import DOCKER_ENDPOINT
+from azure_cni.ipam.store import DOCKER_ENDPOINT, DOCKER_IPAM
 
 ADDRESSES = ("198.18.0.5", "198.18.0.6", "198.18.0.7")
 SUBNET = "198.18.0.0/22"
@@ -230,10 +230,89 @@ async def test_at_start_a_departed_endpoint_is_freed_at_once(docker: Docker) -> 
     assert await docker.held() == {}
 
 
-async def test_an_endpoint_before_join_is_not_departed(docker: Docker) -> None:
+async def test_an_endpoint_whose_join_comes_before_the_next_sweep_is_kept(
+        docker: Docker) -> None:
     address = (await docker.ok("IpamDriver.RequestAddress", {"PoolID": POOL_ID}))["Address"]
     await docker.ok("NetworkDriver.CreateEndpoint", {
         "NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": address}})
+    assert await docker.plugin.free_departed_endpoints() == []
+    await docker.ok("NetworkDriver.Join", {"NetworkID": NETWORK, "EndpointID": ENDPOINT,
+                                           "SandboxKey": f"/var/run/docker/netns/{ENDPOINT}"})
+    docker.datapath.move_pod_side(handover_name(ENDPOINT, DOCKER_ENDPOINT), to_host=False)
     for _ in range(2):
         assert await docker.plugin.free_departed_endpoints() == []
     assert await docker.held() == {"198.18.0.5": DOCKER_ENDPOINT}
+
+
+async def stranded(docker: Docker) -> tuple[str, str]:
+    """What a dockerd killed in the middle of two ``docker run`` leaves behind (or one whose
+    rollback calls found the agent down): an address only an IPAM handle holds, and an
+    endpoint that never reached Join, with its veth pair. Their addresses."""
+    handle = (await docker.ok("IpamDriver.RequestAddress", {"PoolID": POOL_ID}))["Address"]
+    address = (await docker.ok("IpamDriver.RequestAddress", {"PoolID": POOL_ID}))["Address"]
+    await docker.ok("NetworkDriver.CreateEndpoint", {
+        "NetworkID": NETWORK, "EndpointID": "f" * 64, "Interface": {"Address": address}})
+    return handle.split("/")[0], address.split("/")[0]
+
+
+async def test_addresses_docker_abandoned_before_join_are_freed_after_two_sweeps(
+        docker: Docker) -> None:
+    live = await docker.container()
+    handle, unjoined = await stranded(docker)
+    veth = host_veth_name("f" * 64, DOCKER_ENDPOINT)
+    assert veth in docker.datapath.pairs
+    # the agent restarts (an outage): at start it only notes them, Docker may still be
+    # retrying its next call for them into the new agent
+    await docker.plugin.stop()
+    docker.plugin = docker.new_plugin()  # type: ignore[attr-defined]
+    await docker.plugin.start()
+    assert await docker.held() == {live: DOCKER_ENDPOINT, handle: DOCKER_IPAM,
+                                   unjoined: DOCKER_ENDPOINT}
+    freed = await docker.plugin.free_departed_endpoints()
+    assert sorted(a.address for a in freed) == sorted([handle, unjoined])
+    assert await docker.held() == {live: DOCKER_ENDPOINT}, "the live container keeps its own"
+    assert list(docker.datapath.pairs) == [host_veth_name(ENDPOINT, DOCKER_ENDPOINT)]
+    # Docker's late calls for them are harmless, and their addresses serve again
+    await docker.ok("IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": handle})
+    status, answer = await docker.call("NetworkDriver.Join", {
+        "NetworkID": NETWORK, "EndpointID": "f" * 64, "SandboxKey": "/var/run/docker/netns/f"})
+    assert status == 400 and "unknown endpoint" in answer["Err"]
+    usage = await docker.allocator.usage()
+    assert (usage.used, usage.cooling) == (1, 2), "freed, with the usual cooldown"
+
+
+async def test_an_address_docker_reserves_for_a_network_is_never_swept(
+        docker: Docker) -> None:
+    """``docker network create --aux-address``: libnetwork requests it before the network
+    and holds it, with no endpoint, for as long as the network exists."""
+    aux = (await docker.ok("IpamDriver.RequestAddress",
+                           {"PoolID": POOL_ID, "Address": "198.18.0.7"}))["Address"]
+    await docker.ok("NetworkDriver.CreateNetwork", {
+        "NetworkID": "a" * 64, "Options": {},
+        "IPv4Data": [{"AddressSpace": "azure-cni", "Pool": ANY_POOL,
+                      "Gateway": "169.254.1.1/32", "AuxAddresses": {"router": aux}}]})
+    await docker.plugin.stop()
+    docker.plugin = docker.new_plugin()  # type: ignore[attr-defined]
+    await docker.plugin.start()
+    for _ in range(3):
+        assert await docker.plugin.free_departed_endpoints() == []
+    assert await docker.held() == {"198.18.0.7": DOCKER_IPAM}
+    # the network goes (libnetwork releases it then); a handle left after that is swept
+    await docker.ok("NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
+    await docker.plugin.free_departed_endpoints()
+    assert [a.address for a in await docker.plugin.free_departed_endpoints()] == ["198.18.0.7"]
+
+
+async def test_handles_are_kept_while_a_network_may_have_unrecorded_reservations(
+        docker: Docker, tmp_path: Path) -> None:
+    """A network recorded before the agent kept its reserved addresses: a handle may be one
+    of them, so only endpoints are swept until that network is created again."""
+    await docker.plugin.stop()
+    (tmp_path / "state" / "docker-networks.json").write_text(json.dumps(
+        {"networks": {NETWORK: {"pool": ANY_POOL}}}))
+    docker.plugin = docker.new_plugin()  # type: ignore[attr-defined]
+    await docker.plugin.start()
+    handle, unjoined = await stranded(docker)
+    await docker.plugin.free_departed_endpoints()
+    assert [a.address for a in await docker.plugin.free_departed_endpoints()] == [unjoined]
+    assert await docker.held() == {handle: DOCKER_IPAM}

@@ -20,8 +20,10 @@ from azure_cni.api.nodeippool import (
     OPERATOR_FIELD_MANAGER,
     NodeIPPool,
     PoolSpec,
+    status_apply_body,
     utcnow,
 )
+from azure_cni.api.podnet import POD_ANNOTATIONS_CAPABILITY, PUBLIC_IP_ANNOTATION
 from azure_cni.datapath.snat import owned_state
 from azure_cni.ipam.plan import plan
 from azure_cni_sim.node import (
@@ -424,6 +426,75 @@ def test_a_rule_put_above_the_pod_filter_is_undone_by_the_agent(kube, nodeippool
             assert not reaches_the_wireserver(pod)
         finally:
             wireserver.stop()
+
+
+def test_annotated_pods_sharing_a_block_keep_the_agents_status_written(
+        node: LocalNode, kube, netns_factory) -> None:
+    """Pods of one block share its ipConfiguration; the agent's list of their requests must
+    still be one the API server accepts, or used, acks and idle blocks stop updating."""
+    publish_pool(kube.kubectl, node.name, ["198.18.0.16"], prefix_length=28)
+    node.start_agent()
+    node.wait_ready()
+    config = node.plugin_config(extra={"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: {
+        PUBLIC_IP_ANNOTATION: "web"}}})
+    for pod in ("a", "b"):
+        added = node.run_shim("ADD", pod, netns_factory.create(pod), config=config,
+                              cni_args=f"K8S_POD_NAMESPACE=web;K8S_POD_NAME={pod};"
+                                       f"K8S_POD_UID=uid-{pod}")
+        assert added.returncode == 0, added
+    status = wait_for_pool_status(kube.kubectl, node.name, "used=2 and two requests",
+                                  lambda s: s.get("used") == 2
+                                  and len(s.get("podRequests") or ()) == 2)
+    assert {(r["pod"], r["podUID"], r["ipConfiguration"]) for r in status["podRequests"]} == {
+        ("web/a", "uid-a", ipconfig_name("198.18.0.16")),
+        ("web/b", "uid-b", ipconfig_name("198.18.0.16"))}
+    # and the writes go on: a pod's DEL is counted and its request withdrawn
+    assert node.run_shim("DEL", "a", "").returncode == 0
+    status = wait_for_pool_status(kube.kubectl, node.name, "used=1",
+                                  lambda s: s.get("used") == 1)
+    assert [r["pod"] for r in status["podRequests"] if r.get("withdrawn")] == ["web/a"]
+
+
+def test_pod_requests_nobody_owns_are_dropped_by_the_agents_first_write(
+        node: LocalNode, kube, netns_factory) -> None:
+    """What a change of the list's key leaves behind: entries stored under the old key keep
+    that ownership, which names them no more. The agent's first write to the pool takes them
+    over, so its next one drops those it does not publish."""
+    publish_pool(kube.kubectl, node.name, POOL)
+    node.start_agent()
+    node.wait_ready()
+    config = node.plugin_config(extra={"runtimeConfig": {POD_ANNOTATIONS_CAPABILITY: {
+        PUBLIC_IP_ANNOTATION: "web"}}})
+    added = node.run_shim("ADD", "a", netns_factory.create("a"), config=config,
+                          cni_args="K8S_POD_NAMESPACE=web;K8S_POD_NAME=a;K8S_POD_UID=uid-a")
+    (mine,) = wait_for_pool_status(kube.kubectl, node.name, "the request of pod a",
+                                   lambda s: len(s.get("podRequests") or ()) == 1
+                                   )["podRequests"]
+    assert mine["address"] == added.address()
+    assert node.stop_agent() == 0
+    # a request the agent forgot, stored when the list was keyed by ipConfiguration: the
+    # agent's ownership of it names it by that key, which no longer matches it
+    stray = {"address": POOL[5], "ipConfiguration": ipconfig_name(POOL[5]), "pod": "web/gone",
+             "publicIP": "web", "withdrawn": True}
+    kube.kubectl("apply", "--server-side", f"--field-manager={AGENT_FIELD_MANAGER}",
+                 "--subresource=status", "-f", "-", input=json.dumps(status_apply_body(
+                     node.name, {"podRequests": [mine, stray]})))
+    entry = {".": {}, **{f"f:{k}": {} for k in stray}}
+    owned = {"f:status": {"f:podRequests": {
+        f'k:{{"ipConfiguration":"{stray["ipConfiguration"]}"}}': entry,
+        f'k:{{"address":"{mine["address"]}"}}': {".": {}, **{f"f:{k}": {} for k in mine}}}}}
+    kube.kubectl("patch", "nodeippool", node.name, "--type=merge", "-p", json.dumps(
+        {"metadata": {"managedFields": [{
+            "manager": AGENT_FIELD_MANAGER, "operation": "Apply", "subresource": "status",
+            "apiVersion": "azurecni.io/v1alpha1", "fieldsType": "FieldsV1",
+            "fieldsV1": owned}]}}))
+    node.start_agent()
+    node.wait_ready()
+    status = wait_for_pool_status(kube.kubectl, node.name, "only the agent's own request",
+                                  lambda s: [r["address"] for r in s.get("podRequests") or ()]
+                                  == [mine["address"]])
+    assert status["podRequests"] == [mine]
+    assert f"event=stray_pod_requests_dropped addresses={POOL[5]}" in node.agent_log()
 
 
 def test_a_recreated_pool_gets_the_agents_status(node: LocalNode, kube) -> None:

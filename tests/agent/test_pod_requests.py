@@ -4,15 +4,23 @@ IP are exempt from the node's SNAT."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from tests.api.test_crd import list_map_keys
 from tests.ipam.test_store import first_free
 
-from azure_cni.agent.allocator import pool_usage, publishable_requests, settled_requests
+from azure_cni.agent.allocator import (
+    Allocator,
+    pool_usage,
+    publishable_requests,
+    settled_requests,
+    stray_requests,
+)
 from azure_cni.agent.egress import snat_policy
 from azure_cni.agent.nodeagent import public_sources
 from azure_cni.api.nodeippool import NicInfo, NodeIPPool, PoolIP, PoolSpec, PoolStatus
-from azure_cni.api.podnet import AttachmentState, PodAttachment
+from azure_cni.api.podnet import AttachmentState, PodAttachment, PodNetworkRequest
 from azure_cni.api.settings import SnatSettings
 from azure_cni.cni.request import CniRequest
 from azure_cni.datapath.snat import render_rules
@@ -57,7 +65,7 @@ def test_a_withdrawn_request_keeps_its_address_out_of_use_until_detached(tmp_pat
     store.close()
 
 
-def test_requests_are_published_by_ipconfiguration_for_pool_addresses_only(tmp_path) -> None:
+def test_requests_are_published_per_address_for_pool_addresses_only(tmp_path) -> None:
     store = AddressStore(tmp_path / "ipam.db")
     store.record_pod_request(ADDRESSES[1], "web/a", "", ("p1", "p2"))
     store.record_pod_request("198.18.0.99", "web/b", "web", ())
@@ -92,3 +100,60 @@ def test_the_pod_annotations_come_from_the_runtime_capability() -> None:
 def test_a_withheld_address_is_not_free_for_the_warm_pool() -> None:
     usage = pool_usage(pool(), [], {}, 0.0, withheld=frozenset({ADDRESSES[0]}))
     assert (usage.free, usage.cooling) == (1, 1)
+
+
+async def test_two_annotated_pods_in_one_block_publish_two_distinct_requests(
+        tmp_path: Path) -> None:
+    """Every address of a block is under the block's one ipConfiguration: keyed by that, two
+    pods' requests collide and the API server refuses the agent's whole status write."""
+    allocator = Allocator(tmp_path / "ipam.db", cooldown_seconds=0)
+    await allocator.open()
+    try:
+        await allocator.set_pool(NodeIPPool("n1", PoolSpec("n1"), PoolStatus(
+            ips=(PoolIP("198.18.0.16", "azcni-b", prefix_length=28),))))
+        for i, pod in enumerate(("web/a", "web/b")):
+            made, _ = await allocator.assign(AttachmentKey(f"c{i}", "eth0"), f"/n{i}",
+                                             f"v{i}", pod)
+            assert made is not None
+            await allocator.record_pod_request(made.address, pod, "web", (), f"uid-{i}")
+        published = [r.to_dict() for r in await allocator.pod_requests()]
+    finally:
+        await allocator.close()
+    assert {e["ipConfiguration"] for e in published} == {"azcni-b"}
+    keys = list_map_keys("podRequests")
+    assert len({tuple(e.get(k) for k in keys) for e in published}) == 2, keys
+    assert {(e["pod"], e["podUID"]) for e in published} == {("web/a", "uid-0"),
+                                                            ("web/b", "uid-1")}
+
+
+def test_a_detached_answer_for_an_earlier_pod_of_the_same_name_settles_nothing(
+        tmp_path: Path) -> None:
+    """A StatefulSet's pod comes back under the same name, possibly on the same address: an
+    answer that names another UID is not this request's."""
+    store = AddressStore(tmp_path / "ipam.db")
+    held = store.assign(A, netns="/n1", host_veth="v1", pod="web/web-0",
+                        choose=first_free(ADDRESSES))
+    assert held is not None
+    store.record_pod_request(held.address, "web/web-0", "web", (), "uid-new")
+    store.release(A, 0.0)  # the pod goes: its request is withdrawn
+    requests = store.pod_requests()
+    store.close()
+    assert [(r.address, r.withdrawn) for r in requests] == [(ADDRESSES[0], True)]
+
+    def detached(uid: str) -> PodAttachment:
+        return PodAttachment("azcni-0", ADDRESSES[0], "web/web-0", AttachmentState.DETACHED,
+                             pod_uid=uid)
+
+    assert settled_requests(pool(detached("uid-old")), requests) == []
+    assert settled_requests(pool(detached("uid-new")), requests) == [ADDRESSES[0]]
+    # an operator that names no UID is matched by address and pod name
+    assert settled_requests(pool(detached("")), requests) == [ADDRESSES[0]]
+
+
+def test_strays_are_the_pools_requests_the_agent_does_not_publish() -> None:
+    mine = PodNetworkRequest("azcni-0", ADDRESSES[0], "web/a", "web")
+    gone = PodNetworkRequest("azcni-1", ADDRESSES[1], "web/b", "web", withdrawn=True)
+    listed = replace(pool(), status=replace(pool().status, pod_requests=(mine, gone)))
+    assert stray_requests(listed, [mine]) == [gone]
+    assert stray_requests(listed, [mine, gone]) == []
+    assert stray_requests(None, [mine]) == []

@@ -13,6 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
 
 
+def list_map_keys(field: str) -> list[str]:
+    """The keys the API server requires to be unique in ``status.<field>``."""
+    schema = nodeippool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return list(schema["properties"]["status"]["properties"][field][
+        "x-kubernetes-list-map-keys"])
+
+
 def test_checked_in_crd_is_generated() -> None:
     assert CRD_FILE.read_text() == render(), (
         "deploy/crds is stale: run `.venv/bin/python -m azure_cni.api.crd > "

@@ -7,6 +7,22 @@ import uuid
 
 import pytest
 
+from azure_cni.agent.allocator import stray_requests
+from azure_cni.api.crd import nodeippool_crd
+from azure_cni.api.nodeippool import (
+    AGENT_FIELD_MANAGER,
+    KIND,
+    OPERATOR_FIELD_MANAGER,
+    PLURAL,
+    VERSION,
+    NodeIPPool,
+    PoolSpec,
+    PoolStatus,
+)
+from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni_sim.node import wait_crd_established
+from azure_cni_sim.procs import wait_for
+
 pytestmark = pytest.mark.cluster
 
 
@@ -117,3 +133,107 @@ def test_mode_cannot_change_while_pods_use_the_pool(pools) -> None:
     spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
     assert spec["mode"] == "Addresses" and spec["minIPs"] == 20
     pools.kubectl("delete", "nip", name)
+
+
+def _crd_keyed_by_ipconfiguration(group: str) -> dict:
+    """The CRD as it was before the per-pod lists were keyed by address, in ``group``."""
+    crd = nodeippool_crd()
+    crd["metadata"]["name"] = f"{PLURAL}.{group}"
+    crd["spec"]["group"] = group
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for field in ("podRequests", "podNetworking"):
+        listed = status["properties"][field]
+        listed["x-kubernetes-list-map-keys"] = ["ipConfiguration"]
+        listed["items"]["required"].remove("address")
+        del listed["items"]["properties"]["podUID"]
+    return crd
+
+
+def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceable(
+        kube) -> None:
+    """``kubectl apply --server-side -f charts/azure-cni/crds/`` on a cluster whose pools
+    hold per-pod lists keyed by ipConfiguration: they read as before; an entry the agent
+    dropped meanwhile is owned by nobody, and the agent's first write takes it over to drop
+    it (the operator's list needs the same)."""
+    group = f"upgrade-{uuid.uuid4().hex[:6]}.azurecni.io"
+    crd_name = f"{PLURAL}.{group}"
+    api = f"{group}/{VERSION}"
+
+    def apply(manager: str, body: dict, *, status: bool) -> None:
+        extra = ["--subresource=status"] if status else []
+        kube.kubectl("apply", "--server-side", f"--field-manager={manager}", *extra, "-f",
+                     "-", input=json.dumps(body))
+
+    def read() -> dict:
+        return json.loads(kube.kubectl("get", crd_name, "n1", "-o", "json").stdout)["status"]
+
+    old = _crd_keyed_by_ipconfiguration(group)
+    kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(old))
+    try:
+        wait_crd_established(kube.kubectl, crd_name)
+        apply("admin", {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                        "spec": {"nodeName": "n1"}}, status=False)
+        before = [{"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "web/a",
+                   "publicIP": "web"},
+                  {"ipConfiguration": "azcni-b", "address": "198.18.0.11", "pod": "web/b",
+                   "withdrawn": True}]
+        apply(AGENT_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
+                                    "metadata": {"name": "n1"},
+                                    "status": {"podRequests": before}}, status=True)
+        apply(OPERATOR_FIELD_MANAGER, {"apiVersion": api, "kind": KIND,
+                                       "metadata": {"name": "n1"}, "status": {
+                                           "podNetworking": [{
+                                               "ipConfiguration": "azcni-b",
+                                               "address": "198.18.0.11", "pod": "web/b",
+                                               "state": "Detached"}]}},
+              status=True)
+
+        new = nodeippool_crd()
+        new["metadata"]["name"], new["spec"]["group"] = crd_name, group
+        kube.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(new))
+        wait_crd_established(kube.kubectl, crd_name)
+        stored = PoolStatus.from_dict(read())
+        assert [(r.address, r.pod, r.withdrawn) for r in stored.pod_requests] == [
+            ("198.18.0.10", "web/a", False), ("198.18.0.11", "web/b", True)]
+        assert [(a.address, a.state) for a in stored.pod_networking] == [
+            ("198.18.0.11", AttachmentState.DETACHED)]
+
+        # the new agent forgot web/b (Detached) and has two pods in one block
+        after = [PodNetworkRequest("azcni-a", "198.18.0.10", "web/a", "web", pod_uid="u-a"),
+                 PodNetworkRequest("azcni-c", "198.18.0.32", "web/c", "web", pod_uid="u-c"),
+                 PodNetworkRequest("azcni-c", "198.18.0.33", "web/d", "web", pod_uid="u-d")]
+        body = {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                "status": {"podRequests": [r.to_dict() for r in after]}}
+
+        def accepted() -> bool:  # the new schema reaches the API server's handlers shortly
+            extra = ["--subresource=status", "--field-manager", AGENT_FIELD_MANAGER]
+            return kube.kubectl("apply", "--server-side", *extra, "-f", "-",
+                                input=json.dumps(body), check=False).returncode == 0
+
+        wait_for("the API server to take the new CRD", accepted, 30, interval=0.5)
+        # web/b's entry stays: its ownership names it by the old key, which matches it no more
+        left = PoolStatus.from_dict(read()).pod_requests
+        assert [r.pod for r in left] == ["web/a", "web/b", "web/c", "web/d"]
+        # what the agent's first write to a pool does: own the strays, then drop them
+        strays = stray_requests(NodeIPPool("n1", PoolSpec("n1"), PoolStatus.from_dict(read())),
+                                after)
+        assert [r.pod for r in strays] == ["web/b"]
+        apply(AGENT_FIELD_MANAGER, {**body, "status": {"podRequests": [
+            r.to_dict() for r in (*after, *strays)]}}, status=True)
+        apply(AGENT_FIELD_MANAGER, body, status=True)
+        assert PoolStatus.from_dict(read()).pod_requests == tuple(after)
+        # the operator's list alike: its Detached answer for web/b stays after a plain apply,
+        # and goes when its first write owns it first (operator/ does not do that yet)
+        answers = {"apiVersion": api, "kind": KIND, "metadata": {"name": "n1"},
+                   "status": {"podNetworking": [{
+                       "address": "198.18.0.32", "ipConfiguration": "azcni-c", "pod": "web/c",
+                       "state": "Refused", "reason": "NotAllowed"}]}}
+        apply(OPERATOR_FIELD_MANAGER, answers, status=True)
+        left_answers = read()["podNetworking"]
+        assert [a["pod"] for a in left_answers] == ["web/b", "web/c"]
+        apply(OPERATOR_FIELD_MANAGER, {**answers, "status": {"podNetworking": left_answers}},
+              status=True)
+        apply(OPERATOR_FIELD_MANAGER, answers, status=True)
+        assert read()["podNetworking"] == answers["status"]["podNetworking"]
+    finally:
+        kube.kubectl("delete", "crd", crd_name, "--wait=false", check=False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from ipaddress import ip_address
 
 import pytest
+from tests.api.test_crd import list_map_keys
 from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
 
 from azure_cni.api.nodeippool import ConditionType, PoolStatus
@@ -130,6 +132,28 @@ def test_a_pod_in_a_block_gets_no_public_ip_of_its_own() -> None:
     assert "Addresses mode" in answer.message
     (event,) = outcome.pod_events
     assert event.reason == "PodNetworkRefused"
+
+
+def test_every_pod_in_a_block_gets_an_answer_of_its_own() -> None:
+    """Pods of one block share its ipConfiguration: each is refused with its own Event, and a
+    withdrawn one is Detached (only then does its agent hand the address out again)."""
+    second, third = (str(ip_address(ADDRESS) + n) for n in (1, 2))
+    obs = observe([request("web/a"), request("web/b", address=second),
+                   request("web/c", address=third, withdrawn=True)])
+    block = tuple(replace(c, prefix_length=28) if c.name == NAME else c
+                  for c in obs.nic.ip_configurations)
+    decision, outcome = run(replace(obs, nic=replace(obs.nic, ip_configurations=block)))
+    assert decision.write is None
+    assert outcome.status is not None
+    answers = {a.pod: a for a in outcome.status.pod_networking}
+    assert {p: (a.address, a.state) for p, a in answers.items()} == {
+        "web/a": (ADDRESS, AttachmentState.REFUSED), "web/b": (second, AttachmentState.REFUSED),
+        "web/c": (third, AttachmentState.DETACHED)}
+    assert all(a.ip_configuration == NAME for a in answers.values())
+    assert sorted((e.pod, e.reason) for e in outcome.pod_events) == [
+        ("a", "PodNetworkRefused"), ("b", "PodNetworkRefused")]
+    keys = list_map_keys("podNetworking")
+    assert len({tuple(a.to_dict().get(k) for k in keys) for a in answers.values()}) == 3
 
 
 def test_nobody_may_by_default() -> None:

@@ -184,28 +184,61 @@ def test_a_reboot_carries_the_cooldown_over_on_the_wall_clock(tmp_path: Path, do
     third.close()
 
 
-def test_a_schema_1_store_is_migrated_with_its_cooldowns(tmp_path: Path) -> None:
-    """Schema 1 kept cooldowns on the wall clock."""
-    clock = FakeClock()
-    path = tmp_path / "ipam.db"
+def older_store(directory: Path, script: str) -> Path:
+    """A store file an older agent wrote: the assignments table of schemas 1 and 2 (schema 3
+    added ``network``), then ``script``."""
+    path = directory / "ipam.db"
     old = sqlite3.connect(str(path))
     old.executescript(
         "CREATE TABLE assignments (container_id TEXT NOT NULL, ifname TEXT NOT NULL, "
         "address TEXT NOT NULL, netns TEXT NOT NULL, host_veth TEXT NOT NULL, "
         "pod TEXT NOT NULL, assigned_at REAL NOT NULL, PRIMARY KEY (container_id, ifname));"
-        "CREATE TABLE releases (address TEXT PRIMARY KEY, released_at REAL NOT NULL, "
+        + script)
+    old.close()
+    return path
+
+
+def test_a_schema_1_store_is_migrated_with_its_cooldowns(tmp_path: Path) -> None:
+    """Schema 1 kept cooldowns on the wall clock."""
+    clock = FakeClock()
+    path = older_store(
+        tmp_path, "CREATE TABLE releases (address TEXT PRIMARY KEY, released_at REAL NOT NULL, "
         "cool_until REAL NOT NULL);"
         "INSERT INTO assignments VALUES ('c1', 'eth0', '198.18.0.11', 'n', 'azv1', '', 5);"
         f"INSERT INTO releases VALUES ('198.18.0.10', {clock.wall_now - 10}, "
         f"{clock.wall_now + 20});"
         "PRAGMA user_version=1;")
-    old.close()
     store = AddressStore(path, clock.clock())
     assert store.get(A) is not None
     (release,) = store.releases().values()
     assert release.cool_until - clock.now == pytest.approx(20.0)
     assert int(store._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
     store.close()
+
+
+def test_a_schema_2_store_is_migrated_its_attachments_and_requests_read_as_before(
+        tmp_path: Path) -> None:
+    path = older_store(
+        tmp_path, "CREATE TABLE pod_requests (address TEXT PRIMARY KEY, pod TEXT NOT NULL, "
+        "public_ip TEXT NOT NULL, backend_pools TEXT NOT NULL, "
+        "withdrawn INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO assignments VALUES ('c1', 'eth0', '198.18.0.11', 'n', 'azv1', 'a/b', 5);"
+        "INSERT INTO pod_requests VALUES ('198.18.0.11', 'a/b', 'web', '', 0);"
+        "PRAGMA user_version=2;")
+    store = AddressStore(path)
+    kept = store.get(A)
+    assert kept is not None and (kept.address, kept.pod, kept.network) == (
+        "198.18.0.11", "a/b", "")
+    (request,) = store.pod_requests()
+    assert (request.address, request.public_ip, request.pod_uid) == ("198.18.0.11", "web", "")
+    made = store.assign(B, netns="n2", host_veth="azv2", pod="", network="azure-cni",
+                        choose=first_free(["198.18.0.11", "198.18.0.12"]))
+    assert made is not None and made.network == "azure-cni"
+    store.close()
+    reopened = AddressStore(path)
+    assert [a.network for a in reopened.assignments()] == ["", "azure-cni"]
+    assert int(reopened._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+    reopened.close()
 
 
 def test_the_real_clock_is_the_boot_clock() -> None:

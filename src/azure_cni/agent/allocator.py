@@ -136,12 +136,23 @@ def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
 
 def settled_requests(pool: NodeIPPool, stored: Sequence[StoredPodRequest]) -> list[str]:
     """Withdrawn requests the agent may forget (their addresses become reusable): the operator
-    reports them Detached, or the address left the pool (its ipConfiguration is gone)."""
-    configs = {ip.address: ip.ip_configuration for ip in pool.status.ips}
-    detached = {(a.ip_configuration, a.pod) for a in pool.status.pod_networking
+    reports them Detached, or the address left the pool (its ipConfiguration is gone).
+
+    A Detached answer is for the request of the same address and pod; when it names the
+    pod's UID, that must match too, so an answer left from an earlier pod of the same name
+    (a StatefulSet's) does not settle a later one's request.
+    """
+    inventory = {ip.address for ip in pool.status.ips}
+    detached = {a.address: a for a in pool.status.pod_networking
                 if a.state == AttachmentState.DETACHED}
-    return [r.address for r in stored if r.withdrawn and (
-        r.address not in configs or (configs[r.address], r.pod) in detached)]
+
+    def answered(r: StoredPodRequest) -> bool:
+        answer = detached.get(r.address)
+        return answer is not None and answer.pod == r.pod and (
+            not answer.pod_uid or answer.pod_uid == r.pod_uid)
+
+    return [r.address for r in stored
+            if r.withdrawn and (r.address not in inventory or answered(r))]
 
 
 def publishable_requests(pool: NodeIPPool | None, stored: Sequence[StoredPodRequest]
@@ -149,8 +160,23 @@ def publishable_requests(pool: NodeIPPool | None, stored: Sequence[StoredPodRequ
     """The store's requests as ``status.podRequests`` entries (pure)."""
     configs = {ip.address: ip.ip_configuration for ip in pool.status.ips} if pool else {}
     return [PodNetworkRequest(configs[r.address], r.address, r.pod, r.public_ip,
-                              r.backend_pools, r.withdrawn)
+                              r.backend_pools, r.withdrawn, r.pod_uid)
             for r in stored if r.address in configs]
+
+
+def stray_requests(pool: NodeIPPool | None, published: Sequence[PodNetworkRequest]
+                   ) -> list[PodNetworkRequest]:
+    """Entries of the pool's ``status.podRequests`` the agent does not publish (pure).
+
+    The agent's server-side apply drops what it no longer publishes, but only entries it owns:
+    when the CRD changed the list's key (ipConfiguration to address) the entries stored before
+    kept ownership under the old key, which no longer names them, so those the agent forgot
+    before its first write under the new key stay, owned by nobody.
+    """
+    if pool is None:
+        return []
+    mine = {r.address for r in published}
+    return [r for r in pool.status.pod_requests if r.address not in mine]
 
 
 class Allocator:
@@ -226,8 +252,9 @@ class Allocator:
         return self._pool
 
     async def assign(self, key: AttachmentKey, netns: str, host_veth: str,
-                     pod: str) -> tuple[Assignment | None, bool]:
-        """``key``'s assignment: (existing one, False), (new one, True), or (None, False)."""
+                     pod: str, network: str = "") -> tuple[Assignment | None, bool]:
+        """``key``'s assignment: (existing one, False), (new one, True), or (None, False);
+        a new one is recorded as ``network``'s (the CNI network's name)."""
 
         def pick() -> tuple[Assignment | None, bool]:
             existing = self.store.get(key)
@@ -240,7 +267,7 @@ class Allocator:
             ips = self._pool.status.ips if self._pool else ()
             now = self.clock.since_boot()
             made = self.store.assign(
-                key, netns=netns, host_veth=host_veth, pod=pod,
+                key, netns=netns, host_veth=host_veth, pod=pod, network=network,
                 choose=lambda taken, released: choose_address(ips, taken, released, now))
             return made, made is not None
 
@@ -297,12 +324,12 @@ class Allocator:
         return frozenset(r.address for r in self.store.pod_requests() if r.withdrawn)
 
     async def record_pod_request(self, address: str, pod: str, public_ip: str,
-                                 backend_pools: Sequence[str]) -> None:
+                                 backend_pools: Sequence[str], pod_uid: str = "") -> None:
         await self._run(lambda: self.store.record_pod_request(address, pod, public_ip,
-                                                              backend_pools))
+                                                              backend_pools, pod_uid))
 
     async def pod_requests(self) -> list[PodNetworkRequest]:
-        """The requests to publish: by ipConfiguration, for addresses in the pool."""
+        """The requests to publish: one per address in the pool, with its ipConfiguration."""
         return await self._run(lambda: publishable_requests(self._pool,
                                                             self.store.pod_requests()))
 

@@ -186,10 +186,11 @@ class CniHandler:
         if public_ip or backend_pools:
             # for the operator, through the pool's status; pods asking nothing skip this
             await self.allocator.record_pod_request(assignment.address, request.pod,
-                                                    public_ip, backend_pools)
-            log.info("event=pod_network_requested address=%s pod=%s public_ip=%s "
+                                                    public_ip, backend_pools,
+                                                    request.pod_uid)
+            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
                      "backend_pools=%s", assignment.address, request.pod or "-",
-                     public_ip or "-", ",".join(backend_pools) or "-")
+                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
             self.on_change()
         if created:
             self.on_change()
@@ -210,8 +211,8 @@ class CniHandler:
         while True:
             changed = self._pool_changed
             try:
-                assignment, created = await self.allocator.assign(key, request.netns, veth,
-                                                                  request.pod)
+                assignment, created = await self.allocator.assign(
+                    key, request.netns, veth, request.pod, request.network)
             except PoolBeingDeleted as e:
                 raise TryAgainLater(
                     f"the NodeIPPool of node {self.node_name} is being deleted; no new pod "
@@ -361,6 +362,13 @@ class CniHandler:
     # -- GC --------------------------------------------------------------------------------
 
     async def gc(self, request: CniRequest) -> Reply:
+        """Free the attachments of ``request.network`` that its list does not name.
+
+        The spec's list is of the still valid attachments *to this network*: an attachment
+        another network's ADD made (a second conflist of this plugin, a Multus secondary
+        network) is not that GC's to judge, and neither is one recorded before the agent kept
+        network names (DEL and the vanished-pod sweep free those).
+        """
         keep = request.valid_attachments()
         if keep is None:
             note = ("GC without cni.dev/valid-attachments frees nothing; the runtime has "
@@ -374,8 +382,8 @@ class CniHandler:
         failures = []
         freed = []
         for assignment in await self.allocator.assignments():
-            if (assignment.key in keep or assignment.key in adding
-                    or assignment.assigned_at >= started or assignment.key.from_docker):
+            if (assignment.network != request.network or assignment.key in keep
+                    or assignment.key in adding or assignment.assigned_at >= started):
                 continue
             async with self.locks.hold(assignment.key):
                 if await self.allocator.get(assignment.key) != assignment:
@@ -390,8 +398,9 @@ class CniHandler:
         if freed:
             self.on_change()
             self.pool_changed()
-        log.info("event=gc kept=%d freed=%d failed=%d addresses=%s", len(keep), len(freed),
-                 len(failures), ",".join(a.address for a in freed) or "-")
+        log.info("event=gc network=%s kept=%d freed=%d failed=%d addresses=%s",
+                 request.network, len(keep), len(freed), len(failures),
+                 ",".join(a.address for a in freed) or "-")
         if failures:
             raise TryAgainLater(f"GC could not free {len(failures)} attachment(s)",
                                 "; ".join(failures))

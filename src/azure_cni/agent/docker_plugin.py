@@ -22,8 +22,11 @@ Neither ":" nor the handles ever appear in a CNI request, so CNI verbs never tou
 attachments. If the agent is down while Docker removes a container, Docker gives up on the
 plugin (after ~15 s of retries per call), moves the pod side back to the host and removes the
 container; the address stays recorded until the agent finds that (at start and every
-minute, ``free_departed_endpoints``) and frees it. Networks created
-with the driver are remembered in ``<stateDir>/docker-networks.json``, because Docker does
+minute, ``free_departed_endpoints``) and frees it. The same sweep frees what Docker left
+before Join (a dockerd that died in the middle of starting a container, or whose rollback
+calls found the agent down): an address only an IPAM handle holds, and an endpoint that never
+joined a sandbox. Networks created with the driver, and the addresses each reserves with
+``--aux-address``, are remembered in ``<stateDir>/docker-networks.json``, because Docker does
 not tell a restarted plugin about networks it already has.
 """
 
@@ -97,6 +100,10 @@ class PluginFailure(PluginError):
 class DockerNetwork:
     network_id: str
     pool: str
+    #: addresses libnetwork holds for the network itself (``--aux-address``): IPAM handles
+    #: with no endpoint, for as long as the network exists; None when not known (a network
+    #: recorded before the agent kept them)
+    reserved: frozenset[str] | None = frozenset()
 
 
 #: the one pool: this VM's NIC
@@ -144,7 +151,9 @@ class DockerPlugin:
         self.on_change = on_change
         self.locks = KeyedLocks()
         self.networks: dict[str, DockerNetwork] = {}
-        #: endpoints the last sweep found departed; freed if the next one finds them so too
+        #: the networks file was unreadable: what networks made before reserve is unknown
+        self._reservations_lost = False
+        #: what the last sweep found departed or stranded; freed if the next one finds it so
         self._departing: set[Assignment] = set()
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -358,19 +367,29 @@ class DockerPlugin:
     def _load_networks(self) -> dict[str, DockerNetwork]:
         try:
             document = json.loads(self.networks_path.read_text())
-            return {n: DockerNetwork(n, str(d["pool"]))
-                    for n, d in dict(document["networks"]).items()}
+            networks = {n: DockerNetwork(n, str(d["pool"]), frozenset(map(str, d["reserved"]))
+                                         if "reserved" in d else None)
+                        for n, d in dict(document["networks"]).items()}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("event=docker_networks_unreadable path=%s error=%r; endpoints of networks "
                       "created before cannot start until they are created again",
                       self.networks_path, e)
+            self._reservations_lost = True  # nor which addresses those networks reserve
             return {}
+        unknown = [n[:12] for n, d in networks.items() if d.reserved is None]
+        if unknown:
+            log.warning("event=docker_network_reservations_unknown networks=%s; addresses "
+                        "Docker abandons before creating an endpoint are kept until these "
+                        "networks are created again", ",".join(unknown))
+        return networks
 
     def _save_networks(self) -> None:
-        document = {"networks": {n.network_id: {"pool": n.pool}
-                                 for n in self.networks.values()}}
+        document = {"networks": {
+            n.network_id: {"pool": n.pool} | (
+                {"reserved": sorted(n.reserved)} if n.reserved is not None else {})
+            for n in self.networks.values()}}
         write_atomically(self.networks_path, json.dumps(document, indent=2).encode(),
                          mode=0o600)
 
@@ -394,10 +413,15 @@ class DockerPlugin:
                               for p in pools) or "no IPv4 pool"
             raise PluginError(f"an azure-cni network needs --ipam-driver azure-cni (its "
                               f"addresses are the VM NIC's); this one has {given}")
-        self.networks[network_id] = DockerNetwork(network_id, str(pools[0].get("Pool")))
+        aux = pools[0].get("AuxAddresses") or {}
+        reserved = frozenset(str(a).split("/")[0] for a in aux.values()) if isinstance(
+            aux, Mapping) else frozenset()
+        self.networks[network_id] = DockerNetwork(network_id, str(pools[0].get("Pool")),
+                                                  reserved)
         self._save_networks()
-        log.info("event=docker_network_created network=%s pool=%s", network_id[:12],
-                 self.networks[network_id].pool)
+        log.info("event=docker_network_created network=%s pool=%s reserved=%s",
+                 network_id[:12], self.networks[network_id].pool,
+                 ",".join(sorted(reserved)) or "-")
         return {}
 
     async def delete_network(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -435,10 +459,13 @@ class DockerPlugin:
             if holder is None or (holder.key.ifname != DOCKER_IPAM and holder.key != endpoint):
                 raise PluginError(f"{address} was not handed out by the azure-cni IPAM "
                                   "driver: the network must use --ipam-driver azure-cni")
-            if holder.key != endpoint:
-                await self.allocator.rebind(holder.key, endpoint, netns="",
-                                            host_veth=pod.host_veth,
-                                            pod=f"docker/{endpoint.container_id[:12]}")
+            if holder.key != endpoint and await self.allocator.rebind(
+                    holder.key, endpoint, netns="", host_veth=pod.host_veth,
+                    pod=f"docker/{endpoint.container_id[:12]}") is None:
+                # the sweep took it as abandoned a moment ago: never build on an address
+                # the store does not hold
+                raise PluginError(f"{address} was released before this endpoint was "
+                                  "created; start the container again")
             try:
                 await self._netlink(self.datapath.ensure_pod_veth, pod)
             except Exception as e:
@@ -502,37 +529,62 @@ class DockerPlugin:
     # -- the agent's own sweep ---------------------------------------------------------------
 
     async def free_departed_endpoints(self, confirm: bool = True) -> list[Assignment]:
-        """Free endpoints whose container is gone though Docker never said so.
+        """Free what Docker holds no more though it never said so; what was freed.
 
-        That happens when Leave and DeleteEndpoint did not reach the agent (it was down):
-        Docker then moves the pod side back to the host anyway (under its temporary name)
-        and removes the container, keeping the address recorded. An endpoint that has joined
-        a sandbox is departed when its pod side is back on the host, or when its veth and its
-        sandbox are both gone. A moment after Join, and between a Leave and its
-        DeleteEndpoint, an endpoint looks departed too, so with ``confirm`` only what two
-        sweeps in a row find departed is freed.
+        Departed: an endpoint that joined a sandbox whose container is gone. That happens
+        when Leave and DeleteEndpoint did not reach the agent (it was down): Docker then moves
+        the pod side back to the host anyway (under its temporary name) and removes the
+        container, keeping the address recorded. It is departed when its pod side is back on
+        the host, or when its veth and its sandbox are both gone. A moment after Join, and
+        between a Leave and its DeleteEndpoint, an endpoint looks departed too, so with
+        ``confirm`` only what two sweeps in a row find departed is freed.
+
+        Stranded: an address only an IPAM handle holds (not one a network reserves), and an
+        endpoint that never reached Join, as a dockerd that died while starting a container
+        leaves them, or one whose rollback calls found the agent down. Between
+        RequestAddress, CreateEndpoint and Join these are normal for a moment, and Docker
+        retries a call into a restarted agent, so they are freed only when two sweeps in a
+        row (a minute apart) find the same attachment so, even at start.
         """
         host_veths = {v.name for v in await self._netlink(self.datapath.list_host_veths)}
-        departed = set()
+        reserved = self._reserved()
+        departed, stranded = set(), set()
         for found in await self.allocator.assignments():
-            if found.key.ifname != DOCKER_ENDPOINT or not found.netns:
+            if found.key.ifname == DOCKER_IPAM:
+                if reserved is not None and found.address not in reserved:
+                    stranded.add(found)
+            elif found.key.ifname != DOCKER_ENDPOINT:
                 continue
-            peer = handover_name(found.key.container_id, found.key.ifname)
-            if await self._netlink(self.datapath.link_exists, peer) or (
-                    found.host_veth not in host_veths and not os.path.exists(found.netns)):
-                departed.add(found)
-        ready = departed & self._departing if confirm else departed
-        self._departing = departed - ready
+            elif not found.netns:
+                stranded.add(found)
+            else:
+                peer = handover_name(found.key.container_id, found.key.ifname)
+                if await self._netlink(self.datapath.link_exists, peer) or (
+                        found.host_veth not in host_veths and not os.path.exists(found.netns)):
+                    departed.add(found)
+        ready = (departed if not confirm else departed & self._departing) | (
+            stranded & self._departing)
+        self._departing = (departed | stranded) - ready
         freed = []
         for found in sorted(ready, key=lambda a: a.address):
             async with self.locks.hold(found.key):
                 if await self.allocator.get(found.key) != found:
                     continue
-                await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
+                if found.key.ifname == DOCKER_ENDPOINT:
+                    await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
                 await self.allocator.release(found.key)
             freed.append(found)
-            log.warning("event=docker_departed_endpoint_freed endpoint=%s address=%s "
-                        "sandbox=%s", found.key.container_id[:12], found.address, found.netns)
+            kind = "departed_endpoint" if found in departed else (
+                "stranded_endpoint" if found.key.ifname == DOCKER_ENDPOINT else
+                "stranded_address")
+            log.warning("event=docker_%s_freed endpoint=%s address=%s sandbox=%s", kind,
+                        found.key.container_id[:12], found.address, found.netns or "-")
         if freed:
             self.on_change()
         return freed
+
+    def _reserved(self) -> frozenset[str] | None:
+        """Addresses the known networks reserve; None if a network's are not known."""
+        if self._reservations_lost or any(n.reserved is None for n in self.networks.values()):
+            return None
+        return frozenset(a for n in self.networks.values() for a in n.reserved or ())

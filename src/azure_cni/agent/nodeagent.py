@@ -35,14 +35,14 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from azure_cni.agent import install
-from azure_cni.agent.allocator import Allocator, PoolUsage
+from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
 from azure_cni.agent.cni_handler import CniHandler, Datapath
 from azure_cni.agent.egress import EgressReconciler
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
@@ -189,6 +189,8 @@ class NodeAgent:
         self._installed = False
         self._serving = False
         self._pool_seen = False
+        #: the next status write first takes over podRequests entries nobody owns
+        self._adopt_strays = False
         #: why the pool cannot be read from its source now ("" when it can)
         self.source_problem = ""
         #: addresses pods hold that left the pool, already logged
@@ -388,6 +390,7 @@ class NodeAgent:
         previous = self.allocator.pool
         if pool is None or previous is None or previous.uid != pool.uid:
             self.reporter.forget()
+            self._adopt_strays = True
         await self.allocator.set_pool(pool)
         self.handler.pool_changed()
         self._pool_seen = pool is not None
@@ -502,9 +505,19 @@ class NodeAgent:
         previous = (self._condition,) if self._condition else ()
         (self._condition,) = set_condition(previous, condition)
         requests = await self.allocator.pod_requests() if self.allocator.is_open else []
-        return PoolStatus(used=used, cooling=cooling, release_acks=acks, idle_blocks=idle,
-                          conditions=(self._condition,),
-                          pod_requests=tuple(requests)).agent_fields()
+        status = PoolStatus(used=used, cooling=cooling, release_acks=acks, idle_blocks=idle,
+                            conditions=(self._condition,), pod_requests=tuple(requests))
+        if self._adopt_strays and self.allocator.is_open:
+            # The first write to a pool (this one, after forget(), is never skipped): owning
+            # the entries nobody owns for one write lets this one drop them
+            strays = stray_requests(self.allocator.pool, requests)
+            if strays:
+                await self.source.publish(replace(
+                    status, pod_requests=(*requests, *strays)).agent_fields())
+                log.info("event=stray_pod_requests_dropped addresses=%s",
+                         ",".join(r.address for r in strays))
+            self._adopt_strays = False
+        return status.agent_fields()
 
     async def status_document(self) -> dict[str, Any]:
         """What ``azure-cni status`` shows."""
@@ -529,7 +542,8 @@ class NodeAgent:
             "assignments": [
                 {"containerID": a.key.container_id, "ifname": a.key.ifname,
                  "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
-                 "pod": a.pod, "assignedAt": a.assigned_at} for a in assignments],
+                 "pod": a.pod, "network": a.network, "assignedAt": a.assigned_at}
+                for a in assignments],
             # as wall-clock deadlines, for people and for the status command
             "coolingDown": {address: wall + (r.cool_until - now)
                             for address, r in sorted(released.items()) if r.cool_until > now},

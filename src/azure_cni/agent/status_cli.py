@@ -69,10 +69,10 @@ def _render_pod_networking(status: dict[str, Any], out: TextIO) -> None:
     requests = status.get("podRequests") or []
     if not requests:
         return
-    answers = {a["ipConfiguration"]: a for a in status.get("podNetworking") or []}
+    answers = {a.get("address"): a for a in status.get("podNetworking") or []}
     out.write(f"\n{len(requests)} pod network request(s)\n")
     for r in requests:
-        answer = answers.get(r["ipConfiguration"], {})
+        answer = answers.get(r["address"], {})
         asked = ", ".join(([f"public IP {r['publicIP']}"] if r.get("publicIP") else [])
                           + [f"pool {p}" for p in r.get("backendPools") or ()])
         state = answer.get("state", "Pending")

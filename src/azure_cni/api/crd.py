@@ -194,11 +194,18 @@ def _status_schema() -> dict[str, Any]:
 
 
 def _pod_networking_schema() -> dict[str, Any]:
-    """The two per-pod Azure networking lists (api/podnet.py): the agent's, the operator's."""
+    """The two per-pod Azure networking lists (api/podnet.py): the agent's, the operator's.
+
+    Both are keyed by the pod's address: one address is one pod's, while in Blocks mode
+    many pods share an ipConfiguration (keyed by that, two pods' entries collided and the
+    API server refused the whole status write).
+    """
     common = {
-        "ipConfiguration": {"type": "string"},
-        "address": {"type": "string"},
+        "address": {"type": "string", "description": "the pod's address (the key)"},
+        "ipConfiguration": {"type": "string",
+                            "description": "the NIC's ipConfiguration holding the address"},
         "pod": {"type": "string", "description": "namespace/name"},
+        "podUID": {"type": "string", "description": "the pod's metadata.uid"},
         "publicIP": {"type": "string"},
         "backendPools": {"type": "array", "items": {"type": "string"},
                          "x-kubernetes-list-type": "atomic"},
@@ -207,19 +214,20 @@ def _pod_networking_schema() -> dict[str, Any]:
     def listed(description: str, required: list[str], extra: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "description": description,
                 "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["ipConfiguration"],
-                "items": {"type": "object", "required": required,
+                "x-kubernetes-list-map-keys": ["address"],
+                "items": {"type": "object", "required": ["address", *required],
                           "properties": {**common, **extra}}}
 
     return {
         "podRequests": listed(
             "Written by the node agent: the public IP and backend pools pods asked for by "
-            "annotation, per ipConfiguration. withdrawn: the pod is gone and the agent keeps "
+            "annotation, per pod address. withdrawn: the pod is gone and the agent keeps "
             "the address until the operator reports it Detached.",
             ["ipConfiguration", "pod"], {"withdrawn": {"type": "boolean"}}),
         "podNetworking": listed(
-            "Written by the operator: what it attached to each requesting ipConfiguration, "
-            "what it refused and why, and which withdrawn requests are off the NIC.",
+            "Written by the operator, per pod address: what it attached to the address's "
+            "ipConfiguration, what it refused and why, and which withdrawn requests are off "
+            "the NIC.",
             ["ipConfiguration", "pod", "state"],
             {"state": {"type": "string", "enum": ["Attached", "Refused", "Detached"]},
              "reason": {"type": "string",

@@ -8,11 +8,13 @@ A pod asks with annotations (read by the agent at ADD, from the runtime's
 - ``azurecni.io/backend-pools``: comma-separated resource IDs of backend pools of Standard
   load balancers.
 
-The flow keeps the NodeIPPool contract. The agent lists each request against the pod's
-ipConfiguration in ``status.podRequests`` (its own field); when the pod goes, the entry stays
-with ``withdrawn: true`` and the agent does not hand the address out again. The operator,
-the only part that talks to Azure, decides with :func:`azure_cni.ipam.podnet.plan_pod_network`
-what each ipConfiguration should carry, writes it in its next NIC write, and reports in
+The flow keeps the NodeIPPool contract. The agent lists each request in
+``status.podRequests`` (its own field) under the pod's address, the list's key (one address
+is one pod's; in Blocks mode many pods share an ipConfiguration), with the ipConfiguration
+and the pod's name and UID; when the pod goes, the entry stays with ``withdrawn: true`` and
+the agent does not hand the address out again. The operator, the only part that talks to
+Azure, decides with :func:`azure_cni.ipam.podnet.plan_pod_network` what each
+ipConfiguration should carry, writes it in its next NIC write, and reports per address in
 ``status.podNetworking`` (its own field): ``Attached``, ``Refused`` (with the reason, also an
 Event on the pod) or ``Detached`` (a withdrawn request whose public IP and pools are off the
 NIC: only then does the agent forget it and reuse the address).
@@ -51,6 +53,8 @@ class PodNetworkRequest:
     backend_pools: tuple[str, ...] = ()
     #: the pod is gone: its address is not handed out until the operator says Detached
     withdrawn: bool = False
+    #: ``metadata.uid`` (K8S_POD_UID): tells a pod from a later one of the same name
+    pod_uid: str = ""
 
     @property
     def namespace(self) -> str:
@@ -70,11 +74,13 @@ class PodNetworkRequest:
         return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
                    str(d.get("pod") or ""), str(d.get("publicIP") or ""),
                    tuple(str(p) for p in d.get("backendPools") or ()),
-                   bool(d.get("withdrawn")))
+                   bool(d.get("withdrawn")), str(d.get("podUID") or ""))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
                                "address": self.address, "pod": self.pod}
+        if self.pod_uid:
+            out["podUID"] = self.pod_uid
         if self.public_ip:
             out["publicIP"] = self.public_ip
         if self.backend_pools:
@@ -98,6 +104,9 @@ class PodAttachment:
     #: for Refused: ``NotAllowed`` (the chart's policy) or Azure's error code
     reason: str = ""
     message: str = ""
+    #: the UID of the request's pod, when the operator names it (the agent then matches a
+    #: Detached answer by it, not by the pod's name alone)
+    pod_uid: str = ""
 
     @property
     def refused_by_azure(self) -> bool:
@@ -112,12 +121,15 @@ class PodAttachment:
         return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
                    str(d.get("pod") or ""), state, str(d.get("publicIP") or ""),
                    tuple(str(p) for p in d.get("backendPools") or ()),
-                   str(d.get("reason") or ""), str(d.get("message") or ""))
+                   str(d.get("reason") or ""), str(d.get("message") or ""),
+                   str(d.get("podUID") or ""))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
                                "address": self.address, "pod": self.pod,
                                "state": str(self.state)}
+        if self.pod_uid:
+            out["podUID"] = self.pod_uid
         if self.public_ip:
             out["publicIP"] = self.public_ip
         if self.backend_pools:
@@ -141,11 +153,12 @@ def requested_features(annotations: Mapping[str, Any]) -> tuple[str, tuple[str, 
     return public_ip, pools
 
 
-def merge_by_ipconfig(entries: Iterable[PodNetworkRequest]) -> dict[str, PodNetworkRequest]:
-    """Requests by ipConfiguration; a live request wins over a withdrawn one for the same."""
+def by_address(entries: Iterable[PodNetworkRequest]) -> dict[str, PodNetworkRequest]:
+    """Requests by address, the list's key; a live request wins over a withdrawn one for the
+    same address."""
     out: dict[str, PodNetworkRequest] = {}
     for entry in entries:
-        seen = out.get(entry.ip_configuration)
+        seen = out.get(entry.address)
         if seen is None or (seen.withdrawn and not entry.withdrawn):
-            out[entry.ip_configuration] = entry
+            out[entry.address] = entry
     return out

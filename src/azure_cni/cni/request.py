@@ -64,6 +64,11 @@ class CniRequest:
         return f"{namespace}/{name}" if name else ""
 
     @property
+    def pod_uid(self) -> str:
+        """The pod's ``metadata.uid``, when the runtime said so (containerd and CRI-O do)."""
+        return self.cni_args.get("K8S_POD_UID", "")
+
+    @property
     def pod_annotations(self) -> Mapping[str, Any]:
         """The pod's annotations, when the runtime passes them (the conflist asks for the
         ``io.kubernetes.cri.pod-annotations`` capability; containerd and CRI-O honour it)."""

@@ -27,7 +27,7 @@ from azure_cni.api.podnet import (
     AttachmentState,
     PodAttachment,
     PodNetworkRequest,
-    merge_by_ipconfig,
+    by_address,
 )
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import IPConfigFeatures, NicSnapshot
@@ -112,7 +112,11 @@ Reported = tuple[tuple[PodAttachment, ...], tuple[PodEvent, ...]]
 
 @dataclass(frozen=True)
 class PodNetworkPlan:
-    """The features to write, and how to report them once the NIC reads ``written``."""
+    """The features to write, and how to report them once the NIC reads ``written``.
+
+    Requests, answers and ``wanted`` are by pod address (the lists' key); ``features`` by
+    ipConfiguration, which in Blocks mode several pods share.
+    """
 
     requests: Mapping[str, PodNetworkRequest]
     previous: Mapping[str, PodAttachment]
@@ -129,11 +133,12 @@ class PodNetworkPlan:
         on_nic = {c.name: c for c in written.secondary()}
         out: list[PodAttachment] = []
         events: list[PodEvent] = []
-        for name, request in sorted(self.requests.items()):
-            before = self.previous.get(name)
+        for address, request in sorted(self.requests.items()):
+            name = request.ip_configuration
+            before = self.previous.get(address)
             config = on_nic.get(name)
             carried = config.features if config is not None else IPConfigFeatures()
-            wanted = self.wanted.get(name)
+            wanted = self.wanted.get(address)
             if request.withdrawn:
                 ours = _ours(before)
                 left = (ours.public_ip and carried.public_ip.lower() == ours.public_ip.lower()
@@ -178,17 +183,18 @@ class PodNetworkPlan:
         named = _lower(resources)
         out = dict(self.previous)
         events = []
-        for name, wanted in sorted(self.wanted.items()):
+        for address, wanted in sorted(self.wanted.items()):
             f = wanted.features
             if wanted.refused or not (_lower((f.public_ip, *f.backend_pools)) & named):
                 continue
             request = wanted.request
-            why = f"Azure refused {_describe(f)} for {request.address} ({name}): {message}"
-            out[name] = PodAttachment(name, request.address, request.pod,
-                                      AttachmentState.REFUSED, request.public_ip,
-                                      request.backend_pools, code or "AzureRefused", why)
+            name = request.ip_configuration
+            why = f"Azure refused {_describe(f)} for {address} ({name}): {message}"
+            out[address] = PodAttachment(name, address, request.pod,
+                                         AttachmentState.REFUSED, request.public_ip,
+                                         request.backend_pools, code or "AzureRefused", why)
             events.append(_event(request, "Warning", "PodNetworkRefused", why))
-        return tuple(out[n] for n in sorted(out)), tuple(events)
+        return tuple(out[a] for a in sorted(out)), tuple(events)
 
 
 def summarize(attachments: Iterable[PodAttachment]) -> tuple[bool, str, str]:
@@ -239,50 +245,57 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
     """What the pool's requested ipConfigurations must carry (the rules are above).
 
     ``inventory`` are the pool's ipConfiguration names: requests for others are ignored.
+    Each request (one per pod address) gets its own answer; an ipConfiguration carries what
+    its live requests want, which is at most one pod's in Addresses mode and nothing in a
+    block.
     """
     names = set(inventory)
-    by_name = {n: r for n, r in merge_by_ipconfig(requests).items() if n in names}
-    before = {a.ip_configuration: a for a in previous if a.ip_configuration in by_name}
+    asked = {a: r for a, r in by_address(requests).items() if r.ip_configuration in names}
+    before = {a.address: a for a in previous if a.address in asked}
     subscription = parse_resource_id(nic.id).subscription if nic.id else ""
     on_nic = {c.name: c for c in nic.secondary()}
     wanted: dict[str, Wanted] = {}
-    features: dict[str, IPConfigFeatures] = {}
-    for name, request in by_name.items():
-        config = on_nic.get(name)
+    sharing: dict[str, list[str]] = {}
+    for address, request in asked.items():
+        config = on_nic.get(request.ip_configuration)
         if config is None:
             continue
-        prior = before.get(name)
+        sharing.setdefault(config.name, []).append(address)
         if request.withdrawn:
-            target = IPConfigFeatures()
+            continue
+        prior = before.get(address)
+        if prior is not None and prior.refused_by_azure and _same_request(prior, request):
+            wanted[address] = Wanted(request, refused=prior.message, reason=prior.reason)
+        elif config.prefix_length is not None:
+            wanted[address] = Wanted(request, refused=(
+                f"{config.private_ip} is a block ipConfiguration that up to "
+                f"{2 ** (32 - config.prefix_length)} pods share: a public IP or backend "
+                "pool on it would be every one of theirs; per-pod features need a pool "
+                "in Addresses mode"))
         else:
-            if prior is not None and prior.refused_by_azure and _same_request(prior, request):
-                wanted[name] = Wanted(request, refused=prior.message, reason=prior.reason)
-            elif config.prefix_length is not None:
-                wanted[name] = Wanted(request, refused=(
-                    f"{config.private_ip} is a block ipConfiguration that up to "
-                    f"{2 ** (32 - config.prefix_length)} pods share: a public IP or backend "
-                    "pool on it would be every one of theirs; per-pod features need a pool "
-                    "in Addresses mode"))
-            else:
-                wanted[name] = resolve(request, policy, subscription)
-            target = wanted[name].features
-        ours = _ours(prior)
-        carried = config.features
-        public_ip = target.public_ip or ("" if ours.public_ip else carried.public_ip)
-        kept = [p for p in carried.backend_pools if p.lower() not in _lower(ours.backend_pools)]
-        pools = tuple(dict.fromkeys([*kept, *target.backend_pools]))
+            wanted[address] = resolve(request, policy, subscription)
+    features: dict[str, IPConfigFeatures] = {}
+    for name, addresses in sharing.items():
+        targets = [wanted[a].features for a in addresses if a in wanted]
+        ours = [_ours(before.get(a)) for a in addresses]
+        our_pools = _lower(p for o in ours for p in o.backend_pools)
+        carried = on_nic[name].features
+        public_ip = next((t.public_ip for t in targets if t.public_ip), "") or (
+            "" if any(o.public_ip for o in ours) else carried.public_ip)
+        kept = [p for p in carried.backend_pools if p.lower() not in our_pools]
+        pools = tuple(dict.fromkeys([*kept, *(p for t in targets for p in t.backend_pools)]))
         desired = IPConfigFeatures(public_ip, pools)
         if not desired.same(carried):
             features[name] = desired
-    return PodNetworkPlan(by_name, before, wanted, features)
+    return PodNetworkPlan(asked, before, wanted, features)
 
 
 def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachment]) -> bool:
     """Whether a request has no answer yet in ``podNetworking`` (then read the NIC)."""
-    answered = {a.ip_configuration: a for a in previous}
-    asked = merge_by_ipconfig(requests)
-    for name, request in asked.items():
-        prior = answered.get(name)
+    answered = {a.address: a for a in previous}
+    asked = by_address(requests)
+    for address, request in asked.items():
+        prior = answered.get(address)
         if request.withdrawn:
             if prior is None or prior.state != AttachmentState.DETACHED:
                 return True
@@ -291,5 +304,5 @@ def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachm
                     prior.state == AttachmentState.REFUSED and not _same_request(prior, request)):
             return True
     # Detached entries whose request is gone are dropped by the next write of the status
-    return any(name not in asked for name in answered)
+    return any(address not in asked for address in answered)
 

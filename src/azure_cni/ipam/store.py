@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assignments (
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS assignments (
     host_veth    TEXT NOT NULL,
     pod          TEXT NOT NULL,
     assigned_at  REAL NOT NULL,
+    network      TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (container_id, ifname)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS assignments_address ON assignments (address);
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS pod_requests (
     pod           TEXT NOT NULL,
     public_ip     TEXT NOT NULL,
     backend_pools TEXT NOT NULL,
-    withdrawn     INTEGER NOT NULL DEFAULT 0
+    withdrawn     INTEGER NOT NULL DEFAULT 0,
+    pod_uid       TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS releases (
     address      TEXT PRIMARY KEY,
@@ -63,6 +65,14 @@ ALTER TABLE releases ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE releases ADD COLUMN released_wall REAL NOT NULL DEFAULT 0;
 UPDATE releases SET released_wall = released_at;
 """
+#: columns added by later schemas to tables an older agent created: (table, column, type);
+#: rows from before keep the default
+_ADDED_COLUMNS = (
+    # schema 3: the CNI network whose ADD made an attachment (GC is scoped to one network),
+    # and the UID of the pod that asked for a public IP or pools
+    ("assignments", "network", "TEXT NOT NULL DEFAULT ''"),
+    ("pod_requests", "pod_uid", "TEXT NOT NULL DEFAULT ''"),
+)
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -129,6 +139,9 @@ class Assignment:
     #: "namespace/name" from CNI_ARGS when the runtime gave it (for people reading status)
     pod: str
     assigned_at: float
+    #: the CNI network (the configuration's ``name``) whose ADD made it; "" for Docker's
+    #: attachments and for those recorded before schema 3
+    network: str = ""
 
 
 #: Given the addresses in use and those released with the time of release, pick one (or None).
@@ -166,7 +179,7 @@ class AddressStore:
             raise StoreError(f"{self.path} is not a readable sqlite database: {e}") from e
         if check != "ok":
             raise StoreError(f"{self.path} failed sqlite's integrity check: {check}")
-        if version not in (0, 1, SCHEMA_VERSION):
+        if not 0 <= version <= SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this agent knows "
                              f"{SCHEMA_VERSION}. Refusing to guess which addresses are in use.")
         self._use_wal()
@@ -178,6 +191,9 @@ class AddressStore:
             script = _SCHEMA + (_FROM_SCHEMA_1 if version == 1 else "")
             for statement in filter(str.strip, script.split(";")):
                 db.execute(statement)
+            for table, column, declaration in _ADDED_COLUMNS:
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._rebase()
             db.execute("COMMIT")
@@ -226,14 +242,14 @@ class AddressStore:
 
     def get(self, key: AttachmentKey) -> Assignment | None:
         row = self._db.execute(
-            "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
+            "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at, network "
             "FROM assignments WHERE container_id = ? AND ifname = ?",
             (key.container_id, key.ifname)).fetchone()
         return _assignment(row) if row else None
 
     def assignments(self) -> list[Assignment]:
         rows = self._db.execute(
-            "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
+            "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at, network "
             "FROM assignments ORDER BY assigned_at, container_id, ifname").fetchall()
         return [_assignment(r) for r in rows]
 
@@ -247,13 +263,15 @@ class AddressStore:
     # -- writes ------------------------------------------------------------------------
 
     def assign(self, key: AttachmentKey, *, netns: str, host_veth: str, pod: str,
-               choose: Chooser, now: float | None = None) -> Assignment | None:
+               choose: Chooser, now: float | None = None, network: str = ""
+               ) -> Assignment | None:
         """Record a new assignment for ``key`` with the address ``choose`` picks.
 
         Reading what is taken, choosing, and inserting happen in one immediate transaction, so
         two callers (even two processes) can never pick the same address. Returns None when
         ``choose`` finds nothing; raises DuplicateAssignment if ``key`` already holds one.
-        ``now`` (default: the wall clock) dates the assignment.
+        ``now`` (default: the wall clock) dates the assignment; ``network`` is the CNI
+        network it belongs to.
         """
         now = self.clock.wall() if now is None else now
         db = self._db
@@ -272,8 +290,10 @@ class AddressStore:
                 return None
             if address in taken:
                 raise DuplicateAssignment(f"chooser picked {address}, which is in use")
-            db.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (key.container_id, key.ifname, address, netns, host_veth, pod, now))
+            db.execute("INSERT INTO assignments (container_id, ifname, address, netns, "
+                       "host_veth, pod, assigned_at, network) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (key.container_id, key.ifname, address, netns, host_veth, pod, now,
+                        network))
             db.execute("COMMIT")
         except sqlite3.IntegrityError as e:
             db.execute("ROLLBACK")
@@ -282,7 +302,7 @@ class AddressStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return Assignment(key, address, netns, host_veth, pod, now)
+        return Assignment(key, address, netns, host_veth, pod, now, network)
 
     def release(self, key: AttachmentKey, cooldown_seconds: float) -> Assignment | None:
         """Forget ``key``'s assignment; its address cools down. Returns what was removed."""
@@ -291,8 +311,8 @@ class AddressStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
-                "FROM assignments WHERE container_id = ? AND ifname = ?",
+                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at, "
+                "network FROM assignments WHERE container_id = ? AND ifname = ?",
                 (key.container_id, key.ifname)).fetchone()
             if row is None:
                 db.execute("ROLLBACK")
@@ -319,8 +339,8 @@ class AddressStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at "
-                "FROM assignments WHERE container_id = ? AND ifname = ?",
+                "SELECT container_id, ifname, address, netns, host_veth, pod, assigned_at, "
+                "network FROM assignments WHERE container_id = ? AND ifname = ?",
                 (key.container_id, key.ifname)).fetchone()
             if row is None:
                 db.execute("ROLLBACK")
@@ -337,7 +357,7 @@ class AddressStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return Assignment(new_key, row[2], netns, host_veth, pod, float(row[6]))
+        return Assignment(new_key, row[2], netns, host_veth, pod, float(row[6]), row[7])
 
     def forget_releases(self, addresses: Iterable[str]) -> None:
         """Drop release history of addresses that left the pool (keeps the table small)."""
@@ -348,16 +368,18 @@ class AddressStore:
     # -- per-pod Azure networking (api/podnet.py) ----------------------------------------
 
     def record_pod_request(self, address: str, pod: str, public_ip: str,
-                           backend_pools: Iterable[str]) -> None:
+                           backend_pools: Iterable[str], pod_uid: str = "") -> None:
         """What the pod holding ``address`` asked for (replaces an earlier request)."""
-        self._db.execute("INSERT OR REPLACE INTO pod_requests VALUES (?, ?, ?, ?, 0)",
-                         (address, pod, public_ip, ",".join(backend_pools)))
+        self._db.execute(
+            "INSERT OR REPLACE INTO pod_requests (address, pod, public_ip, backend_pools, "
+            "withdrawn, pod_uid) VALUES (?, ?, ?, ?, 0, ?)",
+            (address, pod, public_ip, ",".join(backend_pools), pod_uid))
 
     def pod_requests(self) -> list[StoredPodRequest]:
-        rows = self._db.execute("SELECT address, pod, public_ip, backend_pools, withdrawn "
-                                "FROM pod_requests ORDER BY address")
-        return [StoredPodRequest(a, p, ip, tuple(x for x in pools.split(",") if x), bool(w))
-                for a, p, ip, pools, w in rows]
+        rows = self._db.execute("SELECT address, pod, public_ip, backend_pools, withdrawn, "
+                                "pod_uid FROM pod_requests ORDER BY address")
+        return [StoredPodRequest(a, p, ip, tuple(x for x in pools.split(",") if x), bool(w),
+                                 uid) for a, p, ip, pools, w, uid in rows]
 
     def forget_pod_requests(self, addresses: Iterable[str]) -> None:
         """Forget withdrawn requests (the operator reported their ipConfigurations Detached)."""
@@ -375,8 +397,10 @@ class StoredPodRequest:
     backend_pools: tuple[str, ...]
     #: the pod is gone; the address stays out of use until the operator says Detached
     withdrawn: bool
+    #: the pod's UID, when the runtime gave it ("" for requests recorded before schema 3)
+    pod_uid: str = ""
 
 
-def _assignment(row: tuple[str, str, str, str, str, str, float]) -> Assignment:
+def _assignment(row: tuple[str, str, str, str, str, str, float, str]) -> Assignment:
     return Assignment(AttachmentKey(row[0], row[1]), row[2], row[3], row[4], row[5],
-                      float(row[6]))
+                      float(row[6]), row[7])
