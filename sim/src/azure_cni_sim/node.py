@@ -266,8 +266,10 @@ def _read(path: Path) -> str:
 
 
 def apply_crd(kubectl: Kubectl) -> None:
-    kubectl("apply", "--server-side", "-f", str(REPO_CRD))
+    """Every CRD the chart ships (NodeIPPool, NodeIPPoolClass), applied and Established."""
+    kubectl("apply", "--server-side", "-f", str(REPO_CRD.parent))
     wait_crd_established(kubectl, "nodeippools.azurecni.io")
+    wait_crd_established(kubectl, "nodeippoolclasses.azurecni.io")
 
 
 def wait_crd_established(kubectl: Kubectl, name: str, timeout: float = 60) -> None:
