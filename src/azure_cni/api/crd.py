@@ -368,11 +368,12 @@ def _class_pool_schema() -> dict[str, Any]:
     holds only the fields its author set (the chart's defaults fill the rest)."""
     spec = _spec_schema()
     properties = {}
-    for name, prop in spec["properties"].items():
+    for name, field in spec["properties"].items():
         if name == "nodeName":
             continue
-        prop = {k: v for k, v in prop.items() if k != "default"}
-        rules = [r for r in prop.pop("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]
+        prop = {k: v for k, v in field.items() if k != "default"}
+        rules = [r for r in prop.pop("x-kubernetes-validations", [])
+                 if "oldSelf" not in r["rule"]]
         if rules:
             prop["x-kubernetes-validations"] = rules
         properties[name] = prop
