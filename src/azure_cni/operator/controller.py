@@ -40,6 +40,7 @@ from azure_cni.api.nodeippool import IPCONFIG_PREFIX, InvalidPool, NodeIPPool
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
 from azure_cni.cloud.providerid import parse_provider_id
+from azure_cni.cloud.vmnics import serves
 from azure_cni.operator import metrics
 from azure_cni.operator.kube import KubePools, PoolGone
 from azure_cni.operator.reconcile import PoolReconciler
@@ -444,10 +445,11 @@ class PoolController:
                         subscription, resource_group,
                         scale_sets.get((subscription, resource_group), set())):
                     node_name = by_vm.get(nic.vm_id.lower())
-                    if node_name is None or not nic.primary_nic:
+                    entry = self.pools.get(node_name) if node_name is not None else None
+                    if node_name is None or not serves(
+                            nic, entry.pool.spec.pod_subnet_id if entry else ""):
                         continue
                     found.add(node_name)
-                    entry = self.pools.get(node_name)
                     if entry is None or nic_differs(entry.pool, nic):
                         self.nic_hints[node_name] = NicHint(nic, listed)
                         self._queue_after_sweep(node_name)
