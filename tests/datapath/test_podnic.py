@@ -88,7 +88,7 @@ def ping(netns: str, address: str) -> bool:
 @pytest.mark.netns
 def test_a_pod_on_the_second_nic_leaves_through_it_and_still_reaches_its_node(
         vm: tuple[str, str, str], netns_factory) -> None:
-    host, fabric, remote = vm
+    host, _, remote = vm
     datapath = VethDatapath(host_netns=f"/run/netns/{host}")
     try:
         b = pod(datapath, netns_factory, "podb", "198.18.16.20")

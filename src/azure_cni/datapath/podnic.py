@@ -39,6 +39,8 @@ LOCAL_PRIORITY = 0x7AC0
 NIC_PRIORITY = 0x7AC1
 _SUPPRESS_HOST_ROUTES_ONLY = 31
 _MAIN = 254
+#: a route's destination when it has none: the default route
+_ANY = str(ipaddress.IPv4Address(0))
 
 
 class PodNicMissing(RuntimeError):
@@ -102,9 +104,9 @@ def _link_by_mac(ipr: IPRoute, mac: str) -> tuple[int, str]:
 def _ensure_routes(ipr: IPRoute, index: int, name: str, routing: PodNicRouting) -> list[str]:
     wanted = [
         {"dst": routing.subnet, "oif": index, "scope": 253, "prefsrc": routing.address},
-        {"dst": "0.0.0.0/0", "oif": index, "gateway": routing.gateway},
+        {"dst": f"{_ANY}/0", "oif": index, "gateway": routing.gateway},
     ]
-    present = {(r.get_attr("RTA_DST") or "0.0.0.0", r["dst_len"], r.get_attr("RTA_OIF"),
+    present = {(r.get_attr("RTA_DST") or _ANY, r["dst_len"], r.get_attr("RTA_OIF"),
                 r.get_attr("RTA_GATEWAY"))
                for r in ipr.get_routes(family=2, table=POD_NIC_TABLE)}
     changed = []
@@ -171,7 +173,7 @@ def _flush_table(ipr: IPRoute) -> list[str]:
     changed = []
     for route in ipr.get_routes(family=2, table=POD_NIC_TABLE):
         try:
-            ipr.route("del", table=POD_NIC_TABLE, dst=route.get_attr("RTA_DST") or "0.0.0.0",
+            ipr.route("del", table=POD_NIC_TABLE, dst=route.get_attr("RTA_DST") or _ANY,
                       dst_len=route["dst_len"], oif=route.get_attr("RTA_OIF"),
                       scope=route["scope"])
         except NetlinkError as e:
