@@ -77,6 +77,8 @@ class NicRef:
     subnet_id: str
     #: ARM's form, ``00-0D-3A-..``; the VM's interface for the NIC carries it
     mac: str
+    #: the subnet's prefix
+    cidr: str = ""
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ def _free_socket(host: str, port: int) -> socket.socket:
 
 
 def _nic_ref(nic: Nic) -> NicRef:
-    return NicRef(nic.id, nic.addresses()[0], nic.ip_configs[0].subnet.id, nic.mac)
+    subnet = nic.ip_configs[0].subnet
+    return NicRef(nic.id, nic.addresses()[0], subnet.id, nic.mac, str(subnet.network))
 
 
 class ArmEmulator:
