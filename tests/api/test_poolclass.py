@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from azure_cni.api.nodeippool import ConditionType, PoolMode, PoolSpec
+from azure_cni.api.nodeippool import CLASS_LABEL, ConditionType, NodeIPPool, PoolMode, PoolSpec
 from azure_cni.api.poolclass import (
     Choice,
     InvalidClass,
@@ -14,6 +14,7 @@ from azure_cni.api.poolclass import (
     PoolClass,
     choose_class,
     class_condition,
+    class_plan,
     follow_class,
 )
 
@@ -135,3 +136,44 @@ def test_label_selector(selector: dict[str, Any], labels: dict[str, str],
 def test_a_class_cannot_set_the_node_name() -> None:
     with pytest.raises(InvalidClass, match="cannot set \\['nodeName'\\]"):
         cls("bad", {}, nodeName="n2")
+
+
+def pool(labels: dict[str, str] | None = None, used: int = 0,
+         condition: tuple[bool, str, str] | None = None, **spec: Any) -> NodeIPPool:
+    status: dict[str, Any] = {"used": used}
+    if condition is not None:
+        status["conditions"] = [{"type": "PoolClass", "status": str(condition[0]),
+                                 "reason": condition[1], "message": condition[2]}]
+    return NodeIPPool.from_object({"metadata": {"name": "n1", "labels": labels or {}},
+                                   "spec": {"nodeName": "n1", **spec}, "status": status})
+
+
+def test_class_plan_brings_a_pool_to_its_class_and_then_has_nothing_to_do() -> None:
+    plan = class_plan(pool(), {AGENTPOOL: "gpu"}, [GPU], DEFAULTS)
+    assert plan.spec == {"maxIPs": 64, "minFreeIPs": 16, "maxFreeIPs": 48}
+    # the pod subnet of an existing pool is not the class's to change, and the pool says so
+    assert plan.label == "gpu" and plan.condition is not None
+    assert (plan.condition.status, plan.condition.reason) == (False, "ChangeRefused")
+    assert "podSubnetID" not in plan.spec and plan.refused
+    done = pool({CLASS_LABEL: "gpu"}, 0, (True, "Following", "spec follows NodeIPPoolClass gpu"),
+                maxIPs=64, minFreeIPs=16, maxFreeIPs=48, podSubnetID=POD_SUBNET)
+    settled = class_plan(done, {AGENTPOOL: "gpu"}, [GPU], DEFAULTS)
+    assert not settled.writes, settled
+    assert settled.condition is None
+
+
+@pytest.mark.parametrize(("before", "labels", "classes", "label", "reason", "clear"), [
+    # the node left every group: the label goes, the condition says why
+    ({CLASS_LABEL: "gpu"}, {AGENTPOOL: "system"}, [GPU], "", "NoMatchingClass", False),
+    # the last class was deleted: label and condition go, the spec stays
+    ({CLASS_LABEL: "gpu"}, {AGENTPOOL: "gpu"}, [], "", None, True),
+    # two classes select it: the pool keeps its label
+    ({CLASS_LABEL: "gpu"}, {AGENTPOOL: "gpu"}, [GPU, EVERY], None, "AmbiguousClasses", False),
+])
+def test_class_plan_when_no_single_class_selects_the_node(
+        before: dict[str, str], labels: dict[str, str], classes: list[PoolClass],
+        label: str | None, reason: str | None, clear: bool) -> None:
+    current = (True, "Following", "spec follows NodeIPPoolClass gpu")
+    plan = class_plan(pool(before, condition=current), labels, classes, DEFAULTS)
+    assert plan.spec == {} and plan.label == label and plan.clear is clear
+    assert (plan.condition.reason if plan.condition else None) == reason

@@ -483,7 +483,7 @@ class World:
         return self.in_netns(self.fabric.onprem_ns, *argv, timeout=timeout)
 
     def capture_on_fabric(self, vm: str, bpf: str, action: Callable[[], object],
-                          packets: int = 2, timeout: float = 10, nic: int = 0) -> list[str]:
+                          packets: int = 2, timeout: float = 10, *, nic: int = 0) -> list[str]:
         """Run ``action()`` while tcpdump watches the link of the VM's NIC ``nic`` (0: the
         primary) in the fabric; return the packets seen (one line each, addresses numeric)."""
         assert self.fabric is not None

@@ -469,6 +469,7 @@ class NodeIPPool:
     #: set once the pool is being deleted (it stays while a finalizer holds it)
     deletion_timestamp: dt.datetime | None = None
     finalizers: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def deleting(self) -> bool:
@@ -490,6 +491,7 @@ class NodeIPPool:
             uid=str(meta.get("uid") or ""),
             deletion_timestamp=parse_time(meta.get("deletionTimestamp")),
             finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         )
 
 

@@ -20,9 +20,11 @@ from enum import StrEnum
 from typing import Any
 
 from azure_cni.api.nodeippool import (
+    CLASS_LABEL,
     Condition,
     ConditionType,
     InvalidPool,
+    NodeIPPool,
     PoolSpec,
 )
 
@@ -253,6 +255,61 @@ def class_condition(choice: ClassChoice, update: ClassUpdate | None = None
                          + "; ".join(update.refused))
     return Condition(ConditionType.POOL_CLASS, True, "Following",
                      f"spec follows NodeIPPoolClass {choice.class_name}")
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """What to write to an existing pool so that it follows its class (nothing: all empty)."""
+
+    choice: ClassChoice
+    #: spec fields to change (CRD names -> values)
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    #: the pool's class label: a class name, "" to remove it, None to leave it
+    label: str | None = None
+    #: the PoolClass condition to apply, when it differs from the pool's; ``clear`` removes it
+    condition: Condition | None = None
+    clear: bool = False
+    refused: tuple[str, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.spec) or self.label is not None or self.condition is not None \
+            or self.clear
+
+
+def class_plan(pool: NodeIPPool, labels: Mapping[str, str], classes: Iterable[PoolClass],
+               defaults: PoolSpec) -> ClassPlan:
+    """What following the classes means for ``pool`` (on the node with ``labels``) now.
+
+    The matching class's fields go onto the pool where that is safe (``follow_class``); the
+    pool's class label names the class (none when no class selects the node); the
+    ``PoolClass`` condition says which class the pool follows, or why not. A pool whose node
+    several classes select keeps its spec and its label.
+    """
+    known = list(classes)
+    choice = choose_class(pool.name, labels, known, defaults)
+    update = None
+    spec: dict[str, Any] = {}
+    label: str | None = None
+    if choice.kind is Choice.MATCHED:
+        cls = next(c for c in known if c.name == choice.class_name)
+        update = follow_class(pool.spec, pool.status.used, cls)
+        after = update.spec.to_dict()
+        spec = {k: after[k] for k in update.changed}
+        label = choice.class_name
+    elif choice.kind in (Choice.NO_CLASSES, Choice.NO_MATCHING_CLASS):
+        label = ""
+    if label is not None and pool.labels.get(CLASS_LABEL, "") == label:
+        label = None
+    condition = class_condition(choice, update)
+    current = pool.status.condition(ConditionType.POOL_CLASS)
+    clear = condition is None and current is not None
+    if condition is not None and current is not None and (
+            condition.status, condition.reason, condition.message) == (
+            current.status, current.reason, current.message):
+        condition = None
+    return ClassPlan(choice, spec, label, condition, clear,
+                     update.refused if update is not None else ())
 
 
 def _labels(labels: Mapping[str, str]) -> str:

@@ -42,6 +42,7 @@ from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
 from azure_cni.cloud.providerid import parse_provider_id
 from azure_cni.cloud.vmnics import serves
 from azure_cni.operator import metrics
+from azure_cni.operator.classes import ClassSync
 from azure_cni.operator.kube import KubePools, PoolGone
 from azure_cni.operator.reconcile import PoolReconciler
 from azure_cni.operator.workqueue import ShutDown, WorkQueue
@@ -151,6 +152,9 @@ class PoolController:
         #: while the controller takes its own lists: (kind, name) -> resourceVersion of a
         #: deletion seen meanwhile, so that the list cannot bring the object back
         self._deleted_while_listing: dict[tuple[str, str], str] | None = {}
+        #: node groups: pools made from and following their NodeIPPoolClass (one worker)
+        self.class_sync = ClassSync(kube, defaults, on_change=self._classes_changed)
+        self._class_syncs = WorkQueue()
         self._pools_synced = asyncio.Event()
         self._nodes_synced = asyncio.Event()
         self.synced = asyncio.Event()
@@ -168,6 +172,7 @@ class PoolController:
         finally:
             self.queue.shut_down()
             self._creations.shut_down()
+            self._class_syncs.shut_down()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -175,8 +180,14 @@ class PoolController:
                     await task
 
     async def list_everything(self) -> None:
-        """One list of the pools, then of the Nodes (kopf's events flow meanwhile): when it
-        returns, the controller knows every pool and every node."""
+        """One list of the classes, the pools, then the Nodes (kopf's events flow meanwhile):
+        when it returns, the controller knows every class, pool and node."""
+        classes: set[str] = set()
+        async for page in self.kube.list_classes():
+            for obj in page:
+                classes.add(_name_and_version(obj)[0])
+                self.class_sync.class_event("ADDED", obj)
+        self.class_sync.classes_listed(classes)
         async for page in self.kube.list_pools():
             for obj in page:
                 if not self._deleted_meanwhile("pool", obj):
@@ -215,6 +226,8 @@ class PoolController:
                 self._create_pool_soon(name, node)
         tasks = [asyncio.create_task(self._creator(), name=f"pool-creator-{i}")
                  for i in range(POOL_CREATORS)]
+        tasks.append(asyncio.create_task(self._class_syncer(), name="class-sync"))
+        self._classes_changed()
         self._workers = [asyncio.create_task(self._worker(), name=f"worker-{i}")
                          for i in range(max(1, self.settings.max_concurrent_nodes))]
         tasks += self._workers
@@ -226,6 +239,7 @@ class PoolController:
         up to ``timeout`` seconds. Returns the pools whose reconcile had to be cut short."""
         self.queue.shut_down()
         self._creations.shut_down()
+        self._class_syncs.shut_down()
         running = [t for t in self._workers if not t.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=timeout)
@@ -274,7 +288,10 @@ class PoolController:
             metrics.POOLS_KNOWN.set(len(self.pools))
             if self.synced.is_set():
                 self.queue.add(pool.name)
+                self._class_syncs.add(pool.name)
             return
+        if self.synced.is_set() and pool.generation != entry.pool.generation:
+            self._class_syncs.add(pool.name)
         before, entry.pool, entry.interest = entry.interest, pool, wanted
         if before == wanted or not self.synced.is_set():
             return
@@ -314,6 +331,9 @@ class PoolController:
                 node.resource_version, previous.resource_version):
             return  # older than what we have (the controller's own list, taken late)
         self.nodes[name] = node
+        if self.class_sync.node_labels(name, (obj.get("metadata") or {}).get("labels") or {}) \
+                and name in self.pools:
+            self._class_syncs.add(name)  # the node may be in another group now
         if name not in self.pools:
             if self._pools_synced.is_set():
                 self._create_pool_soon(name, node)
@@ -325,6 +345,7 @@ class PoolController:
         (scale-set instance names are reused) gets a pool of its own."""
         self.nodes.pop(name, None)
         self.nic_hints.pop(name, None)
+        self.class_sync.forget_node(name)
         self._requested.discard(name)
         self._verify_node.discard(name)
         self._creations.forget(name)
@@ -350,13 +371,43 @@ class PoolController:
                         self._forget_node(name)
                         continue
                     self._verify_node.discard(name)
-                if await self.kube.create_pool(name, node.uid, self.defaults.spec_for(name)):
+                if await self.class_sync.create_pool(name, node.uid):
                     log.info("event=pool_created node=%s", name)
+                elif name not in self.pools:
+                    self._requested.discard(name)  # no class could make it: a change will
             except Exception as e:  # noqa: BLE001 - retried after a pause
                 log.warning("event=pool_create_failed node=%s error=%r", name, e)
                 self._creations.add_after(name, 5.0)
             finally:
                 self._creations.done(name)
+
+    def class_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        self.class_sync.class_event(kind, obj)
+
+    def _classes_changed(self) -> None:
+        """A class came, went or changed: every pool may follow another, and nodes left
+        without a pool (several classes selected them) may get one now."""
+        for name in self.pools:
+            self._class_syncs.add(name)
+        for name, node in self.nodes.items():
+            if name not in self.pools:
+                self._create_pool_soon(name, node)
+
+    async def _class_syncer(self) -> None:
+        while True:
+            try:
+                name = await self._class_syncs.get()
+            except ShutDown:
+                return
+            try:
+                entry = self.pools.get(name)
+                if entry is not None:
+                    await self.class_sync.sync(entry.pool)
+            except Exception as e:  # noqa: BLE001 - retried after a pause
+                log.warning("event=pool_class_sync_failed pool=%s error=%r", name, e)
+                self._class_syncs.add_after(name, 5.0)
+            finally:
+                self._class_syncs.done(name)
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -114,6 +114,8 @@ class PoolReconciler:
         """One reconcile of ``pool``. ``nic`` is a recent read of its NIC if the caller has
         one; ``look`` reads the NIC even when the decision would not need it (a drift check).
         Azure errors end up in the outcome, never raised."""
+        if nic is not None and not serves(nic, pool.spec.pod_subnet_id):
+            nic = None  # a read of the VM's other NIC (a sweep before the pool existed)
         obs = Observation(pool, self._clock(), pod_networking=self.pod_networking)
         decision = None if nic is not None or look else decide(obs, self._new_name)
         if decision is None or decision.read_nic:
