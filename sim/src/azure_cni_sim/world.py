@@ -49,6 +49,7 @@ from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni_sim import coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
@@ -69,6 +70,9 @@ VNET_SPACE = "198.18.0.0/17"
 SUBNET = "198.18.0.0/22"
 #: the pod subnet of ``World(pod_nics=True)``: every VM has a second NIC in it
 POD_SUBNET = "198.18.16.0/20"
+#: its resource ID (the emulator's default subscription, resource group rg1, VNet "vnet")
+POD_SUBNET_ID = (f"/subscriptions/{DEFAULT_SUBSCRIPTION}/resourceGroups/rg1/providers/"
+                 "Microsoft.Network/virtualNetworks/vnet/subnets/pods")
 #: the API server's subnet of the VNet (as with AKS's API server VNet integration)
 CONTROL_PLANE = "198.18.8.4/24"
 CONTROL_PLANE_ADDRESS = CONTROL_PLANE.partition("/")[0]
@@ -110,6 +114,8 @@ class World:
     node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     #: subnet name -> resource ID, once the VNet exists
     subnet_ids: dict[str, str] = field(default_factory=dict)
+    #: chart values given at install, over ``chart_values``' own (e.g. ``poolClasses``)
+    chart_overrides: dict[str, Any] = field(default_factory=dict)
     drift_check_seconds: float = 5.0
     cluster: LocalCluster | None = None
     emulator: ArmEmulator | None = None
@@ -326,7 +332,7 @@ class World:
                 "extraVolumeMounts": [{"name": "arm-ca", "mountPath": ARM_CA_DIR,
                                        "readOnly": True}]},
         }
-        for key, value in overrides.items():
+        for key, value in {**self.chart_overrides, **overrides}.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
                 values[key] = {**values[key], **value}
             else:
