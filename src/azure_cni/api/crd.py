@@ -104,7 +104,7 @@ def _spec_schema() -> dict[str, Any]:
                 "x-kubernetes-validations": [
                     {"rule": "self == '' || self.matches("
                              "'(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
-                             "Microsoft\\.Network/virtualNetworks/[^/]+/subnets/[^/]+$')",
+                             "Microsoft[.]Network/virtualNetworks/[^/]+/subnets/[^/]+$')",
                      "message": "podSubnetID must be a subnet's resource ID (/subscriptions/"
                                 "<s>/resourceGroups/<g>/providers/Microsoft.Network/"
                                 "virtualNetworks/<vnet>/subnets/<subnet>) or empty"},
@@ -318,9 +318,6 @@ def nodeippool_crd() -> dict[str, Any]:
                      "priority": 1},
                     {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
                      "priority": 1},
-                    {"name": "Class", "type": "string",
-                     "jsonPath": _label_path(CLASS_LABEL),
-                     "priority": 1},
                     {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
                      "priority": 1},
                     {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
@@ -329,6 +326,8 @@ def nodeippool_crd() -> dict[str, Any]:
                     {"name": "Public-IPs", "type": "string",
                      "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
                      "priority": 1},
+                    {"name": "Class", "type": "string",
+                     "jsonPath": _label_path(CLASS_LABEL), "priority": 1},
                 ],
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
