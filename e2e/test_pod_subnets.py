@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 
@@ -85,6 +86,16 @@ def pods(groups: World) -> dict[str, workloads.RunningPod]:
             "flex": run_pod(groups, "pod-flex", B_FLEX)}
 
 
+def table_row(table: str, name: str) -> dict[str, str]:
+    """One row of kubectl's table by its header's column positions (empty cells stay empty)."""
+    header, *rows = table.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    line = next(r for r in rows if r.startswith(f"{name} "))
+    bounds = [*starts[1:], None]
+    return {n: line[a:b].strip() for n, a, b in zip(names, starts, bounds, strict=True)}
+
+
 def in_subnet(address: str, cidr: str) -> bool:
     return ipaddress.IPv4Address(address) in ipaddress.IPv4Network(cidr)
 
@@ -105,13 +116,8 @@ def test_each_group_s_pools_come_from_its_class_and_say_which_nic(groups: World)
         condition = pool.status.condition(ConditionType.POOL_CLASS)
         assert condition is not None and condition.status and condition.reason == "Following"
         assert all(in_subnet(ip.address, POD_SUBNET) for ip in pool.status.ips)
-    wide = groups.kubectl("get", "nip", "-o", "wide").stdout.splitlines()
-    header = wide[0].split()
-    assert {"NIC", "SUBNET", "CLASS"} <= set(header), header
-    row = next(line.split() for line in wide if line.startswith(f"{B} "))
-    assert row[header.index("NIC")] == f"{B}-pods"
-    assert row[header.index("SUBNET")] == POD_SUBNET
-    assert row[header.index("CLASS")] == "group-b"
+    row = table_row(groups.kubectl("get", "nip", "-o", "wide").stdout, B)
+    assert (row["NIC"], row["SUBNET"], row["CLASS"]) == (f"{B}-pods", POD_SUBNET, "group-b")
     classes = groups.kubectl("get", "nipc").stdout
     assert "group-b" in classes and POD_SUBNET_ID in classes
 

@@ -26,6 +26,7 @@ MAC = "00-0D-3A-AA-BB-CC"
 POD_NIC = NicInfo("/nics/vm-pods", "198.18.16.4", "/subnets/pods", "198.18.16.0/24",
                   ("198.18.0.0/16",), name="vm-pods", mac_address=MAC, primary_nic=False)
 REMOTE = "198.19.0.10"
+OTHER_NODE_POD = "198.18.16.30"
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -59,6 +60,9 @@ def vm(netns_factory) -> Iterator[tuple[str, str, str]]:
     sh("ip", "-n", remote, "addr", "add", f"{REMOTE}/24", "dev", "eth0")
     sh("ip", "-n", remote, "link", "set", "eth0", "up")
     sh("ip", "-n", remote, "route", "add", "default", "via", "198.19.0.1")
+    # a pod of the pod subnet on another node, behind the fabric
+    sh("ip", "-n", remote, "addr", "add", f"{OTHER_NODE_POD}/32", "dev", "eth0")
+    sh("ip", "-n", fabric, "route", "add", f"{OTHER_NODE_POD}/32", "via", REMOTE)
     # the pods' addresses: each delivered to its own NIC only
     sh("ip", "-n", fabric, "route", "add", "198.18.0.20/32", "via", "198.18.0.4")
     sh("ip", "-n", fabric, "route", "add", "198.18.16.20/32", "via", "198.18.16.4")
@@ -67,6 +71,9 @@ def vm(netns_factory) -> Iterator[tuple[str, str, str]]:
         sh("ip", "netns", "exec", fabric, "sysctl", "-qw", setting)
     for iface in ("eth0-fabric", "nic2", "out"):
         sh("ip", "netns", "exec", fabric, "sysctl", "-qw", f"net.ipv4.conf.{iface}.rp_filter=1")
+    # Azure's SDN answers every ARP request of a NIC itself
+    for iface in ("eth0-fabric", "nic2"):
+        sh("ip", "netns", "exec", fabric, "sysctl", "-qw", f"net.ipv4.conf.{iface}.proxy_arp=1")
     sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     yield host, fabric, remote
 
@@ -80,9 +87,9 @@ def pod(datapath: VethDatapath, netns_factory, name: str, address: str) -> str:
     return netns
 
 
-def ping(netns: str, address: str) -> bool:
-    return sh("ip", "netns", "exec", netns, "ping", "-c1", "-W1", address,
-              check=False).returncode == 0
+def ping(netns: str, address: str, source: str = "") -> bool:
+    return sh("ip", "netns", "exec", netns, "ping", "-c1", "-W1",
+              *(("-I", source) if source else ()), address, check=False).returncode == 0
 
 
 @pytest.mark.netns
@@ -96,12 +103,17 @@ def test_a_pod_on_the_second_nic_leaves_through_it_and_still_reaches_its_node(
         # without the pod NIC's routing, pod b's packets leave eth0: the fabric drops them
         assert not ping(b, REMOTE)
         changed = ensure_pod_nic(routing_for(POD_NIC), netns=host)
-        assert "set eth1 up" in changed and "address 198.18.16.4/24 on eth1" in changed
+        assert "set eth1 up" in changed and "address 198.18.16.4/32 on eth1" in changed
         assert ping(b, REMOTE), "pod b reaches the remote network through eth1"
         assert ping(remote, "198.18.16.20"), "and the remote network reaches pod b"
         assert ping(b, "198.18.0.20") and ping(a, "198.18.16.20"), "pods of one node"
         assert ping(a, REMOTE), "the primary NIC's pods are as before"
         assert ping(b, "198.18.0.4"), "pod b reaches its node's primary address"
+        # the node's own traffic from its primary address (a hostNetwork server answering a
+        # pod of the pod subnet on another node) leaves the primary NIC, not the pod NIC
+        assert ping(host, OTHER_NODE_POD, source="198.18.0.4")
+        assert ping(remote, "198.18.0.4", source=OTHER_NODE_POD)
+        assert ping(b, OTHER_NODE_POD), "pod subnet to pod subnet, node to node"
         rules = sh("ip", "-n", host, "rule").stdout
         assert f"{LOCAL_PRIORITY}:\tfrom 198.18.16.0/24 lookup main suppress_prefixlength 31" \
             in rules

@@ -16,7 +16,10 @@ once (no per-pod rule, so a pod's ADD does no more than on the primary NIC):
 Replies to the pods come back the same way: Azure delivers their addresses to the second NIC,
 and the host's /32 route hands them to the veth. The NIC itself is found by its MAC address
 (the operator reports ARM's ``macAddress``), brought up and given its primary address if the
-image left it unconfigured.
+image left it unconfigured: as a /32, because the pod subnet's route belongs in the NIC's
+table only. In the main table it would send the node's own packets to the pod subnet (a
+hostNetwork server answering a pod of another node) out of the pod NIC with the primary
+NIC's address, which Azure drops; a connected route the image put there is removed.
 
 Above ``# -- I/O --`` is pure (``routing_for``), tested without root.
 """
@@ -39,6 +42,7 @@ LOCAL_PRIORITY = 0x7AC0
 NIC_PRIORITY = 0x7AC1
 _SUPPRESS_HOST_ROUTES_ONLY = 31
 _MAIN = 254
+_ONLINK = 4  # RTNH_F_ONLINK
 #: a route's destination when it has none: the default route
 _ANY = str(ipaddress.IPv4Address(0))
 
@@ -86,8 +90,9 @@ def ensure_pod_nic(routing: PodNicRouting | None, netns: str | None = None) -> l
             changed.append(f"set {name} up")
         held = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
         if routing.address not in held:
-            ipr.addr("add", index=index, address=routing.address, prefixlen=routing.prefixlen)
-            changed.append(f"address {routing.address}/{routing.prefixlen} on {name}")
+            ipr.addr("add", index=index, address=routing.address, prefixlen=32)
+            changed.append(f"address {routing.address}/32 on {name}")
+        changed += _drop_main_subnet_route(ipr, index, name, routing)
         changed += _ensure_routes(ipr, index, name, routing)
         changed += _ensure_rules(ipr, routing)
         return changed
@@ -104,7 +109,8 @@ def _link_by_mac(ipr: IPRoute, mac: str) -> tuple[int, str]:
 def _ensure_routes(ipr: IPRoute, index: int, name: str, routing: PodNicRouting) -> list[str]:
     wanted = [
         {"dst": routing.subnet, "oif": index, "scope": 253, "prefsrc": routing.address},
-        {"dst": f"{_ANY}/0", "oif": index, "gateway": routing.gateway},
+        # onlink: the gateway's subnet route is in this table, not in main
+        {"dst": f"{_ANY}/0", "oif": index, "gateway": routing.gateway, "flags": _ONLINK},
     ]
     present = {(r.get_attr("RTA_DST") or _ANY, r["dst_len"], r.get_attr("RTA_OIF"),
                 r.get_attr("RTA_GATEWAY"))
@@ -122,6 +128,20 @@ def _ensure_routes(ipr: IPRoute, index: int, name: str, routing: PodNicRouting) 
 
 #: a rule as compared: (priority, source, source length, table, suppressed prefix length)
 _Rule = tuple[int, str, int, int, int | None]
+
+
+def _drop_main_subnet_route(ipr: IPRoute, index: int, name: str,
+                            routing: PodNicRouting) -> list[str]:
+    subnet = ipaddress.IPv4Network(routing.subnet)
+    changed = []
+    for route in ipr.get_routes(family=2, table=_MAIN):
+        if (route.get_attr("RTA_OIF") == index and route["dst_len"] == subnet.prefixlen
+                and route.get_attr("RTA_DST") == str(subnet.network_address)):
+            ipr.route("del", table=_MAIN, dst=str(subnet.network_address),
+                      dst_len=subnet.prefixlen, oif=index, scope=route["scope"],
+                      proto=route["proto"])
+            changed.append(f"removed {routing.subnet} dev {name} from the main table")
+    return changed
 
 
 def _our_rules(ipr: IPRoute) -> list[_Rule]:
