@@ -25,7 +25,8 @@ from azure_cni_sim.procs import wait_for
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST
 from azure_cni_sim.world import DEMO_POOL, POD_SUBNET, POD_SUBNET_ID, SUBNET, World
 
-pytestmark = pytest.mark.e2e
+# a world of its own: its start counts against the first test (slow on a loaded machine)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 AGENTPOOL = "kubernetes.azure.com/agentpool"
 A, B, B_FLEX = "vm0", "vm1", "flex2"
@@ -256,7 +257,9 @@ def test_a_node_joining_group_b_gets_its_pool_from_the_class(
     """flex2 leaves the cluster and joins again: its kubelet registers it with group B's
     label, and its pool comes from group-b with no edit by anyone."""
     node = groups.nodes[B_FLEX]
-    groups.kubectl("delete", "pod", "pod-flex", "-n", NS, "--wait=true", timeout=90)
+    # every pod leaves it first (its pool goes only once no pod holds an address of it)
+    groups.kubectl("drain", B_FLEX, "--ignore-daemonsets", "--delete-emptydir-data",
+                   "--force", "--timeout=180s", timeout=200)
     node.kill("kubelet")
     groups.kubectl("delete", "node", B_FLEX)
     wait_for(f"{B_FLEX}'s NodeIPPool to be deleted (its finalizer done)",
