@@ -454,6 +454,40 @@ async def test_a_new_node_gets_its_pool_from_the_class_of_its_group_and_follows_
     assert cluster.pools.get("a0").spec == DEFAULTS.spec_for("a0")
 
 
+async def test_a_class_changed_or_deleted_while_the_lists_are_taken_stays_as_kopf_said(
+        cluster) -> None:
+    """kopf's class events flow while the controller lists classes: a list answered before a
+    change, a deletion or a creation must not bring back the old class or the deleted one,
+    nor drop the new one."""
+    pods = cluster.azure.add_subnet("198.18.32.0/20", "pods")
+    old = pool_class("b", "b", 1, minFreeIPs=2, maxFreeIPs=4)
+    old["metadata"]["resourceVersion"] = "10"
+    cluster.pools.classes["b"] = old
+    cluster.pools.classes["gone"] = {"metadata": {"name": "gone", "resourceVersion": "11"},
+                                     "spec": {"nodeSelector": {}}}
+    cluster.add_node("b0", labels={AGENTPOOL: "b"})
+    cluster.azure.add_nic(cluster.providers["b0"], pods, "b0-pods")
+    newer_class = pool_class("b", "b", 2, podSubnetID=pods, minFreeIPs=6, maxFreeIPs=12,
+                             batchSize=6)
+    newer_class["metadata"]["resourceVersion"] = "20"
+    cluster.controller.class_event("MODIFIED", newer_class)
+    cluster.controller.class_event("DELETED", {"metadata": {"name": "gone",
+                                                            "resourceVersion": "21"}})
+    late = pool_class("late", "c", 1, minFreeIPs=2, maxFreeIPs=6, batchSize=2)
+    late["metadata"]["resourceVersion"] = "22"
+    cluster.add_node("c0", labels={AGENTPOOL: "c"})
+    cluster.controller.class_event("ADDED", late)
+    await cluster.start()  # its list still has b as it was and "gone", and not "late"
+    await cluster.settled("b0's pool from b as it is now", lambda: "b0" in cluster.pools.pools
+                          and len(cluster.ours("b0")) == 6)
+    await cluster.settled("c0's pool from late", lambda: "c0" in cluster.pools.pools
+                          and len(cluster.ours("c0")) == 2)
+    assert cluster.pools.get("c0").labels[CLASS_LABEL] == "late"
+    b0 = cluster.pools.get("b0")
+    assert b0.labels[CLASS_LABEL] == "b" and b0.spec.pod_subnet_id == pods
+    assert "AmbiguousClasses" not in {e.reason for e in cluster.pools.events}
+
+
 async def test_a_mode_change_with_pods_running_is_refused_and_said(cluster) -> None:
     cluster.pools.classes["g"] = pool_class("g", "g")
     cluster.add_node("g0", labels={AGENTPOOL: "g"})

@@ -113,6 +113,9 @@ class PoolClass:
     #: the NodeIPPool spec fields this class sets (CRD names), and only those
     pool: Mapping[str, Any] = field(default_factory=dict)
     generation: int = 0
+    #: which event is newer (kopf's, or the controller's own list taken meanwhile); not
+    #: part of what the class decides
+    resource_version: str = field(default="", compare=False)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> PoolClass:
@@ -126,7 +129,7 @@ class PoolClass:
         if unknown:
             raise InvalidClass(f"NodeIPPoolClass {name}: spec.pool cannot set {unknown}")
         return cls(name, LabelSelector.from_dict(spec.get("nodeSelector") or {}), pool,
-                   int(meta.get("generation") or 0))
+                   int(meta.get("generation") or 0), str(meta.get("resourceVersion") or ""))
 
     def spec_over(self, base: PoolSpec) -> PoolSpec:
         """``base`` with this class's fields in place of its own (not validated)."""

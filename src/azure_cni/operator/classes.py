@@ -10,9 +10,8 @@ condition, and an Event says what changed or what was refused.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from azure_cni.api.nodeippool import NodeIPPool
@@ -33,37 +32,28 @@ log = logging.getLogger(__name__)
 class ClassSync:
     """What the operator knows of classes and node labels, and the writes that follow."""
 
-    def __init__(self, kube: KubePools, defaults: PoolDefaults,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, kube: KubePools, defaults: PoolDefaults) -> None:
         self.kube = kube
         self.defaults = defaults
         self.classes: dict[str, PoolClass] = {}
         self.labels: dict[str, dict[str, str]] = {}
-        self.synced = asyncio.Event()
-        self._on_change = on_change
 
     # -- watch events ----------------------------------------------------------------------
 
-    def class_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+    def class_event(self, kind: str, obj: Mapping[str, Any]) -> bool:
+        """Keep what a class event says (the caller drops stale ones); True when what the
+        class decides changed."""
         name = str((obj.get("metadata") or {}).get("name") or "")
         if kind == "DELETED":
-            changed = self.classes.pop(name, None) is not None
-        else:
-            try:
-                cls = PoolClass.from_object(obj)
-            except InvalidClass as e:
-                log.warning("event=pool_class_unreadable class=%s error=%s", name, e)
-                return
-            changed = self.classes.get(name) != cls
-            self.classes[name] = cls
-        if changed and self.synced.is_set():
-            log.info("event=pool_class_changed class=%s kind=%s", name, kind)
-            self._on_change()
-
-    def classes_listed(self, names: set[str]) -> None:
-        for gone in set(self.classes) - names:
-            self.classes.pop(gone, None)
-        self.synced.set()
+            return self.classes.pop(name, None) is not None
+        try:
+            cls = PoolClass.from_object(obj)
+        except InvalidClass as e:
+            log.warning("event=pool_class_unreadable class=%s error=%s", name, e)
+            return False
+        changed = self.classes.get(name) != cls
+        self.classes[name] = cls
+        return changed
 
     def node_labels(self, node: str, labels: Mapping[str, str]) -> bool:
         """Record a Node's labels; True when they changed (its pool may follow another class)."""

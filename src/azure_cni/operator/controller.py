@@ -153,7 +153,7 @@ class PoolController:
         #: deletion seen meanwhile, so that the list cannot bring the object back
         self._deleted_while_listing: dict[tuple[str, str], str] | None = {}
         #: node groups: pools made from and following their NodeIPPoolClass (one worker)
-        self.class_sync = ClassSync(kube, defaults, on_change=self._classes_changed)
+        self.class_sync = ClassSync(kube, defaults)
         self._class_syncs = WorkQueue()
         self._pools_synced = asyncio.Event()
         self._nodes_synced = asyncio.Event()
@@ -182,12 +182,10 @@ class PoolController:
     async def list_everything(self) -> None:
         """One list of the classes, the pools, then the Nodes (kopf's events flow meanwhile):
         when it returns, the controller knows every class, pool and node."""
-        classes: set[str] = set()
         async for page in self.kube.list_classes():
             for obj in page:
-                classes.add(_name_and_version(obj)[0])
-                self.class_sync.class_event("ADDED", obj)
-        self.class_sync.classes_listed(classes)
+                if not self._deleted_meanwhile("class", obj):
+                    self.class_event("ADDED", obj)
         async for page in self.kube.list_pools():
             for obj in page:
                 if not self._deleted_meanwhile("pool", obj):
@@ -332,7 +330,7 @@ class PoolController:
             return  # older than what we have (the controller's own list, taken late)
         self.nodes[name] = node
         if self.class_sync.node_labels(name, (obj.get("metadata") or {}).get("labels") or {}) \
-                and name in self.pools:
+                and name in self.pools and self.synced.is_set():
             self._class_syncs.add(name)  # the node may be in another group now
         if name not in self.pools:
             if self._pools_synced.is_set():
@@ -382,11 +380,21 @@ class PoolController:
                 self._creations.done(name)
 
     def class_event(self, kind: str, obj: Mapping[str, Any]) -> None:
-        self.class_sync.class_event(kind, obj)
+        name, version = _name_and_version(obj)
+        if kind == "DELETED":
+            self._note_deletion("class", obj)
+        else:
+            known = self.class_sync.classes.get(name)
+            if known is not None and not version_at_least(version, known.resource_version):
+                return  # older than what we have (the controller's own list, taken late)
+        if self.class_sync.class_event(kind, obj) and self.synced.is_set():
+            log.info("event=pool_class_changed class=%s kind=%s", name, kind)
+            self._classes_changed()
 
     def _classes_changed(self) -> None:
         """A class came, went or changed: every pool may follow another, and nodes left
-        without a pool (several classes selected them) may get one now."""
+        without a pool (several classes selected them) may get one now. Only once every list
+        is in (``begin`` calls it then)."""
         for name in self.pools:
             self._class_syncs.add(name)
         for name, node in self.nodes.items():
