@@ -43,6 +43,7 @@ from cni_latency import (  # noqa: E402
     namespaces,
     percentile,
     reference_config,
+    run_sequential,
     summary,
 )
 
@@ -116,16 +117,7 @@ def main() -> int:
                               json.dumps(reference_config(work / "ipam", True)).encode(),
                               str(REFERENCE_PLUGINS)))
             with namespaces(f"azcni-b-n{run_id}", args.pods * len(sides)) as pods:
-                for i, side in enumerate(sides):  # warm-up: caches, bytecode
-                    side.op("ADD", "warmup", pods[i])
-                    side.op("DEL", "warmup", pods[i])
-                for i in range(args.pods):
-                    for k, side in enumerate(sides):
-                        side.add.append(side.op("ADD", f"seq{i:03d}", pods[i * len(sides) + k]))
-                for i in range(args.pods):
-                    for k, side in enumerate(sides):
-                        side.delete.append(side.op("DEL", f"seq{i:03d}",
-                                                   pods[i * len(sides) + k]))
+                run_sequential(sides, pods, args.pods)
         finally:
             for node in nodes:
                 node.stop()

@@ -180,15 +180,10 @@ def test_an_nsg_on_the_pod_subnet_blocks_a_port_for_b_pods_only(
     a, b = pods["a"], pods["b"]
     assert groups.emulator is not None
     groups.emulator.add_resource_group("nsgs")
-    rule = {"priority": 100, "direction": "Inbound", "access": "Deny", "protocol": "Tcp",
-            "sourceAddressPrefix": "198.19.0.0/16", "sourcePortRange": "*",
-            "destinationAddressPrefix": "*", "destinationPortRange": str(PORT)}
+    nsg = workloads.nsg_blocking_onprem(groups, "nsgs", "pods-nsg", PORT)
     with groups.network_client() as client:
-        nsg = client.network_security_groups.begin_create_or_update("nsgs", "pods-nsg", {
-            "location": "eastus", "properties": {"securityRules": [
-                {"name": "no-onprem-web", "properties": rule}]}}).result()
         subnet = client.subnets.get("rg1", "vnet", "pods")
-        subnet.network_security_group = {"id": nsg.id}
+        subnet.network_security_group = {"id": nsg}
         client.subnets.begin_create_or_update("rg1", "vnet", "pods", subnet).result()
     try:
         assert workloads.onprem_get(groups, f"http://{b.ip}:{PORT}{WHOAMI}") is None

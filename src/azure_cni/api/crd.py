@@ -276,90 +276,92 @@ def _ready(condition: str) -> str:
     return f'.status.conditions[?(@.type=="{condition}")].status'
 
 
-def nodeippool_crd() -> dict[str, Any]:
-    """The CRD document, ready to be dumped as YAML or applied."""
+def _crd(kind: str, plural: str, short_name: str, version: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-scoped CRD of azure-cni with one version, ``version``'s columns and schema."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}",
+        "metadata": {"name": f"{plural}.{GROUP}",
                      "labels": {"app.kubernetes.io/part-of": "azure-cni"}},
         "spec": {
             "group": GROUP,
             "scope": "Cluster",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": [SHORT_NAME],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": ["azure-cni"],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {
-                    "status": {},
-                    "scale": {"specReplicasPath": ".spec.minIPs",
-                              "statusReplicasPath": ".status.allocated"},
-                },
-                "additionalPrinterColumns": [
-                    {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
-                    {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
-                    {"name": "Min", "type": "integer", "jsonPath": ".spec.minIPs"},
-                    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
-                    {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    {"name": "Cooling", "type": "integer", "jsonPath": ".status.cooling",
-                     "priority": 1},
-                    {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
-                     "priority": 1},
-                    {"name": "NIC", "type": "string", "jsonPath": ".status.nic.name",
-                     "priority": 1},
-                    {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
-                     "priority": 1},
-                    {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
-                     "priority": 1},
-                    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
-                    {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
-                     "priority": 1},
-                    {"name": "Public-IPs", "type": "string",
-                     "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
-                     "priority": 1},
-                    {"name": "Class", "type": "string",
-                     "jsonPath": _label_path(CLASS_LABEL), "priority": 1},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A node's pool of addresses from the Azure virtual network: "
-                                   "secondary ipConfigurations of its NIC.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": _spec_schema(),
-                        "status": _status_schema(),
-                    },
-                    "x-kubernetes-validations": [{
-                        "rule": "self.spec.nodeName == self.metadata.name",
-                        "fieldPath": ".spec.nodeName",
-                        "message": "spec.nodeName must equal metadata.name (the pool is named "
-                                   "after its node)",
-                    }, {
-                        # a transition rule: the stored status (with the agent's count of
-                        # pods) is part of self on a spec update
-                        "rule": _MODE_CHANGE_RULE,
-                        "fieldPath": ".spec.mode",
-                        "message": "spec.mode and spec.blockPrefixLength cannot change while "
-                                   "pods use the pool's addresses (status.used > 0): drain "
-                                   "the node first; an idle pool then releases its old "
-                                   "ipConfigurations and takes new ones",
-                    }],
-                }},
-            }],
+            "versions": [{"name": VERSION, "served": True, "storage": True, **version}],
         },
     }
+
+
+def nodeippool_crd() -> dict[str, Any]:
+    """The CRD document, ready to be dumped as YAML or applied."""
+    return _crd(KIND, PLURAL, SHORT_NAME, {
+        "subresources": {
+            "status": {},
+            "scale": {"specReplicasPath": ".spec.minIPs",
+                      "statusReplicasPath": ".status.allocated"},
+        },
+        "additionalPrinterColumns": [
+            {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
+            {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
+            {"name": "Min", "type": "integer", "jsonPath": ".spec.minIPs"},
+            {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
+            {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Cooling", "type": "integer", "jsonPath": ".status.cooling",
+             "priority": 1},
+            {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
+             "priority": 1},
+            {"name": "NIC", "type": "string", "jsonPath": ".status.nic.name",
+             "priority": 1},
+            {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
+             "priority": 1},
+            {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
+             "priority": 1},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
+            {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
+             "priority": 1},
+            {"name": "Public-IPs", "type": "string",
+             "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
+             "priority": 1},
+            {"name": "Class", "type": "string",
+             "jsonPath": _label_path(CLASS_LABEL), "priority": 1},
+        ],
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "description": "A node's pool of addresses from the Azure virtual network: "
+                           "secondary ipConfigurations of its NIC.",
+            "required": ["spec"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "spec": _spec_schema(),
+                "status": _status_schema(),
+            },
+            "x-kubernetes-validations": [{
+                "rule": "self.spec.nodeName == self.metadata.name",
+                "fieldPath": ".spec.nodeName",
+                "message": "spec.nodeName must equal metadata.name (the pool is named "
+                           "after its node)",
+            }, {
+                # a transition rule: the stored status (with the agent's count of
+                # pods) is part of self on a spec update
+                "rule": _MODE_CHANGE_RULE,
+                "fieldPath": ".spec.mode",
+                "message": "spec.mode and spec.blockPrefixLength cannot change while "
+                           "pods use the pool's addresses (status.used > 0): drain "
+                           "the node first; an idle pool then releases its old "
+                           "ipConfigurations and takes new ones",
+            }],
+        }},
+    })
 
 
 def _class_pool_schema() -> dict[str, Any]:
@@ -419,60 +421,39 @@ def _selector_schema() -> dict[str, Any]:
 
 def nodeippoolclass_crd() -> dict[str, Any]:
     """The NodeIPPoolClass CRD: node groups and the pool settings of each."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{CLASS_PLURAL}.{GROUP}",
-                     "labels": {"app.kubernetes.io/part-of": "azure-cni"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Cluster",
-            "names": {
-                "kind": CLASS_KIND,
-                "listKind": f"{CLASS_KIND}List",
-                "plural": CLASS_PLURAL,
-                "singular": CLASS_KIND.lower(),
-                "shortNames": [CLASS_SHORT_NAME],
-                "categories": ["azure-cni"],
-            },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "additionalPrinterColumns": [
-                    {"name": "Pod-Subnet", "type": "string",
-                     "jsonPath": ".spec.pool.podSubnetID"},
-                    {"name": "Mode", "type": "string", "jsonPath": ".spec.pool.mode"},
-                    {"name": "Min", "type": "integer", "jsonPath": ".spec.pool.minIPs"},
-                    {"name": "Max", "type": "integer", "jsonPath": ".spec.pool.maxIPs"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    {"name": "Batch", "type": "integer", "jsonPath": ".spec.pool.batchSize",
-                     "priority": 1},
-                    {"name": "Min-Free", "type": "integer",
-                     "jsonPath": ".spec.pool.minFreeIPs", "priority": 1},
-                    {"name": "Max-Free", "type": "integer",
-                     "jsonPath": ".spec.pool.maxFreeIPs", "priority": 1},
-                ],
-                "schema": {"openAPIV3Schema": {
+    return _crd(CLASS_KIND, CLASS_PLURAL, CLASS_SHORT_NAME, {
+        "additionalPrinterColumns": [
+            {"name": "Pod-Subnet", "type": "string",
+             "jsonPath": ".spec.pool.podSubnetID"},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.pool.mode"},
+            {"name": "Min", "type": "integer", "jsonPath": ".spec.pool.minIPs"},
+            {"name": "Max", "type": "integer", "jsonPath": ".spec.pool.maxIPs"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Batch", "type": "integer", "jsonPath": ".spec.pool.batchSize",
+             "priority": 1},
+            {"name": "Min-Free", "type": "integer",
+             "jsonPath": ".spec.pool.minFreeIPs", "priority": 1},
+            {"name": "Max-Free", "type": "integer",
+             "jsonPath": ".spec.pool.maxFreeIPs", "priority": 1},
+        ],
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "description": "A group of nodes (by label) and the NodeIPPool settings the "
+                           "operator gives each of their pools.",
+            "required": ["spec"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "spec": {
                     "type": "object",
-                    "description": "A group of nodes (by label) and the NodeIPPool settings the "
-                                   "operator gives each of their pools.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": {
-                            "type": "object",
-                            "required": ["nodeSelector"],
-                            "properties": {"nodeSelector": _selector_schema(),
-                                           "pool": _class_pool_schema()},
-                        },
-                    },
-                }},
-            }],
-        },
-    }
+                    "required": ["nodeSelector"],
+                    "properties": {"nodeSelector": _selector_schema(),
+                                   "pool": _class_pool_schema()},
+                },
+            },
+        }},
+    })
 
 
 #: every CRD azure-cni ships: file name -> document
