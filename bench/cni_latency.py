@@ -207,6 +207,21 @@ class Side:
         return float(self.worker.call(start_all))
 
 
+def run_sequential(sides: list[Side], pods: list[str], count: int) -> None:
+    """One warm-up ADD/DEL per side (its first call pays for caches: bytecode, page cache),
+    then ``count`` ADDs and DELs each, pods alternating side by side so that background load
+    hits all alike; ``pods`` holds ``count * len(sides)`` namespaces."""
+    for i, side in enumerate(sides):
+        side.op("ADD", "warmup", pods[i])
+        side.op("DEL", "warmup", pods[i])
+    for i in range(count):
+        for k, side in enumerate(sides):
+            side.add.append(side.op("ADD", f"seq{i:03d}", pods[i * len(sides) + k]))
+    for i in range(count):
+        for k, side in enumerate(sides):
+            side.delete.append(side.op("DEL", f"seq{i:03d}", pods[i * len(sides) + k]))
+
+
 #: what kubelet gives a pod's sandbox and containerd passes on: annotations, none of ours
 USUAL_ANNOTATIONS = {"kubernetes.io/config.seen": "2026-11-29T23:00:00.000000000Z",
                      "kubernetes.io/config.source": "api",
@@ -281,17 +296,7 @@ def main() -> int:
                            str(REFERENCE_PLUGINS))
             sides = [ours, reference, no_masq]
             with namespaces(f"azcni-b-s{run_id}", args.pods * len(sides)) as pods:
-                # warm-up: the first call of each pays for caches (bytecode, page cache)
-                for i, side in enumerate(sides):
-                    side.op("ADD", "warmup", pods[i])
-                    side.op("DEL", "warmup", pods[i])
-                for i in range(args.pods):
-                    for k, side in enumerate(sides):
-                        side.add.append(side.op("ADD", f"seq{i:03d}", pods[i * len(sides) + k]))
-                for i in range(args.pods):
-                    for k, side in enumerate(sides):
-                        side.delete.append(side.op("DEL", f"seq{i:03d}",
-                                                   pods[i * len(sides) + k]))
+                run_sequential(sides, pods, args.pods)
             podnet = podnet_phase(ours, args.pods, run_id)
             bursts: dict[str, dict[str, float]] = {}
             for side in sides:

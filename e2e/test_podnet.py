@@ -265,15 +265,10 @@ def test_an_nsg_rule_on_a_nic_blocks_one_port_from_on_premises_until_removed(
         world: World, allowed: str) -> None:
     a = run_pod(world, "nsg-a", allowed, "vm0")
     b = run_pod(world, "nsg-b", allowed, "vm2")
-    rule = {"priority": 100, "direction": "Inbound", "access": "Deny", "protocol": "Tcp",
-            "sourceAddressPrefix": "198.19.0.0/16", "sourcePortRange": "*",
-            "destinationAddressPrefix": "*", "destinationPortRange": str(PORT)}
+    nsg = workloads.nsg_blocking_onprem(world, RG, "vm0-nsg", PORT)
     with world.network_client() as client:
-        nsg = client.network_security_groups.begin_create_or_update(RG, "vm0-nsg", {
-            "location": "eastus", "properties": {"securityRules": [
-                {"name": "no-onprem-web", "properties": rule}]}}).result()
         nic = client.network_interfaces.get("rg1", "vm0-nic")
-        nic.network_security_group = {"id": nsg.id}
+        nic.network_security_group = {"id": nsg}
         client.network_interfaces.begin_create_or_update("rg1", "vm0-nic", nic).result()
     try:
         assert workloads.onprem_get(world, f"http://{a.ip}:{PORT}{WHOAMI}") is None

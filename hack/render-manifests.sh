@@ -16,8 +16,8 @@ helm=${AZURE_CNI_TOOLS_DIR:-$root/.cache/tools/bin}/helm
 kube_version=$(sed -n 's/^KUBERNETES_VERSION=//p' "$root/hack/tools/versions.env")
 
 if [ $# -eq 0 ]; then
-  # the chart ships the CRD the code generates (deploy/crds), byte for byte
-  cp "$root/deploy/crds/azurecni.io_nodeippools.yaml" "$root/charts/azure-cni/crds/"
+  # the chart ships the CRDs the code generates (deploy/crds), byte for byte
+  cp "$root"/deploy/crds/azurecni.io_*.yaml "$root/charts/azure-cni/crds/"
 fi
 
 # helm needs a home; keep the user's (and its repositories) out of it

@@ -86,12 +86,12 @@ def test_defaults_columns_and_scale(pools) -> None:
     spec = json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout)["spec"]
     assert spec == {"nodeName": name, "minIPs": 0, "maxIPs": 250, "batchSize": 8,
                     "minFreeIPs": 8, "maxFreeIPs": 24, "releaseDelaySeconds": 180,
-                    "mode": "Addresses", "blockPrefixLength": 28}
+                    "mode": "Addresses", "blockPrefixLength": 28, "podSubnetID": ""}
     pools.kubectl("scale", "nodeippool", name, "--replicas=12")
     wide = pools.kubectl("get", "nodeippools", name, "-o", "wide").stdout.splitlines()
     assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE",
-                               "COOLING", "PRIMARY-IP", "SUBNET", "AGENT", "MODE", "BLOCKS",
-                               "PUBLIC-IPS"]
+                               "COOLING", "PRIMARY-IP", "NIC", "SUBNET", "AGENT", "MODE",
+                               "BLOCKS", "PUBLIC-IPS", "CLASS"]
     assert wide[1].split()[1:3] == ["12", "250"]
     assert wide[1].split()[-1] == "Addresses"  # no blocks: the BLOCKS cell is empty
     by_category = pools.kubectl("get", "azure-cni").stdout
@@ -237,3 +237,68 @@ def test_pod_requests_written_before_the_key_change_stay_readable_and_replaceabl
         assert read()["podNetworking"] == answers["status"]["podNetworking"]
     finally:
         kube.kubectl("delete", "crd", crd_name, "--wait=false", check=False)
+
+
+POD_SUBNET = ("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/"
+              "virtualNetworks/vnet/subnets/pods")
+
+
+def test_the_pod_subnet_is_a_subnet_id_and_cannot_change(pools) -> None:
+    rc, stderr = _create(pools, f"bad-{uuid.uuid4().hex[:6]}", {"podSubnetID": "pods"})
+    assert rc != 0 and "podSubnetID must be a subnet's resource ID" in stderr, stderr
+    name = f"pool-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+            "metadata": {"name": name}, "spec": {"nodeName": name, "podSubnetID": POD_SUBNET}}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    try:
+        moved = pools.kubectl("patch", "nodeippool", name, "--type=merge", "-p",
+                              json.dumps({"spec": {"podSubnetID": ""}}), check=False)
+        assert moved.returncode != 0 and "podSubnetID is immutable" in moved.stderr
+        # the other fields still change
+        pools.kubectl("patch", "nodeippool", name, "--type=merge", "-p",
+                      '{"spec":{"maxIPs":40}}')
+    finally:
+        pools.kubectl("delete", "nodeippool", name, "--wait=false")
+
+
+def _create_class(kube, spec: dict) -> tuple[int, str]:
+    name = f"class-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPoolClass",
+            "metadata": {"name": name}, "spec": spec}
+    out = kube.kubectl("create", "-f", "-", input=json.dumps(body), check=False)
+    if out.returncode == 0:
+        kube.kubectl("delete", "nodeippoolclass", name, "--wait=false")
+    return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({}, "spec.nodeSelector: Required value"),
+    ({"nodeSelector": {}, "pool": {"nodeName": "x"}}, 'unknown field "spec.pool.nodeName"'),
+    ({"nodeSelector": {}, "pool": {"minIPs": 40, "maxIPs": 30}},
+     "minIPs must not exceed maxIPs"),
+    ({"nodeSelector": {}, "pool": {"mode": "Prefixes"}}, 'Unsupported value: "Prefixes"'),
+    ({"nodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+     "In and NotIn need values"),
+    ({"nodeSelector": {}, "pool": {"podSubnetID": "pods"}},
+     "podSubnetID must be a subnet's resource ID"),
+])
+def test_invalid_classes_are_refused(pools, spec, message) -> None:
+    rc, stderr = _create_class(pools, spec)
+    assert rc != 0
+    assert message in stderr, stderr
+
+
+def test_a_class_holds_only_the_fields_it_sets(pools) -> None:
+    name = f"class-{uuid.uuid4().hex[:6]}"
+    body = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPoolClass",
+            "metadata": {"name": name},
+            "spec": {"nodeSelector": {"matchLabels": {"pool": "gpu"}},
+                     "pool": {"podSubnetID": POD_SUBNET, "maxIPs": 64}}}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    try:
+        stored = json.loads(pools.kubectl("get", "nipc", name, "-o", "json").stdout)
+        assert stored["spec"]["pool"] == {"podSubnetID": POD_SUBNET, "maxIPs": 64}
+        table = pools.kubectl("get", "nipc", name).stdout
+        assert POD_SUBNET in table and "64" in table
+    finally:
+        pools.kubectl("delete", "nodeippoolclass", name, "--wait=false")

@@ -327,6 +327,8 @@ def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Rele
         "nodes": {"get", "list", "watch"},
         pools: {"get", "list", "watch", "create", "patch", "delete"},
         f"{pools}/status": {"patch"},
+        # node groups: the classes are read, never written
+        "nodeippoolclasses.azurecni.io": {"list", "watch"},
     }
     assert can_i_list(operator, "default") == {**cluster_wide, "events": {"create"}}
     # the leader Lease: create any (it may not exist yet), read and renew only its own

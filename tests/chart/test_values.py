@@ -215,12 +215,14 @@ def test_admission_policy_refuses_clusters_whose_tokens_name_no_node(helm: Helm)
              "--set", "admissionPolicy.enabled=false")
 
 
-def test_chart_ships_the_generated_crd_byte_for_byte() -> None:
-    generated = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
-    shipped = CHART / "crds" / "azurecni.io_nodeippools.yaml"
-    assert [p.name for p in (CHART / "crds").iterdir()] == [shipped.name]
-    assert shipped.read_bytes() == generated.read_bytes(), (
-        "charts/azure-cni/crds/ differs from deploy/crds/: run hack/render-manifests.sh")
+def test_chart_ships_the_generated_crds_byte_for_byte() -> None:
+    generated = sorted((ROOT / "deploy" / "crds").iterdir())
+    assert [p.name for p in generated] == ["azurecni.io_nodeippoolclasses.yaml",
+                                           "azurecni.io_nodeippools.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [p.name for p in generated]
+    for crd in generated:
+        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes(), (
+            "charts/azure-cni/crds/ differs from deploy/crds/: run hack/render-manifests.sh")
 
 
 def test_chart_commands_are_console_scripts_of_the_package(helm: Helm) -> None:
@@ -257,3 +259,21 @@ def test_image_tag_defaults_to_app_version_and_digest_pins(helm: Helm) -> None:
     assert images({"image": {"repository": "example.azurecr.io/azure-cni", "tag": "9.9",
                              "digest": digest}}) == {f"example.azurecr.io/azure-cni@{digest}"}
 
+
+
+def test_pool_classes_become_node_ip_pool_classes(helm: Helm) -> None:
+    pods = ("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/"
+            "vnet/subnets/pods")
+    classes = [{"name": "gpu", "nodeSelector": {"matchLabels": {"agentpool": "gpu"}},
+                "pool": {"podSubnetID": pods, "maxIPs": 64}},
+               {"name": "rest", "nodeSelector": {}}]
+    rendered = [o for o in helm.render({"poolClasses": classes})
+                if o["kind"] == "NodeIPPoolClass"]
+    assert [(o["metadata"]["name"], o["spec"]) for o in rendered] == [
+        ("gpu", {"nodeSelector": {"matchLabels": {"agentpool": "gpu"}},
+                 "pool": {"podSubnetID": pods, "maxIPs": 64}}),
+        ("rest", {"nodeSelector": {}})]
+    assert not [o for o in helm.render() if o["kind"] == "NodeIPPoolClass"]
+    bad = helm.template({"poolClasses": [{"name": "x", "nodeSelector": {},
+                                          "pool": {"podSubnetID": "pods"}}]}, check=False)
+    assert bad.returncode != 0 and "podSubnetID" in bad.stderr, bad.stderr

@@ -34,6 +34,7 @@ from azure_cni.cloud.port import (
     Throttled,
     VMRef,
 )
+from azure_cni.cloud.vmnics import choose_nic
 
 MAX_IP_CONFIGURATIONS = 256
 SUB = "00000000-0000-0000-0000-00000000fake"
@@ -103,6 +104,7 @@ class FakeNic:
     configs: list[FakeIPConfig]
     etag: str = field(default_factory=_etag)
     state: str = "Succeeded"
+    primary_nic: bool = True
 
     def snapshot(self) -> NicSnapshot:
         configs = tuple(IPConfiguration(c.name, c.address, c.primary, c.state, self.subnet.id,
@@ -110,7 +112,8 @@ class FakeNic:
                                         c.features.backend_pools)
                         for c in self.configs)
         snap = NicSnapshot(self.id, self.id.rsplit("/", 1)[-1], self.etag, "eastus", self.vm_id,
-                           configs, provisioning_state=self.state)
+                           configs, provisioning_state=self.state,
+                           primary_nic=self.primary_nic)
         # the document only has to identify the version the write starts from
         return replace(snap, document=b"{}")
 
@@ -228,6 +231,22 @@ class FakeAzure:
         self.vms[vm_id.lower()] = nic_id
         return f"azure://{vm_id}", nic_id
 
+    def add_nic(self, provider_id: str, subnet_id: str, name: str) -> str:
+        """A second NIC (not the primary) for the VM or instance, in ``subnet_id``."""
+        vm_id = provider_id.removeprefix("azure://")
+        subnet = self.subnets[subnet_id.lower()]
+        if "/virtualmachinescalesets/" in vm_id.lower():
+            nic_id = f"{vm_id}/networkInterfaces/{name}"
+        else:
+            nic_id = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/" \
+                     f"networkInterfaces/{name}"
+        address = subnet.free()[0]
+        subnet.used[address] = f"{nic_id}/ipconfig1"
+        self.nics[nic_id.lower()] = FakeNic(nic_id, vm_id, subnet,
+                                            [FakeIPConfig("ipconfig1", address, primary=True)],
+                                            primary_nic=False)
+        return nic_id
+
     def delete_vm(self, provider_id: str) -> None:
         vm_id = provider_id.removeprefix("azure://").lower()
         nic = self.nics.pop(self.vms.pop(vm_id).lower())
@@ -302,13 +321,14 @@ class FakeAzure:
                            "not found.", code="ResourceNotFound", status=404)
         return found
 
-    async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
+    async def get_vm_nic(self, vm: VMRef, pod_subnet_id: str = "") -> NicSnapshot:
         self._call("get_vm_nic", "read")
         nic_id = self.vms.get(vm.id.lower())
         if nic_id is None:
             raise NotFound(f"virtual machine {vm.id} not found", code="ResourceNotFound",
                            status=404)
-        return self._nic(nic_id).snapshot()
+        nics = [n.snapshot() for n in self.nics.values() if n.vm_id.lower() == vm.id.lower()]
+        return choose_nic(vm.id, nics, pod_subnet_id)
 
     async def get_nic(self, nic_id: str) -> NicSnapshot:
         self._call("get_nic", "read")

@@ -13,12 +13,15 @@ from typing import Any
 
 from azure_cni.api.nodeippool import (
     AGENT_CONDITIONS,
+    CLASS_CONDITIONS,
+    CLASS_LABEL,
     NodeIPPool,
     PoolSpec,
     PoolStatus,
     rfc3339,
     utcnow,
 )
+from azure_cni.api.poolclass import ClassPlan
 from azure_cni.operator.kube import FINALIZER, PoolGone
 
 
@@ -47,6 +50,8 @@ class RecordingPools:
     listeners: list[Callable[[str, NodeIPPool | None], None]] = field(default_factory=list)
     #: the Node objects the API server holds, by name (what the controller lists)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the NodeIPPoolClass objects the API server holds, by name (what the controller lists)
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: called after a status write is stored, before it returns (a concurrent actor)
     after_status_write: Callable[[str], None] | None = None
 
@@ -64,9 +69,10 @@ class RecordingPools:
             listener(name, None)
 
     def create(self, name: str, spec: PoolSpec | None = None, *,
-               finalizers: tuple[str, ...] = (FINALIZER,)) -> NodeIPPool:
+               finalizers: tuple[str, ...] = (FINALIZER,),
+               labels: Mapping[str, str] | None = None) -> NodeIPPool:
         return self._bump(NodeIPPool(name, spec or PoolSpec(name), generation=1, uid=f"uid-{name}",
-                                     finalizers=finalizers))
+                                     finalizers=finalizers, labels=dict(labels or {})))
 
     def get(self, name: str) -> NodeIPPool:
         return self.pools[name]
@@ -104,7 +110,8 @@ class RecordingPools:
         if pool is None:
             raise PoolGone(f"NodeIPPool {name} no longer exists")
         mine = PoolStatus.from_dict(dict(fields))
-        agents = tuple(c for c in pool.status.conditions if c.type in AGENT_CONDITIONS)
+        agents = tuple(c for c in pool.status.conditions
+                       if c.type in AGENT_CONDITIONS | CLASS_CONDITIONS)
         # the agent's fields stay as they are, as under server-side apply
         status = replace(mine, used=pool.status.used, cooling=pool.status.cooling,
                          release_acks=pool.status.release_acks,
@@ -147,18 +154,42 @@ class RecordingPools:
     async def list_nodes(self) -> AsyncIterator[list[dict[str, Any]]]:
         yield list(self.nodes.values())
 
+    async def list_classes(self) -> AsyncIterator[list[dict[str, Any]]]:
+        yield list(self.classes.values())
+
     async def node_uid(self, name: str) -> str | None:
         node = self.nodes.get(name)
         return str(node["metadata"]["uid"]) if node is not None else None
 
     # -- what the controller adds: pools of new nodes ----------------------------------------
 
-    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
+    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec,
+                          pool_class: str = "") -> bool:
         if node_name in self.pools:
             return False
         self.created.append(node_name)
-        self.create(node_name, spec)
+        self.create(node_name, spec, labels={CLASS_LABEL: pool_class} if pool_class else {})
         return True
+
+    async def follow_class(self, name: str, plan: ClassPlan) -> None:
+        pool = self.pools.get(name)
+        if pool is None:
+            return
+        if plan.spec:
+            spec = PoolSpec.from_dict({**pool.spec.to_dict(), **plan.spec}, name)
+            pool = replace(pool, spec=spec, generation=pool.generation + 1)
+        if plan.label is not None:
+            labels = {k: v for k, v in pool.labels.items() if k != CLASS_LABEL}
+            pool = replace(pool, labels={**labels, **({CLASS_LABEL: plan.label}
+                                                      if plan.label else {})})
+        if plan.condition is not None or plan.clear:
+            others = tuple(c for c in pool.status.conditions if c.type not in CLASS_CONDITIONS)
+            mine = (plan.condition,) if plan.condition is not None else ()
+            pool = replace(pool, status=replace(pool.status, conditions=others + mine))
+        self._bump(pool)
+
+    async def post_node_event(self, node: str, kind: str, reason: str, message: str) -> None:
+        self.events.append(RecordedEvent(f"node:{node}", kind, reason, message))
 
     async def delete_pool(self, name: str) -> None:
         if name in self.pools:
@@ -172,5 +203,8 @@ def as_object(pool: NodeIPPool) -> dict[str, Any]:
                             "generation": pool.generation, "finalizers": list(pool.finalizers)}
     if pool.deletion_timestamp is not None:
         meta["deletionTimestamp"] = rfc3339(pool.deletion_timestamp)
-    return {"metadata": meta, "spec": pool.spec.to_dict(),
-            "status": {**pool.status.operator_fields(), **pool.status.agent_fields()}}
+    if pool.labels:
+        meta["labels"] = dict(pool.labels)
+    status = {**pool.status.operator_fields(), **pool.status.agent_fields()}
+    status["conditions"] = [c.to_dict() for c in pool.status.conditions]
+    return {"metadata": meta, "spec": pool.spec.to_dict(), "status": status}

@@ -8,12 +8,22 @@ import contextlib
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
 from tests.cloud.fake_network import FakeAzure
 from tests.operator.recording import RecordingPools
 
-from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
+from azure_cni.api.nodeippool import (
+    CLASS_LABEL,
+    ConditionType,
+    IPState,
+    NodeIPPool,
+    PoolIP,
+    PoolMode,
+    PoolSpec,
+    PoolStatus,
+)
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
@@ -41,12 +51,14 @@ class Cluster:
     providers: dict[str, str]
     tasks: list[asyncio.Task[None]]
 
-    def add_node(self, name: str, uid: str | None = None) -> None:
+    def add_node(self, name: str, uid: str | None = None,
+                 labels: dict[str, str] | None = None) -> None:
         """A VM and its Node object in the (recorded) API server."""
         if name not in self.providers:
             provider_id, _ = self.azure.add_vm(name, self.subnet_id)
             self.providers[name] = provider_id
-        self.pools.nodes[name] = {"metadata": {"name": name, "uid": uid or f"uid-{name}"},
+        self.pools.nodes[name] = {"metadata": {"name": name, "uid": uid or f"uid-{name}",
+                                               "labels": labels or {}},
                                   "spec": {"providerID": self.providers[name]}}
 
     async def node_event(self, name: str, kind: str = "ADDED") -> None:
@@ -401,3 +413,112 @@ async def test_a_deletion_seen_while_the_lists_are_taken_keeps_the_object_out(
     assert "n1" not in cluster.controller.pools
     assert "n0" not in cluster.controller.nodes
     assert "n1" in cluster.controller.nodes
+
+
+# -- node groups (NodeIPPoolClass) ------------------------------------------------------------
+
+AGENTPOOL = "kubernetes.azure.com/agentpool"
+
+
+def pool_class(name: str, group: str, generation: int = 1, **pool: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "generation": generation},
+            "spec": {"nodeSelector": {"matchLabels": {AGENTPOOL: group}}, "pool": pool}}
+
+
+async def test_a_new_node_gets_its_pool_from_the_class_of_its_group_and_follows_it(
+        cluster) -> None:
+    pods = cluster.azure.add_subnet("198.18.32.0/20", "pods")
+    cluster.pools.classes["big"] = pool_class(
+        "big", "b", podSubnetID=pods, minFreeIPs=8, maxFreeIPs=16, batchSize=8)
+    cluster.add_node("a0", labels={AGENTPOOL: "a"})
+    cluster.add_node("b0", labels={AGENTPOOL: "b"})
+    cluster.azure.add_nic(cluster.providers["b0"], pods, "b0-pods")
+    await cluster.start()
+    await cluster.settled("both pools filled", lambda: len(cluster.ours("a0")) == 4
+                          and len(cluster.ours("b0")) == 8)
+    b0 = cluster.pools.get("b0")
+    assert b0.spec.pod_subnet_id == pods and b0.labels[CLASS_LABEL] == "big"
+    assert b0.status.nic is not None and b0.status.nic.name == "b0-pods"
+    assert not b0.status.nic.primary_nic and b0.status.nic.subnet_cidr == "198.18.32.0/20"
+    a0 = cluster.pools.get("a0")
+    assert CLASS_LABEL not in a0.labels and a0.spec == DEFAULTS.spec_for("a0")
+    await cluster.settled("a0 says it has no class", lambda: (
+        c := cluster.pools.get("a0").status.condition(ConditionType.POOL_CLASS)) is not None
+        and c.reason == "NoMatchingClass")
+    assert "node:a0" in {e.pool for e in cluster.pools.events if e.reason == "NoMatchingClass"}
+    # the class grows (kopf hands over the change): b0's pool follows, a0's does not move
+    cluster.controller.class_event("MODIFIED", pool_class(
+        "big", "b", 2, podSubnetID=pods, minFreeIPs=16, maxFreeIPs=32, batchSize=8))
+    await cluster.settled("b0 follows its class", lambda: len(cluster.ours("b0")) == 16)
+    assert "FollowsPoolClass" in cluster.pools.reasons("b0")
+    assert cluster.pools.get("a0").spec == DEFAULTS.spec_for("a0")
+
+
+async def test_a_class_changed_or_deleted_while_the_lists_are_taken_stays_as_kopf_said(
+        cluster) -> None:
+    """kopf's class events flow while the controller lists classes: a list answered before a
+    change, a deletion or a creation must not bring back the old class or the deleted one,
+    nor drop the new one."""
+    pods = cluster.azure.add_subnet("198.18.32.0/20", "pods")
+    old = pool_class("b", "b", 1, minFreeIPs=2, maxFreeIPs=4)
+    old["metadata"]["resourceVersion"] = "10"
+    cluster.pools.classes["b"] = old
+    cluster.pools.classes["gone"] = {"metadata": {"name": "gone", "resourceVersion": "11"},
+                                     "spec": {"nodeSelector": {}}}
+    cluster.add_node("b0", labels={AGENTPOOL: "b"})
+    cluster.azure.add_nic(cluster.providers["b0"], pods, "b0-pods")
+    newer_class = pool_class("b", "b", 2, podSubnetID=pods, minFreeIPs=6, maxFreeIPs=12,
+                             batchSize=6)
+    newer_class["metadata"]["resourceVersion"] = "20"
+    cluster.controller.class_event("MODIFIED", newer_class)
+    cluster.controller.class_event("DELETED", {"metadata": {"name": "gone",
+                                                            "resourceVersion": "21"}})
+    late = pool_class("late", "c", 1, minFreeIPs=2, maxFreeIPs=6, batchSize=2)
+    late["metadata"]["resourceVersion"] = "22"
+    cluster.add_node("c0", labels={AGENTPOOL: "c"})
+    cluster.controller.class_event("ADDED", late)
+    await cluster.start()  # its list still has b as it was and "gone", and not "late"
+    await cluster.settled("b0's pool from b as it is now", lambda: "b0" in cluster.pools.pools
+                          and len(cluster.ours("b0")) == 6)
+    await cluster.settled("c0's pool from late", lambda: "c0" in cluster.pools.pools
+                          and len(cluster.ours("c0")) == 2)
+    assert cluster.pools.get("c0").labels[CLASS_LABEL] == "late"
+    b0 = cluster.pools.get("b0")
+    assert b0.labels[CLASS_LABEL] == "b" and b0.spec.pod_subnet_id == pods
+    assert "AmbiguousClasses" not in {e.reason for e in cluster.pools.events}
+
+
+async def test_a_mode_change_with_pods_running_is_refused_and_said(cluster) -> None:
+    cluster.pools.classes["g"] = pool_class("g", "g")
+    cluster.add_node("g0", labels={AGENTPOOL: "g"})
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("g0")) == 4)
+    cluster.pools.act_as_agent("g0", used=2)
+    cluster.controller.class_event("MODIFIED", pool_class("g", "g", 2, mode="Blocks",
+                                                          maxIPs=64))
+
+    def refused() -> bool:
+        c = cluster.pools.get("g0").status.condition(ConditionType.POOL_CLASS)
+        return c is not None and c.reason == "ChangeRefused"
+
+    await cluster.settled("the refusal on the pool", refused)
+    g0 = cluster.pools.get("g0")
+    assert g0.spec.mode is PoolMode.ADDRESSES and g0.spec.max_ips == 64
+    condition = g0.status.condition(ConditionType.POOL_CLASS)
+    assert condition is not None
+    assert "mode cannot change while 2 pods use the pool" in condition.message
+    assert "ChangeRefused" in cluster.pools.reasons("g0")
+
+
+async def test_a_node_two_classes_select_gets_no_pool_until_one_lets_go(cluster) -> None:
+    cluster.pools.classes["one"] = pool_class("one", "x")
+    cluster.pools.classes["two"] = {"metadata": {"name": "two"},
+                                    "spec": {"nodeSelector": {}}}
+    cluster.add_node("x0", labels={AGENTPOOL: "x"})
+    await cluster.start()
+    await cluster.settled("an Event on the node", lambda: any(
+        e.pool == "node:x0" and e.reason == "AmbiguousClasses" for e in cluster.pools.events))
+    assert "x0" not in cluster.pools.pools
+    cluster.controller.class_event("DELETED", {"metadata": {"name": "two"}})
+    await cluster.settled("the pool from class one", lambda: "x0" in cluster.pools.pools
+                          and cluster.pools.get("x0").labels.get(CLASS_LABEL) == "one")

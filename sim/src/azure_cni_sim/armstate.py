@@ -198,6 +198,8 @@ class Nic:
     extra: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     operation: Operation | None = None
+    #: the VM's primary NIC (ARM's read-only ``properties.primary``)
+    primary: bool = True
 
     def addresses(self) -> tuple[str, ...]:
         """Addresses of the NIC, primary first, in ipConfiguration order."""
@@ -307,17 +309,35 @@ class ArmState:
             raise ValueError(f"network interface {nic_id} exists already")
         address = subnet.free_address(primary_ip)
         self.add_resource_group(subscription, resource_group, location)
-        mac = "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3])
-        nic = Nic(nic_id, nic_name, subscription, resource_group, location, vm_id, mac, [])
-        primary = IpConfig("ipconfig1", address, "Static" if primary_ip else "Dynamic", True,
-                           subnet)
-        subnet.claim(address, nic.ipconfig_id(primary.name))
-        nic.ip_configs.append(primary)
+        nic = new_nic(nic_id, subnet, address, owner_id=vm_id, location=location,
+                      method="Static" if primary_ip else "Dynamic")
         vm = Vm(vm_id, name, subscription, resource_group, location, [nic_id],
                 scale_set=scale_set, identities=tuple(identities))
         self.nics[nic_id.lower()] = nic
         self.vms[vm_id.lower()] = vm
         return vm, nic
+
+    def attach_nic(self, vm_id: str, subnet_id: str, nic_name: str) -> Nic:
+        """A further NIC (not the primary) for the VM, its primary ipConfiguration ``ipconfig1``
+        in ``subnet_id``: as when the VM was made with two NICs (Azure attaches a NIC to a
+        running VM only after it is stopped, which the simulation does not model)."""
+        vm = self.vms.get(vm_id.lower())
+        subnet = self.subnets.get(subnet_id.lower())
+        if vm is None or subnet is None:
+            raise ValueError(f"no virtual machine {vm_id} or no subnet {subnet_id}")
+        first = self.nics[vm.nic_ids[0].lower()]
+        if self.subnets[first.ip_configs[0].subnet.id.lower()].vnet_id.lower() \
+                != subnet.vnet_id.lower():
+            raise ValueError("all NICs of a VM must be in one virtual network")
+        nic_id = (f"{_rg_prefix(vm.subscription, vm.resource_group)}/providers/"
+                  f"Microsoft.Network/networkInterfaces/{nic_name}")
+        if nic_id.lower() in self.nics:
+            raise ValueError(f"network interface {nic_id} exists already")
+        nic = new_nic(nic_id, subnet, subnet.free_address(None), owner_id=vm.id,
+                      location=vm.location, primary=False)
+        self.nics[nic_id.lower()] = nic
+        vm.nic_ids.append(nic_id)
+        return nic
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -434,7 +454,7 @@ class ArmState:
         created = nic is None
         if nic is None:
             nic = Nic(nic_id, name, subscription, resource_group, location, "",
-                      "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3]), [])
+                      new_mac(), [])
             self.nics[nic_id.lower()] = nic
         for address, owner in claims:
             subnet.claim(address, owner)
@@ -643,6 +663,23 @@ class ArmState:
                 if op.status == "InProgress" and now - op.started >= timeout]
 
 
+def new_mac() -> str:
+    """A MAC address in ARM's form, in Microsoft's OUI as Azure's are."""
+    return "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3])
+
+
+def new_nic(nic_id: str, subnet: Subnet, address: ipaddress.IPv4Address, *, owner_id: str,
+            location: str, method: str = "Dynamic", primary: bool = True) -> Nic:
+    """A NIC holding only its primary ipConfiguration ``ipconfig1`` (its address claimed);
+    its name, subscription and resource group are those of ``nic_id``."""
+    parts = nic_id.split("/")
+    nic = Nic(nic_id, parts[-1], parts[2], parts[4], location, owner_id, new_mac(), [],
+              primary=primary)
+    nic.ip_configs.append(IpConfig("ipconfig1", address, method, True, subnet))
+    subnet.claim(address, nic.ipconfig_id("ipconfig1"))
+    return nic
+
+
 def _blocks() -> ModuleType:
     """``azure_cni_sim.arm.blocks``, imported on first use: importing it at the top would
     import the ``arm`` package, whose emulator imports this module."""
@@ -749,7 +786,7 @@ def nic_json(nic: Nic) -> dict[str, Any]:
         "enableIPForwarding": False,
         "vnetEncryptionSupported": False,
         "nicType": "Standard",
-        "primary": True,
+        "primary": nic.primary,
         **extra,
     }
     if nic.vm_id:

@@ -32,7 +32,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +104,8 @@ class KubeNode:
     prefix: str
     #: the pod sandbox image (imported with the others)
     sandbox_image: str
+    #: the labels kubelet registers the Node with (``--node-labels``), e.g. its node group
+    labels: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     _runs: dict[str, int] = field(default_factory=dict)
 
@@ -287,7 +289,9 @@ class KubeNode:
         self._start("kubelet", [
             str(find_tool("kubelet")), f"--config={self.workdir / 'kubelet.yaml'}",
             f"--kubeconfig={self.workdir / 'kubelet.kubeconfig'}",
-            f"--hostname-override={self.name}", f"--node-ip={self.address}", "--v=1"])
+            f"--hostname-override={self.name}", f"--node-ip={self.address}", "--v=1",
+            *([f"--node-labels={','.join(f'{k}={v}' for k, v in sorted(self.labels.items()))}"]
+              if self.labels else [])])
 
     def start_kube_proxy(self) -> None:
         self._start("kube-proxy", [str(find_tool("kube-proxy")),

@@ -266,8 +266,10 @@ def _read(path: Path) -> str:
 
 
 def apply_crd(kubectl: Kubectl) -> None:
-    kubectl("apply", "--server-side", "-f", str(REPO_CRD))
+    """Every CRD the chart ships (NodeIPPool, NodeIPPoolClass), applied and Established."""
+    kubectl("apply", "--server-side", "-f", str(REPO_CRD.parent))
     wait_crd_established(kubectl, "nodeippools.azurecni.io")
+    wait_crd_established(kubectl, "nodeippoolclasses.azurecni.io")
 
 
 def wait_crd_established(kubectl: Kubectl, name: str, timeout: float = 60) -> None:
@@ -292,11 +294,14 @@ def pool_addresses(prefix: str, first: int, count: int) -> list[str]:
 def publish_pool(kubectl: Kubectl, node: str, addresses: Sequence[str], *,
                  releasing: Iterable[str] = (), subnet_cidr: str = "198.18.0.0/24",
                  vnet: Sequence[str] = ("198.18.0.0/16",), primary_ip: str = "198.18.0.4",
-                 spec: PoolSpec | None = None, prefix_length: int | None = None) -> None:
+                 spec: PoolSpec | None = None, prefix_length: int | None = None,
+                 nic: NicInfo | None = None) -> None:
     """Create (or update) node's NodeIPPool and write its inventory as the operator would.
 
     ipConfiguration names are derived from the address so that an address keeps its name.
-    With ``prefix_length``, each address is the first of a block (Blocks mode).
+    With ``prefix_length``, each address is the first of a block (Blocks mode). ``nic``
+    replaces the NIC made of ``primary_ip``, ``subnet_cidr`` and ``vnet`` (e.g. a second NIC
+    of the VM, with its MAC).
     """
     pool_spec = spec or PoolSpec(node_name=node, min_ips=0, max_ips=255, batch_size=1,
                                  min_free_ips=0, max_free_ips=255)
@@ -306,9 +311,9 @@ def publish_pool(kubectl: Kubectl, node: str, addresses: Sequence[str], *,
             "--force-conflicts", "-f", "-", input=json.dumps(manifest))
     releasing = set(releasing)
     status = PoolStatus(
-        nic=NicInfo(id=f"/subscriptions/sim/nics/{node}", primary_ip=primary_ip,
-                    subnet_id="/subscriptions/sim/subnets/pods", subnet_cidr=subnet_cidr,
-                    vnet_address_space=tuple(vnet)),
+        nic=nic or NicInfo(id=f"/subscriptions/sim/nics/{node}", primary_ip=primary_ip,
+                           subnet_id="/subscriptions/sim/subnets/pods", subnet_cidr=subnet_cidr,
+                           vnet_address_space=tuple(vnet)),
         ips=tuple(PoolIP(a, ipconfig_name(a),
                          IPState.RELEASING if a in releasing else IPState.AVAILABLE,
                          prefix_length)

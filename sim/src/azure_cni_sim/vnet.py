@@ -10,12 +10,15 @@ Layout (every box is a network namespace the simulation creates and deletes)::
      198.19.0.10  203.0.113.10 (+ .20: Azure Resource Manager's public address)
 
 An address reaches a VM only while it is an ipConfiguration of that VM's NIC: the emulator's
-NIC-change hook adds or removes the fabric's /32 route, and strict reverse-path filtering drops
-traffic a VM sends from an address its NIC does not hold (Azure drops it too). The internet
-host accepts packets only from the VMs' primary addresses (Azure gives outbound connectivity
-to the primary ipConfiguration only) and from public IPs, so pods reach it through the agent's
-SNAT or with a public IP of their own. Public IPs, load balancers and NSGs are ``sdn.py``'s,
-programmed from the emulator's policy hook (``on_policy``).
+NIC-change hook adds or removes the fabric's /32 route. A VM has a link per NIC (``eth0`` for
+the primary, ``eth1``... in other subnets), and Azure's source check is a chain per NIC link
+(``AZ-SRC-<link>`` in the raw table, counted): a packet a NIC sends from an address that is
+not one of its ipConfigurations is dropped, so a pod whose traffic leaves the wrong NIC
+cannot pass silently (strict reverse-path filtering on every link stays as a second line).
+The internet host accepts packets only from the primary address of a VM's NIC (Azure gives
+outbound connectivity to primary ipConfigurations only) and from public IPs, so pods reach
+it through the agent's SNAT or with a public IP of their own. Public IPs, load balancers and
+NSGs are ``sdn.py``'s, programmed from the emulator's policy hook (``on_policy``).
 
 Only 198.18.0.0/15 and 203.0.113.0/24 are used, only inside these namespaces; nothing is
 routed to the machine's own namespace or uplink.
@@ -52,6 +55,8 @@ ARM_ADDRESS = "203.0.113.20"
 #: the "public" side of the fabric towards the internet host (stands for Azure's SNAT edge)
 _EDGE = "203.0.113.1"
 _ONPREM_EDGE = "198.19.0.1"
+#: the fabric's raw chain that jumps to each NIC's source check
+SOURCE_CHECK = "AZ-SOURCE-CHECK"
 
 
 def capture_packets(netns: str, iface: str, bpf: str, action: Callable[[], object], *,
@@ -72,6 +77,11 @@ def capture_packets(netns: str, iface: str, bpf: str, action: Callable[[], objec
         dump.kill()
         out, _ = dump.communicate()
     return [line for line in out.splitlines() if line.strip()]
+
+
+def _linux_mac(arm_mac: str) -> str:
+    """``00-0D-3A-AA-BB-CC`` (ARM) as ``00:0d:3a:aa:bb:cc`` (ip link)."""
+    return arm_mac.replace("-", ":").lower()
 
 
 class FabricError(RuntimeError):
@@ -96,13 +106,44 @@ def _sysctl(netns: str, *settings: str) -> None:
 
 
 @dataclass
+class FabricNic:
+    """One NIC of a VM: its link into the fabric and the addresses the fabric delivers to it."""
+
+    nic_id: str
+    primary_ip: str
+    #: the fabric's end of the link, and the VM's (eth0 for the primary NIC, eth1, ...)
+    fabric_if: str
+    vm_if: str
+    addresses: set[str] = field(default_factory=set)
+
+    @property
+    def source_check(self) -> str:
+        """The fabric's chain that drops what this NIC sends from an address not its own."""
+        return f"AZ-SRC-{self.fabric_if}"
+
+
+@dataclass
 class FabricVM:
     name: str
     netns: str
-    nic_id: str
-    primary_ip: str
-    fabric_if: str
-    addresses: set[str] = field(default_factory=set)
+    #: the VM's NICs, the primary first
+    nics: list[FabricNic]
+
+    @property
+    def nic_id(self) -> str:
+        return self.nics[0].nic_id
+
+    @property
+    def primary_ip(self) -> str:
+        return self.nics[0].primary_ip
+
+    @property
+    def fabric_if(self) -> str:
+        return self.nics[0].fabric_if
+
+    @property
+    def addresses(self) -> set[str]:
+        return self.nics[0].addresses
 
 
 @dataclass
@@ -119,6 +160,9 @@ class Fabric:
     public_addresses: set[str] = field(default_factory=set)
     _sdn_ready: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _source_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: fabric links whose source check is jumped to
+    _source_jumps: set[str] = field(default_factory=set)
     _namespaces: list[str] = field(default_factory=list)
 
     @property
@@ -180,6 +224,7 @@ class Fabric:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         self._namespaces.clear()
         self.vms.clear()
+        self._source_jumps.clear()
 
     def _netns(self, name: str) -> None:
         _run("ip", "netns", "add", name)
@@ -214,8 +259,9 @@ class Fabric:
                  "-A INPUT -i lo -j ACCEPT",
                  "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
                  "-A INPUT -p icmp -s 203.0.113.0/24 -j ACCEPT"]
-        rules += [f"-A INPUT -s {vm.primary_ip}/32 -m comment --comment \"VM {vm.name} primary\""
-                  " -j ACCEPT" for vm in self.vms.values()]
+        # Azure's default outbound access: each NIC's primary ipConfiguration
+        rules += [f"-A INPUT -s {nic.primary_ip}/32 -m comment --comment \"VM {vm.name} "
+                  f"{nic.vm_if} primary\" -j ACCEPT" for vm in self.vms.values() for nic in vm.nics]
         # a pod with a public IP reaches the internet from it (the fabric's 1:1 NAT)
         rules += [f"-A INPUT -s {a}/32 -m comment --comment \"public IP\" -j ACCEPT"
                   for a in sorted(self.public_addresses)]
@@ -226,16 +272,40 @@ class Fabric:
     # -- VMs and their NICs ----------------------------------------------------------------
 
     def add_vm(self, vm: VmInfo, secondary: Iterable[str] = ()) -> FabricVM:
-        """A netns for the VM with ``eth0`` on the fabric; routes for its NIC's addresses."""
+        """A netns for the VM with ``eth0`` on the fabric (and ``eth1``... for its further
+        NICs, left down and unconfigured as on an image that configures only the primary
+        NIC); routes for its NICs' addresses and the source check of each NIC."""
         index = len(self.vms)
-        fvm = FabricVM(vm.name, f"{self.prefix}-{vm.name}", vm.nic_id, vm.primary_ip,
-                       f"fv{index}")
-        self._plug(fvm.netns, fvm.fabric_if, f"{vm.primary_ip}/{self.prefixlen}", self.gateway)
+        primary = FabricNic(vm.nic_id, vm.primary_ip, f"fv{index}", "eth0")
+        fvm = FabricVM(vm.name, f"{self.prefix}-{vm.name}", [primary])
+        self._plug(fvm.netns, primary.fabric_if, f"{vm.primary_ip}/{self.prefixlen}",
+                   self.gateway, mac=vm.mac)
+        for k, more in enumerate(vm.more_nics, start=1):
+            nic = FabricNic(more.nic_id, more.primary_ip, f"fv{index}n{k}", f"eth{k}")
+            self._attach(fvm.netns, nic, more.cidr, more.mac)
+            fvm.nics.append(nic)
         with self._lock:
             self.vms[vm.name] = fvm
-        self._program(fvm, {vm.primary_ip, *secondary})
+        self._program(primary, {vm.primary_ip, *secondary})
+        for nic in fvm.nics[1:]:
+            self._program(nic, {nic.primary_ip})
         self._accept_only_primaries()
         return fvm
+
+    def _attach(self, netns: str, nic: FabricNic, cidr: str, mac: str) -> None:
+        """A further NIC of the VM in ``netns``: a link to the fabric whose fabric side answers
+        for the subnet's gateway (and, by proxy ARP, what it routes)."""
+        gateway = str(ipaddress.ip_network(cidr).network_address + 1)
+        _run("ip", "link", "add", nic.fabric_if, "netns", self.fabric_ns, "type", "veth",
+             "peer", "vmeth", "netns", netns)
+        _run("ip", "-n", netns, "link", "set", "vmeth", "name", nic.vm_if)
+        if mac:
+            _run("ip", "-n", netns, "link", "set", nic.vm_if, "address", _linux_mac(mac))
+        _run("ip", "-n", self.fabric_ns, "addr", "add", f"{gateway}/32", "dev", nic.fabric_if)
+        _run("ip", "-n", self.fabric_ns, "link", "set", nic.fabric_if, "up")
+        _sysctl(self.fabric_ns, f"net.ipv4.conf.{nic.fabric_if}.proxy_arp=1",
+                f"net.ipv4.conf.{nic.fabric_if}.rp_filter=1",
+                f"net.ipv4.neigh.{nic.fabric_if}.proxy_delay=0")
 
     def add_appliance(self, name: str, interface: str) -> str:
         """A namespace on a subnet of its own (``interface`` is ``address/prefix``), not a VM of
@@ -249,14 +319,17 @@ class Fabric:
         _run("ip", "-n", self.fabric_ns, "route", "replace", f"{address}/32", "dev", fabric_if)
         return netns
 
-    def _plug(self, netns: str, fabric_if: str, interface: str, gateway: str) -> None:
-        """``netns`` with ``eth0`` (``interface``) on a link to the fabric, default via
-        ``gateway``; the fabric side answers ARP for the gateway and (proxy ARP) every address
-        it routes."""
+    def _plug(self, netns: str, fabric_if: str, interface: str, gateway: str, *,
+              mac: str = "") -> None:
+        """``netns`` with ``eth0`` (``interface``, with the NIC's ``mac`` if given) on a link
+        to the fabric, default via ``gateway``; the fabric side answers ARP for the gateway
+        and (proxy ARP) every address it routes."""
         self._netns(netns)
         _run("ip", "link", "add", fabric_if, "netns", self.fabric_ns, "type", "veth",
              "peer", "vmeth", "netns", netns)
         _run("ip", "-n", netns, "link", "set", "vmeth", "name", "eth0")
+        if mac:
+            _run("ip", "-n", netns, "link", "set", "eth0", "address", _linux_mac(mac))
         _run("ip", "-n", netns, "addr", "add", interface, "dev", "eth0")
         _run("ip", "-n", netns, "link", "set", "eth0", "up")
         _run("ip", "-n", netns, "route", "add", "default", "via", gateway)
@@ -270,37 +343,70 @@ class Fabric:
                       new: tuple[str, ...]) -> None:
         """The emulator's hook: make the fabric deliver exactly the NIC's current addresses."""
         with self._lock:
-            fvm = next((v for v in self.vms.values() if v.nic_id.lower() == nic_id.lower()),
-                       None)
-        if fvm is None:
+            nic = next((n for v in self.vms.values() for n in v.nics
+                        if n.nic_id.lower() == nic_id.lower()), None)
+        if nic is None:
             return
-        self._program(fvm, set(new))
+        self._program(nic, set(new))
 
-    def _program(self, fvm: FabricVM, addresses: set[str]) -> None:
+    def _program(self, nic: FabricNic, addresses: set[str]) -> None:
         with self._lock:
-            gone = fvm.addresses - addresses
-            added = addresses - fvm.addresses
-            fvm.addresses = set(addresses)
+            gone = nic.addresses - addresses
+            added = addresses - nic.addresses
+            nic.addresses = set(addresses)
         # The SDN maps an address to the NIC, not to an ARP answer: secondary addresses are
-        # sent to the NIC's MAC, i.e. routed via the primary address (which eth0 answers for).
-        # A block (``<address>/<length>``, an ipConfiguration with a prefix) is one route.
+        # sent to the NIC's MAC, i.e. routed via the primary address (which its link answers
+        # for). A block (``<address>/<length>``, an ipConfiguration with a prefix) is one route.
         def route(a: str) -> str:
-            via = "" if a == fvm.primary_ip else f" via {fvm.primary_ip}"
-            return f"{_prefix(a)}{via} dev {fvm.fabric_if}"
+            via = "" if a == nic.primary_ip else f" via {nic.primary_ip}"
+            return f"{_prefix(a)}{via} dev {nic.fabric_if}"
 
-        batch = [f"route del {_prefix(a)} dev {fvm.fabric_if}" for a in sorted(gone)]
+        batch = [f"route del {_prefix(a)} dev {nic.fabric_if}" for a in sorted(gone)]
         batch += [f"route replace {route(a)}" for a in sorted(added, key=lambda a: (
-            a != fvm.primary_ip, a))]
+            a != nic.primary_ip, a))]
         if batch:
+            # the source check first when addresses come (never drop a new address's first
+            # packet), last when they go
+            if added:
+                self._source_check(nic)
             _run("ip", "-n", self.fabric_ns, "-force", "-batch", "-", stdin="\n".join(batch) + "\n")
+            if gone and not added:
+                self._source_check(nic)
             # forget conntrack state of removed addresses, as the SDN forgets its flows
             for address in gone:
                 network = ipaddress.IPv4Network(_prefix(address))
                 with contextlib.suppress(FabricError):
                     _run("ip", "netns", "exec", self.fabric_ns, "conntrack", "-D", "-s",
                          str(network.network_address), "--mask-src", str(network.netmask))
-            log.info("event=fabric_programmed vm=%s added=%d removed=%d", fvm.name, len(added),
-                     len(gone))
+            log.info("event=fabric_programmed nic=%s added=%d removed=%d",
+                     nic.nic_id.rsplit("/", 1)[-1], len(added), len(gone))
+
+    def _source_check(self, nic: FabricNic) -> None:
+        """Azure's source check for one NIC: what it sends from an address that is not one of
+        its ipConfigurations is dropped (and counted) before it is routed anywhere."""
+        with self._lock:
+            held = sorted(nic.addresses)
+        lines = ["*raw", f":{nic.source_check} - [0:0]"]
+        lines += [f"-A {nic.source_check} -s {_prefix(a)} -j RETURN" for a in held]
+        lines.append(f"-A {nic.source_check} -m comment --comment \"not an ipConfiguration of "
+                     f"{nic.nic_id.rsplit('/', 1)[-1]}\" -j DROP")
+        with self._source_lock:
+            if nic.fabric_if not in self._source_jumps:
+                lines.insert(1, f":{SOURCE_CHECK} - [0:0]" if not self._source_jumps else "")
+                lines.append(f"-A {SOURCE_CHECK} -i {nic.fabric_if} -j {nic.source_check}")
+                if not self._source_jumps:
+                    lines.append(f"-I PREROUTING -j {SOURCE_CHECK}")
+                self._source_jumps.add(nic.fabric_if)
+            _run("ip", "netns", "exec", self.fabric_ns, "iptables-restore", "--noflush",
+                 stdin="\n".join(line for line in lines if line) + "\nCOMMIT\n")
+
+    def source_check_drops(self, vm_name: str, nic_index: int = 0) -> int:
+        """Packets the source check of a VM's NIC has dropped so far (for tests)."""
+        nic = self.vms[vm_name].nics[nic_index]
+        out = _run("ip", "netns", "exec", self.fabric_ns, "iptables", "-t", "raw", "-L",
+                   nic.source_check, "-v", "-x", "-n")
+        drops = [line.split() for line in out.splitlines() if " DROP " in f" {line} "]
+        return int(drops[-1][0]) if drops else 0
 
     def on_policy(self, policy: FabricPolicy) -> None:
         """The emulator's hook: enforce its public IP NAT, load balancers and NSGs (sdn.py)."""

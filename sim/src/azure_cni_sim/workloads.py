@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from azure.mgmt.network.models import NetworkSecurityGroup
+
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.world import NAMESPACE, World
 
@@ -132,6 +134,21 @@ def onprem_get(world: World, url: str, timeout: int = 3) -> dict[str, Any] | Non
         return None
     answer: dict[str, Any] = json.loads(out.stdout)
     return answer
+
+
+def nsg_blocking_onprem(world: World, resource_group: str, name: str, port: int) -> str:
+    """An NSG (made by an admin through azure-mgmt-network) whose one rule, ``no-onprem-web``,
+    denies TCP ``port`` from the on-premises range; returns its ID, to attach to a NIC or a
+    subnet."""
+    rule = {"priority": 100, "direction": "Inbound", "access": "Deny", "protocol": "Tcp",
+            "sourceAddressPrefix": "198.19.0.0/16", "sourcePortRange": "*",
+            "destinationAddressPrefix": "*", "destinationPortRange": str(port)}
+    body = NetworkSecurityGroup({"location": "eastus", "properties": {"securityRules": [
+        {"name": "no-onprem-web", "properties": rule}]}})
+    with world.network_client() as client:
+        nsg = client.network_security_groups.begin_create_or_update(
+            resource_group, name, body).result()
+    return str(nsg.id)
 
 
 def agent_pod(world: World, node: str) -> str:

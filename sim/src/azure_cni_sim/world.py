@@ -49,6 +49,7 @@ from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
 from azure_cni_sim import coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
@@ -67,6 +68,11 @@ log = logging.getLogger(__name__)
 
 VNET_SPACE = "198.18.0.0/17"
 SUBNET = "198.18.0.0/22"
+#: the pod subnet of ``World(pod_nics=True)``: every VM has a second NIC in it
+POD_SUBNET = "198.18.16.0/20"
+#: its resource ID (the emulator's default subscription, resource group rg1, VNet "vnet")
+POD_SUBNET_ID = (f"/subscriptions/{DEFAULT_SUBSCRIPTION}/resourceGroups/rg1/providers/"
+                 "Microsoft.Network/virtualNetworks/vnet/subnets/pods")
 #: the API server's subnet of the VNet (as with AKS's API server VNet integration)
 CONTROL_PLANE = "198.18.8.4/24"
 CONTROL_PLANE_ADDRESS = CONTROL_PLANE.partition("/")[0]
@@ -101,6 +107,15 @@ class World:
     prefix: str = field(default_factory=lambda: f"az{uuid.uuid4().hex[:4]}")
     owner: str = field(default_factory=lambda: f"world-{uuid.uuid4().hex[:10]}")
     pool_defaults: dict[str, Any] = field(default_factory=lambda: dict(DEMO_POOL))
+    #: every VM gets a second NIC (``<vm>-pods``; a Uniform scale set's instances
+    #: ``pool-pods``) in the VNet's subnet ``pods`` (``POD_SUBNET``)
+    pod_nics: bool = False
+    #: labels each VM's kubelet registers its Node with (VM name -> labels)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: subnet name -> resource ID, once the VNet exists
+    subnet_ids: dict[str, str] = field(default_factory=dict)
+    #: chart values given at install, over ``chart_values``' own (e.g. ``poolClasses``)
+    chart_overrides: dict[str, Any] = field(default_factory=dict)
     drift_check_seconds: float = 5.0
     cluster: LocalCluster | None = None
     emulator: ArmEmulator | None = None
@@ -224,17 +239,25 @@ class World:
     def _start_nodes(self) -> None:
         assert self.cluster is not None and self.emulator is not None
         assert self.fabric is not None
-        subnet_id = self.emulator.add_vnet("vnet", VNET_SPACE, {"nodes": SUBNET}
-                                           ).subnet_ids["nodes"]
+        self.subnet_ids = dict(self.emulator.add_vnet(
+            "vnet", VNET_SPACE, {"nodes": SUBNET, **({"pods": POD_SUBNET} if self.pod_nics
+                                                     else {})}).subnet_ids)
+        subnet_id = self.subnet_ids["nodes"]
+
+        def pod_nic(name: str) -> dict[str, str]:
+            return {name: self.subnet_ids["pods"]} if self.pod_nics else {}
+
         scale_set: str | None = None
         for i, kind in enumerate(self.machines or ("standalone",) * self.vm_count):
             if kind == "standalone":
-                vm = self.emulator.add_vm(f"vm{i}", subnet_id)
+                vm = self.emulator.add_vm(f"vm{i}", subnet_id, more_nics=pod_nic(f"vm{i}-pods"))
             elif kind == "flexible":
-                vm = self.emulator.add_vm(f"flex{i}", subnet_id, scale_set="flex")
+                vm = self.emulator.add_vm(f"flex{i}", subnet_id, scale_set="flex",
+                                          more_nics=pod_nic(f"flex{i}-pods"))
             elif kind == "uniform":
-                scale_set = scale_set or self.emulator.add_scale_set(UNIFORM_SCALE_SET,
-                                                                     subnet_id)
+                scale_set = scale_set or self.emulator.add_scale_set(
+                    UNIFORM_SCALE_SET, subnet_id,
+                    more_nics=pod_nic(f"{UNIFORM_SCALE_SET}-pods"))
                 vm = self.emulator.add_instance(scale_set)  # named pool000000, pool000001, ...
             else:
                 raise WorldError(f"no such kind of VM {kind!r}: standalone, flexible, uniform")
@@ -243,7 +266,8 @@ class World:
             self.nodes[vm.name] = KubeNode(
                 vm.name, fvm.netns, vm.primary_ip, vm.provider_id,
                 self.workdir / "nodes" / vm.name, self.owner, CLUSTER_DNS, self.prefix,
-                sandbox_image=self.images["pause"].image)
+                sandbox_image=self.images["pause"].image,
+                labels=self.node_labels.get(vm.name, {}))
         cluster = self.cluster
         archives = [image.archive for image in self.images.values()]
 
@@ -308,7 +332,7 @@ class World:
                 "extraVolumeMounts": [{"name": "arm-ca", "mountPath": ARM_CA_DIR,
                                        "readOnly": True}]},
         }
-        for key, value in overrides.items():
+        for key, value in {**self.chart_overrides, **overrides}.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):
                 values[key] = {**values[key], **value}
             else:
@@ -465,12 +489,12 @@ class World:
         return self.in_netns(self.fabric.onprem_ns, *argv, timeout=timeout)
 
     def capture_on_fabric(self, vm: str, bpf: str, action: Callable[[], object],
-                          packets: int = 2, timeout: float = 10) -> list[str]:
-        """Run ``action()`` while tcpdump watches the VM's link in the fabric; return the
-        packets seen (one line each, addresses numeric)."""
+                          packets: int = 2, timeout: float = 10, *, nic: int = 0) -> list[str]:
+        """Run ``action()`` while tcpdump watches the link of the VM's NIC ``nic`` (0: the
+        primary) in the fabric; return the packets seen (one line each, addresses numeric)."""
         assert self.fabric is not None
-        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].fabric_if, bpf,
-                               action, packets=packets, timeout=timeout)
+        return capture_packets(self.fabric.fabric_ns, self.fabric.vms[vm].nics[nic].fabric_if,
+                               bpf, action, packets=packets, timeout=timeout)
 
     # -- Azure, as an admin in the portal would touch it -----------------------------------
 
@@ -525,9 +549,10 @@ class World:
                                        base_url=self.emulator.arm_url, polling_interval=0.1,
                                        connection_verify=str(self.emulator.ca_path))
 
-    def nic_addresses(self, vm: str) -> tuple[str, ...]:
+    def nic_addresses(self, vm: str, nic: int = 0) -> tuple[str, ...]:
+        """The addresses of the VM's NIC ``nic`` (0: the primary), its primary first."""
         assert self.emulator is not None
-        return self.emulator.nic_addresses(self.vms[vm].nic_id)
+        return self.emulator.nic_addresses(self.vms[vm].nics[nic].nic_id)
 
 
 def namespaces_with_prefix(prefix: str) -> list[str]:

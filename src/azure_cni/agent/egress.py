@@ -1,8 +1,10 @@
-"""Keeps the host's forwarding sysctls and the SNAT/filter chains in line with the settings.
+"""Keeps the host's forwarding sysctls, the SNAT/filter chains and the pod NIC's policy
+routing in line with the settings.
 
 The SNAT policy depends on the pool's NIC information (the subnet pods come from and the
 VNet's address space), so it is reconciled whenever that changes, and periodically to repair
-drift (someone flushed the nat table, or put a rule above our jump).
+drift (someone flushed the nat table, or put a rule above our jump). So is the routing that
+sends pods on a second NIC out of that NIC (``datapath.podnic``).
 
 Fail closed: until the chains have been programmed, and whenever a check or a repair fails,
 ``problem`` says why; the agent then sets up no pod (the wireserver and instance metadata
@@ -20,6 +22,7 @@ from typing import TypeVar
 
 from azure_cni.api.nodeippool import NicInfo
 from azure_cni.api.settings import SnatSettings
+from azure_cni.datapath.podnic import PodNicMissing, ensure_pod_nic, routing_for
 from azure_cni.datapath.snat import IptablesFailed, SnatPolicy, ensure_snat
 from azure_cni.datapath.sysctls import ensure_host_sysctls, proc_sys_net
 
@@ -57,12 +60,14 @@ class EgressReconciler:
         self.policy_nic: NicInfo | None = None
         self.sysctl_problem = ""
         self.chains_problem = NOT_PROGRAMMED
+        self.routes_problem = ""
         self._lock = asyncio.Lock()
 
     @property
     def problem(self) -> str:
         """Why pods cannot be set up safely on this node now; empty when they can."""
-        return "; ".join(p for p in (self.sysctl_problem, self.chains_problem) if p)
+        return "; ".join(p for p in (self.sysctl_problem, self.chains_problem,
+                                     self.routes_problem) if p)
 
     @property
     def in_place(self) -> bool:
@@ -102,8 +107,27 @@ class EgressReconciler:
             if self.chains_problem:
                 log.info("event=egress_chains_in_place")
             self.chains_problem = ""
+            await self._route_pod_nic(nic)
             if changed:
                 log.info("event=snat_applied pod_cidr=%s vnet=%s non_masquerade=%s "
                          "masquerade=%s", policy.pod_cidr or "-",
                          ",".join(policy.vnet_cidrs) or "-",
                          ",".join(policy.non_masquerade_cidrs) or "-", policy.masquerade)
+
+    async def _route_pod_nic(self, nic: NicInfo | None) -> None:
+        """Route the pods of a second NIC out of it (or undo that for the primary NIC); a
+        failure keeps pods off the node, whose packets would leave the wrong NIC."""
+        routing = routing_for(nic)
+        try:
+            changed = await self._run(ensure_pod_nic, routing)
+        except (PodNicMissing, OSError) as e:
+            self.routes_problem = f"routing pods out of their NIC failed: {e}"
+            log.error("event=pod_nic_routing_failed nic=%s error=%s",
+                      nic.name if nic else "-", e)
+            return
+        if self.routes_problem:
+            log.info("event=pod_nic_routing_in_place")
+        self.routes_problem = ""
+        if changed:
+            log.info("event=pod_nic_routed nic=%s subnet=%s changes=%r",
+                     nic.name if nic else "-", routing.subnet if routing else "-", changed)

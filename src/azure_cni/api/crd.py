@@ -1,17 +1,19 @@
-"""The NodeIPPool CustomResourceDefinition, generated from the code's own defaults.
+"""The NodeIPPool and NodeIPPoolClass CustomResourceDefinitions, generated from the code.
 
-``deploy/crds/azurecni.io_nodeippools.yaml`` (also the chart's ``crds/`` file) is the output
-of ``python -m azure_cni.api.crd``; a test fails when the checked-in file drifts from it.
+``deploy/crds/azurecni.io_*.yaml`` (also the chart's ``crds/`` files) are the output of
+``python -m azure_cni.api.crd deploy/crds``; a test fails when a checked-in file drifts.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from azure_cni.api.nodeippool import (
+    CLASS_LABEL,
     GROUP,
     KIND,
     MAX_BLOCK_PREFIX_LENGTH,
@@ -22,6 +24,12 @@ from azure_cni.api.nodeippool import (
     VERSION,
     PoolMode,
     PoolSpec,
+)
+from azure_cni.api.poolclass import (
+    CLASS_KIND,
+    CLASS_PLURAL,
+    CLASS_SHORT_NAME,
+    SelectorOperator,
 )
 
 _DEFAULTS = PoolSpec(node_name="")
@@ -86,6 +94,25 @@ def _spec_schema() -> dict[str, Any]:
                 "description": "Length of each block in Blocks mode (a /28 holds 16 "
                                "addresses). Cannot change while pods use the pool.",
             },
+            "podSubnetID": {
+                "type": "string", "default": _DEFAULTS.pod_subnet_id, "maxLength": 1024,
+                "description": "Resource ID of the subnet pods take their addresses from: "
+                               "the operator uses the VM's NIC in that subnet (a second NIC "
+                               "attached when the VM or scale set was made). Empty: the "
+                               "VM's primary NIC. Cannot change once set: delete the pool "
+                               "(its node drained) to move it.",
+                "x-kubernetes-validations": [
+                    {"rule": "self == '' || self.matches("
+                             "'(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+                             "Microsoft[.]Network/virtualNetworks/[^/]+/subnets/[^/]+$')",
+                     "message": "podSubnetID must be a subnet's resource ID (/subscriptions/"
+                                "<s>/resourceGroups/<g>/providers/Microsoft.Network/"
+                                "virtualNetworks/<vnet>/subnets/<subnet>) or empty"},
+                    {"rule": "self == oldSelf",
+                     "message": "podSubnetID is immutable: the pool's addresses are on that "
+                                "subnet's NIC; delete the pool (drain the node first) to "
+                                "move it"}],
+            },
         },
         "x-kubernetes-validations": [
             {"rule": "self.minIPs <= self.maxIPs", "fieldPath": ".minIPs",
@@ -131,6 +158,10 @@ def _status_schema() -> dict[str, Any]:
                 "description": "The node's NIC as the operator found it on Azure.",
                 "properties": {
                     "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "primary": {"type": "boolean",
+                                "description": "Whether this is the VM's primary NIC."},
+                    "macAddress": {"type": "string"},
                     "primaryIP": {"type": "string"},
                     "subnetID": {"type": "string"},
                     "subnetCIDR": {"type": "string"},
@@ -236,97 +267,224 @@ def _pod_networking_schema() -> dict[str, Any]:
     }
 
 
+def _label_path(label: str) -> str:
+    """A printer column's JSONPath to a label (its dots escaped)."""
+    return ".metadata.labels." + label.replace(".", "\\.")
+
+
 def _ready(condition: str) -> str:
     return f'.status.conditions[?(@.type=="{condition}")].status'
 
 
-def nodeippool_crd() -> dict[str, Any]:
-    """The CRD document, ready to be dumped as YAML or applied."""
+def _crd(kind: str, plural: str, short_name: str, version: dict[str, Any]) -> dict[str, Any]:
+    """A cluster-scoped CRD of azure-cni with one version, ``version``'s columns and schema."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}",
+        "metadata": {"name": f"{plural}.{GROUP}",
                      "labels": {"app.kubernetes.io/part-of": "azure-cni"}},
         "spec": {
             "group": GROUP,
             "scope": "Cluster",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": [SHORT_NAME],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": ["azure-cni"],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {
-                    "status": {},
-                    "scale": {"specReplicasPath": ".spec.minIPs",
-                              "statusReplicasPath": ".status.allocated"},
-                },
-                "additionalPrinterColumns": [
-                    {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
-                    {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
-                    {"name": "Min", "type": "integer", "jsonPath": ".spec.minIPs"},
-                    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
-                    {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    {"name": "Cooling", "type": "integer", "jsonPath": ".status.cooling",
-                     "priority": 1},
-                    {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
-                     "priority": 1},
-                    {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
-                     "priority": 1},
-                    {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
-                     "priority": 1},
-                    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
-                    {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
-                     "priority": 1},
-                    {"name": "Public-IPs", "type": "string",
-                     "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
-                     "priority": 1},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A node's pool of addresses from the Azure virtual network: "
-                                   "secondary ipConfigurations of its NIC.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": _spec_schema(),
-                        "status": _status_schema(),
-                    },
-                    "x-kubernetes-validations": [{
-                        "rule": "self.spec.nodeName == self.metadata.name",
-                        "fieldPath": ".spec.nodeName",
-                        "message": "spec.nodeName must equal metadata.name (the pool is named "
-                                   "after its node)",
-                    }, {
-                        # a transition rule: the stored status (with the agent's count of
-                        # pods) is part of self on a spec update
-                        "rule": _MODE_CHANGE_RULE,
-                        "fieldPath": ".spec.mode",
-                        "message": "spec.mode and spec.blockPrefixLength cannot change while "
-                                   "pods use the pool's addresses (status.used > 0): drain "
-                                   "the node first; an idle pool then releases its old "
-                                   "ipConfigurations and takes new ones",
-                    }],
-                }},
-            }],
+            "versions": [{"name": VERSION, "served": True, "storage": True, **version}],
         },
     }
 
 
-def render() -> str:
-    header = ("# Generated by `python -m azure_cni.api.crd`; do not edit by hand.\n"
-              "# The chart ships this same file in charts/azure-cni/crds/.\n")
-    return header + yaml.safe_dump(nodeippool_crd(), sort_keys=False, width=100)
+def nodeippool_crd() -> dict[str, Any]:
+    """The CRD document, ready to be dumped as YAML or applied."""
+    return _crd(KIND, PLURAL, SHORT_NAME, {
+        "subresources": {
+            "status": {},
+            "scale": {"specReplicasPath": ".spec.minIPs",
+                      "statusReplicasPath": ".status.allocated"},
+        },
+        "additionalPrinterColumns": [
+            {"name": "Allocated", "type": "integer", "jsonPath": ".status.allocated"},
+            {"name": "Used", "type": "integer", "jsonPath": ".status.used"},
+            {"name": "Min", "type": "integer", "jsonPath": ".spec.minIPs"},
+            {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIPs"},
+            {"name": "Ready", "type": "string", "jsonPath": _ready("Ready")},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Cooling", "type": "integer", "jsonPath": ".status.cooling",
+             "priority": 1},
+            {"name": "Primary-IP", "type": "string", "jsonPath": ".status.nic.primaryIP",
+             "priority": 1},
+            {"name": "NIC", "type": "string", "jsonPath": ".status.nic.name",
+             "priority": 1},
+            {"name": "Subnet", "type": "string", "jsonPath": ".status.nic.subnetCIDR",
+             "priority": 1},
+            {"name": "Agent", "type": "string", "jsonPath": _ready("AgentReady"),
+             "priority": 1},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
+            {"name": "Blocks", "type": "integer", "jsonPath": ".status.blocks",
+             "priority": 1},
+            {"name": "Public-IPs", "type": "string",
+             "jsonPath": '.status.podNetworking[?(@.state=="Attached")].publicIP',
+             "priority": 1},
+            {"name": "Class", "type": "string",
+             "jsonPath": _label_path(CLASS_LABEL), "priority": 1},
+        ],
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "description": "A node's pool of addresses from the Azure virtual network: "
+                           "secondary ipConfigurations of its NIC.",
+            "required": ["spec"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "spec": _spec_schema(),
+                "status": _status_schema(),
+            },
+            "x-kubernetes-validations": [{
+                "rule": "self.spec.nodeName == self.metadata.name",
+                "fieldPath": ".spec.nodeName",
+                "message": "spec.nodeName must equal metadata.name (the pool is named "
+                           "after its node)",
+            }, {
+                # a transition rule: the stored status (with the agent's count of
+                # pods) is part of self on a spec update
+                "rule": _MODE_CHANGE_RULE,
+                "fieldPath": ".spec.mode",
+                "message": "spec.mode and spec.blockPrefixLength cannot change while "
+                           "pods use the pool's addresses (status.used > 0): drain "
+                           "the node first; an idle pool then releases its old "
+                           "ipConfigurations and takes new ones",
+            }],
+        }},
+    })
+
+
+def _class_pool_schema() -> dict[str, Any]:
+    """A NodeIPPool spec's fields without nodeName, defaults or transition rules: a class
+    holds only the fields its author set (the chart's defaults fill the rest)."""
+    spec = _spec_schema()
+    properties = {}
+    for name, field in spec["properties"].items():
+        if name == "nodeName":
+            continue
+        prop = {k: v for k, v in field.items() if k != "default"}
+        rules = [r for r in prop.pop("x-kubernetes-validations", [])
+                 if "oldSelf" not in r["rule"]]
+        if rules:
+            prop["x-kubernetes-validations"] = rules
+        properties[name] = prop
+    pairs = [("minIPs", "maxIPs"), ("minFreeIPs", "maxFreeIPs")]
+    return {
+        "type": "object",
+        "description": "NodeIPPool spec fields for the pools of the nodes this class selects "
+                       "(any but nodeName); the chart's pool defaults fill the others.",
+        "properties": properties,
+        "x-kubernetes-validations": [
+            {"rule": f"!has(self.{low}) || !has(self.{high}) || self.{low} <= self.{high}",
+             "fieldPath": f".{low}", "message": f"{low} must not exceed {high}"}
+            for low, high in pairs],
+    }
+
+
+def _selector_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Which nodes this class is for: a label selector over the Node's labels "
+                       "(e.g. kubernetes.azure.com/agentpool); {} selects every node.",
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {
+                "type": "array", "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "type": "object", "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string", "minLength": 1},
+                        "operator": {"type": "string",
+                                     "enum": [o.value for o in SelectorOperator]},
+                        "values": {"type": "array", "items": {"type": "string"},
+                                   "x-kubernetes-list-type": "atomic"},
+                    },
+                    "x-kubernetes-validations": [{
+                        "rule": "(self.operator in ['In', 'NotIn']) == "
+                                "(has(self.values) && size(self.values) > 0)",
+                        "message": "In and NotIn need values; Exists and DoesNotExist take none"}],
+                },
+            },
+        },
+    }
+
+
+def nodeippoolclass_crd() -> dict[str, Any]:
+    """The NodeIPPoolClass CRD: node groups and the pool settings of each."""
+    return _crd(CLASS_KIND, CLASS_PLURAL, CLASS_SHORT_NAME, {
+        "additionalPrinterColumns": [
+            {"name": "Pod-Subnet", "type": "string",
+             "jsonPath": ".spec.pool.podSubnetID"},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.pool.mode"},
+            {"name": "Min", "type": "integer", "jsonPath": ".spec.pool.minIPs"},
+            {"name": "Max", "type": "integer", "jsonPath": ".spec.pool.maxIPs"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Batch", "type": "integer", "jsonPath": ".spec.pool.batchSize",
+             "priority": 1},
+            {"name": "Min-Free", "type": "integer",
+             "jsonPath": ".spec.pool.minFreeIPs", "priority": 1},
+            {"name": "Max-Free", "type": "integer",
+             "jsonPath": ".spec.pool.maxFreeIPs", "priority": 1},
+        ],
+        "schema": {"openAPIV3Schema": {
+            "type": "object",
+            "description": "A group of nodes (by label) and the NodeIPPool settings the "
+                           "operator gives each of their pools.",
+            "required": ["spec"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": {"type": "object"},
+                "spec": {
+                    "type": "object",
+                    "required": ["nodeSelector"],
+                    "properties": {"nodeSelector": _selector_schema(),
+                                   "pool": _class_pool_schema()},
+                },
+            },
+        }},
+    })
+
+
+#: every CRD azure-cni ships: file name -> document
+def crds() -> dict[str, dict[str, Any]]:
+    return {f"{GROUP}_{PLURAL}.yaml": nodeippool_crd(),
+            f"{GROUP}_{CLASS_PLURAL}.yaml": nodeippoolclass_crd()}
+
+
+_HEADER = ("# Generated by `python -m azure_cni.api.crd`; do not edit by hand.\n"
+           "# The chart ships this same file in charts/azure-cni/crds/.\n")
+
+
+def render(document: dict[str, Any] | None = None) -> str:
+    """One CRD as its checked-in file (the NodeIPPool's when none is named)."""
+    return _HEADER + yaml.safe_dump(document if document is not None else nodeippool_crd(),
+                                    sort_keys=False, width=100)
+
+
+def write_all(directory: Path) -> list[Path]:
+    """Write every CRD into ``directory``; returns the files."""
+    out = []
+    for name, document in crds().items():
+        path = directory / name
+        path.write_text(render(document))
+        out.append(path)
+    return out
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    if len(sys.argv) > 1:
+        for written in write_all(Path(sys.argv[1])):
+            sys.stdout.write(f"{written}\n")
+    else:
+        sys.stdout.write(render())

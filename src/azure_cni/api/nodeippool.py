@@ -42,6 +42,9 @@ MAX_SECONDARY_IPS = 255
 #: Prefix of every ipConfiguration azure-cni creates; anything else on a NIC is not ours.
 IPCONFIG_PREFIX = "azcni-"
 
+#: on a pool the operator made from a NodeIPPoolClass: the class's name
+CLASS_LABEL = f"{GROUP}/pool-class"
+
 OPERATOR_FIELD_MANAGER = "azure-cni-operator"
 AGENT_FIELD_MANAGER = "azure-cni-agent"
 
@@ -77,6 +80,8 @@ class ConditionType(StrEnum):
     AGENT_READY = "AgentReady"
     #: per-pod public IPs and backend pools: False while a request is refused
     POD_NETWORKING = "PodNetworking"
+    #: which NodeIPPoolClass the pool follows, or why none (written by the class sync)
+    POOL_CLASS = "PoolClass"
 
 
 OPERATOR_CONDITIONS = frozenset(
@@ -84,6 +89,10 @@ OPERATOR_CONDITIONS = frozenset(
      ConditionType.POD_NETWORKING}
 )
 AGENT_CONDITIONS = frozenset({ConditionType.AGENT_READY})
+#: written by the operator's class sync under a field manager of its own, so that the
+#: reconcile's status writes (which omit it) never remove it
+CLASS_CONDITIONS = frozenset({ConditionType.POOL_CLASS})
+CLASS_FIELD_MANAGER = "azure-cni-operator-classes"
 
 
 class InvalidPool(ValueError):
@@ -104,6 +113,9 @@ class PoolSpec:
     mode: PoolMode = PoolMode.ADDRESSES
     #: the length of each block in Blocks mode (ignored in Addresses mode)
     block_prefix_length: int = DEFAULT_BLOCK_PREFIX_LENGTH
+    #: the subnet whose NIC of the VM carries the pods ("": the VM's primary NIC); on Azure
+    #: every NIC sits in one subnet, so naming the subnet names the NIC
+    pod_subnet_id: str = ""
 
     @property
     def prefix_length(self) -> int | None:
@@ -162,6 +174,7 @@ class PoolSpec:
                 mode=mode,
                 block_prefix_length=int(
                     spec.get("blockPrefixLength", defaults.block_prefix_length)),
+                pod_subnet_id=str(spec.get("podSubnetID") or ""),
             )
         except (TypeError, ValueError) as e:
             raise InvalidPool(f"spec has a non-integer field: {e}") from e
@@ -177,6 +190,7 @@ class PoolSpec:
             "releaseDelaySeconds": self.release_delay_seconds,
             "mode": str(self.mode),
             "blockPrefixLength": self.block_prefix_length,
+            "podSubnetID": self.pod_subnet_id,
         }
 
 
@@ -229,13 +243,28 @@ class PoolIP:
 
 @dataclass(frozen=True)
 class NicInfo:
-    """What the operator found on Azure for this node: what the agent needs for its datapath."""
+    """What the operator found on Azure for this node: what the agent needs for its datapath.
+
+    ``primary_ip`` is the NIC's own primary address (on a second NIC, not the VM's);
+    ``primary_nic`` says whether the NIC is the VM's primary one, and ``mac_address``
+    (``AA-BB-CC-DD-EE-FF``, as ARM writes it) is how the agent finds the NIC on the host.
+    """
 
     id: str
     primary_ip: str
     subnet_id: str
     subnet_cidr: str
     vnet_address_space: tuple[str, ...]
+    name: str = ""
+    mac_address: str = ""
+    primary_nic: bool = True
+
+    @property
+    def gateway(self) -> str:
+        """The subnet's gateway: Azure answers on its first usable address (.1)."""
+        if not self.subnet_cidr:
+            return ""
+        return str(ipaddress.IPv4Network(self.subnet_cidr, strict=False).network_address + 1)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> NicInfo:
@@ -245,16 +274,25 @@ class NicInfo:
             subnet_id=str(d.get("subnetID", "")),
             subnet_cidr=str(d.get("subnetCIDR", "")),
             vnet_address_space=tuple(str(c) for c in d.get("vnetAddressSpace") or ()),
+            name=str(d.get("name") or ""),
+            mac_address=str(d.get("macAddress") or ""),
+            primary_nic=d.get("primary") is not False,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "primaryIP": self.primary_ip,
             "subnetID": self.subnet_id,
             "subnetCIDR": self.subnet_cidr,
             "vnetAddressSpace": list(self.vnet_address_space),
+            "primary": self.primary_nic,
         }
+        if self.name:
+            out["name"] = self.name
+        if self.mac_address:
+            out["macAddress"] = self.mac_address
+        return out
 
 
 @dataclass(frozen=True)
@@ -431,6 +469,7 @@ class NodeIPPool:
     #: set once the pool is being deleted (it stays while a finalizer holds it)
     deletion_timestamp: dt.datetime | None = None
     finalizers: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def deleting(self) -> bool:
@@ -452,6 +491,7 @@ class NodeIPPool:
             uid=str(meta.get("uid") or ""),
             deletion_timestamp=parse_time(meta.get("deletionTimestamp")),
             finalizers=tuple(str(f) for f in meta.get("finalizers") or ()),
+            labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
         )
 
 

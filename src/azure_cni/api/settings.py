@@ -39,6 +39,8 @@ class PoolDefaults:
     #: Addresses (one ipConfiguration per address) or Blocks (one per aligned CIDR block)
     mode: str = str(PoolSpec.mode)
     block_prefix_length: int = PoolSpec.block_prefix_length
+    #: the subnet whose NIC carries the pods ("": the VM's primary NIC)
+    pod_subnet_id: str = PoolSpec.pod_subnet_id
 
     def spec_for(self, node_name: str) -> PoolSpec:
         try:
@@ -48,7 +50,7 @@ class PoolDefaults:
                               f"{', '.join(m.value for m in PoolMode)}") from None
         return PoolSpec(node_name, self.min_ips, self.max_ips, self.batch_size,
                         self.min_free_ips, self.max_free_ips, self.release_delay_seconds,
-                        mode, self.block_prefix_length)
+                        mode, self.block_prefix_length, self.pod_subnet_id)
 
 
 @dataclass(frozen=True)

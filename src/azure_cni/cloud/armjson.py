@@ -72,6 +72,7 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         ip_configurations=tuple(parse_ip_configuration(c) for c in configs),
         provisioning_state=str(props.get("provisioningState") or "Succeeded"),
         primary_nic=props.get("primary") is not False,
+        mac_address=str(props.get("macAddress") or ""),
         document=json.dumps(nic, separators=(",", ":"), default=_model_json).encode(),
     )
 
@@ -102,20 +103,27 @@ def _model_json(value: Any) -> Any:
     return as_dict()
 
 
-def parse_vm_primary_nic_id(vm: Mapping[str, Any]) -> str:
-    """The resource ID of a VM's primary network interface (the only one, or the one marked)."""
+def parse_vm_nic_ids(vm: Mapping[str, Any]) -> list[str]:
+    """The resource IDs of a VM's network interfaces (``networkProfile``), primary first."""
     profile = _props(vm).get("networkProfile") or {}
     nics = profile.get("networkInterfaces") or () if isinstance(profile, Mapping) else ()
     refs = [n for n in nics if isinstance(n, Mapping) and n.get("id")]
     if not refs:
         raise NotFound(f"virtual machine {vm.get('id') or vm.get('name')} has no network interface",
                        code="NoNetworkInterface")
-    if len(refs) == 1:
-        return str(refs[0]["id"])
-    for ref in refs:
-        if _props(ref).get("primary"):
-            return str(ref["id"])
-    raise CloudError(f"virtual machine {vm.get('id') or vm.get('name')} has {len(refs)} network "
+    refs.sort(key=lambda ref: not _props(ref).get("primary"))
+    return [str(ref["id"]) for ref in refs]
+
+
+def parse_vm_primary_nic_id(vm: Mapping[str, Any]) -> str:
+    """The resource ID of a VM's primary network interface (the only one, or the one marked)."""
+    ids = parse_vm_nic_ids(vm)
+    if len(ids) == 1:
+        return ids[0]
+    profile = _props(vm).get("networkProfile") or {}
+    if any(_props(ref).get("primary") for ref in profile.get("networkInterfaces") or ()):
+        return ids[0]
+    raise CloudError(f"virtual machine {vm.get('id') or vm.get('name')} has {len(ids)} network "
                      "interfaces and none is marked primary", code="NoPrimaryNetworkInterface")
 
 

@@ -18,6 +18,7 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -42,6 +43,7 @@ from azure_cni.cloud.armjson import (
     load_collapsed,
     parse_nic,
     parse_subnet,
+    parse_vm_nic_ids,
     parse_vm_primary_nic_id,
     parse_vnet_address_space,
     settled_nic,
@@ -62,7 +64,6 @@ from azure_cni.cloud.port import (
     IPConfigFeatures,
     NewIPConfiguration,
     NicSnapshot,
-    NotFound,
     SubnetInfo,
     Throttled,
     VMRef,
@@ -75,6 +76,7 @@ from azure_cni.cloud.scaleset import (
     edit_instance_ip_configurations,
     instance_nic,
 )
+from azure_cni.cloud.vmnics import choose_nic
 
 log = logging.getLogger(__name__)
 # The SDK logs every request and response at INFO; _ArmRequestPolicy logs one line per request
@@ -294,16 +296,25 @@ class AzureAdapter:
             model = await client.network_interfaces.get(ref.resource_group, ref.name)
         return parse_nic(model.as_dict())
 
-    async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
-        """The VM's primary NIC: one VM GET, one NIC GET; for a Uniform scale-set instance,
-        one read of its NICs through the Network provider's scale-set NIC API."""
+    async def get_vm_nic(self, vm: VMRef, pod_subnet_id: str = "") -> NicSnapshot:
+        """The VM's NIC in ``pod_subnet_id`` (its primary NIC when empty): one VM GET, then
+        one NIC GET (the primary) or one per NIC of the VM (a pod subnet); for a Uniform
+        scale-set instance, one read of its NICs through the Network provider's scale-set
+        NIC API."""
         if vm.scale_set is not None:
-            return await self._read_instance_primary_nic(vm, *vm.scale_set)
+            return await self._read_instance_nic_for(vm, *vm.scale_set,
+                                                     pod_subnet_id=pod_subnet_id)
         compute = self._compute_client(vm.subscription_id)
         with _typed_errors():
             model = await compute.virtual_machines.get(vm.resource_group, vm.name)
-        nic_id = parse_vm_primary_nic_id(model.as_dict())
-        return await self._read_nic(parse_resource_id(nic_id))
+        document = model.as_dict()
+        if not pod_subnet_id:
+            return await self._read_nic(parse_resource_id(parse_vm_primary_nic_id(document)))
+        ids = parse_vm_nic_ids(document)
+        # the VM's networkProfile says which NIC is primary; the NIC's own flag may lag
+        nics = [replace(await self._read_nic(parse_resource_id(nic_id)), primary_nic=i == 0)
+                for i, nic_id in enumerate(ids)]
+        return choose_nic(vm.id, nics, pod_subnet_id)
 
     async def get_nic(self, nic_id: str) -> NicSnapshot:
         """A NIC by resource ID (a Network NIC or a scale-set instance's): one GET."""
@@ -324,8 +335,8 @@ class AzureAdapter:
                 api_version=VMSS_NETWORK_API_VERSION)
         return parse_nic(model.as_dict())
 
-    async def _read_instance_primary_nic(self, vm: VMRef, scale_set: str,
-                                         instance: str) -> NicSnapshot:
+    async def _read_instance_nic_for(self, vm: VMRef, scale_set: str, instance: str, *,
+                                     pod_subnet_id: str) -> NicSnapshot:
         client = self._network_client(vm.subscription_id)
         nics = []
         with _typed_errors():
@@ -334,11 +345,7 @@ class AzureAdapter:
                         vm.resource_group, scale_set, instance,
                         api_version=VMSS_NETWORK_API_VERSION):
                 nics.append(parse_nic(model.as_dict()))
-        primary = [n for n in nics if n.primary_nic] or nics
-        if not primary:
-            raise NotFound(f"scale-set instance {vm.id} has no network interface",
-                           code="NoNetworkInterface")
-        return primary[0]
+        return choose_nic(vm.id, nics, pod_subnet_id)
 
     def list_scale_set_nics(self, subscription_id: str, resource_group: str, scale_set: str
                             ) -> AsyncIterator[NicSnapshot]:

@@ -84,6 +84,8 @@ class NicSnapshot:
     provisioning_state: str = "Succeeded"
     #: the VM's primary NIC (a VM with several NICs marks exactly one)
     primary_nic: bool = True
+    #: ``AA-BB-CC-DD-EE-FF`` as ARM writes it ("" when Azure has not assigned one yet)
+    mac_address: str = ""
     #: the NIC exactly as read (its JSON text: a third of the memory of the parsed form), so
     #: a write can start from it without reading the NIC again
     document: bytes | None = field(default=None, compare=False, repr=False)
@@ -144,10 +146,11 @@ class SubnetInfo:
 class AzureNetwork(Protocol):
     """What the operator needs from Azure, and nothing more."""
 
-    async def get_vm_nic(self, vm: VMRef) -> NicSnapshot:
-        """The VM's (or Uniform scale-set instance's) primary NIC.
+    async def get_vm_nic(self, vm: VMRef, pod_subnet_id: str = "") -> NicSnapshot:
+        """The VM's (or Uniform scale-set instance's) NIC in ``pod_subnet_id``; its primary
+        NIC when that is empty (``vmnics.choose_nic``).
 
-        Raises NotFound if the VM or NIC is gone.
+        Raises NotFound if the VM is gone or has no NIC in the subnet.
         """
         ...
 

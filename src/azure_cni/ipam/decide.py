@@ -220,7 +220,10 @@ def _nic_info(nic: NicSnapshot, subnet: SubnetInfo | None, known: NicInfo | None
     cidr = subnet.cidr if subnet is not None else (known.subnet_cidr if known else "")
     space = subnet.vnet_address_space if subnet is not None else (
         known.vnet_address_space if known else ())
-    return NicInfo(nic.id, nic.primary.address or "", nic.primary.subnet_id, cidr, space)
+    return NicInfo(nic.id, nic.primary.address or "", nic.primary.subnet_id, cidr, space,
+                   name=nic.name, mac_address=nic.mac_address or (known.mac_address if known
+                                                                  else ""),
+                   primary_nic=nic.primary_nic)
 
 
 def _pod_condition(pool: NodeIPPool, networking: Iterable[PodAttachment]) -> Condition | None:

@@ -40,7 +40,9 @@ from azure_cni.api.nodeippool import IPCONFIG_PREFIX, InvalidPool, NodeIPPool
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
 from azure_cni.cloud.providerid import parse_provider_id
+from azure_cni.cloud.vmnics import serves
 from azure_cni.operator import metrics
+from azure_cni.operator.classes import ClassSync
 from azure_cni.operator.kube import KubePools, PoolGone
 from azure_cni.operator.reconcile import PoolReconciler
 from azure_cni.operator.workqueue import ShutDown, WorkQueue
@@ -150,6 +152,9 @@ class PoolController:
         #: while the controller takes its own lists: (kind, name) -> resourceVersion of a
         #: deletion seen meanwhile, so that the list cannot bring the object back
         self._deleted_while_listing: dict[tuple[str, str], str] | None = {}
+        #: node groups: pools made from and following their NodeIPPoolClass (one worker)
+        self.class_sync = ClassSync(kube, defaults)
+        self._class_syncs = WorkQueue()
         self._pools_synced = asyncio.Event()
         self._nodes_synced = asyncio.Event()
         self.synced = asyncio.Event()
@@ -167,6 +172,7 @@ class PoolController:
         finally:
             self.queue.shut_down()
             self._creations.shut_down()
+            self._class_syncs.shut_down()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -174,8 +180,12 @@ class PoolController:
                     await task
 
     async def list_everything(self) -> None:
-        """One list of the pools, then of the Nodes (kopf's events flow meanwhile): when it
-        returns, the controller knows every pool and every node."""
+        """One list of the classes, the pools, then the Nodes (kopf's events flow meanwhile):
+        when it returns, the controller knows every class, pool and node."""
+        async for page in self.kube.list_classes():
+            for obj in page:
+                if not self._deleted_meanwhile("class", obj):
+                    self.class_event("ADDED", obj)
         async for page in self.kube.list_pools():
             for obj in page:
                 if not self._deleted_meanwhile("pool", obj):
@@ -214,6 +224,8 @@ class PoolController:
                 self._create_pool_soon(name, node)
         tasks = [asyncio.create_task(self._creator(), name=f"pool-creator-{i}")
                  for i in range(POOL_CREATORS)]
+        tasks.append(asyncio.create_task(self._class_syncer(), name="class-sync"))
+        self._classes_changed()
         self._workers = [asyncio.create_task(self._worker(), name=f"worker-{i}")
                          for i in range(max(1, self.settings.max_concurrent_nodes))]
         tasks += self._workers
@@ -225,6 +237,7 @@ class PoolController:
         up to ``timeout`` seconds. Returns the pools whose reconcile had to be cut short."""
         self.queue.shut_down()
         self._creations.shut_down()
+        self._class_syncs.shut_down()
         running = [t for t in self._workers if not t.done()]
         if running:
             _, late = await asyncio.wait(running, timeout=timeout)
@@ -273,7 +286,10 @@ class PoolController:
             metrics.POOLS_KNOWN.set(len(self.pools))
             if self.synced.is_set():
                 self.queue.add(pool.name)
+                self._class_syncs.add(pool.name)
             return
+        if self.synced.is_set() and pool.generation != entry.pool.generation:
+            self._class_syncs.add(pool.name)
         before, entry.pool, entry.interest = entry.interest, pool, wanted
         if before == wanted or not self.synced.is_set():
             return
@@ -313,6 +329,9 @@ class PoolController:
                 node.resource_version, previous.resource_version):
             return  # older than what we have (the controller's own list, taken late)
         self.nodes[name] = node
+        if self.class_sync.node_labels(name, (obj.get("metadata") or {}).get("labels") or {}) \
+                and name in self.pools and self.synced.is_set():
+            self._class_syncs.add(name)  # the node may be in another group now
         if name not in self.pools:
             if self._pools_synced.is_set():
                 self._create_pool_soon(name, node)
@@ -324,6 +343,7 @@ class PoolController:
         (scale-set instance names are reused) gets a pool of its own."""
         self.nodes.pop(name, None)
         self.nic_hints.pop(name, None)
+        self.class_sync.forget_node(name)
         self._requested.discard(name)
         self._verify_node.discard(name)
         self._creations.forget(name)
@@ -349,13 +369,53 @@ class PoolController:
                         self._forget_node(name)
                         continue
                     self._verify_node.discard(name)
-                if await self.kube.create_pool(name, node.uid, self.defaults.spec_for(name)):
+                if await self.class_sync.create_pool(name, node.uid):
                     log.info("event=pool_created node=%s", name)
+                elif name not in self.pools:
+                    self._requested.discard(name)  # no class could make it: a change will
             except Exception as e:  # noqa: BLE001 - retried after a pause
                 log.warning("event=pool_create_failed node=%s error=%r", name, e)
                 self._creations.add_after(name, 5.0)
             finally:
                 self._creations.done(name)
+
+    def class_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name, version = _name_and_version(obj)
+        if kind == "DELETED":
+            self._note_deletion("class", obj)
+        else:
+            known = self.class_sync.classes.get(name)
+            if known is not None and not version_at_least(version, known.resource_version):
+                return  # older than what we have (the controller's own list, taken late)
+        if self.class_sync.class_event(kind, obj) and self.synced.is_set():
+            log.info("event=pool_class_changed class=%s kind=%s", name, kind)
+            self._classes_changed()
+
+    def _classes_changed(self) -> None:
+        """A class came, went or changed: every pool may follow another, and nodes left
+        without a pool (several classes selected them) may get one now. Only once every list
+        is in (``begin`` calls it then)."""
+        for name in self.pools:
+            self._class_syncs.add(name)
+        for name, node in self.nodes.items():
+            if name not in self.pools:
+                self._create_pool_soon(name, node)
+
+    async def _class_syncer(self) -> None:
+        while True:
+            try:
+                name = await self._class_syncs.get()
+            except ShutDown:
+                return
+            try:
+                entry = self.pools.get(name)
+                if entry is not None:
+                    await self.class_sync.sync(entry.pool)
+            except Exception as e:  # noqa: BLE001 - retried after a pause
+                log.warning("event=pool_class_sync_failed pool=%s error=%r", name, e)
+                self._class_syncs.add_after(name, 5.0)
+            finally:
+                self._class_syncs.done(name)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -444,10 +504,11 @@ class PoolController:
                         subscription, resource_group,
                         scale_sets.get((subscription, resource_group), set())):
                     node_name = by_vm.get(nic.vm_id.lower())
-                    if node_name is None or not nic.primary_nic:
+                    entry = self.pools.get(node_name) if node_name is not None else None
+                    if node_name is None or not serves(
+                            nic, entry.pool.spec.pod_subnet_id if entry else ""):
                         continue
                     found.add(node_name)
-                    entry = self.pools.get(node_name)
                     if entry is None or nic_differs(entry.pool, nic):
                         self.nic_hints[node_name] = NicHint(nic, listed)
                         self._queue_after_sweep(node_name)

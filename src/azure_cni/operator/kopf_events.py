@@ -1,5 +1,6 @@
-"""kopf as the operator's event source: it logs in, lists and watches Nodes and NodeIPPools
-(relisting after 410 Gone or a broken stream) and hands every event to the controller.
+"""kopf as the operator's event source: it logs in, lists and watches Nodes, NodeIPPools and
+NodeIPPoolClasses (relisting after 410 Gone or a broken stream) and hands every event to the
+controller.
 
 The handlers are ``@kopf.on.event`` only: they record the newest object and queue its pool,
 nothing else, so kopf keeps no progress or diff-base annotations, adds no finalizer and makes
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import kopf
 
 from azure_cni.api.nodeippool import GROUP, PLURAL, VERSION
+from azure_cni.api.poolclass import CLASS_PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class EventSink(Protocol):
     """What the controller takes from kopf (``kind``: ADDED, MODIFIED or DELETED)."""
 
     def pool_event(self, kind: str, obj: Mapping[str, Any]) -> None: ...
+
+    def class_event(self, kind: str, obj: Mapping[str, Any]) -> None: ...
 
     async def node_event(self, kind: str, obj: Mapping[str, Any]) -> None: ...
 
@@ -97,6 +101,10 @@ def registry(sink: EventSink) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=handlers)
     def pool_event(*, event: Mapping[str, Any], **_: Any) -> None:
         sink.pool_event(_kind(event), event.get("object") or {})
+
+    @kopf.on.event(GROUP, VERSION, CLASS_PLURAL, registry=handlers)
+    def class_event(*, event: Mapping[str, Any], **_: Any) -> None:
+        sink.class_event(_kind(event), event.get("object") or {})
 
     @kopf.on.event("", "v1", "nodes", registry=handlers)
     async def node_event(*, event: Mapping[str, Any], **_: Any) -> None:

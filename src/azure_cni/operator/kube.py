@@ -19,6 +19,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from azure_cni.api.nodeippool import (
     API_VERSION,
+    CLASS_FIELD_MANAGER,
+    CLASS_LABEL,
     GROUP,
     KIND,
     OPERATOR_FIELD_MANAGER,
@@ -30,6 +32,7 @@ from azure_cni.api.nodeippool import (
     status_apply_body,
     utcnow,
 )
+from azure_cni.api.poolclass import CLASS_PLURAL, ClassPlan
 from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,13 @@ class KubePools:
 
         return list_pages(lister, PLURAL)
 
+    def list_classes(self) -> AsyncIterator[list[dict[str, Any]]]:
+        async def lister(**kwargs: Any) -> Any:
+            return await self._custom.list_cluster_custom_object(GROUP, VERSION, CLASS_PLURAL,
+                                                                 **kwargs)
+
+        return list_pages(lister, CLASS_PLURAL)
+
     async def node_uid(self, name: str) -> str | None:
         """The uid of the Node ``name`` as the API server has it now, None if it is gone."""
         _count("get", "nodes")
@@ -146,14 +156,18 @@ class KubePools:
             response.release()
         return str((obj.get("metadata") or {}).get("uid") or "") or None
 
-    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec) -> bool:
-        """Create the pool of a node, owned by the Node; False if it already exists."""
+    async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec,
+                          pool_class: str = "") -> bool:
+        """Create the pool of a node, owned by the Node (labelled with the NodeIPPoolClass it
+        comes from, if any); False if it already exists."""
+        labels = {"app.kubernetes.io/managed-by": "azure-cni",
+                  **({CLASS_LABEL: pool_class} if pool_class else {})}
         body = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {
                 "name": node_name,
-                "labels": {"app.kubernetes.io/managed-by": "azure-cni"},
+                "labels": labels,
                 "finalizers": [FINALIZER],
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node_name,
                                      "uid": node_uid}],
@@ -208,6 +222,36 @@ class KubePools:
             raise
         return NodeIPPool.from_object(obj)
 
+    async def follow_class(self, name: str, plan: ClassPlan) -> None:
+        """Write what ``plan`` says: the spec fields and label (one merge patch), then the
+        ``PoolClass`` condition (server-side apply under the class sync's own field manager,
+        so the reconcile's status writes never remove it). A pool gone is fine."""
+        try:
+            if plan.spec or plan.label is not None:
+                patch: dict[str, Any] = {}
+                if plan.spec:
+                    patch["spec"] = dict(plan.spec)
+                if plan.label is not None:
+                    patch["metadata"] = {"labels": {CLASS_LABEL: plan.label or None}}
+                self._fence()
+                _count("patch", PLURAL)
+                await _unread(self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
+                    GROUP, VERSION, PLURAL, name, patch,
+                    _content_type="application/merge-patch+json", _preload_content=False))
+            if plan.condition is not None or plan.clear:
+                conditions = [plan.condition.to_dict()] if plan.condition is not None else []
+                self._fence()
+                _count("patch", f"{PLURAL}/status")
+                await _unread(
+                    self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
+                        GROUP, VERSION, PLURAL, name,
+                        status_apply_body(name, {"conditions": conditions}),
+                        field_manager=CLASS_FIELD_MANAGER, force=True,
+                        _content_type="application/apply-patch+yaml", _preload_content=False))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     async def add_finalizer(self, name: str) -> None:
         """Append ``FINALIZER`` (a JSON patch: the other finalizers stay as they are)."""
         patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
@@ -251,14 +295,24 @@ class KubePools:
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None:
         """A Kubernetes Event on the pool; failures are logged, never raised."""
+        await self._post_cluster_event(
+            {"apiVersion": API_VERSION, "kind": KIND, "name": pool.name,
+             **({"uid": pool.uid} if pool.uid else {})}, kind, reason, message)
+
+    async def post_node_event(self, node: str, kind: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on a Node (when there is no pool to put it on)."""
+        await self._post_cluster_event({"apiVersion": "v1", "kind": "Node", "name": node},
+                                       kind, reason, message)
+
+    async def _post_cluster_event(self, involved: Mapping[str, str], kind: str, reason: str,
+                                  message: str) -> None:
         now = rfc3339(utcnow())
         # a plain body, and the answer left unread: the client's models cost a deep copy of
         # its configuration each, five per Event, for nothing the operator uses
         event = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{pool.name}."},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": pool.name,
-                               **({"uid": pool.uid} if pool.uid else {})},
+            "metadata": {"generateName": f"{involved['name']}."},
+            "involvedObject": dict(involved),
             "type": kind, "reason": reason, "message": message[:1024],
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
             "source": {"component": "azure-cni-operator"},
@@ -271,8 +325,8 @@ class KubePools:
             await _unread(self._core.create_namespaced_event(
                 EVENT_NAMESPACE, event, _preload_content=False))  # type: ignore[arg-type]
         except ApiException as e:
-            log.warning("event=event_post_failed pool=%s reason=%s status=%s", pool.name,
-                        reason, e.status)
+            log.warning("event=event_post_failed %s=%s reason=%s status=%s",
+                        involved["kind"].lower(), involved["name"], reason, e.status)
 
     async def post_pod_event(self, namespace: str, pod: str, kind: str, reason: str,
                              message: str) -> None:

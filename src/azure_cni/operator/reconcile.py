@@ -29,6 +29,7 @@ from azure_cni.cloud.port import (
     VMRef,
 )
 from azure_cni.cloud.providerid import parse_provider_id
+from azure_cni.cloud.vmnics import serves
 from azure_cni.ipam.decide import Decision, Observation, Outcome, decide, observation_failed
 from azure_cni.operator import metrics
 from azure_cni.operator.kube import FINALIZER, PoolWriter
@@ -113,6 +114,8 @@ class PoolReconciler:
         """One reconcile of ``pool``. ``nic`` is a recent read of its NIC if the caller has
         one; ``look`` reads the NIC even when the decision would not need it (a drift check).
         Azure errors end up in the outcome, never raised."""
+        if nic is not None and not serves(nic, pool.spec.pod_subnet_id):
+            nic = None  # a read of the VM's other NIC (a sweep before the pool existed)
         obs = Observation(pool, self._clock(), pod_networking=self.pod_networking)
         decision = None if nic is not None or look else decide(obs, self._new_name)
         if decision is None or decision.read_nic:
@@ -136,7 +139,8 @@ class PoolReconciler:
         return await self._record(pool, outcome, written or obs.nic)
 
     async def _observe_nic(self, pool: NodeIPPool, provider_id: str | None) -> NicSnapshot:
-        """The node's NIC: by its known ID (one read), else through its VM (two)."""
+        """The node's NIC for the pool (``spec.podSubnetID``'s, else the primary): by its
+        known ID (one read), else through its VM (two, or one more per NIC of the VM)."""
         known = pool.status.nic.id if pool.status.nic else ""
         vm: VMRef | None = None
         if provider_id:
@@ -148,12 +152,13 @@ class PoolReconciler:
                 if vm is None:
                     raise
             else:
-                if vm is None or nic.vm_id.lower() == vm.id.lower():
+                if vm is None or (nic.vm_id.lower() == vm.id.lower()
+                                  and serves(nic, pool.spec.pod_subnet_id)):
                     return nic
         if vm is None:
             raise MissingProviderID(f"node {pool.spec.node_name} has no spec.providerID (yet); "
                                     "waiting for it")
-        return await self.azure.get_vm_nic(vm)
+        return await self.azure.get_vm_nic(vm, pool.spec.pod_subnet_id)
 
     async def _recorded_nic_elsewhere(self, pool: NodeIPPool,
                                       nic: NicSnapshot) -> NicSnapshot | None:

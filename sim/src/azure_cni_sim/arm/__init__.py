@@ -21,6 +21,7 @@ from azure_cni_sim.arm.changes import NicChangeCallback
 from azure_cni_sim.arm.config import (
     DEFAULT_STATIC_TOKEN,
     ArmConfig,
+    NicRef,
     RequestRecord,
     StaticTokenCredential,
     VmInfo,
@@ -29,5 +30,5 @@ from azure_cni_sim.arm.config import (
 from azure_cni_sim.arm.emulator import ArmEmulator
 from azure_cni_sim.arm.topology import Topology
 
-__all__ = ["DEFAULT_STATIC_TOKEN", "ArmConfig", "ArmEmulator", "NicChangeCallback",
+__all__ = ["DEFAULT_STATIC_TOKEN", "ArmConfig", "ArmEmulator", "NicChangeCallback", "NicRef",
            "RequestRecord", "StaticTokenCredential", "Topology", "VmInfo", "VnetInfo"]

@@ -69,6 +69,19 @@ class VnetInfo:
 
 
 @dataclass(frozen=True)
+class NicRef:
+    """One NIC of a VM the emulator created: what the fabric needs to plug it in."""
+
+    nic_id: str
+    primary_ip: str
+    subnet_id: str
+    #: ARM's form, ``00-0D-3A-..``; the VM's interface for the NIC carries it
+    mac: str
+    #: the subnet's prefix
+    cidr: str = ""
+
+
+@dataclass(frozen=True)
 class VmInfo:
     """A VM the emulator created: what a node and the operator need to know about it."""
 
@@ -77,6 +90,15 @@ class VmInfo:
     nic_id: str
     primary_ip: str
     subnet_id: str
+    #: the primary NIC's MAC (ARM's form)
+    mac: str = ""
+    #: the VM's further NICs (e.g. in a pod subnet), in the order the VM has them
+    more_nics: tuple[NicRef, ...] = ()
+
+    @property
+    def nics(self) -> tuple[NicRef, ...]:
+        """Every NIC of the VM, the primary first."""
+        return (NicRef(self.nic_id, self.primary_ip, self.subnet_id, self.mac), *self.more_nics)
 
     @property
     def provider_id(self) -> str:

@@ -41,6 +41,7 @@ from azure_cni_sim.arm.auth import authenticate, challenge
 from azure_cni_sim.arm.changes import NicChangeCallback, NicChangeFeed
 from azure_cni_sim.arm.config import (
     ArmConfig,
+    NicRef,
     RequestRecord,
     StaticTokenCredential,
     VmInfo,
@@ -57,6 +58,7 @@ from azure_cni_sim.armstate import (
     DEFAULT_SUBSCRIPTION,
     ArmError,
     ArmState,
+    Nic,
     nic_json,
     vm_json,
     vnet_json,
@@ -86,6 +88,11 @@ def _free_socket(host: str, port: int) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
+
+
+def _nic_ref(nic: Nic) -> NicRef:
+    subnet = nic.ip_configs[0].subnet
+    return NicRef(nic.id, nic.addresses()[0], subnet.id, nic.mac, str(subnet.network))
 
 
 class ArmEmulator:
@@ -368,8 +375,10 @@ class ArmEmulator:
     def add_vm(self, name: str, subnet_id: str, *, resource_group: str | None = None,
                subscription: str | None = None, location: str | None = None,
                primary_ip: str | None = None, nic_name: str | None = None,
-               scale_set: str | None = None, identities: Sequence[str] = ()) -> VmInfo:
-        """A VM with one NIC (``<name>-nic``) whose primary address comes from ``subnet_id``.
+               scale_set: str | None = None, identities: Sequence[str] = (),
+               more_nics: Mapping[str, str] | None = None) -> VmInfo:
+        """A VM with one NIC (``<name>-nic``) whose primary address comes from ``subnet_id``,
+        and one more NIC per ``more_nics`` entry (NIC name -> subnet ID), not primary.
 
         ``scale_set`` makes it a Flexible scale-set VM; ``identities`` are the client IDs of
         user-assigned identities IMDS will issue tokens for (system-assigned always works).
@@ -383,12 +392,17 @@ class ArmEmulator:
                 subscription or vnet.subscription, resource_group or vnet.resource_group, name,
                 subnet_id, location=location or vnet.location, primary_ip=primary_ip,
                 nic_name=nic_name, scale_set=scale_set, identities=identities)
-        return VmInfo(vm.name, vm.id, nic.id, nic.addresses()[0], subnet.id)
+            more = [self._state.attach_nic(vm.id, more_subnet, more_name)
+                    for more_name, more_subnet in (more_nics or {}).items()]
+        return VmInfo(vm.name, vm.id, nic.id, nic.addresses()[0], subnet.id, nic.mac,
+                      tuple(_nic_ref(m) for m in more))
 
     def add_scale_set(self, name: str, subnet_id: str, *, resource_group: str | None = None,
-                      subscription: str | None = None, location: str | None = None) -> str:
-        """A Uniform scale set whose instances get one NIC (``<name>-nic``) in ``subnet_id``;
-        returns its ID. Instances come from ``add_instance``."""
+                      subscription: str | None = None, location: str | None = None,
+                      more_nics: Mapping[str, str] | None = None) -> str:
+        """A Uniform scale set whose instances get one NIC (``<name>-nic``) in ``subnet_id``
+        and one more per ``more_nics`` entry (NIC configuration name -> subnet ID); returns
+        its ID. Instances come from ``add_instance``."""
         with self._lock:
             subnet = self._state.subnets.get(subnet_id.lower())
             if subnet is None:
@@ -396,7 +410,8 @@ class ArmEmulator:
             vnet = self._state.vnets[subnet.vnet_id.lower()]
             return scale_sets_of(self._state).add_scale_set(
                 subscription or vnet.subscription, resource_group or vnet.resource_group, name,
-                subnet_id, location=location or vnet.location).id
+                subnet_id, location=location or vnet.location,
+                more_nics=tuple((more_nics or {}).items())).id
 
     def add_instance(self, scale_set_id: str, primary_ip: str | None = None) -> VmInfo:
         """Scale a Uniform scale set out by one instance. Its ``VmInfo.name`` is the
@@ -407,9 +422,9 @@ class ArmEmulator:
             if ss is None:
                 raise ValueError(f"no scale set {scale_set_id}")
             instance = sets.add_instance(ss, primary_ip)
-            nic = sets.instance_nic(instance)
+            nic, *more = sets.instance_nics(instance)
         return VmInfo(instance.computer_name, instance.id, nic.id, nic.addresses()[0],
-                      ss.subnet_id)
+                      ss.subnet_id, nic.mac, tuple(_nic_ref(m) for m in more))
 
     def delete_instance(self, instance_id: str) -> None:
         """Scale a Uniform scale set in: the instance, its NIC and its addresses go."""
@@ -429,7 +444,7 @@ class ArmEmulator:
             for ss in sets.by_id.values():
                 for instance in ss.instances.values():
                     if instance.id.lower() == instance_id.lower():
-                        return instance_json(instance, sets.instance_nic(instance))
+                        return instance_json(instance, sets.instance_nics(instance))
         raise KeyError(instance_id)
 
     # -- inspection -----------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def _operation_url(r: Request, op: Operation) -> str:
 
 def get_instance(r: Request) -> Reply:
     instance = _instance(r)
-    return Reply(instance_json(instance, scale_sets_of(r.state).instance_nic(instance)))
+    return Reply(instance_json(instance, scale_sets_of(r.state).instance_nics(instance)))
 
 
 def put_instance(r: Request) -> Reply:
@@ -70,7 +70,7 @@ def put_instance(r: Request) -> Reply:
         instance, r.body, if_match=r.headers.get("If-Match"), polls=r.config.lro_polls,
         failure=r.operation_failure(r.path))
     headers["Azure-AsyncOperation"] = _operation_url(r, op)
-    return Reply(instance_json(instance, sets.instance_nic(instance)), 200, headers)
+    return Reply(instance_json(instance, sets.instance_nics(instance)), 200, headers)
 
 
 def get_compute_operation(r: Request) -> Reply:
@@ -97,7 +97,7 @@ def get_instance_nic(r: Request) -> Reply:
 
 def list_instance_nics(r: Request) -> Reply:
     instance = _instance(r)
-    return Reply({"value": [nic_json(scale_sets_of(r.state).instance_nic(instance))]})
+    return Reply({"value": [nic_json(n) for n in scale_sets_of(r.state).instance_nics(instance)]})
 
 
 def list_scale_set_nics(r: Request) -> Reply:
@@ -110,8 +110,8 @@ def list_scale_set_nics(r: Request) -> Reply:
     except ValueError:
         raise ArmError(400, "InvalidSkipToken", "The $skipToken is not valid.") from None
     size = max(1, r.config.list_page_size)
-    body: dict[str, Any] = {"value": [nic_json(sets.instance_nic(i))
-                                      for i in instances[start:start + size]]}
+    body: dict[str, Any] = {"value": [nic_json(n) for i in instances[start:start + size]
+                                      for n in sets.instance_nics(i)]}
     if start + size < len(instances):
         body["nextLink"] = (f"https://{r.host}{r.path}?api-version={VMSS_NETWORK_API_VERSION}"
                             f"&$skipToken={start + size}")

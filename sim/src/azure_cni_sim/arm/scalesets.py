@@ -25,13 +25,13 @@ from azure_cni_sim.armstate import (
     MAX_IP_CONFIGURATIONS,
     ArmError,
     ArmState,
-    IpConfig,
     Nic,
     Operation,
     Vm,
     _not_found,
     _rg_prefix,
     new_etag,
+    new_nic,
 )
 
 #: "VMScaleSetIpConfigurationsOnSameNicCannotUseDifferentSubnets" (named in Cilium's tests)
@@ -62,6 +62,8 @@ class ScaleSet:
     #: the image every instance was made from: a Compute Gallery image version
     image_id: str
     instances: dict[str, Instance] = field(default_factory=dict)
+    #: further NIC configurations of every instance: (name, subnet ID), e.g. a pod subnet's
+    more_nics: tuple[tuple[str, str], ...] = ()
     next_instance: int = 0
 
 
@@ -73,6 +75,8 @@ class Instance:
     vm: Vm
     nic_id: str
     computer_name: str
+    #: every NIC of the instance, the primary (``nic_id``) first
+    nic_ids: list[str] = field(default_factory=list)
     #: Compute etags are quoted integers that grow with every accepted write
     version: int = 1
     vm_guid: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -101,9 +105,11 @@ class ScaleSets:
     # -- topology ---------------------------------------------------------------------------
 
     def add_scale_set(self, subscription: str, resource_group: str, name: str, subnet_id: str,
-                      *, location: str) -> ScaleSet:
-        if self.state.subnets.get(subnet_id.lower()) is None:
-            raise ValueError(f"no subnet {subnet_id}")
+                      *, location: str, more_nics: tuple[tuple[str, str], ...] = ()
+                      ) -> ScaleSet:
+        for subnet in (subnet_id, *(s for _, s in more_nics)):
+            if self.state.subnets.get(subnet.lower()) is None:
+                raise ValueError(f"no subnet {subnet}")
         ss_id = scale_set_id(subscription, resource_group, name)
         if ss_id.lower() in self.by_id:
             raise ValueError(f"scale set {ss_id} exists already")
@@ -111,7 +117,7 @@ class ScaleSets:
         gallery = (f"/subscriptions/{subscription}/resourceGroups/images/providers/"
                    "Microsoft.Compute/galleries/nodeimages/images/ubuntu/versions/2026.11.1")
         ss = ScaleSet(ss_id, name, subscription, resource_group, location, subnet_id,
-                      f"{name}-nic", gallery)
+                      f"{name}-nic", gallery, more_nics=more_nics)
         self.by_id[ss_id.lower()] = ss
         return ss
 
@@ -122,28 +128,32 @@ class ScaleSets:
         scale_set.next_instance += 1
         inst_path = f"{scale_set.id}/virtualMachines/{instance_id}"
         nic_id = f"{inst_path}/networkInterfaces/{scale_set.nic_config}"
-        address = subnet.free_address(primary_ip)
-        mac = "00-0D-3A-" + "-".join(f"{b:02X}" for b in uuid.uuid4().bytes[:3])
-        nic = Nic(nic_id, scale_set.nic_config, scale_set.subscription,
-                  scale_set.resource_group, scale_set.location, inst_path, mac, [])
-        nic.ip_configs.append(IpConfig("ipconfig1", address, "Dynamic", True, subnet))
-        subnet.claim(address, nic.ipconfig_id("ipconfig1"))
+        nic = new_nic(nic_id, subnet, subnet.free_address(primary_ip), owner_id=inst_path,
+                      location=scale_set.location)
+        nics = [nic]
+        for config, subnet_id in scale_set.more_nics:
+            more = self.state.subnets[subnet_id.lower()]
+            nics.append(new_nic(f"{inst_path}/networkInterfaces/{config}", more,
+                                more.free_address(None), owner_id=inst_path,
+                                location=scale_set.location, primary=False))
         # AKS-style computer names (<scale set><6 base-36 digits>) are valid node names, unlike
         # the instance's ARM name "<scale set>_<id>"
         computer_name = f"{scale_set.name}{_base36(int(instance_id)):0>6}"
         vm = Vm(inst_path, computer_name, scale_set.subscription, scale_set.resource_group,
-                scale_set.location, [nic_id])
-        self.state.nics[nic_id.lower()] = nic
+                scale_set.location, [n.id for n in nics])
+        for each in nics:
+            self.state.nics[each.id.lower()] = each
         self.state.vms[inst_path.lower()] = vm
-        instance = Instance(scale_set, instance_id, vm, nic_id, computer_name)
+        instance = Instance(scale_set, instance_id, vm, nic_id, computer_name,
+                            [n.id for n in nics])
         scale_set.instances[instance_id] = instance
         return instance
 
     def delete_instance(self, instance: Instance) -> None:
-        """Scale in: the instance, its NIC and its addresses are gone."""
-        nic = self.state.nics.pop(instance.nic_id.lower(), None)
-        if nic is not None:
-            for cfg in nic.ip_configs:
+        """Scale in: the instance, its NICs and their addresses are gone."""
+        for nic_id in instance.nic_ids:
+            nic = self.state.nics.pop(nic_id.lower(), None)
+            for cfg in nic.ip_configs if nic is not None else ():
                 cfg.subnet.release(cfg.address)
         self.state.vms.pop(instance.id.lower(), None)
         instance.scale_set.instances.pop(instance.instance_id, None)
@@ -166,8 +176,9 @@ class ScaleSets:
         return found
 
     def nic(self, instance: Instance, nic_name: str) -> Nic:
-        nic = self.state.nics.get(instance.nic_id.lower())
-        if nic is None or nic.name.lower() != nic_name.lower():
+        nic = next((n for n in self.instance_nics(instance)
+                    if n.name.lower() == nic_name.lower()), None)
+        if nic is None:
             raise _not_found(f"Microsoft.Compute/virtualMachineScaleSets/"
                              f"{instance.scale_set.name}/virtualMachines/"
                              f"{instance.instance_id}/networkInterfaces", nic_name,
@@ -176,6 +187,11 @@ class ScaleSets:
 
     def instance_nic(self, instance: Instance) -> Nic:
         return self.state.nics[instance.nic_id.lower()]
+
+    def instance_nics(self, instance: Instance) -> list[Nic]:
+        """Every NIC of the instance, the primary first."""
+        return [self.state.nics[n.lower()] for n in instance.nic_ids
+                if n.lower() in self.state.nics]
 
     # -- the instance PUT -------------------------------------------------------------------
 
@@ -187,13 +203,12 @@ class ScaleSets:
         NIC configuration, matched by name; kept ones keep their addresses, new ones get the
         lowest free addresses, dropped ones give theirs back when the operation succeeds.
         """
-        nic = self.instance_nic(instance)
         if if_match is not None and if_match not in ("*", instance.etag):
             # UNVERIFIED body: Compute's exact 412 text is not documented
             raise ArmError(412, "PreconditionFailed",
                            f"The specified precondition 'If-Match = {if_match}' was not met: "
                            f"the current etag of {instance.id} is {instance.etag}.")
-        if nic.operation is not None:
+        if any(n.operation is not None for n in self.instance_nics(instance)):
             raise ArmError(409, "Conflict",
                            "The request failed due to conflict with a concurrent request. To "
                            "resolve it, please refer to https://aka.ms/activitylog to get more "
@@ -203,12 +218,7 @@ class ScaleSets:
                            "The request content was invalid and could not be deserialized.")
         props = body.get("properties") or {}
         self._check_image(instance, props)
-        wanted = self._wanted_ip_configurations(instance, nic, props)
-        if wanted is None:  # the body leaves the network profile as it is
-            wanted = [{"name": c.name, "subnet_id": c.subnet.id, "method": "Dynamic",
-                       "address": None, "primary": c.primary, "extra": dict(c.extra),
-                       "prefix": c.prefix_length}
-                      for c in nic.ip_configs]
+        nic, wanted = self._changed_nic(instance, props)
         subnet = self.state.subnets.get(wanted[0]["subnet_id"].lower())
         assert subnet is not None  # _wanted_ip_configurations checked every reference
         primary = self.state._check_primary(nic, wanted)
@@ -242,25 +252,46 @@ class ScaleSets:
                        f"have permission to perform action '{GALLERY_READ}' on the linked "
                        f"scope(s) '{image.get('id')}' or the linked scope(s) are invalid.")
 
-    def _wanted_ip_configurations(self, instance: Instance, nic: Nic,
-                                  props: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-        """The body's ipConfigurations of the instance's NIC in ``armstate``'s parsed form."""
+    def _changed_nic(self, instance: Instance, props: Mapping[str, Any]
+                     ) -> tuple[Nic, list[dict[str, Any]]]:
+        """The NIC whose ipConfigurations the body changes and what it wants them to be (the
+        primary NIC, unchanged, when the body changes none). A PUT that changes the
+        ipConfigurations of two NICs at once is refused: the emulator writes one NIC per
+        operation (UNVERIFIED whether Compute allows it; azure-cni never asks)."""
+        nics = self.instance_nics(instance)
         profile = props.get("networkProfileConfiguration")
-        if profile is None:
-            return None
+        if profile is None:  # the body leaves the network profile as it is
+            return nics[0], _as_wanted(nics[0])
         configs = profile.get("networkInterfaceConfigurations") \
             if isinstance(profile, Mapping) else None
         if not isinstance(configs, list):
             raise ArmError(400, "InvalidParameter",
                            "networkProfileConfiguration.networkInterfaceConfigurations must be "
                            "a list.")
-        mine = next((c for c in configs if isinstance(c, Mapping)
-                     and str(c.get("name") or "").lower() == nic.name.lower()), None)
-        if mine is None or len(configs) != 1:
+        names = sorted(str(c.get("name") or "").lower() for c in configs
+                       if isinstance(c, Mapping))
+        if names != sorted(n.name.lower() for n in nics):
             # UNVERIFIED code: adding or dropping NICs of an instance is not what this models
             raise ArmError(400, "InvalidParameter",
                            f"The network profile of {instance.id} must keep exactly its network "
-                           f"interface configuration {nic.name!r}.")
+                           f"interface configurations {[n.name for n in nics]}.")
+        changed = []
+        for nic in nics:
+            mine = next(c for c in configs
+                        if str(c.get("name") or "").lower() == nic.name.lower())
+            wanted = self._wanted_ip_configurations(instance, nic, mine)
+            if _key(wanted) != _key(_as_wanted(nic)):
+                changed.append((nic, wanted))
+        if len(changed) > 1:
+            raise ArmError(400, "InvalidParameter",
+                           f"The emulator changes the ipConfigurations of one network interface "
+                           f"of {instance.id} per request; this one changes "
+                           f"{[n.name for n, _ in changed]}.")
+        return changed[0] if changed else (nics[0], _as_wanted(nics[0]))
+
+    def _wanted_ip_configurations(self, instance: Instance, nic: Nic,
+                                  mine: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A NIC configuration's ipConfigurations in ``armstate``'s parsed form."""
         raw = (mine.get("properties") or {}).get("ipConfigurations")
         if not isinstance(raw, list) or not raw:
             raise ArmError(400, "InvalidParameter",
@@ -309,6 +340,18 @@ class ScaleSets:
         return wanted
 
 
+def _as_wanted(nic: Nic) -> list[dict[str, Any]]:
+    """The NIC's ipConfigurations as an instance PUT that keeps them would ask for them."""
+    return [{"name": c.name, "subnet_id": c.subnet.id, "method": "Dynamic", "address": None,
+             "primary": c.primary, "extra": dict(c.extra), "prefix": c.prefix_length}
+            for c in nic.ip_configs]
+
+
+def _key(wanted: list[dict[str, Any]]) -> list[tuple[str, str, bool, str]]:
+    return [(w["name"].lower(), w["subnet_id"].lower(), w["primary"], repr(sorted(
+        w["extra"].items()))) for w in wanted]
+
+
 def _base36(n: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     out = ""
@@ -328,14 +371,23 @@ def provisioning_state(nic: Nic) -> str:
     return "Failed" if nic.state == "Failed" else "Succeeded"
 
 
-def instance_json(instance: Instance, nic: Nic) -> dict[str, Any]:
-    """A VirtualMachineScaleSetVM as Compute returns it (api-version 2026-04-01)."""
+def instance_json(instance: Instance, nics: list[Nic]) -> dict[str, Any]:
+    """A VirtualMachineScaleSetVM as Compute returns it (api-version 2026-04-01); ``nics``
+    are its NICs, the primary first."""
     ss = instance.scale_set
-    ip_configurations = []
-    for c in nic.ip_configs:
-        ipc: dict[str, Any] = {"primary": c.primary, "subnet": {"id": c.subnet.id},
-                               "privateIPAddressVersion": "IPv4", **c.extra}
-        ip_configurations.append({"name": c.name, "properties": ipc})
+    configurations = []
+    for nic in nics:
+        ip_configurations = []
+        for c in nic.ip_configs:
+            ipc: dict[str, Any] = {"primary": c.primary, "subnet": {"id": c.subnet.id},
+                                   "privateIPAddressVersion": "IPv4", **c.extra}
+            ip_configurations.append({"name": c.name, "properties": ipc})
+        configurations.append({
+            "name": nic.name,
+            "properties": {"primary": nic.primary, "enableAcceleratedNetworking": False,
+                           "enableIPForwarding": False, "dnsSettings": {"dnsServers": []},
+                           "ipConfigurations": ip_configurations}})
+    busy = next((n for n in nics if n.operation is not None), None)
     return {
         "name": instance.name,
         "id": instance.id,
@@ -356,12 +408,9 @@ def instance_json(instance: Instance, nic: Nic) -> dict[str, Any]:
                 "dataDisks": []},
             "osProfile": {"computerName": instance.computer_name, "adminUsername": "azureuser",
                           "linuxConfiguration": {"disablePasswordAuthentication": True}},
-            "networkProfile": {"networkInterfaces": [{"id": nic.id}]},
-            "networkProfileConfiguration": {"networkInterfaceConfigurations": [{
-                "name": ss.nic_config,
-                "properties": {"primary": True, "enableAcceleratedNetworking": False,
-                               "enableIPForwarding": False, "dnsSettings": {"dnsServers": []},
-                               "ipConfigurations": ip_configurations}}]},
-            "provisioningState": provisioning_state(nic),
+            "networkProfile": {"networkInterfaces": [
+                {"id": nic.id, "properties": {"primary": nic.primary}} for nic in nics]},
+            "networkProfileConfiguration": {"networkInterfaceConfigurations": configurations},
+            "provisioningState": provisioning_state(busy or nics[0]),
         },
     }
