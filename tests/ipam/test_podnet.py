@@ -7,6 +7,8 @@ from dataclasses import replace
 from ipaddress import ip_address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.api.test_crd import list_map_keys
 from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
 
@@ -104,6 +106,13 @@ def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> 
      "is not a Microsoft.Network/publicIPAddresses resource ID"),
     ("a namespace not allowed backend pools", request(pod="db/x", public_ip="", pools=[POOL_A]),
      "namespace 'db' may not join load balancer backend pools"),
+    # issue 22 row 1: these raised CloudError out of the decision
+    ("a resource group and a name", request(public_ip="pips/web"),
+     "'pips/web' is not an Azure resource ID"),
+    ("a bare backend pool name", request(public_ip="", pools=["web-pool"]),
+     "'web-pool' is not an Azure resource ID"),
+    ("a path that is no resource ID", request(public_ip="/subscriptions/s/web"),
+     "'/subscriptions/s/web' is not an Azure resource ID"),
 ])
 def test_the_policy_refuses_before_azure_sees_anything(name, req, why) -> None:
     decision, outcome = run(observe([req]))
@@ -259,3 +268,29 @@ def test_the_primary_is_never_given_a_pods_features() -> None:
     decision, _ = run(replace(observe([req]), nic=replace(
         carrying({}), ip_configurations=(primary, *carrying({}).secondary()))))
     assert decision.write is None
+
+
+_ANNOTATION = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["web", "pips/web", "/", "//", PIP, POOL_A, PIP + "/", PIP.upper(),
+                     "/subscriptions/s/resourceGroups/pips", POOL_A.replace("/lb/", "/")]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(public_ip=_ANNOTATION, pools=st.lists(_ANNOTATION, max_size=3),
+       pod=st.sampled_from(["web/a", "lb/b", "tenant/c", "/", "web/"]))
+def test_no_annotation_makes_the_decision_raise_and_every_request_is_answered(
+        public_ip: str, pools: list[str], pod: str) -> None:
+    """Whatever a pod writes, the decision answers it (Attached or Refused) and never raises:
+    an exception would stall every reconcile of the node (issue 22 row 1)."""
+    req = request(pod=pod, public_ip=public_ip.strip(), pools=[p for p in pools if p.strip()])
+    if not (req.public_ip or req.backend_pools):
+        return
+    obs = observe([req])
+    decision = decide(obs, lambda: "azcni-new")
+    written = carrying({NAME: dict(decision.write.features).get(NAME, IPConfigFeatures())}) \
+        if decision.write is not None else obs.nic
+    outcome = decision.settle(written) if decision.write is not None else decision.outcome
+    assert outcome is not None and outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert answer.state in (AttachmentState.ATTACHED, AttachmentState.REFUSED)

@@ -122,3 +122,31 @@ async def test_a_namespace_that_may_not_gets_an_event_and_no_azure_call() -> Non
     (answer,) = world.pool().status.pod_networking
     assert answer.state == AttachmentState.REFUSED and "may not use public IPs" in answer.message
     assert pod_events(world) == [("tenant/x", "PodNetworkRefused")]
+
+
+async def test_a_typo_in_an_annotation_is_an_event_and_the_rest_of_the_node_goes_on() -> None:
+    """Issue 22 row 1: ``pips/web`` (not a resource ID, not a bare name) or a bare backend pool
+    name made the decision raise: the node's whole pool stalled and the pod got no Event."""
+    world = world_with_policy()
+    await world.reconcile()
+    pip = world.azure.add_public_ip("web")
+    typo = request(world, 0, "web/typo", "pips/web")
+    bare = request(world, 1, "web/bare", pools=("web-pool",))
+    fine = request(world, 2, "web/fine", "web")
+    agent_requests(world, typo, bare, fine)
+    result = await world.reconcile()
+    assert not result.outcome.failed, result.outcome.message
+    answers = {a.pod: a for a in world.pool().status.pod_networking}
+    assert answers["web/typo"].state == AttachmentState.REFUSED
+    assert "'pips/web' is not an Azure resource ID" in answers["web/typo"].message
+    assert answers["web/bare"].state == AttachmentState.REFUSED
+    assert "'web-pool' is not an Azure resource ID" in answers["web/bare"].message
+    assert answers["web/fine"].state == AttachmentState.ATTACHED
+    assert on_nic(world, fine.ip_configuration)[0].lower() == pip.lower()
+    assert sorted(pod_events(world)) == [("web/bare", "PodNetworkRefused"),
+                                         ("web/fine", "PodNetworkAttached"),
+                                         ("web/typo", "PodNetworkRefused")]
+    # the pool itself keeps growing and shrinking: a used address makes the next write
+    world.pools.act_as_agent("n1", used=4)
+    grown = await world.reconcile()
+    assert not grown.outcome.failed and len(world.inventory()) > 4

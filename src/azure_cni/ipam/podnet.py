@@ -30,7 +30,7 @@ from azure_cni.api.podnet import (
     by_address,
 )
 from azure_cni.api.settings import PodNetworkingSettings
-from azure_cni.cloud.port import IPConfigFeatures, NicSnapshot
+from azure_cni.cloud.port import CloudError, IPConfigFeatures, NicSnapshot
 from azure_cni.cloud.resourceid import parse_resource_id
 
 
@@ -64,7 +64,9 @@ def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, *types: s
     """Why ``resource_id`` may not be used ("" when it may)."""
     try:
         ref = parse_resource_id(resource_id)
-    except ValueError:
+    except CloudError:
+        # a typo in a pod's annotation: a refusal of that request, never an error of the
+        # reconcile (which would stall the whole node's pool)
         return f"{resource_id!r} is not an Azure resource ID"
     if not ref.is_type("Microsoft.Network", *types):
         return f"{resource_id!r} is not a Microsoft.Network/{'/'.join(types)} resource ID"
