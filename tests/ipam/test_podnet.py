@@ -32,6 +32,7 @@ from azure_cni.ipam.decide import Observation, decide
 SUB = "s"
 PIP = f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
 OTHER_RG_PIP = PIP.replace("/pips/", "/someone-else/")
+OTHER_SUB_PIP = PIP.replace(f"/subscriptions/{SUB}/", "/subscriptions/other/")
 POOL_A = (f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/loadBalancers/"
           "lb/backendAddressPools/a")
 POOL_B = POOL_A[:-1] + "b"
@@ -113,6 +114,12 @@ def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> 
      "'web-pool' is not an Azure resource ID"),
     ("a path that is no resource ID", request(public_ip="/subscriptions/s/web"),
      "'/subscriptions/s/web' is not an Azure resource ID"),
+    # issue 22 row 5: the resource group matched, the subscription was never looked at
+    ("a public IP of another subscription", request(public_ip=OTHER_SUB_PIP),
+     "subscription 'other' of"),
+    ("a backend pool of another subscription",
+     request(public_ip="", pools=[POOL_A.replace(f"/subscriptions/{SUB}/", "/subscriptions/other/")]),
+     "subscription 'other' of"),
 ])
 def test_the_policy_refuses_before_azure_sees_anything(name, req, why) -> None:
     decision, outcome = run(observe([req]))

@@ -3,8 +3,9 @@
 The rules (the flow is in :mod:`azure_cni.api.podnet`):
 
 - **Policy first.** A request from a namespace the chart does not allow for the feature, or
-  naming a resource outside the allowed resource groups (or not a public IP / backend pool
-  resource ID at all), is Refused with the reason; nothing of it reaches Azure.
+  naming a resource outside the node's subscription or the allowed resource groups (or not a
+  public IP / backend pool resource ID at all), is Refused with the reason; nothing of it
+  reaches Azure.
 - **Azure's refusals stick.** A request Azure refused (a public IP attached elsewhere, a
   Basic load balancer, a deleted resource) stays Refused with Azure's message for as long as
   the same pod asks the same thing: retrying would fail every NIC write of the node. A new
@@ -60,16 +61,25 @@ def _allows(namespaces: Iterable[str], namespace: str) -> bool:
     return any(n in ("*", namespace) for n in namespaces)
 
 
-def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, *types: str) -> str:
-    """Why ``resource_id`` may not be used ("" when it may)."""
+def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, subscription: str,
+                      *types: str) -> str:
+    """Why ``resource_id`` may not be used ("" when it may): it must be of ``types``, in the
+    node's own subscription and in an allowed resource group."""
     try:
         ref = parse_resource_id(resource_id)
     except CloudError:
         # a typo in a pod's annotation: a refusal of that request, never an error of the
         # reconcile (which would stall the whole node's pool)
-        return f"{resource_id!r} is not an Azure resource ID"
+        return (f"{resource_id!r} is not an Azure resource ID "
+                f"(/subscriptions/<s>/resourceGroups/<g>/providers/Microsoft.Network/"
+                f"{'/<name>/'.join(types)}/<name>)")
     if not ref.is_type("Microsoft.Network", *types):
         return f"{resource_id!r} is not a Microsoft.Network/{'/'.join(types)} resource ID"
+    if not subscription or ref.subscription.lower() != subscription.lower():
+        # the resource group names below are only unique within a subscription
+        return (f"subscription {ref.subscription!r} of {resource_id} is not the node's "
+                f"({subscription or 'unknown'}): pods use resources of their node's "
+                "subscription only")
     allowed = {g.lower() for g in policy.resource_groups}
     if ref.resource_group.lower() not in allowed:
         return (f"resource group {ref.resource_group!r} of {resource_id} is not in the chart's "
@@ -91,7 +101,8 @@ def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
                 group = policy.resource_groups[0] if policy.resource_groups else ""
                 public_ip = (f"/subscriptions/{subscription}/resourceGroups/{group}/providers/"
                              f"Microsoft.Network/publicIPAddresses/{public_ip}")
-            problem = _in_allowed_group(public_ip, policy, "publicIPAddresses")
+            problem = _in_allowed_group(public_ip, policy, subscription,
+                                        "publicIPAddresses")
             if problem:
                 problems.append(problem)
     pools = request.backend_pools
@@ -100,8 +111,8 @@ def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
             problems.append(f"namespace {request.namespace!r} may not join load balancer "
                             "backend pools (the chart's podNetworking.loadBalancerNamespaces)")
         else:
-            problems += [p for p in (_in_allowed_group(pool, policy, "loadBalancers",
-                                                       "backendAddressPools")
+            problems += [p for p in (_in_allowed_group(pool, policy, subscription,
+                                                       "loadBalancers", "backendAddressPools")
                                      for pool in pools) if p]
     if problems:
         return Wanted(request, refused="; ".join(problems))
