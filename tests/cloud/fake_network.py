@@ -139,6 +139,8 @@ class FakeAzure:
         #: public IP resource ID (lower) -> SKU; backend pool ID (lower) -> its LB's SKU
         self.public_ips: dict[str, str] = {}
         self.backend_pools: dict[str, str] = {}
+        #: scopes (lower) the operator's identity may not join (LinkedAuthorizationFailed)
+        self.join_denied: set[str] = set()
         self._names = itertools.count()
         self.closed = False
 
@@ -165,6 +167,36 @@ class FakeAzure:
                 if c.features.public_ip.lower() == resource_id.lower():
                     return f"{nic.id}/ipConfigurations/{c.name}"
         return None
+
+    def deny_join(self, scope: str) -> None:
+        """From now on the operator may not join anything under ``scope``."""
+        self.join_denied.add(scope.lower().rstrip("/"))
+
+    def _check_linked_access(self, nic_id: str, configs: Sequence[FakeIPConfig]) -> None:
+        """ARM's join check over every reference the written NIC holds (the emulator's, in
+        short): a 403 LinkedAuthorizationFailed naming the scope, or the foreign subscription."""
+        for config in configs:
+            for linked in (config.features.public_ip, *config.features.backend_pools):
+                subscription = linked.strip("/").split("/")[1] if linked.count("/") > 2 else ""
+                if linked and subscription.lower() != SUB.lower():
+                    raise AttachmentRefused(
+                        f"The client has permission to perform action 'Microsoft.Network/"
+                        f"networkInterfaces/write' on scope '{nic_id}', however the current "
+                        f"tenant 'fake' is not authorized to access linked subscription "
+                        f"'{subscription}'.", resources=(f"/subscriptions/{subscription}",),
+                        code="LinkedAuthorizationFailed", status=403)
+                if any(linked.lower() == d or linked.lower().startswith(d + "/")
+                       for d in self.join_denied):
+                    action = ("publicIPAddresses/join/action"
+                              if linked == config.features.public_ip
+                              else "loadBalancers/backendAddressPools/join/action")
+                    raise AttachmentRefused(
+                        f"The client 'fake' with object id 'fake' has permission to perform "
+                        f"action 'Microsoft.Network/networkInterfaces/write' on scope "
+                        f"'{nic_id}'; however, it does not have permission to perform action "
+                        f"'Microsoft.Network/{action}' on the linked scope(s) '{linked}' or "
+                        "the linked scope(s) are invalid.", resources=(linked,),
+                        code="LinkedAuthorizationFailed", status=403)
 
     def _check_features(self, nic_id: str, features: Mapping[str, IPConfigFeatures]) -> None:
         """Azure's refusals for what an ipConfiguration may carry (the emulator's, in short)."""
@@ -355,8 +387,10 @@ class FakeAzure:
                     and not c.features.same(wanted[c.name.lower()])}
         if not fresh and not doomed and not featured and not reapply:
             return current.snapshot()
-        self._check_features(nic_id, featured)
         kept = [c for c in current.configs if c.name.lower() not in doomed]
+        self._check_linked_access(nic_id, [replace(c, features=featured.get(c.name, c.features))
+                                           for c in kept])
+        self._check_features(nic_id, featured)
         if len(kept) + len(fresh) > MAX_IP_CONFIGURATIONS:
             raise NicLimitExceeded(f"NIC {nic_id} cannot have more than "
                                    f"{MAX_IP_CONFIGURATIONS} IP configurations",

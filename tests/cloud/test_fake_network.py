@@ -46,6 +46,8 @@ class Backend:
     instance: Any = None
     #: name -> resource ID of a new Standard public IP
     make_public_ip: Any = None
+    #: scope -> None: the operator's identity may not join anything under it from now on
+    deny_join: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -65,7 +67,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             return fake.add_instance(scale_set, str(counts[scale_set]), subnet_id)
 
         yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
-                      fake_instance, fake.add_public_ip)
+                      fake_instance, fake.add_public_ip, fake.deny_join)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -108,7 +110,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
                       make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
-                      make_instance, make_public_ip)
+                      make_instance, make_public_ip, emu.deny_join)
         await adapter.close()
     finally:
         emu.stop()
@@ -269,3 +271,51 @@ async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend) ->
     moved = await backend.port.update_ip_configurations(
         nic_b, features={"azcni-b": IPConfigFeatures(pip)})
     assert moved.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
+
+
+async def test_a_public_ip_in_use_is_refused_naming_it_whole_dots_and_all(backend) -> None:
+    pip = backend.make_public_ip("web.prod")
+    _, nic_a = backend.vm("a", backend.subnet_id)
+    _, nic_b = backend.vm("b", backend.subnet_id)
+    await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
+    await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
+    await backend.port.update_ip_configurations(
+        nic_a, features={"azcni-a": IPConfigFeatures(pip)})
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+    assert [r.lower() for r in refused.value.resources] == [pip.lower()]
+    assert refused.value.concerns(pip) and not refused.value.concerns(pip[:-len(".prod")])
+
+
+async def test_a_resource_the_operator_may_not_join_is_a_refusal_naming_it(backend) -> None:
+    """ARM checks the join permission on what a NIC write references (a 403
+    LinkedAuthorizationFailed, arm-api.md §2.1): a refusal of that resource, not of the node."""
+    pip = backend.make_public_ip("guarded")
+    backend.deny_join(pip)
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    added = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            added, features={"azcni-a": IPConfigFeatures(pip)})
+    assert (refused.value.code, refused.value.status) == ("LinkedAuthorizationFailed", 403)
+    assert refused.value.concerns(pip)
+    assert "publicIPAddresses/join/action" in str(refused.value)
+    after = await backend.port.get_nic(nic_id)
+    assert after.etag == added.etag and after.secondary("azcni-")[0].public_ip_id == ""
+    # the node's own writes go on
+    more = await backend.port.update_ip_configurations(after, [NewIPConfiguration("azcni-b")])
+    assert sorted(ours(more)) == ["azcni-a", "azcni-b"]
+
+
+async def test_a_resource_of_another_tenants_subscription_is_refused_naming_it(backend) -> None:
+    foreign = ("/subscriptions/6c24bcdf-0c47-4359-b40b-6f82b12d83ca/resourceGroups/pips/"
+               "providers/Microsoft.Network/publicIPAddresses/web")
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    added = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            added, features={"azcni-a": IPConfigFeatures(foreign)})
+    assert (refused.value.code, refused.value.status) == ("LinkedAuthorizationFailed", 403)
+    assert refused.value.concerns(foreign)
+    assert not refused.value.concerns(foreign.replace("6c24bcdf", "00000000"))

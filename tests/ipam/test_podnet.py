@@ -118,7 +118,8 @@ def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> 
     ("a public IP of another subscription", request(public_ip=OTHER_SUB_PIP),
      "subscription 'other' of"),
     ("a backend pool of another subscription",
-     request(public_ip="", pools=[POOL_A.replace(f"/subscriptions/{SUB}/", "/subscriptions/other/")]),
+     request(public_ip="", pools=[POOL_A.replace(f"/subscriptions/{SUB}/",
+                                                 "/subscriptions/other/")]),
      "subscription 'other' of"),
 ])
 def test_the_policy_refuses_before_azure_sees_anything(name, req, why) -> None:

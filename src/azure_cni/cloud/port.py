@@ -257,12 +257,39 @@ class AddressInUse(CloudError):
 
 class AttachmentRefused(CloudError):
     """Azure refused a public IP or backend pool named on an ipConfiguration (in use
-    elsewhere, not Standard, gone). ``resources`` are the resource IDs Azure named."""
+    elsewhere, not Standard, gone, or one the operator may not join). ``resources`` are the
+    resource IDs Azure named, or scopes (a subscription) that hold what it refused."""
 
     def __init__(self, message: str, *, resources: Sequence[str] = (), code: str = "",
                  status: int | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.resources = tuple(resources)
+
+    def concerns(self, resource_id: str) -> bool:
+        """Whether this refusal is about ``resource_id``: Azure named it or a scope holding
+        it, or its message spells it out whole (names may hold dots; a trailing one ends the
+        sentence: Azure's names never end with a dot)."""
+        wanted = resource_id.lower().rstrip("/")
+        if not wanted:
+            return False
+        for named in self.resources:
+            scope = named.lower().rstrip("/")
+            if wanted == scope or wanted.startswith(scope + "/"):
+                return True
+        text = str(self).lower()
+        start = text.find(wanted)
+        while start >= 0:
+            after = text[start + len(wanted):start + len(wanted) + 2]
+            if not after or not (_name_char(after[0]) or (
+                    after[0] == "." and len(after) > 1 and _name_char(after[1]))):
+                return True
+            start = text.find(wanted, start + 1)
+        return False
+
+
+def _name_char(c: str) -> bool:
+    """A character that continues an Azure resource name (letters, digits, ``_``, ``-``)."""
+    return c.isalnum() or c in "_-"
 
 
 class NicLimitExceeded(CloudError):

@@ -48,7 +48,7 @@ from azure_cni_sim.arm.config import (
 )
 from azure_cni_sim.arm.faults import FaultBook
 from azure_cni_sim.arm.interference import Interference, fail_ipconfig
-from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed
+from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed, features_of
 from azure_cni_sim.arm.resources import Request
 from azure_cni_sim.arm.routes import MethodNotAllowed, Route, resolve
 from azure_cni_sim.arm.scaleset_resources import scale_sets_of
@@ -504,6 +504,18 @@ class ArmEmulator:
         commits a change to it, so the reader's conditional write gets 412."""
         with self._lock:
             self._interference.race_reads(path, count)
+
+    def deny_join(self, scope: str) -> None:
+        """From now on, a NIC write referencing anything under ``scope`` (a public IP, a load
+        balancer, a resource group) is refused 403 LinkedAuthorizationFailed, as ARM refuses
+        a caller without the join permission on it."""
+        with self._lock:
+            features_of(self._state).join_denied.add(scope.lower().rstrip("/"))
+
+    def allow_join(self, scope: str) -> None:
+        """Undo ``deny_join(scope)``."""
+        with self._lock:
+            features_of(self._state).join_denied.discard(scope.lower().rstrip("/"))
 
     def fail_ipconfig(self, nic_id: str, name: str) -> None:
         """Leave ipConfiguration ``name`` (and its NIC) in provisioningState Failed until the
