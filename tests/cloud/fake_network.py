@@ -23,6 +23,7 @@ from azure_cni.cloud.port import (
     AddressInUse,
     AttachmentRefused,
     CloudError,
+    FeatureEdit,
     IPConfigFeatures,
     IPConfiguration,
     NewIPConfiguration,
@@ -295,6 +296,20 @@ class FakeAzure:
                 nic.subnet.used.pop(a, None)
         nic.etag = _etag()
 
+    def change_behind_our_back(self, nic_id: str, name: str, *,
+                               public_ip: str | None = None,
+                               backend_pools: Sequence[str] | None = None) -> None:
+        """Another tool writes ipConfiguration ``name``: its public IP and/or backend pools
+        become these (the NIC gets a new etag)."""
+        nic = self.nic(nic_id)
+        for i, c in enumerate(nic.configs):
+            if c.name == name:
+                now = c.features
+                nic.configs[i] = replace(c, features=IPConfigFeatures(
+                    now.public_ip if public_ip is None else public_ip,
+                    now.backend_pools if backend_pools is None else tuple(backend_pools)))
+        nic.etag = _etag()
+
     def fail(self, nic_id: str, *names: str) -> None:
         """A failed operation left these ipConfigurations (or, without names, the NIC) Failed."""
         nic = self.nic(nic_id)
@@ -368,7 +383,7 @@ class FakeAzure:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         self._call("update_ip_configurations", "write")
         nic_id = nic if isinstance(nic, str) else nic.id
@@ -381,10 +396,13 @@ class FakeAzure:
         fresh = [a for a in add if a.name.lower() not in have]
         doomed = {n.lower() for n in remove if n.lower() in have}
         wanted = {n.lower(): f for n, f in (features or {}).items()}
-        featured = {c.name: wanted[c.name.lower()] for c in current.configs
-                    if not c.primary and c.name.lower() in wanted
-                    and c.name.lower() not in doomed
-                    and not c.features.same(wanted[c.name.lower()])}
+        # each edit is made to the NIC as it is now, not as the caller read it
+        node_pools = next(c.features.backend_pools for c in current.configs if c.primary)
+        edited = {c.name: wanted[c.name.lower()].applied(c.features, node_pools)
+                  for c in current.configs if not c.primary and c.name.lower() in wanted
+                  and c.name.lower() not in doomed}
+        featured = {name: f for name, f in edited.items()
+                    if not f.same(next(c for c in current.configs if c.name == name).features)}
         if not fresh and not doomed and not featured and not reapply:
             return current.snapshot()
         kept = [c for c in current.configs if c.name.lower() not in doomed]

@@ -21,6 +21,7 @@ from azure_cni.cloud.port import (
     AddressInUse,
     AttachmentRefused,
     AzureNetwork,
+    FeatureEdit,
     IPConfigFeatures,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -48,6 +49,8 @@ class Backend:
     make_public_ip: Any = None
     #: scope -> None: the operator's identity may not join anything under it from now on
     deny_join: Any = None
+    #: (load balancer, pool) -> resource ID of a backend pool of a new Standard load balancer
+    make_pool: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -67,7 +70,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             return fake.add_instance(scale_set, str(counts[scale_set]), subnet_id)
 
         yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
-                      fake_instance, fake.add_public_ip, fake.deny_join)
+                      fake_instance, fake.add_public_ip, fake.deny_join,
+                      fake.add_backend_pool)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -85,20 +89,30 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             with pytest.raises(Exception, match="InternalServerError"):
                 await adapter.update_ip_configurations(nic_id, reapply=True)
 
-        def make_public_ip(name: str) -> str:
+        token = emu.config.static_tokens[0]
+
+        class SyncToken:
+            def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+                return AccessToken(token, int(time.time()) + 3600)
+
+        def sdk() -> NetworkManagementClient:
             emu.add_resource_group("pips")
-            token = emu.config.static_tokens[0]
+            return NetworkManagementClient(SyncToken(), emu.endpoints()["subscription"],
+                                           base_url=emu.arm_url, polling_interval=0.01,
+                                           connection_verify=str(emu.ca_path))
 
-            class SyncToken:
-                def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-                    return AccessToken(token, int(time.time()) + 3600)
-
-            with NetworkManagementClient(SyncToken(), emu.endpoints()["subscription"],
-                                         base_url=emu.arm_url, polling_interval=0.01,
-                                         connection_verify=str(emu.ca_path)) as client:
+        def make_public_ip(name: str) -> str:
+            with sdk() as client:
                 return str(client.public_ip_addresses.begin_create_or_update(
                     "pips", name, {"location": "eastus", "sku": {"name": "Standard"}}
                 ).result().id)
+
+        def make_pool(lb: str, pool: str) -> str:
+            with sdk() as client:
+                return str(client.load_balancers.begin_create_or_update(
+                    "pips", lb, {"location": "eastus", "sku": {"name": "Standard"},
+                                 "properties": {"backendAddressPools": [{"name": pool}]}}
+                ).result().backend_address_pools[0].id)
 
         scale_sets: dict[str, str] = {}
 
@@ -110,7 +124,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
                       make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
-                      make_instance, make_public_ip, emu.deny_join)
+                      make_instance, make_public_ip, emu.deny_join, make_pool)
         await adapter.close()
     finally:
         emu.stop()
@@ -255,21 +269,22 @@ async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend) ->
     await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
     await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
     on = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures(pip), "azcni-gone": IPConfigFeatures(pip)})
+        nic_a, features={"azcni-a": FeatureEdit(public_ip=pip),
+                         "azcni-gone": FeatureEdit(public_ip=pip)})
     assert on.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
     same = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures(pip.upper())})
+        nic_a, features={"azcni-a": FeatureEdit(public_ip=pip.upper())})
     assert same.etag == on.etag, "an unchanged public IP wrote the NIC"
     with pytest.raises(AttachmentRefused) as refused:
         await backend.port.update_ip_configurations(
-            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+            nic_b, features={"azcni-b": FeatureEdit(public_ip=pip)})
     assert refused.value.code == "PublicIPAddressInUse"
     assert [r.lower() for r in refused.value.resources] == [pip.lower()]
     off = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures()})
+        nic_a, features={"azcni-a": FeatureEdit(drop_public_ip=pip)})
     assert off.secondary("azcni-")[0].public_ip_id == ""
     moved = await backend.port.update_ip_configurations(
-        nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+        nic_b, features={"azcni-b": FeatureEdit(public_ip=pip)})
     assert moved.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
 
 
@@ -280,10 +295,10 @@ async def test_a_public_ip_in_use_is_refused_naming_it_whole_dots_and_all(backen
     await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
     await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
     await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures(pip)})
+        nic_a, features={"azcni-a": FeatureEdit(public_ip=pip)})
     with pytest.raises(AttachmentRefused) as refused:
         await backend.port.update_ip_configurations(
-            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+            nic_b, features={"azcni-b": FeatureEdit(public_ip=pip)})
     assert [r.lower() for r in refused.value.resources] == [pip.lower()]
     assert refused.value.concerns(pip) and not refused.value.concerns(pip[:-len(".prod")])
 
@@ -297,7 +312,7 @@ async def test_a_resource_the_operator_may_not_join_is_a_refusal_naming_it(backe
     added = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
     with pytest.raises(AttachmentRefused) as refused:
         await backend.port.update_ip_configurations(
-            added, features={"azcni-a": IPConfigFeatures(pip)})
+            added, features={"azcni-a": FeatureEdit(public_ip=pip)})
     assert (refused.value.code, refused.value.status) == ("LinkedAuthorizationFailed", 403)
     assert refused.value.concerns(pip)
     assert "publicIPAddresses/join/action" in str(refused.value)
@@ -315,7 +330,29 @@ async def test_a_resource_of_another_tenants_subscription_is_refused_naming_it(b
     added = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
     with pytest.raises(AttachmentRefused) as refused:
         await backend.port.update_ip_configurations(
-            added, features={"azcni-a": IPConfigFeatures(foreign)})
+            added, features={"azcni-a": FeatureEdit(public_ip=foreign)})
     assert (refused.value.code, refused.value.status) == ("LinkedAuthorizationFailed", 403)
     assert refused.value.concerns(foreign)
     assert not refused.value.concerns(foreign.replace("6c24bcdf", "00000000"))
+
+
+async def test_edits_land_on_the_nic_as_it_is_and_keep_what_another_writer_did(backend) -> None:
+    """Issue 22 row 10: an edit from an old read (the adapter retries it after a 412) adds and
+    takes off only what it names; another writer's change to the same ipConfiguration stays."""
+    pip = backend.make_public_ip("web")
+    theirs = backend.make_public_ip("theirs")
+    pool = backend.make_pool("lb", "web")
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    old = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    # another writer puts its public IP on the ipConfiguration meanwhile
+    await backend.port.update_ip_configurations(
+        nic_id, features={"azcni-a": FeatureEdit(public_ip=theirs)})
+    await backend.port.update_ip_configurations(
+        old, features={"azcni-a": FeatureEdit(drop_public_ip=pip, add_pools=(pool,))})
+    (config,) = (await backend.port.get_nic(nic_id)).secondary("azcni-")
+    assert config.public_ip_id.lower() == theirs.lower()
+    assert [p.lower() for p in config.backend_pool_ids] == [pool.lower()]
+    # a reset takes everything off but the pools of the primary (it is in none here)
+    reset = await backend.port.update_ip_configurations(
+        nic_id, features={"azcni-a": FeatureEdit(reset=True)})
+    assert reset.secondary("azcni-")[0].features.same(IPConfigFeatures())

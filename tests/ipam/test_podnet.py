@@ -27,7 +27,7 @@ from azure_cni.cloud.port import (
     IPConfiguration,
     NicSnapshot,
 )
-from azure_cni.ipam.decide import Observation, decide
+from azure_cni.ipam.decide import Decision, Observation, decide
 
 SUB = "s"
 PIP = f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
@@ -55,6 +55,15 @@ def carrying(features: dict[str, IPConfigFeatures]) -> NicSnapshot:
                             backend_pool_ids=features[c.name].backend_pools)
                     if c.name in features else c for c in base.ip_configurations)
     return replace(base, ip_configurations=configs)
+
+
+def after(decision: Decision, obs: Observation) -> dict[str, IPConfigFeatures]:
+    """What each ipConfiguration the decision's write edits carries afterwards."""
+    assert decision.write is not None and obs.nic is not None
+    on_nic = {c.name: c for c in obs.nic.secondary()}
+    node_pools = obs.nic.primary.backend_pool_ids
+    return {name: edit.applied(on_nic[name].features, node_pools)
+            for name, edit in decision.write.features}
 
 
 def observe(requests: Sequence[PodNetworkRequest] = (),
@@ -85,9 +94,9 @@ def test_annotations_are_read_as_written() -> None:
 
 
 def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> None:
-    decision, outcome = run(observe([request()]), written=carrying({NAME: IPConfigFeatures(PIP)}))
-    assert decision.write is not None
-    assert dict(decision.write.features) == {NAME: IPConfigFeatures(PIP)}
+    obs = observe([request()])
+    decision, outcome = run(obs, written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert after(decision, obs) == {NAME: IPConfigFeatures(PIP)}
     assert decision.write.add == () and decision.write.remove == ()
     assert outcome.status is not None
     assert outcome.status.pod_networking == (attached(),)
@@ -199,16 +208,13 @@ def test_azures_refusal_sticks_for_the_same_request_and_the_write_goes_on_withou
     again = observe([request(), other], outcome.status.pod_networking)
     decision, _ = run(again, written=carrying({other.ip_configuration:
                                                IPConfigFeatures("", (POOL_A,))}))
-    assert decision.write is not None
-    assert dict(decision.write.features) == {other.ip_configuration:
-                                             IPConfigFeatures("", (POOL_A,))}
+    assert after(decision, again) == {other.ip_configuration: IPConfigFeatures("", (POOL_A,))}
 
 
 def test_a_withdrawn_request_is_detached_before_it_is_reported_detached() -> None:
     obs = observe([request(withdrawn=True)], [attached()], on_nic={NAME: IPConfigFeatures(PIP)})
     decision, outcome = run(obs, written=carrying({}))
-    assert decision.write is not None
-    assert dict(decision.write.features) == {NAME: IPConfigFeatures()}
+    assert after(decision, obs) == {NAME: IPConfigFeatures()}
     assert outcome.status is not None
     (answer,) = outcome.status.pod_networking
     assert answer.state == AttachmentState.DETACHED
@@ -234,14 +240,12 @@ def test_only_the_pools_a_pod_asked_for_come_and_go() -> None:
     obs = observe([request(public_ip="", pools=[POOL_B])],
                   on_nic={NAME: IPConfigFeatures("", (foreign,))})
     decision, _ = run(obs, written=carrying({NAME: IPConfigFeatures("", (foreign, POOL_B))}))
-    assert decision.write is not None
-    assert dict(decision.write.features) == {NAME: IPConfigFeatures("", (foreign, POOL_B))}
+    assert after(decision, obs) == {NAME: IPConfigFeatures("", (foreign, POOL_B))}
     gone = observe([request(public_ip="", pools=[POOL_B], withdrawn=True)],
                    [attached(public_ip="", pools=[POOL_B])],
                    on_nic={NAME: IPConfigFeatures("", (foreign, POOL_B))})
     decision, outcome = run(gone, written=carrying({NAME: IPConfigFeatures("", (foreign,))}))
-    assert decision.write is not None
-    assert dict(decision.write.features) == {NAME: IPConfigFeatures("", (foreign,))}
+    assert after(decision, gone) == {NAME: IPConfigFeatures("", (foreign,))}
     assert outcome.status is not None
     assert outcome.status.pod_networking[0].state == AttachmentState.DETACHED
 
@@ -296,8 +300,7 @@ def test_no_annotation_makes_the_decision_raise_and_every_request_is_answered(
         return
     obs = observe([req])
     decision = decide(obs, lambda: "azcni-new")
-    written = carrying({NAME: dict(decision.write.features).get(NAME, IPConfigFeatures())}) \
-        if decision.write is not None else obs.nic
+    written = carrying(after(decision, obs)) if decision.write is not None else obs.nic
     outcome = decision.settle(written) if decision.write is not None else decision.outcome
     assert outcome is not None and outcome.status is not None
     (answer,) = outcome.status.pod_networking

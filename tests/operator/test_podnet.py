@@ -150,3 +150,24 @@ async def test_a_typo_in_an_annotation_is_an_event_and_the_rest_of_the_node_goes
     world.pools.act_as_agent("n1", used=4)
     grown = await world.reconcile()
     assert not grown.outcome.failed and len(world.inventory()) > 4
+
+
+async def test_a_write_from_an_old_read_keeps_what_another_tool_changed_meanwhile() -> None:
+    """Issue 22 row 10: the features were computed whole from the NIC as read; written on the
+    NIC as it is now (after a 412), they undid another tool's change to the same
+    ipConfiguration."""
+    world = world_with_policy()
+    await world.reconcile()
+    ours_pool = world.azure.add_backend_pool("lb", "web")
+    theirs = world.azure.add_backend_pool("infra", "nodes")
+    asked = request(world, 1, "web/a", pools=(ours_pool,))
+    agent_requests(world, asked)
+    seen = await world.azure.get_nic(world.nic_id)  # the sweep's listing, say
+    world.azure.change_behind_our_back(world.nic_id, asked.ip_configuration,
+                                       backend_pools=[theirs])
+    result = await world.reconciler.reconcile(world.pool(), world.provider_id, seen)
+    assert not result.outcome.failed, result.outcome.message
+    assert world.azure.conflicts == 1  # the write started from the old read
+    assert sorted(on_nic(world, asked.ip_configuration)[1]) == sorted([ours_pool, theirs])
+    (answer,) = world.pool().status.pod_networking
+    assert answer.state == AttachmentState.ATTACHED and answer.backend_pools == (ours_pool,)

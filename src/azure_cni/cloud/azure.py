@@ -59,7 +59,7 @@ from azure_cni.cloud.port import (
     AttachmentRefused,
     CloudError,
     Conflict,
-    IPConfigFeatures,
+    FeatureEdit,
     NewIPConfiguration,
     NicSnapshot,
     NotFound,
@@ -430,7 +430,7 @@ class AzureAdapter:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         """Edit and If-Match PUT of the whole NIC (of a Uniform instance: of its model, through
         Compute); retried from a fresh GET on conflict.
@@ -449,8 +449,7 @@ class AzureAdapter:
         # writers in this process queue here instead of failing on the etag
         async with self._nic_locks.hold(nic_id.lower()):
             if instance is not None:
-                wanted = sorted({r for f in (features or {}).values()
-                                 for r in (f.public_ip, *f.backend_pools) if r})
+                wanted = sorted({r for f in (features or {}).values() for r in f.attaches})
                 if wanted:
                     # per-pod features go on Network-provider NICs only (standalone VMs and
                     # Flexible instances); the instance model path does not carry them
@@ -467,7 +466,7 @@ class AzureAdapter:
     async def _update_locked(self, ref: ResourceID, nic_id: str, *, known: NicSnapshot | None,
                              add: Sequence[NewIPConfiguration],
                              remove: Sequence[str], reapply: bool,
-                             features: Mapping[str, IPConfigFeatures]) -> NicSnapshot:
+                             features: Mapping[str, FeatureEdit]) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         for attempt in range(1, self._max_write_attempts + 1):
             current = known if known is not None and attempt == 1 else await self._read_nic(ref)

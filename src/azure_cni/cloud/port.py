@@ -8,7 +8,7 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,6 +121,46 @@ class IPConfigFeatures:
 
 
 @dataclass(frozen=True)
+class FeatureEdit:
+    """A change to an ipConfiguration's public IP and backend pools, made to what it holds
+    when the write lands: a write retried on a NIC that changed since it was read (412)
+    keeps what another writer did meanwhile, except what the edit itself changes."""
+
+    #: put this public IP on it ("": leave the slot to ``drop_public_ip`` and ``reset``)
+    public_ip: str = ""
+    #: take the public IP off if it is this one
+    drop_public_ip: str = ""
+    add_pools: tuple[str, ...] = ()
+    remove_pools: tuple[str, ...] = ()
+    #: first take everything off but the node's own backend pools (those of the NIC's
+    #: primary ipConfiguration, which a new ipConfiguration may copy): a released address
+    reset: bool = False
+
+    def applied(self, current: IPConfigFeatures, node_pools: Iterable[str] = ()
+                ) -> IPConfigFeatures:
+        """What an ipConfiguration carrying ``current`` carries after this edit (resource IDs
+        compare case-insensitively, as ARM's do)."""
+        public_ip, pools = current.public_ip, list(current.backend_pools)
+        if self.reset:
+            keep = {p.lower() for p in node_pools}
+            public_ip, pools = "", [p for p in pools if p.lower() in keep]
+        if self.drop_public_ip and public_ip.lower() == self.drop_public_ip.lower():
+            public_ip = ""
+        public_ip = self.public_ip or public_ip
+        gone = {p.lower() for p in self.remove_pools}
+        pools = [p for p in pools if p.lower() not in gone]
+        for pool in self.add_pools:
+            if pool.lower() not in {p.lower() for p in pools}:
+                pools.append(pool)
+        return IPConfigFeatures(public_ip, tuple(pools))
+
+    @property
+    def attaches(self) -> tuple[str, ...]:
+        """The resources this edit puts on an ipConfiguration."""
+        return tuple(r for r in (self.public_ip, *self.add_pools) if r)
+
+
+@dataclass(frozen=True)
 class NewIPConfiguration:
     """An ipConfiguration to add: Dynamic when ``address`` is None, else Static on it; a
     block of ``prefix_length`` (``privateIPAddressPrefixLength``) when that is set."""
@@ -178,7 +218,7 @@ class AzureNetwork(Protocol):
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
 
@@ -187,8 +227,9 @@ class AzureNetwork(Protocol):
         which the NIC is read back; its addresses are always Dynamic (the model cannot ask
         for one), so a requested ``address`` is not kept.
 
-        ``features`` sets, in the same write, exactly the public IP and backend pools of the
-        named existing ipConfigurations (a name that is not on the NIC is ignored).
+        ``features`` edits, in the same write, the public IP and backend pools of the named
+        existing secondary ipConfigurations (a name that is not on the NIC is ignored), each
+        edit made to what the ipConfiguration holds when the write lands.
 
         ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
         (written as is, guarded by its etag; a NIC that changed since is read again and the

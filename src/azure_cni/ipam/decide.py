@@ -68,8 +68,8 @@ from azure_cni.cloud.port import (
     AuthFailed,
     CloudError,
     Conflict,
+    FeatureEdit,
     InvalidProviderID,
-    IPConfigFeatures,
     MissingProviderID,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -141,8 +141,8 @@ class NicWrite:
     remove: tuple[str, ...] = ()
     #: write even if nothing changes: clears a Failed provisioning state
     reapply: bool = False
-    #: (ipConfiguration, exactly the public IP and backend pools it must carry)
-    features: tuple[tuple[str, IPConfigFeatures], ...] = ()
+    #: (ipConfiguration, the change to its public IP and backend pools)
+    features: tuple[tuple[str, FeatureEdit], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from azure_cni.api.podnet import (
     by_address,
 )
 from azure_cni.api.settings import PodNetworkingSettings
-from azure_cni.cloud.port import CloudError, IPConfigFeatures, NicSnapshot
+from azure_cni.cloud.port import CloudError, FeatureEdit, IPConfigFeatures, NicSnapshot
 from azure_cni.cloud.resourceid import parse_resource_id
 
 
@@ -134,8 +134,8 @@ class PodNetworkPlan:
     requests: Mapping[str, PodNetworkRequest]
     previous: Mapping[str, PodAttachment]
     wanted: Mapping[str, Wanted]
-    #: ipConfiguration -> exactly what it must carry after the write (only those that change)
-    features: Mapping[str, IPConfigFeatures]
+    #: ipConfiguration -> the change the write makes to it (only those that change something)
+    features: Mapping[str, FeatureEdit]
 
     @property
     def writes_nic(self) -> bool:
@@ -267,6 +267,7 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
     before = {a.address: a for a in previous if a.address in asked}
     subscription = parse_resource_id(nic.id).subscription if nic.id else ""
     on_nic = {c.name: c for c in nic.secondary()}
+    node_pools = nic.primary.backend_pool_ids if nic.ip_configurations else ()
     wanted: dict[str, Wanted] = {}
     sharing: dict[str, list[str]] = {}
     for address, request in asked.items():
@@ -287,19 +288,21 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
                 "in Addresses mode"))
         else:
             wanted[address] = resolve(request, policy, subscription)
-    features: dict[str, IPConfigFeatures] = {}
+    features: dict[str, FeatureEdit] = {}
     for name, addresses in sharing.items():
         targets = [wanted[a].features for a in addresses if a in wanted]
         ours = [_ours(before.get(a)) for a in addresses]
-        our_pools = _lower(p for o in ours for p in o.backend_pools)
+        target_pools = _lower(p for t in targets for p in t.backend_pools)
+        # the public IP slot is the pod's; of the pools, only those it asked for come and go
+        edit = FeatureEdit(
+            public_ip=next((t.public_ip for t in targets if t.public_ip), ""),
+            drop_public_ip=next((o.public_ip for o in ours if o.public_ip), ""),
+            add_pools=tuple(dict.fromkeys(p for t in targets for p in t.backend_pools)),
+            remove_pools=tuple(dict.fromkeys(p for o in ours for p in o.backend_pools
+                                             if p.lower() not in target_pools)))
         carried = on_nic[name].features
-        public_ip = next((t.public_ip for t in targets if t.public_ip), "") or (
-            "" if any(o.public_ip for o in ours) else carried.public_ip)
-        kept = [p for p in carried.backend_pools if p.lower() not in our_pools]
-        pools = tuple(dict.fromkeys([*kept, *(p for t in targets for p in t.backend_pools)]))
-        desired = IPConfigFeatures(public_ip, pools)
-        if not desired.same(carried):
-            features[name] = desired
+        if not edit.applied(carried, node_pools).same(carried):
+            features[name] = edit
     return PodNetworkPlan(asked, before, wanted, features)
 
 
