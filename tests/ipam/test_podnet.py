@@ -15,6 +15,7 @@ from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
 from azure_cni.api.nodeippool import ConditionType, PoolStatus
 from azure_cni.api.podnet import (
     NOT_ALLOWED,
+    UNATTRIBUTED,
     AttachmentState,
     PodAttachment,
     PodNetworkRequest,
@@ -305,3 +306,103 @@ def test_no_annotation_makes_the_decision_raise_and_every_request_is_answered(
     assert outcome is not None and outcome.status is not None
     (answer,) = outcome.status.pod_networking
     assert answer.state in (AttachmentState.ATTACHED, AttachmentState.REFUSED)
+
+
+def test_a_refusal_naming_a_resource_only_in_its_message_is_that_requests() -> None:
+    """Issue 22 row 3: a refusal the classifier could not parse a resource out of matched no
+    request, and the node's every write was refused again every 30 s."""
+    other = request(pod="web/b", public_ip="", pools=[POOL_A], name=INVENTORY[1].ip_configuration,
+                    address=INVENTORY[1].address)
+    odd = AttachmentRefused(f"The public IP {PIP} may not be used here.", code="SomeNewCode",
+                            status=400)
+    _, outcome = run(observe([request(), other]), error=odd)
+    assert outcome.status is not None
+    refused = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert refused[NAME].state == AttachmentState.REFUSED and refused[NAME].reason == "SomeNewCode"
+    assert other.ip_configuration not in refused
+    assert outcome.requeue_after is not None and outcome.requeue_after < 5
+
+
+UNNAMED = AttachmentRefused("The SKU of the public IP and the load balancer do not match.",
+                            code="PublicIPAndLoadBalancerSkuDoNotMatch", status=400)
+
+
+def test_a_refusal_naming_nothing_is_the_only_attachments_of_the_write() -> None:
+    obs = observe([request()])
+    _, outcome = run(obs, error=UNNAMED)
+    assert outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert (answer.state, answer.reason) == (AttachmentState.REFUSED,
+                                             "PublicIPAndLoadBalancerSkuDoNotMatch")
+    assert [e.reason for e in outcome.pod_events] == ["PodNetworkRefused"]
+    # it sticks: the next write goes without it
+    decision, _ = run(observe([request()], outcome.status.pod_networking))
+    assert decision.write is None
+
+
+def test_a_refusal_naming_none_of_several_attachments_tries_each_alone() -> None:
+    """Without knowing which pod's resource Azure refused, each is tried in a write of its
+    own: the guilty one is refused for good, the others attached; the node never stalls."""
+    second = INVENTORY[1]
+    other = request(pod="web/b", public_ip="", pools=[POOL_A], name=second.ip_configuration,
+                    address=second.address)
+    both = [request(), other]
+    obs = observe(both)
+    decision, outcome = run(obs, error=UNNAMED)
+    assert decision.write is not None and len(decision.write.features) == 2
+    assert outcome.status is not None
+    answers = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert {a.reason for a in answers.values()} == {UNATTRIBUTED}
+    assert all("alone" in a.message for a in answers.values())
+    assert outcome.requeue_after is not None and outcome.requeue_after < 5
+    # the next write tries the first alone; Azure refuses it again: it is the guilty one
+    obs = observe(both, outcome.status.pod_networking)
+    decision, outcome = run(obs, error=UNNAMED)
+    assert decision.write is not None and [n for n, _ in decision.write.features] == [NAME]
+    assert outcome.status is not None
+    answers = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert answers[NAME].reason == "PublicIPAndLoadBalancerSkuDoNotMatch"
+    assert answers[second.ip_configuration].reason == UNATTRIBUTED
+    # then the other, alone, goes through (a third would wait and follow at once)
+    third = request(pod="web/c", public_ip="", pools=[POOL_B],
+                    name=INVENTORY[2].ip_configuration, address=INVENTORY[2].address)
+    waits = replace(observe([*both, third], outcome.status.pod_networking),
+                    nic=carrying({}))
+    _, waited = run(waits, written=carrying({second.ip_configuration:
+                                             IPConfigFeatures("", (POOL_A,))}))
+    assert waited.requeue_after is not None and waited.requeue_after < 5
+    assert waited.status is not None
+    assert INVENTORY[2].ip_configuration not in {
+        a.ip_configuration for a in waited.status.pod_networking}
+    obs = observe(both, outcome.status.pod_networking)
+    decision, outcome = run(obs, written=carrying({second.ip_configuration:
+                                                   IPConfigFeatures("", (POOL_A,))}))
+    assert decision.write is not None
+    assert [n for n, _ in decision.write.features] == [second.ip_configuration]
+    assert outcome.status is not None
+    answers = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert answers[second.ip_configuration].state == AttachmentState.ATTACHED
+    assert answers[NAME].state == AttachmentState.REFUSED
+
+
+def test_a_refused_resource_already_on_the_nic_comes_off() -> None:
+    """Azure checks every reference of a NIC write: a public IP the operator may no longer
+    join, left on the NIC, would fail every later write of the node."""
+    linked = AttachmentRefused(
+        "The client 'c' ... does not have permission to perform action 'Microsoft.Network/"
+        f"publicIPAddresses/join/action' on the linked scope(s) '{PIP}'", resources=(PIP,),
+        code="LinkedAuthorizationFailed", status=403)
+    other = request(pod="web/b", public_ip="", pools=[POOL_A], name=INVENTORY[1].ip_configuration,
+                    address=INVENTORY[1].address)
+    obs = observe([request(), other], [attached()], on_nic={NAME: IPConfigFeatures(PIP)})
+    _, outcome = run(obs, error=linked)
+    assert outcome.status is not None
+    answers = {a.ip_configuration: a for a in outcome.status.pod_networking}
+    assert (answers[NAME].state, answers[NAME].reason) == (AttachmentState.REFUSED,
+                                                           "LinkedAuthorizationFailed")
+    again = observe([request(), other], outcome.status.pod_networking,
+                    on_nic={NAME: IPConfigFeatures(PIP)})
+    decision, _ = run(again, written=carrying({other.ip_configuration:
+                                               IPConfigFeatures("", (POOL_A,))}))
+    assert after(decision, again) == {NAME: IPConfigFeatures(),
+                                      other.ip_configuration: IPConfigFeatures("", (POOL_A,))}

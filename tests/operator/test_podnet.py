@@ -10,6 +10,7 @@ from tests.cloud.fake_network import FakeAzure
 from tests.operator.recording import RecordingPools
 from tests.operator.test_reconcile import SPEC, World
 
+from azure_cni.api.nodeippool import ConditionType
 from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.operator.reconcile import PoolReconciler
@@ -171,3 +172,31 @@ async def test_a_write_from_an_old_read_keeps_what_another_tool_changed_meanwhil
     assert sorted(on_nic(world, asked.ip_configuration)[1]) == sorted([ours_pool, theirs])
     (answer,) = world.pool().status.pod_networking
     assert answer.state == AttachmentState.ATTACHED and answer.backend_pools == (ours_pool,)
+
+
+async def test_a_resource_the_operator_may_not_join_is_that_pods_refusal_only() -> None:
+    """Issue 22 row 3: a 403 LinkedAuthorizationFailed was the node's AuthFailed, retried for
+    ever with every NIC write of the node."""
+    world = world_with_policy()
+    await world.reconcile()
+    guarded = world.azure.add_public_ip("guarded.prod")
+    world.azure.deny_join(guarded)
+    pool = world.azure.add_backend_pool("lb", "web")
+    denied = request(world, 0, "web/a", guarded)
+    fine = request(world, 1, "web/b", pools=(pool,))
+    agent_requests(world, denied, fine)
+    first = await world.reconcile()
+    assert first.outcome.failed and first.outcome.requeue_after is not None
+    assert first.outcome.requeue_after < 5
+    assert pod_events(world) == [("web/a", "PodNetworkRefused")]
+    assert "join/action" in world.pools.events[-1].message
+    await world.reconcile()
+    answers = {a.pod: a for a in world.pool().status.pod_networking}
+    assert (answers["web/a"].state, answers["web/a"].reason) == (
+        AttachmentState.REFUSED, "LinkedAuthorizationFailed")
+    assert answers["web/b"].state == AttachmentState.ATTACHED
+    ready = world.pool().status.condition(ConditionType.READY)
+    assert ready is not None and ready.status
+    world.pools.act_as_agent("n1", used=4)
+    grown = await world.reconcile()
+    assert not grown.outcome.failed and len(world.inventory()) > 4

@@ -33,6 +33,9 @@ BACKEND_POOLS_ANNOTATION = "azurecni.io/backend-pools"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 #: the reason of a request the chart's policy refuses (Azure's refusals carry Azure's code)
 NOT_ALLOWED = "NotAllowed"
+#: Azure refused a write attaching several pods' resources without naming which: each is
+#: tried again in a write of its own
+UNATTRIBUTED = "Unattributed"
 
 
 class AttachmentState(StrEnum):
@@ -110,7 +113,8 @@ class PodAttachment:
 
     @property
     def refused_by_azure(self) -> bool:
-        return self.state == AttachmentState.REFUSED and self.reason != NOT_ALLOWED
+        return self.state == AttachmentState.REFUSED and self.reason not in (NOT_ALLOWED,
+                                                                              UNATTRIBUTED)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PodAttachment:

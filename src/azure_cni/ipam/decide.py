@@ -420,10 +420,10 @@ class Decision:
         goes without them."""
         assert self.pod_network is not None
         pool = self.obs.pool
-        networking, pod_events = self.pod_network.refuse(error.resources, str(error),
-                                                         error.code)
-        if not pod_events:
+        refused = self.pod_network.refuse(error)
+        if refused is None:
             return _failure(pool, error, "writing the NIC")
+        networking, pod_events = refused
         status = replace(pool.status, pod_networking=networking,
                          observed_generation=pool.generation,
                          conditions=_conditions(pool, _pod_condition(pool, networking)))
@@ -629,6 +629,9 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
     events.extend(_plan_events(pool, p))
     failed = _failed_parts(nic)
     requeue = _requeue(obs, p, d.held_back)
+    if d.pod_network is not None and d.pod_network.held_back:
+        # attachments wait for writes of their own: the next follows at once
+        requeue = min(requeue or SPLIT_WRITE_RECHECK_SECONDS, SPLIT_WRITE_RECHECK_SECONDS)
     if failed:
         message = (f"Azure still reports provisioningState Failed for {_summary(failed)} after "
                    f"the NIC was written again; writing it again in "

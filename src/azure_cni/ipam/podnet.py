@@ -21,17 +21,25 @@ The rules (the flow is in :mod:`azure_cni.api.podnet`):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from azure_cni.api.podnet import (
     NOT_ALLOWED,
+    UNATTRIBUTED,
     AttachmentState,
     PodAttachment,
     PodNetworkRequest,
     by_address,
 )
 from azure_cni.api.settings import PodNetworkingSettings
-from azure_cni.cloud.port import CloudError, FeatureEdit, IPConfigFeatures, NicSnapshot
+from azure_cni.cloud.port import (
+    AttachmentRefused,
+    CloudError,
+    FeatureEdit,
+    IPConfigFeatures,
+    IPConfiguration,
+    NicSnapshot,
+)
 from azure_cni.cloud.resourceid import parse_resource_id
 
 
@@ -55,6 +63,13 @@ class Wanted:
     refused: str = ""
     #: NOT_ALLOWED, or the Azure error code of an earlier refusal
     reason: str = NOT_ALLOWED
+    #: the resource IDs the pod asked for, as far as they are resource IDs (also when
+    #: refused: a refused resource found on the pod's ipConfiguration comes off)
+    asked: IPConfigFeatures = field(default_factory=IPConfigFeatures)
+
+    def refusal(self, why: str, reason: str) -> Wanted:
+        """This request refused ``why`` (``reason``: NOT_ALLOWED or Azure's code)."""
+        return replace(self, features=IPConfigFeatures(), refused=why, reason=reason)
 
 
 def _allows(namespaces: Iterable[str], namespace: str) -> bool:
@@ -114,9 +129,19 @@ def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
             problems += [p for p in (_in_allowed_group(pool, policy, subscription,
                                                        "loadBalancers", "backendAddressPools")
                                      for pool in pools) if p]
+    asked = IPConfigFeatures(public_ip if _is_resource_id(public_ip) else "",
+                             tuple(p for p in pools if _is_resource_id(p)))
     if problems:
-        return Wanted(request, refused="; ".join(problems))
-    return Wanted(request, IPConfigFeatures(public_ip, pools))
+        return Wanted(request, refused="; ".join(problems), asked=asked)
+    return Wanted(request, IPConfigFeatures(public_ip, pools), asked=asked)
+
+
+def _is_resource_id(value: str) -> bool:
+    try:
+        parse_resource_id(value)
+    except CloudError:
+        return False
+    return True
 
 
 #: the operator's ``podNetworking`` list and the Events on pods that go with it
@@ -136,10 +161,20 @@ class PodNetworkPlan:
     wanted: Mapping[str, Wanted]
     #: ipConfiguration -> the change the write makes to it (only those that change something)
     features: Mapping[str, FeatureEdit]
+    #: requests whose attachment waits for a later write (one is tried alone first)
+    held_back: frozenset[str] = frozenset()
 
     @property
     def writes_nic(self) -> bool:
         return bool(self.features)
+
+    @property
+    def attaching(self) -> tuple[str, ...]:
+        """The addresses of the live requests whose ipConfiguration this write puts a
+        resource on."""
+        return tuple(sorted(a for a, w in self.wanted.items()
+                            if not w.refused and (edit := self.features.get(
+                                w.request.ip_configuration)) is not None and edit.attaches))
 
     def settle(self, written: NicSnapshot) -> Reported:
         """The operator's ``podNetworking`` and the pod Events once the NIC reads ``written``."""
@@ -168,7 +203,8 @@ class PodNetworkPlan:
                                          "handed out again"))
                 out.append(entry)
                 continue
-            if wanted is None:
+            if wanted is None or address in self.held_back:
+                out.extend([before] if before is not None else [])
                 continue
             if wanted.refused:
                 entry = PodAttachment(name, request.address, request.pod,
@@ -190,22 +226,38 @@ class PodNetworkPlan:
             out.append(entry)
         return tuple(out), tuple(events)
 
-    def refuse(self, resources: Iterable[str], message: str, code: str) -> Reported:
-        """``podNetworking`` after Azure refused ``resources`` (Refused for every request that
-        named one; the rest as before), and the pods' Events."""
-        named = _lower(resources)
+    def refuse(self, error: AttachmentRefused) -> Reported | None:
+        """``podNetworking`` after Azure refused the write with ``error``, and the pods'
+        Events; None when the refusal is none of the pods' doing (then it is the node's).
+
+        Requests whose resources Azure named are Refused with its code. When it named none:
+        the write's only attachment is the one refused; of several, each is marked
+        ``Unattributed`` and tried again in a write of its own.
+        """
+        named = [n for n, w in sorted(self.wanted.items()) if not w.refused and any(
+            error.concerns(r) for r in (w.asked.public_ip, *w.asked.backend_pools) if r)]
+        note = ""
+        reason = error.code or "AzureRefused"
+        if not named:
+            named = list(self.attaching)
+            if len(named) > 1:
+                reason = UNATTRIBUTED
+                note = (f"; Azure did not say which of the {len(named)} pods' resources it "
+                        "refused: azure-cni tries each alone")
+            elif named:
+                note = "; Azure named no resource, and this was the write's only attachment"
+        if not named:
+            return None
         out = dict(self.previous)
         events = []
-        for address, wanted in sorted(self.wanted.items()):
-            f = wanted.features
-            if wanted.refused or not (_lower((f.public_ip, *f.backend_pools)) & named):
-                continue
+        for address in named:
+            wanted = self.wanted[address]
             request = wanted.request
             name = request.ip_configuration
-            why = f"Azure refused {_describe(f)} for {address} ({name}): {message}"
-            out[address] = PodAttachment(name, address, request.pod,
-                                         AttachmentState.REFUSED, request.public_ip,
-                                         request.backend_pools, code or "AzureRefused", why)
+            why = (f"Azure refused {_describe(wanted.asked)} for {address} ({name}): "
+                   f"{error}{note}")
+            out[address] = PodAttachment(name, address, request.pod, AttachmentState.REFUSED,
+                                         request.public_ip, request.backend_pools, reason, why)
             events.append(_event(request, "Warning", "PodNetworkRefused", why))
         return tuple(out[a] for a in sorted(out)), tuple(events)
 
@@ -277,33 +329,57 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
         sharing.setdefault(config.name, []).append(address)
         if request.withdrawn:
             continue
-        prior = before.get(address)
-        if prior is not None and prior.refused_by_azure and _same_request(prior, request):
-            wanted[address] = Wanted(request, refused=prior.message, reason=prior.reason)
-        elif config.prefix_length is not None:
-            wanted[address] = Wanted(request, refused=(
-                f"{config.private_ip} is a block ipConfiguration that up to "
-                f"{2 ** (32 - config.prefix_length)} pods share: a public IP or backend "
-                "pool on it would be every one of theirs; per-pod features need a pool "
-                "in Addresses mode"))
-        else:
-            wanted[address] = resolve(request, policy, subscription)
+        wanted[address] = _wanted(request, before.get(address), config, policy, subscription)
     features: dict[str, FeatureEdit] = {}
     for name, addresses in sharing.items():
-        targets = [wanted[a].features for a in addresses if a in wanted]
-        ours = [_ours(before.get(a)) for a in addresses]
+        live = [wanted[a] for a in addresses if a in wanted]
+        targets = [w.features for w in live]
         target_pools = _lower(p for t in targets for p in t.backend_pools)
+        target_ip = next((t.public_ip for t in targets if t.public_ip), "")
+        ours = [_ours(before.get(a)) for a in addresses] + [w.asked for w in live]
+        carried = on_nic[name].features
         # the public IP slot is the pod's; of the pools, only those it asked for come and go
+        # (and what it asked for, refused, must not stay on)
+        drop = next((o.public_ip for o in ours
+                     if o.public_ip and o.public_ip.lower() == carried.public_ip.lower()), "")
         edit = FeatureEdit(
-            public_ip=next((t.public_ip for t in targets if t.public_ip), ""),
-            drop_public_ip=next((o.public_ip for o in ours if o.public_ip), ""),
+            public_ip=target_ip, drop_public_ip=drop,
             add_pools=tuple(dict.fromkeys(p for t in targets for p in t.backend_pools)),
             remove_pools=tuple(dict.fromkeys(p for o in ours for p in o.backend_pools
                                              if p.lower() not in target_pools)))
-        carried = on_nic[name].features
         if not edit.applied(carried, node_pools).same(carried):
             features[name] = edit
-    return PodNetworkPlan(asked, before, wanted, features)
+    return _isolate(PodNetworkPlan(asked, before, wanted, features))
+
+
+def _wanted(request: PodNetworkRequest, prior: PodAttachment | None, config: IPConfiguration,
+            policy: PodNetworkingSettings, subscription: str) -> Wanted:
+    """A live request resolved: the policy's verdict, an earlier refusal by Azure that sticks,
+    or a block's refusal."""
+    resolved = resolve(request, policy, subscription)
+    if prior is not None and prior.refused_by_azure and _same_request(prior, request):
+        return resolved.refusal(prior.message, prior.reason)
+    if config.prefix_length is not None:
+        return resolved.refusal(
+            f"{config.private_ip} is a block ipConfiguration that up to "
+            f"{2 ** (32 - config.prefix_length)} pods share: a public IP or backend pool on it "
+            "would be every one of theirs; per-pod features need a pool in Addresses mode",
+            NOT_ALLOWED)
+    return resolved
+
+
+def _isolate(plan: PodNetworkPlan) -> PodNetworkPlan:
+    """After Azure refused attachments without naming which (``Unattributed``), the first of
+    them is tried in a write of its own: the other attachments wait for later writes."""
+    retried = [a for a in plan.attaching
+               if (prior := plan.previous.get(a)) is not None and prior.reason == UNATTRIBUTED
+               and _same_request(prior, plan.requests[a])]
+    if not retried:
+        return plan
+    waiting = frozenset(plan.attaching) - {retried[0]}
+    configs = {plan.requests[a].ip_configuration for a in waiting}
+    return replace(plan, features={n: e for n, e in plan.features.items() if n not in configs},
+                   held_back=waiting)
 
 
 def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachment]) -> bool:
@@ -316,7 +392,7 @@ def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachm
             if prior is None or prior.state != AttachmentState.DETACHED:
                 return True
         elif prior is None or prior.pod != request.pod or prior.address != request.address \
-                or prior.state == AttachmentState.DETACHED or (
+                or prior.state == AttachmentState.DETACHED or prior.reason == UNATTRIBUTED or (
                     prior.state == AttachmentState.REFUSED and not _same_request(prior, request)):
             return True
     # Detached entries whose request is gone are dropped by the next write of the status
