@@ -236,19 +236,43 @@ def test_a_detached_entry_goes_once_the_agent_forgot_the_request() -> None:
     assert outcome.status is not None and outcome.status.pod_networking == ()
 
 
-def test_only_the_pools_a_pod_asked_for_come_and_go() -> None:
+def test_while_the_pod_lives_only_the_pools_it_asked_for_come_and_go() -> None:
     foreign = POOL_A.replace("/lb/", "/infra/")
     obs = observe([request(public_ip="", pools=[POOL_B])],
                   on_nic={NAME: IPConfigFeatures("", (foreign,))})
     decision, _ = run(obs, written=carrying({NAME: IPConfigFeatures("", (foreign, POOL_B))}))
     assert after(decision, obs) == {NAME: IPConfigFeatures("", (foreign, POOL_B))}
-    gone = observe([request(public_ip="", pools=[POOL_B], withdrawn=True)],
-                   [attached(public_ip="", pools=[POOL_B])],
-                   on_nic={NAME: IPConfigFeatures("", (foreign, POOL_B))})
-    decision, outcome = run(gone, written=carrying({NAME: IPConfigFeatures("", (foreign,))}))
-    assert after(decision, gone) == {NAME: IPConfigFeatures("", (foreign,))}
-    assert outcome.status is not None
-    assert outcome.status.pod_networking[0].state == AttachmentState.DETACHED
+
+
+def with_node_pool(snapshot: NicSnapshot, pool_id: str) -> NicSnapshot:
+    """``snapshot`` with its primary ipConfiguration in ``pool_id`` (the node's own pool)."""
+    return replace(snapshot, ip_configurations=tuple(
+        replace(c, backend_pool_ids=(pool_id,)) if c.primary else c
+        for c in snapshot.ip_configurations))
+
+
+def test_a_released_address_keeps_nothing_but_the_nodes_own_pools() -> None:
+    """Issue 22 row 2: what is on the ipConfiguration of a withdrawn request comes off whether
+    or not the operator recorded attaching it (it may have been killed before the status
+    write); the pools its primary is in are the node's (copyLoadBalancerPools) and stay."""
+    node_pool = POOL_A.replace("/lb/", "/kubernetes/")
+    foreign = POOL_A.replace("/lb/", "/infra/")
+    on = {NAME: IPConfigFeatures(PIP, (node_pool, POOL_B, foreign))}
+    for answers in ((), (attached(public_ip="", pools=[POOL_B]),)):
+        obs = observe([request(withdrawn=True)], answers, on_nic=on)
+        obs = replace(obs, nic=with_node_pool(obs.nic, node_pool))
+        still = with_node_pool(carrying({NAME: IPConfigFeatures("", (node_pool, foreign))}),
+                               node_pool)
+        decision, outcome = run(obs, written=still)
+        assert after(decision, obs) == {NAME: IPConfigFeatures("", (node_pool,))}
+        assert outcome.status is None or all(
+            a.state != AttachmentState.DETACHED for a in outcome.status.pod_networking), \
+            "Detached while a pool of the old pod was still on the address"
+        _, outcome = run(obs, written=with_node_pool(
+            carrying({NAME: IPConfigFeatures("", (node_pool,))}), node_pool))
+        assert outcome.status is not None
+        (answer,) = outcome.status.pod_networking
+        assert answer.state == AttachmentState.DETACHED
 
 
 def test_pods_that_ask_nothing_cost_nothing() -> None:
@@ -406,3 +430,13 @@ def test_a_refused_resource_already_on_the_nic_comes_off() -> None:
                                                IPConfigFeatures("", (POOL_A,))}))
     assert after(decision, again) == {NAME: IPConfigFeatures(),
                                       other.ip_configuration: IPConfigFeatures("", (POOL_A,))}
+
+
+def test_a_pool_of_the_nodes_primary_is_not_a_pods_to_join() -> None:
+    """The node's own pools stay on a released address (they are not its pod's): a pod may not
+    ask for one, or its next pod would be in it unasked."""
+    obs = observe([request(public_ip="", pools=[POOL_A])])
+    decision, outcome = run(replace(obs, nic=with_node_pool(obs.nic, POOL_A)))
+    assert decision.write is None and outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    assert answer.state == AttachmentState.REFUSED and "the node's own" in answer.message

@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import pytest
 from tests.cloud.fake_network import FakeAzure
-from tests.operator.recording import RecordingPools
+from tests.operator.recording import Killed, RecordingPools
 from tests.operator.test_reconcile import SPEC, World
 
 from azure_cni.api.nodeippool import ConditionType
@@ -200,3 +201,30 @@ async def test_a_resource_the_operator_may_not_join_is_that_pods_refusal_only() 
     world.pools.act_as_agent("n1", used=4)
     grown = await world.reconcile()
     assert not grown.outcome.failed and len(world.inventory()) > 4
+
+
+async def test_an_operator_killed_after_attaching_leaves_nothing_on_the_released_address() -> None:
+    """Issue 22 row 2: killed between the NIC write and the status write, the operator had no
+    record of what it attached; the pod went meanwhile, and the public IP and pool stayed on
+    the address, for its next pod (which then received the old pod's traffic)."""
+    world = world_with_policy()
+    await world.reconcile()
+    pip = world.azure.add_public_ip("web")
+    pool = world.azure.add_backend_pool("lb", "web")
+    asked = request(world, 0, "web/a", pip, (pool,))
+    agent_requests(world, asked)
+    world.pools.kill_next_status_write = True
+    with pytest.raises(Killed):
+        await world.reconcile()
+    assert on_nic(world, asked.ip_configuration) == (pip, (pool,))
+    assert world.pool().status.pod_networking == ()
+    # the pod is deleted while no operator runs; a new operator process starts
+    agent_requests(world, replace(asked, withdrawn=True))
+    names = itertools.count(2000)
+    world.reconciler = PoolReconciler(world.azure, world.pools, pod_networking=POLICY,
+                                      new_name=lambda: f"azcni-{next(names):04d}")
+    await world.reconcile()
+    assert on_nic(world, asked.ip_configuration) == ("", ())
+    (answer,) = world.pool().status.pod_networking
+    assert answer.state == AttachmentState.DETACHED
+    assert world.azure.holder_of(pip) is None

@@ -11,10 +11,14 @@ The rules (the flow is in :mod:`azure_cni.api.podnet`):
   the same pod asks the same thing: retrying would fail every NIC write of the node. A new
   pod on the address (or a changed request) is a new request.
 - **Only what we attached is ours.** An ipConfiguration nobody asked for is left as it is.
-  For one that is asked for (or was), the public IP slot is the pod's, and of the backend
-  pools only those the pod asked for come and go; others on it stay.
-- **Withdrawn means off the NIC.** A withdrawn request (the pod is gone) is Detached once the
-  NIC carries none of what was attached for it; the agent reuses the address only then.
+  While its pod lives, the public IP slot of a requested one is the pod's, and of the backend
+  pools only those the pod asked for come and go; others on it stay. The node's own pools
+  (those of the NIC's primary) are nobody's to ask for.
+- **Withdrawn means off the NIC.** A withdrawn request (the pod is gone) takes everything off
+  its ipConfiguration but the node's own backend pools (those of the NIC's primary), whether
+  or not ``podNetworking`` recorded attaching it: the operator may have been killed between
+  the NIC write and the status write. It is Detached once the NIC carries nothing else; the
+  agent reuses the address only then.
 - Events go to the pod: what was attached, what was refused and why, what was detached.
 """
 
@@ -179,6 +183,7 @@ class PodNetworkPlan:
     def settle(self, written: NicSnapshot) -> Reported:
         """The operator's ``podNetworking`` and the pod Events once the NIC reads ``written``."""
         on_nic = {c.name: c for c in written.secondary()}
+        shared = {w.request.ip_configuration for w in self.wanted.values()}
         out: list[PodAttachment] = []
         events: list[PodEvent] = []
         for address, request in sorted(self.requests.items()):
@@ -189,9 +194,10 @@ class PodNetworkPlan:
             wanted = self.wanted.get(address)
             if request.withdrawn:
                 ours = _ours(before)
-                left = (ours.public_ip and carried.public_ip.lower() == ours.public_ip.lower()
-                        ) or bool(_lower(ours.backend_pools) & _lower(carried.backend_pools))
-                if left:
+                if config is not None and (
+                        not at_rest(config, written) if name not in shared
+                        # a block's live pods share it: only what was recorded ours must go
+                        else not IPConfigFeatures().same(_common(ours, carried))):
                     out.extend([before] if before is not None else [])
                     continue
                 entry = PodAttachment(name, request.address, request.pod,
@@ -280,6 +286,13 @@ def _lower(items: Iterable[str]) -> set[str]:
     return {i.lower() for i in items if i}
 
 
+def _common(a: IPConfigFeatures, b: IPConfigFeatures) -> IPConfigFeatures:
+    """What ``a`` and ``b`` both carry."""
+    return IPConfigFeatures(a.public_ip if a.public_ip.lower() == b.public_ip.lower() else "",
+                            tuple(p for p in a.backend_pools
+                                  if p.lower() in _lower(b.backend_pools)))
+
+
 def _ours(attachment: PodAttachment | None) -> IPConfigFeatures:
     """What azure-cni attached to an ipConfiguration, per its own record."""
     if attachment is None or attachment.state != AttachmentState.ATTACHED:
@@ -319,7 +332,7 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
     before = {a.address: a for a in previous if a.address in asked}
     subscription = parse_resource_id(nic.id).subscription if nic.id else ""
     on_nic = {c.name: c for c in nic.secondary()}
-    node_pools = nic.primary.backend_pool_ids if nic.ip_configurations else ()
+    node_pools = _node_pools(nic)
     wanted: dict[str, Wanted] = {}
     sharing: dict[str, list[str]] = {}
     for address, request in asked.items():
@@ -329,15 +342,23 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
         sharing.setdefault(config.name, []).append(address)
         if request.withdrawn:
             continue
-        wanted[address] = _wanted(request, before.get(address), config, policy, subscription)
+        wanted[address] = _wanted(request, before.get(address), config, policy,
+                                  subscription=subscription, node_pools=node_pools)
     features: dict[str, FeatureEdit] = {}
     for name, addresses in sharing.items():
+        config = on_nic[name]
         live = [wanted[a] for a in addresses if a in wanted]
+        if not live:
+            # only withdrawn requests: whatever is on it now, recorded or not (the operator
+            # may have been killed between attaching and recording), is its last pod's
+            if not at_rest(config, nic):
+                features[name] = FeatureEdit(reset=True)
+            continue
         targets = [w.features for w in live]
         target_pools = _lower(p for t in targets for p in t.backend_pools)
         target_ip = next((t.public_ip for t in targets if t.public_ip), "")
         ours = [_ours(before.get(a)) for a in addresses] + [w.asked for w in live]
-        carried = on_nic[name].features
+        carried = config.features
         # the public IP slot is the pod's; of the pools, only those it asked for come and go
         # (and what it asked for, refused, must not stay on)
         drop = next((o.public_ip for o in ours
@@ -352,13 +373,33 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
     return _isolate(PodNetworkPlan(asked, before, wanted, features))
 
 
+def at_rest(config: IPConfiguration, nic: NicSnapshot) -> bool:
+    """Whether ``config`` carries nothing a pod could have asked for: no public IP, no backend
+    pool but those of the NIC's primary ipConfiguration (the node's own, which new
+    ipConfigurations copy with ``copyLoadBalancerPools``)."""
+    return not config.public_ip_id and _lower(config.backend_pool_ids) <= _lower(
+        _node_pools(nic))
+
+
+def _node_pools(nic: NicSnapshot) -> tuple[str, ...]:
+    """The backend pools of the NIC's primary ipConfiguration: the node's own."""
+    return next((c.backend_pool_ids for c in nic.ip_configurations if c.primary), ())
+
+
 def _wanted(request: PodNetworkRequest, prior: PodAttachment | None, config: IPConfiguration,
-            policy: PodNetworkingSettings, subscription: str) -> Wanted:
+            policy: PodNetworkingSettings, *, subscription: str, node_pools: Iterable[str]
+            ) -> Wanted:
     """A live request resolved: the policy's verdict, an earlier refusal by Azure that sticks,
     or a block's refusal."""
     resolved = resolve(request, policy, subscription)
     if prior is not None and prior.refused_by_azure and _same_request(prior, request):
         return resolved.refusal(prior.message, prior.reason)
+    nodes = [p for p in resolved.features.backend_pools if p.lower() in _lower(node_pools)]
+    if nodes:
+        return resolved.refusal(
+            f"backend pool {nodes[0]} is the node's own (its primary ipConfiguration is "
+            "in it): it stays on every address of the node, so no pod joins or leaves it",
+            NOT_ALLOWED)
     if config.prefix_length is not None:
         return resolved.refusal(
             f"{config.private_ip} is a block ipConfiguration that up to "
