@@ -29,6 +29,7 @@ from azure_cni.cloud.port import (
     NicSnapshot,
 )
 from azure_cni.ipam.decide import Decision, Observation, decide
+from azure_cni.ipam.podnet import pending
 
 SUB = "s"
 PIP = f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
@@ -440,3 +441,21 @@ def test_a_pool_of_the_nodes_primary_is_not_a_pods_to_join() -> None:
     assert decision.write is None and outcome.status is not None
     (answer,) = outcome.status.pod_networking
     assert answer.state == AttachmentState.REFUSED and "the node's own" in answer.message
+
+
+def test_an_answer_to_an_earlier_pod_of_the_same_name_answers_nothing() -> None:
+    """A StatefulSet pod recreated on the same address has the same name, not the same UID."""
+    old = PodAttachment(NAME, ADDRESS, "web/a", AttachmentState.DETACHED, pod_uid="1")
+    assert pending([replace(request(withdrawn=True), pod_uid="2")], [old])
+    assert not pending([replace(request(withdrawn=True), pod_uid="1")], [old])
+    assert pending([replace(request(), pod_uid="2")], [replace(attached(), pod_uid="1")])
+    assert not pending([replace(request(public_ip=PIP), pod_uid="1")],
+                       [replace(attached(), pod_uid="1")])
+    # without a UID (an agent that does not publish it) the name decides, as before
+    assert not pending([request(withdrawn=True)], [replace(old, pod_uid="")])
+    # an Azure refusal sticks for the same pod only
+    refused = PodAttachment(NAME, ADDRESS, "web/a", AttachmentState.REFUSED, PIP, (),
+                            "PublicIPAddressInUse", "in use", pod_uid="1")
+    decision, _ = run(observe([replace(request(public_ip=PIP), pod_uid="2")], [refused]),
+                      written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert decision.write is not None, "a new pod's request was refused for the old one's"

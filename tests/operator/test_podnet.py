@@ -228,3 +228,36 @@ async def test_an_operator_killed_after_attaching_leaves_nothing_on_the_released
     (answer,) = world.pool().status.pod_networking
     assert answer.state == AttachmentState.DETACHED
     assert world.azure.holder_of(pip) is None
+
+
+async def test_a_pod_recreated_under_its_name_on_the_same_address_is_not_the_old_one() -> None:
+    """The suspicion of issue 22: answers matched by pod name. A StatefulSet's web-0 is
+    recreated (a new UID) and gets the address again; the operator attaches its public IP and
+    is killed before recording it; web-0 goes again. The Detached answer of the first web-0
+    must neither count as the answer to the second (the NIC was never read again, and the
+    agent, matching by name, would hand the address out with the public IP on it)."""
+    world = world_with_policy()
+    await world.reconcile()
+    pip = world.azure.add_public_ip("web")
+    first = replace(request(world, 0, "web/web-0", pip), pod_uid="uid-1")
+    agent_requests(world, first)
+    await world.reconcile()
+    agent_requests(world, replace(first, withdrawn=True))
+    await world.reconcile()
+    (answer,) = world.pool().status.pod_networking
+    assert (answer.state, answer.pod_uid) == (AttachmentState.DETACHED, "uid-1")
+    # the agent forgot it; web-0 comes back with a new UID on the same address
+    second = replace(first, pod_uid="uid-2")
+    agent_requests(world, second)
+    world.pools.kill_next_status_write = True
+    with pytest.raises(Killed):
+        await world.reconcile()
+    assert on_nic(world, second.ip_configuration)[0] == pip
+    agent_requests(world, replace(second, withdrawn=True))
+    names = itertools.count(2000)
+    world.reconciler = PoolReconciler(world.azure, world.pools, pod_networking=POLICY,
+                                      new_name=lambda: f"azcni-{next(names):04d}")
+    await world.reconcile()
+    assert on_nic(world, second.ip_configuration) == ("", ())
+    (answer,) = world.pool().status.pod_networking
+    assert (answer.state, answer.pod_uid) == (AttachmentState.DETACHED, "uid-2")

@@ -201,7 +201,7 @@ class PodNetworkPlan:
                     out.extend([before] if before is not None else [])
                     continue
                 entry = PodAttachment(name, request.address, request.pod,
-                                      AttachmentState.DETACHED)
+                                      AttachmentState.DETACHED, pod_uid=request.pod_uid)
                 if before is not None and before.state == AttachmentState.ATTACHED:
                     events.append(_event(request, "Normal", "PodNetworkDetached",
                                          f"detached {_describe(ours)} from {request.address} "
@@ -215,7 +215,8 @@ class PodNetworkPlan:
             if wanted.refused:
                 entry = PodAttachment(name, request.address, request.pod,
                                       AttachmentState.REFUSED, request.public_ip,
-                                      request.backend_pools, wanted.reason, wanted.refused)
+                                      request.backend_pools, wanted.reason, wanted.refused,
+                                      request.pod_uid)
                 if before != entry:
                     events.append(_event(request, "Warning", "PodNetworkRefused",
                                          wanted.refused))
@@ -224,7 +225,8 @@ class PodNetworkPlan:
             entry = PodAttachment(name, request.address, request.pod, AttachmentState.ATTACHED,
                                   carried.public_ip if wanted.features.public_ip else "",
                                   tuple(p for p in carried.backend_pools
-                                        if p.lower() in _lower(wanted.features.backend_pools)))
+                                        if p.lower() in _lower(wanted.features.backend_pools)),
+                                  pod_uid=request.pod_uid)
             if before != entry:
                 events.append(_event(request, "Normal", "PodNetworkAttached",
                                      f"attached {_describe(entry)} to {request.address} "
@@ -263,7 +265,8 @@ class PodNetworkPlan:
             why = (f"Azure refused {_describe(wanted.asked)} for {address} ({name}): "
                    f"{error}{note}")
             out[address] = PodAttachment(name, address, request.pod, AttachmentState.REFUSED,
-                                         request.public_ip, request.backend_pools, reason, why)
+                                         request.public_ip, request.backend_pools, reason, why,
+                                         request.pod_uid)
             events.append(_event(request, "Warning", "PodNetworkRefused", why))
         return tuple(out[a] for a in sorted(out)), tuple(events)
 
@@ -310,9 +313,16 @@ def _event(request: PodNetworkRequest, kind: str, reason: str, message: str) -> 
     return PodEvent(request.namespace, request.pod_name, kind, reason, message)
 
 
-def _same_request(attachment: PodAttachment, request: PodNetworkRequest) -> bool:
+def _same_pod(attachment: PodAttachment, request: PodNetworkRequest) -> bool:
+    """Whether ``attachment`` answers ``request``'s pod: same address and name, and the same
+    UID when both name one (a StatefulSet pod recreated on its address keeps its name)."""
     return (attachment.pod == request.pod and attachment.address == request.address
-            and attachment.public_ip == request.public_ip
+            and (not attachment.pod_uid or not request.pod_uid
+                 or attachment.pod_uid == request.pod_uid))
+
+
+def _same_request(attachment: PodAttachment, request: PodNetworkRequest) -> bool:
+    return (_same_pod(attachment, request) and attachment.public_ip == request.public_ip
             and attachment.backend_pools == request.backend_pools)
 
 
@@ -429,12 +439,13 @@ def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachm
     asked = by_address(requests)
     for address, request in asked.items():
         prior = answered.get(address)
+        if prior is None or not _same_pod(prior, request):
+            return True
         if request.withdrawn:
-            if prior is None or prior.state != AttachmentState.DETACHED:
+            if prior.state != AttachmentState.DETACHED:
                 return True
-        elif prior is None or prior.pod != request.pod or prior.address != request.address \
-                or prior.state == AttachmentState.DETACHED or prior.reason == UNATTRIBUTED or (
-                    prior.state == AttachmentState.REFUSED and not _same_request(prior, request)):
+        elif prior.state == AttachmentState.DETACHED or prior.reason == UNATTRIBUTED or (
+                prior.state == AttachmentState.REFUSED and not _same_request(prior, request)):
             return True
     # Detached entries whose request is gone are dropped by the next write of the status
     return any(address not in asked for address in answered)
