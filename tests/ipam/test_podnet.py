@@ -29,7 +29,7 @@ from azure_cni.cloud.port import (
     NicSnapshot,
 )
 from azure_cni.ipam.decide import Decision, Observation, decide
-from azure_cni.ipam.podnet import pending
+from azure_cni.ipam.podnet import drifted, pending
 
 SUB = "s"
 PIP = f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
@@ -459,3 +459,13 @@ def test_an_answer_to_an_earlier_pod_of_the_same_name_answers_nothing() -> None:
     decision, _ = run(observe([replace(request(public_ip=PIP), pod_uid="2")], [refused]),
                       written=carrying({NAME: IPConfigFeatures(PIP)}))
     assert decision.write is not None, "a new pod's request was refused for the old one's"
+
+
+def test_a_public_ip_taken_off_outside_azure_cni_goes_back_on_with_an_event() -> None:
+    obs = observe([request(public_ip=PIP)], [attached()], on_nic={NAME: IPConfigFeatures()})
+    assert drifted(obs.pool.status.pod_networking, obs.nic)
+    assert not drifted(obs.pool.status.pod_networking, carrying({NAME: IPConfigFeatures(PIP)}))
+    decision, outcome = run(obs, written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert after(decision, obs) == {NAME: IPConfigFeatures(PIP)}
+    assert [(e.type, e.reason) for e in outcome.pod_events] == [
+        ("Warning", "PodNetworkDriftRepaired")]

@@ -19,6 +19,9 @@ The rules (the flow is in :mod:`azure_cni.api.podnet`):
   or not ``podNetworking`` recorded attaching it: the operator may have been killed between
   the NIC write and the status write. It is Detached once the NIC carries nothing else; the
   agent reuses the address only then.
+- **Drift is repaired.** A public IP or pool ``podNetworking`` says is attached but the NIC
+  lacks (taken off outside azure-cni) goes back on in the next write, with an Event; the
+  operator's NIC sweep looks for it (:func:`drifted`), as it looks for vanished addresses.
 - Events go to the pod: what was attached, what was refused and why, what was detached.
 """
 
@@ -167,6 +170,8 @@ class PodNetworkPlan:
     features: Mapping[str, FeatureEdit]
     #: requests whose attachment waits for a later write (one is tried alone first)
     held_back: frozenset[str] = frozenset()
+    #: Attached requests whose resources someone took off the NIC: the write puts them back
+    repaired: frozenset[str] = frozenset()
 
     @property
     def writes_nic(self) -> bool:
@@ -227,7 +232,12 @@ class PodNetworkPlan:
                                   tuple(p for p in carried.backend_pools
                                         if p.lower() in _lower(wanted.features.backend_pools)),
                                   pod_uid=request.pod_uid)
-            if before != entry:
+            if address in self.repaired:
+                events.append(_event(request, "Warning", "PodNetworkDriftRepaired",
+                                     f"{_describe(_ours(before))} had been taken off "
+                                     f"{request.address} ({name}) outside azure-cni; attached "
+                                     f"{_describe(entry)} again on NIC {written.name}"))
+            elif before != entry:
                 events.append(_event(request, "Normal", "PodNetworkAttached",
                                      f"attached {_describe(entry)} to {request.address} "
                                      f"({name}) on NIC {written.name}"))
@@ -380,7 +390,10 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
                                              if p.lower() not in target_pools)))
         if not edit.applied(carried, node_pools).same(carried):
             features[name] = edit
-    return _isolate(PodNetworkPlan(asked, before, wanted, features))
+    repaired = frozenset(a for a, w in wanted.items() if not w.refused and (
+        prior := before.get(a)) is not None and _same_request(prior, w.request)
+        and prior.state == AttachmentState.ATTACHED and drifted((prior,), nic))
+    return _isolate(PodNetworkPlan(asked, before, wanted, features, repaired=repaired))
 
 
 def at_rest(config: IPConfiguration, nic: NicSnapshot) -> bool:
@@ -431,6 +444,18 @@ def _isolate(plan: PodNetworkPlan) -> PodNetworkPlan:
     configs = {plan.requests[a].ip_configuration for a in waiting}
     return replace(plan, features={n: e for n, e in plan.features.items() if n not in configs},
                    held_back=waiting)
+
+
+def drifted(attachments: Iterable[PodAttachment], nic: NicSnapshot) -> bool:
+    """Whether the NIC lacks a public IP or backend pool ``podNetworking`` says is attached
+    (someone took it off outside azure-cni: the next reconcile puts it back)."""
+    on_nic = {c.name: c.features for c in nic.secondary()}
+    for a in attachments:
+        carried = on_nic.get(a.ip_configuration)
+        if a.state == AttachmentState.ATTACHED and carried is not None and not _common(
+                _ours(a), carried).same(_ours(a)):
+            return True
+    return False
 
 
 def pending(requests: Iterable[PodNetworkRequest], previous: Iterable[PodAttachment]) -> bool:
