@@ -19,7 +19,6 @@ from azure_cni.api.podnet import (
     AttachmentState,
     PodAttachment,
     PodNetworkRequest,
-    requested_features,
 )
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
@@ -86,13 +85,6 @@ def condition(status: PoolStatus | None) -> tuple[bool, str] | None:
     assert status is not None
     c = status.condition(ConditionType.POD_NETWORKING)
     return (c.status, c.reason) if c is not None else None
-
-
-def test_annotations_are_read_as_written() -> None:
-    assert requested_features({}) == ("", ())
-    assert requested_features({"azurecni.io/public-ip": " web ",
-                               "azurecni.io/backend-pools": f"{POOL_A}, {POOL_B},{POOL_A}"}) \
-        == ("web", (POOL_A, POOL_B))
 
 
 def test_a_bare_name_is_attached_from_the_first_allowed_group_and_reported() -> None:

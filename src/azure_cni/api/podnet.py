@@ -38,6 +38,10 @@ NOT_ALLOWED = "NotAllowed"
 UNATTRIBUTED = "Unattributed"
 
 
+#: what ``status.podNetworking`` keeps of a message (Events keep 1024 characters too)
+MAX_MESSAGE_CHARACTERS = 1024
+
+
 class AttachmentState(StrEnum):
     ATTACHED = "Attached"
     REFUSED = "Refused"
@@ -141,7 +145,8 @@ class PodAttachment:
         if self.reason:
             out["reason"] = self.reason
         if self.message:
-            out["message"] = self.message
+            # Azure's messages are not ours to bound: the pool must stay small (see above)
+            out["message"] = self.message[:MAX_MESSAGE_CHARACTERS]
         return out
 
 
@@ -149,12 +154,42 @@ class InvalidAnnotation(ValueError):
     """A pod annotation azure-cni cannot read; the message names it."""
 
 
+#: What azure-cni reads of a pod's two annotations together: a public IP and a few backend
+#: pools by full resource ID (each under 400 characters). The agent publishes every request
+#: in the node's NodeIPPool and the operator answers each there: unbounded, a few pods' large
+#: annotations would push the object past etcd's limit and stop every status write of the
+#: node. 255 pods at the limit, and the answers to them, stay under half of it.
+MAX_ANNOTATION_CHARACTERS = 1200
+MAX_BACKEND_POOLS = 4
+#: starts the value of a request whose annotations azure-cni did not read (``<`` is in no
+#: Azure resource ID or name, so it is never a real request)
+_UNREAD = "<"
+
+
 def requested_features(annotations: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """(public IP, backend pools) a pod's annotations ask for, as written (pure)."""
+    """(public IP, backend pools) a pod's annotations ask for, as written (pure).
+
+    Annotations beyond the limits above are not read: the public IP is then a short note of
+    why (see :func:`unread`), which the operator refuses with an Event on the pod.
+    """
     public_ip = str(annotations.get(PUBLIC_IP_ANNOTATION) or "").strip()
     raw_pools = str(annotations.get(BACKEND_POOLS_ANNOTATION) or "")
     pools = tuple(dict.fromkeys(p.strip() for p in raw_pools.split(",") if p.strip()))
+    size = len(public_ip) + len(raw_pools.strip())
+    if size > MAX_ANNOTATION_CHARACTERS:
+        return (f"{_UNREAD}{PUBLIC_IP_ANNOTATION} and {BACKEND_POOLS_ANNOTATION} hold {size} "
+                f"characters; azure-cni reads at most {MAX_ANNOTATION_CHARACTERS}>"), ()
+    if len(pools) > MAX_BACKEND_POOLS:
+        return (f"{_UNREAD}{BACKEND_POOLS_ANNOTATION} names {len(pools)} backend pools; a pod "
+                f"joins at most {MAX_BACKEND_POOLS}>"), ()
     return public_ip, pools
+
+
+def unread(request: PodNetworkRequest) -> str:
+    """Why the agent did not read the pod's annotations ("" when it did)."""
+    if request.public_ip.startswith(_UNREAD):
+        return f"the pod's annotations are too large: {request.public_ip.strip('<>')}"
+    return ""
 
 
 def by_address(entries: Iterable[PodNetworkRequest]) -> dict[str, PodNetworkRequest]:

@@ -37,6 +37,7 @@ from azure_cni.api.podnet import (
     PodAttachment,
     PodNetworkRequest,
     by_address,
+    unread,
 )
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
@@ -112,6 +113,9 @@ def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, subscript
 def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
             subscription: str) -> Wanted:
     """The resource IDs ``request`` names, or why it is refused (pure)."""
+    too_large = unread(request)
+    if too_large:
+        return Wanted(request, refused=too_large)
     problems = []
     public_ip = request.public_ip
     if public_ip:
