@@ -69,10 +69,7 @@ def test_the_largest_annotations_keep_a_full_pool_under_etcds_limit() -> None:
                           pod_uid="0" * 36)
         for i, ip in enumerate(inventory))
     the_pool = pool(inventory, used=255, spec=FULL, pod_requests=requests)
-    decision = decide(Observation(the_pool, NOW, nic(inventory), SUBNET, POLICY), lambda: "x")
-    assert decision.outcome is not None or decision.write is not None
-    # whatever the decision says, the worst answers are Azure's refusals of each request,
-    # with its longest messages
+    # the worst answers are Azure's refusals of each request, with its longest messages
     answers = tuple(PodAttachment(r.ip_configuration, r.address, r.pod,
                                   AttachmentState.REFUSED, r.public_ip, r.backend_pools,
                                   "PublicIPAddressInUse", "m" * 20_000, r.pod_uid)

@@ -140,6 +140,8 @@ class FakeAzure:
         #: public IP resource ID (lower) -> SKU; backend pool ID (lower) -> its LB's SKU
         self.public_ips: dict[str, str] = {}
         self.backend_pools: dict[str, str] = {}
+        #: public IP or load balancer resource ID (lower) -> its tags
+        self.tags: dict[str, dict[str, str]] = {}
         #: scopes (lower) the operator's identity may not join (LinkedAuthorizationFailed)
         self.join_denied: set[str] = set()
         self._names = itertools.count()
@@ -147,18 +149,21 @@ class FakeAzure:
 
     # -- building the world -------------------------------------------------------------------
 
-    def add_public_ip(self, name: str, resource_group: str = "pips", sku: str = "Standard"
-                      ) -> str:
+    def add_public_ip(self, name: str, tags: Mapping[str, str] | None = None, *,
+                      resource_group: str = "pips", sku: str = "Standard") -> str:
         pip_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
                   f"Microsoft.Network/publicIPAddresses/{name}")
         self.public_ips[pip_id.lower()] = sku
+        self.tags[pip_id.lower()] = dict(tags or {})
         return pip_id
 
-    def add_backend_pool(self, lb: str, pool: str, resource_group: str = "pips",
-                         sku: str = "Standard") -> str:
-        pool_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
-                   f"Microsoft.Network/loadBalancers/{lb}/backendAddressPools/{pool}")
+    def add_backend_pool(self, lb: str, pool: str, tags: Mapping[str, str] | None = None, *,
+                         resource_group: str = "pips", sku: str = "Standard") -> str:
+        lb_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
+                 f"Microsoft.Network/loadBalancers/{lb}")
+        pool_id = f"{lb_id}/backendAddressPools/{pool}"
         self.backend_pools[pool_id.lower()] = sku
+        self.tags.setdefault(lb_id.lower(), {}).update(tags or {})
         return pool_id
 
     def holder_of(self, resource_id: str) -> str | None:
@@ -471,6 +476,15 @@ class FakeAzure:
             raise NotFound(f"subnet {subnet_id} not found", code="NotFound", status=404)
         free = None if subnet.hide_usage else len(subnet.free())
         return SubnetInfo(subnet.id, str(subnet.network), subnet.vnet_address_space, free)
+
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        self._call("get_tags", "read")
+        found = self.tags.get(resource_id.lower())
+        if found is None:
+            kind, _, name = resource_id.rstrip("/").rpartition("/")
+            raise NotFound(f"The Resource 'Microsoft.Network/{kind.rpartition('/')[2]}/{name}' "
+                           "was not found.", code="ResourceNotFound", status=404)
+        return dict(found)
 
     async def close(self) -> None:
         self.closed = True

@@ -101,16 +101,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
                                            base_url=emu.arm_url, polling_interval=0.01,
                                            connection_verify=str(emu.ca_path))
 
-        def make_public_ip(name: str) -> str:
+        def make_public_ip(name: str, tags: dict[str, str] | None = None) -> str:
             with sdk() as client:
                 return str(client.public_ip_addresses.begin_create_or_update(
-                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"}}
-                ).result().id)
+                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"},
+                                   "tags": tags or {}}).result().id)
 
-        def make_pool(lb: str, pool: str) -> str:
+        def make_pool(lb: str, pool: str, tags: dict[str, str] | None = None) -> str:
             with sdk() as client:
                 return str(client.load_balancers.begin_create_or_update(
                     "pips", lb, {"location": "eastus", "sku": {"name": "Standard"},
+                                 "tags": tags or {},
                                  "properties": {"backendAddressPools": [{"name": pool}]}}
                 ).result().backend_address_pools[0].id)
 
@@ -356,3 +357,18 @@ async def test_edits_land_on_the_nic_as_it_is_and_keep_what_another_writer_did(b
     reset = await backend.port.update_ip_configurations(
         nic_id, features={"azcni-a": FeatureEdit(reset=True)})
     assert reset.secondary("azcni-")[0].features.same(IPConfigFeatures())
+
+
+async def test_the_tags_of_a_public_ip_and_of_a_load_balancer_are_read(backend) -> None:
+    """What a resource says about who may use it (issue 22 row 12) is in its tags."""
+    pip = backend.make_public_ip("web", {"azurecni-namespaces": "web, api"})
+    plain = backend.make_public_ip("plain")
+    pool = backend.make_pool("lb", "web", {"AzureCNI-Namespaces": "web"})
+    lb = pool.rsplit("/backendAddressPools/", 1)[0]
+    assert await backend.port.get_tags(pip) == {"azurecni-namespaces": "web, api"}
+    assert await backend.port.get_tags(plain) == {}
+    assert await backend.port.get_tags(lb) == {"AzureCNI-Namespaces": "web"}
+    with pytest.raises(NotFound):
+        await backend.port.get_tags(pip[:-len("web")] + "gone")
+    with pytest.raises(NotFound):
+        await backend.port.get_tags(lb[:-len("lb")] + "gone")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from ipaddress import ip_address
 
@@ -15,6 +15,7 @@ from tests.ipam.test_decide import NOW, SUBNET, SUBNET_ID, ips, nic, pool, run
 from azure_cni.api.nodeippool import ConditionType, PoolStatus
 from azure_cni.api.podnet import (
     NOT_ALLOWED,
+    NOT_TAGGED,
     UNATTRIBUTED,
     AttachmentState,
     PodAttachment,
@@ -23,9 +24,13 @@ from azure_cni.api.podnet import (
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
     AttachmentRefused,
+    AuthFailed,
+    CloudError,
     IPConfigFeatures,
     IPConfiguration,
     NicSnapshot,
+    NotFound,
+    Throttled,
 )
 from azure_cni.ipam.decide import Decision, Observation, decide
 from azure_cni.ipam.podnet import drifted, pending
@@ -39,6 +44,10 @@ POOL_A = (f"/subscriptions/{SUB}/resourceGroups/pips/providers/Microsoft.Network
 POOL_B = POOL_A[:-1] + "b"
 POLICY = PodNetworkingSettings(resource_groups=("pips",), public_ip_namespaces=("web",),
                                load_balancer_namespaces=("web", "lb"))
+LB = POOL_A.rsplit("/backendAddressPools/", 1)[0]
+#: every resource the rows use, tagged for every namespace (the rows about tags say otherwise)
+TAGGED = {r.lower(): {"azurecni-namespaces": "*"}
+          for r in (PIP, LB, LB.replace("/lb", "/infra"), LB.replace("/lb", "/kubernetes"))}
 INVENTORY = ips(8)
 NAME, ADDRESS = INVENTORY[0].ip_configuration, INVENTORY[0].address
 
@@ -70,10 +79,11 @@ def after(decision: Decision, obs: Observation) -> dict[str, IPConfigFeatures]:
 def observe(requests: Sequence[PodNetworkRequest] = (),
             answers: Sequence[PodAttachment] = (),
             on_nic: dict[str, IPConfigFeatures] | None = None,
-            policy: PodNetworkingSettings = POLICY) -> Observation:
+            policy: PodNetworkingSettings = POLICY,
+            tags: Mapping[str, Mapping[str, str] | CloudError] = TAGGED) -> Observation:
     the_pool = pool(INVENTORY, used=1, pod_requests=tuple(requests),
                     pod_networking=tuple(answers))
-    return Observation(the_pool, NOW, carrying(on_nic or {}), SUBNET, policy)
+    return Observation(the_pool, NOW, carrying(on_nic or {}), SUBNET, policy, tags=tags)
 
 
 def attached(pod: str = "web/a", public_ip: str = PIP, pools: Sequence[str] = ()
@@ -318,6 +328,9 @@ def test_no_annotation_makes_the_decision_raise_and_every_request_is_answered(
         return
     obs = observe([req])
     decision = decide(obs, lambda: "azcni-new")
+    if decision.look_up:  # resources the rows do not tag: untagged
+        obs = replace(obs, tags={**TAGGED, **{r.lower(): {} for r in decision.look_up}})
+        decision = decide(obs, lambda: "azcni-new")
     written = carrying(after(decision, obs)) if decision.write is not None else obs.nic
     outcome = decision.settle(written) if decision.write is not None else decision.outcome
     assert outcome is not None and outcome.status is not None
@@ -461,3 +474,94 @@ def test_a_public_ip_taken_off_outside_azure_cni_goes_back_on_with_an_event() ->
     assert after(decision, obs) == {NAME: IPConfigFeatures(PIP)}
     assert [(e.type, e.reason) for e in outcome.pod_events] == [
         ("Warning", "PodNetworkDriftRepaired")]
+
+
+
+# -- who may use a resource: its tag (issue 22 row 12) ----------------------------------------
+
+TAG = "azurecni-namespaces"
+
+
+@pytest.mark.parametrize(("name", "tags", "attached_"), [
+    ("tagged for the namespace", {TAG: "db, web"}, True),
+    ("tagged for every namespace", {TAG: "*"}, True),
+    ("the tag's name in other capitals", {"AzureCNI-Namespaces": "web"}, True),
+    ("tagged for another namespace", {TAG: "webshop web-2"}, False),
+    ("not tagged", {}, False),
+])
+def test_a_resource_is_a_namespaces_only_if_its_tag_says_so(name, tags, attached_) -> None:
+    obs = observe([request(public_ip=PIP)], tags={})
+    decision = decide(obs, lambda: "x")
+    assert decision.look_up == (PIP,), name  # nothing is decided before the tag is read
+    decision, outcome = run(replace(obs, tags={PIP.lower(): tags}),
+                            written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert outcome.status is not None
+    (answer,) = outcome.status.pod_networking
+    if attached_:
+        assert answer.state == AttachmentState.ATTACHED, name
+        return
+    assert decision.write is None, name
+    assert (answer.state, answer.reason) == (AttachmentState.REFUSED, NOT_TAGGED), name
+    assert f"tag {TAG}" in answer.message and "'web'" in answer.message, answer.message
+    (event,) = outcome.pod_events
+    assert event.reason == "PodNetworkRefused" and TAG in event.message
+
+
+def test_a_backend_pool_is_usable_by_what_its_load_balancer_says() -> None:
+    obs = observe([request(public_ip="", pools=[POOL_A])], tags={})
+    assert decide(obs, lambda: "x").look_up == (LB,)
+    _, outcome = run(replace(obs, tags={LB.lower(): {TAG: "lb"}}))
+    assert outcome.status is not None
+    assert outcome.status.pod_networking[0].reason == NOT_TAGGED
+
+
+def test_a_resource_group_granted_to_the_namespace_needs_no_tag() -> None:
+    trusting = replace(POLICY, resource_groups=(), namespace_resource_groups={"web": ("pips",)})
+    obs = observe([request()], policy=trusting, tags={})
+    decision, outcome = run(obs, written=carrying({NAME: IPConfigFeatures(PIP)}))
+    assert decision.look_up == () and after(decision, obs) == {NAME: IPConfigFeatures(PIP)}
+    # and it is the namespace's alone: another namespace is not granted the group
+    other = observe([request(pod="lb/x", public_ip="", pools=[POOL_A])], policy=trusting,
+                    tags={})
+    _, outcome = run(other)
+    assert outcome.status is not None
+    assert "resource group 'pips'" in outcome.status.pod_networking[0].message
+
+
+def test_the_tag_is_read_on_every_attach_and_only_then() -> None:
+    # answered and on the NIC: nothing to read
+    quiet = observe([request()], [attached()], on_nic={NAME: IPConfigFeatures(PIP)}, tags={})
+    assert decide(quiet, lambda: "x").look_up == ()
+    # taken off behind our back: putting it back is an attach, the tag is read again
+    drift = observe([request()], [attached()], tags={})
+    assert decide(drift, lambda: "x").look_up == (PIP,)
+    _, outcome = run(replace(drift, tags={PIP.lower(): {TAG: "db"}}))
+    assert outcome.status is not None
+    assert outcome.status.pod_networking[0].reason == NOT_TAGGED
+
+
+def test_a_resource_that_cannot_be_read_is_refused_or_waits() -> None:
+    other = request(pod="web/b", public_ip="", pools=[POOL_A], name=INVENTORY[1].ip_configuration,
+                    address=INVENTORY[1].address)
+    gone = NotFound("The Resource 'Microsoft.Network/publicIPAddresses/web' was not found.",
+                    code="ResourceNotFound", status=404)
+    denied = AuthFailed("does not have authorization to perform action "
+                        "'Microsoft.Network/publicIPAddresses/read'", code="AuthorizationFailed",
+                        status=403)
+    for error, reason in ((gone, "ResourceNotFound"), (denied, "AuthorizationFailed")):
+        obs = observe([request(public_ip=PIP), other], tags={**TAGGED, PIP.lower(): error})
+        decision, outcome = run(obs, written=carrying({other.ip_configuration:
+                                                       IPConfigFeatures("", (POOL_A,))}))
+        assert outcome.status is not None
+        answers = {a.ip_configuration: a for a in outcome.status.pod_networking}
+        assert (answers[NAME].state, answers[NAME].reason) == (AttachmentState.REFUSED, reason)
+        assert answers[other.ip_configuration].state == AttachmentState.ATTACHED
+    # throttled: no answer yet, the others go on, and it is looked at again soon
+    busy = Throttled("slow down", retry_after=3, code="SubscriptionRequestsThrottled")
+    obs = observe([request(public_ip=PIP), other], tags={**TAGGED, PIP.lower(): busy})
+    decision, outcome = run(obs, written=carrying({other.ip_configuration:
+                                                   IPConfigFeatures("", (POOL_A,))}))
+    assert decision.write is not None and NAME not in dict(decision.write.features)
+    assert outcome.status is not None
+    assert NAME not in {a.ip_configuration for a in outcome.status.pod_networking}
+    assert outcome.requeue_after is not None and outcome.requeue_after <= 5

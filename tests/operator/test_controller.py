@@ -413,7 +413,7 @@ async def test_the_sweep_finds_a_public_ip_taken_off_behind_our_back(cluster) ->
     await cluster.node_event("n0")
     await cluster.start()
     await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
-    pip = cluster.azure.add_public_ip("web")
+    pip = cluster.azure.add_public_ip("web", {"azurecni-namespaces": "web"})
     pool = cluster.pools.get("n0")
     ip = pool.status.ips[0]
     asked = PodNetworkRequest(ip.ip_configuration, ip.address, "web/a", pip)

@@ -12,12 +12,14 @@ from tests.operator.recording import Killed, RecordingPools
 from tests.operator.test_reconcile import SPEC, World
 
 from azure_cni.api.nodeippool import ConditionType
-from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni.api.podnet import NAMESPACES_TAG, AttachmentState, PodNetworkRequest
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.operator.reconcile import PoolReconciler
 
 POLICY = PodNetworkingSettings(resource_groups=("pips",), public_ip_namespaces=("web",),
                                load_balancer_namespaces=("web",))
+#: what an Azure admin writes on a resource the namespace web may use
+TAGGED = {NAMESPACES_TAG: "web"}
 
 
 def world_with_policy() -> World:
@@ -58,7 +60,7 @@ def pod_events(world: World) -> list[tuple[str, str]]:
 async def test_a_public_ip_goes_on_in_the_next_write_and_off_before_the_address_is_free() -> None:
     world = world_with_policy()
     await world.reconcile()
-    pip = world.azure.add_public_ip("web")
+    pip = world.azure.add_public_ip("web", TAGGED)
     asked = request(world, 0, "web/a", "web")
     agent_requests(world, asked)
     writes = len(world.azure.writes)
@@ -89,8 +91,8 @@ async def test_a_public_ip_goes_on_in_the_next_write_and_off_before_the_address_
 async def test_a_public_ip_in_use_elsewhere_is_an_event_and_does_not_block_the_others() -> None:
     world = world_with_policy()
     await world.reconcile()
-    pip = world.azure.add_public_ip("taken")
-    pool = world.azure.add_backend_pool("lb", "web")
+    pip = world.azure.add_public_ip("taken", TAGGED)
+    pool = world.azure.add_backend_pool("lb", "web", TAGGED)
     _, other_nic = world.azure.add_vm("n2", world.subnet_id)
     world.azure.nics[other_nic.lower()].configs[0].features = replace(
         world.azure.nics[other_nic.lower()].configs[0].features, public_ip=pip)
@@ -116,7 +118,7 @@ async def test_a_public_ip_in_use_elsewhere_is_an_event_and_does_not_block_the_o
 async def test_a_namespace_that_may_not_gets_an_event_and_no_azure_call() -> None:
     world = world_with_policy()
     await world.reconcile()
-    world.azure.add_public_ip("web")
+    world.azure.add_public_ip("web", TAGGED)
     agent_requests(world, request(world, 0, "tenant/x", "web"))
     writes = len(world.azure.writes)
     await world.reconcile()
@@ -131,7 +133,7 @@ async def test_a_typo_in_an_annotation_is_an_event_and_the_rest_of_the_node_goes
     name made the decision raise: the node's whole pool stalled and the pod got no Event."""
     world = world_with_policy()
     await world.reconcile()
-    pip = world.azure.add_public_ip("web")
+    pip = world.azure.add_public_ip("web", TAGGED)
     typo = request(world, 0, "web/typo", "pips/web")
     bare = request(world, 1, "web/bare", pools=("web-pool",))
     fine = request(world, 2, "web/fine", "web")
@@ -160,8 +162,8 @@ async def test_a_write_from_an_old_read_keeps_what_another_tool_changed_meanwhil
     ipConfiguration."""
     world = world_with_policy()
     await world.reconcile()
-    ours_pool = world.azure.add_backend_pool("lb", "web")
-    theirs = world.azure.add_backend_pool("infra", "nodes")
+    ours_pool = world.azure.add_backend_pool("lb", "web", TAGGED)
+    theirs = world.azure.add_backend_pool("infra", "nodes", TAGGED)
     asked = request(world, 1, "web/a", pools=(ours_pool,))
     agent_requests(world, asked)
     seen = await world.azure.get_nic(world.nic_id)  # the sweep's listing, say
@@ -180,9 +182,9 @@ async def test_a_resource_the_operator_may_not_join_is_that_pods_refusal_only() 
     ever with every NIC write of the node."""
     world = world_with_policy()
     await world.reconcile()
-    guarded = world.azure.add_public_ip("guarded.prod")
+    guarded = world.azure.add_public_ip("guarded.prod", TAGGED)
     world.azure.deny_join(guarded)
-    pool = world.azure.add_backend_pool("lb", "web")
+    pool = world.azure.add_backend_pool("lb", "web", TAGGED)
     denied = request(world, 0, "web/a", guarded)
     fine = request(world, 1, "web/b", pools=(pool,))
     agent_requests(world, denied, fine)
@@ -209,8 +211,8 @@ async def test_an_operator_killed_after_attaching_leaves_nothing_on_the_released
     the address, for its next pod (which then received the old pod's traffic)."""
     world = world_with_policy()
     await world.reconcile()
-    pip = world.azure.add_public_ip("web")
-    pool = world.azure.add_backend_pool("lb", "web")
+    pip = world.azure.add_public_ip("web", TAGGED)
+    pool = world.azure.add_backend_pool("lb", "web", TAGGED)
     asked = request(world, 0, "web/a", pip, (pool,))
     agent_requests(world, asked)
     world.pools.kill_next_status_write = True
@@ -238,7 +240,7 @@ async def test_a_pod_recreated_under_its_name_on_the_same_address_is_not_the_old
     agent, matching by name, would hand the address out with the public IP on it)."""
     world = world_with_policy()
     await world.reconcile()
-    pip = world.azure.add_public_ip("web")
+    pip = world.azure.add_public_ip("web", TAGGED)
     first = replace(request(world, 0, "web/web-0", pip), pod_uid="uid-1")
     agent_requests(world, first)
     await world.reconcile()
@@ -261,3 +263,42 @@ async def test_a_pod_recreated_under_its_name_on_the_same_address_is_not_the_old
     assert on_nic(world, second.ip_configuration) == ("", ())
     (answer,) = world.pool().status.pod_networking
     assert (answer.state, answer.pod_uid) == (AttachmentState.DETACHED, "uid-2")
+
+
+
+async def test_a_resource_not_tagged_for_the_namespace_is_an_event_and_the_node_goes_on() -> None:
+    """Issue 22 row 12: any allowed namespace could take any public IP of the allowed
+    resource groups, another team's included. The resource now says who may."""
+    world = world_with_policy()
+    await world.reconcile()
+    theirs = world.azure.add_public_ip("team-b", {NAMESPACES_TAG: "team-b"})
+    ours = world.azure.add_public_ip("web", TAGGED)
+    grabbing = request(world, 0, "web/grab", theirs)
+    fine = request(world, 1, "web/fine", ours)
+    agent_requests(world, grabbing, fine)
+    result = await world.reconcile()
+    assert not result.outcome.failed, result.outcome.message
+    answers = {a.pod: a for a in world.pool().status.pod_networking}
+    assert (answers["web/grab"].state, answers["web/grab"].reason) == (
+        AttachmentState.REFUSED, "NotTagged")
+    assert world.azure.holder_of(theirs) is None and world.azure.holder_of(ours) is not None
+    message = next(e.message for e in world.pools.events if e.pool == "pod:web/grab")
+    assert NAMESPACES_TAG in message and "team-b" in message
+    assert world.azure.calls["get_tags"] == 2  # one read per resource attached
+    # answered: later reconciles read no tag again
+    world.pools.act_as_agent("n1", used=4)
+    await world.reconcile()
+    assert world.azure.calls["get_tags"] == 2
+
+
+async def test_a_whole_resource_group_granted_to_a_namespace_reads_no_tag() -> None:
+    world = world_with_policy()
+    world.reconciler.pod_networking = PodNetworkingSettings(
+        public_ip_namespaces=("web",), namespace_resource_groups={"web": ("pips",)})
+    await world.reconcile()
+    untagged = world.azure.add_public_ip("web")
+    agent_requests(world, request(world, 0, "web/a", "web"))
+    await world.reconcile()
+    (answer,) = world.pool().status.pod_networking
+    assert answer.state == AttachmentState.ATTACHED and answer.public_ip == untagged
+    assert world.azure.calls["get_tags"] == 0

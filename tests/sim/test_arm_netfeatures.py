@@ -171,3 +171,22 @@ async def test_the_fabric_hears_the_policy_nat_balancers_and_guarded_addresses(a
     assert set(guarded) == {arm.vms[1].primary_ip}
     (rules,) = guarded[arm.vms[1].primary_ip].nsgs
     assert [r.name for r in rules][-2:] == ["DenyAllInBound", "DenyAllOutBound"]
+
+
+def test_tags_of_public_ips_and_load_balancers_are_kept_and_patched_alone(arm):
+    """What an admin writes on a resource for azure-cni (issue 22 row 12), by PUT or by the
+    updateTags PATCH that replaces the tags and nothing else."""
+    pip = make_public_ip(arm, "tagged")
+    lb = make_lb(arm, "tagged-lb", pip.id)
+    sdk = arm.sdk()
+    assert not sdk.public_ip_addresses.get(RG, "tagged").tags
+    sdk.public_ip_addresses.update_tags(RG, "tagged", {"tags": {"azurecni-namespaces": "web"}})
+    sdk.load_balancers.update_tags(RG, "tagged-lb", {"tags": {"azurecni-namespaces": "a,b"}})
+    read = sdk.public_ip_addresses.get(RG, "tagged")
+    assert read.tags == {"azurecni-namespaces": "web"} and read.ip_address == pip.ip_address
+    read_lb = sdk.load_balancers.get(RG, "tagged-lb")
+    assert read_lb.tags == {"azurecni-namespaces": "a,b"}
+    assert [p.name for p in read_lb.backend_address_pools] == [
+        p.name for p in lb.backend_address_pools]
+    with pytest.raises(ResourceNotFoundError):
+        sdk.load_balancers.update_tags(RG, "nope", {"tags": {}})

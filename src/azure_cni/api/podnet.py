@@ -36,6 +36,18 @@ NOT_ALLOWED = "NotAllowed"
 #: Azure refused a write attaching several pods' resources without naming which: each is
 #: tried again in a write of its own
 UNATTRIBUTED = "Unattributed"
+#: the reason of a request for a resource whose tag does not name the pod's namespace
+NOT_TAGGED = "NotTagged"
+#: the Azure tag on a public IP or load balancer naming the namespaces that may use it
+#: (comma- or space-separated; ``*``: every namespace the chart allows). Azure compares tag
+#: names case-insensitively and allows no ``/`` in them.
+NAMESPACES_TAG = "azurecni-namespaces"
+
+
+def tagged_namespaces(tags: Mapping[str, str]) -> frozenset[str]:
+    """The namespaces a resource's tags let use it (``*`` stands for all)."""
+    value = next((v for k, v in tags.items() if k.lower() == NAMESPACES_TAG), "")
+    return frozenset(n for n in value.replace(",", " ").split() if n)
 
 
 #: what ``status.podNetworking`` keeps of a message (Events keep 1024 characters too)
@@ -117,6 +129,8 @@ class PodAttachment:
 
     @property
     def refused_by_azure(self) -> bool:
+        """Refused by what Azure said (an error, a resource's tag or absence): it stays
+        refused while the same pod asks the same; the chart's policy is asked every time."""
         return self.state == AttachmentState.REFUSED and self.reason not in (NOT_ALLOWED,
                                                                               UNATTRIBUTED)
 

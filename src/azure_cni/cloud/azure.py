@@ -590,6 +590,18 @@ class AzureAdapter:
         subnet = load_collapsed(await self._get_json(client, quote(subnet_id)))
         return parse_subnet(subnet, await self._vnet_address_space(ref, vnet))
 
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        """One GET of the public IP or load balancer, read as JSON for its tags alone (a load
+        balancer lists every member of its pools)."""
+        ref = parse_resource_id(resource_id)
+        if not (ref.is_type("Microsoft.Network", "publicIPAddresses")
+                or ref.is_type("Microsoft.Network", "loadBalancers")):
+            raise CloudError(f"{resource_id!r} is not a public IP address or load balancer",
+                             code="InvalidResourceId")
+        client = self._network_client(ref.subscription)
+        tags = json.loads(await self._get_json(client, quote(resource_id))).get("tags") or {}
+        return {str(k): str(v) for k, v in tags.items()}
+
     async def _vnet_address_space(self, ref: ResourceID, vnet: str) -> tuple[str, ...]:
         key = f"{ref.subscription}/{ref.resource_group}/{vnet}".lower()
         cached = self._vnet_spaces.get(key)

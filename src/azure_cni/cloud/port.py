@@ -1,4 +1,4 @@
-"""The operator's port to Azure: seven operations, typed values and typed errors.
+"""The operator's port to Azure: eight operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
 implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni_sim.arm`` is
@@ -243,6 +243,13 @@ class AzureNetwork(Protocol):
 
     async def get_subnet(self, subnet_id: str) -> SubnetInfo:
         """Prefix, free addresses and VNet address space of a subnet."""
+        ...
+
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        """The tags of a public IP address or a load balancer, as Azure spells them.
+
+        Raises NotFound if it is gone, AuthFailed if the operator may not read it.
+        """
         ...
 
     async def close(self) -> None:

@@ -27,26 +27,31 @@ The rules (the flow is in :mod:`azure_cni.api.podnet`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from azure_cni.api.podnet import (
+    NAMESPACES_TAG,
     NOT_ALLOWED,
+    NOT_TAGGED,
     UNATTRIBUTED,
     AttachmentState,
     PodAttachment,
     PodNetworkRequest,
     by_address,
+    tagged_namespaces,
     unread,
 )
 from azure_cni.api.settings import PodNetworkingSettings
 from azure_cni.cloud.port import (
     AttachmentRefused,
+    AuthFailed,
     CloudError,
     FeatureEdit,
     IPConfigFeatures,
     IPConfiguration,
     NicSnapshot,
+    NotFound,
 )
 from azure_cni.cloud.resourceid import parse_resource_id
 
@@ -74,6 +79,9 @@ class Wanted:
     #: the resource IDs the pod asked for, as far as they are resource IDs (also when
     #: refused: a refused resource found on the pod's ipConfiguration comes off)
     asked: IPConfigFeatures = field(default_factory=IPConfigFeatures)
+    #: the public IPs and load balancers whose tag must name the pod's namespace (those of
+    #: resource groups the chart does not grant the namespace whole)
+    tagged: tuple[str, ...] = ()
 
     def refusal(self, why: str, reason: str) -> Wanted:
         """This request refused ``why`` (``reason``: NOT_ALLOWED or Azure's code)."""
@@ -85,9 +93,9 @@ def _allows(namespaces: Iterable[str], namespace: str) -> bool:
 
 
 def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, subscription: str,
-                      *types: str) -> str:
+                      namespace: str, *types: str) -> str:
     """Why ``resource_id`` may not be used ("" when it may): it must be of ``types``, in the
-    node's own subscription and in an allowed resource group."""
+    node's own subscription and in a resource group allowed for ``namespace``."""
     try:
         ref = parse_resource_id(resource_id)
     except CloudError:
@@ -103,10 +111,11 @@ def _in_allowed_group(resource_id: str, policy: PodNetworkingSettings, subscript
         return (f"subscription {ref.subscription!r} of {resource_id} is not the node's "
                 f"({subscription or 'unknown'}): pods use resources of their node's "
                 "subscription only")
-    allowed = {g.lower() for g in policy.resource_groups}
-    if ref.resource_group.lower() not in allowed:
-        return (f"resource group {ref.resource_group!r} of {resource_id} is not in the chart's "
-                f"podNetworking.resourceGroups ({', '.join(policy.resource_groups) or 'none'})")
+    allowed = policy.groups_for(namespace)
+    if ref.resource_group.lower() not in {g.lower() for g in allowed}:
+        return (f"resource group {ref.resource_group!r} of {resource_id} is not one the chart "
+                f"lets namespace {namespace!r} use (podNetworking.resourceGroups and "
+                f"namespaceResourceGroups: {', '.join(allowed) or 'none'})")
     return ""
 
 
@@ -124,10 +133,11 @@ def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
                             "chart's podNetworking.publicIPNamespaces)")
         else:
             if "/" not in public_ip:
-                group = policy.resource_groups[0] if policy.resource_groups else ""
-                public_ip = (f"/subscriptions/{subscription}/resourceGroups/{group}/providers/"
+                groups = policy.groups_for(request.namespace)
+                public_ip = (f"/subscriptions/{subscription}/resourceGroups/"
+                             f"{groups[0] if groups else ''}/providers/"
                              f"Microsoft.Network/publicIPAddresses/{public_ip}")
-            problem = _in_allowed_group(public_ip, policy, subscription,
+            problem = _in_allowed_group(public_ip, policy, subscription, request.namespace,
                                         "publicIPAddresses")
             if problem:
                 problems.append(problem)
@@ -138,13 +148,54 @@ def resolve(request: PodNetworkRequest, policy: PodNetworkingSettings,
                             "backend pools (the chart's podNetworking.loadBalancerNamespaces)")
         else:
             problems += [p for p in (_in_allowed_group(pool, policy, subscription,
-                                                       "loadBalancers", "backendAddressPools")
+                                                       request.namespace, "loadBalancers",
+                                                       "backendAddressPools")
                                      for pool in pools) if p]
     asked = IPConfigFeatures(public_ip if _is_resource_id(public_ip) else "",
                              tuple(p for p in pools if _is_resource_id(p)))
     if problems:
         return Wanted(request, refused="; ".join(problems), asked=asked)
-    return Wanted(request, IPConfigFeatures(public_ip, pools), asked=asked)
+    holders = [public_ip] if public_ip else []
+    holders += [p.rsplit("/backendAddressPools/", 1)[0] for p in pools]
+    tagged = tuple(dict.fromkeys(
+        h for h in holders
+        if not policy.trusts(request.namespace, parse_resource_id(h).resource_group)))
+    return Wanted(request, IPConfigFeatures(public_ip, pools), asked=asked, tagged=tagged)
+
+
+#: what the operator read of each public IP and load balancer (by lower-cased resource ID):
+#: its tags, or the error reading it
+Looked = Mapping[str, Mapping[str, str] | CloudError]
+
+
+def _check_tags(wanted: Wanted, looked: Looked) -> tuple[Wanted, tuple[str, ...], bool]:
+    """``wanted`` after its resources' tags: (the verdict, resources still to read, whether to
+    wait for a read that failed for now)."""
+    namespace = wanted.request.namespace
+    missing = tuple(r for r in wanted.tagged if r.lower() not in looked)
+    if missing:
+        return wanted, missing, False
+    for resource in wanted.tagged:
+        kind = "public IP" if "/publicipaddresses/" in resource.lower() else "load balancer"
+        found = looked[resource.lower()]
+        if isinstance(found, NotFound):
+            return wanted.refusal(f"{kind} {resource} does not exist: {found}",
+                                  found.code or "ResourceNotFound"), (), False
+        if isinstance(found, AuthFailed):
+            return wanted.refusal(f"the operator may not read {kind} {resource} to see whom "
+                                  f"its tag {NAMESPACES_TAG} names: {found}",
+                                  found.code or "AuthorizationFailed"), (), False
+        if isinstance(found, CloudError):
+            return wanted, (), True
+        names = tagged_namespaces(found)
+        if namespace not in names and "*" not in names:
+            return wanted.refusal(
+                f"{kind} {resource} is not for namespace {namespace!r}: its tag "
+                f"{NAMESPACES_TAG} names {', '.join(sorted(names)) or 'no namespace'} (an admin "
+                "of the resource adds the namespace to the tag; the chart's "
+                "podNetworking.namespaceResourceGroups grants a whole resource group)",
+                NOT_TAGGED), (), False
+    return wanted, (), False
 
 
 def _is_resource_id(value: str) -> bool:
@@ -176,6 +227,10 @@ class PodNetworkPlan:
     held_back: frozenset[str] = frozenset()
     #: Attached requests whose resources someone took off the NIC: the write puts them back
     repaired: frozenset[str] = frozenset()
+    #: public IPs and load balancers whose tags must be read before anything is decided
+    look_up: tuple[str, ...] = ()
+    #: look again after this long (attachments held back for later writes)
+    requeue_after: float | None = None
 
     @property
     def writes_nic(self) -> bool:
@@ -342,16 +397,18 @@ def _same_request(attachment: PodAttachment, request: PodNetworkRequest) -> bool
 
 def plan_pod_network(requests: Iterable[PodNetworkRequest],
                      previous: Iterable[PodAttachment], nic: NicSnapshot,
-                     policy: PodNetworkingSettings, inventory: Iterable[str]
-                     ) -> PodNetworkPlan:
+                     policy: PodNetworkingSettings, inventory: Iterable[str], *,
+                     looked: Looked | None = None) -> PodNetworkPlan:
     """What the pool's requested ipConfigurations must carry (the rules are above).
 
     ``inventory`` are the pool's ipConfiguration names: requests for others are ignored.
     Each request (one per pod address) gets its own answer; an ipConfiguration carries what
     its live requests want, which is at most one pod's in Addresses mode and nothing in a
-    block.
+    block. ``looked`` holds the tags read so far; a plan whose ``look_up`` is not empty
+    needs more before it may be carried out.
     """
     names = set(inventory)
+    looked = looked or {}
     asked = {a: r for a, r in by_address(requests).items() if r.ip_configuration in names}
     before = {a.address: a for a in previous if a.address in asked}
     subscription = parse_resource_id(nic.id).subscription if nic.id else ""
@@ -359,6 +416,8 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
     node_pools = _node_pools(nic)
     wanted: dict[str, Wanted] = {}
     sharing: dict[str, list[str]] = {}
+    look_up: list[str] = []
+    waiting: set[str] = set()
     for address, request in asked.items():
         config = on_nic.get(request.ip_configuration)
         if config is None:
@@ -366,38 +425,72 @@ def plan_pod_network(requests: Iterable[PodNetworkRequest],
         sharing.setdefault(config.name, []).append(address)
         if request.withdrawn:
             continue
-        wanted[address] = _wanted(request, before.get(address), config, policy,
-                                  subscription=subscription, node_pools=node_pools)
+        prior = before.get(address)
+        w = _wanted(request, prior, config, policy, subscription=subscription,
+                    node_pools=node_pools)
+        if not w.refused and _attaches(w, prior, config):
+            # every attach asks the resources whether the namespace may use them
+            w, missing, wait = _check_tags(w, looked)
+            look_up += missing
+            if wait:
+                waiting.add(address)
+        wanted[address] = w
+    if look_up:
+        return PodNetworkPlan(asked, before, wanted, {}, look_up=tuple(dict.fromkeys(look_up)))
     features: dict[str, FeatureEdit] = {}
     for name, addresses in sharing.items():
         config = on_nic[name]
         live = [wanted[a] for a in addresses if a in wanted]
+        if waiting & set(addresses):
+            continue  # a tag that could not be read yet: this address waits
         if not live:
             # only withdrawn requests: whatever is on it now, recorded or not (the operator
             # may have been killed between attaching and recording), is its last pod's
             if not at_rest(config, nic):
                 features[name] = FeatureEdit(reset=True)
             continue
-        targets = [w.features for w in live]
-        target_pools = _lower(p for t in targets for p in t.backend_pools)
-        target_ip = next((t.public_ip for t in targets if t.public_ip), "")
-        ours = [_ours(before.get(a)) for a in addresses] + [w.asked for w in live]
-        carried = config.features
-        # the public IP slot is the pod's; of the pools, only those it asked for come and go
-        # (and what it asked for, refused, must not stay on)
-        drop = next((o.public_ip for o in ours
-                     if o.public_ip and o.public_ip.lower() == carried.public_ip.lower()), "")
-        edit = FeatureEdit(
-            public_ip=target_ip, drop_public_ip=drop,
-            add_pools=tuple(dict.fromkeys(p for t in targets for p in t.backend_pools)),
-            remove_pools=tuple(dict.fromkeys(p for o in ours for p in o.backend_pools
-                                             if p.lower() not in target_pools)))
-        if not edit.applied(carried, node_pools).same(carried):
+        edit = _edit(live, [_ours(before.get(a)) for a in addresses], config.features)
+        if not edit.applied(config.features, node_pools).same(config.features):
             features[name] = edit
     repaired = frozenset(a for a, w in wanted.items() if not w.refused and (
-        prior := before.get(a)) is not None and _same_request(prior, w.request)
+        prior := before.get(a)) is not None and _same_pod(prior, w.request)
         and prior.state == AttachmentState.ATTACHED and drifted((prior,), nic))
-    return _isolate(PodNetworkPlan(asked, before, wanted, features, repaired=repaired))
+    return _isolate(PodNetworkPlan(asked, before, wanted, features, frozenset(waiting),
+                                   repaired, requeue_after=TAG_RETRY_SECONDS if waiting else None))
+
+
+#: a tag that could not be read (throttled, a server error) is read again this soon
+TAG_RETRY_SECONDS = 5.0
+#: the attachments held back after an unattributed refusal follow this soon
+ISOLATED_WRITE_SECONDS = 0.5
+
+
+def _attaches(wanted: Wanted, prior: PodAttachment | None, config: IPConfiguration) -> bool:
+    """Whether carrying out ``wanted`` attaches something: a request not Attached yet, or
+    one whose resources are not (all) on the NIC any more."""
+    # an Attached answer holds the resource IDs as attached (a bare name resolved): the same
+    # pod is the same request, as a pod's annotations cannot change under a sandbox
+    if prior is None or prior.state != AttachmentState.ATTACHED or not _same_pod(
+            prior, wanted.request):
+        return True
+    return not _common(wanted.features, config.features).same(wanted.features)
+
+
+def _edit(live: Sequence[Wanted], ours: Sequence[IPConfigFeatures],
+          carried: IPConfigFeatures) -> FeatureEdit:
+    """The change to an ipConfiguration its live requests ask for. The public IP slot is the
+    pod's; of the pools, only those it asked for come and go (and what it asked for and was
+    refused, or what earlier answers recorded as attached, must not stay on)."""
+    targets = [w.features for w in live]
+    target_pools = _lower(p for t in targets for p in t.backend_pools)
+    off = [*ours, *(w.asked for w in live)]
+    drop = next((o.public_ip for o in off
+                 if o.public_ip and o.public_ip.lower() == carried.public_ip.lower()), "")
+    return FeatureEdit(
+        public_ip=next((t.public_ip for t in targets if t.public_ip), ""), drop_public_ip=drop,
+        add_pools=tuple(dict.fromkeys(p for t in targets for p in t.backend_pools)),
+        remove_pools=tuple(dict.fromkeys(p for o in off for p in o.backend_pools
+                                         if p.lower() not in target_pools)))
 
 
 def at_rest(config: IPConfiguration, nic: NicSnapshot) -> bool:
@@ -447,7 +540,7 @@ def _isolate(plan: PodNetworkPlan) -> PodNetworkPlan:
     waiting = frozenset(plan.attaching) - {retried[0]}
     configs = {plan.requests[a].ip_configuration for a in waiting}
     return replace(plan, features={n: e for n, e in plan.features.items() if n not in configs},
-                   held_back=waiting)
+                   held_back=plan.held_back | waiting, requeue_after=ISOLATED_WRITE_SECONDS)
 
 
 def drifted(attachments: Iterable[PodAttachment], nic: NicSnapshot) -> bool:

@@ -105,6 +105,7 @@ class LoadBalancer:
     pools: list[str]
     rules: list[LbRule]
     etag: str = field(default_factory=new_etag)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -273,9 +274,7 @@ def put_public_ip(r: Request) -> Reply:
         created = False
         existing.sku = sku
         existing.etag = new_etag()
-    tags = r.body.get("tags") if isinstance(r.body, Mapping) else None
-    if isinstance(tags, Mapping):
-        existing.tags = {str(k): str(v) for k, v in tags.items()}
+    existing.tags = _tags(r.body)
     return _written(r, public_ip_json(existing, r.state), created)
 
 
@@ -306,6 +305,7 @@ def load_balancer_json(lb: LoadBalancer, state: ArmState) -> dict[str, Any]:
 
     return {
         "name": lb.name, "id": lb.id, "etag": lb.etag, "location": lb.location,
+        **({"tags": dict(lb.tags)} if lb.tags else {}),
         "type": "Microsoft.Network/loadBalancers", "sku": {"name": lb.sku, "tier": "Regional"},
         "properties": {
             "provisioningState": "Succeeded",
@@ -381,8 +381,28 @@ def put_load_balancer(r: Request) -> Reply:
     known = features_of(r.state).load_balancers
     created = lb_id.lower() not in known
     known[lb_id.lower()] = LoadBalancer(lb_id, r.params["lb"], _location(r), _sku(r.body),
-                                        frontends, pools, rules)
+                                        frontends, pools, rules, tags=_tags(r.body))
     return _written(r, load_balancer_json(known[lb_id.lower()], r.state), created)
+
+
+def _tags(body: Any) -> dict[str, str]:
+    """The ``tags`` of a request body (a PUT replaces them all, as ARM's does)."""
+    tags = body.get("tags") if isinstance(body, Mapping) else None
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {}
+
+
+def patch_public_ip_tags(r: Request) -> Reply:
+    """``updateTags``: PATCH with ``{"tags": {...}}`` replaces the tags and nothing else."""
+    pip = _public_ip(r, r.params["pip"])
+    pip.tags, pip.etag = _tags(r.body), new_etag()
+    return _written(r, public_ip_json(pip, r.state), False)
+
+
+def patch_load_balancer_tags(r: Request) -> Reply:
+    """``updateTags`` of a load balancer."""
+    lb = _load_balancer(r, r.params["lb"])
+    lb.tags, lb.etag = _tags(r.body), new_etag()
+    return _written(r, load_balancer_json(lb, r.state), False)
 
 
 def delete_load_balancer(r: Request) -> Reply:
