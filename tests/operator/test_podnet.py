@@ -34,6 +34,20 @@ def world_with_policy() -> World:
     return World(azure, pools, subnet_id, provider_id, nic_id, reconciler)
 
 
+async def killed_after_the_nic_write(world: World) -> None:
+    """A reconcile whose operator dies between its NIC write and its status write."""
+    world.pools.kill_next_status_write = True
+    with pytest.raises(Killed):
+        await world.reconcile()
+
+
+def restart(world: World) -> None:
+    """A new operator process, with the same policy."""
+    names = itertools.count(2000)
+    world.reconciler = PoolReconciler(world.azure, world.pools, pod_networking=POLICY,
+                                      new_name=lambda: f"azcni-{next(names):04d}")
+
+
 def agent_requests(world: World, *requests: PodNetworkRequest) -> None:
     """The node agent publishes what pods asked for (its own status field)."""
     pool = world.pool()
@@ -215,16 +229,12 @@ async def test_an_operator_killed_after_attaching_leaves_nothing_on_the_released
     pool = world.azure.add_backend_pool("lb", "web", TAGGED)
     asked = request(world, 0, "web/a", pip, (pool,))
     agent_requests(world, asked)
-    world.pools.kill_next_status_write = True
-    with pytest.raises(Killed):
-        await world.reconcile()
+    await killed_after_the_nic_write(world)
     assert on_nic(world, asked.ip_configuration) == (pip, (pool,))
     assert world.pool().status.pod_networking == ()
     # the pod is deleted while no operator runs; a new operator process starts
     agent_requests(world, replace(asked, withdrawn=True))
-    names = itertools.count(2000)
-    world.reconciler = PoolReconciler(world.azure, world.pools, pod_networking=POLICY,
-                                      new_name=lambda: f"azcni-{next(names):04d}")
+    restart(world)
     await world.reconcile()
     assert on_nic(world, asked.ip_configuration) == ("", ())
     (answer,) = world.pool().status.pod_networking
@@ -251,14 +261,10 @@ async def test_a_pod_recreated_under_its_name_on_the_same_address_is_not_the_old
     # the agent forgot it; web-0 comes back with a new UID on the same address
     second = replace(first, pod_uid="uid-2")
     agent_requests(world, second)
-    world.pools.kill_next_status_write = True
-    with pytest.raises(Killed):
-        await world.reconcile()
+    await killed_after_the_nic_write(world)
     assert on_nic(world, second.ip_configuration)[0] == pip
     agent_requests(world, replace(second, withdrawn=True))
-    names = itertools.count(2000)
-    world.reconciler = PoolReconciler(world.azure, world.pools, pod_networking=POLICY,
-                                      new_name=lambda: f"azcni-{next(names):04d}")
+    restart(world)
     await world.reconcile()
     assert on_nic(world, second.ip_configuration) == ("", ())
     (answer,) = world.pool().status.pod_networking

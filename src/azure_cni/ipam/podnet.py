@@ -6,10 +6,16 @@ The rules (the flow is in :mod:`azure_cni.api.podnet`):
   naming a resource outside the node's subscription or the allowed resource groups (or not a
   public IP / backend pool resource ID at all), is Refused with the reason; nothing of it
   reaches Azure.
+- **The resource says who may use it.** A public IP, or the load balancer of a backend pool,
+  in an allowed resource group is the namespace's only if its Azure tag
+  ``azurecni-namespaces`` names it (or the chart grants the namespace the whole group). The
+  tag is read on every attach, and only then (the plan's ``look_up``).
 - **Azure's refusals stick.** A request Azure refused (a public IP attached elsewhere, a
-  Basic load balancer, a deleted resource) stays Refused with Azure's message for as long as
-  the same pod asks the same thing: retrying would fail every NIC write of the node. A new
-  pod on the address (or a changed request) is a new request.
+  Basic load balancer, a deleted resource, one the operator may not join, a tag not naming
+  the namespace) stays Refused with the reason for as long as the same pod (name and UID)
+  asks the same thing: retrying would fail every NIC write of the node. A new pod on the
+  address is a new request. A refusal that names none of the write's resources is the
+  write's only attachment's, or with several, each is tried in a write of its own.
 - **Only what we attached is ours.** An ipConfiguration nobody asked for is left as it is.
   While its pod lives, the public IP slot of a requested one is the pod's, and of the backend
   pools only those the pod asked for come and go; others on it stay. The node's own pools

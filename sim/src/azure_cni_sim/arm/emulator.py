@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from azure.core.credentials import AccessToken
+from azure.mgmt.network import NetworkManagementClient
 
 from azure_cni.api.settings import AzureSettings
 from azure_cni_sim import pki
@@ -308,6 +310,18 @@ class ArmEmulator:
     def credential(self, token: str | None = None) -> StaticTokenCredential:
         """A credential presenting the emulator's static token (or ``token``)."""
         return StaticTokenCredential(token or self.config.static_tokens[0])
+
+    def network_client(self, principal: str = "portal-admin") -> NetworkManagementClient:
+        """The synchronous azure-mgmt-network client an admin uses for public IPs, load
+        balancers and NSGs, with a token of its own (not the operator's identity)."""
+        token = self.issue_token(principal)
+
+        class AdminToken:
+            def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+                return AccessToken(token, int(time.time()) + 3600)
+
+        return NetworkManagementClient(AdminToken(), DEFAULT_SUBSCRIPTION, base_url=self.arm_url,
+                                       polling_interval=0.1, connection_verify=str(self.ca_path))
 
     def endpoints(self) -> dict[str, Any]:
         """What a client in another process needs: URLs, CA path and the static token."""
