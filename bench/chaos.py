@@ -267,11 +267,11 @@ class Stack:
         """Runs on the emulator's loop once ARM committed a change of what the SDN enforces (a
         public IP's NAT, a pool's members), before the request that made it is answered: the
         operator that wrote it cannot have recorded it."""
-        assert self.operator is not None
-        if self.kill_operator_on_policy.is_set():
-            self.kill_operator_on_policy.clear()
-            os.kill(self.operator.pid, signal.SIGKILL)
-            self.operator_killed.set()
+        if not self.kill_operator_on_policy.is_set() or self.operator is None:
+            return
+        self.kill_operator_on_policy.clear()
+        os.kill(self.operator.pid, signal.SIGKILL)
+        self.operator_killed.set()
 
     # -- what the invariants look at ---------------------------------------------------------
 
