@@ -49,6 +49,9 @@ def test_values_are_read(tmp_path) -> None:
     ("pool: {mode: Prefixes}", "pool: mode 'Prefixes' is not one of Addresses, Blocks"),
     ("pool: {mode: Blocks, blockPrefixLength: 24}", "spec.blockPrefixLength \\(24\\) must be"),
     ("pool: {", "not valid YAML"),
+    ("podNetworking: {namespaceResourceGroups: [web]}", "must be a mapping of namespaces"),
+    ("podNetworking: {namespaceResourceGroups: {web: rg}}", "web must be a list"),
+    ("podNetworking: {publicIPNamespaces: [web]}", "neither podNetworking.resourceGroups"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
     path = tmp_path / "c.yaml"
@@ -72,15 +75,3 @@ def test_a_whole_resource_group_can_be_granted_to_one_namespace(tmp_path) -> Non
     assert networking.groups_for("web") == ("web-ips",) and networking.groups_for("db") == ()
     assert networking.trusts("web", "WEB-IPS") and not networking.trusts("db", "web-ips")
     assert settings_from_mapping(settings_to_mapping(load_settings(path))) == load_settings(path)
-
-
-@pytest.mark.parametrize(("doc", "message"), [
-    ("podNetworking: {namespaceResourceGroups: [web]}", "must be a mapping of namespaces"),
-    ("podNetworking: {namespaceResourceGroups: {web: rg}}", "web must be a list"),
-    ("podNetworking: {publicIPNamespaces: [web]}", "neither podNetworking.resourceGroups"),
-])
-def test_bad_namespace_grants_name_the_key(tmp_path, doc, message) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(doc)
-    with pytest.raises(InvalidSettings, match=message):
-        load_settings(path)
