@@ -26,7 +26,14 @@ Faults, each for a number of rounds (fixed seed, bounded waits):
   ``slow_lro`` (operations that poll InProgress for seconds, on a slow ARM);
 - ``api_restart`` (kill -9 of kube-apiserver for a few seconds during the workload) and
   ``watch_drop`` (every TCP connection to the API server cut, so every watch drops);
-- ``churn``: 250 pods created and deleted in waves of 50 on the node.
+- ``churn``: 250 pods created and deleted in waves of 50 on the node;
+- per-pod public IPs and backend pools (issue 22), pods asking by annotation for a public IP
+  of their own, a backend pool, or both (tagged for their namespace, in the operator's
+  policy): ``podnet_operator_kill`` kills the operator -9 right after ARM committed a NIC write
+  that changed what a pod's address carries (before the operator could record it), and in
+  alternate rounds deletes the pods while no operator runs; ``podnet_agent_kill`` kills the
+  agent -9 during 40 CNI calls of annotated pods. Unannotated pods then take the freed
+  addresses.
 
 After every round the invariants of ``azure_cni_sim.invariants`` are checked (duplicates at
 once; leaks, orphans, acknowledged addresses on the NIC and settling after a bounded wait for
@@ -56,6 +63,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +72,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from azure_cni.agent.status_cli import AgentDown  # noqa: E402
 from azure_cni.api.nodeippool import NodeIPPool  # noqa: E402
+from azure_cni.api.podnet import (  # noqa: E402
+    BACKEND_POOLS_ANNOTATION,
+    NAMESPACES_TAG,
+    POD_ANNOTATIONS_CAPABILITY,
+    PUBLIC_IP_ANNOTATION,
+)
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster  # noqa: E402
 from azure_cni_sim.invariants import (  # noqa: E402
@@ -95,7 +109,8 @@ SETTLE_SECONDS = 90.0
 #: rounds per fault at --scale 1
 ROUNDS = {"agent_kill": 20, "operator_kill": 20, "throttle_storm": 3, "server_error": 3,
           "lro_failed": 3, "ipconfig_failed": 3, "precondition_race": 3, "subnet_full": 2,
-          "slow_lro": 3, "api_restart": 3, "watch_drop": 3, "churn": 1}
+          "slow_lro": 3, "api_restart": 3, "watch_drop": 3, "churn": 1,
+          "podnet_operator_kill": 6, "podnet_agent_kill": 6}
 #: why each fault runs at the level it does
 LEVELS = {
     "agent_kill": "agent + shim + real netns + API server (+ operator growing the pool): the "
@@ -108,7 +123,18 @@ LEVELS = {
     "api": "kube-apiserver killed and restarted on the same etcd, or every connection to it "
            "cut: both the operator's and the agent's watches drop",
     "churn": "agent + shim + operator: 250 pods in waves of 50 on one node",
+    "podnet": "operator + ARM emulator (public IPs and a load balancer tagged for the pods' "
+              "namespace) + agent + shim: pods ask by annotation, passed by the runtime as "
+              "containerd passes them; the kills land after ARM committed what an address "
+              "carries",
 }
+#: invariants counted as soon as a round's workload is done, not only once it settled
+AT_ONCE = ("duplicate", "unasked_feature")
+#: the namespace of the campaign's pods, the only one the operator's policy lets ask
+NAMESPACE = "chaos"
+#: public IPs for pods (one pod each at a time) and a load balancer with two pools
+PUBLIC_IPS = 16
+POD_POOLS = ("web-a", "web-b")
 
 
 def log(message: str) -> None:
@@ -137,6 +163,11 @@ class Stack:
         #: set by the NIC-change hook when it kills the operator
         self.kill_operator_on_write = threading.Event()
         self.operator_killed = threading.Event()
+        #: armed: the network-policy hook kills the operator (a pod's public IP or pool
+        #: membership changed in ARM)
+        self.kill_operator_on_policy = threading.Event()
+        self.public_ips: list[str] = []
+        self.backend_pools: list[str] = []
 
     def start(self) -> None:
         self.cluster.start()
@@ -149,7 +180,9 @@ class Stack:
                 "spec": {"providerID": self.vm.provider_id}}
         self.cluster.kubectl("create", "-f", "-", input=json.dumps(node))
         self.emulator.on_nic_change(self._on_nic_change)
+        self.emulator.on_network_policy(self._on_policy_change)
         self.settings = operator_settings(self.emulator, pool=POOL, operator=OPERATOR)
+        self.settings["podNetworking"] = self.make_pod_networking()
         self.start_operator()
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         setup_host_nic(self.netns, primary_cidr=f"{self.vm.primary_ip}/24",
@@ -200,6 +233,46 @@ class Stack:
         os.kill(self.operator.pid, signal.SIGKILL)
         self.operator_killed.set()
 
+    # -- per-pod public IPs and backend pools --------------------------------------------------
+
+    def make_pod_networking(self) -> dict[str, Any]:
+        """Public IPs and a Standard load balancer (a frontend and a rule per pool, so that
+        the SDN balances to the pool's members) for the pods, tagged for their namespace, in
+        a resource group of their own; the operator's ``podNetworking`` settings for them."""
+        self.emulator.add_resource_group("pips")
+        tag = {NAMESPACES_TAG: NAMESPACE}
+        with self.emulator.network_client() as client:
+            create = client.public_ip_addresses.begin_create_or_update
+            self.public_ips = [str(create("pips", f"pod-ip-{i:02d}", {
+                "location": "eastus", "sku": {"name": "Standard"}, "tags": tag}).result().id)
+                for i in range(PUBLIC_IPS)]
+            front = create("pips", "lb-front", {"location": "eastus",
+                                                "sku": {"name": "Standard"}}).result()
+            lb_id = front.id.replace("publicIPAddresses/lb-front", "loadBalancers/chaos-lb")
+            lb = client.load_balancers.begin_create_or_update("pips", "chaos-lb", {
+                "location": "eastus", "sku": {"name": "Standard"}, "tags": tag, "properties": {
+                    "frontendIPConfigurations": [{"name": "fe", "properties": {
+                        "publicIPAddress": {"id": front.id}}}],
+                    "backendAddressPools": [{"name": p} for p in POD_POOLS],
+                    "loadBalancingRules": [{"name": p, "properties": {
+                        "frontendIPConfiguration": {"id": f"{lb_id}/frontendIPConfigurations/fe"},
+                        "backendAddressPool": {"id": f"{lb_id}/backendAddressPools/{p}"},
+                        "protocol": "Tcp", "frontendPort": 80 + i, "backendPort": 8080}}
+                        for i, p in enumerate(POD_POOLS)]}}).result()
+            self.backend_pools = [str(p.id) for p in lb.backend_address_pools]
+        return {"resourceGroups": ["pips"], "publicIPNamespaces": [NAMESPACE],
+                "loadBalancerNamespaces": [NAMESPACE]}
+
+    def _on_policy_change(self, policy: object) -> None:
+        """Runs on the emulator's loop once ARM committed a change of what the SDN enforces (a
+        public IP's NAT, a pool's members), before the request that made it is answered: the
+        operator that wrote it cannot have recorded it."""
+        if not self.kill_operator_on_policy.is_set() or self.operator is None:
+            return
+        self.kill_operator_on_policy.clear()
+        os.kill(self.operator.pid, signal.SIGKILL)
+        self.operator_killed.set()
+
     # -- what the invariants look at ---------------------------------------------------------
 
     def pool(self) -> NodeIPPool:
@@ -219,7 +292,7 @@ class Stack:
 
     def observe(self, runtime: Runtime) -> Observation:
         assert self.vm is not None and self.node is not None
-        pods = [Pod(self.node.name, p.container, interface_address(p.netns))
+        pods = [Pod(self.node.name, p.container, interface_address(p.netns), p.asked)
                 for p in runtime.running()]
         return Observation(pods=pods, records=self.records(), pools=[self.pool()],
                            nics=[nic_view(self.vm.name, self.emulator.nic(self.vm.nic_id))],
@@ -282,6 +355,16 @@ class PodSandbox:
     name: str
     netns: str
     container: str = ""
+    #: the pod's annotations, passed to the plugin as containerd passes them
+    annotations: dict[str, str] = field(default_factory=dict)
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        """The public IP and backend pools the pod asks for."""
+        pools = self.annotations.get(BACKEND_POOLS_ANNOTATION, "")
+        return tuple(r for r in (self.annotations.get(PUBLIC_IP_ANNOTATION, ""),
+                                 *pools.split(",")) if r)
 
 
 @dataclass
@@ -303,9 +386,13 @@ class Runtime:
             return [p for p in self.pods.values() if p.container]
 
     def shim(self, command: str, pod: PodSandbox) -> tuple[bool, str]:
+        config = self.config
+        if pod.annotations:
+            config["runtimeConfig"] = {POD_ANNOTATIONS_CAPABILITY: pod.annotations}
         result = self.node.run_shim(
-            command, pod.container, pod.netns, config=self.config,
-            cni_args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE=chaos;K8S_POD_NAME={pod.name}",
+            command, pod.container, pod.netns, config=config,
+            cni_args=(f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod.name};"
+                      f"K8S_POD_UID={pod.uid}"),
             timeout=120)
         with self._lock:
             self.calls += 1
@@ -326,11 +413,11 @@ class Runtime:
             self._serial += 1
             return f"p{self._serial:05d}"
 
-    def add(self) -> None:
+    def add(self, annotations: dict[str, str] | None = None) -> None:
         """Create one pod: ADD until it succeeds, a DEL after every failed try (kubelet tears
         the failed sandbox down and makes a new one), giving up after ``deadline``."""
         name = self._new_name()
-        pod = PodSandbox(name, f"azcni-c{self.run_id}-{name}")
+        pod = PodSandbox(name, f"azcni-c{self.run_id}-{name}", annotations=annotations or {})
         subprocess.run(["ip", "netns", "add", pod.netns], check=True)
         subprocess.run(["ip", "-n", pod.netns, "link", "set", "lo", "up"], check=True)
         with self._lock:
@@ -339,7 +426,7 @@ class Runtime:
         while True:
             container = uuid.uuid4().hex
             pod.container = ""
-            candidate = PodSandbox(name, pod.netns, container)
+            candidate = PodSandbox(name, pod.netns, container, pod.annotations, pod.uid)
             ok, message = self.shim("ADD", candidate)
             if ok:
                 with self._lock:
@@ -421,6 +508,8 @@ class Campaign:
         self.runtime = Runtime(stack.node, stack.run_id)
         self.tallies: dict[str, FaultTally] = {}
         self.examples: list[str] = []
+        self._asked = 0
+        self._pip_used: dict[str, float] = {}
 
     def settle_and_check(self, immediate: Callable[[Findings], None] | None = None) -> Findings:
         """Wait (bounded) for every invariant to hold; the findings left when it ends."""
@@ -456,17 +545,24 @@ class Campaign:
         tally = self.tallies.setdefault(fault, FaultTally())
         started = time.monotonic()
         self.runtime.gave_up.clear()
-        duplicates_at_once: list[str] = []
+        seen_at_once: dict[str, list[str]] = {}
         errors_before = Counter(self.runtime.errors)
         exercised = body()
 
         def at_once(findings: Findings) -> None:
-            duplicates_at_once.extend(findings.by_invariant["duplicate"])
+            for name in AT_ONCE:
+                seen_at_once[name] = list(findings.by_invariant[name])
 
         findings = self.settle_and_check(at_once)
         counts = findings.counts()
-        # a duplicate seen at once counts even if it went away while the system settled
-        counts["duplicate"] = max(counts["duplicate"], len(duplicates_at_once))
+        # a duplicate, or an address in use carrying what its pod did not ask for, counts if
+        # seen at once, even if it went away while the system settled
+        for name in AT_ONCE:
+            at_first = [f for f in seen_at_once.get(name, []) if name != "unasked_feature"
+                        or "did not ask" in f]
+            counts[name] = max(counts[name], len(at_first))
+            self.examples.extend(f"{fault} round {tally.rounds + 1} at once: {name}: {f}"
+                                 for f in at_first[:3])
         tally.rounds += 1
         tally.exercised += int(exercised)
         tally.seconds += time.monotonic() - started
@@ -504,10 +600,16 @@ class Campaign:
         names = self.runtime.names()
         doomed = self.rng.sample(names, min(50, len(names)))
         jobs: list[Callable[[], None]] = [self.runtime.add] * (100 - len(doomed))
-        jobs += [lambda n=n: self.runtime.delete(n) for n in doomed]
+        self._with_agent_killed(jobs + [lambda n=n: self.runtime.delete(n) for n in doomed])
+        self.tallies["agent_kill"].evidence["agent_killed_during_calls"] += 1
+        return True
+
+    def _with_agent_killed(self, jobs: list[Callable[[], None]]) -> None:
+        """Run ``jobs`` (CNI calls) at once in random order; kill -9 the agent after a random
+        number of them was answered, and start it again at once."""
         self.rng.shuffle(jobs)
         calls_before = self.runtime.calls
-        kill_after = self.rng.randint(5, 60)  # CNI calls answered before the kill
+        kill_after = self.rng.randint(5, max(6, len(jobs) * 3 // 5))
 
         def killer() -> None:
             wait_for("CNI calls before the kill",
@@ -518,10 +620,8 @@ class Campaign:
 
         thread = threading.Thread(target=killer)
         thread.start()
-        in_parallel(jobs, workers=100)
+        in_parallel(jobs, workers=len(jobs))
         thread.join()
-        self.tallies["agent_kill"].evidence["agent_killed_during_calls"] += 1
-        return True
 
     def operator_kill(self, index: int) -> bool:
         self.stack.operator_killed.clear()
@@ -656,6 +756,87 @@ class Campaign:
         self.tallies["churn"].evidence["pods_created_and_deleted"] += 250
         return True
 
+    # -- per-pod public IPs and backend pools (issue 22) ------------------------------------------
+
+    def asking(self) -> dict[str, str]:
+        """The annotations of the next annotated pod: in turn a public IP of its own, a
+        backend pool, or both. The public IP is the one used longest ago that no live pod
+        asks for (a detach takes a NIC write: a public IP handed on at once would often be
+        refused as still attached)."""
+        self._asked += 1
+        out = {}
+        if self._asked % 3 != 1:
+            taken = {p.annotations.get(PUBLIC_IP_ANNOTATION) for p in self.runtime.pods.values()}
+            free = [p for p in self.stack.public_ips if p not in taken]
+            if free:
+                pip = min(free, key=lambda p: self._pip_used.get(p, 0.0))
+                self._pip_used[pip] = time.monotonic()
+                out[PUBLIC_IP_ANNOTATION] = pip
+        if self._asked % 3 != 0:
+            out[BACKEND_POOLS_ANNOTATION] = self.rng.choice(self.stack.backend_pools)
+        return out
+
+    def grow_asking(self, count: int) -> list[str]:
+        """``count`` annotated pods at once; their names."""
+        before = set(self.runtime.names())
+        in_parallel([partial(self.runtime.add, self.asking()) for _ in range(count)])
+        return sorted(set(self.runtime.names()) - before)
+
+    def podnet_operator_kill(self, index: int) -> bool:
+        """Annotated pods come (even rounds) or go (odd rounds); the operator is killed -9 as
+        soon as ARM committed the NIC write that changed what their addresses carry. In even
+        rounds the pods are then deleted before a new operator starts (issue 22 row 2: it
+        has no record of what it attached), and unannotated pods take addresses afterwards."""
+        stack, tally = self.stack, self.tallies["podnet_operator_kill"]
+        coming = index % 2 == 0
+        mine = [] if coming else self.grow_asking(6)
+        if not coming:
+            self.settle_and_check()
+        stack.operator_killed.clear()
+        stack.kill_operator_on_policy.set()
+        if coming:
+            mine = self.grow_asking(6)
+        else:
+            in_parallel([lambda n=n: self.runtime.delete(n) for n in mine])
+        try:
+            wait_for("a NIC write changing what a pod's address carries",
+                     stack.operator_killed.is_set, 120, interval=0.05)
+        except TimeoutError:
+            stack.kill_operator_on_policy.clear()
+            return False
+        assert stack.operator is not None
+        stack.operator.popen.wait(10)  # type: ignore[union-attr]
+        if coming:
+            in_parallel([lambda n=n: self.runtime.delete(n) for n in mine if n in
+                         self.runtime.pods])
+            left = self._released_carrying()
+            tally.evidence["addresses_released_while_carrying"] += left
+        stack.start_operator()
+        self.grow(8)
+        tally.evidence["killed_after_arm_committed_" + ("an_attach" if coming else "a_detach")] \
+            += 1
+        return True
+
+    def podnet_agent_kill(self, index: int) -> bool:
+        """40 CNI calls at once: annotated pods added, earlier ones deleted; the agent killed
+        -9 somewhere among them."""
+        names = self.runtime.names()
+        doomed = self.rng.sample(names, min(20, len(names)))
+        jobs: list[Callable[[], None]] = [partial(self.runtime.add, self.asking())
+                                          for _ in range(40 - len(doomed))]
+        self._with_agent_killed(jobs + [lambda n=n: self.runtime.delete(n) for n in doomed])
+        tally = self.tallies["podnet_agent_kill"]
+        tally.evidence["agent_killed_during_calls"] += 1
+        tally.evidence["annotated_adds"] += 40 - len(doomed)
+        return True
+
+    def _released_carrying(self) -> int:
+        """Addresses no live pod holds whose ipConfiguration carries a public IP or pool."""
+        assert self.stack.vm is not None
+        view = nic_view(self.stack.vm.name, self.stack.emulator.nic(self.stack.vm.nic_id))
+        held = {interface_address(p.netns) for p in self.runtime.running()}
+        return sum(1 for name in view.features if view.ipconfigs.get(name) not in held)
+
     def _failed_operations(self) -> int:
         emu = self.stack.emulator
         with emu.state_lock:
@@ -686,6 +867,8 @@ def run(workdir: Path, seed: int, scale: float, only: list[str]) -> dict[str, An
             ("api_restart", campaign.api_restart),
             ("watch_drop", campaign.watch_drop),
             ("churn", campaign.churn),
+            ("podnet_operator_kill", campaign.podnet_operator_kill),
+            ("podnet_agent_kill", campaign.podnet_agent_kill),
         ]
         for fault, body in plan:
             if only and fault not in only:

@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 
 from azure_cni.api.nodeippool import ConditionType
-from azure_cni.api.podnet import BACKEND_POOLS_ANNOTATION, PUBLIC_IP_ANNOTATION
+from azure_cni.api.podnet import (
+    BACKEND_POOLS_ANNOTATION,
+    NAMESPACES_TAG,
+    PUBLIC_IP_ANNOTATION,
+)
 from azure_cni_sim import workloads
 from azure_cni_sim.procs import wait_for
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST
@@ -96,10 +100,12 @@ def denied(world: World, namespace: str) -> Iterator[str]:
         world.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def public_ip(world: World, name: str) -> Any:
+def public_ip(world: World, name: str, namespace: str = "") -> Any:
+    """A Standard public IP in ``pips``, tagged for ``namespace`` (untagged without one)."""
+    tags = {NAMESPACES_TAG: namespace} if namespace else {}
     with world.network_client() as client:
         return client.public_ip_addresses.begin_create_or_update(
-            RG, name, {"location": "eastus", "sku": {"name": "Standard"},
+            RG, name, {"location": "eastus", "sku": {"name": "Standard"}, "tags": tags,
                        "properties": {"publicIPAllocationMethod": "Static"}}).result()
 
 
@@ -111,7 +117,7 @@ def holder(world: World, name: str) -> str:
 
 def test_a_pod_with_a_public_ip_is_reachable_at_it_and_leaves_with_it(
         world: World, allowed: str) -> None:
-    pip = public_ip(world, "web-pip")
+    pip = public_ip(world, "web-pip", allowed)
     pod = run_pod(world, "pip-pod", allowed, "vm1", {PUBLIC_IP_ANNOTATION: "web-pip"})
     wait_for("the operator to attach web-pip to the pod's ipConfiguration",
              lambda: (answer(world, "vm1", f"{allowed}/pip-pod") or {}).get("state")
@@ -183,8 +189,9 @@ def test_the_public_ip_comes_off_before_the_address_is_handed_out_again(
     wait_for("every filler to run", lambda: all(
         workloads.pods(world, f"app={f}", allowed)[0].phase == "Running" for f in fillers),
              180, interval=2)
-    assert from_internet(world, f"http://{public_ip(world, 'web-pip').ip_address}:{PORT}"
-                                f"{WHOAMI}") is None
+    with world.network_client() as client:
+        address = client.public_ip_addresses.get(RG, "web-pip").ip_address
+    assert from_internet(world, f"http://{address}:{PORT}{WHOAMI}") is None
     for f in fillers:
         world.kubectl("delete", "pod", "-n", allowed, f, "--wait=false")
 
@@ -203,7 +210,7 @@ def test_a_namespace_not_allowed_gets_no_public_ip_and_an_event_saying_why(
 
 def test_a_public_ip_attached_elsewhere_is_the_arm_error_as_an_event(
         world: World, allowed: str) -> None:
-    taken = public_ip(world, "taken-pip")
+    taken = public_ip(world, "taken-pip", allowed)
     with world.network_client() as client:  # an admin gave it to vm2's primary
         nic = client.network_interfaces.get("rg1", "vm2-nic")
         nic.ip_configurations[0].public_ip_address = {"id": taken.id}
@@ -235,7 +242,8 @@ def test_two_pods_on_two_nodes_behind_one_load_balancer_frontend(
     lb_id = front.id.replace("publicIPAddresses/lb-front", "loadBalancers/web-lb")
     with world.network_client() as client:
         lb = client.load_balancers.begin_create_or_update(RG, "web-lb", {
-            "location": "eastus", "sku": {"name": "Standard"}, "properties": {
+            "location": "eastus", "sku": {"name": "Standard"},
+            "tags": {NAMESPACES_TAG: allowed}, "properties": {
                 "frontendIPConfigurations": [{"name": "fe", "properties": {
                     "publicIPAddress": {"id": front.id}}}],
                 "backendAddressPools": [{"name": "web"}],
@@ -287,3 +295,47 @@ def test_an_nsg_rule_on_a_nic_blocks_one_port_from_on_premises_until_removed(
             nic = client.network_interfaces.get("rg1", "vm0-nic")
             nic.network_security_group = None
             client.network_interfaces.begin_create_or_update("rg1", "vm0-nic", nic).result()
+
+
+def test_a_malformed_annotation_is_an_event_and_the_nodes_other_pods_go_on(
+        world: World, allowed: str) -> None:
+    """Issue 22 row 1: a typo in an annotation stalled the whole node's pool (the decision
+    raised) and the pod got no Event. Now it is that pod's refusal; on the same node the next
+    pods get addresses, and their public IPs."""
+    pip = public_ip(world, "after-typo", allowed)
+    typo = run_pod(world, "typo", allowed, "vm0", {PUBLIC_IP_ANNOTATION: f"{RG}/after-typo"})
+    message = wait_event(world, allowed, "typo", "PodNetworkRefused")
+    assert f"'{RG}/after-typo' is not an Azure resource ID" in message, message
+    assert workloads.http_get(world, typo, f"http://{ONPREM_HOST}/") == {
+        "seen": typo.ip, "host": "onprem"}
+    condition = world.pool("vm0").status.condition(ConditionType.POD_NETWORKING)
+    assert condition is not None and (condition.status, condition.reason) == (False, "Refused")
+    # six more pods on the node get addresses: its pool goes on growing and shrinking
+    pods = [run_pod(world, f"next-{i}", allowed, "vm0") for i in range(6)]
+    assert len({p.ip for p in pods} | {typo.ip}) == 7
+    good = run_pod(world, "good", allowed, "vm0", {PUBLIC_IP_ANNOTATION: "after-typo"})
+    wait_for("the operator to attach the public IP of the next pod on the node",
+             lambda: (answer(world, "vm0", f"{allowed}/good") or {}).get("state")
+             == "Attached", 60, interval=1)
+    url = f"http://{pip.ip_address}:{PORT}{WHOAMI}"
+    wait_for("the internet host to reach the pod at its public IP",
+             lambda: from_internet(world, url) is not None, 30, interval=1)
+    assert from_internet(world, url) == {"pod": "good", "seen": INTERNET_HOST}
+    assert good.ip not in {p.ip for p in pods}
+    for name in ("typo", "good", *(f"next-{i}" for i in range(6))):
+        world.kubectl("delete", "pod", "-n", allowed, name, "--wait=false")
+
+
+def test_a_public_ip_tagged_for_another_namespace_is_refused_saying_so(
+        world: World, allowed: str) -> None:
+    """Issue 22 row 12: the resource says which namespaces may use it."""
+    public_ip(world, "team-b-pip", "team-b")
+    pod = run_pod(world, "grabber", allowed, "vm2", {PUBLIC_IP_ANNOTATION: "team-b-pip"})
+    message = wait_event(world, allowed, "grabber", "PodNetworkRefused")
+    assert NAMESPACES_TAG in message and "team-b" in message and f"'{allowed}'" in message
+    assert not holder(world, "team-b-pip")
+    entry = answer(world, "vm2", f"{allowed}/grabber")
+    assert entry is not None and entry["reason"] == "NotTagged"
+    assert workloads.http_get(world, pod, f"http://{ONPREM_HOST}/") == {
+        "seen": pod.ip, "host": "onprem"}
+    world.kubectl("delete", "pod", "-n", allowed, "grabber", "--wait=false")

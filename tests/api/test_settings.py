@@ -49,6 +49,9 @@ def test_values_are_read(tmp_path) -> None:
     ("pool: {mode: Prefixes}", "pool: mode 'Prefixes' is not one of Addresses, Blocks"),
     ("pool: {mode: Blocks, blockPrefixLength: 24}", "spec.blockPrefixLength \\(24\\) must be"),
     ("pool: {", "not valid YAML"),
+    ("podNetworking: {namespaceResourceGroups: [web]}", "must be a mapping of namespaces"),
+    ("podNetworking: {namespaceResourceGroups: {web: rg}}", "web must be a list"),
+    ("podNetworking: {publicIPNamespaces: [web]}", "neither podNetworking.resourceGroups"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
     path = tmp_path / "c.yaml"
@@ -62,3 +65,13 @@ def test_the_chart_can_make_every_new_pool_a_blocks_pool(tmp_path) -> None:
     path.write_text("pool: {mode: Blocks, blockPrefixLength: 27}\n")
     spec = load_settings(path).pool.spec_for("n1")
     assert (spec.mode, spec.prefix_length, spec.unit) == ("Blocks", 27, 32)
+
+
+def test_a_whole_resource_group_can_be_granted_to_one_namespace(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("podNetworking: {namespaceResourceGroups: {web: [web-ips]},"
+                    " publicIPNamespaces: [web]}\n")
+    networking = load_settings(path).pod_networking
+    assert networking.groups_for("web") == ("web-ips",) and networking.groups_for("db") == ()
+    assert networking.trusts("web", "WEB-IPS") and not networking.trusts("db", "web-ips")
+    assert settings_from_mapping(settings_to_mapping(load_settings(path))) == load_settings(path)

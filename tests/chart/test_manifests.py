@@ -255,6 +255,9 @@ def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) 
     (role,) = pod_event_roles({"podNetworking": {"resourceGroups": ["pod-ips"],
                                                  "publicIPNamespaces": ["web"]}})
     assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    # a resource group granted to one namespace alone turns it on too
+    (_,) = pod_event_roles({"podNetworking": {"namespaceResourceGroups": {"web": ["web-ips"]},
+                                              "publicIPNamespaces": ["web"]}})
     with pytest.raises(HelmFailed, match="podNetworking"):
         helm.render({"podNetworking": {"publicIPs": ["web"]}})
 

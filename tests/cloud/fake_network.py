@@ -23,6 +23,7 @@ from azure_cni.cloud.port import (
     AddressInUse,
     AttachmentRefused,
     CloudError,
+    FeatureEdit,
     IPConfigFeatures,
     IPConfiguration,
     NewIPConfiguration,
@@ -142,23 +143,30 @@ class FakeAzure:
         #: public IP resource ID (lower) -> SKU; backend pool ID (lower) -> its LB's SKU
         self.public_ips: dict[str, str] = {}
         self.backend_pools: dict[str, str] = {}
+        #: public IP or load balancer resource ID (lower) -> its tags
+        self.tags: dict[str, dict[str, str]] = {}
+        #: scopes (lower) the operator's identity may not join (LinkedAuthorizationFailed)
+        self.join_denied: set[str] = set()
         self._names = itertools.count()
         self.closed = False
 
     # -- building the world -------------------------------------------------------------------
 
-    def add_public_ip(self, name: str, resource_group: str = "pips", sku: str = "Standard"
-                      ) -> str:
+    def add_public_ip(self, name: str, tags: Mapping[str, str] | None = None, *,
+                      resource_group: str = "pips", sku: str = "Standard") -> str:
         pip_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
                   f"Microsoft.Network/publicIPAddresses/{name}")
         self.public_ips[pip_id.lower()] = sku
+        self.tags[pip_id.lower()] = dict(tags or {})
         return pip_id
 
-    def add_backend_pool(self, lb: str, pool: str, resource_group: str = "pips",
-                         sku: str = "Standard") -> str:
-        pool_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
-                   f"Microsoft.Network/loadBalancers/{lb}/backendAddressPools/{pool}")
+    def add_backend_pool(self, lb: str, pool: str, tags: Mapping[str, str] | None = None, *,
+                         resource_group: str = "pips", sku: str = "Standard") -> str:
+        lb_id = (f"/subscriptions/{SUB}/resourceGroups/{resource_group}/providers/"
+                 f"Microsoft.Network/loadBalancers/{lb}")
+        pool_id = f"{lb_id}/backendAddressPools/{pool}"
         self.backend_pools[pool_id.lower()] = sku
+        self.tags.setdefault(lb_id.lower(), {}).update(tags or {})
         return pool_id
 
     def holder_of(self, resource_id: str) -> str | None:
@@ -168,6 +176,36 @@ class FakeAzure:
                 if c.features.public_ip.lower() == resource_id.lower():
                     return f"{nic.id}/ipConfigurations/{c.name}"
         return None
+
+    def deny_join(self, scope: str) -> None:
+        """From now on the operator may not join anything under ``scope``."""
+        self.join_denied.add(scope.lower().rstrip("/"))
+
+    def _check_linked_access(self, nic_id: str, configs: Sequence[FakeIPConfig]) -> None:
+        """ARM's join check over every reference the written NIC holds (the emulator's, in
+        short): a 403 LinkedAuthorizationFailed naming the scope, or the foreign subscription."""
+        for config in configs:
+            for linked in (config.features.public_ip, *config.features.backend_pools):
+                subscription = linked.strip("/").split("/")[1] if linked.count("/") > 2 else ""
+                if linked and subscription.lower() != SUB.lower():
+                    raise AttachmentRefused(
+                        f"The client has permission to perform action 'Microsoft.Network/"
+                        f"networkInterfaces/write' on scope '{nic_id}', however the current "
+                        f"tenant 'fake' is not authorized to access linked subscription "
+                        f"'{subscription}'.", resources=(f"/subscriptions/{subscription}",),
+                        code="LinkedAuthorizationFailed", status=403)
+                if any(linked.lower() == d or linked.lower().startswith(d + "/")
+                       for d in self.join_denied):
+                    action = ("publicIPAddresses/join/action"
+                              if linked == config.features.public_ip
+                              else "loadBalancers/backendAddressPools/join/action")
+                    raise AttachmentRefused(
+                        f"The client 'fake' with object id 'fake' has permission to perform "
+                        f"action 'Microsoft.Network/networkInterfaces/write' on scope "
+                        f"'{nic_id}'; however, it does not have permission to perform action "
+                        f"'Microsoft.Network/{action}' on the linked scope(s) '{linked}' or "
+                        "the linked scope(s) are invalid.", resources=(linked,),
+                        code="LinkedAuthorizationFailed", status=403)
 
     def _check_features(self, nic_id: str, features: Mapping[str, IPConfigFeatures]) -> None:
         """Azure's refusals for what an ipConfiguration may carry (the emulator's, in short)."""
@@ -282,6 +320,20 @@ class FakeAzure:
                 nic.subnet.used.pop(a, None)
         nic.etag = _etag()
 
+    def change_behind_our_back(self, nic_id: str, name: str, *,
+                               public_ip: str | None = None,
+                               backend_pools: Sequence[str] | None = None) -> None:
+        """Another tool writes ipConfiguration ``name``: its public IP and/or backend pools
+        become these (the NIC gets a new etag)."""
+        nic = self.nic(nic_id)
+        for i, c in enumerate(nic.configs):
+            if c.name == name:
+                now = c.features
+                nic.configs[i] = replace(c, features=IPConfigFeatures(
+                    now.public_ip if public_ip is None else public_ip,
+                    now.backend_pools if backend_pools is None else tuple(backend_pools)))
+        nic.etag = _etag()
+
     def fail(self, nic_id: str, *names: str) -> None:
         """A failed operation left these ipConfigurations (or, without names, the NIC) Failed."""
         nic = self.nic(nic_id)
@@ -356,7 +408,7 @@ class FakeAzure:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         self._call("update_ip_configurations", "write")
         nic_id = nic if isinstance(nic, str) else nic.id
@@ -369,14 +421,19 @@ class FakeAzure:
         fresh = [a for a in add if a.name.lower() not in have]
         doomed = {n.lower() for n in remove if n.lower() in have}
         wanted = {n.lower(): f for n, f in (features or {}).items()}
-        featured = {c.name: wanted[c.name.lower()] for c in current.configs
-                    if not c.primary and c.name.lower() in wanted
-                    and c.name.lower() not in doomed
-                    and not c.features.same(wanted[c.name.lower()])}
+        # each edit is made to the NIC as it is now, not as the caller read it
+        node_pools = next(c.features.backend_pools for c in current.configs if c.primary)
+        edited = {c.name: wanted[c.name.lower()].applied(c.features, node_pools)
+                  for c in current.configs if not c.primary and c.name.lower() in wanted
+                  and c.name.lower() not in doomed}
+        featured = {name: f for name, f in edited.items()
+                    if not f.same(next(c for c in current.configs if c.name == name).features)}
         if not fresh and not doomed and not featured and not reapply:
             return current.snapshot()
-        self._check_features(nic_id, featured)
         kept = [c for c in current.configs if c.name.lower() not in doomed]
+        self._check_linked_access(nic_id, [replace(c, features=featured.get(c.name, c.features))
+                                           for c in kept])
+        self._check_features(nic_id, featured)
         if len(kept) + len(fresh) > MAX_IP_CONFIGURATIONS:
             raise NicLimitExceeded(f"NIC {nic_id} cannot have more than "
                                    f"{MAX_IP_CONFIGURATIONS} IP configurations",
@@ -439,6 +496,15 @@ class FakeAzure:
             raise NotFound(f"subnet {subnet_id} not found", code="NotFound", status=404)
         free = None if subnet.hide_usage else len(subnet.free())
         return SubnetInfo(subnet.id, str(subnet.network), subnet.vnet_address_space, free)
+
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        self._call("get_tags", "read")
+        found = self.tags.get(resource_id.lower())
+        if found is None:
+            kind, _, name = resource_id.rstrip("/").rpartition("/")
+            raise NotFound(f"The Resource 'Microsoft.Network/{kind.rpartition('/')[2]}/{name}' "
+                           "was not found.", code="ResourceNotFound", status=404)
+        return dict(found)
 
     async def close(self) -> None:
         self.closed = True

@@ -6,13 +6,11 @@ emulator over HTTPS, and must observe the same things.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from azure.core.credentials import AccessToken
 from azure.mgmt.network import NetworkManagementClient
 from tests.cloud.fake_network import RG, SUB, FakeAzure
 
@@ -21,6 +19,7 @@ from azure_cni.cloud.port import (
     AddressInUse,
     AttachmentRefused,
     AzureNetwork,
+    FeatureEdit,
     IPConfigFeatures,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -46,6 +45,10 @@ class Backend:
     instance: Any = None
     #: name -> resource ID of a new Standard public IP
     make_public_ip: Any = None
+    #: scope -> None: the operator's identity may not join anything under it from now on
+    deny_join: Any = None
+    #: (load balancer, pool) -> resource ID of a backend pool of a new Standard load balancer
+    make_pool: Any = None
 
 
 @pytest.fixture(params=["fake", "adapter"])
@@ -65,7 +68,8 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             return fake.add_instance(scale_set, str(counts[scale_set]), subnet_id)
 
         yield Backend(fake, subnet, tiny, fake.add_vm, fake.add_vm, fail_fake, (SUB, RG),
-                      fake_instance, fake.add_public_ip)
+                      fake_instance, fake.add_public_ip, fake.deny_join,
+                      fake.add_backend_pool)
         return
     emu = ArmEmulator(ArmConfig(lro_polls=0)).start()
     try:
@@ -83,20 +87,23 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             with pytest.raises(Exception, match="InternalServerError"):
                 await adapter.update_ip_configurations(nic_id, reapply=True)
 
-        def make_public_ip(name: str) -> str:
+        def sdk() -> NetworkManagementClient:
             emu.add_resource_group("pips")
-            token = emu.config.static_tokens[0]
+            return emu.network_client()
 
-            class SyncToken:
-                def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-                    return AccessToken(token, int(time.time()) + 3600)
-
-            with NetworkManagementClient(SyncToken(), emu.endpoints()["subscription"],
-                                         base_url=emu.arm_url, polling_interval=0.01,
-                                         connection_verify=str(emu.ca_path)) as client:
+        def make_public_ip(name: str, tags: dict[str, str] | None = None) -> str:
+            with sdk() as client:
                 return str(client.public_ip_addresses.begin_create_or_update(
-                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"}}
-                ).result().id)
+                    "pips", name, {"location": "eastus", "sku": {"name": "Standard"},
+                                   "tags": tags or {}}).result().id)
+
+        def make_pool(lb: str, pool: str, tags: dict[str, str] | None = None) -> str:
+            with sdk() as client:
+                return str(client.load_balancers.begin_create_or_update(
+                    "pips", lb, {"location": "eastus", "sku": {"name": "Standard"},
+                                 "tags": tags or {},
+                                 "properties": {"backendAddressPools": [{"name": pool}]}}
+                ).result().backend_address_pools[0].id)
 
         scale_sets: dict[str, str] = {}
 
@@ -108,7 +115,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
         yield Backend(adapter, vnet.subnet_ids["nodes"], vnet.subnet_ids["tiny"], make_vm,
                       make_vm, fail_emulated, (emu.endpoints()["subscription"], "rg1"),
-                      make_instance, make_public_ip)
+                      make_instance, make_public_ip, emu.deny_join, make_pool)
         await adapter.close()
     finally:
         emu.stop()
@@ -246,26 +253,100 @@ async def test_blocks_are_aligned_whole_and_refused_when_no_aligned_space_is_lef
             tiny_nic, [NewIPConfiguration("azcni-x", prefix_length=28)])
 
 
-async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend) -> None:
-    pip = backend.make_public_ip("web")
+@pytest.mark.parametrize("name", ["web", "web.prod"])  # issue 22: a dot cut the name
+async def test_a_public_ip_goes_on_one_ipconfiguration_and_comes_off(backend, name) -> None:
+    pip = backend.make_public_ip(name)
     _, nic_a = backend.vm("a", backend.subnet_id)
     _, nic_b = backend.vm("b", backend.subnet_id)
     await backend.port.update_ip_configurations(nic_a, [NewIPConfiguration("azcni-a")])
     await backend.port.update_ip_configurations(nic_b, [NewIPConfiguration("azcni-b")])
     on = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures(pip), "azcni-gone": IPConfigFeatures(pip)})
+        nic_a, features={"azcni-a": FeatureEdit(public_ip=pip),
+                         "azcni-gone": FeatureEdit(public_ip=pip)})
     assert on.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
     same = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures(pip.upper())})
+        nic_a, features={"azcni-a": FeatureEdit(public_ip=pip.upper())})
     assert same.etag == on.etag, "an unchanged public IP wrote the NIC"
     with pytest.raises(AttachmentRefused) as refused:
         await backend.port.update_ip_configurations(
-            nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+            nic_b, features={"azcni-b": FeatureEdit(public_ip=pip)})
     assert refused.value.code == "PublicIPAddressInUse"
     assert [r.lower() for r in refused.value.resources] == [pip.lower()]
+    assert refused.value.concerns(pip) and not refused.value.concerns(pip[:-1])
     off = await backend.port.update_ip_configurations(
-        nic_a, features={"azcni-a": IPConfigFeatures()})
+        nic_a, features={"azcni-a": FeatureEdit(drop_public_ip=pip)})
     assert off.secondary("azcni-")[0].public_ip_id == ""
     moved = await backend.port.update_ip_configurations(
-        nic_b, features={"azcni-b": IPConfigFeatures(pip)})
+        nic_b, features={"azcni-b": FeatureEdit(public_ip=pip)})
     assert moved.secondary("azcni-")[0].public_ip_id.lower() == pip.lower()
+
+
+async def refused_attach(backend: Backend, resource: str) -> tuple[AttachmentRefused, Any]:
+    """Attach public IP ``resource`` to a new VM's new ipConfiguration: the refusal, and the
+    NIC as it was before the refused write."""
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    added = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    with pytest.raises(AttachmentRefused) as refused:
+        await backend.port.update_ip_configurations(
+            added, features={"azcni-a": FeatureEdit(public_ip=resource)})
+    assert (refused.value.code, refused.value.status) == ("LinkedAuthorizationFailed", 403)
+    assert refused.value.concerns(resource)
+    return refused.value, added
+
+
+async def test_a_resource_the_operator_may_not_join_is_a_refusal_naming_it(backend) -> None:
+    """ARM checks the join permission on what a NIC write references (a 403
+    LinkedAuthorizationFailed, arm-api.md §2.1): a refusal of that resource, not of the node."""
+    pip = backend.make_public_ip("guarded")
+    backend.deny_join(pip)
+    refused, added = await refused_attach(backend, pip)
+    assert "publicIPAddresses/join/action" in str(refused)
+    after = await backend.port.get_nic(added.id)
+    assert after.etag == added.etag and after.secondary("azcni-")[0].public_ip_id == ""
+    # the node's own writes go on
+    more = await backend.port.update_ip_configurations(after, [NewIPConfiguration("azcni-b")])
+    assert sorted(ours(more)) == ["azcni-a", "azcni-b"]
+
+
+async def test_a_resource_of_another_tenants_subscription_is_refused_naming_it(backend) -> None:
+    foreign = ("/subscriptions/6c24bcdf-0c47-4359-b40b-6f82b12d83ca/resourceGroups/pips/"
+               "providers/Microsoft.Network/publicIPAddresses/web")
+    refused, _ = await refused_attach(backend, foreign)
+    assert not refused.concerns(foreign.replace("6c24bcdf", "00000000"))
+
+
+async def test_edits_land_on_the_nic_as_it_is_and_keep_what_another_writer_did(backend) -> None:
+    """Issue 22 row 10: an edit from an old read (the adapter retries it after a 412) adds and
+    takes off only what it names; another writer's change to the same ipConfiguration stays."""
+    pip = backend.make_public_ip("web")
+    theirs = backend.make_public_ip("theirs")
+    pool = backend.make_pool("lb", "web")
+    _, nic_id = backend.vm("a", backend.subnet_id)
+    old = await backend.port.update_ip_configurations(nic_id, [NewIPConfiguration("azcni-a")])
+    # another writer puts its public IP on the ipConfiguration meanwhile
+    await backend.port.update_ip_configurations(
+        nic_id, features={"azcni-a": FeatureEdit(public_ip=theirs)})
+    await backend.port.update_ip_configurations(
+        old, features={"azcni-a": FeatureEdit(drop_public_ip=pip, add_pools=(pool,))})
+    (config,) = (await backend.port.get_nic(nic_id)).secondary("azcni-")
+    assert config.public_ip_id.lower() == theirs.lower()
+    assert [p.lower() for p in config.backend_pool_ids] == [pool.lower()]
+    # a reset takes everything off but the pools of the primary (it is in none here)
+    reset = await backend.port.update_ip_configurations(
+        nic_id, features={"azcni-a": FeatureEdit(reset=True)})
+    assert reset.secondary("azcni-")[0].features.same(IPConfigFeatures())
+
+
+async def test_the_tags_of_a_public_ip_and_of_a_load_balancer_are_read(backend) -> None:
+    """What a resource says about who may use it (issue 22 row 12) is in its tags."""
+    pip = backend.make_public_ip("web", {"azurecni-namespaces": "web, api"})
+    plain = backend.make_public_ip("plain")
+    pool = backend.make_pool("lb", "web", {"AzureCNI-Namespaces": "web"})
+    lb = pool.rsplit("/backendAddressPools/", 1)[0]
+    assert await backend.port.get_tags(pip) == {"azurecni-namespaces": "web, api"}
+    assert await backend.port.get_tags(plain) == {}
+    assert await backend.port.get_tags(lb) == {"AzureCNI-Namespaces": "web"}
+    with pytest.raises(NotFound):
+        await backend.port.get_tags(pip[:-len("web")] + "gone")
+    with pytest.raises(NotFound):
+        await backend.port.get_tags(lb[:-len("lb")] + "gone")

@@ -14,7 +14,7 @@ from azure_cni.cloud.port import (
     AttachmentRefused,
     CloudError,
     Conflict,
-    IPConfigFeatures,
+    FeatureEdit,
     NewIPConfiguration,
     NotFound,
     Throttled,
@@ -176,12 +176,14 @@ async def test_a_public_ip_for_an_instance_is_refused_and_nothing_is_written(
     world.emu.reset_requests()
     pip = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
     with pytest.raises(AttachmentRefused) as refused:
-        await adapter.update_ip_configurations(nic, features={"azcni-a": IPConfigFeatures(pip)})
+        await adapter.update_ip_configurations(nic,
+                                               features={"azcni-a": FeatureEdit(public_ip=pip)})
     assert refused.value.resources == (pip,)
     assert refused.value.code == "UnsupportedOnScaleSetInstance"
     assert world.emu.request_count("PUT") == 0
     # taking nothing off is no request for anything
-    await adapter.update_ip_configurations(nic, features={"azcni-a": IPConfigFeatures()})
+    await adapter.update_ip_configurations(nic,
+                                           features={"azcni-a": FeatureEdit(drop_public_ip=pip)})
 
 
 async def test_ipconfigs_of_others_on_the_instance_are_kept(world: World,

@@ -24,7 +24,8 @@ from azure_cni.api.nodeippool import (
     PoolSpec,
     PoolStatus,
 )
-from azure_cni.api.settings import OperatorSettings, PoolDefaults
+from azure_cni.api.podnet import PodNetworkRequest
+from azure_cni.api.settings import OperatorSettings, PodNetworkingSettings, PoolDefaults
 from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
@@ -522,3 +523,30 @@ async def test_a_node_two_classes_select_gets_no_pool_until_one_lets_go(cluster)
     cluster.controller.class_event("DELETED", {"metadata": {"name": "two"}})
     await cluster.settled("the pool from class one", lambda: "x0" in cluster.pools.pools
                           and cluster.pools.get("x0").labels.get(CLASS_LABEL) == "one")
+async def test_the_sweep_finds_a_public_ip_taken_off_behind_our_back(cluster) -> None:
+    """Issue 22 row 9: the sweep compared addresses only; a pod whose public IP was taken off
+    outside azure-cni stayed Attached (and exempt from SNAT: no SNAT, no public IP)."""
+    cluster.reconciler.pod_networking = PodNetworkingSettings(
+        resource_groups=("pips",), public_ip_namespaces=("web",))
+    cluster.add_node("n0")
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("filled", lambda: len(cluster.ours("n0")) == 4)
+    pip = cluster.azure.add_public_ip("web", {"azurecni-namespaces": "web"})
+    pool = cluster.pools.get("n0")
+    ip = pool.status.ips[0]
+    asked = PodNetworkRequest(ip.ip_configuration, ip.address, "web/a", pip)
+    cluster.pools._bump(replace(pool, status=replace(pool.status, pod_requests=(asked,))))
+
+    def answer() -> str:
+        found = cluster.pools.get("n0").status.pod_networking
+        return str(found[0].state) if found else ""
+
+    await cluster.settled("attached", lambda: answer() == "Attached"
+                          and cluster.azure.holder_of(pip) is not None)
+    nic_id = cluster.pools.get("n0").status.nic.id  # type: ignore[union-attr]
+    cluster.azure.change_behind_our_back(nic_id, ip.ip_configuration, public_ip="")
+    await cluster.controller.sweep()
+    await cluster.settled("attached again", lambda: cluster.azure.holder_of(pip) is not None)
+    events = [e for e in cluster.pools.events if e.pool == "pod:web/a"]
+    assert events[-1].reason == "PodNetworkDriftRepaired" and pip in events[-1].message

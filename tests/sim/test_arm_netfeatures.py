@@ -10,7 +10,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from tests.sim.test_arm import Arm, error_code
 
-from azure_cni.cloud.port import AttachmentRefused, IPConfigFeatures, NewIPConfiguration
+from azure_cni.cloud.port import AttachmentRefused, FeatureEdit, NewIPConfiguration
 from azure_cni_sim.arm import ArmConfig, ArmEmulator
 from azure_cni_sim.arm.netfeatures import FabricPolicy
 from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
@@ -51,7 +51,7 @@ def make_lb(arm: Arm, name: str, pip: str, sku: str = "Standard") -> Any:
                 "protocol": "Tcp", "frontendPort": 80, "backendPort": 8080}}]}}).result()
 
 
-async def add_secondary(arm: Arm, vm: int, name: str, features: IPConfigFeatures | None = None
+async def add_secondary(arm: Arm, vm: int, name: str, features: FeatureEdit | None = None
                         ) -> Any:
     async with arm_adapter(arm) as adapter:
         nic = await adapter.update_ip_configurations(arm.vms[vm].nic_id,
@@ -81,7 +81,7 @@ def test_a_public_ip_is_standard_static_and_from_the_internet_range(arm):
 
 async def test_the_adapter_attaches_and_detaches_a_public_ip_and_azure_says_who_holds_it(arm):
     pip = make_public_ip(arm, "web")
-    nic = await add_secondary(arm, 0, "azcni-a", IPConfigFeatures(pip.id))
+    nic = await add_secondary(arm, 0, "azcni-a", FeatureEdit(public_ip=pip.id))
     (config,) = nic.secondary()
     assert config.public_ip_id.lower() == pip.id.lower()
     held = arm.sdk().public_ip_addresses.get(RG, "web")
@@ -91,8 +91,8 @@ async def test_the_adapter_attaches_and_detaches_a_public_ip_and_azure_says_who_
     await add_secondary(arm, 1, "azcni-b")
     async with arm_adapter(arm) as adapter:
         with pytest.raises(AttachmentRefused) as refused:
-            await adapter.update_ip_configurations(arm.vms[1].nic_id,
-                                                   features={"azcni-b": IPConfigFeatures(pip.id)})
+            await adapter.update_ip_configurations(
+                arm.vms[1].nic_id, features={"azcni-b": FeatureEdit(public_ip=pip.id)})
         assert refused.value.code == "PublicIPAddressInUse"
         assert [r.lower() for r in refused.value.resources] == [pip.id.lower()]
         # attached, it cannot be deleted
@@ -100,15 +100,15 @@ async def test_the_adapter_attaches_and_detaches_a_public_ip_and_azure_says_who_
             arm.sdk().public_ip_addresses.begin_delete(RG, "web").result()
         assert error_code(raised) == "PublicIPAddressCannotBeDeleted"
         detached = await adapter.update_ip_configurations(
-            arm.vms[0].nic_id, features={"azcni-a": IPConfigFeatures()})
+            arm.vms[0].nic_id, features={"azcni-a": FeatureEdit(drop_public_ip=pip.id)})
         assert detached.secondary()[0].public_ip_id == ""
     assert arm.sdk().public_ip_addresses.get(RG, "web").ip_configuration is None
     arm.sdk().public_ip_addresses.begin_delete(RG, "web").result()
     # a write naming a deleted public IP is an invalid reference
     async with arm_adapter(arm) as adapter:
         with pytest.raises(AttachmentRefused) as refused:
-            await adapter.update_ip_configurations(arm.vms[0].nic_id,
-                                                   features={"azcni-a": IPConfigFeatures(pip.id)})
+            await adapter.update_ip_configurations(
+                arm.vms[0].nic_id, features={"azcni-a": FeatureEdit(public_ip=pip.id)})
         assert refused.value.code == "InvalidResourceReference"
 
 
@@ -117,7 +117,7 @@ async def test_backend_pools_list_their_members_and_refuse_a_basic_load_balancer
     lb = make_lb(arm, "lb", front.id)
     pool = lb.backend_address_pools[0].id
     for vm in (0, 1):
-        await add_secondary(arm, vm, f"azcni-{vm}", IPConfigFeatures("", (pool,)))
+        await add_secondary(arm, vm, f"azcni-{vm}", FeatureEdit(add_pools=(pool,)))
     members = arm.sdk().load_balancers.get(RG, "lb").backend_address_pools[0]
     assert {m.id.lower() for m in members.backend_ip_configurations} == {
         f"{arm.vms[vm].nic_id}/ipConfigurations/azcni-{vm}".lower() for vm in (0, 1)}
@@ -125,7 +125,7 @@ async def test_backend_pools_list_their_members_and_refuse_a_basic_load_balancer
     async with arm_adapter(arm) as adapter:
         with pytest.raises(AttachmentRefused) as refused:
             await adapter.update_ip_configurations(arm.vms[0].nic_id, features={
-                "azcni-0": IPConfigFeatures("", (old.backend_address_pools[0].id,))})
+                "azcni-0": FeatureEdit(add_pools=(old.backend_address_pools[0].id,))})
     assert refused.value.code == "BasicSkuLoadBalancerBackendPoolNotSupported"
 
 
@@ -159,7 +159,7 @@ async def test_the_fabric_hears_the_policy_nat_balancers_and_guarded_addresses(a
     seen: list[FabricPolicy] = []
     arm.emu.on_network_policy(seen.append)
     pip = make_public_ip(arm, "web")
-    nic = await add_secondary(arm, 0, "azcni-a", IPConfigFeatures(pip.id))
+    nic = await add_secondary(arm, 0, "azcni-a", FeatureEdit(public_ip=pip.id))
     private = nic.secondary()[0].address
     assert seen[-1].nat == ((pip.ip_address, private),)
     nsg = arm.sdk().network_security_groups.begin_create_or_update(
@@ -171,3 +171,22 @@ async def test_the_fabric_hears_the_policy_nat_balancers_and_guarded_addresses(a
     assert set(guarded) == {arm.vms[1].primary_ip}
     (rules,) = guarded[arm.vms[1].primary_ip].nsgs
     assert [r.name for r in rules][-2:] == ["DenyAllInBound", "DenyAllOutBound"]
+
+
+def test_tags_of_public_ips_and_load_balancers_are_kept_and_patched_alone(arm):
+    """What an admin writes on a resource for azure-cni (issue 22 row 12), by PUT or by the
+    updateTags PATCH that replaces the tags and nothing else."""
+    pip = make_public_ip(arm, "tagged")
+    lb = make_lb(arm, "tagged-lb", pip.id)
+    sdk = arm.sdk()
+    assert not sdk.public_ip_addresses.get(RG, "tagged").tags
+    sdk.public_ip_addresses.update_tags(RG, "tagged", {"tags": {"azurecni-namespaces": "web"}})
+    sdk.load_balancers.update_tags(RG, "tagged-lb", {"tags": {"azurecni-namespaces": "a,b"}})
+    read = sdk.public_ip_addresses.get(RG, "tagged")
+    assert read.tags == {"azurecni-namespaces": "web"} and read.ip_address == pip.ip_address
+    read_lb = sdk.load_balancers.get(RG, "tagged-lb")
+    assert read_lb.tags == {"azurecni-namespaces": "a,b"}
+    assert [p.name for p in read_lb.backend_address_pools] == [
+        p.name for p in lb.backend_address_pools]
+    with pytest.raises(ResourceNotFoundError):
+        sdk.load_balancers.update_tags(RG, "nope", {"tags": {}})

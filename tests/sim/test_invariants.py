@@ -206,3 +206,51 @@ def test_a_duplicate_planted_in_two_real_namespaces_is_counted(netns_factory) ->
     found = check(seen)
     assert found.counts()["duplicate"] == 1
     assert found.counts()["unrecorded"] == 2
+
+
+PIP = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/p1"
+POOL = ("/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/loadBalancers/lb/"
+        "backendAddressPools/web")
+
+
+def carrying(features: dict[str, tuple[str, ...]], *asked: tuple[str, ...]) -> Observation:
+    """The healthy round, the NIC's ipConfigurations carrying ``features``, the two pods
+    having asked for ``asked``."""
+    seen = healthy()
+    pods = tuple(dataclasses.replace(p, asked=a) for p, a in zip(seen.pods, asked, strict=False))
+    return dataclasses.replace(seen, pods=(*pods, *seen.pods[len(pods):]),
+                               nics=(NicView(NODE, NIC, features=features),))
+
+
+def test_what_a_pod_asked_for_on_its_own_address_is_no_violation() -> None:
+    assert check(carrying({"azcni-a": (PIP,), "azcni-b": (POOL,)}, (PIP,), (POOL.upper(),))
+                 ).clean
+
+
+def test_a_released_or_reused_address_carrying_what_nobody_asked_is_counted() -> None:
+    """Issue 22: a released address carries a public IP (the free azcni-c), a pod's address
+    carries a pool another pod asked for (azcni-b), a pod got a public IP it never asked for
+    (azcni-a)."""
+    found = check(carrying({"azcni-a": (PIP,), "azcni-b": (POOL,), "azcni-c": (PIP,)},
+                           (), (PIP,)))
+    assert found.counts()["unasked_feature"] == 3
+    assert any("198.18.0.12 (azcni-c) is no pod's" in f
+               for f in found.by_invariant["unasked_feature"])
+    assert any("pod vm0/c2 did not ask for" in f and POOL in f
+               for f in found.by_invariant["unasked_feature"])
+
+
+def test_nic_view_keeps_what_azure_cni_ipconfigurations_carry_beyond_the_nodes_pools() -> None:
+    node_pool = POOL.replace("/web", "/nodes")
+    nic = {"properties": {"ipConfigurations": [
+        {"name": "ipconfig1", "properties": {
+            "privateIPAddress": "198.18.0.4", "provisioningState": "Succeeded", "primary": True,
+            "loadBalancerBackendAddressPools": [{"id": node_pool}]}},
+        {"name": "azcni-a", "properties": {
+            "privateIPAddress": "198.18.0.10", "provisioningState": "Succeeded",
+            "publicIPAddress": {"id": PIP},
+            "loadBalancerBackendAddressPools": [{"id": node_pool}, {"id": POOL}]}},
+        {"name": "azcni-b", "properties": {
+            "privateIPAddress": "198.18.0.11", "provisioningState": "Succeeded",
+            "loadBalancerBackendAddressPools": [{"id": node_pool}]}}]}}
+    assert nic_view(NODE, nic).features == {"azcni-a": (PIP, POOL)}

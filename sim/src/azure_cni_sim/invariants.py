@@ -15,6 +15,10 @@ pods the runtime gave up on. ``check`` turns it into findings, one list per inva
 - ``acked_on_nic``: an address the agent acknowledged for release that is still on the NIC;
 - ``failed_with_room``: a pod the runtime gave up on although its pool was below its ceiling
   and the subnet had room;
+- ``unasked_feature``: an azure-cni ipConfiguration carries a public IP or backend pool (other
+  than the node's own, those of the NIC's primary) that the live pod holding its address did
+  not ask for, or no live pod holds its address at all: a released or reused address would
+  hand the next pod the previous one's internet traffic or load balancer;
 - ``unsettled``: a pool that is not at rest: not Ready, usage not published, addresses still
   cooling or being released, free addresses outside the warm band, an inventory that disagrees
   with the NIC, or an ipConfiguration not in provisioningState ``Succeeded``.
@@ -39,7 +43,7 @@ from azure_cni.api.nodeippool import IPCONFIG_PREFIX, ConditionType, IPState, No
 LIMITED = "Limited"
 
 INVARIANTS = ("duplicate", "unrecorded", "leak", "orphan", "acked_on_nic", "failed_with_room",
-              "unsettled")
+              "unasked_feature", "unsettled")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Pod:
     node: str
     key: str
     address: str | None
+    #: the public IP and backend pools (resource IDs) the pod asked for by annotation
+    asked: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class NicView:
     node: str
     ipconfigs: Mapping[str, str]
     not_succeeded: tuple[str, ...] = ()
+    #: name -> the public IP and backend pools it carries beyond the node's own pools (only
+    #: those that carry any)
+    features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,27 @@ def failed_with_room(seen: Observation) -> Iterable[str]:
                    f"{pool.spec.max_ips} and the subnet {seen.subnet_free} free")
 
 
+def unasked_features(seen: Observation) -> Iterable[str]:
+    holders: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+    for pod in seen.pods:
+        if pod.address is not None:
+            holders[(pod.node, pod.address)].append(pod)
+    for nic in seen.nics:
+        for name, carried in sorted(nic.features.items()):
+            address = nic.ipconfigs.get(name, "?")
+            pods = holders.get((nic.node, address), [])
+            if not pods:
+                yield (f"{nic.node}: {address} ({name}) is no pod's and still carries "
+                       f"{', '.join(carried)}")
+                continue
+            for pod in pods:
+                asked = {a.lower() for a in pod.asked}
+                unasked = [r for r in carried if r.lower() not in asked]
+                if unasked:
+                    yield (f"{nic.node}: {address} ({name}) carries {', '.join(unasked)}, but "
+                           f"pod {pod.node}/{pod.key} did not ask for it")
+
+
 def unsettled(seen: Observation) -> Iterable[str]:
     nics = {nic.node: nic for nic in seen.nics}
     recorded: dict[str, set[str]] = defaultdict(set)
@@ -217,7 +247,7 @@ def _at_rest(pool: NodeIPPool, records: set[str], subnet_free: int) -> Iterable[
 
 _RULES = {"duplicate": duplicates, "unrecorded": unrecorded, "leak": leaks, "orphan": orphans,
           "acked_on_nic": acked_on_nic, "failed_with_room": failed_with_room,
-          "unsettled": unsettled}
+          "unasked_feature": unasked_features, "unsettled": unsettled}
 
 
 # -- I/O ---------------------------------------------------------------------------------------
@@ -237,8 +267,23 @@ def interface_address(netns: str, ifname: str = "eth0") -> str | None:
 
 def nic_view(node: str, nic: Mapping[str, Any]) -> NicView:
     """azure-cni's part of a NIC document as ARM returns it."""
-    ours = [c for c in nic["properties"]["ipConfigurations"]
-            if str(c["name"]).startswith(IPCONFIG_PREFIX)]
+    configs = nic["properties"]["ipConfigurations"]
+    ours = [c for c in configs if str(c["name"]).startswith(IPCONFIG_PREFIX)]
+    node_pools = {p.lower() for c in configs if c["properties"].get("primary")
+                  for p in _pools(c)}
+    features = {}
+    for c in ours:
+        public_ip = (c["properties"].get("publicIPAddress") or {}).get("id")
+        carried = ([public_ip] if public_ip else []) + [
+            p for p in _pools(c) if p.lower() not in node_pools]
+        if carried:
+            features[str(c["name"])] = tuple(carried)
     return NicView(node, {c["name"]: c["properties"]["privateIPAddress"] for c in ours},
                    tuple(c["name"] for c in ours
-                         if c["properties"].get("provisioningState") != "Succeeded"))
+                         if c["properties"].get("provisioningState") != "Succeeded"),
+                   features)
+
+
+def _pools(config: Mapping[str, Any]) -> list[str]:
+    return [str(p["id"]) for p in config["properties"].get("loadBalancerBackendAddressPools")
+            or () if p.get("id")]

@@ -539,15 +539,7 @@ class World:
         """The azure-mgmt-network client an admin uses for public IPs, load balancers and
         NSGs (with an admin's own token, not the operator's identity)."""
         assert self.emulator is not None
-        token = self.emulator.issue_token("portal-admin")
-
-        class AdminToken:
-            def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-                return AccessToken(token, int(time.time()) + 3600)
-
-        return NetworkManagementClient(AdminToken(), self.emulator.endpoints()["subscription"],
-                                       base_url=self.emulator.arm_url, polling_interval=0.1,
-                                       connection_verify=str(self.emulator.ca_path))
+        return self.emulator.network_client()
 
     def nic_addresses(self, vm: str, nic: int = 0) -> tuple[str, ...]:
         """The addresses of the VM's NIC ``nic`` (0: the primary), its primary first."""

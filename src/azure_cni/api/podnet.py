@@ -33,6 +33,25 @@ BACKEND_POOLS_ANNOTATION = "azurecni.io/backend-pools"
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 #: the reason of a request the chart's policy refuses (Azure's refusals carry Azure's code)
 NOT_ALLOWED = "NotAllowed"
+#: Azure refused a write attaching several pods' resources without naming which: each is
+#: tried again in a write of its own
+UNATTRIBUTED = "Unattributed"
+#: the reason of a request for a resource whose tag does not name the pod's namespace
+NOT_TAGGED = "NotTagged"
+#: the Azure tag on a public IP or load balancer naming the namespaces that may use it
+#: (comma- or space-separated; ``*``: every namespace the chart allows). Azure compares tag
+#: names case-insensitively and allows no ``/`` in them.
+NAMESPACES_TAG = "azurecni-namespaces"
+
+
+def tagged_namespaces(tags: Mapping[str, str]) -> frozenset[str]:
+    """The namespaces a resource's tags let use it (``*`` stands for all)."""
+    value = next((v for k, v in tags.items() if k.lower() == NAMESPACES_TAG), "")
+    return frozenset(n for n in value.replace(",", " ").split() if n)
+
+
+#: what ``status.podNetworking`` keeps of a message (Events keep 1024 characters too)
+MAX_MESSAGE_CHARACTERS = 1024
 
 
 class AttachmentState(StrEnum):
@@ -110,7 +129,10 @@ class PodAttachment:
 
     @property
     def refused_by_azure(self) -> bool:
-        return self.state == AttachmentState.REFUSED and self.reason != NOT_ALLOWED
+        """Refused by what Azure said (an error, a resource's tag or absence): it stays
+        refused while the same pod asks the same; the chart's policy is asked every time."""
+        return self.state == AttachmentState.REFUSED and self.reason not in (NOT_ALLOWED,
+                                                                              UNATTRIBUTED)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PodAttachment:
@@ -137,7 +159,8 @@ class PodAttachment:
         if self.reason:
             out["reason"] = self.reason
         if self.message:
-            out["message"] = self.message
+            # Azure's messages are not ours to bound: the pool must stay small (see above)
+            out["message"] = self.message[:MAX_MESSAGE_CHARACTERS]
         return out
 
 
@@ -145,12 +168,42 @@ class InvalidAnnotation(ValueError):
     """A pod annotation azure-cni cannot read; the message names it."""
 
 
+#: What azure-cni reads of a pod's two annotations together: a public IP and a few backend
+#: pools by full resource ID (each under 400 characters). The agent publishes every request
+#: in the node's NodeIPPool and the operator answers each there: unbounded, a few pods' large
+#: annotations would push the object past etcd's limit and stop every status write of the
+#: node. 255 pods at the limit, and the answers to them, stay under half of it.
+MAX_ANNOTATION_CHARACTERS = 1200
+MAX_BACKEND_POOLS = 4
+#: starts the value of a request whose annotations azure-cni did not read (``<`` is in no
+#: Azure resource ID or name, so it is never a real request)
+_UNREAD = "<"
+
+
 def requested_features(annotations: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """(public IP, backend pools) a pod's annotations ask for, as written (pure)."""
+    """(public IP, backend pools) a pod's annotations ask for, as written (pure).
+
+    Annotations beyond the limits above are not read: the public IP is then a short note of
+    why (see :func:`unread`), which the operator refuses with an Event on the pod.
+    """
     public_ip = str(annotations.get(PUBLIC_IP_ANNOTATION) or "").strip()
     raw_pools = str(annotations.get(BACKEND_POOLS_ANNOTATION) or "")
     pools = tuple(dict.fromkeys(p.strip() for p in raw_pools.split(",") if p.strip()))
+    size = len(public_ip) + len(raw_pools.strip())
+    if size > MAX_ANNOTATION_CHARACTERS:
+        return (f"{_UNREAD}{PUBLIC_IP_ANNOTATION} and {BACKEND_POOLS_ANNOTATION} hold {size} "
+                f"characters; azure-cni reads at most {MAX_ANNOTATION_CHARACTERS}>"), ()
+    if len(pools) > MAX_BACKEND_POOLS:
+        return (f"{_UNREAD}{BACKEND_POOLS_ANNOTATION} names {len(pools)} backend pools; a pod "
+                f"joins at most {MAX_BACKEND_POOLS}>"), ()
     return public_ip, pools
+
+
+def unread(request: PodNetworkRequest) -> str:
+    """Why the agent did not read the pod's annotations ("" when it did)."""
+    if request.public_ip.startswith(_UNREAD):
+        return f"the pod's annotations are too large: {request.public_ip.strip('<>')}"
+    return ""
 
 
 def by_address(entries: Iterable[PodNetworkRequest]) -> dict[str, PodNetworkRequest]:

@@ -181,13 +181,27 @@ class SnatSettings:
 class PodNetworkingSettings:
     """Who may give pods a public IP or put them in load balancer backend pools (operator)."""
 
-    #: resource groups whose public IPs and load balancers pods may use; a bare public IP
-    #: name in an annotation means that name in the first of them
+    #: resource groups whose public IPs and load balancers pods may use, each only from the
+    #: namespaces its Azure tag ``azurecni-namespaces`` names; a bare public IP name in an
+    #: annotation means that name in the first of them
     resource_groups: tuple[str, ...] = ()
     #: namespaces whose pods may ask for a public IP ("*": every namespace)
     public_ip_namespaces: tuple[str, ...] = ()
     #: namespaces whose pods may join load balancer backend pools ("*": every namespace)
     load_balancer_namespaces: tuple[str, ...] = ()
+    #: namespace -> resource groups whose every public IP and load balancer it may use, tag or
+    #: not (an admin's grant of a whole group to one namespace)
+    namespace_resource_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def groups_for(self, namespace: str) -> tuple[str, ...]:
+        """The resource groups ``namespace``'s pods may take resources from."""
+        return tuple(dict.fromkeys((*self.resource_groups,
+                                    *self.namespace_resource_groups.get(namespace, ()))))
+
+    def trusts(self, namespace: str, resource_group: str) -> bool:
+        """Whether the chart grants ``namespace`` all of ``resource_group`` (no tag needed)."""
+        return resource_group.lower() in {
+            g.lower() for g in self.namespace_resource_groups.get(namespace, ())}
 
 
 @dataclass(frozen=True)
@@ -252,13 +266,15 @@ class Settings:
             raise InvalidSettings(
                 f"standalone.refreshSeconds: {self.standalone.refresh_seconds} is below 1; "
                 "IMDS allows 5 requests per second per VM for everything on it")
-        for key, namespaces in (("publicIPNamespaces", self.pod_networking.public_ip_namespaces),
-                                ("loadBalancerNamespaces",
-                                 self.pod_networking.load_balancer_namespaces)):
-            if namespaces and not self.pod_networking.resource_groups:
+        networking = self.pod_networking
+        for key, namespaces in (("publicIPNamespaces", networking.public_ip_namespaces),
+                                ("loadBalancerNamespaces", networking.load_balancer_namespaces)):
+            if namespaces and not (networking.resource_groups
+                                   or networking.namespace_resource_groups):
                 raise InvalidSettings(
-                    f"podNetworking.{key} lets pods use Azure resources, but "
-                    "podNetworking.resourceGroups names none they may come from")
+                    f"podNetworking.{key} lets pods use Azure resources, but neither "
+                    "podNetworking.resourceGroups nor namespaceResourceGroups names a resource "
+                    "group they may come from")
         if not self.standalone.imds_endpoint.startswith("http://"):
             raise InvalidSettings(
                 f"standalone.imdsEndpoint: {self.standalone.imds_endpoint!r} must be an "
@@ -298,7 +314,7 @@ def _section(cls: type[T], data: Any, where: str) -> T:
         raw = data[key]
         try:
             if f.default_factory is dict:
-                values[f.name] = _subscription_overrides(raw, f"{where}.{key}")
+                values[f.name] = _MAPPINGS[f.name](raw, f"{where}.{key}")
             elif isinstance(default, bool):
                 if not isinstance(raw, bool):
                     raise TypeError("expected true or false")
@@ -337,6 +353,24 @@ def _subscription_overrides(raw: Any, where: str) -> dict[str, dict[str, float]]
         except (TypeError, ValueError) as e:
             raise InvalidSettings(f"{where}.{subscription}: not a number: {e}") from e
     return out
+
+
+def _namespace_groups(raw: Any, where: str) -> dict[str, tuple[str, ...]]:
+    """``{<namespace>: [<resource group>, ...]}``."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSettings(f"{where} must be a mapping of namespaces to resource groups")
+    out: dict[str, tuple[str, ...]] = {}
+    for namespace, groups in raw.items():
+        if not isinstance(groups, list | tuple) or not all(
+                isinstance(g, str) and g for g in groups):
+            raise InvalidSettings(f"{where}.{namespace} must be a list of resource group names")
+        out[str(namespace)] = tuple(groups)
+    return out
+
+
+#: how each mapping-valued setting is read
+_MAPPINGS = {"subscriptions": _subscription_overrides,
+             "namespace_resource_groups": _namespace_groups}
 
 
 def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
@@ -384,7 +418,8 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
         value = getattr(settings, section.name)
         out[_camel(section.name)] = {
             _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple)
-            else {k: dict(o) for k, o in v.items()} if isinstance(v, Mapping) else v
+            else {k: dict(o) if isinstance(o, Mapping) else list(o) for k, o in v.items()}
+            if isinstance(v, Mapping) else v
             for f in dataclasses.fields(value)
         }
     return out

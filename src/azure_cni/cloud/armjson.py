@@ -12,7 +12,7 @@ from typing import Any
 
 from azure_cni.cloud.port import (
     CloudError,
-    IPConfigFeatures,
+    FeatureEdit,
     IPConfiguration,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -199,12 +199,12 @@ def edit_ip_configurations(
     *,
     copy_application_security_groups: bool,
     copy_load_balancer_pools: bool,
-    features: Mapping[str, IPConfigFeatures] | None = None,
+    features: Mapping[str, FeatureEdit] | None = None,
 ) -> NicEdit | None:
     """The NIC with ``add`` appended and ``remove`` dropped, or None when nothing changes.
 
-    ``features`` sets exactly the public IP and backend pools of named existing
-    ipConfigurations (the primary's are never touched; unknown names are ignored).
+    ``features`` edits the public IP and backend pools of named existing ipConfigurations as
+    they are in ``nic`` (the primary's are never touched; unknown names are ignored).
 
     Names compare case-insensitively, as ARM's do. A name in ``add`` that exists is kept as
     it is; a name in ``remove`` that is gone is ignored; removing the primary is refused.
@@ -230,7 +230,8 @@ def edit_ip_configurations(
         if new.name.lower() not in by_name and all(f.name.lower() != new.name.lower()
                                                      for f in fresh):
             fresh.append(new)
-    featured = _set_features(configs, features or {}, doomed)
+    featured = _set_features(configs, features or {}, doomed,
+                             parse_ip_configuration(primary).backend_pool_ids)
     if not fresh and not doomed and not featured:
         return None
 
@@ -270,19 +271,20 @@ def edit_ip_configurations(
                    featured=featured)
 
 
-def _set_features(configs: list[dict[str, Any]], features: Mapping[str, IPConfigFeatures],
-                  doomed: set[str]) -> tuple[str, ...]:
-    """Put ``features`` on the named secondary ipConfigurations of ``configs`` (in place);
-    returns the names that changed."""
+def _set_features(configs: list[dict[str, Any]], features: Mapping[str, FeatureEdit],
+                  doomed: set[str], node_pools: Sequence[str]) -> tuple[str, ...]:
+    """Make ``features``' edits to the named secondary ipConfigurations of ``configs`` (in
+    place); returns the names that changed."""
     wanted = {name.lower(): f for name, f in features.items()}
     changed = []
     for i, config in enumerate(configs):
         name = str(config.get("name") or "")
-        feature = wanted.get(name.lower())
+        edit = wanted.get(name.lower())
         props = dict(_props(config))
-        if feature is None or name.lower() in doomed or props.get("primary"):
+        if edit is None or name.lower() in doomed or props.get("primary"):
             continue
         current = parse_ip_configuration(config).features
+        feature = edit.applied(current, node_pools)
         if current.same(feature):
             continue
         if feature.public_ip:

@@ -61,7 +61,7 @@ from azure_cni.cloud.port import (
     AttachmentRefused,
     CloudError,
     Conflict,
-    IPConfigFeatures,
+    FeatureEdit,
     NewIPConfiguration,
     NicSnapshot,
     SubnetInfo,
@@ -437,7 +437,7 @@ class AzureAdapter:
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         """Edit and If-Match PUT of the whole NIC (of a Uniform instance: of its model, through
         Compute); retried from a fresh GET on conflict.
@@ -456,8 +456,7 @@ class AzureAdapter:
         # writers in this process queue here instead of failing on the etag
         async with self._nic_locks.hold(nic_id.lower()):
             if instance is not None:
-                wanted = sorted({r for f in (features or {}).values()
-                                 for r in (f.public_ip, *f.backend_pools) if r})
+                wanted = sorted({r for f in (features or {}).values() for r in f.attaches})
                 if wanted:
                     # per-pod features go on Network-provider NICs only (standalone VMs and
                     # Flexible instances); the instance model path does not carry them
@@ -474,7 +473,7 @@ class AzureAdapter:
     async def _update_locked(self, ref: ResourceID, nic_id: str, *, known: NicSnapshot | None,
                              add: Sequence[NewIPConfiguration],
                              remove: Sequence[str], reapply: bool,
-                             features: Mapping[str, IPConfigFeatures]) -> NicSnapshot:
+                             features: Mapping[str, FeatureEdit]) -> NicSnapshot:
         client = self._network_client(ref.subscription)
         for attempt in range(1, self._max_write_attempts + 1):
             current = known if known is not None and attempt == 1 else await self._read_nic(ref)
@@ -597,6 +596,18 @@ class AzureAdapter:
         # (45,000 at 5,000 nodes), which as SDK models took 40 MB and seconds of CPU a read
         subnet = load_collapsed(await self._get_json(client, quote(subnet_id)))
         return parse_subnet(subnet, await self._vnet_address_space(ref, vnet))
+
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        """One GET of the public IP or load balancer, read as JSON for its tags alone (a load
+        balancer lists every member of its pools)."""
+        ref = parse_resource_id(resource_id)
+        if not (ref.is_type("Microsoft.Network", "publicIPAddresses")
+                or ref.is_type("Microsoft.Network", "loadBalancers")):
+            raise CloudError(f"{resource_id!r} is not a public IP address or load balancer",
+                             code="InvalidResourceId")
+        client = self._network_client(ref.subscription)
+        tags = json.loads(await self._get_json(client, quote(resource_id))).get("tags") or {}
+        return {str(k): str(v) for k, v in tags.items()}
 
     async def _vnet_address_space(self, ref: ResourceID, vnet: str) -> tuple[str, ...]:
         key = f"{ref.subscription}/{ref.resource_group}/{vnet}".lower()

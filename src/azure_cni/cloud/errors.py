@@ -42,16 +42,25 @@ _NOT_FOUND = {"resourcenotfound", "resourcegroupnotfound", "notfound", "subscrip
 _AUTH = {"invalidauthenticationtoken", "expiredauthenticationtoken", "authenticationfailed",
          "invalidauthenticationtokenaudience", "authorizationfailed",
          "linkedauthorizationfailed"}
+#: the operator may not join a resource the write references (arm-api.md §2.1): a refusal of
+#: the pod that asked for it when Azure names a public IP, a pool or another tenant's
+#: subscription; the node's own trouble when it names the subnet
+_LINKED = "linkedauthorizationfailed"
 _ADDRESS_IN_USE = {"privateipaddressinuse", "privateipaddressisallocated"}
 #: a public IP or backend pool named on an ipConfiguration that Azure will not put there
 _ATTACHMENT_REFUSED = {"publicipaddressinuse", "publicipreferencedbymultipleipconfigs",
                        "standardskupublicipaddresscannotbeusedwithbasicsku",
                        "basicskuloadbalancerbackendpoolnotsupported",
                        "publicipandloadbalancerskudonotmatch"}
+#: an Azure resource name: letters, digits, ``_``, ``.``, ``-``, never ending with a dot (so a
+#: sentence's full stop is not taken for part of it)
+_NAME = r"[\w.\-]*[\w\-]"
 _ATTACHED_RESOURCE = re.compile(
-    r"/subscriptions/[^/\s]+/resourceGroups/[^/\s]+/providers/Microsoft\.Network/"
-    r"(?:publicIPAddresses/[^/\s.,']+|loadBalancers/[^/\s]+/backendAddressPools/[^/\s.,']+)",
+    r"/subscriptions/[^/\s']+/resourceGroups/[^/\s']+/providers/Microsoft\.Network/"
+    rf"(?:publicIPAddresses/{_NAME}|loadBalancers/{_NAME}/backendAddressPools/{_NAME})",
     re.IGNORECASE)
+#: "... the current tenant '<t>' is not authorized to access linked subscription '<s>'."
+_LINKED_SUBSCRIPTION = re.compile(r"linked subscription '([^'\s]+)'", re.IGNORECASE)
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
 
 
@@ -88,6 +97,13 @@ def attached_resources(message: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m.group(0) for m in _ATTACHED_RESOURCE.finditer(message)))
 
 
+def linked_scopes(message: str) -> tuple[str, ...]:
+    """What a LinkedAuthorizationFailed refuses that a pod may have asked for: the public IPs
+    and backend pools it names, or the other tenant's subscription it names."""
+    return attached_resources(message) + tuple(
+        f"/subscriptions/{m.group(1)}" for m in _LINKED_SUBSCRIPTION.finditer(message))
+
+
 def _is_nic_limit(code: str) -> bool:
     # The real code for "more than 256 ipConfigurations" is not documented (arm-api.md,
     # Appendix B); recognise any ipConfiguration count/limit code instead of one guess.
@@ -117,8 +133,8 @@ def classify(status: int | None, code: str, message: str,
         return VnetLimitReached(text, code=code, status=status)
     if key in _ADDRESS_IN_USE:
         return AddressInUse(text, code=code, status=status)
-    named = attached_resources(text)
-    if key in _ATTACHMENT_REFUSED or (key == "invalidresourcereference" and named):
+    named = linked_scopes(text) if key == _LINKED else attached_resources(text)
+    if key in _ATTACHMENT_REFUSED or (key in ("invalidresourcereference", _LINKED) and named):
         # the second: "Resource <public IP or pool> referenced by resource <NIC> was not found"
         return AttachmentRefused(text, resources=named, code=code, status=status)
     if _is_nic_limit(key):

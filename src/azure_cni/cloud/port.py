@@ -1,4 +1,4 @@
-"""The operator's port to Azure: seven operations, typed values and typed errors.
+"""The operator's port to Azure: eight operations, typed values and typed errors.
 
 The operator (the consumer) depends on this Protocol only. ``azure_cni.cloud.azure`` is the
 implementation on the async azure-mgmt clients; the ARM emulator in ``azure_cni_sim.arm`` is
@@ -8,7 +8,7 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,6 +123,46 @@ class IPConfigFeatures:
 
 
 @dataclass(frozen=True)
+class FeatureEdit:
+    """A change to an ipConfiguration's public IP and backend pools, made to what it holds
+    when the write lands: a write retried on a NIC that changed since it was read (412)
+    keeps what another writer did meanwhile, except what the edit itself changes."""
+
+    #: put this public IP on it ("": leave the slot to ``drop_public_ip`` and ``reset``)
+    public_ip: str = ""
+    #: take the public IP off if it is this one
+    drop_public_ip: str = ""
+    add_pools: tuple[str, ...] = ()
+    remove_pools: tuple[str, ...] = ()
+    #: first take everything off but the node's own backend pools (those of the NIC's
+    #: primary ipConfiguration, which a new ipConfiguration may copy): a released address
+    reset: bool = False
+
+    def applied(self, current: IPConfigFeatures, node_pools: Iterable[str] = ()
+                ) -> IPConfigFeatures:
+        """What an ipConfiguration carrying ``current`` carries after this edit (resource IDs
+        compare case-insensitively, as ARM's do)."""
+        public_ip, pools = current.public_ip, list(current.backend_pools)
+        if self.reset:
+            keep = {p.lower() for p in node_pools}
+            public_ip, pools = "", [p for p in pools if p.lower() in keep]
+        if self.drop_public_ip and public_ip.lower() == self.drop_public_ip.lower():
+            public_ip = ""
+        public_ip = self.public_ip or public_ip
+        gone = {p.lower() for p in self.remove_pools}
+        pools = [p for p in pools if p.lower() not in gone]
+        for pool in self.add_pools:
+            if pool.lower() not in {p.lower() for p in pools}:
+                pools.append(pool)
+        return IPConfigFeatures(public_ip, tuple(pools))
+
+    @property
+    def attaches(self) -> tuple[str, ...]:
+        """The resources this edit puts on an ipConfiguration."""
+        return tuple(r for r in (self.public_ip, *self.add_pools) if r)
+
+
+@dataclass(frozen=True)
 class NewIPConfiguration:
     """An ipConfiguration to add: Dynamic when ``address`` is None, else Static on it; a
     block of ``prefix_length`` (``privateIPAddressPrefixLength``) when that is set."""
@@ -181,7 +221,7 @@ class AzureNetwork(Protocol):
         remove: Sequence[str] = (),
         *,
         reapply: bool = False,
-        features: Mapping[str, IPConfigFeatures] | None = None,
+        features: Mapping[str, FeatureEdit] | None = None,
     ) -> NicSnapshot:
         """Add and remove named secondary ipConfigurations in ONE write of the whole NIC.
 
@@ -190,8 +230,9 @@ class AzureNetwork(Protocol):
         which the NIC is read back; its addresses are always Dynamic (the model cannot ask
         for one), so a requested ``address`` is not kept.
 
-        ``features`` sets, in the same write, exactly the public IP and backend pools of the
-        named existing ipConfigurations (a name that is not on the NIC is ignored).
+        ``features`` edits, in the same write, the public IP and backend pools of the named
+        existing secondary ipConfigurations (a name that is not on the NIC is ignored), each
+        edit made to what the ipConfiguration holds when the write lands.
 
         ``nic`` is a resource ID (the NIC is read first) or a snapshot with its ``document``
         (written as is, guarded by its etag; a NIC that changed since is read again and the
@@ -205,6 +246,13 @@ class AzureNetwork(Protocol):
 
     async def get_subnet(self, subnet_id: str) -> SubnetInfo:
         """Prefix, free addresses and VNet address space of a subnet."""
+        ...
+
+    async def get_tags(self, resource_id: str) -> Mapping[str, str]:
+        """The tags of a public IP address or a load balancer, as Azure spells them.
+
+        Raises NotFound if it is gone, AuthFailed if the operator may not read it.
+        """
         ...
 
     async def close(self) -> None:
@@ -260,12 +308,39 @@ class AddressInUse(CloudError):
 
 class AttachmentRefused(CloudError):
     """Azure refused a public IP or backend pool named on an ipConfiguration (in use
-    elsewhere, not Standard, gone). ``resources`` are the resource IDs Azure named."""
+    elsewhere, not Standard, gone, or one the operator may not join). ``resources`` are the
+    resource IDs Azure named, or scopes (a subscription) that hold what it refused."""
 
     def __init__(self, message: str, *, resources: Sequence[str] = (), code: str = "",
                  status: int | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.resources = tuple(resources)
+
+    def concerns(self, resource_id: str) -> bool:
+        """Whether this refusal is about ``resource_id``: Azure named it or a scope holding
+        it, or its message spells it out whole (names may hold dots; a trailing one ends the
+        sentence: Azure's names never end with a dot)."""
+        wanted = resource_id.lower().rstrip("/")
+        if not wanted:
+            return False
+        for named in self.resources:
+            scope = named.lower().rstrip("/")
+            if wanted == scope or wanted.startswith(scope + "/"):
+                return True
+        text = str(self).lower()
+        start = text.find(wanted)
+        while start >= 0:
+            after = text[start + len(wanted):start + len(wanted) + 2]
+            if not after or not (_name_char(after[0]) or (
+                    after[0] == "." and len(after) > 1 and _name_char(after[1]))):
+                return True
+            start = text.find(wanted, start + 1)
+        return False
+
+
+def _name_char(c: str) -> bool:
+    """A character that continues an Azure resource name (letters, digits, ``_``, ``-``)."""
+    return c.isalnum() or c in "_-"
 
 
 class NicLimitExceeded(CloudError):

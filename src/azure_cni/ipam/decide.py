@@ -68,8 +68,8 @@ from azure_cni.cloud.port import (
     AuthFailed,
     CloudError,
     Conflict,
+    FeatureEdit,
     InvalidProviderID,
-    IPConfigFeatures,
     MissingProviderID,
     NewIPConfiguration,
     NicLimitExceeded,
@@ -83,6 +83,7 @@ from azure_cni.cloud.port import (
 )
 from azure_cni.ipam.plan import Plan, address_key, apply_marks, merge_inventory, plan
 from azure_cni.ipam.podnet import (
+    Looked,
     PodEvent,
     PodNetworkPlan,
     pending,
@@ -131,6 +132,9 @@ class Observation:
     #: the NIC the pool recorded, when the node has another one now and that one still exists
     #: (moved to another VM): the addresses on it went with it
     moved: NicSnapshot | None = None
+    #: the tags of public IPs and load balancers pods ask for, as read (or the error reading
+    #: them), by lower-cased resource ID: every attach checks them
+    tags: Looked = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ class NicWrite:
     remove: tuple[str, ...] = ()
     #: write even if nothing changes: clears a Failed provisioning state
     reapply: bool = False
-    #: (ipConfiguration, exactly the public IP and backend pools it must carry)
-    features: tuple[tuple[str, IPConfigFeatures], ...] = ()
+    #: (ipConfiguration, the change to its public IP and backend pools)
+    features: tuple[tuple[str, FeatureEdit], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -340,15 +344,17 @@ def observation_failed(obs: Observation, error: CloudError) -> Outcome:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do for one pool. One of three shapes:
+    """What to do for one pool. One of four shapes:
 
     - ``read_nic``: observe the NIC (and the subnet), then decide again;
+    - ``look_up``: read the tags of these public IPs and load balancers, then decide again;
     - ``write``: write the NIC once, then take ``settle(written)`` or ``failed(error)``;
     - otherwise ``outcome`` is the whole result.
     """
 
     obs: Observation
     read_nic: bool = False
+    look_up: tuple[str, ...] = ()
     write: NicWrite | None = None
     outcome: Outcome | None = None
     #: the inventory the write starts from (restored addresses included, marks pending)
@@ -423,10 +429,10 @@ class Decision:
         goes without them."""
         assert self.pod_network is not None
         pool = self.obs.pool
-        networking, pod_events = self.pod_network.refuse(error.resources, str(error),
-                                                         error.code)
-        if not pod_events:
+        refused = self.pod_network.refuse(error)
+        if refused is None:
             return _failure(pool, error, "writing the NIC")
+        networking, pod_events = refused
         status = replace(pool.status, pod_networking=networking,
                          observed_generation=pool.generation,
                          conditions=_conditions(pool, _pod_condition(pool, networking)))
@@ -512,7 +518,10 @@ def decide(obs: Observation, new_name: NameSource) -> Decision:
         held_back, adds = len(adds), ()
     reapply = nic.failed or any(c.failed for c in nic.secondary(IPCONFIG_PREFIX))
     pods = plan_pod_network(pool.status.pod_requests, pool.status.pod_networking, nic,
-                            obs.pod_networking, (ip.ip_configuration for ip in planned.ips))
+                            obs.pod_networking, (ip.ip_configuration for ip in planned.ips),
+                            looked=obs.tags)
+    if pods.look_up:
+        return Decision(obs, look_up=pods.look_up)
     decision = Decision(obs, planned=planned, plan=p, restore=restore if adds else (),
                         adopted=inventory.adopted, held_back=held_back, pod_network=pods,
                         moved_away=moved_away)
@@ -632,6 +641,10 @@ def _record(d: Decision, nic: NicSnapshot) -> Outcome:
     events.extend(_plan_events(pool, p))
     failed = _failed_parts(nic)
     requeue = _requeue(obs, p, d.held_back)
+    later = d.pod_network.requeue_after if d.pod_network is not None else None
+    if later is not None:
+        # attachments wait for writes of their own, or for a tag to be read again
+        requeue = min(requeue or later, later)
     if failed:
         message = (f"Azure still reports provisioningState Failed for {_summary(failed)} after "
                    f"the NIC was written again; writing it again in "

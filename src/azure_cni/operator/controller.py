@@ -41,6 +41,7 @@ from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
 from azure_cni.cloud.providerid import parse_provider_id
 from azure_cni.cloud.vmnics import serves
+from azure_cni.ipam.podnet import drifted
 from azure_cni.operator import metrics
 from azure_cni.operator.classes import ClassSync
 from azure_cni.operator.kube import KubePools, PoolGone
@@ -88,7 +89,8 @@ def nic_differs(pool: NodeIPPool, nic: NicSnapshot) -> bool:
     ours = {c.name: c.address for c in nic.secondary(IPCONFIG_PREFIX)}
     if any(not c.succeeded for c in nic.secondary(IPCONFIG_PREFIX)):
         return True
-    return ours != {ip.ip_configuration: ip.address for ip in pool.status.ips}
+    return ours != {ip.ip_configuration: ip.address for ip in pool.status.ips} or drifted(
+        pool.status.pod_networking, nic)
 
 
 @dataclass

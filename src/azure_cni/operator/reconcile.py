@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from azure_cni.api.nodeippool import IPCONFIG_PREFIX, NodeIPPool, utcnow
@@ -128,6 +128,9 @@ class PoolReconciler:
                 metrics.observe_azure_error(e)
                 return await self._record(pool, observation_failed(obs, e))
             decision = decide(obs, self._new_name)
+        if decision.look_up:
+            obs = replace(obs, tags=await self._read_tags(decision.look_up))
+            decision = decide(obs, self._new_name)
         if decision.write is None:
             assert decision.outcome is not None
             return await self._record(pool, decision.outcome, obs.nic)
@@ -159,6 +162,20 @@ class PoolReconciler:
             raise MissingProviderID(f"node {pool.spec.node_name} has no spec.providerID (yet); "
                                     "waiting for it")
         return await self.azure.get_vm_nic(vm, pool.spec.pod_subnet_id)
+
+    async def _read_tags(self, resource_ids: Sequence[str]
+                         ) -> dict[str, Mapping[str, str] | CloudError]:
+        """The tags of each resource (one read each, at once), or the error reading it: a
+        resource that cannot be read is that pod's problem, never the node's."""
+        async def one(resource_id: str) -> Mapping[str, str] | CloudError:
+            try:
+                return await self.azure.get_tags(resource_id)
+            except CloudError as e:
+                metrics.observe_azure_error(e)
+                return e
+
+        found = await asyncio.gather(*(one(r) for r in resource_ids))
+        return {r.lower(): f for r, f in zip(resource_ids, found, strict=True)}
 
     async def _recorded_nic_elsewhere(self, pool: NodeIPPool,
                                       nic: NicSnapshot) -> NicSnapshot | None:

@@ -33,6 +33,8 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from azure.core.credentials import AccessToken
+from azure.mgmt.network import NetworkManagementClient
 
 from azure_cni.api.settings import AzureSettings
 from azure_cni_sim import pki
@@ -49,7 +51,7 @@ from azure_cni_sim.arm.config import (
 )
 from azure_cni_sim.arm.faults import FaultBook
 from azure_cni_sim.arm.interference import Interference, fail_ipconfig
-from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed
+from azure_cni_sim.arm.netfeatures import PolicyCallback, PolicyFeed, features_of
 from azure_cni_sim.arm.resources import Request
 from azure_cni_sim.arm.routes import MethodNotAllowed, Route, resolve
 from azure_cni_sim.arm.scaleset_resources import scale_sets_of
@@ -316,6 +318,18 @@ class ArmEmulator:
         """A credential presenting the emulator's static token (or ``token``)."""
         return StaticTokenCredential(token or self.config.static_tokens[0])
 
+    def network_client(self, principal: str = "portal-admin") -> NetworkManagementClient:
+        """The synchronous azure-mgmt-network client an admin uses for public IPs, load
+        balancers and NSGs, with a token of its own (not the operator's identity)."""
+        token = self.issue_token(principal)
+
+        class AdminToken:
+            def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+                return AccessToken(token, int(time.time()) + 3600)
+
+        return NetworkManagementClient(AdminToken(), DEFAULT_SUBSCRIPTION, base_url=self.arm_url,
+                                       polling_interval=0.1, connection_verify=str(self.ca_path))
+
     def endpoints(self) -> dict[str, Any]:
         """What a client in another process needs: URLs, CA path and the static token."""
         return {"arm": self.arm_url, "imds": self.imds_url, "ca": str(self.ca_path),
@@ -519,6 +533,18 @@ class ArmEmulator:
         commits a change to it, so the reader's conditional write gets 412."""
         with self._lock:
             self._interference.race_reads(path, count)
+
+    def deny_join(self, scope: str) -> None:
+        """From now on, a NIC write referencing anything under ``scope`` (a public IP, a load
+        balancer, a resource group) is refused 403 LinkedAuthorizationFailed, as ARM refuses
+        a caller without the join permission on it."""
+        with self._lock:
+            features_of(self._state).join_denied.add(scope.lower().rstrip("/"))
+
+    def allow_join(self, scope: str) -> None:
+        """Undo ``deny_join(scope)``."""
+        with self._lock:
+            features_of(self._state).join_denied.discard(scope.lower().rstrip("/"))
 
     def fail_ipconfig(self, nic_id: str, name: str) -> None:
         """Leave ipConfiguration ``name`` (and its NIC) in provisioningState Failed until the

@@ -12,6 +12,16 @@ What is modelled (azure-features.md §3):
   NIC ipConfigurations that name them (``backendIPConfigurations``, read-only, as in Azure),
   and load-balancing rules (protocol, frontend port, backend port). A NIC write naming a pool
   of a Basic load balancer is refused (code UNVERIFIED, see below).
+- **Linked authorization**: ARM checks that the caller may join every resource a NIC write
+  references (``Microsoft.Network/publicIPAddresses/join/action``,
+  ``.../loadBalancers/backendAddressPools/join/action``), unchanged references included (the
+  subnet's join is needed on every NIC write, arm-api.md §2.1). A scope denied with
+  ``ArmEmulator.deny_join`` refuses such a write with 403 ``LinkedAuthorizationFailed`` naming
+  the linked scopes; a reference into a subscription the emulator does not hold (another
+  tenant's) gets the same code with ARM's "is not authorized to access linked subscription"
+  message. Every caller is treated alike (the emulator has no role assignments).
+- **Tags** on public IPs and load balancers (PUT, and PATCH of ``tags`` alone as
+  ``updateTags`` does), returned by GET as ARM returns them.
 - **Network security groups** on NICs (``networkSecurityGroup`` of the NIC) and subnets (a
   subnet PUT that sets only that): rules with priority, direction, access, protocol, port
   ranges and address prefixes or the service tags ``VirtualNetwork``, ``Internet``,
@@ -45,6 +55,10 @@ PUBLIC_RANGE = ("203.0.113.100", "203.0.113.199")
 # UNVERIFIED: Microsoft documents that IP-based and cross-SKU pools need Standard, not the
 # code a NIC write gets for a Basic load balancer's pool
 BASIC_POOL_CODE = "BasicSkuLoadBalancerBackendPoolNotSupported"
+
+#: who the emulator says a refused caller is (it keeps no directory of its own)
+EMULATED_TENANT = "00000000-0000-0000-0000-0000000000aa"
+EMULATED_CLIENT = "00000000-0000-0000-0000-0000000000cc"
 
 #: Azure's default rules, evaluated after every user rule (priorities 65000+)
 DEFAULT_RULES: tuple[tuple[str, int, str, str, str, str], ...] = (
@@ -91,6 +105,7 @@ class LoadBalancer:
     pools: list[str]
     rules: list[LbRule]
     etag: str = field(default_factory=new_etag)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,8 @@ class Features:
     nsgs: dict[str, Nsg] = field(default_factory=dict)
     #: subnet ID (lower) -> NSG ID
     subnet_nsgs: dict[str, str] = field(default_factory=dict)
+    #: scopes (lower) under which no NIC write may reference anything (no join permission)
+    join_denied: set[str] = field(default_factory=set)
     #: bumped by every write here (and read with the NICs' etags for change detection)
     version: int = 0
 
@@ -257,9 +274,7 @@ def put_public_ip(r: Request) -> Reply:
         created = False
         existing.sku = sku
         existing.etag = new_etag()
-    tags = r.body.get("tags") if isinstance(r.body, Mapping) else None
-    if isinstance(tags, Mapping):
-        existing.tags = {str(k): str(v) for k, v in tags.items()}
+    existing.tags = _tags(r.body)
     return _written(r, public_ip_json(existing, r.state), created)
 
 
@@ -290,6 +305,7 @@ def load_balancer_json(lb: LoadBalancer, state: ArmState) -> dict[str, Any]:
 
     return {
         "name": lb.name, "id": lb.id, "etag": lb.etag, "location": lb.location,
+        **({"tags": dict(lb.tags)} if lb.tags else {}),
         "type": "Microsoft.Network/loadBalancers", "sku": {"name": lb.sku, "tier": "Regional"},
         "properties": {
             "provisioningState": "Succeeded",
@@ -365,8 +381,28 @@ def put_load_balancer(r: Request) -> Reply:
     known = features_of(r.state).load_balancers
     created = lb_id.lower() not in known
     known[lb_id.lower()] = LoadBalancer(lb_id, r.params["lb"], _location(r), _sku(r.body),
-                                        frontends, pools, rules)
+                                        frontends, pools, rules, tags=_tags(r.body))
     return _written(r, load_balancer_json(known[lb_id.lower()], r.state), created)
+
+
+def _tags(body: Any) -> dict[str, str]:
+    """The ``tags`` of a request body (a PUT replaces them all, as ARM's does)."""
+    tags = body.get("tags") if isinstance(body, Mapping) else None
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, Mapping) else {}
+
+
+def patch_public_ip_tags(r: Request) -> Reply:
+    """``updateTags``: PATCH with ``{"tags": {...}}`` replaces the tags and nothing else."""
+    pip = _public_ip(r, r.params["pip"])
+    pip.tags, pip.etag = _tags(r.body), new_etag()
+    return _written(r, public_ip_json(pip, r.state), False)
+
+
+def patch_load_balancer_tags(r: Request) -> Reply:
+    """``updateTags`` of a load balancer."""
+    lb = _load_balancer(r, r.params["lb"])
+    lb.tags, lb.etag = _tags(r.body), new_etag()
+    return _written(r, load_balancer_json(lb, r.state), False)
 
 
 def delete_load_balancer(r: Request) -> Reply:
@@ -560,6 +596,7 @@ def put_nic(r: Request) -> Reply:
     nsg = _ref(props.get("networkSecurityGroup"))
     if nsg and nsg.lower() not in features.nsgs:
         raise _missing(nsg, nic_id)
+    _check_linked_access(r, nic_id, props)
     holders = _holders(r.state)
     seen: dict[str, str] = {}
     for config in props.get("ipConfigurations") or ():
@@ -592,6 +629,48 @@ def put_nic(r: Request) -> Reply:
     reply = resources.put_nic(r)
     features.version += 1
     return reply
+
+
+#: the join action ARM checks per kind of reference on a NIC's ipConfiguration
+_JOIN_ACTIONS = (("publicIPAddress", "Microsoft.Network/publicIPAddresses/join/action"),
+                 ("loadBalancerBackendAddressPools",
+                  "Microsoft.Network/loadBalancers/backendAddressPools/join/action"))
+
+
+def _check_linked_access(r: Request, nic_id: str, props: Mapping[str, Any]) -> None:
+    """403 LinkedAuthorizationFailed when the write references a resource the caller may not
+    join, or one in a subscription outside this (emulated) tenant."""
+    known = {key.split("/", 1)[0] for key in r.state.resource_groups}
+    denied = features_of(r.state).join_denied
+    refused: dict[str, list[str]] = {}
+    for config in props.get("ipConfigurations") or ():
+        cp = (config.get("properties") or {}) if isinstance(config, Mapping) else {}
+        for key, action in _JOIN_ACTIONS:
+            value = cp.get(key)
+            for ref in (value if isinstance(value, list) else [value]):
+                linked = _ref(ref)
+                if not linked:
+                    continue
+                parts = linked.strip("/").split("/")
+                subscription = parts[1] if len(parts) > 1 else ""
+                if subscription.lower() not in known:
+                    raise ArmError(403, "LinkedAuthorizationFailed",
+                                   "The client has permission to perform action "
+                                   "'Microsoft.Network/networkInterfaces/write' on scope "
+                                   f"'{nic_id}', however the current tenant "
+                                   f"'{EMULATED_TENANT}' is not authorized to access linked "
+                                   f"subscription '{subscription}'.")
+                lowered = linked.lower()
+                if any(lowered == d or lowered.startswith(d + "/") for d in denied):
+                    refused.setdefault(action, []).append(linked)
+    if refused:
+        action, scopes = next(iter(refused.items()))
+        raise ArmError(403, "LinkedAuthorizationFailed",
+                       f"The client '{EMULATED_CLIENT}' with object id '{EMULATED_CLIENT}' has "
+                       "permission to perform action 'Microsoft.Network/networkInterfaces/write' "
+                       f"on scope '{nic_id}'; however, it does not have permission to perform "
+                       f"action '{action}' on the linked scope(s) '{','.join(scopes)}' or the "
+                       "linked scope(s) are invalid.")
 
 
 def _missing(ref: str, by: str) -> ArmError:
