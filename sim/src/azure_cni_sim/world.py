@@ -47,8 +47,9 @@ from azure.mgmt.network import NetworkManagementClient
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni_sim import coredns, monitoring
+from azure_cni_sim import chartrun, coredns, monitoring
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
+from azure_cni_sim.chartrun import ChartRunError, chart_dir, run_helm
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
@@ -60,7 +61,6 @@ from azure_cni_sim.prometheus import (
     pool_mismatches,
     scrape_problems,
 )
-from azure_cni_sim.tools import find_tool, source_root
 from azure_cni_sim.vnet import ARM_ADDRESS, ONPREM_CIDR, Fabric, capture_packets
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ SUBNET = "198.18.0.0/22"
 #: the API server's subnet of the VNet (as with AKS's API server VNet integration)
 CONTROL_PLANE = "198.18.8.4/24"
 CONTROL_PLANE_ADDRESS = CONTROL_PLANE.partition("/")[0]
+#: the chart's release and namespace (the same ``chartrun`` renders)
+RELEASE, NAMESPACE = chartrun.RELEASE, chartrun.NAMESPACE
 #: kube-dns's ClusterIP, the kubelets' clusterDNS
 CLUSTER_DNS = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 10)
-RELEASE = "azure-cni"
-NAMESPACE = "kube-system"
 #: pools sized for a demo: batches of 4, 4..12 free, releases after 30 s
 DEMO_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12, "maxIPs": 32,
              "releaseDelaySeconds": 30}
@@ -319,22 +319,17 @@ class World:
         assert self.cluster is not None
         if self._helm_home is None:
             self._helm_home = Path(tempfile.mkdtemp(prefix="azcni-helm-"))
-        home = self._helm_home
-        env = {"KUBECONFIG": str(self.cluster.kubeconfig), "PATH": "/usr/bin:/bin",
-               "HOME": str(home),
-               "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-               "HELM_DATA_HOME": str(home / "data")}
-        result = subprocess.run([str(find_tool("helm")), *args], capture_output=True,
-                                text=True, timeout=timeout, check=False, env=env)
-        if result.returncode != 0:
-            raise WorldError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
+        try:
+            return run_helm(self._helm_home, *args, kubeconfig=self.cluster.kubeconfig,
+                            timeout=timeout)
+        except ChartRunError as e:
+            raise WorldError(str(e)) from None
 
     def chart_path(self) -> Path:
-        root = source_root()
-        if root is None:
-            raise WorldError("charts/azure-cni is only in a source checkout")
-        return root / "charts" / "azure-cni"
+        try:
+            return chart_dir()
+        except ChartRunError as e:
+            raise WorldError(str(e)) from None
 
     def install_chart(self, **overrides: Any) -> None:
         """``helm install azure-cni charts/azure-cni -n kube-system -f values.yaml``, after the
