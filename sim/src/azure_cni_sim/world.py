@@ -47,13 +47,14 @@ from azure.mgmt.network import NetworkManagementClient
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni_sim import chartrun, coredns, monitoring
+from azure_cni_sim import chartrun, coredns, monitoring, procstat
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.chartrun import ChartRunError, chart_dir, run_helm
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
+from azure_cni_sim.procstat import Memory
 from azure_cni_sim.prometheus import (
     PoolCounts,
     PrometheusAPI,
@@ -381,6 +382,17 @@ class World:
 
         wait_for("every node to be Ready", all_ready, timeout, interval=1,
                  alive=self._nodes_alive)
+
+    def component_pods(self, component: str) -> dict[str, str]:
+        """azure-cni's pods of ``component`` (operator, agent): pod name -> node name."""
+        pods = self.get_json("pods", "-n", NAMESPACE, "-l",
+                             f"app.kubernetes.io/component={component}")["items"]
+        return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods
+                if p["status"].get("phase") == "Running"}
+
+    def pod_memory(self, pod: str, namespace: str = NAMESPACE) -> Memory:
+        """The memory of the pod's main process, read inside the pod (/proc/1/status)."""
+        return procstat.pod_memory(self.kubectl, namespace, pod)
 
     def pool(self, vm: str) -> NodeIPPool:
         return NodeIPPool.from_object(self.get_json("nodeippool", vm))
