@@ -49,7 +49,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -69,7 +68,7 @@ from azure_cni_sim.chartrun import ChartContainer, render_chart  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster, free_port, run_kubectl  # noqa: E402
 from azure_cni_sim.containerd import Containerd  # noqa: E402
 from azure_cni_sim.demo import DemoState  # noqa: E402
-from azure_cni_sim.images import BuiltImage, ensure_images  # noqa: E402
+from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # noqa: E402
 from azure_cni_sim.kubeletnodes import StatusReporter, kubelet_node, register_nodes  # noqa: E402
 from azure_cni_sim.node import wait_crd_established  # noqa: E402
 from azure_cni_sim.procstat import Memory, cpu_seconds, memory_of, pod_memory  # noqa: E402
@@ -80,6 +79,8 @@ CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
 SCALE_SET_RESULTS = ROOT / "bench" / "results" / "scale_set.json"
 ARM = ArmConfig()  # the emulator's defaults are ARM's documented buckets
+#: the chart's default operator.leaseName
+LEASE = "azure-cni-operator"
 #: a pool's name, allocated count and Ready status, one line per watch event
 READY = ('{.metadata.name}{" "}{.status.allocated}{" "}'
          '{.status.conditions[?(@.type=="Ready")].status}{"\\n"}')
@@ -232,6 +233,7 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
         manifests = render_chart(chart_values(image, emulator, {"mode": "Blocks"}
                                               if blocks else None), workdir / "chart")
         settings = rendered_settings(manifests)
+        replicas = next(o for o in manifests if o["kind"] == "Deployment")["spec"]["replicas"]
         target = warm_target(settings, blocks)
         ca = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": ARM_CA_CONFIGMAP, "namespace": NAMESPACE},
@@ -274,6 +276,11 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             api_requests = operator_counter(metrics_port,
                                             "azure_cni_operator_kube_requests_total")
             converged = memory_of(operator.pid)
+            # one replica of the chart's, with leader election on as the chart sets it: it
+            # holds the Lease (a standby would only renew its claim attempts, with no pools)
+            holder = cluster.kubectl("get", "lease", "-n", NAMESPACE,
+                                     settings.operator.lease_name, "-o",
+                                     "jsonpath={.spec.holderIdentity}").stdout.strip()
             # nothing changes from here on but the nodes' status reports: what does the
             # operator cost at rest?
             time.sleep(5)  # let the last status writes' events pass
@@ -328,6 +335,9 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             "operator_rss_mb_at_rest": peak.rss_mb,
             "steady_state": steady,
             "operator": how,
+            "replicas": {"run": 1, "chart_default": replicas,
+                         "leader_election": settings.operator.leader_election,
+                         "lease_holder_is_this_replica": holder == operator.pod.name},
             "node_objects": {"bytes_each": node_bytes,
                              "written_as": "kubelet registers them (kubeletnodes.kubelet_node)",
                              "status_reports": reporter.summary(),
@@ -349,15 +359,23 @@ def demo_operator_memory(state_dir: Path) -> dict[str, Any]:
                 ) -> subprocess.CompletedProcess[str]:
         return run_kubectl(kubeconfig, *args, check=check, timeout=timeout)
 
-    (pod,) = kubectl("get", "pods", "-n", NAMESPACE, "-l",
-                     "app.kubernetes.io/component=operator", "-o",
-                     "jsonpath={.items[*].metadata.name}").stdout.split()
+    # the leader is the replica that works (and the one this benchmark runs); a standby
+    # holds no pool state
+    pod = kubectl("get", "lease", "-n", NAMESPACE, LEASE, "-o",
+                  "jsonpath={.spec.holderIdentity}").stdout.strip()
+    if not pod:
+        raise SystemExit(f"--against-demo: the Lease {NAMESPACE}/{LEASE} names no leader")
+    pods = kubectl("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+                   "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
     memory = pod_memory(kubectl, NAMESPACE, pod)
+    standbys = {name: pod_memory(kubectl, NAMESPACE, name) for name in pods if name != pod}
     pools = len(kubectl("get", "nodeippools", "-o", "name").stdout.split())
     image = kubectl("get", "pod", "-n", NAMESPACE, pod, "-o",
                     "jsonpath={.spec.containers[0].image}").stdout
-    return {"pod": f"{NAMESPACE}/{pod}", "image": image, "pools": pools,
-            "rss_mb": memory.rss_mb, "peak_rss_mb": memory.peak_mb,
+    return {"pod": f"{NAMESPACE}/{pod}", "role": "leader (the Lease's holder)", "image": image,
+            "pools": pools, "rss_mb": memory.rss_mb, "peak_rss_mb": memory.peak_mb,
+            "standbys": {f"{NAMESPACE}/{name}": {"rss_mb": m.rss_mb, "peak_rss_mb": m.peak_mb}
+                         for name, m in standbys.items()},
             "read_with": "kubectl exec <pod> -- cat /proc/1/status (VmRSS, VmHWM)"}
 
 
@@ -377,18 +395,6 @@ def record_blocks(nodes: int, result: dict[str, Any]) -> None:
     doc.setdefault("operator_scale", {})[str(nodes)] = result
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def archived_image(archive: Path) -> BuiltImage:
-    """An OCI archive of the azure-cni image (e.g. an earlier build), named as it was built."""
-    with tarfile.open(archive) as tar:
-        member = tar.extractfile("index.json")
-        assert member is not None, f"{archive} is not an OCI archive"
-        index = json.load(member)
-    name = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
-    if ":" not in name.rpartition("/")[2]:
-        raise SystemExit(f"{archive}: its name {name!r} has no tag")
-    return BuiltImage("azure-cni", name, archive)
 
 
 def main() -> None:
@@ -414,7 +420,7 @@ def main() -> None:
     demo = demo_operator_memory(args.against_demo) if args.against_demo else None
     images = ensure_images("pause", *(() if args.image_archive else ("azure-cni",)))
     if args.image_archive:
-        images["azure-cni"] = archived_image(args.image_archive)
+        images["azure-cni"] = archived_image("azure-cni", args.image_archive)
     with tempfile.TemporaryDirectory(prefix="azcni-bench-") as tmp:
         result = run(Path(tmp), args.nodes, args.steady_seconds, images,
                      scale_set=args.scale_set, blocks=args.blocks)
@@ -425,7 +431,10 @@ def main() -> None:
         record_blocks(args.nodes, result)
         return
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    runs = previous.get("runs") if isinstance(previous.get("runs"), dict) else {}
+    # runs of the operator from the image only: earlier ones measured the development
+    # virtualenv, which compiled nothing at start (they are in git's history)
+    runs: dict[str, Any] = {n: r for n, r in (previous.get("runs") or {}).items()
+                            if "replicas" in r}
     runs[str(args.nodes)] = result
     doc = {
         "what": "N nodes (Node objects as kubelets write them, reporting status every 5 min) "

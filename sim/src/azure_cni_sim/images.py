@@ -182,3 +182,17 @@ def ensure_images(*names: str, timeout: float = 1200) -> dict[str, BuiltImage]:
         record = json.loads((images_cache() / f"{name}.json").read_text())
         built[name] = BuiltImage(name, str(record["image"]), Path(record["archive"]))
     return built
+
+
+def archived_image(name: str, archive: Path) -> BuiltImage:
+    """The image ``name`` in an OCI archive (e.g. an earlier build of it), named as it was
+    built (the archive's ``org.opencontainers.image.ref.name``)."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        if member is None:
+            raise ImageBuildFailed(f"{archive} is not an OCI archive")
+        index = json.load(member)
+    ref = str(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])
+    if ":" not in ref.rpartition("/")[2]:
+        raise ImageBuildFailed(f"{archive}: its name {ref!r} has no tag")
+    return BuiltImage(name, ref, archive)
