@@ -71,6 +71,7 @@ from azure_cni_sim.demo import DemoState  # noqa: E402
 from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # noqa: E402
 from azure_cni_sim.kubeletnodes import StatusReporter, kubelet_node, register_nodes  # noqa: E402
 from azure_cni_sim.node import wait_crd_established  # noqa: E402
+from azure_cni_sim.procs import ProcessFailed  # noqa: E402
 from azure_cni_sim.procstat import Memory, cpu_seconds, memory_of, pod_memory  # noqa: E402
 from azure_cni_sim.tools import find_tool  # noqa: E402
 from azure_cni_sim.world import ARM_CA_CONFIGMAP, ARM_CA_DIR, NAMESPACE  # noqa: E402
@@ -258,16 +259,32 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             reported = 0.0
             while len(watch.ready) < nodes:
                 time.sleep(0.5)
-                operator.check_running()
-                fill_load.sample()
                 elapsed = time.monotonic() - started
+                try:
+                    operator.check_running()
+                    if elapsed > 3600:
+                        raise TimeoutError(f"only {len(watch.ready)}/{nodes} pools converged "
+                                           "in an hour")
+                except (ProcessFailed, TimeoutError) as e:
+                    # what was measured until then is recorded, with why the run ended
+                    return {"nodes": nodes, "completed": False, "failure": str(e)[-3000:],
+                            "seconds_until_failure": round(elapsed, 1),
+                            "pools_ready": len(watch.ready), "arm": arm_counts(emulator),
+                            "nic_writes": emulator.request_count(
+                                "PUT", "*/networkinterfaces/*"),
+                            "operator_peak_rss_mb_before_failure": peak.peak_mb,
+                            "operator": operator.describe(),
+                            "replicas": {"run": 1, "chart_default": replicas,
+                                         "leader_election":
+                                         settings.operator.leader_election},
+                            "machine": {"cores": os.cpu_count(),
+                                        "loadavg_1m_while_converging": fill_load.summary()}}
+                fill_load.sample()
                 if elapsed - reported >= 10:
                     reported = elapsed
-                    print(f"  {elapsed:6.0f}s  {len(watch.ready)}/{nodes} pools ready",
-                          flush=True)
-                if elapsed > 3600:
-                    raise TimeoutError(f"only {len(watch.ready)}/{nodes} pools converged in "
-                                       "an hour")
+                    peak = memory_of(operator.pid)  # the last reading before any failure
+                    print(f"  {elapsed:6.0f}s  {len(watch.ready)}/{nodes} pools ready "
+                          f"(operator peak RSS {peak.peak_mb} MB)", flush=True)
             seconds = watch.last_change - started
             counts = arm_counts(emulator)
             # a Uniform instance's NIC is written by a PUT of the instance model
@@ -337,7 +354,8 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             "operator": how,
             "replicas": {"run": 1, "chart_default": replicas,
                          "leader_election": settings.operator.leader_election,
-                         "lease_holder_is_this_replica": holder == operator.pod.name},
+                         "lease_holder_is_this_replica":
+                         holder.partition("_")[0] == operator.pod.name},
             "node_objects": {"bytes_each": node_bytes,
                              "written_as": "kubelet registers them (kubeletnodes.kubelet_node)",
                              "status_reports": reporter.summary(),
@@ -361,8 +379,10 @@ def demo_operator_memory(state_dir: Path) -> dict[str, Any]:
 
     # the leader is the replica that works (and the one this benchmark runs); a standby
     # holds no pool state
-    pod = kubectl("get", "lease", "-n", NAMESPACE, LEASE, "-o",
-                  "jsonpath={.spec.holderIdentity}").stdout.strip()
+    holder = kubectl("get", "lease", "-n", NAMESPACE, LEASE, "-o",
+                     "jsonpath={.spec.holderIdentity}").stdout.strip()
+    # the identity is the pod's name, "_", and a suffix of the process (a pod's name has no _)
+    pod = holder.partition("_")[0]
     if not pod:
         raise SystemExit(f"--against-demo: the Lease {NAMESPACE}/{LEASE} names no leader")
     pods = kubectl("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
@@ -425,7 +445,7 @@ def main() -> None:
         result = run(Path(tmp), args.nodes, args.steady_seconds, images,
                      scale_set=args.scale_set, blocks=args.blocks)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if demo is not None:
+    if demo is not None and result.get("completed", True):
         result["against_demo"] = compare_with_demo(result, demo)
     if args.blocks:
         record_blocks(args.nodes, result)
@@ -459,6 +479,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if not result.get("completed", True):
+        raise SystemExit(f"the run did not complete: {result['failure'][:500]}")
 
 
 if __name__ == "__main__":
