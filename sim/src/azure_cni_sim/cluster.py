@@ -260,12 +260,17 @@ class LocalCluster:
         node's own objects."""
         return self.client_kubeconfig(path, f"system:node:{node}", "system:nodes")
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS to the API server as the admin: the cluster's CA, the admin's certificate."""
+        assert self._ssl is not None, "cluster not started"
+        return self._ssl
+
     def get(self, path: str) -> tuple[int, bytes]:
         """GET an API path as the admin; return (status, body)."""
-        assert self._ssl is not None, "cluster not started"
         req = urllib.request.Request(self.server + path)
         try:
-            with urllib.request.urlopen(req, context=self._ssl, timeout=5) as resp:
+            with urllib.request.urlopen(req, context=self.ssl_context, timeout=5) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as e:
             return int(e.code), e.read()

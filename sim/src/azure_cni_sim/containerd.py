@@ -2,7 +2,9 @@
 
 For the tiers that run the agent as a process (``node.LocalNode``): containerd runs in the
 node's network namespace but in the machine's mount namespace, so that agent can open the pod
-netns files it creates under ``/run/netns``. The pause image comes from
+netns files it creates under ``/run/netns``. Without a node it runs in the machine's network
+namespace, for host-network containers only (``chartrun``: a chart's container as a node runs
+it, reaching a loopback API server and ARM emulator). The pause image comes from
 ``hack/build-images.sh`` (no registry). The real nodes of ``kubenode`` use the same config.
 """
 
@@ -50,9 +52,10 @@ state = "{state}"
 
 
 class Containerd:
-    """Debian's containerd 1.6 in a host namespace, with everything under one directory."""
+    """Debian's containerd 1.6 in a host namespace, with everything under one directory:
+    ``node``'s network namespace, or the machine's when there is no node."""
 
-    def __init__(self, workdir: Path, node: LocalNode) -> None:
+    def __init__(self, workdir: Path, node: LocalNode | None = None) -> None:
         self.workdir = workdir
         self.node = node
         self.owner = f"containerd-{uuid.uuid4().hex[:10]}"
@@ -62,25 +65,30 @@ class Containerd:
         self.cgroup_parent = f"azcni-test-{uuid.uuid4().hex[:8]}"
         self.proc: ManagedProcess | None = None
 
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.node.conf_dir if self.node is not None else self.workdir / "cni" / "net.d"
+
     def config(self, sandbox_image: str | None) -> str:
         d = self.workdir
+        bin_dir = self.node.bin_dir if self.node is not None else d / "cni" / "bin"
         return containerd_config(root=d / "root", state=str(d / "state"),
-                                 socket=str(self.socket), cni_bin_dir=self.node.bin_dir,
-                                 cni_conf_dir=self.node.conf_dir, sandbox_image=sandbox_image,
+                                 socket=str(self.socket), cni_bin_dir=bin_dir,
+                                 cni_conf_dir=self.cni_conf_dir, sandbox_image=sandbox_image,
                                  runc_root=d / "runc")
 
     def start(self, *archives: Path, sandbox_image: str | None = None) -> None:
         """Start containerd and import the OCI ``archives`` (the pod sandbox's among them
         when pods are run through the CRI)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.node.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "config.toml"
         path.write_text(self.config(sandbox_image))
         # nsenter --net, not "ip netns exec": containerd must stay in the machine's mount
         # namespace so the agent can open the pod netns files it creates under /run/netns
+        in_netns = [] if self.node is None else ["nsenter", f"--net=/run/netns/{self.node.netns}"]
         self.proc = ManagedProcess(
-            "containerd", ["nsenter", f"--net=/run/netns/{self.node.netns}", "containerd",
-                           "--config", str(path)],
+            "containerd", [*in_netns, "containerd", "--config", str(path)],
             self.workdir / "containerd.log", self.owner).start()
         wait_for("containerd to answer", lambda: self.ctr("version", check=False).returncode
                  == 0, 60, interval=0.2, alive=self.proc.check_running)
@@ -109,8 +117,10 @@ class Containerd:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.running():
-            self.crictl("rmp", "--all", "--force", check=False)
-            self.proc.stop()
+            try:
+                self.crictl("rmp", "--all", "--force", check=False)
+            finally:  # containerd stops even when crictl cannot be run
+                self.proc.stop()
         stop_owned(self.owner)  # containerd-shim-runc-v2 processes carry the marker
         for mountpoint in reversed(_mountpoints_under(self.workdir)):
             subprocess.run(["umount", "-l", mountpoint], check=False)

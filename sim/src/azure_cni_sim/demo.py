@@ -26,6 +26,7 @@ from typing import Any
 from azure_cni_sim import workloads
 from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
+from azure_cni_sim.procstat import ProcStatError
 from azure_cni_sim.prometheus import answered_examples, leader_instances, scrape_problems
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
 from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
@@ -148,6 +149,7 @@ def report(world: World) -> str:
                  f"{client.name} -> {WIRESERVER}:80: "
                  + ("reachable (it should not be)" if wire else "refused: pods are kept away")))
     rows += prometheus_rows(world)
+    rows.append(memory_row(world))
     width = max(len(what) for what, _ in rows) + 2
     lines += [f"{what:<{width}}{observed}" for what, observed in rows]
     assert world.prometheus is not None
@@ -178,6 +180,22 @@ def prometheus_rows(world: World) -> list[tuple[str, str]]:
     rows.append(("Prometheus alerts", f"{len(alerts)} rules of the chart's PrometheusRule "
                  f"loaded; firing: {', '.join(firing) or 'none'}"))
     return rows
+
+
+def memory_row(world: World) -> tuple[str, str]:
+    """The resident memory of the operator and of each agent, read inside their pods as an
+    admin would (``kubectl exec <pod> -- cat /proc/1/status``): now, and its peak."""
+    parts = []
+    for component in ("operator", "agent"):
+        for pod, node in sorted(world.component_pods(component).items(), key=lambda p: p[1]):
+            try:
+                memory = world.pod_memory(pod)
+                shown = f"{memory.rss_mb:.0f} MB (peak {memory.peak_mb:.0f} MB)"
+            except ProcStatError as e:
+                shown = f"FAILED: {e}"
+            parts.append(f"{component} {pod if component == 'operator' else 'on ' + node} "
+                         f"{shown}")
+    return ("memory (RSS) of azure-cni", "; ".join(parts) or "FAILED: no pods found")
 
 
 # -- the supervisor ------------------------------------------------------------------------

@@ -182,3 +182,23 @@ def ensure_images(*names: str, timeout: float = 1200) -> dict[str, BuiltImage]:
         record = json.loads((images_cache() / f"{name}.json").read_text())
         built[name] = BuiltImage(name, str(record["image"]), Path(record["archive"]))
     return built
+
+
+def archived_image(name: str, archive: Path) -> BuiltImage:
+    """The image ``name`` in an OCI archive (e.g. an earlier build of it), named as it was
+    built: containerd's annotation of the full name, else the OCI one (buildah writes the
+    full name there; the OCI spec has only the tag there)."""
+    with tarfile.open(archive) as tar:
+        try:
+            member = tar.extractfile("index.json")
+        except KeyError:
+            member = None
+        if member is None:
+            raise ImageBuildFailed(f"{archive} is not an OCI archive (no index.json)")
+        index = json.load(member)
+    annotations = index["manifests"][0].get("annotations") or {}
+    ref = str(annotations.get("io.containerd.image.name")
+              or annotations.get("org.opencontainers.image.ref.name") or "")
+    if ":" not in ref.rpartition("/")[2]:
+        raise ImageBuildFailed(f"{archive}: its name {ref!r} has no tag")
+    return BuiltImage(name, ref, archive)

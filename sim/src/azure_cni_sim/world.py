@@ -47,13 +47,15 @@ from azure.mgmt.network import NetworkManagementClient
 from azure_cni.api.nodeippool import ConditionType, NodeIPPool
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni_sim import coredns, monitoring
+from azure_cni_sim import chartrun, coredns, monitoring, procstat
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
+from azure_cni_sim.chartrun import ChartRunError, chart_dir, run_helm
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
 from azure_cni_sim.images import BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
+from azure_cni_sim.procstat import Memory
 from azure_cni_sim.prometheus import (
     PoolCounts,
     PrometheusAPI,
@@ -61,7 +63,6 @@ from azure_cni_sim.prometheus import (
     pool_mismatches,
     scrape_problems,
 )
-from azure_cni_sim.tools import find_tool, source_root
 from azure_cni_sim.vnet import ARM_ADDRESS, ONPREM_CIDR, Fabric, capture_packets
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,10 @@ POD_SUBNET_ID = (f"/subscriptions/{DEFAULT_SUBSCRIPTION}/resourceGroups/rg1/prov
 #: the API server's subnet of the VNet (as with AKS's API server VNet integration)
 CONTROL_PLANE = "198.18.8.4/24"
 CONTROL_PLANE_ADDRESS = CONTROL_PLANE.partition("/")[0]
+#: the chart's release and namespace (the same ``chartrun`` renders)
+RELEASE, NAMESPACE = chartrun.RELEASE, chartrun.NAMESPACE
 #: kube-dns's ClusterIP, the kubelets' clusterDNS
 CLUSTER_DNS = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 10)
-RELEASE = "azure-cni"
-NAMESPACE = "kube-system"
 #: pools sized for a demo: batches of 4, 4..12 free, releases after 30 s
 DEMO_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12, "maxIPs": 32,
              "releaseDelaySeconds": 30}
@@ -343,22 +344,17 @@ class World:
         assert self.cluster is not None
         if self._helm_home is None:
             self._helm_home = Path(tempfile.mkdtemp(prefix="azcni-helm-"))
-        home = self._helm_home
-        env = {"KUBECONFIG": str(self.cluster.kubeconfig), "PATH": "/usr/bin:/bin",
-               "HOME": str(home),
-               "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-               "HELM_DATA_HOME": str(home / "data")}
-        result = subprocess.run([str(find_tool("helm")), *args], capture_output=True,
-                                text=True, timeout=timeout, check=False, env=env)
-        if result.returncode != 0:
-            raise WorldError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
-        return result
+        try:
+            return run_helm(self._helm_home, *args, kubeconfig=self.cluster.kubeconfig,
+                            timeout=timeout)
+        except ChartRunError as e:
+            raise WorldError(str(e)) from None
 
     def chart_path(self) -> Path:
-        root = source_root()
-        if root is None:
-            raise WorldError("charts/azure-cni is only in a source checkout")
-        return root / "charts" / "azure-cni"
+        try:
+            return chart_dir()
+        except ChartRunError as e:
+            raise WorldError(str(e)) from None
 
     def install_chart(self, **overrides: Any) -> None:
         """``helm install azure-cni charts/azure-cni -n kube-system -f values.yaml``, after the
@@ -410,6 +406,17 @@ class World:
 
         wait_for("every node to be Ready", all_ready, timeout, interval=1,
                  alive=self._nodes_alive)
+
+    def component_pods(self, component: str) -> dict[str, str]:
+        """azure-cni's pods of ``component`` (operator, agent): pod name -> node name."""
+        pods = self.get_json("pods", "-n", NAMESPACE, "-l",
+                             f"app.kubernetes.io/component={component}")["items"]
+        return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods
+                if p["status"].get("phase") == "Running"}
+
+    def pod_memory(self, pod: str, namespace: str = NAMESPACE) -> Memory:
+        """The memory of the pod's main process, read inside the pod (/proc/1/status)."""
+        return procstat.pod_memory(self.kubectl, namespace, pod)
 
     def pool(self, vm: str) -> NodeIPPool:
         return NodeIPPool.from_object(self.get_json("nodeippool", vm))
