@@ -261,3 +261,27 @@ def test_throttling_waits_for_the_server(env) -> None:
     assert 'azure_cni_azure_api_calls_total{operation="networkInterfaces.put",status="429"} ' \
            '5.0' in metrics
     assert 'azure_cni_operator_azure_errors_total{error="Throttled"}' in metrics
+
+
+def test_an_operator_whose_class_crd_is_missing_stops_saying_so(env) -> None:
+    """An upgrade that skipped the CRDs (helm upgrade never upgrades them) leaves the API
+    server without NodeIPPoolClass: the operator must stop and name what is missing, not
+    fail on the API server's 404 text as if it were JSON."""
+    from azure_cni_sim.node import apply_crd
+    from azure_cni_sim.procs import ProcessFailed, wait_for
+
+    env.add_node("nocrd")
+    env.kube.kubectl("delete", "crd", "nodeippoolclasses.azurecni.io", "--wait=true")
+    try:
+        try:
+            operator = env.start_operator()
+        except ProcessFailed as e:  # it stopped before /healthz ever answered
+            log = str(e)
+        else:
+            wait_for("the operator to stop", lambda: not operator.running(), timeout=60)
+            assert operator.popen is not None and operator.popen.returncode == 1
+            log = operator.log_tail(200)
+    finally:
+        apply_crd(env.kube.kubectl)
+    assert "nodeippoolclasses" in log and "404" in log, log
+    assert "CustomResourceDefinition" in log and "JSONDecodeError" not in log, log

@@ -72,7 +72,18 @@ async def list_pages(lister: Callable[..., Awaitable[Any]], resource: str
             kwargs["_continue"] = token
         response = await lister(**kwargs)
         try:
-            page = json.loads(await response.read())
+            body = await response.read()
+            if response.status == 404:
+                raise ApiException(status=404, reason=(
+                    f"the API server does not serve {resource}: is its "
+                    "CustomResourceDefinition installed? helm install and upgrade never "
+                    "upgrade CRDs (see the chart README): "
+                    f"{body[:200].decode(errors='replace')}"))
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status,
+                                   reason=f"listing {resource}: "
+                                          f"{body[:512].decode(errors='replace')}")
+            page = json.loads(body)
         finally:
             response.release()
         yield list(page.get("items") or ())

@@ -172,8 +172,10 @@ class Operator:
                 log.error("event=operator_stopping reason=leadership_lost")
             else:
                 failed = controller if controller in done else watching
+                error = failed.exception() if not failed.cancelled() else None
+                # str(): an ApiException's repr is empty; its str has the status and reason
                 log.error("event=operator_stopping reason=%s error=%r", failed.get_name(),
-                          failed.exception() if not failed.cancelled() else "cancelled")
+                          f"{type(error).__name__}: {error}" if error else "cancelled")
         finally:
             await _cancel(controller, holding, stopping)
             kopf_stop.set()
