@@ -45,6 +45,7 @@ from azure_cni.agent import install
 from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
 from azure_cni.agent.cni_handler import CniHandler, Datapath
 from azure_cni.agent.egress import EgressReconciler
+from azure_cni.agent.exitcodes import AgentExit
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
 from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
@@ -82,7 +83,7 @@ NETLINK_THREADS = 8
 class AgentStartupError(RuntimeError):
     """The agent cannot start; ``exit_code`` tells the process supervisor which case."""
 
-    def __init__(self, message: str, exit_code: int, reason: str) -> None:
+    def __init__(self, message: str, exit_code: AgentExit, reason: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason
@@ -214,17 +215,17 @@ class NodeAgent:
             await self.allocator.open()
         except StoreError as e:
             await self._fail_early("RecoveryFailed", str(e))
-            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+            raise AgentStartupError(str(e), AgentExit.REFUSED_TO_START, "RecoveryFailed") from e
         try:
             install.check_host_python(self.agent, self.host_root)
         except install.HostPythonMissing as e:
             await self._fail_early("HostPythonMissing", str(e))
-            raise AgentStartupError(str(e), 2, "HostPythonMissing") from e
+            raise AgentStartupError(str(e), AgentExit.NO_HOST_PYTHON, "HostPythonMissing") from e
         try:
             await self._recover()
         except RefuseToStart as e:
             await self._fail_early("RecoveryFailed", str(e))
-            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+            raise AgentStartupError(str(e), AgentExit.REFUSED_TO_START, "RecoveryFailed") from e
         await self.egress.ensure_sysctls()
         # the pod filter (wireserver, IMDS) needs no pool: in place before the first pod
         await self.egress.reconcile(None)
