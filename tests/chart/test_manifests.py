@@ -237,13 +237,13 @@ def test_no_role_grants_secrets_wildcards_or_node_writes(helm: Helm) -> None:
 
 
 def test_operator_may_post_events_where_it_posts_them(helm: Helm) -> None:
-    from azure_cni.operator.kube import EVENT_NAMESPACE
+    from azure_cni.kubeevents import CLUSTER_SCOPED_NAMESPACE
 
     objects = helm.render(namespace="azure-cni-system")
     namespaces = {o["metadata"]["namespace"] for o in objects if o["kind"] == "Role"
                   and o["metadata"]["name"].endswith("-operator-events")}
-    # the operator posts every Event in EVENT_NAMESPACE, and may post nowhere else
-    assert namespaces == {EVENT_NAMESPACE}
+    # the operator posts every pool Event there, and may post nowhere else
+    assert namespaces == {CLUSTER_SCOPED_NAMESPACE}
 
 
 def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) -> None:
@@ -254,7 +254,8 @@ def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) 
     assert pod_event_roles(None) == []
     (role,) = pod_event_roles({"podNetworking": {"resourceGroups": ["pod-ips"],
                                                  "publicIPNamespaces": ["web"]}})
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert role["rules"] == [{"apiGroups": ["events.k8s.io"], "resources": ["events"],
+                              "verbs": ["create", "patch"]}]
     with pytest.raises(HelmFailed, match="podNetworking"):
         helm.render({"podNetworking": {"publicIPs": ["web"]}})
 

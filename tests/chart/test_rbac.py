@@ -61,18 +61,21 @@ def get_pool(release: Release, name: str) -> dict[str, Any]:
     return pool
 
 
-def post_event(kubeconfig: Path, namespace: str, pool: str, involved_namespace: str = ""
-               ) -> None:
-    """An Event about a pool, as the operator and the agent post it (cluster-scoped involved
-    object, Event in ``default``), or with the involved object in ``involved_namespace``."""
-    involved = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool", "name": pool}
-    if involved_namespace:
-        involved["namespace"] = involved_namespace
+def post_event(kubeconfig: Path, namespace: str, pool: str) -> None:
+    """An Event about a pool as the operator posts it (events.k8s.io/v1, the pool
+    cluster-scoped, the Event in ``default``), then its series count as a repeat adds it."""
+    name = f"{pool}.{uuid.uuid4().hex[:8]}"
     run_kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{pool}.", "namespace": namespace},
-        "involvedObject": involved, "reason": "Test", "message": "posted by a chart token",
-        "type": "Normal"}))
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "eventTime": "2026-01-01T00:00:00.000000Z", "action": "Reconcile",
+        "reportingController": "azure-cni-operator", "reportingInstance": "operator-0",
+        "regarding": {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
+                      "name": pool},
+        "reason": "Test", "note": "posted by a chart token", "type": "Normal"}))
+    run_kubectl(kubeconfig, "patch", "-n", namespace, "events.v1.events.k8s.io", name,
+                "--type=merge", "-p", json.dumps({"series": {
+                    "count": 2, "lastObservedTime": "2026-01-01T00:00:05.000000Z"}}))
 
 
 def watch_once(kubeconfig: Path, path: str) -> Any:
@@ -171,8 +174,8 @@ def test_operator_token_is_refused_secrets_and_node_writes(release: Release,
     no("get", "crd")  # it needs no discovery of resources: it watches exactly two
     no("delete", "crd", "nodeippools.azurecni.io")
     for namespace in (release.namespace, "kube-public"):
-        can = run_kubectl(kubeconfig, "auth", "can-i", "create", "events", "-n", namespace,
-                          check=False)
+        can = run_kubectl(kubeconfig, "auth", "can-i", "create", "events.events.k8s.io", "-n",
+                          namespace, check=False)
         assert can.stdout.strip() == "no", f"may post Events in {namespace}"
     no("get", "configmaps", "-n", release.namespace)
     no("create", "serviceaccount", "x", "-n", release.namespace)
@@ -328,11 +331,12 @@ def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Rele
         pools: {"get", "list", "watch", "create", "patch", "delete"},
         f"{pools}/status": {"patch"},
     }
-    assert can_i_list(operator, "default") == {**cluster_wide, "events": {"create"}}
+    assert can_i_list(operator, "default") == {**cluster_wide,
+                                               "events.events.k8s.io": {"create", "patch"}}
     # the leader Lease: create any (it may not exist yet), read and renew only its own
     assert can_i_list(operator, release.namespace) == {
         **cluster_wide, "leases.coordination.k8s.io": {"create", "get", "update"}}
-    assert can_i_list(operator, "kube-public").get("events") is None
+    assert can_i_list(operator, "kube-public").get("events.events.k8s.io") is None
     for namespace in (release.namespace, "default"):
         assert can_i_list(agent, namespace) == {pools: {"list", "watch"},
                                                 f"{pools}/status": {"patch"}}
