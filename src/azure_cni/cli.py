@@ -9,8 +9,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from azure_cni.commandline import ExitCode, add_log_level, command_parser, configure_logging
+
+if TYPE_CHECKING:
+    from azure_cni.preflight.findings import Finding
 
 DESCRIPTION = """\
 The azure-cni admin command: what a node's agent holds, whether a cluster and its nodes are
@@ -97,6 +101,63 @@ def _uninstall_standalone(args: argparse.Namespace) -> int:
     return CliExit.OK
 
 
+def _print_findings(findings: Sequence[Finding], output: str) -> int:
+    from azure_cni.preflight.findings import failed, render_json, render_text
+
+    if output == "json":
+        print(render_json(findings), end="")
+    elif output == "yaml":
+        import json
+
+        import yaml
+
+        print(yaml.safe_dump(json.loads(render_json(findings)), sort_keys=False), end="")
+    else:
+        print(render_text(findings), end="")
+    return CliExit.CHECKS_FAILED if failed(findings) else CliExit.OK
+
+
+def _preflight(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from azure_cni.api.settings import InvalidSettings, load_settings
+    from azure_cni.kubeclient import KubeConfigError
+    from azure_cni.preflight.run import check_cluster, check_node
+
+    try:
+        settings = load_settings(args.config)
+    except InvalidSettings as e:
+        return _fail(e)
+    if args.scope == "node":
+        return _print_findings(check_node(settings, args.host_root, args.node), args.output)
+    try:
+        findings = asyncio.run(check_cluster(settings, args.kubeconfig, azure=not args.no_azure))
+    except KubeConfigError as e:
+        return _fail(e)
+    return _print_findings(findings, args.output)
+
+
+def _uninstall_node(args: argparse.Namespace) -> int:
+    from azure_cni.agent.install import uninstall_node
+    from azure_cni.api.settings import InvalidSettings, load_settings
+    from azure_cni.datapath.snat import teardown_snat
+
+    try:
+        settings = load_settings(args.config)
+    except InvalidSettings as e:
+        return _fail(e)
+    for path in uninstall_node(settings.agent, args.host_root):
+        print(f"removed:      {path}")
+    if not args.keep_rules:
+        try:
+            teardown_snat()
+        except OSError as e:
+            return _fail(f"the iptables chains could not be removed: {e}")
+        print("removed:      the agent's iptables chains (AZURE-CNI-*)")
+    print("pods that still run keep their network until they stop; a reboot clears the rest")
+    return CliExit.OK
+
+
 def _subcommand(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
                 help: str, description: str, handler: Handler | None
                 ) -> argparse.ArgumentParser:
@@ -125,6 +186,38 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
                         help="text for people (default), or the agent's status document as "
                              "json or yaml")
+
+    preflight = _subcommand(
+        sub, "preflight", "is the cluster, or this node, ready for azure-cni?",
+        "Check what azure-cni needs; each failure says what to do.\n\n"
+        "azure-cni preflight       the cluster: every node's providerID names its VM, kubelet's\n"
+        "                          --max-pods fits the pool's maxIPs, what the agents found on\n"
+        "                          their nodes, and, with the operator's Azure credential, that\n"
+        "                          it may read and write each node's NIC and join its subnet.\n"
+        "                          The chart runs it as its Helm test:\n"
+        "                            helm test azure-cni -n kube-system --logs\n"
+        "azure-cni preflight node  this node: python3 for the CNI plugin, portmap and the other\n"
+        "                          chained plugins, no network configuration that sorts first.\n"
+        "                          Before installing, on each node:\n"
+        "                            kubectl debug node/<node> -it --image=<azure-cni image> --\n"
+        "                              azure-cni preflight node --host-root /host",
+        _preflight)
+    preflight.add_argument("scope", nargs="?", choices=("cluster", "node"), default="cluster",
+                           help="what to check (default: cluster)")
+    preflight.add_argument("--config", type=Path, default=None,
+                           help="settings file (default /etc/azure-cni/config.yaml if present)")
+    preflight.add_argument("--kubeconfig", default=None,
+                           help="cluster: kubeconfig file (default: $KUBECONFIG, else "
+                                "in-cluster)")
+    preflight.add_argument("--no-azure", action="store_true",
+                           help="cluster: skip the checks that need the operator's Azure "
+                                "credential")
+    preflight.add_argument("--host-root", type=Path, default=Path("/"),
+                           help="node: where the node's root filesystem is (default: /)")
+    preflight.add_argument("--node", default="",
+                           help="node: its name in the report (default: the host name)")
+    preflight.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                           help="text for people (default), json or yaml")
 
     install = _subcommand(sub, "install", "install azure-cni on this machine",
                           "Install azure-cni on this machine.", None)
@@ -156,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
         "addresses until they stop; remove Docker networks of driver azure-cni first\n"
         "(docker network rm). The settings file and the agent's state stay unless --purge.",
         _uninstall_standalone)
+    node = _subcommand(
+        targets, "node", "what a Kubernetes node keeps after helm uninstall",
+        "Remove what the azure-cni agent put on a Kubernetes node, after helm uninstall: the\n"
+        "conflist, the CNI plugin, the agent's store and socket directory, and its iptables\n"
+        "chains. Run it on each node, e.g.:\n\n"
+        "  kubectl debug node/<node> --profile=sysadmin --image=<azure-cni image> --\n"
+        "    azure-cni uninstall node --host-root /host", _uninstall_node)
+    node.add_argument("--host-root", type=Path, default=Path("/"),
+                      help="where the node's root filesystem is (default: /)")
+    node.add_argument("--config", type=Path, default=None,
+                      help="the settings the chart used (default: its defaults)")
+    node.add_argument("--keep-rules", action="store_true",
+                      help="leave the iptables chains (e.g. when not in the node's network)")
     standalone.add_argument("--purge", action="store_true",
                             help="also remove /etc/azure-cni/config.yaml and /var/lib/azure-cni")
     standalone.add_argument("--root", type=Path, default=Path("/"),

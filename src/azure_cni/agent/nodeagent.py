@@ -64,6 +64,7 @@ from azure_cni.api.podnet import AttachmentState
 from azure_cni.api.settings import Settings
 from azure_cni.cni.request import CniRequest
 from azure_cni.ipam.store import StoreError
+from azure_cni.preflight.node import agent_report, node_findings
 
 log = logging.getLogger(__name__)
 
@@ -422,8 +423,18 @@ class NodeAgent:
             return
         if not self._installed:
             await self._install()
-        elif not self.readiness.ready:
-            self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
+            if not self._installed:
+                return
+        # what the node lacks (preflight.node): a configuration that sorts before ours keeps
+        # pods from azure-cni (not ready); a missing chained plugin costs a feature (ready)
+        report = agent_report(node_findings(self.agent, self.node_name,
+                                            host_root=self.host_root, cni_root=Path("/")))
+        ready, reason, message = report or (True, "Serving",
+                                            f"serving pods on {self.agent.socket_path}")
+        if self.readiness != Readiness(ready, reason, message):
+            if report is not None:
+                log.warning("event=node_check_failed reason=%s message=%s", reason, message)
+            self._set_readiness(ready, reason, message)
 
     async def _note_addresses_outside_pool(self) -> None:
         """Say so, once, when an address a pod holds is no longer in the pool.
@@ -463,7 +474,6 @@ class NodeAgent:
             log.error("event=install_failed error=%s", e)
             return
         self._installed = True
-        self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
 
     # -- status ----------------------------------------------------------------------------
 
