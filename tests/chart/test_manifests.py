@@ -130,7 +130,8 @@ def test_operator_is_a_leader_and_a_standby_unprivileged(helm: Helm) -> None:
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "privileged": False, "capabilities": {"drop": ["ALL"]}}
-    assert container["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml"]
+    assert container["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml",
+                                    "--log-level=info"]
     # the Lease's holder names the pod; the Lease lives in the pod's namespace
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
            for e in container["env"]}
@@ -171,7 +172,8 @@ def test_agent_has_only_the_capabilities_it_needs(helm: Helm) -> None:
     assert daemonset["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1,
                                                                     "maxSurge": 0}
     assert container["command"] == ["azure-cni-agent", "--config=/etc/azure-cni/config.yaml",
-                                    "--node-name=$(NODE_NAME)", "--host-root=/host"]
+                                    "--node-name=$(NODE_NAME)", "--log-level=info",
+                                    "--host-root=/host"]
     assert env_of(container)["NODE_NAME"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "spec.nodeName"}}
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 import shlex
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ from tests.chart.tokens import (
 )
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
+from azure_cni.kubeclient import connect
+from azure_cni.kubeevents import EventRecorder, ObjectRef
 from azure_cni_sim.cluster import run_kubectl
 
 pytestmark = pytest.mark.cluster
@@ -61,21 +67,39 @@ def get_pool(release: Release, name: str) -> dict[str, Any]:
     return pool
 
 
-def post_event(kubeconfig: Path, namespace: str, pool: str) -> None:
-    """An Event about a pool as the operator posts it (events.k8s.io/v1, the pool
-    cluster-scoped, the Event in ``default``), then its series count as a repeat adds it."""
-    name = f"{pool}.{uuid.uuid4().hex[:8]}"
-    run_kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps({
-        "apiVersion": "events.k8s.io/v1", "kind": "Event",
-        "metadata": {"name": name, "namespace": namespace},
-        "eventTime": "2026-01-01T00:00:00.000000Z", "action": "Reconcile",
-        "reportingController": "azure-cni-operator", "reportingInstance": "operator-0",
-        "regarding": {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool",
-                      "name": pool},
-        "reason": "Test", "note": "posted by a chart token", "type": "Normal"}))
-    run_kubectl(kubeconfig, "patch", "-n", namespace, "events.v1.events.k8s.io", name,
-                "--type=merge", "-p", json.dumps({"series": {
-                    "count": 2, "lastObservedTime": "2026-01-01T00:00:05.000000Z"}}))
+def post_event(kubeconfig: Path, pool: str) -> None:
+    """An Event about a pool as the operator posts it, twice: the recorder creates it, then
+    patches its series (events.k8s.io/v1, in ``default``)."""
+    async def post() -> list[str]:
+        requests: list[str] = []
+        api = await connect(str(kubeconfig))
+        try:
+            recorder = EventRecorder(api, controller="azure-cni-operator", instance="op-0",
+                                     on_request=requests.append)
+            for _ in range(2):
+                await recorder.record(ObjectRef("azurecni.io/v1alpha1", "NodeIPPool", pool),
+                                      "Normal", "Test", "posted by a chart token", "Reconcile")
+        finally:
+            await api.close()
+        return requests
+
+    with caplog_of("azure_cni.kubeevents") as logged:
+        assert asyncio.run(post()) == ["create", "patch"]
+    assert not logged, f"the chart's token was refused: {logged}"
+
+
+@contextlib.contextmanager
+def caplog_of(name: str) -> Iterator[list[str]]:
+    """Warnings ``name`` logs meanwhile (the recorder logs a refusal, it never raises)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def watch_once(kubeconfig: Path, path: str) -> Any:
@@ -135,7 +159,7 @@ def test_operator_token_can_do_what_the_operator_does(release: Release,
     assert "2" in ok("get", "nodeippool", pool)  # the ALLOCATED column an admin sees
 
     # Events: in default, where an Event about a cluster-scoped object must be
-    post_event(kubeconfig, "default", pool)
+    post_event(kubeconfig, pool)
 
     # the leader Lease in the release namespace: created, read and renewed
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

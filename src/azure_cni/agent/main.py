@@ -47,17 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also serve /metrics, /healthz and /readyz on this address (the "
                              "node's, for Prometheus); they are always on 127.0.0.1")
     parser.add_argument("--uninstall", action="store_true",
-                        help="remove the conflist, the shim and the SNAT chains, then exit")
+                        help="remove the conflist, the shim and the iptables chains, then exit")
+    parser.add_argument("--purge", action="store_true",
+                        help="with --uninstall: also the store and the socket directory")
+    parser.add_argument("--wait", action="store_true",
+                        help="with --uninstall: then wait for SIGTERM (the chart's "
+                             "agentDaemonSet.uninstall: a DaemonSet's pods keep running)")
     return parser
 
 
-def _uninstall(settings: Settings) -> int:
+def _uninstall(settings: Settings, *, purge: bool, wait: bool) -> int:
     from azure_cni.agent import install  # noqa: PLC0415 - keep --help fast
     from azure_cni.datapath.snat import teardown_snat  # noqa: PLC0415
 
-    install.uninstall(settings.agent)
+    if purge:
+        install.uninstall_node(settings.agent)
+    else:
+        install.uninstall(settings.agent)
     teardown_snat()
-    logging.getLogger(__name__).info("event=uninstalled")
+    logging.getLogger(__name__).info("event=uninstalled purge=%s", purge)
+    if wait:
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
     return AgentExit.OK
 
 
@@ -124,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(__name__).error("event=bad_configuration error=%s", e)
         return AgentExit.BAD_CONFIGURATION
     if args.uninstall:
-        return _uninstall(settings)
+        return _uninstall(settings, purge=args.purge, wait=args.wait)
     if not args.node_name and settings.standalone.enabled:
         args.node_name = socket.gethostname()
     if not args.node_name:
