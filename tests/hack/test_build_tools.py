@@ -35,3 +35,23 @@ def test_an_unknown_tool_is_refused_by_name() -> None:
     assert result.returncode != 0
     assert "unknown tool 'grafana'" in result.stderr
     assert "building" not in result.stdout
+
+
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                       "kubelet", "kube-proxy", "kubectl")
+
+
+def test_the_kubernetes_commands_are_one_binary_run_by_their_names() -> None:
+    """One linked binary (hack/tools/kubernetes/main.go) that each link runs as itself."""
+    from azure_cni_sim.tools import find_tool
+
+    paths = {name: find_tool(name) for name in KUBERNETES_COMMANDS}
+    assert len({p.resolve() for p in paths.values()}) == 1, paths
+    for name, path in paths.items():
+        shown = subprocess.run([str(path), "--help"], capture_output=True, text=True,
+                               timeout=60, check=False)
+        usage = shown.stdout.split("Usage:\n", 1)[1].splitlines()[0].split()
+        assert usage[0] == name, (name, usage)
+    unnamed = subprocess.run([str(next(iter(paths.values())).resolve())], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert unnamed.returncode == 2 and "run me as one of" in unnamed.stderr
