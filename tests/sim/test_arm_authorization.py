@@ -63,7 +63,7 @@ async def test_the_identity_may_do_what_its_role_grants_where_it_is_assigned(ten
     principal = identity["principalId"]
     adapter = tenant.adapter(principal)
     try:
-        with pytest.raises(AuthFailed, match="Microsoft.Compute/virtualMachines/read"):
+        with pytest.raises(AuthFailed, match=r"Microsoft\.Compute/virtualMachines/read"):
             await adapter.get_vm_nic(_ref(tenant.vm))
         az.role_definition_create(ROLE)
         for scope in (f"{SUB}/resourceGroups/nodes", f"{SUB}/resourceGroups/network"):
