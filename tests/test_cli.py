@@ -143,3 +143,29 @@ def test_status_without_an_agent(tmp_path: Path) -> None:
     done = run("azure-cni", "status", "--socket", str(tmp_path / "none.sock"), "-o", "yaml")
     assert done.returncode == CliExit.FAILED
     assert "the azure-cni agent is not running on this node" in done.stderr
+
+
+def test_uninstall_node_removes_the_agents_files_under_a_host_root(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    for path in ("etc/cni/net.d/10-azure.conflist", "etc/cni/net.d/05-mine.conflist",
+                 "opt/cni/bin/azure-vnet", "opt/cni/bin/portmap",
+                 "opt/cni/bin/azure-vnet.d/azure_vnet_shim.py", "var/lib/azure-cni/ipam.db"):
+        (host / path).parent.mkdir(parents=True, exist_ok=True)
+        (host / path).write_text("")
+    done = run("azure-cni", "uninstall", "node", "--host-root", str(host), "--keep-rules")
+    assert done.returncode == CliExit.OK, done.stderr
+    assert f"removed:      {host}/etc/cni/net.d/10-azure.conflist" in done.stdout
+    left = sorted(str(p.relative_to(host)) for p in host.rglob("*") if p.is_file())
+    assert left == ["etc/cni/net.d/05-mine.conflist", "opt/cni/bin/portmap"]
+
+
+def test_preflight_of_a_node_says_what_to_do_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "opt/cni/bin").mkdir(parents=True)
+    (tmp_path / "etc/cni/net.d").mkdir(parents=True)
+    done = run("azure-cni", "preflight", "node", "--host-root", str(tmp_path), "--node", "vm3",
+               "-o", "json")
+    assert done.returncode == CliExit.CHECKS_FAILED
+    report = json.loads(done.stdout)
+    failed = {f["check"] for f in report["findings"] if f["result"] == "fail"}
+    assert failed == {"HostPython", "Portmap"}
+    assert all(f["fix"] for f in report["findings"] if f["result"] == "fail")
