@@ -148,3 +148,28 @@ def test_uninstall_node_removes_what_the_agent_left_under_a_host_root(tmp_path: 
     assert sorted(p.name for p in on["bin"].iterdir()) == ["portmap"]
     assert sorted(p.name for p in on["conf"].iterdir()) == ["05-other.conflist"]
     assert install.uninstall_node(agent, host) == [], "a second run finds nothing"
+
+
+def test_uninstall_node_empties_a_directory_it_cannot_remove(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """In the agent's pod the store and socket directories are mount points (hostPath): they
+    cannot be removed, only emptied, and the rest of the uninstall must still happen."""
+    agent = AgentSettings(state_dir=str(tmp_path / "state"), socket_path=str(tmp_path / "run/s"),
+                          cni_conf_dir=str(tmp_path / "net.d"),
+                          cni_bin_dir=str(tmp_path / "bin"))
+    for path in (tmp_path / "state/ipam.db", tmp_path / "run/s",
+                 tmp_path / "net.d" / install.CONFLIST_NAME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    mounts = {tmp_path / "state", tmp_path / "run"}
+    real_rmdir = Path.rmdir
+
+    def rmdir(self: Path) -> None:
+        if self in mounts:
+            raise OSError(16, "Device or resource busy", str(self))
+        real_rmdir(self)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    install.uninstall_node(agent)
+    assert list((tmp_path / "state").iterdir()) == [] and list((tmp_path / "run").iterdir()) == []
+    assert not (tmp_path / "net.d" / install.CONFLIST_NAME).exists()

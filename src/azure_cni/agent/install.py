@@ -258,7 +258,10 @@ def uninstall_node(settings: AgentSettings, host_root: Path = Path("/")) -> list
                     child.rmdir()
                 else:
                     child.unlink()
-            path.rmdir()
+            try:
+                path.rmdir()
+            except OSError as e:  # a mount point (the agent's pod mounts these): now empty
+                log.info("event=directory_kept path=%s reason=%s", path, e.strerror)
         else:
             path.unlink()
     log.info("event=node_uninstalled removed=%s", ",".join(map(str, there)) or "-")

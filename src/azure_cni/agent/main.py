@@ -60,11 +60,12 @@ def _uninstall(settings: Settings, *, purge: bool, wait: bool) -> int:
     from azure_cni.agent import install  # noqa: PLC0415 - keep --help fast
     from azure_cni.datapath.snat import teardown_snat  # noqa: PLC0415
 
+    # the chains first: they are what keeps acting on the node's traffic
+    teardown_snat()
     if purge:
         install.uninstall_node(settings.agent)
     else:
         install.uninstall(settings.agent)
-    teardown_snat()
     logging.getLogger(__name__).info("event=uninstalled purge=%s", purge)
     if wait:
         stop = {signal.SIGTERM, signal.SIGINT}
