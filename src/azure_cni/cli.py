@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "azure-cni preflight node  this node: python3 for the CNI plugin, portmap and the other\n"
         "                          chained plugins, no network configuration that sorts first.\n"
         "                          Before installing, on each node:\n"
-        "                            kubectl debug node/<node> -it --image=<azure-cni image> --\n"
+        "                            kubectl debug node/<node> --attach --image=<image> --\n"
         "                              azure-cni preflight node --host-root /host",
         _preflight)
     preflight.add_argument("scope", nargs="?", choices=("cluster", "node"), default="cluster",
@@ -253,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         targets, "node", "what a Kubernetes node keeps after helm uninstall",
         "Remove what the azure-cni agent put on a Kubernetes node, after helm uninstall: the\n"
         "conflist, the CNI plugin, the agent's store and socket directory, and its iptables\n"
-        "chains. Run it on each node, e.g.:\n\n"
-        "  kubectl debug node/<node> --profile=sysadmin --image=<azure-cni image> --\n"
-        "    azure-cni uninstall node --host-root /host", _uninstall_node)
+        "chains. Run it as root on each node, e.g. with root.json {\"securityContext\":\n"
+        "{\"runAsUser\": 0}}:\n\n"
+        "  kubectl debug node/<node> --attach --profile=sysadmin --custom=root.json \\\n"
+        "    --image=<azure-cni image> -- azure-cni uninstall node --host-root /host",
+        _uninstall_node)
     node.add_argument("--host-root", type=Path, default=Path("/"),
                       help="where the node's root filesystem is (default: /)")
     node.add_argument("--config", type=Path, default=None,
