@@ -35,21 +35,21 @@ done
 wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 mkdir -p "$cache/bin"
-# one build at a time per cache: two runs at once (two checkouts sharing a cache, make -j)
-# would build into the same .tmp directories and remove each other's work
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-  echo "build-tools: another build holds $cache/.lock; waiting for it ..."
-  flock 9
-fi
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
-# locked NAME: one build of a tool at a time, across every process using this cache (a
-# second `make` waits, then finds the first one's build)
+# locked NAME: one build of a tool at a time, across every process using this cache (two
+# runs at once, from two checkouts sharing it or make -j, would build into the same .tmp
+# directory and remove each other's work; the second waits, then finds the first one's
+# build). Per tool, not per cache: make demo builds Prometheus in the background while the
+# Kubernetes tools build in the foreground, and one lock for the cache would make either
+# wait for the whole of the other.
 locked() {
   exec {lock}>"$cache/.build-$1.lock"
-  flock "$lock"
+  if ! flock -n "$lock"; then
+    echo "build-tools: another build of $1 holds $cache/.build-$1.lock; waiting for it ..."
+    flock "$lock"
+  fi
 }
 
 # build NAME VERSION CHECK_PATTERN [--module DIR] [--ldflags FLAGS] [--tags TAGS]
