@@ -377,7 +377,15 @@ def test_6_uninstall_leaves_every_nic_with_only_its_own_ipconfigurations(guide: 
     before = {name: world.emulator.nic(vm.nic_id)["properties"]["ipConfigurations"]
               for name, vm in world.vms.items()}
     assert any(len(configs) > 1 for configs in before.values()), "pools held addresses"
+    operators = world.kubectl("-n", "kube-system", "get", "pods", "-o", "name", "-l",
+                              "app.kubernetes.io/component=operator").stdout.split()
+    assert len(operators) == 2, f"a leader and a standby before the uninstall: {operators}"
     guide.run("9.")
+    # nothing of the release is left: no operator replica that could take the Lease over and
+    # give a Node a pool again, and not the Lease, which the operator (not the chart) made
+    left = world.kubectl("-n", "kube-system", "get", "pods,leases.coordination.k8s.io",
+                         "-o", "name").stdout.split()
+    assert not [o for o in left if "azure-cni" in o], left
     for name, vm in world.vms.items():
         configs = world.emulator.nic(vm.nic_id)["properties"]["ipConfigurations"]
         assert [c["name"] for c in configs] == ["ipconfig1"], f"{name}'s NIC: {configs}"
