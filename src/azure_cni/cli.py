@@ -119,17 +119,25 @@ def _print_findings(findings: Sequence[Finding], output: str) -> int:
 
 def _preflight(args: argparse.Namespace) -> int:
     import asyncio
+    import socket
 
     from azure_cni.api.settings import InvalidSettings, load_settings
-    from azure_cni.kubeclient import KubeConfigError
-    from azure_cni.preflight.run import check_cluster, check_node
 
     try:
         settings = load_settings(args.config)
     except InvalidSettings as e:
         return _fail(e)
     if args.scope == "node":
-        return _print_findings(check_node(settings, args.host_root, args.node), args.output)
+        # only the node's files: not the Kubernetes client or the Azure SDK, seconds to
+        # import on a busy node
+        from azure_cni.preflight.node import node_findings
+
+        node = args.node or socket.gethostname()
+        return _print_findings(node_findings(settings.agent, node, host_root=args.host_root),
+                               args.output)
+    from azure_cni.kubeclient import KubeConfigError
+    from azure_cni.preflight.run import check_cluster
+
     try:
         findings = asyncio.run(check_cluster(settings, args.kubeconfig, azure=not args.no_azure))
     except KubeConfigError as e:

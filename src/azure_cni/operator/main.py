@@ -12,18 +12,23 @@ from pathlib import Path
 
 from azure_cni.api.settings import InvalidSettings, Settings, load_settings
 from azure_cni.commandline import command_parser, configure_logging
-from azure_cni.kubeclient import KubeConfigError, connect
-from azure_cni.operator.runtime import Operator
 from azure_cni.operator.usage import DESCRIPTION, OperatorExit
+
+# The Kubernetes client, kopf and the Azure SDK are imported once the arguments are parsed:
+# they take seconds to import on a busy node, and --help and --version need none of them.
 
 
 async def _check_kubernetes_access(kubeconfig: str | None) -> None:
     """Fail at once, with a clear message, when there is no way to the API."""
+    from azure_cni.kubeclient import connect
+
     api = await connect(kubeconfig)
     await api.close()
 
 
 async def _run(settings: Settings, kubeconfig: str | None) -> OperatorExit:
+    from azure_cni.operator.runtime import Operator
+
     operator = await Operator.start(settings, kubeconfig)
     return await operator.run()
 
@@ -34,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "default /etc/azure-cni/config.yaml if present")
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
     args = parser.parse_args(argv)
+    from azure_cni.kubeclient import KubeConfigError
     configure_logging(args.log_level)
     # the Azure SDK logs every request at INFO, kopf every watch it starts; keep ours readable
     logging.getLogger("azure").setLevel(logging.WARNING)

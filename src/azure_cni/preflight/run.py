@@ -1,12 +1,10 @@
-"""Gathering what the preflight checks: the node's files, the cluster's Nodes and
-NodeIPPools, and Azure with the operator's credential."""
+"""Gathering what the cluster preflight checks: the cluster's Nodes and NodeIPPools, and
+Azure with the operator's credential (a node's own checks: ``preflight.node``)."""
 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -19,14 +17,8 @@ from azure_cni.kubeclient import connect
 from azure_cni.preflight.azure import azure_findings
 from azure_cni.preflight.cluster import NodeFacts, cluster_findings, vm_of
 from azure_cni.preflight.findings import Finding
-from azure_cni.preflight.node import node_findings
 
 PAGE = 500
-
-
-def check_node(settings: Settings, host_root: Path, node: str = "") -> list[Finding]:
-    """The node checks of the machine this runs on (its files under ``host_root``)."""
-    return node_findings(settings.agent, node or socket.gethostname(), host_root=host_root)
 
 
 async def check_cluster(settings: Settings, kubeconfig: str | None, *, azure: bool = True,
