@@ -189,17 +189,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
               install_azure_cni=False, enforce_rbac=True, monitoring=False,
               vnet_resource_group="network",
               node_resource_group="nodes")
-    w.start()
-    try:
+    with w:  # started, and stopped whatever the tests did
         # the emulator's CA, which the extra values file mounts (on Azure: the system's)
         assert w.emulator is not None
         w.kubectl("-n", NAMESPACE, "create", "configmap", ARM_CA_CONFIGMAP,
                   f"--from-file=ca.crt={w.emulator.ca_path}")
         yield w
-    finally:
-        w.stop()
-        left = w.leftovers()
-        assert not any(left.values()), f"the world left things behind: {left}"
+    assert not any(w.leftovers().values()), f"the world left things behind: {w.leftovers()}"
 
 
 @pytest.fixture(scope="module")
