@@ -13,6 +13,9 @@ TIER := hack/pytest-tier.sh
 UNIT := not netns and not cluster and not e2e
 
 DEMO_STATE := $(CURDIR)/.cache/demo
+# prefix of every network namespace the demo creates (another checkout's demo can run beside
+# it with another one)
+DEMO_PREFIX ?= azdemo
 
 # Go-built tools (hack/build-tools.sh), each only where it is needed: both need CoreDNS (the
 # simulated nodes' cluster DNS), Prometheus (the cluster's, in a pod) and the Prometheus
@@ -20,8 +23,9 @@ DEMO_STATE := $(CURDIR)/.cache/demo
 # (standalone containers with ports) and promtool (alert and dashboard checks).
 TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds
 DEMO_TOOLS := kubernetes etcd helm crictl coredns
-# built beside DEMO_TOOLS, in the background: they share few packages, and on 2 cores one
-# build fills the time the other waits (module downloads, single-threaded links)
+# built beside DEMO_TOOLS at the lowest priority, so they only fill the time the others wait
+# (module downloads, links); `make demo` does not wait for them: the demo shows Prometheus
+# when it is built in time, and the build goes on for the next demo and `make test`
 DEMO_BESIDE := prometheus prometheus-operator-crds
 
 .PHONY: help test demo demo-down deps venv tools demo-tools images lint typecheck contracts check \
@@ -40,7 +44,7 @@ test: deps venv tools check test-unit test-netns test-cluster test-e2e
 check: lint typecheck contracts
 
 demo: deps venv demo-tools images
-	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE)
+	$(VENV)/bin/azure-cni-sim demo up --state-dir $(DEMO_STATE) --prefix $(DEMO_PREFIX)
 
 demo-down: venv
 	$(VENV)/bin/azure-cni-sim demo down --state-dir $(DEMO_STATE)
@@ -61,11 +65,8 @@ tools:
 
 demo-tools:
 	@mkdir -p .cache
-	setsid hack/build-tools.sh $(DEMO_BESIDE) >.cache/build-beside.log 2>&1 & beside=$$!; \
-	trap 'kill -- -$$beside $$beside 2>/dev/null || true' EXIT; \
-	hack/build-tools.sh $(DEMO_TOOLS); \
-	wait $$beside || { cat .cache/build-beside.log >&2; exit 1; }; \
-	grep '^build-tools:' .cache/build-beside.log
+	nohup setsid nice -n 19 hack/build-tools.sh $(DEMO_BESIDE) >.cache/build-beside.log 2>&1 &
+	hack/build-tools.sh $(DEMO_TOOLS)
 
 images: deps demo-tools
 	hack/build-images.sh

@@ -8,7 +8,8 @@
 #   sim-app    the test workload: Debian's static busybox (httpd, wget, nslookup, ping)
 #   pause      the pod sandbox: hack/images/pause/pause.c, compiled statically
 #
-#   hack/build-images.sh [NAME...]     (default: all five; `make images` runs it)
+#   hack/build-images.sh [NAME...]     (default: all five, prometheus once it is built;
+#                                      `make images` runs it)
 #
 # Each image is tagged and exported as an OCI archive named after a hash of its inputs, so a
 # run whose inputs did not change rebuilds nothing. For every image, .cache/images/NAME.json says
@@ -141,7 +142,12 @@ build_small() {
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(pause sim-app coredns prometheus azure-cni)
+if [ ${#names[@]} -eq 0 ]; then
+  # Prometheus only once it is built (make demo builds it in the background)
+  names=(pause sim-app coredns azure-cni)
+  if [ -x "$tools/prometheus" ]; then names+=(prometheus)
+  else echo "build-images: prometheus is not built yet; its image is left out"; fi
+fi
 for name in "${names[@]}"; do
   case $name in
     azure-cni) build_azure_cni ;;

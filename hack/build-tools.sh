@@ -6,7 +6,7 @@
 #   hack/build-tools.sh [TOOL...]
 #
 # TOOL is one of: kubernetes (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubelet, kube-proxy, kubectl), etcd, helm, crictl, coredns (the simulated nodes' cluster DNS),
+# kubelet, kube-proxy, kubectl: links to one binary), etcd, helm, crictl, coredns (the simulated nodes' cluster DNS),
 # cnitool (libcni's command line), promtool, prometheus, prometheus-operator-crds (the
 # Prometheus Operator's CRDs, copied from its pinned module). Without arguments: every one.
 set -euo pipefail
@@ -35,34 +35,48 @@ done
 wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 mkdir -p "$cache/bin"
-# one build at a time per cache: two runs at once (two checkouts sharing a cache, make -j)
-# would build into the same .tmp directories and remove each other's work
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-  echo "build-tools: another build holds $cache/.lock; waiting for it ..."
-  flock 9
-fi
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 export CGO_ENABLED=0
 
-# build NAME VERSION CHECK_PATTERN [--module DIR] [--ldflags FLAGS] [--tags TAGS] BINARY=PACKAGE...
-# (DIR under hack/tools holds go.mod and go.sum; it defaults to NAME)
+# locked NAME: one build of a tool at a time, across every process using this cache (two
+# runs at once, from two checkouts sharing it or make -j, would build into the same .tmp
+# directory and remove each other's work; the second waits, then finds the first one's
+# build). Per tool, not per cache: make demo builds Prometheus in the background while the
+# Kubernetes tools build in the foreground, and one lock for the cache would make either
+# wait for the whole of the other.
+locked() {
+  exec {lock}>"$cache/.build-$1.lock"
+  if ! flock -n "$lock"; then
+    echo "build-tools: another build of $1 holds $cache/.build-$1.lock; waiting for it ..."
+    flock "$lock"
+  fi
+}
+
+# build NAME VERSION CHECK_PATTERN [--module DIR] [--ldflags FLAGS] [--tags TAGS]
+#       [--links "NAME..."] BINARY=PACKAGE...
+# (DIR under hack/tools holds go.mod and go.sum; it defaults to NAME. --links: names that
+# are symlinks to the one BINARY, which runs as the command its name says)
 build() {
   local name=$1 version=$2 pattern=$3; shift 3
   local dir="$tools/$name"
-  local bins=() pkgs=() ldflags="-s -w" tags=""
+  local bins=() pkgs=() ldflags="-s -w" tags="" links=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --module) dir="$tools/$2"; shift 2 ;;
       --ldflags) ldflags="$ldflags $2"; shift 2 ;;
       --tags) tags=$2; shift 2 ;;
+      --links) read -r -a links <<<"$2"; shift 2 ;;
       *=*) bins+=("${1%%=*}"); pkgs+=("${1#*=}"); shift ;;
       *) die "bad argument $1" ;;
     esac
   done
-  # the directory name changes with the pins and the flags, so either change rebuilds
-  local hash; hash=$( { cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags${tags:+ tags=$tags}"; } | sha256sum | cut -c1-10)
+  # the commands a user runs: the binaries, or the links to the one binary
+  local commands=("${bins[@]}")
+  [ ${#links[@]} -eq 0 ] || commands=("${links[@]}")
+  # the directory name changes with the pins, the flags and the layout, so any change rebuilds
+  local hash; hash=$( { cat "$dir/go.mod" "$dir/go.sum"; echo "$ldflags${tags:+ tags=$tags}${links[*]:+ links=${links[*]}}"; } | sha256sum | cut -c1-10)
   local dest="$cache/$name-$version-$hash"
+  locked "$name"
   if [ -f "$dest/.verified" ]; then
     echo "build-tools: $name $version cached in $dest"
   else
@@ -74,11 +88,12 @@ build() {
       (cd "$dir" && go build -tags "$tags" -ldflags "$ldflags" -o "$dest.tmp/${bins[$i]}" "${pkgs[$i]}") \
         || die "go build of ${pkgs[$i]} ($name $version) failed; see the output above"
     done
-    for i in "${!bins[@]}"; do
+    for i in "${links[@]}"; do ln -s "${bins[0]}" "$dest.tmp/$i"; done
+    for i in "${commands[@]}"; do
       local out
-      out=$("$dest.tmp/${bins[$i]}" "${VERSION_ARGS[${bins[$i]}]}" 2>&1 | head -n 3 || true)
+      out=$("$dest.tmp/$i" "${VERSION_ARGS[$i]}" 2>&1 | head -n 3 || true)
       grep -q -- "$pattern" <<<"$out" \
-        || die "${bins[$i]} was built but reports '$out', expected '$pattern'"
+        || die "$i was built but reports '$out', expected '$pattern'"
     done
     rm -rf "$dest"; mv "$dest.tmp" "$dest"; touch "$dest/.verified"
     local old
@@ -87,7 +102,8 @@ build() {
     done
     echo "build-tools: $name $version built in $((SECONDS - start))s"
   fi
-  for i in "${!bins[@]}"; do ln -sfn "$dest/${bins[$i]}" "$cache/bin/${bins[$i]}"; done
+  for i in "${commands[@]}"; do ln -sfn "$dest/$i" "$cache/bin/$i"; done
+  exec {lock}>&-
 }
 
 # copy_module_files NAME MODULE VERSION SUBDIR: files of a pinned module (checked against the
@@ -97,6 +113,7 @@ copy_module_files() {
   local dir="$tools/$name"
   local hash; hash=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -c1-10)
   local dest="$cache/$name-$version-$hash"
+  locked "$name"
   if [ -f "$dest/.verified" ]; then
     echo "build-tools: $name $version cached in $dest"
   else
@@ -115,6 +132,7 @@ copy_module_files() {
     echo "build-tools: $name $version copied to $dest"
   fi
   ln -sfn "$dest" "$cache/bin/$name"
+  exec {lock}>&-
 }
 
 declare -A VERSION_ARGS=(
@@ -125,13 +143,11 @@ declare -A VERSION_ARGS=(
 )
 
 k8s_minor=${KUBERNETES_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
-wants kubernetes && build kubernetes "$KUBERNETES_VERSION" "$KUBERNETES_VERSION" \
-  kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
-  kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
-  kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
-  kubelet=k8s.io/kubernetes/cmd/kubelet \
-  kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
-  kubectl=k8s.io/kubernetes/cmd/kubectl \
+# One binary for the six (hack/tools/kubernetes/main.go, as hyperkube was): they share most
+# packages, so one `go build` compiles each once with the build's whole parallelism and links
+# once instead of six times.
+wants kubernetes && build kubernetes "$KUBERNETES_VERSION" "$KUBERNETES_VERSION" kube=. \
+  --links "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl" \
   --ldflags "-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$k8s_minor -X k8s.io/component-base/version.gitTreeState=clean"
 wants etcd && build etcd "$ETCD_VERSION" "etcd Version: ${ETCD_VERSION#v}" etcd=.
 # helm's idea of the cluster version (for `helm template` and `helm lint`) is the pinned one

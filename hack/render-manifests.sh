@@ -39,6 +39,7 @@ render() {  # render FILE TEMPLATE...: the objects of those templates, with a he
 
 mkdir -p "$out"
 render configmap.yaml configmap.yaml
-render rbac.yaml serviceaccounts.yaml rbac-operator.yaml rbac-agent.yaml admission-policy.yaml
+render rbac.yaml serviceaccounts.yaml rbac-operator.yaml rbac-agent.yaml admission-policy.yaml \
+  scale-warning-policy.yaml
 render operator.yaml operator-deployment.yaml operator-pdb.yaml
 render daemonset.yaml agent-daemonset.yaml

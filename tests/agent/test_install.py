@@ -24,7 +24,7 @@ def fake_plugin(path: Path, versions: list[str]) -> None:
 
 
 def test_conflist_document() -> None:
-    doc = install.conflist(AgentSettings(add_wait_seconds=10), ["portmap"], newest_ok=True,
+    doc = install.conflist(AgentSettings(add_wait_seconds=10), [install.PORTMAP], newest_ok=True,
                            spool_dir=Path("/var/lib/azure-cni/spool"))
     assert doc == {
         "cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": "azure-cni",
@@ -105,3 +105,71 @@ def test_host_root_is_where_python_is_looked_for(tmp_path: Path) -> None:
     python.write_text("")
     python.chmod(0o755)
     assert install.check_host_python(AgentSettings(), root) == python
+
+
+def test_extra_plugins_are_chained_after_portmap_when_present(tmp_path: Path) -> None:
+    bandwidth = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
+    tuning = {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}}
+    s = AgentSettings(**{**settings(tmp_path).__dict__, "extra_plugins": (bandwidth, tuning)})
+    for name in ("portmap", "bandwidth"):
+        fake_plugin(Path(s.cni_bin_dir) / name, ["0.4.0", "1.0.0", "1.1.0"])
+    doc = json.loads(install.install_conflist(s).read_text())
+    # tuning is not on the node: left out (the preflight names it), the rest chained in order
+    assert doc["plugins"][1:] == [install.PORTMAP, bandwidth]
+    assert doc["cniVersions"] == ["1.0.0", "1.1.0"]
+
+
+def test_configurations_that_sort_first_shadow_ours(tmp_path: Path) -> None:
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    for name in ("05-cilium.conflist", "10-azure.conflist", "99-loopback.conf", ".hidden.conf",
+                 "10-aaa.conf", "README"):
+        (conf / name).write_text("{}")
+    assert install.shadowing_configs(conf) == ["05-cilium.conflist", "10-aaa.conf"]
+    assert install.shadowing_configs(tmp_path / "none") == []
+
+
+def test_uninstall_node_removes_what_the_agent_left_under_a_host_root(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    agent = AgentSettings()
+    on = {key: host / value.lstrip("/") for key, value in (
+        ("bin", agent.cni_bin_dir), ("conf", agent.cni_conf_dir), ("state", agent.state_dir))}
+    placed = AgentSettings(cni_bin_dir=str(on["bin"]), cni_conf_dir=str(on["conf"]),
+                           state_dir=str(on["state"]))
+    fake_plugin(on["bin"] / "portmap", ["1.0.0"])
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3").symlink_to("/usr/bin/python3")
+    install.install_shim(placed, host_root=tmp_path)  # not "/": no probe run
+    install.install_conflist(placed)
+    (on["state"] / "spool").mkdir(parents=True)
+    (on["conf"] / "05-other.conflist").write_text("{}")
+    removed = install.uninstall_node(agent, host)
+    assert on["conf"] / install.CONFLIST_NAME in removed and on["state"] in removed
+    assert sorted(p.name for p in on["bin"].iterdir()) == ["portmap"]
+    assert sorted(p.name for p in on["conf"].iterdir()) == ["05-other.conflist"]
+    assert install.uninstall_node(agent, host) == [], "a second run finds nothing"
+
+
+def test_uninstall_node_empties_a_directory_it_cannot_remove(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """In the agent's pod the store and socket directories are mount points (hostPath): they
+    cannot be removed, only emptied, and the rest of the uninstall must still happen."""
+    agent = AgentSettings(state_dir=str(tmp_path / "state"), socket_path=str(tmp_path / "run/s"),
+                          cni_conf_dir=str(tmp_path / "net.d"),
+                          cni_bin_dir=str(tmp_path / "bin"))
+    for path in (tmp_path / "state/ipam.db", tmp_path / "run/s",
+                 tmp_path / "net.d" / install.CONFLIST_NAME):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    mounts = {tmp_path / "state", tmp_path / "run"}
+    real_rmdir = Path.rmdir
+
+    def rmdir(self: Path) -> None:
+        if self in mounts:
+            raise OSError(16, "Device or resource busy", str(self))
+        real_rmdir(self)
+
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    install.uninstall_node(agent)
+    assert list((tmp_path / "state").iterdir()) == [] and list((tmp_path / "run").iterdir()) == []
+    assert not (tmp_path / "net.d" / install.CONFLIST_NAME).exists()

@@ -14,6 +14,7 @@ from types import TracebackType
 
 import pytest
 
+from azure_cni.agent.exitcodes import AgentExit
 from azure_cni.agent.status_cli import agent_get
 from azure_cni.api.nodeippool import (
     AGENT_FIELD_MANAGER,
@@ -226,7 +227,7 @@ def test_missing_host_python_stops_the_agent_with_a_condition(node: LocalNode, k
     node.agent_settings["hostPython"] = "/usr/bin/python-not-here"
     agent = node.start_agent()
     wait_for("the agent to give up", lambda: not agent.running(), 60)
-    assert agent.popen is not None and agent.popen.returncode == 2
+    assert agent.popen is not None and agent.popen.returncode == AgentExit.NO_HOST_PYTHON
     assert "/usr/bin/python-not-here does not exist on the host" in node.agent_log()
     status = wait_for_pool_status(kube.kubectl, node.name, "AgentReady=False/HostPythonMissing",
                                   lambda s: agent_ready(s) == "False/HostPythonMissing")

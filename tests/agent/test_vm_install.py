@@ -68,3 +68,38 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
                              str(tmp_path / "etc/systemd/system" / UNIT_NAME)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 0, verify.stderr
+
+
+def uninstall(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CLI), "uninstall", "standalone", "--root", str(root), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_uninstall_removes_the_unit_and_keeps_the_admins_files(tmp_path: Path) -> None:
+    assert install(tmp_path).returncode == 0
+    config = tmp_path / "etc/azure-cni/config.yaml"
+    unit = tmp_path / "etc/systemd/system" / UNIT_NAME
+    state = tmp_path / "var/lib/azure-cni"
+    state.mkdir(parents=True)
+    (state / "ipam.db").write_bytes(b"")
+    done = uninstall(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not unit.exists()
+    assert config.exists() and state.exists()
+    assert f"removed:      {unit}" in done.stdout
+    assert f"kept:         {config} (--purge removes it)" in done.stdout
+    again = uninstall(tmp_path, "--purge")
+    assert again.returncode == 0, again.stderr
+    assert not config.exists() and not state.exists()
+    assert f"removed:      {state}" in again.stdout
+    assert uninstall(tmp_path, "--purge").returncode == 0, "a second run finds nothing to do"
+
+
+def test_uninstall_refuses_a_settings_file_it_cannot_read(tmp_path: Path) -> None:
+    assert install(tmp_path).returncode == 0
+    config = tmp_path / "etc/azure-cni/config.yaml"
+    config.write_text("agent: {mtu: lots}\n")
+    done = uninstall(tmp_path)
+    assert done.returncode == 1
+    assert f"{config} cannot be read" in done.stderr
+    assert (tmp_path / "etc/systemd/system" / UNIT_NAME).exists(), "nothing was removed"

@@ -42,4 +42,4 @@ def test_scale_subresource_maps_replicas_to_min_ips_and_allocated() -> None:
                                                 "statusReplicasPath": ".status.allocated"}
     names = [c["name"].upper() for c in version["additionalPrinterColumns"]
              if "priority" not in c]
-    assert names == ["ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE"]
+    assert names == ["ALLOCATED", "USED", "SCALE-MIN", "MAX", "READY", "AGE"]

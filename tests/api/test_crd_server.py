@@ -89,7 +89,8 @@ def test_defaults_columns_and_scale(pools) -> None:
                     "mode": "Addresses", "blockPrefixLength": 28, "podSubnetID": ""}
     pools.kubectl("scale", "nodeippool", name, "--replicas=12")
     wide = pools.kubectl("get", "nodeippools", name, "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE",
+    assert wide[0].split() == ["NAME", "ALLOCATED", "USED", "SCALE-MIN", "MAX", "READY",
+                               "AGE",
                                "COOLING", "PRIMARY-IP", "NIC", "SUBNET", "AGENT", "MODE",
                                "BLOCKS", "PUBLIC-IPS", "CLASS"]
     assert wide[1].split()[1:3] == ["12", "250"]

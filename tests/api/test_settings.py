@@ -52,12 +52,26 @@ def test_values_are_read(tmp_path) -> None:
     ("podNetworking: {namespaceResourceGroups: [web]}", "must be a mapping of namespaces"),
     ("podNetworking: {namespaceResourceGroups: {web: rg}}", "web must be a list"),
     ("podNetworking: {publicIPNamespaces: [web]}", "neither podNetworking.resourceGroups"),
+    ("agent: {extraPlugins: bandwidth}",
+     "agent.extraPlugins: 'bandwidth' is not valid: expected a list"),
+    ("agent: {extraPlugins: [{capabilities: {}}]}", "is not a plugin configuration with a type"),
+    ("agent: {extraPlugins: [{type: ../../bin/sh}]}", "is not a plugin binary's name"),
+    ("agent: {extraPlugins: [{type: portmap}]}", "portmap is chained already"),
+    ("agent: {extraPlugins: [{type: tuning}, {type: tuning}]}", "tuning is chained already"),
 ])
 def test_bad_configuration_names_the_key(tmp_path, doc, message) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(doc)
     with pytest.raises(InvalidSettings, match=message):
         load_settings(path)
+
+
+def test_extra_plugins_round_trip(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("agent: {extraPlugins: [{type: bandwidth, capabilities: {bandwidth: true}}]}")
+    s = load_settings(path)
+    assert s.agent.extra_plugins == ({"type": "bandwidth", "capabilities": {"bandwidth": True}},)
+    assert settings_from_mapping(settings_to_mapping(s)) == s
 
 
 def test_the_chart_can_make_every_new_pool_a_blocks_pool(tmp_path) -> None:

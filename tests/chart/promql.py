@@ -51,14 +51,16 @@ def metric_names(expr: str) -> set[str]:
 
 
 # Each process's registry, collected in a process of its own so nothing else the test session
-# imported is counted: the operator's default registry as its entry point leaves it, and the
+# imported is counted: the operator's default registry as its running process leaves it, and the
 # agent's own registry. A family's series names follow from its type (a counter named x is
 # exposed as x_total and x_created; a histogram as x_bucket, x_count, x_sum, x_created).
 _COLLECT = """
 import json, sys
 from prometheus_client import REGISTRY
 if sys.argv[1] == "operator":
-    import azure_cni.operator.main  # noqa: F401 - registers what the operator exports
+    # what azure-cni-operator imports to run (after parsing its arguments) registers
+    # everything the operator exports
+    import azure_cni.operator.runtime  # noqa: F401
     registry = REGISTRY
 else:
     from azure_cni.agent.metrics import AgentMetrics

@@ -13,6 +13,7 @@ from tests.chart.conftest import Release, install_release, remove_release
 from tests.chart.helm import CHART, Helm, parse_manifests
 from tests.chart.value_sets import VALUE_SETS
 
+from azure_cni.api.crd import REVISION_ANNOTATION
 from azure_cni_sim.cluster import ExistingCluster, LocalCluster
 from azure_cni_sim.node import wait_crd_established
 
@@ -42,6 +43,14 @@ def test_rendered_chart_passes_server_side_dry_run(kube: LocalCluster | Existing
                                                    name: str) -> None:
     manifest = Helm(tmp_path).template(VALUE_SETS[name], namespace=dry_run_namespace).stdout
     objects = list(parse_manifests(manifest))
+    # the helm test's pod runs after the install, with a service account the install made; a
+    # dry run creates none, so make those for real (the pod is then checked as it will run)
+    for hooked in objects:
+        if hooked["kind"] == "Pod" and "helm.sh/hook" in hooked["metadata"].get("annotations", {}):
+            account = hooked["spec"]["serviceAccountName"]
+            if kube.kubectl("-n", dry_run_namespace, "get", "serviceaccount", account,
+                            check=False).returncode != 0:
+                kube.kubectl("-n", dry_run_namespace, "create", "serviceaccount", account)
     result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=manifest)
     accepted = [line for line in result.stdout.splitlines() if "(server dry run)" in line]
     assert len(accepted) == len(objects), result.stdout + result.stderr
@@ -103,7 +112,7 @@ def test_install_upgrade_uninstall(kube: LocalCluster | ExistingCluster,
         assert names(kube, "clusterroles", release) == [f"{prefix}-agent", f"{prefix}-operator"]
         assert names(kube, "roles", release, "default") == [f"{prefix}-operator-events"]
         assert names(kube, "validatingadmissionpolicies", release) == [
-            f"{prefix}-agent-own-pool"]
+            f"{prefix}-agent-own-pool", f"{prefix}-scale-is-a-floor"]
         policy = json.loads(kube.kubectl("get", "validatingadmissionpolicy",
                                          f"{prefix}-agent-own-pool", "-o", "json").stdout)
         # the API server type-checked every CEL expression against the CRD's schema
@@ -156,3 +165,50 @@ def test_install_upgrade_uninstall(kube: LocalCluster | ExistingCluster,
         kube.kubectl("delete", "crd", CRD_NAME, "--dry-run=server")
     finally:
         remove_release(release)
+
+
+def test_helm_upgrade_says_when_the_clusters_crd_is_not_the_charts(
+        kube: LocalCluster | ExistingCluster, tmp_path: Path) -> None:
+    """Helm never upgrades crds/: the NOTES compare the cluster's CRD revision with the
+    chart's, and the documented command brings it up to date."""
+    release = install_release(kube, tmp_path, "azcni-crd")
+    try:
+        wanted = yaml.safe_load((CHART / "crds" / "azurecni.io_nodeippools.yaml").read_text())[
+            "metadata"]["annotations"][REVISION_ANNOTATION]
+        upgraded = release.helm.upgrade(release.name, release.namespace, None).stdout
+        assert "ACTION NEEDED" not in upgraded, "the cluster's CRD is the chart's"
+        # a CRD from an older chart
+        kube.kubectl("annotate", "crd", CRD_NAME, f"{REVISION_ANNOTATION}=0123456789abcdef",
+                     "--overwrite")
+        upgraded = release.helm.upgrade(release.name, release.namespace, None).stdout
+        assert "ACTION NEEDED: the NodeIPPool CRD in the cluster (revision 0123456789abcdef)" \
+            in upgraded and f"is not this\nchart's ({wanted})" in upgraded
+        assert "kubectl apply --server-side --force-conflicts -f <chart directory>/crds/" \
+            in upgraded
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+        assert "ACTION NEEDED" not in release.helm.upgrade(release.name, release.namespace,
+                                                           None).stdout
+    finally:
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
+        remove_release(release)
+
+
+def test_scaling_a_pool_below_what_it_holds_warns_that_it_is_a_floor(
+        release: Release) -> None:
+    kube = release.kube
+    pool = release.nodes[0]
+    kube.kubectl("patch", "nodeippool", pool, "--subresource=status", "--type=merge", "-p",
+                 json.dumps({"status": {"allocated": 24}}))
+    down = kube.kubectl("scale", "nodeippool", pool, "--replicas=12")
+    assert f"nodeippool.azurecni.io/{pool} scaled" in down.stdout
+    assert down.stderr.startswith("Warning: "), down.stderr
+    assert f"{pool} holds 24 addresses; --replicas (spec.minIPs) is a floor, so 12 releases " \
+           "none" in down.stderr
+    assert "lower spec.maxFreeIPs or spec.maxIPs" in down.stderr
+    up = kube.kubectl("scale", "nodeippool", pool, "--replicas=30")
+    assert "Warning" not in up.stderr, "a floor above what it holds grows the pool: no warning"
+    shown = kube.kubectl("get", "nodeippool", pool).stdout.splitlines()
+    assert shown[0].split()[1:4] == ["ALLOCATED", "USED", "SCALE-MIN"]
+    explained = kube.kubectl("explain", "nodeippool.spec.minIPs").stdout
+    assert "kubectl scale nodeippool <node> --replicas=N" in explained.replace("\n", " ")
+    kube.kubectl("scale", "nodeippool", pool, "--replicas=0")

@@ -130,7 +130,8 @@ def test_operator_is_a_leader_and_a_standby_unprivileged(helm: Helm) -> None:
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
         "privileged": False, "capabilities": {"drop": ["ALL"]}}
-    assert container["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml"]
+    assert container["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml",
+                                    "--log-level=info"]
     # the Lease's holder names the pod; the Lease lives in the pod's namespace
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
            for e in container["env"]}
@@ -171,7 +172,8 @@ def test_agent_has_only_the_capabilities_it_needs(helm: Helm) -> None:
     assert daemonset["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1,
                                                                     "maxSurge": 0}
     assert container["command"] == ["azure-cni-agent", "--config=/etc/azure-cni/config.yaml",
-                                    "--node-name=$(NODE_NAME)", "--host-root=/host"]
+                                    "--node-name=$(NODE_NAME)", "--log-level=info",
+                                    "--host-root=/host"]
     assert env_of(container)["NODE_NAME"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "spec.nodeName"}}
 
@@ -237,13 +239,13 @@ def test_no_role_grants_secrets_wildcards_or_node_writes(helm: Helm) -> None:
 
 
 def test_operator_may_post_events_where_it_posts_them(helm: Helm) -> None:
-    from azure_cni.operator.kube import EVENT_NAMESPACE
+    from azure_cni.kubeevents import CLUSTER_SCOPED_NAMESPACE
 
     objects = helm.render(namespace="azure-cni-system")
     namespaces = {o["metadata"]["namespace"] for o in objects if o["kind"] == "Role"
                   and o["metadata"]["name"].endswith("-operator-events")}
-    # the operator posts every Event in EVENT_NAMESPACE, and may post nowhere else
-    assert namespaces == {EVENT_NAMESPACE}
+    # the operator posts every pool Event there, and may post nowhere else
+    assert namespaces == {CLUSTER_SCOPED_NAMESPACE}
 
 
 def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) -> None:
@@ -254,7 +256,8 @@ def test_events_on_pods_are_granted_only_with_per_pod_networking_on(helm: Helm) 
     assert pod_event_roles(None) == []
     (role,) = pod_event_roles({"podNetworking": {"resourceGroups": ["pod-ips"],
                                                  "publicIPNamespaces": ["web"]}})
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert role["rules"] == [{"apiGroups": ["events.k8s.io"], "resources": ["events"],
+                              "verbs": ["create", "patch"]}]
     # a resource group granted to one namespace alone turns it on too
     (_,) = pod_event_roles({"podNetworking": {"namespaceResourceGroups": {"web": ["web-ips"]},
                                               "publicIPNamespaces": ["web"]}})

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
 import shlex
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ from tests.chart.tokens import (
 )
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
+from azure_cni.kubeclient import connect
+from azure_cni.kubeevents import EventRecorder, ObjectRef
 from azure_cni_sim.cluster import run_kubectl
 
 pytestmark = pytest.mark.cluster
@@ -61,18 +67,39 @@ def get_pool(release: Release, name: str) -> dict[str, Any]:
     return pool
 
 
-def post_event(kubeconfig: Path, namespace: str, pool: str, involved_namespace: str = ""
-               ) -> None:
-    """An Event about a pool, as the operator and the agent post it (cluster-scoped involved
-    object, Event in ``default``), or with the involved object in ``involved_namespace``."""
-    involved = {"apiVersion": "azurecni.io/v1alpha1", "kind": "NodeIPPool", "name": pool}
-    if involved_namespace:
-        involved["namespace"] = involved_namespace
-    run_kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{pool}.", "namespace": namespace},
-        "involvedObject": involved, "reason": "Test", "message": "posted by a chart token",
-        "type": "Normal"}))
+def post_event(kubeconfig: Path, pool: str) -> None:
+    """An Event about a pool as the operator posts it, twice: the recorder creates it, then
+    patches its series (events.k8s.io/v1, in ``default``)."""
+    async def post() -> list[str]:
+        requests: list[str] = []
+        api = await connect(str(kubeconfig))
+        try:
+            recorder = EventRecorder(api, controller="azure-cni-operator", instance="op-0",
+                                     on_request=requests.append)
+            for _ in range(2):
+                await recorder.record(ObjectRef("azurecni.io/v1alpha1", "NodeIPPool", pool),
+                                      "Normal", "Test", "posted by a chart token", "Reconcile")
+        finally:
+            await api.close()
+        return requests
+
+    with caplog_of("azure_cni.kubeevents") as logged:
+        assert asyncio.run(post()) == ["create", "patch"]
+    assert not logged, f"the chart's token was refused: {logged}"
+
+
+@contextlib.contextmanager
+def caplog_of(name: str) -> Iterator[list[str]]:
+    """Warnings ``name`` logs meanwhile (the recorder logs a refusal, it never raises)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def watch_once(kubeconfig: Path, path: str) -> Any:
@@ -132,7 +159,7 @@ def test_operator_token_can_do_what_the_operator_does(release: Release,
     assert "2" in ok("get", "nodeippool", pool)  # the ALLOCATED column an admin sees
 
     # Events: in default, where an Event about a cluster-scoped object must be
-    post_event(kubeconfig, "default", pool)
+    post_event(kubeconfig, pool)
 
     # the leader Lease in the release namespace: created, read and renewed
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -171,8 +198,8 @@ def test_operator_token_is_refused_secrets_and_node_writes(release: Release,
     no("get", "crd")  # it needs no discovery of resources: it watches exactly two
     no("delete", "crd", "nodeippools.azurecni.io")
     for namespace in (release.namespace, "kube-public"):
-        can = run_kubectl(kubeconfig, "auth", "can-i", "create", "events", "-n", namespace,
-                          check=False)
+        can = run_kubectl(kubeconfig, "auth", "can-i", "create", "events.events.k8s.io", "-n",
+                          namespace, check=False)
         assert can.stdout.strip() == "no", f"may post Events in {namespace}"
     no("get", "configmaps", "-n", release.namespace)
     no("create", "serviceaccount", "x", "-n", release.namespace)
@@ -330,11 +357,12 @@ def test_can_i_list_of_each_token_is_exactly_the_documented_grants(release: Rele
         # node groups: the classes are read, never written
         "nodeippoolclasses.azurecni.io": {"list", "watch"},
     }
-    assert can_i_list(operator, "default") == {**cluster_wide, "events": {"create"}}
+    assert can_i_list(operator, "default") == {**cluster_wide,
+                                               "events.events.k8s.io": {"create", "patch"}}
     # the leader Lease: create any (it may not exist yet), read and renew only its own
     assert can_i_list(operator, release.namespace) == {
         **cluster_wide, "leases.coordination.k8s.io": {"create", "get", "update"}}
-    assert can_i_list(operator, "kube-public").get("events") is None
+    assert can_i_list(operator, "kube-public").get("events.events.k8s.io") is None
     for namespace in (release.namespace, "default"):
         assert can_i_list(agent, namespace) == {pools: {"list", "watch"},
                                                 f"{pools}/status": {"patch"}}

@@ -46,13 +46,17 @@ def test_settings_sections_of_values_are_the_code_defaults() -> None:
             "copy the code's keys and defaults into charts/azure-cni/values.yaml")
 
 
-def schema_leaves(schema: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
-    """Dotted paths of the values the schema describes one by one (objects with properties
-    are descended into; free-form objects such as resources are one value)."""
+def schema_leaves(schema: Mapping[str, Any], prefix: str = "",
+                  values: Any = None) -> Iterator[str]:
+    """Dotted paths of the values the schema describes one by one: objects with properties
+    are descended into where values.yaml sets their keys; free-form objects such as
+    resources, and objects empty by default such as the security contexts, are one value."""
+    values = VALUES if values is None and not prefix else values
     for key, sub in schema.get("properties", {}).items():
         path = f"{prefix}{key}"
-        if "properties" in sub:
-            yield from schema_leaves(sub, path + ".")
+        default = values.get(key) if isinstance(values, Mapping) else None
+        if "properties" in sub and default != {}:
+            yield from schema_leaves(sub, path + ".", default)
         else:
             yield path
 

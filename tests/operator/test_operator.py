@@ -72,7 +72,7 @@ def test_five_nodes_converge_with_one_nic_write_each(env) -> None:
     assert 'azure_cni_operator_subnet_free_addresses{subnet="vnet/nodes"} 4066.0' in metrics
     assert 'azure_cni_azure_api_duration_seconds_count{operation="' in metrics
     listing = env.kube.kubectl("get", "nodeippools").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "ALLOCATED", "USED", "MIN", "MAX", "READY", "AGE"]
+    assert listing[0].split() == ["NAME", "ALLOCATED", "USED", "SCALE-MIN", "MAX", "READY", "AGE"]
     row = next(r.split() for r in listing if r.startswith(vms[0].name))
     assert row[1:5] == ["4", "0", "64", "True"]  # USED stays empty until an agent reports
 

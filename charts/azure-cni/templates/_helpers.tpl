@@ -94,3 +94,104 @@ prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
+
+{{/*
+Security contexts: the safe settings of each component, with the admin's
+<component>.podSecurityContext / securityContext merged over them (values.schema.json accepts
+only settings that keep them as safe), and the settings that make them safe set again last.
+*/}}
+{{- define "azure-cni.operatorPodSecurityContext" -}}
+{{- $safe := dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- $merged := mergeOverwrite $safe (deepCopy .Values.operatorDeployment.podSecurityContext) }}
+{{- toYaml (set $merged "runAsNonRoot" true) }}
+{{- end }}
+
+{{- define "azure-cni.operatorSecurityContext" -}}
+{{- $merged := deepCopy .Values.operatorDeployment.securityContext }}
+{{- $_ := set $merged "allowPrivilegeEscalation" false }}
+{{- $_ = set $merged "readOnlyRootFilesystem" true }}
+{{- $_ = set $merged "privileged" false }}
+{{- toYaml (set $merged "capabilities" (dict "drop" (list "ALL"))) }}
+{{- end }}
+
+{{- define "azure-cni.agentPodSecurityContext" -}}
+{{- toYaml (mergeOverwrite (dict "seccompProfile" (dict "type" "RuntimeDefault")) (deepCopy .Values.agentDaemonSet.podSecurityContext)) }}
+{{- end }}
+
+{{- define "azure-cni.agentSecurityContext" -}}
+{{- $merged := deepCopy .Values.agentDaemonSet.securityContext }}
+{{- range $key, $value := dict "runAsUser" 0 "runAsGroup" 0 "runAsNonRoot" false "privileged" false "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true }}
+{{- $_ := set $merged $key $value }}
+{{- end }}
+{{- toYaml (set $merged "capabilities" (dict "drop" (list "ALL") "add" (list "NET_ADMIN" "NET_RAW" "SYS_ADMIN"))) }}
+{{- end }}
+
+{{/*
+The operator's environment, mounts, volumes and placement: its Deployment and the preflight
+(the Helm test, which runs with the operator's identity) share them.
+*/}}
+{{- define "azure-cni.operatorEnv" -}}
+# the leader Lease lives in the pod's namespace and names the pod that holds it; Events name
+# the pod that reported them (reportingInstance: in the host network the host name would be
+# the node's)
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- if eq .Values.azure.credential "servicePrincipal" }}
+{{- $secret := include "azure-cni.credentialSecretName" . }}
+{{- range $var := list "AZURE_TENANT_ID" "AZURE_CLIENT_ID" "AZURE_CLIENT_SECRET" }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $var }}
+{{- end }}
+{{- end }}
+{{- with .Values.operatorDeployment.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "azure-cni.operatorVolumeMounts" -}}
+- name: config
+  mountPath: /etc/azure-cni
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- with .Values.operatorDeployment.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "azure-cni.operatorVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "azure-cni.configName" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- with .Values.operatorDeployment.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "azure-cni.operatorPlacement" -}}
+{{- $d := .Values.operatorDeployment }}
+{{- with $d.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $d.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $d.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

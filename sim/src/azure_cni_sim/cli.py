@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from azure_cni.cli import run
+from azure_cni.commandline import add_common_options
 
 
 def _default_state_dir(name: str) -> Path:
@@ -129,7 +130,7 @@ def _demo_down(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azure-cni-sim", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    add_common_options(parser, log_level="warning")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cluster = sub.add_parser(

@@ -28,6 +28,7 @@ from azure_cni_sim.kubenode import mounts_under, remove_cgroups, unmount_under
 from azure_cni_sim.procs import owned_pids, stop_owned
 from azure_cni_sim.procstat import ProcStatError
 from azure_cni_sim.prometheus import answered_examples, leader_instances, scrape_problems
+from azure_cni_sim.tools import ToolMissing, find_tool
 from azure_cni_sim.vnet import INTERNET_HOST, ONPREM_HOST, WIRESERVER
 from azure_cni_sim.world import World, WorldError, namespaces_with_prefix
 
@@ -148,13 +149,18 @@ def report(world: World) -> str:
     rows.append(("pod to Azure wireserver",
                  f"{client.name} -> {WIRESERVER}:80: "
                  + ("reachable (it should not be)" if wire else "refused: pods are kept away")))
-    rows += prometheus_rows(world)
+    if world.prometheus is not None:
+        rows += prometheus_rows(world)
     rows.append(memory_row(world))
     width = max(len(what) for what, _ in rows) + 2
     lines += [f"{what:<{width}}{observed}" for what, observed in rows]
-    assert world.prometheus is not None
-    lines += ["", f"Prometheus's HTTP API (the web UI is not built): {world.prometheus.url}",
-              *answered_examples(world.prometheus)]
+    if world.prometheus is not None:
+        lines += ["", f"Prometheus's HTTP API (the web UI is not built): {world.prometheus.url}",
+                  *answered_examples(world.prometheus)]
+    else:
+        lines += ["", "Prometheus: still being built in the background (.cache/build-beside.log) "
+                      "when the demo started; `make demo-down && make demo` shows it once "
+                      "it is built."]
     return "\n".join(lines)
 
 
@@ -201,11 +207,23 @@ def memory_row(world: World) -> tuple[str, str]:
 # -- the supervisor ------------------------------------------------------------------------
 
 
+def monitoring_built() -> bool:
+    """Prometheus and the Prometheus Operator's CRDs are built (``make demo`` builds them
+    beside the demo and starts the demo without them if they are not ready in time)."""
+    try:
+        find_tool("prometheus")
+        find_tool("prometheus-operator-crds")
+    except ToolMissing:
+        return False
+    return True
+
+
 def serve(state_dir: Path, prefix: str, vm_count: int = 3, replicas: int = 6) -> int:
     """Run the demo in the foreground until SIGTERM; record progress in the state file."""
     state_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(state_dir / "world", ignore_errors=True)  # a previous demo's logs
-    world = World(state_dir / "world", vm_count=vm_count, prefix=prefix)
+    world = World(state_dir / "world", vm_count=vm_count, prefix=prefix,
+                  monitoring=monitoring_built())
     state = DemoState("starting", os.getpid(), world.owner, prefix)
     state.write(state_dir)
     stop = threading.Event()

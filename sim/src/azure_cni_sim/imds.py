@@ -268,6 +268,18 @@ class Imds:
         only = list(state.vms.values())
         return only[0] if len(only) == 1 else None
 
+    def _principal(self, client_id: str | None, vm: Vm | None) -> str:
+        """Whom a token acts for: a user-assigned identity's principal (object) ID when the
+        emulator made that identity, else the client ID; the VM's system-assigned identity
+        without one."""
+        if client_id:
+            from azure_cni_sim.arm.authorization import authorization_of  # noqa: PLC0415
+
+            with self._host.state_lock:
+                identity = authorization_of(self._host.state).identity_by_client_id(client_id)
+            return identity.principal_id if identity is not None else client_id
+        return f"vm/{vm.name}" if vm is not None else "system"
+
     def _token(self, request: web.Request, vm_name: str | None) -> web.Response:
         if request.headers.get("Metadata", "").lower() != "true":
             return _bad_request("invalid_request",
@@ -288,7 +300,7 @@ class Imds:
                                           "error_description": f"No VM {vm_name!r}"}, status=404)
             if client_id and vm is not None and client_id not in vm.identities:
                 return _bad_request("invalid_request", error_description="Identity not found")
-        principal = client_id or (f"vm/{vm.name}" if vm is not None else "system")
+        principal = self._principal(client_id, vm)
         if self._throttled(vm.name if vm is not None else "", "identity"):
             return web.json_response({"error": "too_many_requests",
                                       "error_description": "Too many requests"}, status=429)

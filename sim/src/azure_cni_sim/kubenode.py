@@ -49,7 +49,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: the machine directories a VM sees as overlays (its changes stay in its work directory)
 _OVERLAID = ("/etc", "/opt", "/var")
 #: the reference plugins a node image ships next to the runtime (Debian's)
-_REFERENCE_PLUGINS = ("loopback", "portmap", "host-local")
+_REFERENCE_PLUGINS = ("loopback", "portmap", "host-local", "bandwidth")
 #: kernel settings kubelet requires and would otherwise write into the shared machine's kernel
 #: (kubelet's setupKernelTunables: it changes them, or refuses to start with
 #: protectKernelDefaults); each VM's kubelet reads them from files in its mount namespace
@@ -106,6 +106,8 @@ class KubeNode:
     sandbox_image: str
     #: the labels kubelet registers the Node with (``--node-labels``), e.g. its node group
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: kubelet's maxPods: no more than the node's pool may hold (azure-cni preflight checks it)
+    max_pods: int = 110
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     _runs: dict[str, int] = field(default_factory=dict)
 
@@ -192,6 +194,7 @@ class KubeNode:
             "cgroupRoot": self.cgroup_root,
             "containerRuntimeEndpoint": f"unix://{CONTAINERD_SOCKET}",
             "providerID": self.provider_id,
+            "maxPods": self.max_pods,
             "clusterDomain": "cluster.local",
             "clusterDNS": [self.cluster_dns],
             "resolvConf": str(d / "resolv.conf"),

@@ -163,14 +163,14 @@ def agent_pod(world: World, node: str) -> str:
 
 
 def agent_status(world: World, node: str, timeout: float = 60) -> dict[str, Any]:
-    """``azure-cni status --json`` on the node, as an admin runs it in the agent's pod (a
+    """``azure-cni status -o json`` on the node, as an admin runs it in the agent's pod (a
     kubelet that just restarted refuses exec until it has synced its pods: retried)."""
     out: subprocess.CompletedProcess[str] | None = None
 
     def answered() -> bool:
         nonlocal out
         with contextlib.suppress(LookupError):
-            out = world.exec_in(agent_pod(world, node), "azure-cni", "status", "--json",
+            out = world.exec_in(agent_pod(world, node), "azure-cni", "status", "-o", "json",
                                 "--config", "/etc/azure-cni/config.yaml", namespace=NAMESPACE)
         return out is not None and bool(out.stdout.strip())
 

@@ -52,7 +52,7 @@ from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.armstate import DEFAULT_SUBSCRIPTION
 from azure_cni_sim.chartrun import ChartRunError, chart_dir, run_helm
 from azure_cni_sim.cluster import SERVICE_CIDR, ControlPlaneNetwork, LocalCluster
-from azure_cni_sim.images import BuiltImage, ensure_images
+from azure_cni_sim.images import ALL_IMAGES, BuiltImage, ensure_images
 from azure_cni_sim.kubenode import KubeNode, mounts_under, remove_cgroups
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.procstat import Memory
@@ -84,6 +84,8 @@ CLUSTER_DNS = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 10)
 #: pools sized for a demo: batches of 4, 4..12 free, releases after 30 s
 DEMO_POOL = {"batchSize": 4, "minFreeIPs": 4, "maxFreeIPs": 12, "maxIPs": 32,
              "releaseDelaySeconds": 30}
+#: the bandwidth plugin, chained after azure-vnet and portmap (``agent.extraPlugins``)
+BANDWIDTH_PLUGIN = {"type": "bandwidth", "capabilities": {"bandwidth": True}}
 #: the Uniform scale set of ``World.machines``' "uniform" nodes
 UNIFORM_SCALE_SET = "pool"
 #: where the operator's container finds the emulator's CA (a ConfigMap the admin creates)
@@ -118,6 +120,21 @@ class World:
     #: chart values given at install, over ``chart_values``' own (e.g. ``poolClasses``)
     chart_overrides: dict[str, Any] = field(default_factory=dict)
     drift_check_seconds: float = 5.0
+    #: install azure-cni (and CoreDNS and Prometheus) in ``start``; without it the nodes wait
+    #: for a network plugin, as a new cluster does before an admin installs one
+    install_azure_cni: bool = True
+    #: ARM refuses what the caller's role assignments do not grant (``arm.authorization``); the
+    #: chart's managed identity then needs the role an admin gives it
+    enforce_rbac: bool = False
+    #: resource groups of the VNet and of the VMs (and their NICs)
+    vnet_resource_group: str = "rg1"
+    node_resource_group: str = "rg1"
+    #: Prometheus in the cluster, scraping through the chart's ServiceMonitors (needs the
+    #: Prometheus build: ``make demo`` leaves it out while it is still building)
+    monitoring: bool = True
+    #: kubelet's maxPods on every node (kubelet's default; the demo's pools hold fewer, and
+    #: e2e/test_blocks.py puts 100 pods on one node)
+    max_pods: int = 110
     cluster: LocalCluster | None = None
     emulator: ArmEmulator | None = None
     fabric: Fabric | None = None
@@ -139,9 +156,11 @@ class World:
             if (self.workdir / "cluster").exists():
                 raise WorldError(f"{self.workdir} holds an earlier world; give a new directory")
             self.workdir.mkdir(parents=True, exist_ok=True)
-            say("building the images: azure-cni from the Containerfile, CoreDNS, Prometheus, "
-                "the test app (cached after the first run)")
-            self.images = ensure_images()
+            say("building the images: azure-cni from the Containerfile, CoreDNS, "
+                f"{'Prometheus, ' if self.monitoring else ''}the test app (cached after the "
+                "first run)")
+            self.images = ensure_images(*(n for n in ALL_IMAGES
+                                          if self.monitoring or n != "prometheus"))
             say("starting the VNet fabric and the ARM + IMDS emulator")
             self._start_azure()
             say("starting the control plane on its VNet subnet (etcd, kube-apiserver, "
@@ -154,11 +173,14 @@ class World:
             say(f"starting {len(self.machines) or self.vm_count} VMs as Kubernetes nodes "
                 "(containerd, kubelet, kube-proxy)")
             self._start_nodes()
-            say("installing the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule), "
-                "as a cluster with kube-prometheus-stack has them")
-            monitoring.install_crds(self.cluster)
-            say("installing azure-cni: helm install azure-cni charts/azure-cni, its "
-                "ServiceMonitors and PrometheusRule on")
+            if not self.install_azure_cni:
+                return self
+            if self.monitoring:
+                say("installing the Prometheus Operator's CRDs (ServiceMonitor, "
+                    "PrometheusRule), as a cluster with kube-prometheus-stack has them")
+                monitoring.install_crds(self.cluster)
+            say("installing azure-cni: helm install azure-cni charts/azure-cni"
+                + (", its ServiceMonitors and PrometheusRule on" if self.monitoring else ""))
             self.install_chart()
             say("waiting for every node and every NodeIPPool to be Ready")
             self.wait_nodes_ready(timeout=240)
@@ -167,6 +189,8 @@ class World:
             self.kubectl("apply", "-f", "-", input=coredns.manifests(
                 self.images["coredns"].image, CLUSTER_DNS))
             self.wait_rollout("deployment/coredns", NAMESPACE)
+            if not self.monitoring:
+                return self
             say("starting Prometheus, configured from the chart's ServiceMonitors and "
                 "PrometheusRule as the Prometheus Operator would")
             self.prometheus = monitoring.start_prometheus(
@@ -225,7 +249,8 @@ class World:
 
     def _start_azure(self) -> None:
         self.fabric = Fabric(self.prefix, SUBNET, self.workdir / "fabric", self.owner).create()
-        self.emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0),
+        self.emulator = ArmEmulator(ArmConfig(lro_polls=1, put_retry_after=0,
+                                              enforce_rbac=self.enforce_rbac),
                                     state_dir=self.workdir / "arm",
                                     tls_addresses=(ARM_ADDRESS,)).start()
         # where the VMs reach ARM: its public address (IMDS: _start_imds_relay, once the VMs
@@ -242,22 +267,26 @@ class World:
         assert self.fabric is not None
         self.subnet_ids = dict(self.emulator.add_vnet(
             "vnet", VNET_SPACE, {"nodes": SUBNET, **({"pods": POD_SUBNET} if self.pod_nics
-                                                     else {})}).subnet_ids)
+                                                     else {})},
+            resource_group=self.vnet_resource_group).subnet_ids)
         subnet_id = self.subnet_ids["nodes"]
 
         def pod_nic(name: str) -> dict[str, str]:
             return {name: self.subnet_ids["pods"]} if self.pod_nics else {}
 
         scale_set: str | None = None
+        group = self.node_resource_group
         for i, kind in enumerate(self.machines or ("standalone",) * self.vm_count):
             if kind == "standalone":
-                vm = self.emulator.add_vm(f"vm{i}", subnet_id, more_nics=pod_nic(f"vm{i}-pods"))
+                vm = self.emulator.add_vm(f"vm{i}", subnet_id, resource_group=group,
+                                          more_nics=pod_nic(f"vm{i}-pods"))
             elif kind == "flexible":
                 vm = self.emulator.add_vm(f"flex{i}", subnet_id, scale_set="flex",
+                                          resource_group=group,
                                           more_nics=pod_nic(f"flex{i}-pods"))
             elif kind == "uniform":
                 scale_set = scale_set or self.emulator.add_scale_set(
-                    UNIFORM_SCALE_SET, subnet_id,
+                    UNIFORM_SCALE_SET, subnet_id, resource_group=group,
                     more_nics=pod_nic(f"{UNIFORM_SCALE_SET}-pods"))
                 vm = self.emulator.add_instance(scale_set)  # named pool000000, pool000001, ...
             else:
@@ -267,7 +296,7 @@ class World:
             self.nodes[vm.name] = KubeNode(
                 vm.name, fvm.netns, vm.primary_ip, vm.provider_id,
                 self.workdir / "nodes" / vm.name, self.owner, CLUSTER_DNS, self.prefix,
-                sandbox_image=self.images["pause"].image,
+                sandbox_image=self.images["pause"].image, max_pods=self.max_pods,
                 labels=self.node_labels.get(vm.name, {}))
         cluster = self.cluster
         archives = [image.archive for image in self.images.values()]
@@ -326,7 +355,9 @@ class World:
             "operator": {"driftCheckSeconds": self.drift_check_seconds,
                          "usageDebounceSeconds": 0.5},
             "snat": {"nonMasqueradeCIDRs": [ONPREM_CIDR]},
-            "monitoring": monitoring.CHART_VALUES,
+            # kubernetes.io/ingress-bandwidth and egress-bandwidth, as AKS nodes chain it
+            "agent": {"extraPlugins": [BANDWIDTH_PLUGIN]},
+            **({"monitoring": monitoring.CHART_VALUES} if self.monitoring else {}),
             "operatorDeployment": {
                 "extraVolumes": [{"name": "arm-ca",
                                   "configMap": {"name": ARM_CA_CONFIGMAP}}],

@@ -26,7 +26,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ NETWORK_NAME = "azure-cni"
 CONFLIST_NAME = "10-azure.conflist"
 SHIM_DIR_NAME = "azure-vnet.d"
 SHIM_MODULE = "azure_vnet_shim"
-CHAINED_PLUGINS = ("portmap",)
+#: chained after ours for hostPorts; agent.extraPlugins come after it
+PORTMAP: Mapping[str, Any] = {"type": "portmap", "capabilities": {"portMappings": True}}
 #: the version containerd 1.6/1.7 (libcni <= 1.1) understand; cniVersions adds newer ones
 BASE_VERSION = "1.0.0"
 NEWEST_VERSION = "1.1.0"
@@ -133,7 +134,7 @@ def plugin_versions(plugin: Path) -> set[str]:
     return {str(v) for v in versions}
 
 
-def conflist(settings: AgentSettings, chained: Sequence[str], newest_ok: bool,
+def conflist(settings: AgentSettings, chained: Sequence[Mapping[str, Any]], newest_ok: bool,
              spool_dir: Path) -> dict[str, Any]:
     """The network configuration list (pure)."""
     versions = [BASE_VERSION, NEWEST_VERSION] if newest_ok else [BASE_VERSION]
@@ -146,7 +147,7 @@ def conflist(settings: AgentSettings, chained: Sequence[str], newest_ok: bool,
         # the pod's annotations, for a public IP or backend pools it asks for (api/podnet.py)
         "capabilities": {POD_ANNOTATIONS_CAPABILITY: True},
     }]
-    plugins += [{"type": name, "capabilities": {"portMappings": True}} for name in chained]
+    plugins += [dict(plugin) for plugin in chained]
     return {"cniVersion": BASE_VERSION, "cniVersions": versions, "name": NETWORK_NAME,
             "plugins": plugins}
 
@@ -167,22 +168,24 @@ def mark_stopped(settings: AgentSettings) -> None:
 
 
 def install_conflist(settings: AgentSettings) -> Path:
-    """Write the conflist; chain only plugins that exist, at versions all of them speak."""
+    """Write the conflist; chain only plugins that exist (portmap, then agent.extraPlugins),
+    at versions all of them speak."""
     bin_dir = Path(settings.cni_bin_dir)
     chained = []
     newest_ok = True
-    for name in CHAINED_PLUGINS:
-        plugin = bin_dir / name
-        if not plugin.exists():
-            log.warning("event=chained_plugin_missing plugin=%s dir=%s; hostPorts will not "
-                        "work until it is installed", name, bin_dir)
+    for plugin in (PORTMAP, *settings.extra_plugins):
+        name = str(plugin["type"])
+        path = bin_dir / name
+        if not path.exists():
+            log.warning("event=chained_plugin_missing plugin=%s dir=%s; left out of the "
+                        "conflist until it is installed", name, bin_dir)
             continue
-        versions = plugin_versions(plugin)
+        versions = plugin_versions(path)
         if BASE_VERSION not in versions:
             log.warning("event=chained_plugin_too_old plugin=%s versions=%s", name,
                         ",".join(sorted(versions)))
             continue
-        chained.append(name)
+        chained.append(plugin)
         # libcni >= 1.2 picks the newest listed version and every plugin must speak it
         newest_ok = newest_ok and NEWEST_VERSION in versions
     document = conflist(settings, chained, newest_ok, spool_dir(settings))
@@ -190,14 +193,24 @@ def install_conflist(settings: AgentSettings) -> Path:
     write_atomically(path, json.dumps(document, indent=2).encode())
     with path.open("a") as f:  # a Write event: containerd ignores the rename's Create
         f.write("\n")
-    earlier = sorted(p.name for p in path.parent.iterdir()
-                     if p.suffix in (".conf", ".conflist", ".json") and p.name < path.name)
+    earlier = shadowing_configs(Path(settings.cni_conf_dir))
     if earlier:
         log.warning("event=conflist_shadowed path=%s earlier=%s; runtimes use the first file "
                     "in name order", path, ",".join(earlier))
     log.info("event=conflist_installed path=%s chained=%s versions=%s", path,
-             ",".join(chained) or "-", ",".join(document["cniVersions"]))
+             ",".join(str(p["type"]) for p in chained) or "-", ",".join(document["cniVersions"]))
     return path
+
+
+def shadowing_configs(conf_dir: Path) -> list[str]:
+    """Network configurations in ``conf_dir`` that sort before ours: a runtime uses the first
+    one in name order, so with any of them our plugin is never called."""
+    try:
+        names = [p.name for p in conf_dir.iterdir()]
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if name < CONFLIST_NAME and not name.startswith(".")
+                  and Path(name).suffix in (".conf", ".conflist", ".json"))
 
 
 def remove_conflist(settings: AgentSettings) -> bool:
@@ -225,3 +238,31 @@ def uninstall(settings: AgentSettings) -> None:
             else:
                 path.unlink()
         module_dir.rmdir()
+
+
+def uninstall_node(settings: AgentSettings, host_root: Path = Path("/")) -> list[Path]:
+    """What a node keeps after ``helm uninstall``, removed from the node whose files are under
+    ``host_root``: the conflist, the shim, the agent's store and socket directory. Returns
+    what was there. (The agent's iptables chains: ``datapath.snat.teardown_snat``.)"""
+    def on(path: str) -> Path:
+        return host_root / path.lstrip("/")
+
+    bin_dir = on(settings.cni_bin_dir)
+    there = [p for p in (on(settings.cni_conf_dir) / CONFLIST_NAME, bin_dir / PLUGIN_TYPE,
+                         bin_dir / SHIM_DIR_NAME, on(settings.state_dir),
+                         on(settings.socket_path).parent) if p.exists()]
+    for path in there:
+        if path.is_dir():
+            for child in sorted(path.rglob("*"), reverse=True):
+                if child.is_dir() and not child.is_symlink():
+                    child.rmdir()
+                else:
+                    child.unlink()
+            try:
+                path.rmdir()
+            except OSError as e:  # a mount point (the agent's pod mounts these): now empty
+                log.info("event=directory_kept path=%s reason=%s", path, e.strerror)
+        else:
+            path.unlink()
+    log.info("event=node_uninstalled removed=%s", ",".join(map(str, there)) or "-")
+    return there

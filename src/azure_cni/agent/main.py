@@ -1,17 +1,6 @@
-"""``azure-cni-agent``: the per-node agent (a DaemonSet with hostNetwork on a real cluster).
-
-    azure-cni-agent --config /etc/azure-cni/config.yaml --node-name "$NODE_NAME"
-                    [--kubeconfig PATH] [--host-root /host] [--metrics-address IP]
-                    [--uninstall]
-
-With ``standalone.enabled`` in the settings file (a VM without Kubernetes, installed by
-``azure-cni install standalone``) it needs no Kubernetes API: the pool is the NIC's
-secondary addresses from the instance metadata service, and ``--node-name`` defaults to the
-host name.
-
-Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 bad configuration, 2 the host has no python
-for the shim, 3 refused to start (the store and the host disagree: duplicate addresses),
-4 the socket is taken by another agent or unsafe.
+"""``azure-cni-agent``: the per-node agent (a DaemonSet with hostNetwork on a real cluster,
+a systemd service on a VM without Kubernetes). The help text is ``DESCRIPTION``; the exit
+codes are ``AgentExit``.
 """
 
 from __future__ import annotations
@@ -26,12 +15,23 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from azure_cni.agent.exitcodes import AgentExit
 from azure_cni.api.settings import InvalidSettings, Settings, load_settings
+from azure_cni.commandline import command_parser, configure_logging
+
+DESCRIPTION = """\
+The azure-cni node agent: hands the node's VNet addresses to pods, builds their network and
+serves the CNI plugin on a root-only unix socket. The chart's DaemonSet runs it as
+
+  azure-cni-agent --config /etc/azure-cni/config.yaml --node-name "$NODE_NAME"
+
+With standalone.enabled in the settings file (a VM without Kubernetes, set up by
+azure-cni install standalone) it needs no Kubernetes API: the pool is the NIC's secondary
+addresses from the instance metadata service, and --node-name defaults to the host name."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="azure-cni-agent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("azure-cni-agent", DESCRIPTION, AgentExit)
     parser.add_argument("--config", type=Path, default=None,
                         help="the settings file (default /etc/azure-cni/config.yaml if present)")
     parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
@@ -47,19 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also serve /metrics, /healthz and /readyz on this address (the "
                              "node's, for Prometheus); they are always on 127.0.0.1")
     parser.add_argument("--uninstall", action="store_true",
-                        help="remove the conflist, the shim and the SNAT chains, then exit")
-    parser.add_argument("--log-level", default="INFO")
+                        help="remove the conflist, the shim and the iptables chains, then exit")
+    parser.add_argument("--purge", action="store_true",
+                        help="with --uninstall: also the store and the socket directory")
+    parser.add_argument("--wait", action="store_true",
+                        help="with --uninstall: then wait for SIGTERM (the chart's "
+                             "agentDaemonSet.uninstall: a DaemonSet's pods keep running)")
     return parser
 
 
-def _uninstall(settings: Settings) -> int:
+def _uninstall(settings: Settings, *, purge: bool, wait: bool) -> int:
     from azure_cni.agent import install  # noqa: PLC0415 - keep --help fast
     from azure_cni.datapath.snat import teardown_snat  # noqa: PLC0415
 
-    install.uninstall(settings.agent)
+    # the chains first: they are what keeps acting on the node's traffic
     teardown_snat()
-    logging.getLogger(__name__).info("event=uninstalled")
-    return 0
+    if purge:
+        install.uninstall_node(settings.agent)
+    else:
+        install.uninstall(settings.agent)
+    logging.getLogger(__name__).info("event=uninstalled purge=%s", purge)
+    if wait:
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
+    return AgentExit.OK
 
 
 async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
@@ -92,8 +104,9 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
             try:
                 api = await KubePoolApi.connect(args.kubeconfig)
             except KubeConfigError as e:
-                log.error("event=not_starting reason=NoKubernetesAccess exit=1 error=%s", e)
-                return 1
+                log.error("event=not_starting reason=NoKubernetesAccess exit=%d error=%s",
+                          AgentExit.BAD_CONFIGURATION, e)
+                return AgentExit.BAD_CONFIGURATION
             closers.append(api.close)
             run = NodeAgent(settings=settings, node_name=args.node_name,
                             source=NodeIPPoolSource(api, args.node_name), datapath=datapath,
@@ -104,34 +117,33 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
         log.error("event=not_starting reason=%s exit=%d\n%s", e.reason, e.exit_code, e)
         return e.exit_code
     except (SocketInUse, InsecureSocketDirectory) as e:
-        log.error("event=not_starting reason=SocketUnavailable exit=4 error=%s", e)
-        return 4
+        log.error("event=not_starting reason=SocketUnavailable exit=%d error=%s",
+                  AgentExit.SOCKET_UNAVAILABLE, e)
+        return AgentExit.SOCKET_UNAVAILABLE
     finally:
         datapath.close()
         for close in closers:
             await close()
     log.info("event=stopped node=%s", args.node_name)
-    return 0
+    return AgentExit.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging(args.log_level)
     try:
         settings = load_settings(args.config)
     except InvalidSettings as e:
         logging.getLogger(__name__).error("event=bad_configuration error=%s", e)
-        return 1
+        return AgentExit.BAD_CONFIGURATION
     if args.uninstall:
-        return _uninstall(settings)
+        return _uninstall(settings, purge=args.purge, wait=args.wait)
     if not args.node_name and settings.standalone.enabled:
         args.node_name = socket.gethostname()
     if not args.node_name:
         logging.getLogger(__name__).error(
             "event=bad_configuration error=--node-name (or $NODE_NAME) is required")
-        return 1
+        return AgentExit.BAD_CONFIGURATION
     # pyroute2's synchronous IPRoute cannot run inside an event loop: ask before starting one
     from azure_cni.datapath.hostnic import HostInterfaceUnknown, resolve_mtu  # noqa: PLC0415
 
@@ -140,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mtu, source = resolve_mtu(settings.agent)
     except HostInterfaceUnknown as e:
         log.error("event=bad_configuration error=%s", e)
-        return 1
+        return AgentExit.BAD_CONFIGURATION
     log.info("event=starting node=%s mtu=%d mtu_from=%r socket=%s state=%s", args.node_name,
              mtu, source, settings.agent.socket_path, settings.agent.state_dir)
     return asyncio.run(_serve(settings, args, mtu))

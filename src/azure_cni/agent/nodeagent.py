@@ -45,6 +45,7 @@ from azure_cni.agent import install
 from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
 from azure_cni.agent.cni_handler import CniHandler, Datapath
 from azure_cni.agent.egress import EgressReconciler
+from azure_cni.agent.exitcodes import AgentExit
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
 from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
@@ -63,6 +64,7 @@ from azure_cni.api.podnet import AttachmentState
 from azure_cni.api.settings import Settings
 from azure_cni.cni.request import CniRequest
 from azure_cni.ipam.store import StoreError
+from azure_cni.preflight.node import agent_report, node_findings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ NETLINK_THREADS = 8
 class AgentStartupError(RuntimeError):
     """The agent cannot start; ``exit_code`` tells the process supervisor which case."""
 
-    def __init__(self, message: str, exit_code: int, reason: str) -> None:
+    def __init__(self, message: str, exit_code: AgentExit, reason: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason
@@ -214,17 +216,17 @@ class NodeAgent:
             await self.allocator.open()
         except StoreError as e:
             await self._fail_early("RecoveryFailed", str(e))
-            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+            raise AgentStartupError(str(e), AgentExit.REFUSED_TO_START, "RecoveryFailed") from e
         try:
             install.check_host_python(self.agent, self.host_root)
         except install.HostPythonMissing as e:
             await self._fail_early("HostPythonMissing", str(e))
-            raise AgentStartupError(str(e), 2, "HostPythonMissing") from e
+            raise AgentStartupError(str(e), AgentExit.NO_HOST_PYTHON, "HostPythonMissing") from e
         try:
             await self._recover()
         except RefuseToStart as e:
             await self._fail_early("RecoveryFailed", str(e))
-            raise AgentStartupError(str(e), 3, "RecoveryFailed") from e
+            raise AgentStartupError(str(e), AgentExit.REFUSED_TO_START, "RecoveryFailed") from e
         await self.egress.ensure_sysctls()
         # the pod filter (wireserver, IMDS) needs no pool: in place before the first pod
         await self.egress.reconcile(None)
@@ -421,8 +423,18 @@ class NodeAgent:
             return
         if not self._installed:
             await self._install()
-        elif not self.readiness.ready:
-            self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
+            if not self._installed:
+                return
+        # what the node lacks (preflight.node): a configuration that sorts before ours keeps
+        # pods from azure-cni (not ready); a missing chained plugin costs a feature (ready)
+        report = agent_report(node_findings(self.agent, self.node_name,
+                                            host_root=self.host_root, cni_root=Path("/")))
+        ready, reason, message = report or (True, "Serving",
+                                            f"serving pods on {self.agent.socket_path}")
+        if self.readiness != Readiness(ready, reason, message):
+            if report is not None:
+                log.warning("event=node_check_failed reason=%s message=%s", reason, message)
+            self._set_readiness(ready, reason, message)
 
     async def _note_addresses_outside_pool(self) -> None:
         """Say so, once, when an address a pod holds is no longer in the pool.
@@ -462,7 +474,6 @@ class NodeAgent:
             log.error("event=install_failed error=%s", e)
             return
         self._installed = True
-        self._set_readiness(True, "Serving", f"serving pods on {self.agent.socket_path}")
 
     # -- status ----------------------------------------------------------------------------
 

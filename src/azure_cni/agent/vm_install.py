@@ -139,3 +139,79 @@ def install_standalone(*, root: Path = Path("/"), agent: Path | None = None,
             subprocess.run(command, check=True, timeout=120)
         started = True
     return Installed(config, write_config, unit, started)
+
+
+class UninstallFailed(RuntimeError):
+    """A step of ``azure-cni uninstall standalone`` failed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Uninstalled:
+    removed: tuple[Path, ...]
+    kept: tuple[Path, ...]
+    stopped: bool
+    cleaned: bool
+
+    def report(self) -> list[str]:
+        """What an admin reads after the command."""
+        lines = [f"stopped:      {UNIT_NAME}" if self.stopped else
+                 f"not running:  {UNIT_NAME} (nothing to stop here)"]
+        if self.cleaned:
+            lines.append("removed:      the CNI plugin, its conflist and the agent's iptables "
+                         "chains")
+        lines += [f"removed:      {path}" for path in self.removed]
+        lines += [f"kept:         {path} (--purge removes it)" for path in self.kept]
+        lines.append("containers that still run keep their addresses until they stop")
+        return lines
+
+
+def _run_checked(argv: Sequence[str], what: str) -> None:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise UninstallFailed(f"{what} failed ({shlex.join(argv)} exited {done.returncode}): "
+                              f"{(done.stderr or done.stdout).strip()[:500]}")
+
+
+def uninstall_standalone(*, root: Path = Path("/"), agent: Path | None = None,
+                         purge: bool = False) -> Uninstalled:
+    """Undo ``install_standalone``: stop and disable the unit, let the agent remove what it
+    installed on the host (``--uninstall``: conflist, plugin, iptables chains), remove the
+    unit; with ``purge`` also the settings file and the agent's state. With another ``root``
+    only files are removed there. Safe to run twice."""
+    config = _under(root, DEFAULT_CONFIG_PATH)
+    unit = _under(root, UNIT_PATH)
+    on_this_machine = root == Path("/")
+    stopped = cleaned = False
+    if on_this_machine and Path("/run/systemd/system").is_dir() and unit.exists():
+        _run_checked(["systemctl", "disable", "--now", UNIT_NAME], f"stopping {UNIT_NAME}")
+        stopped = True
+    state_dir = Path(Settings().agent.state_dir)
+    if config.exists():
+        try:
+            settings = settings_from_mapping(yaml.safe_load(config.read_text()) or {})
+        except InvalidSettings as e:
+            raise UninstallFailed(f"{config} cannot be read ({e}); fix or remove it") from e
+        state_dir = Path(settings.agent.state_dir)
+        if on_this_machine:
+            _run_checked([str(agent or find_agent()), "--config", str(config), "--uninstall"],
+                         "removing the CNI plugin and the agent's iptables chains")
+            cleaned = True
+    removed = []
+    if unit.exists():
+        unit.unlink()
+        removed.append(unit)
+        if stopped:
+            _run_checked(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+    kept = []
+    for path in (config, _under(root, state_dir)):
+        if not path.exists():
+            continue
+        if not purge:
+            kept.append(path)
+        elif path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+        else:
+            path.unlink()
+            removed.append(path)
+    return Uninstalled(tuple(removed), tuple(kept), stopped, cleaned)

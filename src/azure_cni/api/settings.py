@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,10 @@ class AgentSettings:
     metrics_port: int = 9091
     #: python3 on the host that runs the CNI shim
     host_python: str = "/usr/bin/python3"
+    #: more CNI plugins chained after ours and portmap, each a plugin configuration with
+    #: its ``type`` (a binary in cniBinDir), e.g. {type: bandwidth, capabilities:
+    #: {bandwidth: true}} for the kubernetes.io/ingress-bandwidth annotations
+    extra_plugins: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -323,6 +328,8 @@ def _section(cls: type[T], data: Any, where: str) -> T:
                 values[f.name] = int(raw)
             elif isinstance(default, float):
                 values[f.name] = float(raw)
+            elif isinstance(default, tuple) and "Mapping" in str(f.type):
+                values[f.name] = _plugin_configs(raw)
             elif isinstance(default, tuple):
                 if not isinstance(raw, list | tuple):
                     raise TypeError("expected a list")
@@ -332,6 +339,29 @@ def _section(cls: type[T], data: Any, where: str) -> T:
         except (TypeError, ValueError) as e:
             raise InvalidSettings(f"{where}.{key}: {raw!r} is not valid: {e}") from e
     return cls(**values)
+
+
+#: a plugin binary's name, as CNI runtimes look it up in their bin directory
+_PLUGIN_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: what the conflist already chains (api settings cannot import the agent's install module)
+_BUILT_IN_PLUGINS = ("azure-vnet", "portmap")
+
+
+def _plugin_configs(raw: Any) -> tuple[Mapping[str, Any], ...]:
+    """CNI plugin configurations to chain: mappings with a plain ``type``, each once."""
+    if not isinstance(raw, list | tuple):
+        raise TypeError("expected a list of plugin configurations")
+    configs: list[dict[str, Any]] = []
+    for config in raw:
+        if not isinstance(config, Mapping) or not isinstance(config.get("type"), str):
+            raise TypeError(f"{config!r} is not a plugin configuration with a type")
+        kind = config["type"]
+        if not _PLUGIN_TYPE.fullmatch(kind):
+            raise ValueError(f"type {kind!r} is not a plugin binary's name")
+        if kind in _BUILT_IN_PLUGINS or kind in {c["type"] for c in configs}:
+            raise ValueError(f"{kind} is chained already")
+        configs.append(dict(config))
+    return tuple(configs)
 
 
 def _subscription_overrides(raw: Any, where: str) -> dict[str, dict[str, float]]:

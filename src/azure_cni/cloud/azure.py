@@ -56,6 +56,7 @@ from azure_cni.cloud.errors import (
     to_cloud_error,
 )
 from azure_cni.cloud.metrics import API_CALLS, API_DURATION, RATE_LIMIT_REMAINING
+from azure_cni.cloud.permissions import PERMISSIONS_API_VERSION, PermissionSet
 from azure_cni.cloud.port import (
     AddressInUse,
     AttachmentRefused,
@@ -623,6 +624,19 @@ class AzureAdapter:
         space = parse_vnet_address_space(load_collapsed(await self._get_json(client, path)))
         self._vnet_spaces[key] = (now + self._vnet_cache_seconds, space)
         return space
+
+    async def get_permissions(self, scope: str) -> tuple[PermissionSet, ...]:
+        """What this identity may do at ``scope`` (a resource ID, a resource group or a
+        subscription): the permissions API's permission sets (``cloud.permissions``)."""
+        parts = scope.strip("/").split("/")
+        if len(parts) < 2 or parts[0].lower() != "subscriptions":
+            raise CloudError(f"{scope!r} is not an Azure scope (/subscriptions/<s>/...)",
+                             code="InvalidScope")
+        client = self._network_client(parts[1])
+        path = (f"{quote(scope.rstrip('/'))}/providers/Microsoft.Authorization/permissions"
+                f"?api-version={PERMISSIONS_API_VERSION}")
+        page = json.loads(await self._get_json(client, path))
+        return tuple(PermissionSet.from_json(p) for p in page.get("value") or ())
 
     async def close(self) -> None:
         """Close every client and, if the adapter made it, the credential."""

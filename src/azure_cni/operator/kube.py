@@ -28,11 +28,10 @@ from azure_cni.api.nodeippool import (
     VERSION,
     NodeIPPool,
     PoolSpec,
-    rfc3339,
     status_apply_body,
-    utcnow,
 )
 from azure_cni.api.poolclass import CLASS_PLURAL, ClassPlan
+from azure_cni.kubeevents import EventRecorder, ObjectRef, shared_recorder
 from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
@@ -305,57 +304,23 @@ class KubePools:
 
     async def post_event(self, pool: NodeIPPool, kind: str, reason: str, message: str
                          ) -> None:
-        """A Kubernetes Event on the pool; failures are logged, never raised."""
-        await self._post_cluster_event(
-            {"apiVersion": API_VERSION, "kind": KIND, "name": pool.name,
-             **({"uid": pool.uid} if pool.uid else {})}, kind, reason, message)
+        """A Kubernetes Event on the pool (repeats aggregate into one); never raises."""
+        await self._recorder().record(ObjectRef(API_VERSION, KIND, pool.name, uid=pool.uid),
+                                      kind, reason, message, action="Reconcile")
+
+    def _recorder(self) -> EventRecorder:
+        """The process's Event recorder (repeats aggregate into one Event with a series)."""
+        return shared_recorder(self._core.api_client,  # type: ignore[attr-defined]
+                               "azure-cni-operator", lambda verb: _count(verb, "events"))
 
     async def post_node_event(self, node: str, kind: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on a Node (when there is no pool to put it on)."""
-        await self._post_cluster_event({"apiVersion": "v1", "kind": "Node", "name": node},
-                                       kind, reason, message)
-
-    async def _post_cluster_event(self, involved: Mapping[str, str], kind: str, reason: str,
-                                  message: str) -> None:
-        now = rfc3339(utcnow())
-        # a plain body, and the answer left unread: the client's models cost a deep copy of
-        # its configuration each, five per Event, for nothing the operator uses
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{involved['name']}."},
-            "involvedObject": dict(involved),
-            "type": kind, "reason": reason, "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "source": {"component": "azure-cni-operator"},
-            "reportingComponent": "azure-cni-operator",
-            "reportingInstance": "azure-cni-operator",
-        }
-        _count("create", "events")
-        try:
-            # the client sends a dict body as it is; its stubs only know the model
-            await _unread(self._core.create_namespaced_event(
-                EVENT_NAMESPACE, event, _preload_content=False))  # type: ignore[arg-type]
-        except ApiException as e:
-            log.warning("event=event_post_failed %s=%s reason=%s status=%s",
-                        involved["kind"].lower(), involved["name"], reason, e.status)
+        """A Kubernetes Event on a Node (when there is no pool to put it on); never raises."""
+        await self._recorder().record(ObjectRef("v1", "Node", node), kind, reason, message,
+                                      action="Reconcile")
 
     async def post_pod_event(self, namespace: str, pod: str, kind: str, reason: str,
                              message: str) -> None:
         """An Event on a pod, in its namespace (the pod's uid is not needed: kubectl describe
-        matches Events by kind, namespace and name)."""
-        now = utcnow()
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{pod}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(api_version="v1", kind="Pod",
-                                                     name=pod, namespace=namespace),
-            type=kind, reason=reason, message=message[:1024],
-            first_timestamp=now, last_timestamp=now, count=1,
-            source=client.V1EventSource(component="azure-cni-operator"),
-            reporting_component="azure-cni-operator", reporting_instance="azure-cni-operator",
-        )
-        _count("create", "events")
-        try:
-            await self._core.create_namespaced_event(namespace, event)
-        except ApiException as e:
-            log.warning("event=event_post_failed pod=%s/%s reason=%s status=%s", namespace, pod,
-                        reason, e.status)
+        matches Events by kind, namespace and name); repeats aggregate; never raises."""
+        await self._recorder().record(ObjectRef("v1", "Pod", pod, namespace=namespace), kind,
+                                      reason, message, action="PodNetworking")

@@ -3,7 +3,6 @@ leader Lease, and the others stand by)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -12,38 +11,45 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from azure_cni.api.settings import InvalidSettings, Settings, load_settings
-from azure_cni.kubeclient import KubeConfigError, connect
-from azure_cni.operator.runtime import ExitCode, Operator
+from azure_cni.commandline import command_parser, configure_logging
+from azure_cni.operator.usage import DESCRIPTION, OperatorExit
+
+# The Kubernetes client, kopf and the Azure SDK are imported once the arguments are parsed:
+# they take seconds to import on a busy node, and --help and --version need none of them.
 
 
 async def _check_kubernetes_access(kubeconfig: str | None) -> None:
     """Fail at once, with a clear message, when there is no way to the API."""
+    from azure_cni.kubeclient import connect
+
     api = await connect(kubeconfig)
     await api.close()
 
 
-async def _run(settings: Settings, kubeconfig: str | None) -> ExitCode:
+async def _run(settings: Settings, kubeconfig: str | None) -> OperatorExit:
+    from azure_cni.operator.runtime import Operator
+
     operator = await Operator.start(settings, kubeconfig)
     return await operator.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="azure-cni-operator", description=__doc__)
+    parser = command_parser("azure-cni-operator", DESCRIPTION, OperatorExit)
     parser.add_argument("--config", type=Path, help="settings file (the chart's ConfigMap); "
                         "default /etc/azure-cni/config.yaml if present")
     parser.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
-    parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from azure_cni.kubeclient import KubeConfigError
+    configure_logging(args.log_level)
     # the Azure SDK logs every request at INFO, kopf every watch it starts; keep ours readable
     logging.getLogger("azure").setLevel(logging.WARNING)
-    logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    kopf_level = logging.DEBUG if args.log_level == "debug" else logging.WARNING
+    logging.getLogger("kopf").setLevel(kopf_level)
     try:
         settings = load_settings(args.config)
     except (InvalidSettings, ValueError) as e:
         print(f"azure-cni-operator: invalid configuration: {e}", file=sys.stderr)  # noqa: T201
-        return ExitCode.INVALID_SETTINGS
+        return OperatorExit.INVALID_SETTINGS
     if args.kubeconfig:
         # kopf logs in from KUBECONFIG (operator/kopf_events.py), the client from the flag
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -51,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_check_kubernetes_access(args.kubeconfig))
     except KubeConfigError as e:
         print(f"azure-cni-operator: {e}", file=sys.stderr)  # noqa: T201
-        return ExitCode.INVALID_SETTINGS
+        return OperatorExit.INVALID_SETTINGS
     return asyncio.run(_run(settings, args.kubeconfig))
 
 

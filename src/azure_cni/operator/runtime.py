@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import secrets
@@ -41,6 +40,7 @@ from azure_cni.operator.controller import PoolController
 from azure_cni.operator.kube import KubePools
 from azure_cni.operator.lease import KubeLeaseStore, LeaderElector, LeaseTimings
 from azure_cni.operator.reconcile import PoolReconciler
+from azure_cni.operator.usage import OperatorExit
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE_NAMESPACE = "kube-system"
 #: kopf's own shutdown (its watchers and workers) gets this long after the controller stops
 KOPF_STOP_SECONDS = 10.0
-
-
-class ExitCode(enum.IntEnum):
-    """How ``azure-cni-operator`` ends."""
-
-    STOPPED = 0           # SIGTERM/SIGINT: drained and handed over
-    FAILED = 1            # lost the Lease, or the controller or kopf failed
-    INVALID_SETTINGS = 2  # the settings file or the way to the API server is unusable
 
 
 def replica_identity() -> str:
@@ -122,7 +114,7 @@ class Operator:
 
     # -- life ----------------------------------------------------------------------------------
 
-    async def run(self) -> ExitCode:
+    async def run(self) -> OperatorExit:
         """Stand by, lead, and stop as the module docstring says."""
         stop = asyncio.Event()
         self._on_signals(stop)
@@ -137,14 +129,14 @@ class Operator:
         try:
             if self.elector is not None and not await _first(self.elector.acquire(), stop):
                 log.info("event=operator_stopped role=standby")
-                return ExitCode.STOPPED
+                return OperatorExit.STOPPED
             return await self._lead(stop)
         finally:
             await health.cleanup()
             await self.azure.close()
             await self.api.close()
 
-    async def _lead(self, stop: asyncio.Event) -> ExitCode:
+    async def _lead(self, stop: asyncio.Event) -> OperatorExit:
         kopf_stop = asyncio.Event()
         existing = asyncio.all_tasks()
         kopf_tasks = await kopf.spawn_tasks(
@@ -160,13 +152,13 @@ class Operator:
             self.elector.hold() if self.elector is not None else asyncio.Event().wait(),
             name="lease")
         stopping = asyncio.create_task(stop.wait(), name="stop")
-        code, release = ExitCode.FAILED, True
+        code, release = OperatorExit.FAILED, True
         try:
             done, _ = await asyncio.wait({watching, controller, holding, stopping},
                                          return_when=asyncio.FIRST_COMPLETED)
             if stopping in done:
                 await self.controller.drain(self.settings.operator.drain_seconds)
-                code = ExitCode.STOPPED
+                code = OperatorExit.STOPPED
             elif holding in done:
                 release = False  # someone else holds it now, or may at any moment
                 log.error("event=operator_stopping reason=leadership_lost")

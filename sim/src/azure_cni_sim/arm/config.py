@@ -57,6 +57,17 @@ class ArmConfig:
         "2026-04-01", "2025-11-01", "2025-04-01", "2024-11-01", "2024-07-01")
     #: NRP serves scale-set NICs only with this old version (arm-api.md §0)
     vmss_network_api_versions: tuple[str, ...] = ("2018-10-01",)
+    msi_api_versions: tuple[str, ...] = ("2024-11-30", "2023-07-31-preview", "2023-01-31",
+                                         "2018-11-30")
+    authorization_api_versions: tuple[str, ...] = (
+        "2022-04-01", "2022-05-01-preview", "2020-04-01-preview", "2018-01-01-preview",
+        "2015-07-01")
+    #: refuse what the caller's role assignments do not grant (``arm.authorization``); off,
+    #: every authenticated principal may do everything
+    enforce_rbac: bool = False
+    #: principals that act as Owner everywhere when RBAC is enforced: the admin's own
+    #: (``ArmEmulator.issue_token("portal-admin")``) and static tokens
+    rbac_owners: tuple[str, ...] = ("portal-admin", "static")
     #: Compute's own limits on scale-set instance updates (``arm.compute_throttling``)
     compute_vm_updates_per_minute: int = 12
     compute_subscription_vm_updates_per_minute: int = 1500

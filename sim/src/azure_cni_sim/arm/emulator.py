@@ -40,6 +40,7 @@ from azure_cni.api.settings import AzureSettings
 from azure_cni_sim import pki
 from azure_cni_sim.arm.admin import serve_admin
 from azure_cni_sim.arm.auth import authenticate, challenge
+from azure_cni_sim.arm.authorization import check_request
 from azure_cni_sim.arm.changes import NicChangeCallback, NicChangeFeed
 from azure_cni_sim.arm.config import (
     ArmConfig,
@@ -659,6 +660,8 @@ class ArmEmulator:
         provider = route.provider if route is not None else "network"
         supported = {"compute": self.config.compute_api_versions,
                      "vmss-network": self.config.vmss_network_api_versions,
+                     "msi": self.config.msi_api_versions,
+                     "authorization": self.config.authorization_api_versions,
                      }.get(provider, self.config.network_api_versions)
         if version not in supported:
             kind = route.segments[-2] if route is not None else "unknown"
@@ -718,11 +721,13 @@ class ArmEmulator:
                                "the azure-cni ARM emulator.")
             if isinstance(body, ArmError):
                 raise body
+            routed = Request(method, request.path, request.host, found.params, request.query,
+                             request.headers, body, self._state, self.config,
+                             self._faults.take_operation_failure, principal)
             try:
-                reply = found.route.handler(Request(
-                    method, request.path, request.host, found.params, request.query,
-                    request.headers, body, self._state, self.config,
-                    self._faults.take_operation_failure))
+                if not found.route.unchecked:
+                    check_request(routed, found.route.template)
+                reply = found.route.handler(routed)
             except ArmError as e:  # ARM's own headers are on a provider's refusal too
                 e.headers = {**headers, **e.headers}
                 raise

@@ -43,6 +43,8 @@ class Request:
     config: ArmConfig
     #: (outcome, code, message) if a fault plan says this write's operation must fail
     operation_failure: Callable[[str], tuple[str, str, str] | None] = lambda path: None
+    #: who sent it (the bearer token's principal)
+    principal: str = ""
 
     @property
     def subscription(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from azure_cni_sim.arm import netfeatures, resources, scaleset_resources
+from azure_cni_sim.arm import authorization, netfeatures, resources, scaleset_resources
 from azure_cni_sim.arm.resources import Reply, Request
 
 Handler = Callable[[Request], Reply]
@@ -25,9 +25,14 @@ class Route:
     method: str
     template: str
     handler: Handler
-    #: which api-versions apply: the Network RP's, the Compute RP's, or the Network RP's for
-    #: scale-set NICs ("vmss-network")
+    #: which api-versions apply: the Network RP's, the Compute RP's, the Network RP's for
+    #: scale-set NICs ("vmss-network"), Managed Identity's ("msi") or Authorization's
     provider: str = "network"
+    #: the template follows a scope of any length (a subscription, a resource group or a
+    #: resource), as Microsoft.Authorization's paths do; the scope is ``params["scope"]``
+    scoped: bool = False
+    #: not checked by the emulator's RBAC (polls of long-running operations)
+    unchecked: bool = False
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -35,6 +40,11 @@ class Route:
 
     def match(self, parts: Sequence[str]) -> dict[str, str] | None:
         segments = self.segments
+        scope: list[str] = []
+        if self.scoped:
+            if len(parts) < len(segments) + 2 or parts[0].lower() != "subscriptions":
+                return None
+            scope, parts = list(parts[:-len(segments)]), parts[-len(segments):]
         if len(segments) != len(parts):
             return None
         params = {}
@@ -43,12 +53,46 @@ class Route:
                 params[want.strip("{}")] = got
             elif want.lower() != got.lower():
                 return None
+        if self.scoped:
+            params["scope"] = "/" + "/".join(scope)
+            params["subscription"] = scope[1]
         return params
 
+
+_AUTHORIZATION = "/providers/Microsoft.Authorization"
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", f"{_RG}/Microsoft.Compute/virtualMachines/{{vm}}", resources.get_vm,
           provider="compute"),
+    Route("GET", f"{_RG}/Microsoft.Compute/virtualMachines", authorization.list_vms,
+          provider="compute"),
+    Route("GET", f"{_RG}/Microsoft.Compute/virtualMachineScaleSets",
+          authorization.list_scale_sets, provider="compute"),
+    Route("POST", f"{_RG}/Microsoft.Compute/virtualMachineScaleSets/{{vmss}}/manualupgrade",
+          authorization.manual_upgrade, provider="compute"),
+    Route("GET", f"{_RG}/Microsoft.ManagedIdentity/userAssignedIdentities",
+          authorization.list_identities, provider="msi"),
+    # `az vm identity assign` / `az vmss identity assign`: an update of the identity
+    Route("PATCH", f"{_RG}/Microsoft.Compute/virtualMachines/{{vm}}", authorization.patch_vm,
+          provider="compute"),
+    Route("PATCH", f"{_RG}/Microsoft.Compute/virtualMachineScaleSets/{{vmss}}",
+          authorization.patch_scale_set, provider="compute"),
+    Route("PUT", f"{_RG}/Microsoft.ManagedIdentity/userAssignedIdentities/{{identity}}",
+          authorization.put_identity, provider="msi"),
+    Route("GET", f"{_RG}/Microsoft.ManagedIdentity/userAssignedIdentities/{{identity}}",
+          authorization.get_identity, provider="msi"),
+    *(Route(method, f"{_AUTHORIZATION}/{path}", handler, provider="authorization", scoped=True)
+      for method, path, handler in (
+          ("PUT", "roleDefinitions/{role}", authorization.put_role_definition),
+          ("GET", "roleDefinitions/{role}", authorization.get_role_definition),
+          ("GET", "roleDefinitions", authorization.list_role_definitions),
+          ("PUT", "roleAssignments/{assignment}", authorization.put_role_assignment),
+          ("DELETE", "roleAssignments/{assignment}", authorization.delete_role_assignment),
+          ("GET", "roleAssignments", authorization.list_role_assignments))),
+    # every principal may list its own permissions (UNCONFIRMED: Microsoft documents no
+    # action for it, and azure-cni's preflight needs none)
+    Route("GET", f"{_AUTHORIZATION}/permissions", authorization.get_permissions,
+          provider="authorization", scoped=True, unchecked=True),
     Route("GET", f"{_NETWORK}/networkInterfaces", resources.list_nics),
     Route("GET", f"{_NETWORK}/networkInterfaces/{{nic}}", resources.get_nic),
     # the NIC write, after the checks of what its ipConfigurations reference (netfeatures)
@@ -87,13 +131,13 @@ ROUTES: tuple[Route, ...] = (
          netfeatures.delete_security_rule),
     )),
     Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Network/locations/"
-                 "{location}/operations/{operation}", resources.get_operation),
+                 "{location}/operations/{operation}", resources.get_operation, unchecked=True),
     # Uniform scale sets: the instance model through Compute, its NICs read-only through NRP
     Route("GET", _INSTANCE, scaleset_resources.get_instance, provider="compute"),
     Route("PUT", _INSTANCE, scaleset_resources.put_instance, provider="compute"),
     Route("GET", "/subscriptions/{subscription}/providers/Microsoft.Compute/locations/"
                  "{location}/operations/{operation}", scaleset_resources.get_compute_operation,
-          provider="compute"),
+          provider="compute", unchecked=True),
     Route("GET", f"{_INSTANCE}/networkInterfaces", scaleset_resources.list_instance_nics,
           provider="vmss-network"),
     Route("GET", f"{_INSTANCE}/networkInterfaces/{{nic}}", scaleset_resources.get_instance_nic,
@@ -124,7 +168,8 @@ def resolve(method: str, path: str, routes: Sequence[Route] = ROUTES) -> Match |
     """
     parts = [p for p in path.split("/") if p]
     other: Route | None = None
-    for route in routes:
+    # a resource's own route before a scoped one (a scope may end in anything)
+    for route in sorted(routes, key=lambda r: r.scoped):
         params = route.match(parts)
         if params is None:
             continue
