@@ -28,7 +28,8 @@ def test_upstream_service_dns_hostport_and_no_snat_specs_pass(world: World,
                               conformance.upstream_names(conformance.list_images(binary)))
     focus = conformance.exact(conformance.QUICK_SPECS)
     assert world.cluster is not None
-    run = conformance.run_specs(binary, world.cluster.kubeconfig, focus, (), tmp_path)
+    run = conformance.run_specs(binary, world.cluster.kubeconfig, focus, (), tmp_path,
+                                nodes=len(world.nodes))
     log = tmp_path / "ginkgo.log"
     assert not run.failed, f"upstream specs failed: {run.failed}; see {log}"
     assert not run.skipped, f"upstream specs skipped themselves: {run.skipped}"

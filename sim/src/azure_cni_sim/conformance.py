@@ -232,10 +232,11 @@ def list_specs(binary: Path, focus: str, skips: Sequence[str] = ()) -> tuple[str
 
 
 def run_specs(binary: Path, kubeconfig: Path, focus: str, skips: Sequence[str],
-              report_dir: Path, *, procs: int = 3, timeout: float = 7200,
+              report_dir: Path, *, nodes: int, procs: int = 3, timeout: float = 7200,
               echo: Callable[[str], None] = log.info) -> SpecRun:
-    """Run the focused specs of ``binary`` against the cluster with ``procs`` ginkgo
-    processes; the JUnit report and ginkgo's output go to ``report_dir``."""
+    """Run the focused specs of ``binary`` against the cluster of ``nodes`` schedulable nodes
+    with ``procs`` ginkgo processes; the JUnit report and ginkgo's output go to
+    ``report_dir``."""
     # ginkgo runs the suite in the binary's directory: every path it is given is absolute
     report_dir = report_dir.resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,9 @@ def run_specs(binary: Path, kubeconfig: Path, focus: str, skips: Sequence[str],
             f"--focus={focus}", *(f"--skip={s}" for s in skips),
             f"--junit-report={junit.name}", f"--output-dir={report_dir}",
             f"--timeout={int(timeout)}s", "--poll-progress-after=5m", str(binary), "--",
-            "--provider=skeleton", f"--kubeconfig={kubeconfig.resolve()}"]
+            # the suite counts the nodes only in ginkgo's first process; the others would skip
+            # every spec that needs two nodes ("Requires at least 2 nodes (not -1)")
+            "--provider=skeleton", f"--num-nodes={nodes}", f"--kubeconfig={kubeconfig.resolve()}"]
     started = time.monotonic()
     with (report_dir / "ginkgo.log").open("w") as output:
         # a parallel run's processes all report to this one; its exit code says only whether
@@ -362,7 +365,7 @@ def run_on_demo(state_dir: Path, results_dir: Path, work_dir: Path, *, wide: boo
     say(f"Kubernetes {version} e2e.test: {len(focused)} specs match the focus, {len(planned)} "
         f"after the skips; running them with ginkgo -p --procs={procs}")
     run = run_specs(binary, kubeconfig, focus, skips, work_dir / ("wide" if wide else "focused"),
-                    procs=procs, echo=say)
+                    nodes=len(nodes), procs=procs, echo=say)
     document = results(version=version, binary=binary.name, focus=focus, focused=focused,
                        run=run, procs=procs, ingress=ingress_doc)
     path = write_results(document, run, results_dir,
