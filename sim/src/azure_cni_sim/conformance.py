@@ -62,7 +62,7 @@ SKIPS = (
     Skip(r"LoadBalancer|ESIPP", "needs a cloud load-balancer controller, which the simulated "
                                 "Azure does not run for Services"),
     Skip(r"\[Provider:|GCE|AWS", "specific to another cloud provider"),
-    Skip(r"IPv6|DualStack|\[Feature:IPv6DualStack\]", "the VNet, and so the pods, are IPv4 only"),
+    Skip(r"IPv6|DualStack", "the VNet, and so the pods, are IPv4 only"),
 )
 
 #: the e2e tier's quick subset: upstream specs that fail when the datapath breaks Services
