@@ -49,12 +49,15 @@ def test_the_controller_sees_only_its_namespace_and_its_class() -> None:
     by_kind: dict[str, list[dict]] = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    # namespaced permissions in its namespace; cluster-wide only to read IngressClasses
+    # namespaced permissions in its namespace; cluster-wide only to read IngressClasses and
+    # Nodes (Traefik's Ingress provider watches both, and routes nothing until it can)
     (role,) = by_kind["Role"]
     assert role["metadata"]["namespace"] == NAMESPACE
     (cluster_role,) = by_kind["ClusterRole"]
     assert cluster_role["rules"] == [{"apiGroups": ["networking.k8s.io"],
                                       "resources": ["ingressclasses"],
+                                      "verbs": ["get", "list", "watch"]},
+                                     {"apiGroups": [""], "resources": ["nodes"],
                                       "verbs": ["get", "list", "watch"]}]
     (ingress_class,) = by_kind["IngressClass"]
     assert ingress_class["spec"]["controller"] == CONTROLLER

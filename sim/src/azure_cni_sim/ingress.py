@@ -87,7 +87,8 @@ metadata:
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: traefik}}
 subjects: [{{kind: ServiceAccount, name: traefik, namespace: {NAMESPACE}}}]
 ---
-# IngressClasses are cluster-scoped: reading them is all it may do outside its namespace
+# IngressClasses and Nodes are cluster-scoped: reading them is all it may do outside its
+# namespace (its Ingress provider watches Nodes too, and routes nothing until it can)
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
@@ -95,6 +96,9 @@ metadata:
 rules:
   - apiGroups: [networking.k8s.io]
     resources: [ingressclasses]
+    verbs: [get, list, watch]
+  - apiGroups: [""]
+    resources: [nodes]
     verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
