@@ -106,9 +106,10 @@ def junit(path: Path, before_suite: str = "passed") -> Path:
     cases = [
         case("[SynchronizedBeforeSuite]", before_suite),
         case("[It] [sig-network] DNS should provide DNS for services [Conformance] "
-             "[Conformance, sig-network]", "passed"),
+             "[Conformance, sig-network]", "passed", "<system-err>STEP: dig</system-err>"),
         case("[It] [sig-network] HostPort validates [Conformance]", "failed",
-             '<failure message="boom" type="failed">boom</failure>'),
+             '<failure message="boom" type="failed">boom</failure>'
+             "<system-err>STEP: curl hostIP</system-err>"),
         case("[It] [sig-network] Services should be rejected [Conformance]", "timedout",
              '<failure message="timed out" type="timedout"></failure>'),
         case("[It] [sig-network] Networking should reach two nodes", "skipped",
@@ -147,6 +148,15 @@ def test_the_kept_report_has_only_the_focused_specs(tmp_path: Path) -> None:
     assert "[It] [sig-storage] ConfigMap should be consumable" not in names
     assert "[It] [sig-network] Networking should reach two nodes" in names
     assert len(names) == 7
+
+
+def test_the_kept_report_has_the_output_of_failed_specs_only(tmp_path: Path) -> None:
+    trim_junit(junit(tmp_path / "junit.xml"), tmp_path / "kept.xml")
+    output = {c.get("name", "").split(" [sig-network] ")[-1]: c.findtext("system-err")
+              for c in ElementTree.parse(tmp_path / "kept.xml").iter("testcase")}
+    assert output["HostPort validates [Conformance]"] == "STEP: curl hostIP"
+    assert output["DNS should provide DNS for services [Conformance] "
+                  "[Conformance, sig-network]"] is None
 
 
 def test_results_count_and_explain_every_skip(tmp_path: Path) -> None:

@@ -267,13 +267,17 @@ def run_specs(binary: Path, kubeconfig: Path, focus: str, skips: Sequence[str],
 
 def trim_junit(source: Path, target: Path) -> None:
     """Copy the JUnit report without the specs outside the focus (thousands of ``skipped``
-    entries that say nothing about this cluster)."""
+    entries that say nothing about this cluster), and with the output of failed specs only
+    (a passed spec's steps are most of the report's size and explain nothing)."""
     tree = ElementTree.parse(source)  # noqa: S314 - our own run's report
     for suite in tree.getroot().iter("testsuite"):
         for case in list(suite.iter("testcase")):
             skipped = case.find("skipped")
             if skipped is not None and skipped.get("message") == "skipped":
                 suite.remove(case)
+            elif case.get("status") in ("passed", "skipped"):
+                for output in case.findall("system-out") + case.findall("system-err"):
+                    case.remove(output)
     tree.write(target, encoding="unicode", xml_declaration=True)
 
 
