@@ -21,20 +21,27 @@ DEMO_PREFIX ?= azdemo
 # simulated nodes' cluster DNS), Prometheus (the cluster's, in a pod) and the Prometheus
 # Operator's CRDs (the chart's ServiceMonitors and PrometheusRule); the tests also need cnitool
 # (standalone containers with ports) and promtool (alert and dashboard checks).
-TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds
+TEST_TOOLS := kubernetes etcd helm crictl coredns cnitool promtool prometheus prometheus-operator-crds \
+              e2e-network ginkgo agnhost
 DEMO_TOOLS := kubernetes etcd helm crictl coredns
 # built beside DEMO_TOOLS at the lowest priority, so they only fill the time the others wait
 # (module downloads, links); `make demo` does not wait for them: the demo shows Prometheus
 # when it is built in time, and the build goes on for the next demo and `make test`
 DEMO_BESIDE := prometheus prometheus-operator-crds
+# Kubernetes' own e2e specs (docs/conformance.md): make conformance runs e2e.test against the
+# demo, with Traefik as its Ingress controller; the e2e tier runs a quick subset of them from
+# e2e-network.test (the networking specs only: a fraction of the build)
+CONFORMANCE_TOOLS := e2e ginkgo agnhost coredns traefik
+E2E_IMAGES := e2e-agnhost e2e-shell e2e-nginx e2e-boom-server
 
 .PHONY: help test demo demo-down deps venv tools demo-tools images lint typecheck contracts check \
-        test-unit test-netns test-cluster test-e2e bench lock clean
+        test-unit test-netns test-cluster test-e2e e2e-images conformance bench lock clean
 
 help:
 	@echo "make demo       run azure-cni on a simulated Azure VNet (stays up; make demo-down stops it)"
 	@echo "make test       install everything, then lint, types, import contracts and every test tier"
 	@echo "make test-unit | test-netns | test-cluster | test-e2e   one tier (after make test's set-up)"
+	@echo "make conformance  Kubernetes' own networking specs and an Ingress against the running demo"
 	@echo "make bench      the benchmarks; numbers go to bench/results/"
 	@echo "make images     build localhost/azure-cni:<tag> from the Containerfile (and the simulation's"
 	@echo "                other images) without a registry, as OCI archives in .cache/images"
@@ -71,6 +78,16 @@ demo-tools:
 images: deps demo-tools
 	hack/build-images.sh
 
+e2e-images: deps tools
+	hack/build-images.sh $(E2E_IMAGES)
+
+# against the running demo (make demo); results in bench/results/conformance.json
+conformance: deps venv
+	hack/build-tools.sh $(CONFORMANCE_TOOLS)
+	hack/build-images.sh $(E2E_IMAGES) traefik
+	$(VENV)/bin/azure-cni-sim conformance --state-dir $(DEMO_STATE) \
+	  --results-dir bench/results --work-dir .cache/conformance
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
@@ -89,7 +106,7 @@ test-netns: venv
 test-cluster: venv tools
 	$(TIER) cluster -m "cluster and not e2e"
 
-test-e2e: venv tools images
+test-e2e: venv tools images e2e-images
 	$(TIER) e2e -m "e2e"
 
 bench: deps venv tools

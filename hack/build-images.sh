@@ -8,7 +8,15 @@
 #   sim-app    the test workload: Debian's static busybox (httpd, wget, nslookup, ping)
 #   pause      the pod sandbox: hack/images/pause/pause.c, compiled statically
 #
-#   hack/build-images.sh [NAME...]     (default: all five, prometheus once it is built;
+# and, only when named (make conformance and the e2e tier ask for them):
+#
+#   e2e-agnhost, e2e-shell, e2e-nginx, e2e-boom-server
+#              Kubernetes' e2e test images: the targets of hack/images/e2e/Containerfile, on
+#              one Debian base made here with mmdebstrap, with the pinned agnhost and CoreDNS
+#              of hack/build-tools.sh
+#   traefik    the Ingress controller: the pinned Traefik of hack/build-tools.sh, FROM scratch
+#
+#   hack/build-images.sh [NAME...]     (default: the first five, prometheus once it is built;
 #                                      `make images` runs it)
 #
 # Each image is tagged and exported as an OCI archive named after a hash of its inputs, so a
@@ -26,6 +34,10 @@ tools=${AZURE_CNI_TOOLS_DIR:-$root/.cache/tools/bin}
 
 BASE_SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates
+# what upstream's agnhost image installs (test/images/agnhost/Dockerfile: bind-tools, curl,
+# netcat-openbsd, iproute2, iperf, bash), plus wget and ping, nginx for the nginx image and
+# passwd for the user the agnhost image defines
+E2E_PACKAGES=bash,curl,wget,dnsutils,netcat-openbsd,iproute2,iputils-ping,iperf,nginx-light,passwd,ca-certificates
 
 die() { echo "build-images: $*" >&2; exit 1; }
 for tool in buildah mmdebstrap gcc; do
@@ -83,12 +95,15 @@ cached() {
   return 1
 }
 
-base_image() {  # the PYTHON_IMAGE: Debian + python3, from the Debian package registry
-  local tag; tag=$(echo "$BASE_SUITE $BASE_PACKAGES" | sha256sum | cut -c1-12)
+# debian_image PACKAGES: a Debian base with PACKAGES, from the Debian package registry (the
+# PYTHON_IMAGE of the Containerfile, the e2e test images' base)
+debian_image() {
+  local packages=$1
+  local tag; tag=$(echo "$BASE_SUITE $packages" | sha256sum | cut -c1-12)
   local image=localhost/azure-cni-base:$BASE_SUITE-$tag
   if ! bah inspect --type image "$image" >/dev/null 2>&1; then
     local start=$SECONDS work; work=$(mktemp -d "$cache/base.XXXXXX")
-    mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" "$BASE_SUITE" \
+    mmdebstrap --quiet --variant=minbase --include="$packages" "$BASE_SUITE" \
       "$work/rootfs.tar" >&2 || die "mmdebstrap of $BASE_SUITE failed (see above)"
     local ctr; ctr=$(bah from scratch)
     bah add "$ctr" "$work/rootfs.tar" / >/dev/null
@@ -103,7 +118,7 @@ base_image() {  # the PYTHON_IMAGE: Debian + python3, from the Debian package re
 
 build_azure_cni() {
   # the inputs the Containerfile copies (.containerignore keeps the rest out of the context)
-  local base; base=$(base_image)
+  local base; base=$(debian_image "$BASE_PACKAGES")
   local hash; hash=$(echo "$base" | hash_inputs "$root/Containerfile" \
     "$root/.containerignore" "$root/pyproject.toml" "$root/constraints.txt" "$root/README.md" \
     "$root/src")
@@ -141,6 +156,49 @@ build_small() {
   echo "build-images: $name built in $((SECONDS - start))s"
 }
 
+# kubernetes_module_dir: the pinned Kubernetes module's source (checked against go.sum)
+kubernetes_module_dir() {
+  (cd "$root/hack/tools/kubernetes-e2e" && go mod download -json k8s.io/kubernetes) \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
+}
+
+# e2e_inputs: the e2e images' base, the files of their context and the hash of both, in
+# E2E_BASE, E2E_FILES and E2E_HASH (once per run: the four images share them)
+e2e_inputs() {
+  [ -z "${E2E_HASH:-}" ] || return 0
+  local bin
+  for bin in agnhost regression-issue-74839 coredns; do
+    [ -x "$tools/$bin" ] || die "$tools/$bin is missing; build it with hack/build-tools.sh"
+  done
+  local module; module=$(kubernetes_module_dir) || true
+  [ -f "$module/test/images/agnhost/porter/localhost.crt" ] \
+    || die "no Kubernetes $KUBERNETES_VERSION module source (go mod download failed?)"
+  E2E_FILES=("$(readlink -f "$tools/agnhost")" "$(readlink -f "$tools/regression-issue-74839")"
+             "$(readlink -f "$tools/coredns")"
+             "$module/test/images/agnhost/porter/localhost.crt"
+             "$module/test/images/agnhost/porter/localhost.key")
+  E2E_BASE=$(debian_image "$E2E_PACKAGES")
+  E2E_HASH=$(echo "$E2E_BASE" | hash_inputs "$root/hack/images/e2e" "${E2E_FILES[@]}")
+}
+
+# build_e2e TARGET: one image of hack/images/e2e/Containerfile (agnhost, shell, nginx,
+# boom-server)
+build_e2e() {
+  local target=$1
+  e2e_inputs
+  local image=localhost/azure-cni-e2e-$target:$E2E_HASH archive=$cache/e2e-$target-$E2E_HASH.tar
+  cached "e2e-$target" "$image" "$archive" && return
+  local start=$SECONDS context; context=$(mktemp -d "$cache/e2e.XXXXXX")
+  cp -a "$root/hack/images/e2e"/. "${E2E_FILES[@]}" "$context/"
+  chmod u+w "$context"/*
+  bah bud --quiet --isolation chroot --layers=false --build-arg "BASE=$E2E_BASE" \
+    --target "$target" -t "$image" -f "$context/Containerfile" "$context" >/dev/null \
+    || die "buildah bud of e2e-$target failed (see above)"
+  rm -rf "$context"
+  export_archive "e2e-$target" "$image" "$archive"
+  echo "build-images: e2e-$target built in $((SECONDS - start))s"
+}
+
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   # Prometheus only once it is built (make demo builds it in the background)
@@ -159,6 +217,11 @@ for name in "${names[@]}"; do
       build_small prometheus "localhost/prometheus" "$(readlink -f "$tools/prometheus")" ;;
     sim-app) build_small sim-app localhost/azure-cni-sim-app /bin/busybox ;;
     pause) build_small pause localhost/azure-cni-pause ;;
-    *) die "unknown image '$name' (azure-cni, coredns, prometheus, sim-app, pause)" ;;
+    e2e-agnhost|e2e-shell|e2e-nginx|e2e-boom-server) build_e2e "${name#e2e-}" ;;
+    traefik)
+      [ -x "$tools/traefik" ] || die "$tools/traefik is missing; build it with hack/build-tools.sh traefik"
+      build_small traefik "localhost/traefik" "$(readlink -f "$tools/traefik")" ;;
+    *) die "unknown image '$name' (azure-cni, coredns, prometheus, sim-app, pause," \
+           "e2e-agnhost, e2e-shell, e2e-nginx, e2e-boom-server, traefik)" ;;
   esac
 done

@@ -7,8 +7,10 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: what a run without arguments builds: the tools make test needs (make conformance's e2e.test
+#: and Traefik, most of an hour to build, only when named)
 ALL_TOOLS = ("kubernetes", "etcd", "helm", "crictl", "coredns", "cnitool", "promtool", "prometheus",
-             "prometheus-operator-crds")
+             "prometheus-operator-crds", "e2e-network", "ginkgo", "agnhost")
 
 
 def build_tools(*tools: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -90,6 +90,42 @@ def test_not_ready_until_a_conflist_is_in_the_vms_own_cni_directory(vm) -> None:
         json.dumps(LOOPBACK_CONFLIST)
 
 
+def test_the_vm_has_a_hostname_of_its_own(vm) -> None:
+    """What runs on the node (kubelet, containerd, hostNetwork containers) sees the VM's name,
+    as on a VM, not the machine's: upstream's hostNetwork specs expect the node's name."""
+    node, _ = vm
+    assert node.exec("hostname").stdout.strip() == "vm0"
+    assert node.exec("cat", "/proc/sys/kernel/hostname").stdout.strip() == "vm0"
+    with open("/proc/sys/kernel/hostname") as machine:
+        assert machine.read().strip() != "vm0"
+
+
+def test_the_node_reports_ephemeral_storage(vm) -> None:
+    """A pod that asks for ephemeral storage can be scheduled: the node has some."""
+    node, cluster = vm
+
+    def reported() -> bool:
+        out = cluster.kubectl("get", "node", "vm0", "-o", "json", check=False)
+        return out.returncode == 0 and "ephemeral-storage" in \
+            json.loads(out.stdout)["status"].get("allocatable", {})
+
+    wait_for("vm0 to report ephemeral-storage", reported, 60, interval=1,
+             alive=node.check_running)
+    status = json.loads(cluster.kubectl("get", "node", "vm0", "-o", "json").stdout)["status"]
+    for field in ("capacity", "allocatable"):
+        assert _bytes(status[field]["ephemeral-storage"]) > 2**30, status[field]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity of bytes (``123``, ``10Gi``, ``96Mi``, ``5G``) as an int."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6,
+             "G": 10**9, "T": 10**12}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity.removesuffix(suffix)) * factor
+    return int(quantity)
+
+
 def test_power_off_leaves_nothing(vm) -> None:
     node, _ = vm
     node.stop()

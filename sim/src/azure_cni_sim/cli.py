@@ -128,6 +128,13 @@ def _demo_down(args: argparse.Namespace) -> int:
     return demo.down(args.state_dir)
 
 
+def _conformance(args: argparse.Namespace) -> int:
+    from azure_cni_sim import conformance
+
+    return conformance.run_on_demo(args.state_dir, args.results_dir, args.work_dir,
+                                   wide=args.wide, procs=args.procs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azure-cni-sim", description=__doc__)
     add_common_options(parser, log_level="warning")
@@ -157,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo_down = demo_sub.add_parser("down", help="stop it and remove everything it created")
     demo_down.add_argument("--state-dir", type=Path, default=_default_state_dir("demo"))
     demo_down.set_defaults(handler=_demo_down)
+
+    conformance = sub.add_parser(
+        "conformance", help="Kubernetes' own networking specs and an Ingress against the "
+                            "running demo (make conformance)")
+    conformance.add_argument("--state-dir", type=Path, default=_default_state_dir("demo"),
+                             help="the demo's (make demo's .cache/demo)")
+    conformance.add_argument("--results-dir", type=Path, required=True,
+                             help="where conformance.json and its JUnit report go")
+    conformance.add_argument("--work-dir", type=Path, required=True,
+                             help="ginkgo's output and the full JUnit report")
+    conformance.add_argument("--wide", action="store_true",
+                             help="the wider [sig-network] set instead (conformance-wide.json)")
+    conformance.add_argument("--procs", type=int, default=3, help="parallel ginkgo processes")
+    conformance.set_defaults(handler=_conformance)
 
     arm = sub.add_parser(
         "arm", help="the Azure Resource Manager + IMDS emulator, in the foreground",

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,10 @@ class DemoState:
     report: str = ""
     error: str = ""
     progress: tuple[str, ...] = ()
+    #: each VM's work directory and network namespace (``make conformance`` imports its
+    #: images into the nodes' runtimes), and the on-premises host's network namespace
+    vms: dict[str, dict[str, str]] = field(default_factory=dict)
+    onprem_netns: str = ""
 
     def write(self, state_dir: Path) -> None:
         tmp = state_dir / (STATE + ".tmp")
@@ -243,8 +247,11 @@ def serve(state_dir: Path, prefix: str, vm_count: int = 3, replicas: int = 6) ->
         workloads.wait_pools_count_their_pods(world)
         progress("checking pod to pod, Services, DNS, on-premises, internet and wireserver")
         state.report = report(world)
-        assert world.cluster is not None
+        assert world.cluster is not None and world.fabric is not None
         state.kubeconfig = str(world.cluster.kubeconfig)
+        state.vms = {name: {"workdir": str(node.workdir), "netns": node.netns}
+                     for name, node in world.nodes.items()}
+        state.onprem_netns = world.fabric.onprem_ns
         state.status = "ready"
         progress("ready")
         stop.wait()

@@ -1,8 +1,9 @@
 """A simulated VM as a real Kubernetes node: containerd, kubelet and kube-proxy in the VM.
 
-Each VM is two namespaces of its own:
+Each VM is three namespaces of its own:
 
 - its network namespace (``vnet.Fabric``): ``eth0`` with the NIC's primary address;
+- a UTS namespace with the VM's name as its hostname (what hostNetwork pods see);
 - a mount namespace in which the paths a node keeps on disk are the VM's own: ``/etc``,
   ``/opt`` and ``/var`` are overlays of the machine's (the VM sees the machine's files and
   keeps its changes in its work directory, so ``/etc/cni/net.d``, ``/opt/cni/bin``,
@@ -11,7 +12,7 @@ Each VM is two namespaces of its own:
   ``/run/xtables.lock``). ``/usr`` is the machine's, so the VM's ``python3`` (the CNI shim's
   interpreter) is the machine's.
 
-containerd, kubelet and kube-proxy run in both, at the paths a real node uses, so the azure-cni
+containerd, kubelet and kube-proxy run in all three, at the paths a real node uses, so the azure-cni
 chart's hostPath mounts resolve to that VM's own directories, exactly as on a node, and the
 agent pod installs the shim and the conflist there. The machine itself is never changed: no
 directory is created outside the work directory, no iptables rule is written outside the
@@ -59,6 +60,19 @@ _KERNEL_TUNABLES = {"vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/pan
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 #: names the node in the environment of each of its processes (they carry the owner too)
 NODE_ENV = "AZURE_CNI_SIM_NODE"
+
+
+def vm_command(workdir: Path, netns: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` run in a VM: its mount and UTS namespaces (pinned under its work directory)
+    and its network namespace (``ip netns`` name)."""
+    pins = workdir / "ns"
+    return ["nsenter", f"--mount={pins / 'mnt'}", f"--uts={pins / 'uts'}",
+            f"--net=/run/netns/{netns}", "--", *argv]
+
+
+def ctr_command(*args: str) -> list[str]:
+    """containerd's ``ctr`` on a VM's runtime, in the namespace the CRI (kubelet) uses."""
+    return ["ctr", "-a", CONTAINERD_SOCKET, "-n", "k8s.io", *args]
 
 
 class NodeError(RuntimeError):
@@ -124,6 +138,11 @@ class KubeNode:
         return self.workdir / "ns" / "mnt"
 
     @property
+    def uts_ns(self) -> Path:
+        """The pin of the VM's UTS namespace (its hostname)."""
+        return self.workdir / "ns" / "uts"
+
+    @property
     def cgroup_root(self) -> str:
         """kubelet's ``cgroupRoot``: every pod of this node lives below it."""
         return f"/{self.prefix}-{self.name}"
@@ -131,9 +150,8 @@ class KubeNode:
     # -- running things in the VM ----------------------------------------------------------
 
     def enter(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run in the VM: its mount and network namespaces."""
-        return ["nsenter", f"--mount={self.mount_ns}", f"--net=/run/netns/{self.netns}", "--",
-                *argv]
+        """``argv`` run in the VM: its mount, UTS and network namespaces."""
+        return vm_command(self.workdir, self.netns, argv)
 
     def exec(self, *argv: str, timeout: float = 120, check: bool = True,
              input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -147,8 +165,7 @@ class KubeNode:
 
     def ctr(self, *args: str, check: bool = True,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self.exec("ctr", "-a", CONTAINERD_SOCKET, "-n", "k8s.io", *args, check=check,
-                         timeout=timeout)
+        return self.exec(*ctr_command(*args), check=check, timeout=timeout)
 
     # -- provisioning ----------------------------------------------------------------------
 
@@ -209,7 +226,9 @@ class KubeNode:
             # VM must not evict pods or delete images (there is no registry to pull them
             # back from) because of what others use
             "enforceNodeAllocatable": [],
-            "localStorageCapacityIsolation": False,
+            # but it reports the disk as its ephemeral-storage (a pod that asks for some is
+            # schedulable, as on any node) and holds each pod to its own limit
+            "localStorageCapacityIsolation": True,
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
                              "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100,
@@ -235,7 +254,9 @@ class KubeNode:
         _run(["mount", "--bind", str(pin_dir), str(pin_dir)])
         _run(["mount", "--make-private", str(pin_dir)])
         self.mount_ns.touch()
-        _run(["unshare", f"--mount={self.mount_ns}", "--propagation", "private", "true"])
+        self.uts_ns.touch()
+        _run(["unshare", f"--mount={self.mount_ns}", f"--uts={self.uts_ns}", "--propagation",
+              "private", "hostname", self.name])
         script = ["set -e"]
         for top in _OVERLAID:
             layers = self.fs / top.strip("/")

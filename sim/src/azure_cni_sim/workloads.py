@@ -129,7 +129,19 @@ def resolve(world: World, pod: RunningPod, name: str) -> list[str]:
 
 def onprem_get(world: World, url: str, timeout: int = 3) -> dict[str, Any] | None:
     """GET ``url`` from the on-premises host; the JSON answer, or None."""
-    out = world.onprem("curl", "-s", "-m", str(timeout), url, timeout=timeout + 10)
+    assert world.fabric is not None
+    return curl_json(world.fabric.onprem_ns, url, timeout=timeout)
+
+
+def curl_json(netns: str, url: str, *, host: str | None = None,
+              timeout: int = 3) -> dict[str, Any] | None:
+    """GET ``url`` with curl in the network namespace ``netns`` (with ``host`` as the Host
+    header); the JSON answer, or None if nothing answered."""
+    header = ("-H", f"Host: {host}") if host else ()
+    # -f: an HTTP error (a proxy with no route yet) is no answer, not a JSON document
+    out = subprocess.run(["ip", "netns", "exec", netns, "curl", "-sf", "-m", str(timeout),
+                          *header, url], capture_output=True, text=True, check=False,
+                         timeout=timeout + 10)
     if out.returncode != 0 or not out.stdout.strip():
         return None
     answer: dict[str, Any] = json.loads(out.stdout)
