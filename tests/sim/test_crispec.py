@@ -36,7 +36,8 @@ def config_for(manifests: list[dict[str, Any]], kind: str, name: str
 
 def test_the_operator_runs_as_the_chart_says(manifests: list[dict[str, Any]]) -> None:
     workload, config = config_for(manifests, "Deployment", "operator")
-    assert config["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml"]
+    assert config["command"] == ["azure-cni-operator", "--config=/etc/azure-cni/config.yaml",
+                                 "--log-level=info"]
     sc = config["linux"]["security_context"]
     assert (sc["run_as_user"], sc["run_as_group"]) == ({"value": 65532}, {"value": 65532})
     assert sc["readonly_rootfs"] and sc["no_new_privs"] and not sc["privileged"]
