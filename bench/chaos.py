@@ -307,10 +307,12 @@ class Stack:
         """Start the replica's process (again), as its pod's container; it stands by until it
         wins the Lease."""
         pod = f"{replica.name}-{len(replica.lives)}"
+        # its life begins before the process does: it may win the Lease and write before
+        # start_operator has seen it healthy
+        replica.lives.append(Life(pod, f"vm/{replica.vm.name}", time.time()))
         replica.process = start_operator(self.workdir / pod, self.cluster.kubeconfig,
                                          self.emulator, replica.settings, owner=self.owner,
                                          identity_vm=replica.vm.name, pod_name=pod)
-        replica.lives.append(Life(pod, f"vm/{replica.vm.name}", time.time()))
 
     def life_of(self, holder: str) -> Life | None:
         """The process that named itself ``holder`` in the Lease (pod name and a suffix)."""
