@@ -36,9 +36,9 @@ Faults, each for a number of rounds (fixed seed, bounded waits):
   of their own, a backend pool, or both (tagged for their namespace, in the operator's
   policy): ``podnet_operator_kill`` kills the leading operator replica -9 right after ARM
   committed a NIC write that changed what a pod's address carries (before it could record
-  it), and in alternate rounds deletes the pods while the standby waits for the Lease; ``podnet_agent_kill`` kills the
-  agent -9 during 40 CNI calls of annotated pods. Unannotated pods then take the freed
-  addresses.
+  it), and in alternate rounds deletes the pods while the standby waits for the Lease;
+  ``podnet_agent_kill`` kills the agent -9 during 40 CNI calls of annotated pods. Unannotated
+  pods then take the freed addresses.
 
 In every round of every fault, each write of the node's NIC must come from the process that
 held the leader Lease at that moment (``nic_write_by_non_leader``, from a log of the Lease's
@@ -336,8 +336,11 @@ class Stack:
         """Writes of the node's NIC in [since, until) that did not come from the process
         holding the Lease at that moment."""
         assert self.vm is not None
-        writes = [Write(r.at, r.principal) for r in self.emulator.requests("PUT", self.vm.nic_id)
-                  if since <= r.at < until]
+        # a write is its writer's when it was sent: a writer killed while ARM answered (the
+        # network-policy hook runs before the answer) still wrote while it led
+        writes = [Write(r.received, r.principal)
+                  for r in self.emulator.requests("PUT", self.vm.nic_id)
+                  if since <= r.received < until]
         return writes_by_non_leaders(writes, list(self.lease.terms),
                                      [life for r in self.replicas for life in r.lives])
 

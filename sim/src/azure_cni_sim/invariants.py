@@ -270,7 +270,7 @@ class Life:
 
 @dataclass(frozen=True)
 class Write:
-    """A write ARM accepted or refused: when, and by whom."""
+    """A write ARM accepted or refused: when it arrived, and from whom."""
 
     at: float
     principal: str
