@@ -1,7 +1,9 @@
 """Chaos campaign: azure-cni's promises under kills, ARM faults, API server trouble and churn.
 
 One simulated VM runs the product as it runs on a node, minus kubelet: the real operator
-process against the ARM emulator (over HTTPS, through the azure-mgmt SDK) and a real API
+processes (two replicas, as the chart runs them: one leads through the Lease, one stands by,
+each with a managed identity of its own so that ARM tells their writes apart) against the ARM
+emulator (over HTTPS, through the azure-mgmt SDK) and a real API
 server; the real agent in the VM's network namespace; the installed ``azure-vnet`` shim
 executed once per CNI call exactly as containerd executes it, into a real network namespace
 per pod. The bench plays the runtime (``Runtime``): it retries a failed ADD with a new sandbox
@@ -14,9 +16,12 @@ Faults, each for a number of rounds (fixed seed, bounded waits):
 
 - ``agent_kill``: kill -9 of the agent during 100 parallel CNI calls (50 ADDs of new pods, 50
   DELs of the previous round's), at a random moment; it is started again at once;
-- ``operator_kill``: kill -9 of the operator from the emulator's NIC-change hook, i.e. after
-  ARM committed the NIC write and before the operator could record it in the pool's status;
-  rounds alternate growth (24 pods added) and release (the same pods deleted);
+- ``leader_kill``: kill -9 of the leading operator replica from the emulator's NIC-change
+  hook, i.e. after ARM committed the NIC write and before the leader could record it in the
+  pool's status; rounds alternate growth (24 pods added) and release (the same pods deleted).
+  The standby's first reconcile (its first request to ARM: it stands by without one) must come
+  within the Lease duration + 5 s of the kill (``late_takeover`` otherwise); then the killed
+  replica's container starts again and stands by;
 - ARM faults on the node's NIC, same workload: ``throttle_storm`` (429 with Retry-After),
   ``server_error`` (500/503), ``lro_failed`` (the write is accepted, then its operation ends
   Failed), ``ipconfig_failed`` (one of the pool's ipConfigurations left in provisioningState
@@ -29,13 +34,16 @@ Faults, each for a number of rounds (fixed seed, bounded waits):
 - ``churn``: 250 pods created and deleted in waves of 50 on the node;
 - per-pod public IPs and backend pools (issue 22), pods asking by annotation for a public IP
   of their own, a backend pool, or both (tagged for their namespace, in the operator's
-  policy): ``podnet_operator_kill`` kills the operator -9 right after ARM committed a NIC write
-  that changed what a pod's address carries (before the operator could record it), and in
-  alternate rounds deletes the pods while no operator runs; ``podnet_agent_kill`` kills the
-  agent -9 during 40 CNI calls of annotated pods. Unannotated pods then take the freed
-  addresses.
+  policy): ``podnet_operator_kill`` kills the leading operator replica -9 right after ARM
+  committed a NIC write that changed what a pod's address carries (before it could record
+  it), and in alternate rounds deletes the pods while the standby waits for the Lease;
+  ``podnet_agent_kill`` kills the agent -9 during 40 CNI calls of annotated pods. Unannotated
+  pods then take the freed addresses.
 
-After every round the invariants of ``azure_cni_sim.invariants`` are checked (duplicates at
+In every round of every fault, each write of the node's NIC must come from the process that
+held the leader Lease at that moment (``nic_write_by_non_leader``, from a log of the Lease's
+terms polled beside the campaign and the principal ARM saw on each write). After every round
+the invariants of ``azure_cni_sim.invariants`` are checked (duplicates at
 once; leaks, orphans, acknowledged addresses on the NIC and settling after a bounded wait for
 the system to converge) and their violations counted. bench/results/chaos.json has one count
 per invariant and per fault, the rounds completed and whether each fault really happened.
@@ -47,11 +55,14 @@ The exit status is 1 if anything was violated or a fault never happened.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import random
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +74,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,17 +90,21 @@ from azure_cni.api.podnet import (  # noqa: E402
     POD_ANNOTATIONS_CAPABILITY,
     PUBLIC_IP_ANNOTATION,
 )
+from azure_cni.api.settings import OperatorSettings  # noqa: E402
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster  # noqa: E402
 from azure_cni_sim.invariants import (  # noqa: E402
     INVARIANTS,
     Findings,
+    Life,
     Observation,
     Pod,
     Record,
+    Write,
     check,
     interface_address,
     nic_view,
+    writes_by_non_leaders,
 )
 from azure_cni_sim.launch import operator_settings, start_operator  # noqa: E402
 from azure_cni_sim.node import LocalNode, api_port_of, apply_crd, setup_host_nic  # noqa: E402
@@ -96,6 +112,8 @@ from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for  # noqa: E4
 
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
 SUBNET = "198.18.0.0/24"
+#: where the VMs whose managed identities the operator's replicas use sit
+OPERATOR_SUBNET = "198.18.1.0/24"
 #: pools that move: batches of 8, 8..16 free, released 2 s after they became excess
 POOL = {"batchSize": 8, "minFreeIPs": 8, "maxFreeIPs": 16, "maxIPs": 200,
         "releaseDelaySeconds": 2}
@@ -107,7 +125,7 @@ ADD_DEADLINE = 120.0
 #: how long a round waits for the system to converge before counting what is left
 SETTLE_SECONDS = 90.0
 #: rounds per fault at --scale 1
-ROUNDS = {"agent_kill": 20, "operator_kill": 20, "throttle_storm": 3, "server_error": 3,
+ROUNDS = {"agent_kill": 20, "leader_kill": 20, "throttle_storm": 3, "server_error": 3,
           "lro_failed": 3, "ipconfig_failed": 3, "precondition_race": 3, "subnet_full": 2,
           "slow_lro": 3, "api_restart": 3, "watch_drop": 3, "churn": 1,
           "podnet_operator_kill": 6, "podnet_agent_kill": 6}
@@ -116,8 +134,9 @@ LEVELS = {
     "agent_kill": "agent + shim + real netns + API server (+ operator growing the pool): the "
                   "kill hits the agent between store, netlink and answer; kubelet adds nothing "
                   "but load",
-    "operator_kill": "operator + ARM emulator + API server, with the agent publishing real "
-                     "usage: the kill lands between ARM's commit and the status write",
+    "leader_kill": "two operator replicas + ARM emulator + API server, with the agent "
+                   "publishing real usage: the kill lands between ARM's commit and the status "
+                   "write; the chart's Lease timings",
     "arm": "operator + ARM emulator (faults injected by the emulator on the node's NIC), pods "
            "through the agent so the pool must grow and shrink during the fault",
     "api": "kube-apiserver killed and restarted on the same etcd, or every connection to it "
@@ -135,10 +154,78 @@ NAMESPACE = "chaos"
 #: public IPs for pods (one pod each at a time) and a load balancer with two pools
 PUBLIC_IPS = 16
 POD_POOLS = ("web-a", "web-b")
+#: the chart's Lease timings (the operator's defaults): a standby takes over a Lease not
+#: renewed for this long
+LEASE_SECONDS = OperatorSettings().lease_duration_seconds
+#: the standby's first reconcile after the leader's kill -9, at the latest (issue 21)
+TAKEOVER_BOUND = LEASE_SECONDS + 5
+LEASE_PATH = ("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/"
+              f"{OperatorSettings().lease_name}")
+#: checked in every round beside the invariants
+CAMPAIGN_CHECKS = ("nic_write_by_non_leader", "late_takeover")
 
 
 def log(message: str) -> None:
     print(f"  {time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+# -- the operator's replicas and their Lease ---------------------------------------------------
+
+
+@dataclass
+class Replica:
+    """One pod of the operator's Deployment: a managed identity of its own (a VM's, so that
+    ARM's request log names the writer), its own ports, settings and log."""
+
+    name: str
+    vm: VmInfo
+    settings: dict[str, Any]
+    process: ManagedProcess | None = None
+    lives: list[Life] = field(default_factory=list)
+
+    @property
+    def life(self) -> Life:
+        return self.lives[-1]
+
+
+class LeaseLog:
+    """The leader Lease's terms, polled from the API server: (acquired at, holder).
+
+    Every holder keeps a term for the whole Lease duration at least, so a poll every 0.2 s
+    sees every term.
+    """
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.terms: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="lease-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def holder(self) -> str:
+        return self.terms[-1][1] if self.terms else ""
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                status, body = self.cluster.get(LEASE_PATH)
+            except OSError:
+                continue  # the API server is down (api_restart): the Lease cannot change
+            if status != 200:
+                continue
+            spec = json.loads(body).get("spec", {})
+            holder, acquired = spec.get("holderIdentity") or "", spec.get("acquireTime")
+            if not holder or not acquired:
+                continue
+            at = datetime.fromisoformat(acquired.replace("Z", "+00:00")).timestamp()
+            if not self.terms or self.terms[-1] != (at, holder):
+                self.terms.append((at, holder))
 
 
 # -- the product on one simulated VM ---------------------------------------------------------
@@ -158,14 +245,14 @@ class Stack:
         self.vm: VmInfo | None = None
         self.neighbour: VmInfo | None = None
         self.node: LocalNode | None = None
-        self.operator: ManagedProcess | None = None
-        self.settings: dict[str, Any] = {}
-        #: set by the NIC-change hook when it kills the operator
-        self.kill_operator_on_write = threading.Event()
+        self.replicas: list[Replica] = []
+        self.lease = LeaseLog(self.cluster)
+        #: armed: the NIC-change hook kills this replica (the leader when it was armed)
+        self.kill_on_write: Replica | None = None
         self.operator_killed = threading.Event()
-        #: armed: the network-policy hook kills the operator (a pod's public IP or pool
-        #: membership changed in ARM)
-        self.kill_operator_on_policy = threading.Event()
+        #: armed: the network-policy hook kills this replica (the leader when it was armed),
+        #: once a pod's public IP or pool membership changed in ARM
+        self.kill_on_policy: Replica | None = None
         self.public_ips: list[str] = []
         self.backend_pools: list[str] = []
 
@@ -173,7 +260,8 @@ class Stack:
         self.cluster.start()
         apply_crd(self.cluster.kubectl)
         self.emulator.start()
-        vnet = self.emulator.add_vnet("chaos", "198.18.0.0/16", {"nodes": SUBNET})
+        vnet = self.emulator.add_vnet("chaos", "198.18.0.0/16",
+                                      {"nodes": SUBNET, "operators": OPERATOR_SUBNET})
         self.vm = self.emulator.add_vm(f"chaos-{self.run_id}", vnet.subnet_ids["nodes"])
         self.neighbour = self.emulator.add_vm(f"tenant-{self.run_id}", vnet.subnet_ids["nodes"])
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.vm.name},
@@ -181,9 +269,15 @@ class Stack:
         self.cluster.kubectl("create", "-f", "-", input=json.dumps(node))
         self.emulator.on_nic_change(self._on_nic_change)
         self.emulator.on_network_policy(self._on_policy_change)
-        self.settings = operator_settings(self.emulator, pool=POOL, operator=OPERATOR)
-        self.settings["podNetworking"] = self.make_pod_networking()
-        self.start_operator()
+        pod_networking = self.make_pod_networking()
+        for name in ("operator-a", "operator-b"):
+            vm = self.emulator.add_vm(f"{name}-{self.run_id}", vnet.subnet_ids["operators"])
+            settings = operator_settings(self.emulator, pool=POOL, operator=OPERATOR)
+            settings["podNetworking"] = pod_networking
+            self.replicas.append(Replica(name, vm, settings))
+        self.lease.start()
+        for replica in self.replicas:
+            self.start_replica(replica)
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         setup_host_nic(self.netns, primary_cidr=f"{self.vm.primary_ip}/24",
                        gateway="198.18.0.1")
@@ -199,19 +293,56 @@ class Stack:
         if self.node is not None:
             self.node.stop()
             stop_owned(self.node.owner)
-        if self.operator is not None:
-            self.operator.stop()
+        for replica in self.replicas:
+            if replica.process is not None:
+                replica.process.stop()
+        self.lease.stop()
         self.emulator.stop()
         self.cluster.stop()
         subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
 
     # -- processes ---------------------------------------------------------------------------
 
-    def start_operator(self) -> None:
+    def start_replica(self, replica: Replica) -> None:
+        """Start the replica's process (again), as its pod's container; it stands by until it
+        wins the Lease."""
+        pod = f"{replica.name}-{len(replica.lives)}"
+        # its life begins before the process does: it may win the Lease and write before
+        # start_operator has seen it healthy
+        replica.lives.append(Life(pod, f"vm/{replica.vm.name}", time.time()))
+        replica.process = start_operator(self.workdir / pod, self.cluster.kubeconfig,
+                                         self.emulator, replica.settings, owner=self.owner,
+                                         identity_vm=replica.vm.name, pod_name=pod)
+
+    def life_of(self, holder: str) -> Life | None:
+        """The process that named itself ``holder`` in the Lease (pod name and a suffix)."""
+        return next((life for r in self.replicas for life in r.lives
+                     if holder.startswith(f"{life.pod}_")), None)
+
+    def leader(self, timeout: float = TAKEOVER_BOUND + 30) -> Replica:
+        """The replica whose running process holds the Lease (waits for one)."""
+        def running_holder() -> Replica | None:
+            life = self.life_of(self.lease.holder())
+            return next((r for r in self.replicas if r.lives and r.life is life
+                         and life.ended is None), None)
+
+        wait_for("a running operator replica holding the Lease",
+                 lambda: running_holder() is not None, timeout, interval=0.2)
+        leader = running_holder()
+        assert leader is not None
+        return leader
+
+    def writes_by_non_leaders(self, since: float, until: float) -> list[str]:
+        """Writes of the node's NIC in [since, until) that did not come from the process
+        holding the Lease at that moment."""
         assert self.vm is not None
-        self.operator = start_operator(self.workdir / "operator", self.cluster.kubeconfig,
-                                       self.emulator, self.settings, owner=self.owner,
-                                       identity_vm=self.vm.name)
+        # a write is its writer's when it was sent: a writer killed while ARM answered (the
+        # network-policy hook runs before the answer) still wrote while it led
+        writes = [Write(r.received, r.principal)
+                  for r in self.emulator.requests("PUT", self.vm.nic_id)
+                  if since <= r.received < until]
+        return writes_by_non_leaders(writes, list(self.lease.terms),
+                                     [life for r in self.replicas for life in r.lives])
 
     def start_agent(self) -> None:
         assert self.node is not None
@@ -226,11 +357,18 @@ class Stack:
                        new: tuple[str, ...]) -> None:
         """Runs on the emulator's loop after ARM committed a NIC write, before the operator's
         last poll is answered: the operator cannot have recorded it yet."""
-        assert self.vm is not None and self.operator is not None
-        if nic_id.lower() != self.vm.nic_id.lower() or not self.kill_operator_on_write.is_set():
+        assert self.vm is not None
+        target = self.kill_on_write
+        if nic_id.lower() != self.vm.nic_id.lower() or target is None:
             return
-        self.kill_operator_on_write.clear()
-        os.kill(self.operator.pid, signal.SIGKILL)
+        self.kill_on_write = None
+        self._kill(target)
+
+    def _kill(self, target: Replica) -> None:
+        """kill -9 of the replica's process, noting when its life ended."""
+        assert target.process is not None
+        os.kill(target.process.pid, signal.SIGKILL)
+        target.lives[-1] = dataclasses.replace(target.life, ended=time.time())
         self.operator_killed.set()
 
     # -- per-pod public IPs and backend pools --------------------------------------------------
@@ -267,11 +405,9 @@ class Stack:
         """Runs on the emulator's loop once ARM committed a change of what the SDN enforces (a
         public IP's NAT, a pool's members), before the request that made it is answered: the
         operator that wrote it cannot have recorded it."""
-        if not self.kill_operator_on_policy.is_set() or self.operator is None:
-            return
-        self.kill_operator_on_policy.clear()
-        os.kill(self.operator.pid, signal.SIGKILL)
-        self.operator_killed.set()
+        target, self.kill_on_policy = self.kill_on_policy, None
+        if target is not None:
+            self._kill(target)
 
     # -- what the invariants look at ---------------------------------------------------------
 
@@ -493,8 +629,8 @@ class FaultTally:
     rounds: int = 0
     exercised: int = 0
     seconds: float = 0.0
-    violations: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(INVARIANTS,
-                                                                                   0)))
+    violations: Counter[str] = field(default_factory=lambda: Counter(
+        dict.fromkeys((*INVARIANTS, *CAMPAIGN_CHECKS), 0)))
     evidence: Counter[str] = field(default_factory=Counter)
     #: CNI errors the runtime retried (transient, like an ADD while the agent restarts)
     cni_errors: Counter[str] = field(default_factory=Counter)
@@ -510,6 +646,8 @@ class Campaign:
         self.examples: list[str] = []
         self._asked = 0
         self._pip_used: dict[str, float] = {}
+        #: seconds from each leader kill to the standby's first reconcile
+        self.takeovers: list[float] = []
 
     def settle_and_check(self, immediate: Callable[[Findings], None] | None = None) -> Findings:
         """Wait (bounded) for every invariant to hold; the findings left when it ends."""
@@ -544,6 +682,7 @@ class Campaign:
     def round(self, fault: str, body: Callable[[], bool]) -> None:
         tally = self.tallies.setdefault(fault, FaultTally())
         started = time.monotonic()
+        since = time.time()
         self.runtime.gave_up.clear()
         seen_at_once: dict[str, list[str]] = {}
         errors_before = Counter(self.runtime.errors)
@@ -563,6 +702,9 @@ class Campaign:
             counts[name] = max(counts[name], len(at_first))
             self.examples.extend(f"{fault} round {tally.rounds + 1} at once: {name}: {f}"
                                  for f in at_first[:3])
+        not_leaders = self.stack.writes_by_non_leaders(since, time.time())
+        counts["nic_write_by_non_leader"] = len(not_leaders)
+        self.examples.extend(f"{fault} round {tally.rounds + 1}: {w}" for w in not_leaders[:3])
         tally.rounds += 1
         tally.exercised += int(exercised)
         tally.seconds += time.monotonic() - started
@@ -623,23 +765,50 @@ class Campaign:
         in_parallel(jobs, workers=len(jobs))
         thread.join()
 
-    def operator_kill(self, index: int) -> bool:
-        self.stack.operator_killed.clear()
-        self.stack.kill_operator_on_write.set()
+    def leader_kill(self, index: int) -> bool:
+        """The leading replica killed -9 right after ARM committed its NIC write; the standby
+        must take over and finish the work. The killed container starts again afterwards."""
+        stack = self.stack
+        assert stack.vm is not None
+        leader = stack.leader()
+        standby = next(r for r in stack.replicas if r is not leader)
+        stack.operator_killed.clear()
+        stack.kill_on_write = leader
         worker = threading.Thread(target=self.grow_or_shrink, args=(index,))
         worker.start()
         try:
-            wait_for("a NIC write to kill the operator on", self.stack.operator_killed.is_set,
+            wait_for("a NIC write to kill the leader on", stack.operator_killed.is_set,
                      120, interval=0.05)
         except TimeoutError:
-            self.stack.kill_operator_on_write.clear()
+            stack.kill_on_write = None
             worker.join()
             return False
-        assert self.stack.operator is not None
-        self.stack.operator.popen.wait(10)  # type: ignore[union-attr]
-        self.stack.start_operator()
+        assert leader.process is not None and leader.process.popen is not None
+        leader.process.popen.wait(10)
+        killed = leader.life.ended
+        assert killed is not None
+        tally = self.tallies["leader_kill"]
+
+        def first_reconcile() -> float | None:
+            """The standby's first ARM request after the kill: it stands by without one, and
+            the pool's reconcile reads the NIC (or the NICs' list) before anything else."""
+            after = [r.at for r in stack.emulator.requests()
+                     if r.at > killed and r.principal == standby.life.principal]
+            return min(after) if after else None
+
+        with contextlib.suppress(TimeoutError):  # counted as late below
+            wait_for("the standby's first request to ARM", lambda: first_reconcile()
+                     is not None, TAKEOVER_BOUND + 60, interval=0.2)
+        first = first_reconcile()
+        took = (first - killed) if first is not None else float("inf")
+        self.takeovers.append(took)
+        if took > TAKEOVER_BOUND:
+            tally.violations["late_takeover"] += 1
+            self.examples.append(f"leader_kill round {tally.rounds + 1}: the standby's first "
+                                 f"reconcile {took:.1f}s after the kill")
+        stack.start_replica(leader)
         worker.join()
-        self.tallies["operator_kill"].evidence["killed_after_arm_committed"] += 1
+        tally.evidence["killed_after_arm_committed"] += 1
         return True
 
     def arm_fault(self, fault: str, index: int) -> bool:
@@ -783,17 +952,19 @@ class Campaign:
         return sorted(set(self.runtime.names()) - before)
 
     def podnet_operator_kill(self, index: int) -> bool:
-        """Annotated pods come (even rounds) or go (odd rounds); the operator is killed -9 as
-        soon as ARM committed the NIC write that changed what their addresses carry. In even
-        rounds the pods are then deleted before a new operator starts (issue 22 row 2: it
-        has no record of what it attached), and unannotated pods take addresses afterwards."""
+        """Annotated pods come (even rounds) or go (odd rounds); the leading replica is killed
+        -9 as soon as ARM committed the NIC write that changed what their addresses carry. In
+        even rounds the pods are then deleted while the standby still waits for the Lease
+        (issue 22 row 2: nothing recorded what was attached), and unannotated pods take
+        addresses afterwards."""
         stack, tally = self.stack, self.tallies["podnet_operator_kill"]
         coming = index % 2 == 0
         mine = [] if coming else self.grow_asking(6)
         if not coming:
             self.settle_and_check()
+        leader = stack.leader()
         stack.operator_killed.clear()
-        stack.kill_operator_on_policy.set()
+        stack.kill_on_policy = leader
         if coming:
             mine = self.grow_asking(6)
         else:
@@ -802,16 +973,16 @@ class Campaign:
             wait_for("a NIC write changing what a pod's address carries",
                      stack.operator_killed.is_set, 120, interval=0.05)
         except TimeoutError:
-            stack.kill_operator_on_policy.clear()
+            stack.kill_on_policy = None
             return False
-        assert stack.operator is not None
-        stack.operator.popen.wait(10)  # type: ignore[union-attr]
+        assert leader.process is not None and leader.process.popen is not None
+        leader.process.popen.wait(10)
         if coming:
             in_parallel([lambda n=n: self.runtime.delete(n) for n in mine if n in
                          self.runtime.pods])
             left = self._released_carrying()
             tally.evidence["addresses_released_while_carrying"] += left
-        stack.start_operator()
+        stack.start_replica(leader)
         self.grow(8)
         tally.evidence["killed_after_arm_committed_" + ("an_attach" if coming else "a_detach")] \
             += 1
@@ -862,7 +1033,7 @@ def run(workdir: Path, seed: int, scale: float, only: list[str]) -> dict[str, An
                       "precondition_race", "slow_lro", "subnet_full"]
         plan: list[tuple[str, Callable[[int], bool]]] = [
             ("agent_kill", campaign.agent_kill),
-            ("operator_kill", campaign.operator_kill),
+            ("leader_kill", campaign.leader_kill),
             *[(f, lambda i, f=f: campaign.arm_fault(f, i)) for f in arm_faults],  # type: ignore[misc]
             ("api_restart", campaign.api_restart),
             ("watch_drop", campaign.watch_drop),
@@ -910,8 +1081,11 @@ def report(campaign: Campaign, seed: int, scale: float, wall: float) -> dict[str
         "all_zero": not any(totals.values()) and not_happened == 0,
         "faults": faults,
         "cni_calls": campaign.runtime.calls,
+        "leader_takeover_seconds": takeover_summary(campaign.takeovers),
         "examples": campaign.examples[:30],
         "settings": {"pool": POOL, "cooldownSeconds": COOLDOWN_SECONDS, "operator": OPERATOR,
+                     "leaseDurationSeconds": LEASE_SECONDS,
+                     "takeover_bound_seconds": TAKEOVER_BOUND,
                      "subnet": SUBNET, "add_deadline_seconds": ADD_DEADLINE,
                      "settle_seconds": SETTLE_SECONDS},
         "levels": LEVELS,
@@ -919,6 +1093,15 @@ def report(campaign: Campaign, seed: int, scale: float, wall: float) -> dict[str
             round(x, 2) for x in os.getloadavg()]},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def takeover_summary(takeovers: list[float]) -> dict[str, Any]:
+    """Kill to the standby's first reconcile, over the leader_kill rounds."""
+    done = sorted(t for t in takeovers if t != float("inf"))
+    return {"rounds": len(takeovers), "never": len(takeovers) - len(done),
+            "median": round(statistics.median(done), 2) if done else None,
+            "max": round(done[-1], 2) if done else None,
+            "bound": TAKEOVER_BOUND}
 
 
 def main() -> int:

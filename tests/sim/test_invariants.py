@@ -23,13 +23,16 @@ from azure_cni.api.nodeippool import (
 )
 from azure_cni_sim.invariants import (
     INVARIANTS,
+    Life,
     NicView,
     Observation,
     Pod,
     Record,
+    Write,
     check,
     interface_address,
     nic_view,
+    writes_by_non_leaders,
 )
 
 NODE = "vm0"
@@ -186,6 +189,28 @@ def test_nic_view_keeps_only_ours_and_names_what_is_not_succeeded() -> None:
         ipconfig("azcni-b", "198.18.0.11", "Failed"), ipconfig("other", "198.18.0.20")]}}
     assert nic_view(NODE, nic) == NicView(NODE, {"azcni-a": "198.18.0.10",
                                                  "azcni-b": "198.18.0.11"}, ("azcni-b",))
+
+
+#: replica a leads from 10 s, is killed at 25 s and restarts at 31 s; b leads from 30 s
+TERMS = [(10.0, "operator-a-0_5e1f"), (30.0, "operator-b-0_9c2d")]
+LIVES = [Life("operator-a-0", "vm/op-a", 0.0, 25.0), Life("operator-a-1", "vm/op-a", 31.0),
+         Life("operator-b-0", "vm/op-b", 0.0)]
+
+
+def test_writes_by_the_lease_holder_of_the_moment_are_no_violation() -> None:
+    assert writes_by_non_leaders([Write(12.0, "vm/op-a"), Write(24.9, "vm/op-a"),
+                                  Write(33.0, "vm/op-b")], TERMS, LIVES) == []
+
+
+@pytest.mark.parametrize("write, why", [
+    (Write(5.0, "vm/op-a"), "before anyone held the Lease"),
+    (Write(20.0, "vm/op-b"), "the standby wrote while a led"),
+    (Write(27.0, "vm/op-a"), "a's principal after a was killed, before b took over"),
+    (Write(32.0, "vm/op-a"), "a restarted and wrote while b led"),
+    (Write(33.0, "vm/someone"), "a principal no replica has"),
+])
+def test_a_write_by_anyone_but_the_live_holder_is_counted(write: Write, why: str) -> None:
+    assert len(writes_by_non_leaders([write, Write(12.0, "vm/op-a")], TERMS, LIVES)) == 1, why
 
 
 @pytest.mark.netns

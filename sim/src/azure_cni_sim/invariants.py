@@ -23,6 +23,10 @@ pods the runtime gave up on. ``check`` turns it into findings, one list per inva
   cooling or being released, free addresses outside the warm band, an inventory that disagrees
   with the NIC, or an ipConfiguration not in provisioningState ``Succeeded``.
 
+One more promise is about the operator's replicas over time, not about a round's end:
+``writes_by_non_leaders`` finds each NIC write that did not come from the process holding the
+leader Lease at that moment (the Lease's terms against the principal ARM saw on the write).
+
 Leaks, orphans, acknowledgements and settling are promises about a system that had time to
 converge: the campaign waits (bounded) for ``check`` to come back clean and counts what is left
 when the wait ends. Nothing above the ``# -- I/O --`` line does I/O.
@@ -248,6 +252,52 @@ def _at_rest(pool: NodeIPPool, records: set[str], subnet_free: int) -> Iterable[
 _RULES = {"duplicate": duplicates, "unrecorded": unrecorded, "leak": leaks, "orphan": orphans,
           "acked_on_nic": acked_on_nic, "failed_with_room": failed_with_room,
           "unasked_feature": unasked_features, "unsettled": unsettled}
+
+
+@dataclass(frozen=True)
+class Life:
+    """One process of an operator replica: the pod name it gives the Lease (its holder
+    identity starts with it), the identity ARM sees on its requests, when it ran."""
+
+    pod: str
+    principal: str
+    started: float
+    ended: float | None = None
+
+    def alive_at(self, at: float) -> bool:
+        return self.started <= at and (self.ended is None or at <= self.ended)
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write ARM accepted or refused: when it arrived, and from whom."""
+
+    at: float
+    principal: str
+
+
+def holder_at(terms: Sequence[tuple[float, str]], at: float) -> str:
+    """The Lease's holder at ``at``, from its terms (acquired at, holder) in order."""
+    holder = ""
+    for acquired, name in terms:
+        if acquired > at:
+            break
+        holder = name
+    return holder
+
+
+def writes_by_non_leaders(writes: Iterable[Write], terms: Sequence[tuple[float, str]],
+                          lives: Iterable[Life]) -> list[str]:
+    """Each write not made by the live process that held the Lease when it was made."""
+    lives = list(lives)
+    found = []
+    for write in writes:
+        holder = holder_at(terms, write.at)
+        life = next((lf for lf in lives if holder.startswith(f"{lf.pod}_")), None)
+        if life is None or life.principal != write.principal or not life.alive_at(write.at):
+            found.append(f"NIC write at {write.at:.2f} by {write.principal}; the Lease named "
+                         f"{holder or 'nobody'}")
+    return found
 
 
 # -- I/O ---------------------------------------------------------------------------------------

@@ -47,10 +47,12 @@ def start_operator(
     *,
     owner: str,
     identity_vm: str,
+    pod_name: str | None = None,
 ) -> ManagedProcess:
     """Run ``azure-cni-operator`` with the managed identity of ``identity_vm`` (as on a node).
 
-    Returns once the operator answers its health endpoint.
+    ``pod_name`` is what the chart passes as ``POD_NAME``: the start of the replica's name in
+    the leader Lease. Returns once the operator answers its health endpoint.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "operator.yaml"
@@ -58,6 +60,8 @@ def start_operator(
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_IDENTITY_ENV}
     env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = emulator.imds_url_for(identity_vm)
     env["KUBECONFIG"] = str(kubeconfig)
+    if pod_name is not None:
+        env["POD_NAME"] = pod_name
     exe = Path(sys.executable).with_name("azure-cni-operator")
     proc = ManagedProcess("azure-cni-operator", [str(exe), "--config", str(config)],
                           workdir / "operator.log", owner, env=env, inherit_env=False).start()

@@ -126,6 +126,8 @@ class RequestRecord:
     at: float
     #: the client's address and port: requests on one connection share it
     peer: str = ""
+    #: when the request arrived (``at`` is when it was answered)
+    received: float = 0.0
 
 
 class StaticTokenCredential:

@@ -629,6 +629,7 @@ class ArmEmulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/_sim/"):
             return await serve_admin(self, request)
+        received = time.time()
         with self._lock:
             delay = self._faults.delay(request.method)
         if delay:
@@ -648,7 +649,7 @@ class ArmEmulator:
             peer = request.transport.get_extra_info("peername") if request.transport else None
             self._requests.append(RequestRecord(
                 request.method, request.path, response.status, principal, time.time(),
-                f"{peer[0]}:{peer[1]}" if peer else ""))
+                f"{peer[0]}:{peer[1]}" if peer else "", received))
         return response
 
     def _check_api_version(self, request: web.Request, route: Route | None) -> None:
