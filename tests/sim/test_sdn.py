@@ -17,7 +17,7 @@ import pytest
 from tests.sim.test_arm import Arm
 from tests.sim.test_arm_netfeatures import RG, arm_adapter, make_lb, make_public_ip
 
-from azure_cni.cloud.port import IPConfigFeatures, NewIPConfiguration
+from azure_cni.cloud.port import FeatureEdit, NewIPConfiguration
 from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo
 from azure_cni_sim.procs import ManagedProcess, stop_owned, wait_for
 from azure_cni_sim.sdn import rule_lines
@@ -89,7 +89,7 @@ async def _add_pod_address(arm: Arm, vm: VmInfo) -> str:
     return address
 
 
-def set_features(net: Net, vm: int, features: IPConfigFeatures) -> None:
+def set_features(net: Net, vm: int, features: FeatureEdit) -> None:
     async def write() -> None:
         async with arm_adapter(net.arm) as adapter:
             await adapter.update_ip_configurations(net.vm(vm).nic_id,
@@ -101,7 +101,7 @@ def set_features(net: Net, vm: int, features: IPConfigFeatures) -> None:
 def test_a_public_ip_is_1_to_1_nat_both_ways(net: Net) -> None:
     pip = make_public_ip(net.arm, "pod0")
     assert net.from_internet(f"http://{pip.ip_address}/") is None  # not attached yet
-    set_features(net, 0, IPConfigFeatures(pip.id))
+    set_features(net, 0, FeatureEdit(public_ip=pip.id))
     try:
         # inbound to the public IP reaches the private address, from the client's address
         assert net.from_internet(f"http://{pip.ip_address}/") == {
@@ -113,7 +113,7 @@ def test_a_public_ip_is_1_to_1_nat_both_ways(net: Net) -> None:
         answer = net.get(net.fabric.vms["vm0"].netns, f"http://{ONPREM_HOST}/", net.pods["vm0"])
         assert answer == {"seen": net.pods["vm0"], "host": "onprem"}
     finally:
-        set_features(net, 0, IPConfigFeatures())
+        set_features(net, 0, FeatureEdit(reset=True))
     assert net.from_internet(f"http://{pip.ip_address}/") is None
     # without it, the internet host does not answer the private address at all
     assert net.get(net.fabric.vms["vm0"].netns, f"http://{INTERNET_HOST}/",
@@ -125,7 +125,7 @@ def test_a_load_balancer_frontend_spreads_connections_over_the_pool(net: Net) ->
     lb = make_lb(net.arm, "lb", front.id)
     pool = lb.backend_address_pools[0].id
     for vm in (0, 1):
-        set_features(net, vm, IPConfigFeatures("", (pool,)))
+        set_features(net, vm, FeatureEdit(add_pools=(pool,)))
     try:
         seen: set[str] = set()
         for _ in range(40):
@@ -139,7 +139,7 @@ def test_a_load_balancer_frontend_spreads_connections_over_the_pool(net: Net) ->
         assert net.from_internet(f"http://{front.ip_address}:8080/") is None
     finally:
         for vm in (0, 1):
-            set_features(net, vm, IPConfigFeatures())
+            set_features(net, vm, FeatureEdit(reset=True))
 
 
 def test_an_nsg_rule_on_a_nic_drops_what_it_denies_and_only_that(net: Net) -> None:
