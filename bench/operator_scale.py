@@ -70,13 +70,12 @@ from azure_cni_sim.containerd import Containerd  # noqa: E402
 from azure_cni_sim.demo import DemoState  # noqa: E402
 from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # noqa: E402
 from azure_cni_sim.kubeletnodes import StatusReporter, kubelet_node, register_nodes  # noqa: E402
-from azure_cni_sim.node import wait_crd_established  # noqa: E402
+from azure_cni_sim.node import apply_crd  # noqa: E402
 from azure_cni_sim.procs import ProcessFailed  # noqa: E402
 from azure_cni_sim.procstat import Memory, cpu_seconds, memory_of, pod_memory  # noqa: E402
 from azure_cni_sim.tools import find_tool  # noqa: E402
 from azure_cni_sim.world import ARM_CA_CONFIGMAP, ARM_CA_DIR, NAMESPACE  # noqa: E402
 
-CRD = ROOT / "deploy" / "crds" / "azurecni.io_nodeippools.yaml"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
 SCALE_SET_RESULTS = ROOT / "bench" / "results" / "scale_set.json"
 ARM = ArmConfig()  # the emulator's defaults are ARM's documented buckets
@@ -225,8 +224,7 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
     image, pause = images["azure-cni"], images["pause"]
     with LocalCluster(workdir / "cluster", controller_manager=False, owner=owner) as cluster, \
             ArmEmulator(ArmConfig()) as emulator:
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        wait_crd_established(cluster.kubectl, "nodeippools.azurecni.io")
+        apply_crd(cluster.kubectl)  # every CRD the chart ships
         vms = topology(emulator, nodes, scale_set)
         register_nodes(cluster, [kubelet_node(vm.name, vm.provider_id, vm.primary_ip)
                                  for vm in vms])

@@ -24,8 +24,8 @@ from azure_cni.api.poolclass import CLASS_PLURAL
 
 log = logging.getLogger(__name__)
 
-#: objects per page of kopf's initial list: one page of 8 KiB Nodes is ~4 MB of JSON
-LIST_CHUNK = 500
+#: objects per page of kopf's initial list: one page of 12 KB Nodes is ~1.2 MB of JSON
+LIST_CHUNK = 100
 #: seconds an idle per-object kopf worker lives; it holds its last raw event meanwhile, so
 #: with kopf's default (5 s) the whole initial list of Nodes stays in memory at once
 WORKER_IDLE_SECONDS = 0.2

@@ -41,7 +41,7 @@ EVENT_NAMESPACE = "default"
 #: holds a pool until the addresses it handed out have left the NIC
 FINALIZER = "azurecni.io/nic-cleanup"
 #: objects per page of an initial list (bounds the memory a list of 5,000 Nodes takes)
-LIST_PAGE = 500
+LIST_PAGE = 100
 
 #: asked before every write; raises when this replica may not write (not the leader)
 Fence = Callable[[], None]
