@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["arm_batching.py", "cni_latency.py", "operator_scale.py", "standalone_docker.py",
-              "vnet_scale.py", "chaos.py", "tool_builds.py"]
+              "vnet_scale.py", "chaos.py", "tool_builds.py", "first_demo.py"]
 
 
 def main() -> int:
