@@ -299,15 +299,21 @@ def main() -> int:
                 run_sequential(sides, pods, args.pods)
             podnet = podnet_phase(ours, args.pods, run_id)
             bursts: dict[str, dict[str, float]] = {}
+            with_pods: dict[str, Any] = {}
             for side in sides:
                 with namespaces(f"azcni-b-c{run_id}", args.concurrent) as pods:
                     add_wall = side.burst("ADD", pods, "burst")
+                    if side is ours:
+                        # the agent's footprint while it holds the burst's pods
+                        with_pods = {"pods": args.concurrent,
+                                     "agent": rss_kib(agent_pids(node)[0])}
                     del_wall = side.burst("DEL", pods, "burst")
                 bursts[side.name] = {"add_wall_ms": round(add_wall, 1),
                                      "del_wall_ms": round(del_wall, 1)}
             agent_pid, helper_pids = agent_pids(node)
             memory = {"agent": rss_kib(agent_pid),
-                      "netns_socket_helper": [rss_kib(p) for p in helper_pids]}
+                      "netns_socket_helper": [rss_kib(p) for p in helper_pids],
+                      "with_pods": with_pods}
         finally:
             if node is not None:
                 node.stop()
