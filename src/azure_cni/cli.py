@@ -69,7 +69,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _install_standalone(args: argparse.Namespace) -> int:
-    from azure_cni.agent.vm_install import UNIT_NAME, install_standalone
+    from azure_cni.agent.vm.install import UNIT_NAME, install_standalone
     from azure_cni.api.settings import InvalidSettings
 
     try:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
 from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
 from azure_cni.ipam.store import (
     AddressStore,
     Assignment,
-    AttachmentKey,
     Clock,
     Release,
     StoredPodRequest,
@@ -84,6 +84,11 @@ class PoolUsage:
     cooldown_ends_in: float | None = None
     #: Available blocks none of whose addresses is used or cooling
     idle_blocks: frozenset[str] = field(default_factory=frozenset)
+
+    def describe(self) -> str:
+        """The counts, for an error message a person reads."""
+        return (f"{self.allocated} allocated, {self.used} used, {self.releasing} releasing, "
+                f"{self.cooling} cooling down, {self.free} free")
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],

@@ -90,7 +90,7 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     datapath.sockets.start()
     try:
         if settings.standalone.enabled:
-            from azure_cni.agent.standalone import StandaloneAgent  # noqa: PLC0415
+            from azure_cni.agent.vm.standalone import StandaloneAgent  # noqa: PLC0415
 
             run = StandaloneAgent(settings=settings, node_name=args.node_name,
                                   datapath=datapath, mtu=mtu, host_root=args.host_root,

@@ -43,7 +43,8 @@ from aiohttp import web
 
 from azure_cni.agent import install
 from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
-from azure_cni.agent.cni_handler import CniHandler, Datapath
+from azure_cni.agent.attachments import Attachments, Datapath
+from azure_cni.agent.cni_handler import CniHandler
 from azure_cni.agent.egress import EgressReconciler
 from azure_cni.agent.exitcodes import AgentExit
 from azure_cni.agent.metrics import AgentMetrics, metrics_app
@@ -178,9 +179,11 @@ class NodeAgent:
                                    self.agent.cooldown_seconds)
         self.metrics = metrics or AgentMetrics()
         self.egress = EgressReconciler(settings.snat, self.netlink, host_root)
+        self.attachments = Attachments(allocator=self.allocator, datapath=datapath,
+                                       netlink=self.netlink, mtu=mtu)
         self.handler = CniHandler(
-            node_name=node_name, allocator=self.allocator, datapath=datapath,
-            netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
+            node_name=node_name, attachments=self.attachments,
+            add_wait_seconds=self.agent.add_wait_seconds,
             on_change=self._changed, egress_problem=lambda: self.egress.problem,
             hints=source.hints, pool_problem=lambda: self.source_problem)
         self.server = AgentServer(self.handler, self.metrics, self.status_document,
@@ -394,7 +397,7 @@ class NodeAgent:
             self.reporter.forget()
             self._adopt_strays = True
         await self.allocator.set_pool(pool)
-        self.handler.pool_changed()
+        self.attachments.pool_changed()
         self._pool_seen = pool is not None
         if pool is None:
             if previous is not None:

@@ -1,0 +1,1 @@
+"""The async primitives every part uses: backoff, periodic jobs, per-key locks (one each)."""
