@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from azure_cni.agent.allocator import Allocator
@@ -42,6 +43,23 @@ class Datapath(Protocol):
     def check_pod_veth(self, pod: PodNetwork) -> list[str]: ...
 
     def list_host_veths(self) -> list[HostVeth]: ...
+
+
+class AttachedElsewhere(Exception):
+    """The key holds an address already, for another network namespace."""
+
+    def __init__(self, key: AttachmentKey, netns: str) -> None:
+        super().__init__(f"{key} is attached in {netns}")
+        self.netns = netns
+
+
+@dataclass(frozen=True)
+class Attached:
+    """An attachment whose pair is in place: its address, its pair, and whether it is new."""
+
+    assignment: Assignment
+    pod: PodNetwork
+    created: bool
 
 
 class Attachments:
@@ -75,7 +93,7 @@ class Attachments:
             host_mac=host_veth_mac(key.container_id, key.ifname),
             pod_mac=mac or pod_mac(key.container_id, key.ifname), mtu=self.mtu)
 
-    async def hold(self, key: AttachmentKey, *, netns: str, pod: str, network: str = "",
+    async def reserve(self, key: AttachmentKey, *, netns: str, pod: str, network: str = "",
                    wait: float = 0.0) -> tuple[Assignment | None, bool]:
         """``key``'s address: (the one it holds, False), (a new one, True), or, when no
         address came free within ``wait`` seconds, (None, False). Raises
@@ -91,6 +109,28 @@ class Attachments:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(),
                                        timeout=min(remaining, LOOK_AGAIN_SECONDS))
+
+    async def attach(self, key: AttachmentKey, *, netns: str, pod: str, network: str = "",
+                     wait: float = 0.0) -> Attached | None:
+        """Hold an address for ``key`` in ``netns`` and build its pair, under ``key``'s lock;
+        None when no address came free within ``wait``. Safe to repeat: a key that holds an
+        address keeps it (its pair is checked again); a new address is given back, without a
+        cooldown, when its pair cannot be built. Raises ``AttachedElsewhere`` for a key
+        attached in another netns, ``PoolBeingDeleted`` while the pool goes away."""
+        async with self.locks.hold(key):
+            assignment, created = await self.reserve(key, netns=netns, pod=pod, network=network,
+                                                  wait=wait)
+            if assignment is None:
+                return None
+            if not created and assignment.netns != netns:
+                raise AttachedElsewhere(key, assignment.netns)
+            pair = self.pod_network(key, netns=netns, address=assignment.address)
+
+            async def give_back() -> None:
+                await self.release(key, cooldown=False)
+
+            await self.build(pair, undo=give_back if created else None)
+        return Attached(assignment, pair, created)
 
     async def build(self, pod: PodNetwork, *,
                     undo: Callable[[], Awaitable[object]] | None = None) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from azure_cni.agent.allocator import PoolBeingDeleted
-from azure_cni.agent.attachments import Attachments
+from azure_cni.agent.attachments import AttachedElsewhere, Attachments
 from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.podnet import requested_features
@@ -101,46 +101,10 @@ class CniHandler:
 
     async def _add(self, request: CniRequest) -> Reply:
         key = request.key
-        async with self.locks.hold(key):
-            assignment, created = await self._assign(request)
-            if not created and assignment.netns != request.netns:
-                raise TryAgainLater(
-                    f"{key} is already attached in another network namespace",
-                    f"recorded {assignment.netns}, requested {request.netns}; "
-                    "the runtime must DEL it first")
-            pod = self.attachments.pod_network(key, netns=request.netns,
-                                               address=assignment.address)
-
-            async def give_back() -> None:
-                await self.attachments.release(key, cooldown=False)
-
-            await self.attachments.build(pod, undo=give_back if created else None)
-        public_ip, backend_pools = requested_features(request.pod_annotations)
-        if public_ip or backend_pools:
-            # for the operator, through the pool's status; pods asking nothing skip this
-            await self.allocator.record_pod_request(assignment.address, request.pod,
-                                                    public_ip, backend_pools,
-                                                    request.pod_uid)
-            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
-                     "backend_pools=%s", assignment.address, request.pod or "-",
-                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
-            self.on_change()
-        if created:
-            self.on_change()
-            log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",
-                     key.container_id, key.ifname, assignment.address, pod.host_veth,
-                     request.pod or "-")
-        result = build_result(AttachmentResult(
-            host_veth=pod.host_veth, host_mac=pod.host_mac, ifname=pod.ifname,
-            pod_mac=pod.pod_mac, sandbox=request.netns, address=assignment.address,
-            gateway=pod.gateway, mtu=pod.mtu), request.cni_version)
-        return Reply(json.dumps(result).encode())
-
-    async def _assign(self, request: CniRequest) -> tuple[Assignment, bool]:
         budget = max(0.0, min(self.add_wait_seconds, request.deadline_seconds - 1.0))
         try:
-            assignment, created = await self.attachments.hold(
-                request.key, netns=request.netns, pod=request.pod, network=request.network,
+            attached = await self.attachments.attach(
+                key, netns=request.netns, pod=request.pod, network=request.network,
                 wait=budget)
         except PoolBeingDeleted as e:
             raise TryAgainLater(
@@ -148,9 +112,31 @@ class CniHandler:
                 "gets an address on this node until the pool is recreated",
                 f"its addresses go back to Azure as their pods go (kubectl describe "
                 f"nodeippool {e})") from e
-        if assignment is None:
+        except AttachedElsewhere as e:
+            raise TryAgainLater(f"{key} is already attached in another network namespace",
+                                f"recorded {e.netns}, requested {request.netns}; "
+                                "the runtime must DEL it first") from e
+        if attached is None:
             raise await self._exhausted(budget)
-        return assignment, created
+        address, pod = attached.assignment.address, attached.pod
+        public_ip, backend_pools = requested_features(request.pod_annotations)
+        if public_ip or backend_pools:
+            # for the operator, through the pool's status; pods asking nothing skip this
+            await self.allocator.record_pod_request(address, request.pod, public_ip,
+                                                    backend_pools, request.pod_uid)
+            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
+                     "backend_pools=%s", address, request.pod or "-",
+                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
+            self.on_change()
+        if attached.created:
+            self.on_change()
+            log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",
+                     key.container_id, key.ifname, address, pod.host_veth, request.pod or "-")
+        result = build_result(AttachmentResult(
+            host_veth=pod.host_veth, host_mac=pod.host_mac, ifname=pod.ifname,
+            pod_mac=pod.pod_mac, sandbox=request.netns, address=address,
+            gateway=pod.gateway, mtu=pod.mtu), request.cni_version)
+        return Reply(json.dumps(result).encode())
 
     async def _exhausted(self, waited: float) -> PoolExhausted:
         usage = await self.allocator.usage()

@@ -308,7 +308,7 @@ class DockerPlugin:
         else:
             # as a CNI ADD does, wait for an address to end its cooldown or for the admin's
             # new addresses to show up
-            made, _ = await self.attachments.hold(key, netns="", pod="docker",
+            made, _ = await self.attachments.reserve(key, netns="", pod="docker",
                                                   wait=self.add_wait_seconds)
             if made is None:
                 usage = await self.allocator.usage()
