@@ -96,10 +96,9 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
                                   datapath=datapath, mtu=mtu, host_root=args.host_root,
                                   metrics_address=args.metrics_address).run
         else:
-            from azure_cni.agent.kube import KubePoolApi  # noqa: PLC0415
+            from azure_cni.agent.kube import KubeConfigError, KubePoolApi  # noqa: PLC0415
             from azure_cni.agent.nodeagent import NodeAgent  # noqa: PLC0415
             from azure_cni.agent.pool_source import NodeIPPoolSource  # noqa: PLC0415
-            from azure_cni.kubeclient import KubeConfigError  # noqa: PLC0415
 
             try:
                 api = await KubePoolApi.connect(args.kubeconfig)

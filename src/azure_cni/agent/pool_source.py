@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from azure_cni.agent.kube import WatchExpired
 from azure_cni.api.nodeippool import InvalidPool, NodeIPPool, PoolStatus, status_apply_body
-from azure_cni.kubeclient import WatchExpired
 
 log = logging.getLogger(__name__)
 
