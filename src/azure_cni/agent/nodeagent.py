@@ -52,6 +52,8 @@ from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
 from azure_cni.agent.server import AgentServer
 from azure_cni.agent.spool import replay_spool
+from azure_cni.aio.backoff import Backoff
+from azure_cni.aio.periodic import every
 from azure_cni.api.nodeippool import (
     Condition,
     ConditionType,
@@ -127,7 +129,7 @@ class StatusReporter:
         self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.request)
 
     async def run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(first=1.0, most=30.0)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -136,11 +138,11 @@ class StatusReporter:
                 self._wanted.clear()
                 try:
                     await self.flush()
-                    backoff = 1.0
+                    backoff.succeeded()
                 except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
-                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
+                    delay = backoff.failed()
+                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, delay)
+                    await asyncio.sleep(delay)
                     self._wanted.set()
         finally:
             if self._timer is not None:
@@ -245,11 +247,11 @@ class NodeAgent:
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="pool-watch"),
             asyncio.create_task(self.reporter.run(), name="status-reporter"),
-            asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
+            asyncio.create_task(every(SPOOL_RESCAN_SECONDS, self.replay_spool),
                                 name="spool-rescan"),
             asyncio.create_task(self._keep_egress(), name="egress-sync"),
-            asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
-                                            self.handler.free_vanished_pods),
+            asyncio.create_task(every(VANISHED_POD_SWEEP_SECONDS,
+                                      self.handler.free_vanished_pods),
                                 name="vanished-pod-sweep"),
         ]
         # Everything loaded so far (kubernetes_asyncio's models alone are tens of thousands of
@@ -336,25 +338,16 @@ class NodeAgent:
             return
         self._metrics_runner = runner
 
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception as e:  # noqa: BLE001 - a periodic job retries next time
-                log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
-
     async def _keep_egress(self) -> None:
         """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
         a failure (the xtables lock held by kube-proxy at boot) retry within a second."""
-        retry = EGRESS_RETRY_SECONDS
+        retry = Backoff(first=EGRESS_RETRY_SECONDS, most=EGRESS_RETRY_MAX_SECONDS)
         while True:
             if self.egress.in_place:
-                retry = EGRESS_RETRY_SECONDS
+                retry.succeeded()
                 await asyncio.sleep(EGRESS_SYNC_SECONDS)
             else:
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, EGRESS_RETRY_MAX_SECONDS)
+                await asyncio.sleep(retry.failed())
             try:
                 await self.egress.ensure_sysctls()
                 await self.egress.reconcile(keep_nic=True)
