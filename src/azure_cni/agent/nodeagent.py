@@ -42,7 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from azure_cni.agent import install
-from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
+from azure_cni.agent.allocator import Allocator, stray_requests
 from azure_cni.agent.attachments import Attachments, Datapath
 from azure_cni.agent.cni_handler import CniHandler
 from azure_cni.agent.egress import EgressReconciler
@@ -52,6 +52,7 @@ from azure_cni.agent.pool_source import PoolSource
 from azure_cni.agent.recovery import RefuseToStart, plan_recovery
 from azure_cni.agent.server import AgentServer
 from azure_cni.agent.spool import replay_spool
+from azure_cni.agent.status import AgentStatus, AttachmentRow, PoolSummary, SnatSummary
 from azure_cni.aio.backoff import Backoff
 from azure_cni.aio.periodic import every
 from azure_cni.api.nodeippool import (
@@ -526,53 +527,36 @@ class NodeAgent:
             self._adopt_strays = False
         return status.agent_fields()
 
-    async def status_document(self) -> dict[str, Any]:
+    async def status_document(self) -> AgentStatus:
         """What ``azure-cni status`` shows."""
         usage, assignments, released = await self.allocator.snapshot()
         pool = self.allocator.pool
         clock = self.allocator.clock
         now, wall = clock.since_boot(), clock.wall()
-        return {
-            "node": self.node_name,
-            "poolSource": self.source.hints.name,
-            "poolSourceProblem": self.source_problem,
-            "ready": self.readiness.ready,
-            "reason": self.readiness.reason,
-            "message": self.readiness.message,
-            "socket": self.agent.socket_path,
-            "mtu": self.mtu,
-            "egressProblem": self.egress.problem,
-            "pool": _usage_document(usage) | {
-                "nic": pool.status.nic.to_dict() if pool and pool.status.nic else None,
-                "addresses": [ip.to_dict() for ip in pool.status.ips] if pool else [],
-            },
-            "assignments": [
-                {"containerID": a.key.container_id, "ifname": a.key.ifname,
-                 "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
-                 "pod": a.pod, "network": a.network, "assignedAt": a.assigned_at}
-                for a in assignments],
+        policy = self.egress.policy
+        return AgentStatus(
+            node=self.node_name, pool_source=self.source.hints.name,
+            pool_source_problem=self.source_problem, ready=self.readiness.ready,
+            reason=self.readiness.reason, message=self.readiness.message,
+            socket=self.agent.socket_path, mtu=self.mtu, egress_problem=self.egress.problem,
+            pool=PoolSummary(
+                usage.known, usage.allocated, usage.used, usage.free, usage.releasing,
+                usage.cooling, tuple(sorted(usage.release_acks)), usage.outside_pool,
+                pool.status.nic if pool else None, pool.status.ips if pool else ()),
+            assignments=tuple(AttachmentRow(
+                a.key.container_id, a.key.ifname, a.address, a.host_veth, a.netns, a.pod,
+                a.network, a.assigned_at) for a in assignments),
             # as wall-clock deadlines, for people and for the status command
-            "coolingDown": {address: wall + (r.cool_until - now)
-                            for address, r in sorted(released.items()) if r.cool_until > now},
-            "snat": {"podCIDR": self.egress.policy.pod_cidr,
-                     "vnet": list(self.egress.policy.vnet_cidrs),
-                     "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
-                     "masquerade": self.egress.policy.masquerade,
-                     "publicSources": list(self.egress.policy.public_sources)},
-            # per-pod Azure networking: what pods asked for, and what the operator did
-            "podRequests": [r.to_dict() for r in await self.allocator.pod_requests()],
-            "podNetworking": [a.to_dict() for a in pool.status.pod_networking] if pool else [],
-        }
+            cooling_down={address: wall + (r.cool_until - now)
+                          for address, r in sorted(released.items()) if r.cool_until > now},
+            snat=SnatSummary(policy.pod_cidr, tuple(policy.vnet_cidrs),
+                             tuple(policy.non_masquerade_cidrs), policy.masquerade,
+                             tuple(policy.public_sources)),
+            pod_requests=tuple(await self.allocator.pod_requests()),
+            pod_networking=pool.status.pod_networking if pool else ())
 
 
 def public_sources(pool: NodeIPPool) -> tuple[str, ...]:
     """Pod addresses the operator reports with a public IP attached (pure)."""
     return tuple(sorted(a.address for a in pool.status.pod_networking
                         if a.state == AttachmentState.ATTACHED and a.public_ip and a.address))
-
-
-def _usage_document(usage: PoolUsage) -> dict[str, Any]:
-    return {"known": usage.known, "allocated": usage.allocated, "used": usage.used,
-            "free": usage.free, "releasing": usage.releasing, "coolingDown": usage.cooling,
-            "releaseAcks": sorted(usage.release_acks),
-            "outsidePool": list(usage.outside_pool)}
