@@ -11,8 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from azure_cni.agent.allocator import Allocator
+from azure_cni.agent.egress import EgressReconciler
 from azure_cni.api.nodeippool import NicInfo, PoolIP
 from azure_cni.api.podnet import PodAttachment, PodNetworkRequest
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether pods can start on this node, and why (the AgentReady condition)."""
+
+    ready: bool
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -152,3 +163,35 @@ class AgentStatus:
                                for r in d.get("podRequests") or ()),
             pod_networking=tuple(PodAttachment.from_dict(a)
                                  for a in d.get("podNetworking") or ()))
+
+
+# -- reading it from the agent's parts ------------------------------------------------------
+
+async def read_status(*, node: str, pool_source: str, pool_source_problem: str,
+                      readiness: Readiness, socket: str, mtu: int, egress: EgressReconciler,
+                      allocator: Allocator) -> AgentStatus:
+    """The status as the agent's parts see it now (one read of the store)."""
+    usage, assignments, released = await allocator.snapshot()
+    pool = allocator.pool
+    clock = allocator.clock
+    now, wall = clock.since_boot(), clock.wall()
+    policy = egress.policy
+    return AgentStatus(
+        node=node, pool_source=pool_source, pool_source_problem=pool_source_problem,
+        ready=readiness.ready, reason=readiness.reason, message=readiness.message,
+        socket=socket, mtu=mtu, egress_problem=egress.problem,
+        pool=PoolSummary(
+            usage.known, usage.allocated, usage.used, usage.free, usage.releasing,
+            usage.cooling, tuple(sorted(usage.release_acks)), usage.outside_pool,
+            pool.status.nic if pool else None, pool.status.ips if pool else ()),
+        assignments=tuple(AttachmentRow(
+            a.key.container_id, a.key.ifname, a.address, a.host_veth, a.netns, a.pod,
+            a.network, a.assigned_at) for a in assignments),
+        # as wall-clock deadlines, for people and for the status command
+        cooling_down={address: wall + (r.cool_until - now)
+                      for address, r in sorted(released.items()) if r.cool_until > now},
+        snat=SnatSummary(policy.pod_cidr, tuple(policy.vnet_cidrs),
+                         tuple(policy.non_masquerade_cidrs), policy.masquerade,
+                         tuple(policy.public_sources)),
+        pod_requests=tuple(await allocator.pod_requests()),
+        pod_networking=pool.status.pod_networking if pool else ())
