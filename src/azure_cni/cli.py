@@ -53,17 +53,19 @@ def _status(args: argparse.Namespace) -> int:
         except InvalidSettings as e:
             return _fail(e)
     try:
-        status = AgentStatus.from_dict(fetch_status(socket_path))
+        document = fetch_status(socket_path)
     except AgentDown as e:
         return _fail(e)
+    # machines get the document as the agent sent it; people, and the exit code, the typed value
+    status = AgentStatus.from_dict(document)
     if args.output == "json":
         import json
 
-        print(json.dumps(status.to_dict(), indent=2))
+        print(json.dumps(document, indent=2))
     elif args.output == "yaml":
         import yaml
 
-        print(yaml.safe_dump(status.to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(document, sort_keys=False), end="")
     else:
         render(status, sys.stdout)
     return CliExit.OK if status.ready else CliExit.NOT_READY
