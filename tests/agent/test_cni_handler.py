@@ -92,14 +92,18 @@ async def test_add_builds_the_datapath_and_returns_the_result(harness: Harness) 
     assert harness.changes == 1
 
 
-async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
-    harness.datapath.namespaces.add("/run/netns/p1")
-    annotated = parse_request({
+def annotated_add() -> CniRequest:
+    """An ADD of a pod that asks for a public IP."""
+    return parse_request({
         "protocol": 1, "command": "ADD", "containerID": "c1", "netns": "/run/netns/p1",
         "ifname": "eth0", "args": "K8S_POD_NAMESPACE=web;K8S_POD_NAME=web-0;K8S_POD_UID=u-1",
         "config": {"cniVersion": "1.0.0", "name": "azure-cni", "runtimeConfig": {
             "io.kubernetes.cri.pod-annotations": {"azurecni.io/public-ip": "web"}}}})
-    await harness.handler.handle(annotated)
+
+
+async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
+    harness.datapath.namespaces.add("/run/netns/p1")
+    await harness.handler.handle(annotated_add())
     (published,) = await harness.allocator.pod_requests()
     assert published.to_dict() == {"address": "198.18.0.10", "ipConfiguration":
                                    "azcni-198-18-0-10", "pod": "web/web-0", "podUID": "u-1",
@@ -129,6 +133,18 @@ async def test_failed_add_gives_the_address_back(harness: Harness) -> None:
     assert await harness.allocator.assignments() == []
     result = await harness.add()
     assert result["ips"][0]["address"] == "198.18.0.10/32", "no cooldown for a never-used address"
+
+
+async def test_failed_add_of_an_annotated_pod_asks_nothing(harness: Harness) -> None:
+    """The request for the operator is recorded with the pair built, never for an address
+    that went back to the pool (the operator would attach a public IP to a free address)."""
+    harness.datapath.namespaces.add("/run/netns/p1")
+    harness.datapath.faults["ensure"] = errno.EBUSY
+    with pytest.raises(OSError):
+        await harness.handler.handle(annotated_add())
+    assert await harness.allocator.assignments() == []
+    assert await harness.allocator.pod_requests() == []
+    assert harness.changes == 0
 
 
 async def test_add_into_a_missing_netns_is_unknown_container(harness: Harness) -> None:
@@ -166,7 +182,6 @@ async def test_exhausted_pool_waits_for_the_operator(harness: Harness) -> None:
     await asyncio.sleep(0.1)
     assert not waiting.done()
     await harness.allocator.set_pool(pool("198.18.0.10", "198.18.0.11"))
-    harness.handler.attachments.pool_changed()
     result = await asyncio.wait_for(waiting, 5)
     assert result["ips"][0]["address"] == "198.18.0.11/32"
 

@@ -1,11 +1,12 @@
-"""The node's attachments: a pool address recorded for a key and a veth pair built for it.
+"""The node's attachments: a pool address held for a key and the veth pair built for it.
 
 One service under both front-ends, the CNI verbs (``cni_handler``) and Docker's network
-plugin (``vm.docker_plugin``): the wait for a free address, the names and MACs of the pair,
-building it with the address given back when that fails, tearing it down, releasing the
-address and waking those that wait for one, and a lock per attachment key so that requests
-for one attachment run one after the other. Front-ends decide *which* key and netns; how an
-address is held and a pair is built is decided here, once.
+plugin (``vm.docker_plugin``): the names and MACs of the pair, building it under the key's
+address with the address given back when that fails, tearing it down, and a lock per
+attachment key so that requests for one attachment run one after the other. Front-ends decide
+*which* key and netns; how a pair is built for a held address is decided here, once. The
+allocator (``agent.allocator``) holds the addresses: it waits for one to come free, gives a
+new one back when the pair cannot be built, and wakes the waiters when one is released.
 
 Netlink work runs on the ``netlink`` thread pool so the event loop stays free; the store's
 reads and writes run on the allocator's own thread.
@@ -13,24 +14,20 @@ reads and writes run on the allocator's own thread.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
-from azure_cni.agent.allocator import Allocator
+from azure_cni.agent.allocator import Allocator, PodAsks
 from azure_cni.aio.keyed_locks import KeyedLocks
+from azure_cni.aio.threads import on_thread
 from azure_cni.api.attachment import AttachmentKey
 from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
 from azure_cni.datapath.veth import HostVeth, PodNetwork
 from azure_cni.ipam.store import Assignment
 
 T = TypeVar("T")
-#: cooldowns end without any event, so a waiting request looks again at least this often
-LOOK_AGAIN_SECONDS = 1.0
 
 
 class Datapath(Protocol):
@@ -43,14 +40,6 @@ class Datapath(Protocol):
     def check_pod_veth(self, pod: PodNetwork) -> list[str]: ...
 
     def list_host_veths(self) -> list[HostVeth]: ...
-
-
-class AttachedElsewhere(Exception):
-    """The key holds an address already, for another network namespace."""
-
-    def __init__(self, key: AttachmentKey, netns: str) -> None:
-        super().__init__(f"{key} is attached in {netns}")
-        self.netns = netns
 
 
 @dataclass(frozen=True)
@@ -72,16 +61,10 @@ class Attachments:
         self.netlink_pool = netlink
         self.mtu = mtu
         self.locks: KeyedLocks[AttachmentKey] = KeyedLocks()
-        self._pool_changed = asyncio.Event()
 
     async def netlink(self, fn: Callable[..., T], *args: object) -> T:
         """Run a datapath call on the netlink threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.netlink_pool, fn, *args)
-
-    def pool_changed(self) -> None:
-        """Wake the requests waiting for a free address (new pool, released address)."""
-        self._pool_changed.set()
-        self._pool_changed = asyncio.Event()
+        return await on_thread(self.netlink_pool, fn, *args)
 
     def pod_network(self, key: AttachmentKey, *, netns: str, address: str, ifname: str = "",
                     mac: str = "") -> PodNetwork:
@@ -93,44 +76,24 @@ class Attachments:
             host_mac=host_veth_mac(key.container_id, key.ifname),
             pod_mac=mac or pod_mac(key.container_id, key.ifname), mtu=self.mtu)
 
-    async def reserve(self, key: AttachmentKey, *, netns: str, pod: str, network: str = "",
-                   wait: float = 0.0) -> tuple[Assignment | None, bool]:
-        """``key``'s address: (the one it holds, False), (a new one, True), or, when no
-        address came free within ``wait`` seconds, (None, False). Raises
-        ``PoolBeingDeleted`` when the pool is going away."""
-        veth = host_veth_name(key.container_id, key.ifname)
-        deadline = time.monotonic() + wait
-        while True:
-            changed = self._pool_changed
-            assignment, created = await self.allocator.assign(key, netns, veth, pod, network)
-            remaining = deadline - time.monotonic()
-            if assignment is not None or remaining <= 0:
-                return assignment, created
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(),
-                                       timeout=min(remaining, LOOK_AGAIN_SECONDS))
-
     async def attach(self, key: AttachmentKey, *, netns: str, pod: str, network: str = "",
-                     wait: float = 0.0) -> Attached | None:
+                     wait: float = 0.0, asks: PodAsks | None = None) -> Attached | None:
         """Hold an address for ``key`` in ``netns`` and build its pair, under ``key``'s lock;
         None when no address came free within ``wait``. Safe to repeat: a key that holds an
         address keeps it (its pair is checked again); a new address is given back, without a
-        cooldown, when its pair cannot be built. Raises ``AttachedElsewhere`` for a key
-        attached in another netns, ``PoolBeingDeleted`` while the pool goes away."""
-        async with self.locks.hold(key):
-            assignment, created = await self.reserve(key, netns=netns, pod=pod, network=network,
-                                                  wait=wait)
-            if assignment is None:
+        cooldown, when its pair cannot be built; ``asks`` are recorded once the pair is
+        built. Raises ``AttachedElsewhere`` for a key attached in another netns,
+        ``PoolBeingDeleted`` while the pool goes away."""
+        # the pair's names follow from the key; its address is what the allocator holds
+        named = self.pod_network(key, netns=netns, address="")
+        async with self.locks.hold(key), self.allocator.holding(
+                key, netns=netns, host_veth=named.host_veth, pod=pod, network=network,
+                wait=wait, asks=asks) as held:
+            if held is None:
                 return None
-            if not created and assignment.netns != netns:
-                raise AttachedElsewhere(key, assignment.netns)
-            pair = self.pod_network(key, netns=netns, address=assignment.address)
-
-            async def give_back() -> None:
-                await self.release(key, cooldown=False)
-
-            await self.build(pair, undo=give_back if created else None)
-        return Attached(assignment, pair, created)
+            pair = replace(named, address=held.assignment.address)
+            await self.netlink(self.datapath.ensure_pod_veth, pair)
+        return Attached(held.assignment, pair, held.created)
 
     async def build(self, pod: PodNetwork, *,
                     undo: Callable[[], Awaitable[object]] | None = None) -> None:
@@ -146,12 +109,3 @@ class Attachments:
     async def teardown(self, host_veth: str) -> None:
         """Remove a pair (nothing if it is gone already)."""
         await self.netlink(self.datapath.teardown_pod_veth, host_veth)
-
-    async def release(self, key: AttachmentKey, *, cooldown: bool = True
-                      ) -> Assignment | None:
-        """Forget ``key``'s address (with ``cooldown`` it is not reused for a while) and wake
-        those waiting for one."""
-        freed = await self.allocator.release(key, cooldown=cooldown)
-        if freed is not None:
-            self.pool_changed()
-        return freed

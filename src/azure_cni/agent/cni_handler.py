@@ -18,8 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from azure_cni.agent.allocator import PoolBeingDeleted
-from azure_cni.agent.attachments import AttachedElsewhere, Attachments
+from azure_cni.agent.allocator import AttachedElsewhere, PodAsks, PoolBeingDeleted
+from azure_cni.agent.attachments import Attachments
 from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
 from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.podnet import requested_features
@@ -102,10 +102,14 @@ class CniHandler:
     async def _add(self, request: CniRequest) -> Reply:
         key = request.key
         budget = max(0.0, min(self.add_wait_seconds, request.deadline_seconds - 1.0))
+        public_ip, backend_pools = requested_features(request.pod_annotations)
+        # for the operator, through the pool's status; pods asking nothing skip this
+        asks = (PodAsks(public_ip, backend_pools, request.pod_uid)
+                if public_ip or backend_pools else None)
         try:
             attached = await self.attachments.attach(
                 key, netns=request.netns, pod=request.pod, network=request.network,
-                wait=budget)
+                wait=budget, asks=asks)
         except PoolBeingDeleted as e:
             raise TryAgainLater(
                 f"the NodeIPPool of node {self.node_name} is being deleted; no new pod "
@@ -119,17 +123,9 @@ class CniHandler:
         if attached is None:
             raise await self._exhausted(budget)
         address, pod = attached.assignment.address, attached.pod
-        public_ip, backend_pools = requested_features(request.pod_annotations)
-        if public_ip or backend_pools:
-            # for the operator, through the pool's status; pods asking nothing skip this
-            await self.allocator.record_pod_request(address, request.pod, public_ip,
-                                                    backend_pools, request.pod_uid)
-            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
-                     "backend_pools=%s", address, request.pod or "-",
-                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
+        if attached.created or asks is not None:
             self.on_change()
         if attached.created:
-            self.on_change()
             log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",
                      key.container_id, key.ifname, address, pod.host_veth, request.pod or "-")
         result = build_result(AttachmentResult(
@@ -164,7 +160,7 @@ class CniHandler:
             veth = assignment.host_veth if assignment else host_veth_name(*_parts(key))
             await self.attachments.teardown(veth)
             if assignment is not None:
-                await self.attachments.release(key)
+                await self.allocator.release(key)
         if listed:
             warnings += self._foreign_addresses(listed, assignment)
         if assignment is not None:
@@ -261,7 +257,7 @@ class CniHandler:
                 if os.path.exists(assignment.netns) or assignment.host_veth in {
                         v.name for v in veths}:
                     continue
-                await self.attachments.release(assignment.key)
+                await self.allocator.release(assignment.key)
                 freed.append(assignment)
                 log.warning("event=vanished_pod_freed container=%s ifname=%s address=%s "
                             "netns=%s", assignment.key.container_id, assignment.key.ifname,
@@ -304,7 +300,7 @@ class CniHandler:
                 except OSError as e:
                     failures.append(f"{assignment.key}: {e}")
                     continue
-                await self.attachments.release(assignment.key)
+                await self.allocator.release(assignment.key)
                 freed.append(assignment)
         if freed:
             self.on_change()

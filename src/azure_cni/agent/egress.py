@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from azure_cni.aio.backoff import Backoff
+from azure_cni.aio.threads import on_thread
 from azure_cni.api.nodeippool import NicInfo
 from azure_cni.api.settings import SnatSettings
 from azure_cni.datapath.podnic import PodNicMissing, ensure_pod_nic, routing_for
@@ -80,7 +81,7 @@ class EgressReconciler:
         return not self.problem
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await on_thread(self.executor, fn, *args)
 
     async def ensure_sysctls(self) -> None:
         try:

@@ -57,6 +57,7 @@ from azure_cni.agent.spool import replay_spool
 from azure_cni.agent.status import AgentStatus, Readiness, read_status
 from azure_cni.agent.status_reporter import StatusReporter
 from azure_cni.aio.periodic import every
+from azure_cni.aio.threads import on_thread
 from azure_cni.api.nodeippool import (
     Condition,
     ConditionType,
@@ -269,8 +270,7 @@ class NodeAgent:
         if pool is None or previous is None or previous.uid != pool.uid:
             self.reporter.forget()
             self._adopt_strays = True
-        await self.allocator.set_pool(pool)
-        self.attachments.pool_changed()
+        await self.allocator.set_pool(pool)  # wakes the ADDs waiting for an address
         self._pool_seen = pool is not None
         if pool is None:
             if previous is not None:
@@ -340,11 +340,9 @@ class NodeAgent:
         self._outside_pool = outside
 
     async def _install(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.netlink, install.install_shim, self.agent,
-                                       self.host_root)
-            await loop.run_in_executor(self.netlink, install.install_conflist, self.agent)
+            await on_thread(self.netlink, install.install_shim, self.agent, self.host_root)
+            await on_thread(self.netlink, install.install_conflist, self.agent)
         except (install.HostPythonMissing, OSError) as e:
             self._set_readiness(False, "InstallFailed", str(e))
             log.error("event=install_failed error=%s", e)

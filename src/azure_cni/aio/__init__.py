@@ -1,1 +1,2 @@
-"""The async primitives every part uses: backoff, periodic jobs, per-key locks (one each)."""
+"""The async primitives every part uses: backoff, periodic jobs, per-key locks, work on
+threads (one each)."""

@@ -308,8 +308,8 @@ class DockerPlugin:
         else:
             # as a CNI ADD does, wait for an address to end its cooldown or for the admin's
             # new addresses to show up
-            made, _ = await self.attachments.reserve(key, netns="", pod="docker",
-                                                  wait=self.add_wait_seconds)
+            made, _ = await self.allocator.assign(key, "", veth, "docker",
+                                                 wait=self.add_wait_seconds)
             if made is None:
                 usage = await self.allocator.usage()
                 raise PluginError(
@@ -341,7 +341,7 @@ class DockerPlugin:
         if holder.key.ifname == DockerRole.ENDPOINT:
             raise PluginError(f"{address} is still used by endpoint "
                               f"{holder.key.container_id[:12]}; delete the endpoint first")
-        if await self.attachments.release(holder.key) is not None:
+        if await self.allocator.release(holder.key) is not None:
             log.info("event=docker_address_released address=%s", address)
             self.on_change()
         return {}
@@ -551,7 +551,7 @@ class DockerPlugin:
                     continue
                 if found.key.ifname == DockerRole.ENDPOINT:
                     await self.attachments.teardown(found.host_veth)
-                await self.attachments.release(found.key)
+                await self.allocator.release(found.key)
             freed.append(found)
             kind = "departed_endpoint" if found in departed else (
                 "stranded_endpoint" if found.key.ifname == DockerRole.ENDPOINT else
