@@ -23,10 +23,9 @@ from azure.core.credentials import AccessToken
 from azure.mgmt.network import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterfaceIPConfiguration
 
-from azure_cni.agent.docker_plugin import DEPARTED_SWEEP_SECONDS, PLUGIN_NAME
+from azure_cni.agent.vm.docker_plugin import DEPARTED_SWEEP_SECONDS, PLUGIN_NAME, DockerRole
 from azure_cni.api.settings import AgentSettings
 from azure_cni.datapath.names import host_veth_name
-from azure_cni.ipam.store import DOCKER_ENDPOINT
 from azure_cni_sim.arm import ArmEmulator, VmInfo
 from azure_cni_sim.containerd import Containerd
 from azure_cni_sim.dockerd import DockerEngine
@@ -388,7 +387,7 @@ def test_what_docker_abandoned_before_join_is_freed_and_running_containers_keep_
         assert status == 200, answer
         leftovers = {handle["Address"].split("/")[0], unjoined["Address"].split("/")[0]}
         assert set(vnet.assignments(vnet.vm1)) == {live, *leftovers}
-        live_veth = host_veth_name(endpoint, DOCKER_ENDPOINT)
+        live_veth = host_veth_name(endpoint, DockerRole.ENDPOINT)
         assert vnet.veths(vnet.vm1) > {live_veth}, "the abandoned endpoint's pair is there"
         # and an agent outage on top: the restarted agent only notes them at start (Docker
         # could still be retrying its next call), and frees them at its next sweep

@@ -42,6 +42,7 @@ def _fail(message: object) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from azure_cni.agent.status import AgentStatus
     from azure_cni.agent.status_cli import AgentDown, fetch_status, render
     from azure_cni.api.settings import InvalidSettings, load_settings
 
@@ -52,24 +53,26 @@ def _status(args: argparse.Namespace) -> int:
         except InvalidSettings as e:
             return _fail(e)
     try:
-        status = fetch_status(socket_path)
+        document = fetch_status(socket_path)
     except AgentDown as e:
         return _fail(e)
+    # machines get the document as the agent sent it; people, and the exit code, the typed value
+    status = AgentStatus.from_dict(document)
     if args.output == "json":
         import json
 
-        print(json.dumps(status, indent=2))
+        print(json.dumps(document, indent=2))
     elif args.output == "yaml":
         import yaml
 
-        print(yaml.safe_dump(status, sort_keys=False), end="")
+        print(yaml.safe_dump(document, sort_keys=False), end="")
     else:
         render(status, sys.stdout)
-    return CliExit.OK if status["ready"] else CliExit.NOT_READY
+    return CliExit.OK if status.ready else CliExit.NOT_READY
 
 
 def _install_standalone(args: argparse.Namespace) -> int:
-    from azure_cni.agent.vm_install import UNIT_NAME, install_standalone
+    from azure_cni.agent.vm.install import UNIT_NAME, install_standalone
     from azure_cni.api.settings import InvalidSettings
 
     try:
@@ -90,7 +93,7 @@ def _install_standalone(args: argparse.Namespace) -> int:
 
 
 def _uninstall_standalone(args: argparse.Namespace) -> int:
-    from azure_cni.agent.vm_install import UninstallFailed, uninstall_standalone
+    from azure_cni.agent.vm.install import UninstallFailed, uninstall_standalone
 
     try:
         done = uninstall_standalone(root=args.root, agent=args.agent, purge=args.purge)

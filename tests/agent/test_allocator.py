@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from azure_cni.agent.allocator import Allocator, choose_address, pool_usage
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
-from azure_cni.ipam.store import Assignment, AttachmentKey, Clock, Release
+from azure_cni.ipam.store import Assignment, Clock, Release
 
 A, R = IPState.AVAILABLE, IPState.RELEASING
 

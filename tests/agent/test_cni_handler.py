@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 
 from azure_cni.agent.allocator import Allocator
+from azure_cni.agent.attachments import Attachments
 from azure_cni.agent.cni_handler import CniHandler, PoolExhausted
 from azure_cni.agent.server import cni_error_for
+from azure_cni.agent.vm.docker_plugin import DockerRole
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP, PoolSpec, PoolStatus
 from azure_cni.cni.errors import CniError, Code
 from azure_cni.cni.request import CniRequest, parse_request
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import host_veth_name
-from azure_cni.ipam.store import DOCKER_ENDPOINT, AttachmentKey
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
@@ -65,8 +67,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await allocator.set_pool(pool(*(f"198.18.0.{i}" for i in range(10, 70))))
     datapath = InMemoryDatapath()
     netlink = ThreadPoolExecutor(4)
-    handler = CniHandler(node_name="node-a", allocator=allocator, datapath=datapath,
-                         netlink=netlink, mtu=1500, add_wait_seconds=0.5)
+    attachments = Attachments(allocator=allocator, datapath=datapath, netlink=netlink,
+                              mtu=1500)
+    handler = CniHandler(node_name="node-a", attachments=attachments, add_wait_seconds=0.5)
     h = Harness(handler, datapath, allocator)
     handler.on_change = lambda: setattr(h, "changes", h.changes + 1)
     yield h
@@ -89,14 +92,18 @@ async def test_add_builds_the_datapath_and_returns_the_result(harness: Harness) 
     assert harness.changes == 1
 
 
-async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
-    harness.datapath.namespaces.add("/run/netns/p1")
-    annotated = parse_request({
+def annotated_add() -> CniRequest:
+    """An ADD of a pod that asks for a public IP."""
+    return parse_request({
         "protocol": 1, "command": "ADD", "containerID": "c1", "netns": "/run/netns/p1",
         "ifname": "eth0", "args": "K8S_POD_NAMESPACE=web;K8S_POD_NAME=web-0;K8S_POD_UID=u-1",
         "config": {"cniVersion": "1.0.0", "name": "azure-cni", "runtimeConfig": {
             "io.kubernetes.cri.pod-annotations": {"azurecni.io/public-ip": "web"}}}})
-    await harness.handler.handle(annotated)
+
+
+async def test_add_records_what_an_annotated_pod_asks_with_its_uid(harness: Harness) -> None:
+    harness.datapath.namespaces.add("/run/netns/p1")
+    await harness.handler.handle(annotated_add())
     (published,) = await harness.allocator.pod_requests()
     assert published.to_dict() == {"address": "198.18.0.10", "ipConfiguration":
                                    "azcni-198-18-0-10", "pod": "web/web-0", "podUID": "u-1",
@@ -126,6 +133,18 @@ async def test_failed_add_gives_the_address_back(harness: Harness) -> None:
     assert await harness.allocator.assignments() == []
     result = await harness.add()
     assert result["ips"][0]["address"] == "198.18.0.10/32", "no cooldown for a never-used address"
+
+
+async def test_failed_add_of_an_annotated_pod_asks_nothing(harness: Harness) -> None:
+    """The request for the operator is recorded with the pair built, never for an address
+    that went back to the pool (the operator would attach a public IP to a free address)."""
+    harness.datapath.namespaces.add("/run/netns/p1")
+    harness.datapath.faults["ensure"] = errno.EBUSY
+    with pytest.raises(OSError):
+        await harness.handler.handle(annotated_add())
+    assert await harness.allocator.assignments() == []
+    assert await harness.allocator.pod_requests() == []
+    assert harness.changes == 0
 
 
 async def test_add_into_a_missing_netns_is_unknown_container(harness: Harness) -> None:
@@ -163,7 +182,6 @@ async def test_exhausted_pool_waits_for_the_operator(harness: Harness) -> None:
     await asyncio.sleep(0.1)
     assert not waiting.done()
     await harness.allocator.set_pool(pool("198.18.0.10", "198.18.0.11"))
-    harness.handler.pool_changed()
     result = await asyncio.wait_for(waiting, 5)
     assert result["ips"][0]["address"] == "198.18.0.11/32"
 
@@ -343,7 +361,7 @@ async def test_gc_leaves_attachments_of_an_unknown_network_to_del_and_the_sweep(
 async def test_gc_leaves_dockers_attachments_alone(harness: Harness) -> None:
     """Docker's plugin records its containers in the same store; no CNI runtime lists them."""
     await harness.add("c0")
-    endpoint = AttachmentKey("e" * 64, DOCKER_ENDPOINT)
+    endpoint = AttachmentKey("e" * 64, DockerRole.ENDPOINT)
     made, _ = await harness.allocator.assign(endpoint, "", host_veth_name(
         endpoint.container_id, endpoint.ifname), "docker/eeeeeeeeeeee")
     assert made is not None
@@ -387,7 +405,7 @@ class BarrierDatapath(InMemoryDatapath):
 async def test_adds_of_different_pods_do_netlink_work_at_the_same_time(
         harness: Harness) -> None:
     slow = BarrierDatapath(parties=4)
-    harness.handler.datapath = slow
+    harness.handler.attachments.datapath = slow
     harness.datapath = slow
     results = await asyncio.gather(*(harness.add(f"c{i}", f"/run/netns/p{i}")
                                      for i in range(4)))
@@ -410,7 +428,7 @@ class GateDatapath(InMemoryDatapath):
 
 async def test_del_of_a_pod_waits_for_its_add_in_flight(harness: Harness) -> None:
     gated = GateDatapath()
-    harness.handler.datapath = gated
+    harness.handler.attachments.datapath = gated
     harness.datapath = gated
     adding = asyncio.create_task(harness.add())
     await asyncio.get_running_loop().run_in_executor(None, gated.entered.wait, 10)
@@ -428,7 +446,7 @@ async def test_gc_leaves_an_add_in_flight_alone(harness: Harness) -> None:
     """The runtime's list of valid attachments was made before this ADD returned: an address
     recorded before GC started must not be torn down after the ADD succeeded."""
     gated = GateDatapath()
-    harness.handler.datapath = gated
+    harness.handler.attachments.datapath = gated
     harness.datapath = gated
     key = AttachmentKey("new", "eth0")
     adding = asyncio.create_task(harness.add("new", "/run/netns/new"))

@@ -19,12 +19,13 @@ from azure_cni.agent.allocator import (
 )
 from azure_cni.agent.egress import snat_policy
 from azure_cni.agent.nodeagent import public_sources
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.nodeippool import NicInfo, NodeIPPool, PoolIP, PoolSpec, PoolStatus
 from azure_cni.api.podnet import AttachmentState, PodAttachment, PodNetworkRequest
 from azure_cni.api.settings import SnatSettings
 from azure_cni.cni.request import CniRequest
 from azure_cni.datapath.snat import render_rules
-from azure_cni.ipam.store import AddressStore, AttachmentKey
+from azure_cni.ipam.store import AddressStore
 
 A, B = AttachmentKey("c1", "eth0"), AttachmentKey("c2", "eth0")
 ADDRESSES = ["198.18.0.10", "198.18.0.11"]

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from azure_cni.agent.imds_source import InstanceMetadataSource
 from azure_cni.agent.pool_source import NodeIPPoolSource, PoolSource
+from azure_cni.agent.vm.imds_source import InstanceMetadataSource
 from azure_cni.api.nodeippool import NodeIPPool, PoolStatus
 from azure_cni.api.settings import StandaloneSettings
 from azure_cni.cloud.azure import AzureAdapter

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from azure_cni.agent.kube import WatchExpired
 from azure_cni.agent.pool_source import watch_pool_forever
-from azure_cni.kubeclient import WatchExpired
 
 
 def pool(version: str, used: int = 0) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from azure_cni.agent.recovery import plan_recovery
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.datapath.veth import HostVeth
-from azure_cni.ipam.store import Assignment, AttachmentKey
+from azure_cni.ipam.store import Assignment
 
 
 def assignment(container: str, address: str, veth: str) -> Assignment:

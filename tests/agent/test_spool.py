@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from azure_cni.agent.spool import replay_spool
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.cni.request import CniRequest
-from azure_cni.ipam.store import Assignment, AttachmentKey
+from azure_cni.ipam.store import Assignment
 
 
 def spooled(directory: Path, container: str, sent_at: float, command: str = "DEL") -> Path:

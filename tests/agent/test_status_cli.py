@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from azure_cni.agent.status import AgentStatus
 from azure_cni.agent.status_cli import render
 
 STATUS = {
@@ -21,7 +22,7 @@ STATUS = {
 
 def test_render() -> None:
     out = io.StringIO()
-    render(STATUS, out, now=1010.0)
+    render(AgentStatus.from_dict(STATUS), out, now=1010.0)
     text = out.getvalue()
     assert "agent:   ready: serving pods" in text
     assert "pool:    8 allocated, 1 used, 6 free, 1 releasing, 0 cooling down" in text
@@ -32,8 +33,9 @@ def test_render() -> None:
 
 def test_render_not_ready() -> None:
     out = io.StringIO()
-    render({**STATUS, "ready": False, "reason": "NoPool", "message": "no pool",
-            "pool": {**STATUS["pool"], "known": False}, "assignments": []}, out, now=0)
+    render(AgentStatus.from_dict({
+        **STATUS, "ready": False, "reason": "NoPool", "message": "no pool",
+        "pool": {**STATUS["pool"], "known": False}, "assignments": []}), out, now=0)
     assert "NOT READY (NoPool)" in out.getvalue()
     assert "pool:    not received yet" in out.getvalue()
 
@@ -41,7 +43,7 @@ def test_render_not_ready() -> None:
 def test_render_pod_network_requests_and_their_answers() -> None:
     out = io.StringIO()
     pip = "/subscriptions/s/resourceGroups/pips/providers/Microsoft.Network/publicIPAddresses/web"
-    render({**STATUS,
+    render(AgentStatus.from_dict({**STATUS,
             "podRequests": [
                 {"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "shop/web-1",
                  "publicIP": "web"},
@@ -49,8 +51,15 @@ def test_render_pod_network_requests_and_their_answers() -> None:
                  "backendPools": ["pool-1"], "withdrawn": True}],
             "podNetworking": [
                 {"ipConfiguration": "azcni-a", "address": "198.18.0.10", "pod": "shop/web-1",
-                 "state": "Attached", "publicIP": pip}]}, out, now=1010.0)
+                 "state": "Attached", "publicIP": pip}]}), out, now=1010.0)
     text = out.getvalue()
     assert "2 pod network request(s)" in text
     assert "198.18.0.10  shop/web-1  public IP web  -> Attached" in text
     assert "198.18.0.13  shop/gone  withdrawn (pool pool-1)  -> Pending" in text
+
+
+def test_the_document_reads_back_as_it_was_written() -> None:
+    status = AgentStatus.from_dict(STATUS)
+    assert AgentStatus.from_dict(status.to_dict()) == status
+    assert status.to_dict()["assignments"][0]["hostVeth"] == "azv0123456789a"
+    assert status.to_dict()["pool"]["coolingDown"] == 0

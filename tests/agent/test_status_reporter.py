@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from azure_cni.agent import nodeagent
-from azure_cni.agent.nodeagent import StatusReporter
+from azure_cni.agent import status_reporter
 from azure_cni.agent.pool_source import NodeIPPoolSource
+from azure_cni.agent.status_reporter import StatusReporter
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER
 
 
@@ -76,7 +76,7 @@ async def test_failed_writes_are_retried() -> None:
 
 async def test_a_cooldown_that_ends_is_reported_without_an_event(monkeypatch) -> None:
     """Nothing happens on the node when a cooldown ends, but ``cooling`` changes then."""
-    monkeypatch.setattr(nodeagent, "STATUS_REFRESH_SECONDS", 3600.0)
+    monkeypatch.setattr(status_reporter, "STATUS_REFRESH_SECONDS", 3600.0)
     api = RecordingApi()
     ends = asyncio.get_running_loop().time() + 0.3
 

@@ -16,6 +16,7 @@ from azure_cni.api.nodeippool import (
     PoolIP,
     PoolSpec,
     PoolStatus,
+    parse_time,
     set_condition,
 )
 
@@ -64,6 +65,22 @@ def test_each_writer_renders_only_its_fields() -> None:
     assert set(agent) == {"used", "cooling", "releaseAcks", "conditions"}
     assert agent["cooling"] == 1
     assert [c["type"] for c in agent["conditions"]] == ["AgentReady"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-27T10:00:00Z", dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)),
+    # what a Kubernetes MicroTime and other writers (kubectl, client-go's metav1.Time
+    # with fractions) put into timestamps
+    ("2026-11-27T10:00:00.5Z", dt.datetime(2026, 11, 27, 10, 0, 0, 500000, tzinfo=dt.UTC)),
+    ("2026-11-27T10:00:00.123456Z",
+     dt.datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=dt.UTC)),
+    ("2026-11-27T10:00:00.123456789Z",
+     dt.datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=dt.UTC)),
+    ("2026-11-27T11:00:00+01:00", dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)),
+    ("", None), (None, None), ("yesterday", None), ("2026-11-27", None),
+])
+def test_parse_time_reads_rfc3339_with_or_without_fractions(text, expected) -> None:
+    assert parse_time(text) == expected
 
 
 def test_no_excess_is_rendered_as_absence() -> None:

@@ -8,11 +8,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kubernetes_asyncio.client.exceptions import ApiException
 from tests.chart.conftest import Release, agent_kubeconfig
 from tests.chart.tokens import service_account_kubeconfig
 
-from azure_cni.agent.kube import KubePoolApi
+from azure_cni.agent.kube import KubeApiError, KubePoolApi
 from azure_cni.api.nodeippool import (
     AGENT_FIELD_MANAGER,
     ConditionType,
@@ -124,7 +123,7 @@ async def test_agent_client_works_on_its_chart_token(release: Release, tmp_path:
         written = pool_of(release, own)
         assert written is not None and written.status.used == 3
 
-        with pytest.raises(ApiException) as refused:
+        with pytest.raises(KubeApiError) as refused:
             await api.apply_status(other, status_apply_body(other, {"used": 3}))
         assert refused.value.status == 403
         assert f"may not write the NodeIPPool of node {other}" in str(refused.value.body)

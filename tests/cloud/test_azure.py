@@ -14,7 +14,7 @@ import pytest
 from azure.mgmt.network.aio import NetworkManagementClient
 from prometheus_client import REGISTRY
 
-from azure_cni.cloud.azure import AzureAdapter, KeyedLocks, api_operation
+from azure_cni.cloud.azure import AzureAdapter, api_operation
 from azure_cni.cloud.port import (
     AddressInUse,
     AuthFailed,
@@ -304,24 +304,6 @@ async def test_concurrent_calls_on_one_adapter_queue_instead_of_conflicting(worl
     assert {"azcni-a", "azcni-b"} <= names
     assert world.emu.request_count("PUT", nic_id) == 2
     assert world.emu.request_count("PUT", nic_id, status=412) == 0
-
-
-async def test_a_nic_lock_is_exclusive_and_kept_only_while_held_or_awaited():
-    locks = KeyedLocks()
-    inside: list[str] = []
-    order: list[str] = []
-
-    async def write(who: str) -> None:
-        async with locks.hold("nic-0"):
-            assert not inside, f"{who} entered while {inside} held the lock"
-            inside.append(who)
-            await asyncio.sleep(0)  # let the others queue up
-            order.append(who)
-            inside.remove(who)
-
-    await asyncio.gather(write("a"), write("b"), write("c"))
-    assert order == ["a", "b", "c"]
-    assert len(locks) == 0, "a lock outlived its last writer"
 
 
 # -- Azure's error catalogue (arm-api.md §2.1), through fault injection ---------------------------

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.cni.errors import CniError, Code
 from azure_cni.cni.request import parse_cni_args, parse_request
-from azure_cni.ipam.store import AttachmentKey
 
 
 def body(**overrides: Any) -> dict[str, Any]:

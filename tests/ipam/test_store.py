@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.ipam.store import (
     SCHEMA_VERSION,
     AddressStore,
-    AttachmentKey,
     Clock,
     DuplicateAssignment,
     StoreError,

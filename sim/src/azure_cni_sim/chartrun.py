@@ -19,6 +19,9 @@ Where it differs from a node, and why:
   simulated VM's (``Containerd(workdir, node)``);
 - hostPath volumes resolve under ``host_root``, a directory standing in for the node's
   filesystem, never the machine's own paths (without one, a hostPath volume is refused);
+  ``host_binds`` names the few node paths that are the machine's own there, bound read-only
+  or writable as asked (the agent's ``/proc/sys/net``, which follows the network namespace
+  of whoever writes it, and the ``/usr/bin`` that holds the shim's python);
 - the token is minted once, unbound, for a day (kubelet binds it to the pod and rotates it);
 - no kubelet: the readiness probe is polled once, at start; nothing restarts the container.
 
@@ -109,7 +112,8 @@ class ChartContainer:
                  cluster: LocalCluster | None, node_name: str = "sim-node",
                  host_ip: str = "127.0.0.1", extra_objects: Sequence[Mapping[str, Any]] = (),
                  extra_env: Mapping[str, str] | None = None,
-                 command: Sequence[str] | None = None, host_root: Path | None = None) -> None:
+                 command: Sequence[str] | None = None, host_root: Path | None = None,
+                 host_binds: Mapping[str, tuple[Path, bool]] | None = None) -> None:
         self.manifests = list(manifests)
         self.workload = crispec.find_workload(self.manifests, kind, container)
         workload_object = next(o for o in self.manifests if o.get("kind") == kind and
@@ -128,6 +132,9 @@ class ChartContainer:
         self.extra_env = dict(extra_env or {})
         self.command = list(command) if command is not None else None
         self.host_root = host_root
+        #: node path -> (this machine's path bound there, read-only)
+        self.host_binds = dict(host_binds or {})
+        self._bound: list[Path] = []
         self.pod_id = ""
         self.container_id = ""
         self._pid = 0
@@ -143,6 +150,7 @@ class ChartContainer:
         if self.cluster is not None:
             self._apply_chart_objects()
         mounts = self._write_volumes()
+        self._bind_host_paths()
         image_user = self._image_user()
         base_env = {}
         if self.cluster is not None:
@@ -185,6 +193,9 @@ class ChartContainer:
         if self.pod_id:
             self.runtime.crictl("stopp", self.pod_id, check=False)
             self.runtime.crictl("rmp", self.pod_id, check=False)
+        for target in reversed(self._bound):
+            subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True)
+        self._bound.clear()
         if self._shared_root:
             subprocess.run(["umount", "-l", str(self.host_root)], check=False,
                            capture_output=True)
@@ -272,6 +283,7 @@ class ChartContainer:
                                 "TokenRequest token" if self.cluster is not None and
                                 self.workload.automount_token else None),
             "environment_added_by_the_simulation": sorted(self.extra_env),
+            "node_paths_that_are_this_machines": sorted(self.host_binds),
         }
 
     def runtime_version(self) -> str:
@@ -360,6 +372,24 @@ class ChartContainer:
         subprocess.run(["mount", "--bind", root, root], check=True, capture_output=True)
         self._shared_root = True
         subprocess.run(["mount", "--make-rshared", root], check=True, capture_output=True)
+
+    def _bind_host_paths(self) -> None:
+        """Bind ``host_binds`` under ``host_root`` (after it is shared, so that the container's
+        mounts with propagation see them)."""
+        if self.host_binds and self.host_root is None:
+            raise ChartRunError("host_binds need a host_root")
+        for node_path, (source, read_only) in self.host_binds.items():
+            assert self.host_root is not None
+            target = self.host_root / node_path.lstrip("/")
+            if source.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
+            options = "bind,ro" if read_only else "bind"
+            subprocess.run(["mount", "-o", options, str(source), str(target)], check=True,
+                           capture_output=True)
+            self._bound.append(target)
 
     def _host_path(self, plan: crispec.VolumePlan) -> Path:
         if self.host_root is None:

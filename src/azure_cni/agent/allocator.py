@@ -6,24 +6,32 @@ through; netlink work happens elsewhere. It also closes a race of the release ha
 acknowledgements are computed on the same thread after the pool update that marked an address
 ``Releasing`` was applied, so no pick made with an older copy of the pool can still be in
 flight when the agent acknowledges that address.
+
+A request that finds no free address waits here (``assign``'s ``wait``) until a release or a
+new copy of the pool wakes it; ``holding`` is the whole of an ADD's business with addresses in
+one call: the pick (or the wait), the address given back if the caller's work fails, and what
+the pod asks of Azure recorded once it has succeeded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from azure_cni.aio.threads import on_thread
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.nodeippool import IPState, NodeIPPool, PoolIP
 from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
 from azure_cni.ipam.store import (
     AddressStore,
     Assignment,
-    AttachmentKey,
     Clock,
     Release,
     StoredPodRequest,
@@ -31,10 +39,38 @@ from azure_cni.ipam.store import (
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+#: cooldowns end without any event, so a waiting request looks again at least this often
+LOOK_AGAIN_SECONDS = 1.0
 
 
 class PoolBeingDeleted(Exception):
     """The node's NodeIPPool is being deleted: no new address is handed out."""
+
+
+class AttachedElsewhere(Exception):
+    """The key holds an address already, for another network namespace."""
+
+    def __init__(self, key: AttachmentKey, netns: str) -> None:
+        super().__init__(f"{key} is attached in {netns}")
+        self.netns = netns
+
+
+@dataclass(frozen=True)
+class PodAsks:
+    """What a pod asks of Azure for its address (a public IP, backend pools), for the
+    operator; see ``api.podnet``."""
+
+    public_ip: str
+    backend_pools: tuple[str, ...]
+    pod_uid: str = ""
+
+
+@dataclass(frozen=True)
+class Held:
+    """An address held for a key, and whether this call is what made it so."""
+
+    assignment: Assignment
+    created: bool
 
 
 def choose_address(pool: Sequence[PoolIP], taken: frozenset[str],
@@ -84,6 +120,11 @@ class PoolUsage:
     cooldown_ends_in: float | None = None
     #: Available blocks none of whose addresses is used or cooling
     idle_blocks: frozenset[str] = field(default_factory=frozenset)
+
+    def describe(self) -> str:
+        """The counts, for an error message a person reads."""
+        return (f"{self.allocated} allocated, {self.used} used, {self.releasing} releasing, "
+                f"{self.cooling} cooling down, {self.free} free")
 
 
 def pool_usage(pool: NodeIPPool | None, assignments: Sequence[Assignment],
@@ -192,9 +233,15 @@ class Allocator:
         self._store: AddressStore | None = None
         self._pool: NodeIPPool | None = None
         self._blocks: frozenset[str] = frozenset()
+        #: set (and replaced) when an address may have come free: a new pool, a release
+        self._changed = asyncio.Event()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+        return await on_thread(self._thread, fn)
 
     @property
     def is_open(self) -> bool:
@@ -246,15 +293,19 @@ class Allocator:
                     self.store.forget_pod_requests(settled)
 
         await self._run(adopt)
+        self._wake()
 
     @property
     def pool(self) -> NodeIPPool | None:
         return self._pool
 
-    async def assign(self, key: AttachmentKey, netns: str, host_veth: str,
-                     pod: str, network: str = "") -> tuple[Assignment | None, bool]:
-        """``key``'s assignment: (existing one, False), (new one, True), or (None, False);
-        a new one is recorded as ``network``'s (the CNI network's name)."""
+    async def assign(self, key: AttachmentKey, netns: str, host_veth: str, pod: str,
+                     network: str = "", *, wait: float = 0.0
+                     ) -> tuple[Assignment | None, bool]:
+        """``key``'s assignment: (existing one, False), (new one, True), or, when no address
+        came free within ``wait`` seconds, (None, False); a new one is recorded as
+        ``network``'s (the CNI network's name). Raises ``PoolBeingDeleted`` when the pool is
+        going away."""
 
         def pick() -> tuple[Assignment | None, bool]:
             existing = self.store.get(key)
@@ -271,15 +322,60 @@ class Allocator:
                 choose=lambda taken, released: choose_address(ips, taken, released, now))
             return made, made is not None
 
-        return await self._run(pick)
+        deadline = time.monotonic() + wait
+        while True:
+            changed = self._changed
+            assignment, created = await self._run(pick)
+            remaining = deadline - time.monotonic()
+            if assignment is not None or remaining <= 0:
+                return assignment, created
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(),
+                                       timeout=min(remaining, LOOK_AGAIN_SECONDS))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, key: AttachmentKey, *, netns: str, host_veth: str, pod: str,
+                      network: str = "", wait: float = 0.0, asks: PodAsks | None = None
+                      ) -> AsyncIterator[Held | None]:
+        """``key``'s address in ``netns`` for the block's work (building its pair): the one
+        it holds or a new one (``assign``), None when none came free within ``wait``.
+
+        One call from the first look to the last word: when the block fails, a new address
+        goes back at once (no cooldown: nothing used it); when it succeeds, ``asks`` are
+        recorded for the operator. Raises ``AttachedElsewhere`` for a key that holds an
+        address in another netns (nothing is released), ``PoolBeingDeleted`` as ``assign``.
+        """
+        assignment, created = await self.assign(key, netns, host_veth, pod, network,
+                                                wait=wait)
+        if assignment is None:
+            yield None
+            return
+        if not created and assignment.netns != netns:
+            raise AttachedElsewhere(key, assignment.netns)
+        try:
+            yield Held(assignment, created)
+        except BaseException:
+            if created:
+                await self.release(key, cooldown=False)
+            raise
+        if asks is not None:
+            await self.record_pod_request(assignment.address, pod, asks.public_ip,
+                                          asks.backend_pools, asks.pod_uid)
+            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
+                     "backend_pools=%s", assignment.address, pod or "-", asks.pod_uid or "-",
+                     asks.public_ip or "-", ",".join(asks.backend_pools) or "-")
 
     async def get(self, key: AttachmentKey) -> Assignment | None:
         return await self._run(lambda: self.store.get(key))
 
     async def release(self, key: AttachmentKey, cooldown: bool = True) -> Assignment | None:
-        """Forget ``key``'s address; with ``cooldown`` it is not reused for a while."""
+        """Forget ``key``'s address (with ``cooldown`` it is not reused for a while) and wake
+        those waiting for one."""
         seconds = self.cooldown_seconds if cooldown else 0.0
-        return await self._run(lambda: self.store.release(key, seconds))
+        freed = await self._run(lambda: self.store.release(key, seconds))
+        if freed is not None:
+            self._wake()
+        return freed
 
     async def assignments(self) -> list[Assignment]:
         return await self._run(self.store.assignments)

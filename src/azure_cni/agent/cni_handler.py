@@ -10,20 +10,18 @@ server maps them to CNI codes in one place (``server.cni_error_for``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
-from azure_cni.agent.allocator import Allocator, PoolBeingDeleted, PoolUsage
+from azure_cni.agent.allocator import AttachedElsewhere, PodAsks, PoolBeingDeleted
+from azure_cni.agent.attachments import Attachments
 from azure_cni.agent.pool_source import PoolHints, nodeippool_hints
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.podnet import requested_features
 from azure_cni.cni.errors import (
     DatapathMismatch,
@@ -35,24 +33,10 @@ from azure_cni.cni.errors import (
 )
 from azure_cni.cni.request import CniRequest
 from azure_cni.cni.result import AttachmentResult, build_result
-from azure_cni.datapath.names import host_veth_mac, host_veth_name, pod_mac
-from azure_cni.datapath.veth import HostVeth, PodNetwork
-from azure_cni.ipam.store import Assignment, AttachmentKey
+from azure_cni.datapath.names import host_veth_name
+from azure_cni.ipam.store import Assignment
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class Datapath(Protocol):
-    """What the CNI verbs need from the node's datapath (real: ``datapath.veth``)."""
-
-    def ensure_pod_veth(self, pod: PodNetwork) -> None: ...
-
-    def teardown_pod_veth(self, host_veth: str) -> None: ...
-
-    def check_pod_veth(self, pod: PodNetwork) -> list[str]: ...
-
-    def list_host_veths(self) -> list[HostVeth]: ...
 
 
 class PoolExhausted(TryAgainLater):
@@ -67,35 +51,6 @@ class Reply:
     warning: str = ""
 
 
-class KeyedLocks:
-    """One asyncio lock per attachment, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[AttachmentKey, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: AttachmentKey) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def waiting(self, key: AttachmentKey) -> int:
-        """How many wait for ``key`` while someone holds it."""
-        lock, users = self._locks.get(key, (None, 0))
-        return users - 1 if lock is not None and lock.locked() else 0
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
 class CniHandler:
     """Serves the CNI verbs for one node."""
 
@@ -103,10 +58,7 @@ class CniHandler:
         self,
         *,
         node_name: str,
-        allocator: Allocator,
-        datapath: Datapath,
-        netlink: Executor,
-        mtu: int,
+        attachments: Attachments,
         add_wait_seconds: float,
         on_change: Callable[[], None] = lambda: None,
         egress_problem: Callable[[], str] = lambda: "",
@@ -114,39 +66,21 @@ class CniHandler:
         pool_problem: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_name = node_name
-        self.allocator = allocator
-        self.datapath = datapath
-        self.netlink = netlink
-        self.mtu = mtu
+        self.attachments = attachments
+        self.allocator = attachments.allocator
         self.add_wait_seconds = add_wait_seconds
         self.on_change = on_change
         self.egress_problem = egress_problem
         self.hints = hints or nodeippool_hints(node_name)
         self.pool_problem = pool_problem
-        self.locks = KeyedLocks()
-        self._pool_changed = asyncio.Event()
+        self.locks = attachments.locks
         #: attachments whose ADD is running (GC leaves them alone, see ``gc``)
         self._adding: Counter[AttachmentKey] = Counter()
-
-    def pool_changed(self) -> None:
-        """Wake ADDs waiting for a free address (new pool, released address)."""
-        self._pool_changed.set()
-        self._pool_changed = asyncio.Event()
-
-    async def _netlink(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
 
     async def handle(self, request: CniRequest) -> Reply:
         verb = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
                 "STATUS": self.status, "GC": self.gc}[request.command]
         return await verb(request)
-
-    def pod_network(self, key: AttachmentKey, netns: str, address: str) -> PodNetwork:
-        return PodNetwork(
-            netns=netns, ifname=key.ifname, address=address,
-            host_veth=host_veth_name(key.container_id, key.ifname),
-            host_mac=host_veth_mac(key.container_id, key.ifname),
-            pod_mac=pod_mac(key.container_id, key.ifname), mtu=self.mtu)
 
     # -- ADD -------------------------------------------------------------------------------
 
@@ -167,66 +101,38 @@ class CniHandler:
 
     async def _add(self, request: CniRequest) -> Reply:
         key = request.key
-        async with self.locks.hold(key):
-            assignment, created = await self._assign(request)
-            if not created and assignment.netns != request.netns:
-                raise TryAgainLater(
-                    f"{key} is already attached in another network namespace",
-                    f"recorded {assignment.netns}, requested {request.netns}; "
-                    "the runtime must DEL it first")
-            pod = self.pod_network(key, request.netns, assignment.address)
-            try:
-                await self._netlink(self.datapath.ensure_pod_veth, pod)
-            except BaseException:
-                if created:
-                    await self.allocator.release(key, cooldown=False)
-                    self.pool_changed()
-                raise
+        budget = max(0.0, min(self.add_wait_seconds, request.deadline_seconds - 1.0))
         public_ip, backend_pools = requested_features(request.pod_annotations)
-        if public_ip or backend_pools:
-            # for the operator, through the pool's status; pods asking nothing skip this
-            await self.allocator.record_pod_request(assignment.address, request.pod,
-                                                    public_ip, backend_pools,
-                                                    request.pod_uid)
-            log.info("event=pod_network_requested address=%s pod=%s pod_uid=%s public_ip=%s "
-                     "backend_pools=%s", assignment.address, request.pod or "-",
-                     request.pod_uid or "-", public_ip or "-", ",".join(backend_pools) or "-")
+        # for the operator, through the pool's status; pods asking nothing skip this
+        asks = (PodAsks(public_ip, backend_pools, request.pod_uid)
+                if public_ip or backend_pools else None)
+        try:
+            attached = await self.attachments.attach(
+                key, netns=request.netns, pod=request.pod, network=request.network,
+                wait=budget, asks=asks)
+        except PoolBeingDeleted as e:
+            raise TryAgainLater(
+                f"the NodeIPPool of node {self.node_name} is being deleted; no new pod "
+                "gets an address on this node until the pool is recreated",
+                f"its addresses go back to Azure as their pods go (kubectl describe "
+                f"nodeippool {e})") from e
+        except AttachedElsewhere as e:
+            raise TryAgainLater(f"{key} is already attached in another network namespace",
+                                f"recorded {e.netns}, requested {request.netns}; "
+                                "the runtime must DEL it first") from e
+        if attached is None:
+            raise await self._exhausted(budget)
+        address, pod = attached.assignment.address, attached.pod
+        if attached.created or asks is not None:
             self.on_change()
-        if created:
-            self.on_change()
+        if attached.created:
             log.info("event=add container=%s ifname=%s address=%s veth=%s pod=%s",
-                     key.container_id, key.ifname, assignment.address, pod.host_veth,
-                     request.pod or "-")
+                     key.container_id, key.ifname, address, pod.host_veth, request.pod or "-")
         result = build_result(AttachmentResult(
             host_veth=pod.host_veth, host_mac=pod.host_mac, ifname=pod.ifname,
-            pod_mac=pod.pod_mac, sandbox=request.netns, address=assignment.address,
+            pod_mac=pod.pod_mac, sandbox=request.netns, address=address,
             gateway=pod.gateway, mtu=pod.mtu), request.cni_version)
         return Reply(json.dumps(result).encode())
-
-    async def _assign(self, request: CniRequest) -> tuple[Assignment, bool]:
-        key = request.key
-        veth = host_veth_name(key.container_id, key.ifname)
-        budget = max(0.0, min(self.add_wait_seconds, request.deadline_seconds - 1.0))
-        deadline = time.monotonic() + budget
-        while True:
-            changed = self._pool_changed
-            try:
-                assignment, created = await self.allocator.assign(
-                    key, request.netns, veth, request.pod, request.network)
-            except PoolBeingDeleted as e:
-                raise TryAgainLater(
-                    f"the NodeIPPool of node {self.node_name} is being deleted; no new pod "
-                    "gets an address on this node until the pool is recreated",
-                    f"its addresses go back to Azure as their pods go (kubectl describe "
-                    f"nodeippool {e})") from e
-            if assignment is not None:
-                return assignment, created
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise await self._exhausted(budget)
-            # cooldowns end without any event, so look again at least every second
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(remaining, 1.0))
 
     async def _exhausted(self, waited: float) -> PoolExhausted:
         usage = await self.allocator.usage()
@@ -237,7 +143,7 @@ class CniHandler:
         return PoolExhausted(
             f"the pool of node {self.node_name} is exhausted",
             f"waited {waited:.0f}s for {self.hints.who_adds} to add addresses: "
-            f"{_describe(usage)}")
+            f"{usage.describe()}")
 
     # -- DEL -------------------------------------------------------------------------------
 
@@ -252,14 +158,13 @@ class CniHandler:
         async with self.locks.hold(key):
             assignment = await self.allocator.get(key)
             veth = assignment.host_veth if assignment else host_veth_name(*_parts(key))
-            await self._netlink(self.datapath.teardown_pod_veth, veth)
+            await self.attachments.teardown(veth)
             if assignment is not None:
                 await self.allocator.release(key)
         if listed:
             warnings += self._foreign_addresses(listed, assignment)
         if assignment is not None:
             self.on_change()
-            self.pool_changed()
             log.info("event=del container=%s ifname=%s address=%s", key.container_id,
                      key.ifname, assignment.address)
         for warning in warnings:
@@ -301,8 +206,10 @@ class CniHandler:
             if assignment.netns != request.netns:
                 raise InvalidConfig("CNI_NETNS differs from the ADD's",
                                     f"ADD used {assignment.netns}, CHECK got {request.netns}")
-            pod = self.pod_network(key, request.netns, assignment.address)
-            problems = await self._netlink(self.datapath.check_pod_veth, pod)
+            pod = self.attachments.pod_network(key, netns=request.netns,
+                                               address=assignment.address)
+            problems = await self.attachments.netlink(self.attachments.datapath.check_pod_veth,
+                                                      pod)
         if problems:
             raise DatapathMismatch(f"the network of {key} differs from what ADD built",
                                    "; ".join(problems))
@@ -345,7 +252,8 @@ class CniHandler:
             async with self.locks.hold(assignment.key):
                 if await self.allocator.get(assignment.key) != assignment:
                     continue
-                veths = await self._netlink(self.datapath.list_host_veths)
+                veths = await self.attachments.netlink(
+                    self.attachments.datapath.list_host_veths)
                 if os.path.exists(assignment.netns) or assignment.host_veth in {
                         v.name for v in veths}:
                     continue
@@ -356,7 +264,6 @@ class CniHandler:
                             assignment.address, assignment.netns)
         if freed:
             self.on_change()
-            self.pool_changed()
         return freed
 
     # -- GC --------------------------------------------------------------------------------
@@ -389,7 +296,7 @@ class CniHandler:
                 if await self.allocator.get(assignment.key) != assignment:
                     continue  # a DEL got there first
                 try:
-                    await self._netlink(self.datapath.teardown_pod_veth, assignment.host_veth)
+                    await self.attachments.teardown(assignment.host_veth)
                 except OSError as e:
                     failures.append(f"{assignment.key}: {e}")
                     continue
@@ -397,7 +304,6 @@ class CniHandler:
                 freed.append(assignment)
         if freed:
             self.on_change()
-            self.pool_changed()
         log.info("event=gc network=%s kept=%d freed=%d failed=%d addresses=%s",
                  request.network, len(keep), len(freed), len(failures),
                  ",".join(a.address for a in freed) or "-")
@@ -409,9 +315,3 @@ class CniHandler:
 
 def _parts(key: AttachmentKey) -> tuple[str, str]:
     return key.container_id, key.ifname
-
-
-def _describe(usage: PoolUsage) -> str:
-    return (f"{usage.allocated} allocated, {usage.used} used, {usage.releasing} releasing, "
-            f"{usage.cooling} cooling down, {usage.free} free")
-

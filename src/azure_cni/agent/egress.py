@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import TypeVar
 
+from azure_cni.aio.backoff import Backoff
+from azure_cni.aio.threads import on_thread
 from azure_cni.api.nodeippool import NicInfo
 from azure_cni.api.settings import SnatSettings
 from azure_cni.datapath.podnic import PodNicMissing, ensure_pod_nic, routing_for
@@ -44,6 +46,11 @@ def snat_policy(snat: SnatSettings, nic: NicInfo | None,
     )
 
 
+#: check the egress chains (and put them back) this often while they are in place ...
+EGRESS_SYNC_SECONDS = 10.0
+#: ... and retry this soon after a failure, doubling up to the maximum
+EGRESS_RETRY_SECONDS = 1.0
+EGRESS_RETRY_MAX_SECONDS = 30.0
 NOT_PROGRAMMED = ("the pod egress chains (wireserver and metadata block, SNAT) are not "
                   "programmed yet")
 
@@ -74,7 +81,7 @@ class EgressReconciler:
         return not self.problem
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await on_thread(self.executor, fn, *args)
 
     async def ensure_sysctls(self) -> None:
         try:
@@ -131,3 +138,21 @@ class EgressReconciler:
         if changed:
             log.info("event=pod_nic_routed nic=%s subnet=%s changes=%r",
                      nic.name if nic else "-", routing.subnet if routing else "-", changed)
+
+    async def keep_in_place(self, after_each: Callable[[], Awaitable[object]]) -> None:
+        """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
+        a failure (the xtables lock held by kube-proxy at boot) retry within a second, then
+        run ``after_each`` (readiness follows whether they are in place)."""
+        retry = Backoff(first=EGRESS_RETRY_SECONDS, most=EGRESS_RETRY_MAX_SECONDS)
+        while True:
+            if self.in_place:
+                retry.succeeded()
+                await asyncio.sleep(EGRESS_SYNC_SECONDS)
+            else:
+                await asyncio.sleep(retry.failed())
+            try:
+                await self.ensure_sysctls()
+                await self.reconcile(keep_nic=True)
+            except Exception as e:  # noqa: BLE001 - keep checking; the problem stays visible
+                log.warning("event=egress_sync_failed error=%r", e)
+            await after_each()

@@ -90,16 +90,15 @@ async def _serve(settings: Settings, args: argparse.Namespace, mtu: int) -> int:
     datapath.sockets.start()
     try:
         if settings.standalone.enabled:
-            from azure_cni.agent.standalone import StandaloneAgent  # noqa: PLC0415
+            from azure_cni.agent.vm.standalone import StandaloneAgent  # noqa: PLC0415
 
             run = StandaloneAgent(settings=settings, node_name=args.node_name,
                                   datapath=datapath, mtu=mtu, host_root=args.host_root,
                                   metrics_address=args.metrics_address).run
         else:
-            from azure_cni.agent.kube import KubePoolApi  # noqa: PLC0415
+            from azure_cni.agent.kube import KubeConfigError, KubePoolApi  # noqa: PLC0415
             from azure_cni.agent.nodeagent import NodeAgent  # noqa: PLC0415
             from azure_cni.agent.pool_source import NodeIPPoolSource  # noqa: PLC0415
-            from azure_cni.kubeclient import KubeConfigError  # noqa: PLC0415
 
             try:
                 api = await KubePoolApi.connect(args.kubeconfig)

@@ -10,6 +10,7 @@ conflist installed). Both say why with a 503 otherwise.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from azure_cni.agent.allocator import PoolUsage
 from azure_cni.cni.request import COMMANDS
+
+log = logging.getLogger(__name__)
 
 #: from 1 ms (a warm ADD is a few ms) to the shim's deadline
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -116,3 +119,22 @@ class Stopwatch:
 
     def seconds(self) -> float:
         return time.monotonic() - self.started
+
+
+async def serve_metrics(metrics: AgentMetrics, health: Callable[[], str],
+                        readiness: Callable[[], str], port: int,
+                        node_address: str = "") -> web.AppRunner | None:
+    """Serve /metrics, /healthz and /readyz on 127.0.0.1 (the kubelet probes loopback) and,
+    when scraping is on, the node's address; None (logged) if a port cannot be had."""
+    runner = web.AppRunner(metrics_app(metrics, health, readiness), access_log=None,
+                           handle_signals=False)
+    await runner.setup()
+    addresses = ["127.0.0.1", *([node_address] if node_address else [])]
+    try:
+        for address in addresses:
+            await web.TCPSite(runner, address, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        log.error("event=metrics_unavailable address=%s port=%d error=%s", address, port, e)
+        return None
+    return runner

@@ -21,10 +21,13 @@ and answers STATUS as ready for a short grace after a graceful stop (``shim.AGEN
 It is removed when the agent refuses to start (exit 2 or 3: no restart will help until an
 admin acts) and by ``azure-cni-agent --uninstall``.
 
-Only ``used``, ``cooling``, ``releaseAcks``, ``idleBlocks`` and the ``AgentReady`` condition
-are written, by server-side apply under the ``azure-cni-agent`` field manager, debounced, and
-only when they change; a cooldown that ends changes ``cooling`` (and maybe an ack) without
-any event, so the reporter also wakes up then.
+This module is the agent's lifecycle and its pool: start-up in that order, adopting each
+version of the pool, readiness, the shim's install, and a clean stop. The other jobs live in
+modules of their own: the CNI verbs (``cni_handler``) over the attachment service
+(``attachments``), the start-up check of the host (``recovery.recover_node``), the egress
+chains kept in place (``egress``), the spooled DELs (``spool``), the status fields written
+to the pool (``status_reporter``), the status document (``status``) and the metrics and
+probe server (``metrics.serve_metrics``).
 """
 
 from __future__ import annotations
@@ -33,24 +36,28 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from azure_cni.agent import install
-from azure_cni.agent.allocator import Allocator, PoolUsage, stray_requests
-from azure_cni.agent.cni_handler import CniHandler, Datapath
+from azure_cni.agent.allocator import Allocator, stray_requests
+from azure_cni.agent.attachments import Attachments, Datapath
+from azure_cni.agent.cni_handler import CniHandler
 from azure_cni.agent.egress import EgressReconciler
 from azure_cni.agent.exitcodes import AgentExit
-from azure_cni.agent.metrics import AgentMetrics, metrics_app
+from azure_cni.agent.metrics import AgentMetrics, serve_metrics
 from azure_cni.agent.pool_source import PoolSource
-from azure_cni.agent.recovery import RefuseToStart, plan_recovery
+from azure_cni.agent.recovery import RefuseToStart, recover_node
 from azure_cni.agent.server import AgentServer
 from azure_cni.agent.spool import replay_spool
+from azure_cni.agent.status import AgentStatus, Readiness, read_status
+from azure_cni.agent.status_reporter import StatusReporter
+from azure_cni.aio.periodic import every
+from azure_cni.aio.threads import on_thread
 from azure_cni.api.nodeippool import (
     Condition,
     ConditionType,
@@ -68,16 +75,8 @@ from azure_cni.preflight.node import agent_report, node_findings
 
 log = logging.getLogger(__name__)
 
-STATUS_DEBOUNCE_SECONDS = 1.0
-#: recompute the status this often even without events (cooldowns end silently)
-STATUS_REFRESH_SECONDS = 10.0
 SPOOL_RESCAN_SECONDS = 10.0
 VANISHED_POD_SWEEP_SECONDS = 60.0
-#: check the egress chains (and put them back) this often while they are in place ...
-EGRESS_SYNC_SECONDS = 10.0
-#: ... and retry this soon after a failure, doubling up to the maximum
-EGRESS_RETRY_SECONDS = 1.0
-EGRESS_RETRY_MAX_SECONDS = 30.0
 NETLINK_THREADS = 8
 
 
@@ -88,74 +87,6 @@ class AgentStartupError(RuntimeError):
         super().__init__(message)
         self.exit_code = exit_code
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    reason: str
-    message: str
-
-
-class StatusReporter:
-    """Applies the agent's status fields, at most once per debounce interval."""
-
-    def __init__(self, source: PoolSource,
-                 compute: Callable[[], Awaitable[dict[str, Any] | None]],
-                 debounce: float = STATUS_DEBOUNCE_SECONDS) -> None:
-        self.source = source
-        self.compute = compute
-        self.debounce = debounce
-        self._wanted = asyncio.Event()
-        self._last: dict[str, Any] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def request(self) -> None:
-        self._wanted.set()
-
-    def forget(self) -> None:
-        """The pool was replaced (deleted, or recreated under the same name): what was
-        written went with the old object, so the next flush writes even unchanged fields."""
-        self._last = None
-        self._wanted.set()
-
-    def request_later(self, delay: float) -> None:
-        """Recompute ``delay`` seconds from now (when a cooldown ends), event or not."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, delay), self.request)
-
-    async def run(self) -> None:
-        backoff = 1.0
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), timeout=STATUS_REFRESH_SECONDS)
-                await asyncio.sleep(self.debounce)
-                self._wanted.clear()
-                try:
-                    await self.flush()
-                    backoff = 1.0
-                except Exception as e:  # noqa: BLE001 - the API server may be away; keep trying
-                    log.warning("event=status_apply_failed error=%r retry_in=%.0fs", e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                    self._wanted.set()
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-
-    async def flush(self) -> bool:
-        """Apply now if the fields changed; True if something was written."""
-        fields = await self.compute()
-        if fields is None or fields == self._last:
-            return False
-        await self.source.publish(fields)
-        self._last = fields
-        log.info("event=status_applied used=%s cooling=%s acks=%d ready=%s",
-                 fields.get("used"), fields.get("cooling"), len(fields.get("releaseAcks") or ()),
-                 next((c["status"] for c in fields.get("conditions") or ()), "?"))
-        return True
 
 
 class NodeAgent:
@@ -178,9 +109,11 @@ class NodeAgent:
                                    self.agent.cooldown_seconds)
         self.metrics = metrics or AgentMetrics()
         self.egress = EgressReconciler(settings.snat, self.netlink, host_root)
+        self.attachments = Attachments(allocator=self.allocator, datapath=datapath,
+                                       netlink=self.netlink, mtu=mtu)
         self.handler = CniHandler(
-            node_name=node_name, allocator=self.allocator, datapath=datapath,
-            netlink=self.netlink, mtu=mtu, add_wait_seconds=self.agent.add_wait_seconds,
+            node_name=node_name, attachments=self.attachments,
+            add_wait_seconds=self.agent.add_wait_seconds,
             on_change=self._changed, egress_problem=lambda: self.egress.problem,
             hints=source.hints, pool_problem=lambda: self.source_problem)
         self.server = AgentServer(self.handler, self.metrics, self.status_document,
@@ -223,7 +156,7 @@ class NodeAgent:
             await self._fail_early("HostPythonMissing", str(e))
             raise AgentStartupError(str(e), AgentExit.NO_HOST_PYTHON, "HostPythonMissing") from e
         try:
-            await self._recover()
+            await recover_node(self.attachments)
         except RefuseToStart as e:
             await self._fail_early("RecoveryFailed", str(e))
             raise AgentStartupError(str(e), AgentExit.REFUSED_TO_START, "RecoveryFailed") from e
@@ -238,15 +171,18 @@ class NodeAgent:
         await self.server.start(Path(self.agent.socket_path))
         self._serving = True
         install.stopped_marker(self.agent).unlink(missing_ok=True)
-        await self._start_metrics()
+        self._metrics_runner = await serve_metrics(
+            self.metrics, self.health_problem, self.readiness_problem, self.agent.metrics_port,
+            self.metrics_address)
         self._tasks = [
             asyncio.create_task(self._watch_forever(), name="pool-watch"),
             asyncio.create_task(self.reporter.run(), name="status-reporter"),
-            asyncio.create_task(self._every(SPOOL_RESCAN_SECONDS, self.replay_spool),
+            asyncio.create_task(every(SPOOL_RESCAN_SECONDS, self.replay_spool),
                                 name="spool-rescan"),
-            asyncio.create_task(self._keep_egress(), name="egress-sync"),
-            asyncio.create_task(self._every(VANISHED_POD_SWEEP_SECONDS,
-                                            self.handler.free_vanished_pods),
+            asyncio.create_task(self.egress.keep_in_place(self._install_when_ready),
+                                name="egress-sync"),
+            asyncio.create_task(every(VANISHED_POD_SWEEP_SECONDS,
+                                      self.handler.free_vanished_pods),
                                 name="vanished-pod-sweep"),
         ]
         # Everything loaded so far (kubernetes_asyncio's models alone are tens of thousands of
@@ -300,65 +236,6 @@ class NodeAgent:
         except Exception as e:  # noqa: BLE001 - the API server may be the problem too
             log.warning("event=condition_not_reported error=%r", e)
 
-    async def _recover(self) -> None:
-        loop = asyncio.get_running_loop()
-        veths = await loop.run_in_executor(self.netlink, self.datapath.list_host_veths)
-        assignments = await self.allocator.assignments()
-        plan = plan_recovery(assignments, veths)
-        if plan.conflicts:
-            raise RefuseToStart(
-                f"refusing to start: the store ({self.allocator.store_path}) and the host's pod "
-                f"veths disagree, serving could hand out an address twice:\n  - "
-                + "\n  - ".join(plan.conflicts))
-        for name in plan.orphan_veths:
-            log.warning("event=orphan_veth_removed veth=%s", name)
-            await loop.run_in_executor(self.netlink, self.datapath.teardown_pod_veth, name)
-        log.info("event=recovered assignments=%d veths=%d orphans=%d without_veth=%d",
-                 len(assignments), len(veths), len(plan.orphan_veths), len(plan.without_veth))
-
-    async def _start_metrics(self) -> None:
-        runner = web.AppRunner(metrics_app(self.metrics, self.health_problem,
-                                           self.readiness_problem),
-                               access_log=None, handle_signals=False)
-        await runner.setup()
-        # the kubelet probes loopback; Prometheus, when scraping is on, the node's address
-        addresses = ["127.0.0.1", *([self.metrics_address] if self.metrics_address else [])]
-        try:
-            for address in addresses:
-                await web.TCPSite(runner, address, self.agent.metrics_port).start()
-        except OSError as e:
-            await runner.cleanup()
-            log.error("event=metrics_unavailable address=%s port=%d error=%s", address,
-                      self.agent.metrics_port, e)
-            return
-        self._metrics_runner = runner
-
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception as e:  # noqa: BLE001 - a periodic job retries next time
-                log.warning("event=periodic_job_failed job=%s error=%r", job.__name__, e)
-
-    async def _keep_egress(self) -> None:
-        """Keep the egress chains in place: check them every EGRESS_SYNC_SECONDS, and after
-        a failure (the xtables lock held by kube-proxy at boot) retry within a second."""
-        retry = EGRESS_RETRY_SECONDS
-        while True:
-            if self.egress.in_place:
-                retry = EGRESS_RETRY_SECONDS
-                await asyncio.sleep(EGRESS_SYNC_SECONDS)
-            else:
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, EGRESS_RETRY_MAX_SECONDS)
-            try:
-                await self.egress.ensure_sysctls()
-                await self.egress.reconcile(keep_nic=True)
-            except Exception as e:  # noqa: BLE001 - keep checking; the problem stays visible
-                log.warning("event=egress_sync_failed error=%r", e)
-            await self._install_when_ready()
-
     async def replay_spool(self) -> int:
         async def delete(request: CniRequest) -> object:
             return await self.handler.delete(request)
@@ -393,8 +270,7 @@ class NodeAgent:
         if pool is None or previous is None or previous.uid != pool.uid:
             self.reporter.forget()
             self._adopt_strays = True
-        await self.allocator.set_pool(pool)
-        self.handler.pool_changed()
+        await self.allocator.set_pool(pool)  # wakes the ADDs waiting for an address
         self._pool_seen = pool is not None
         if pool is None:
             if previous is not None:
@@ -464,11 +340,9 @@ class NodeAgent:
         self._outside_pool = outside
 
     async def _install(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.netlink, install.install_shim, self.agent,
-                                       self.host_root)
-            await loop.run_in_executor(self.netlink, install.install_conflist, self.agent)
+            await on_thread(self.netlink, install.install_shim, self.agent, self.host_root)
+            await on_thread(self.netlink, install.install_conflist, self.agent)
         except (install.HostPythonMissing, OSError) as e:
             self._set_readiness(False, "InstallFailed", str(e))
             log.error("event=install_failed error=%s", e)
@@ -476,6 +350,14 @@ class NodeAgent:
         self._installed = True
 
     # -- status ----------------------------------------------------------------------------
+
+    async def status_document(self) -> AgentStatus:
+        """What ``azure-cni status`` shows."""
+        return await read_status(
+            node=self.node_name, pool_source=self.source.hints.name,
+            pool_source_problem=self.source_problem, readiness=self.readiness,
+            socket=self.agent.socket_path, mtu=self.mtu, egress=self.egress,
+            allocator=self.allocator)
 
     def _set_readiness(self, ready: bool, reason: str, message: str) -> None:
         self.readiness = Readiness(ready, reason, message)
@@ -530,53 +412,7 @@ class NodeAgent:
             self._adopt_strays = False
         return status.agent_fields()
 
-    async def status_document(self) -> dict[str, Any]:
-        """What ``azure-cni status`` shows."""
-        usage, assignments, released = await self.allocator.snapshot()
-        pool = self.allocator.pool
-        clock = self.allocator.clock
-        now, wall = clock.since_boot(), clock.wall()
-        return {
-            "node": self.node_name,
-            "poolSource": self.source.hints.name,
-            "poolSourceProblem": self.source_problem,
-            "ready": self.readiness.ready,
-            "reason": self.readiness.reason,
-            "message": self.readiness.message,
-            "socket": self.agent.socket_path,
-            "mtu": self.mtu,
-            "egressProblem": self.egress.problem,
-            "pool": _usage_document(usage) | {
-                "nic": pool.status.nic.to_dict() if pool and pool.status.nic else None,
-                "addresses": [ip.to_dict() for ip in pool.status.ips] if pool else [],
-            },
-            "assignments": [
-                {"containerID": a.key.container_id, "ifname": a.key.ifname,
-                 "address": a.address, "hostVeth": a.host_veth, "netns": a.netns,
-                 "pod": a.pod, "network": a.network, "assignedAt": a.assigned_at}
-                for a in assignments],
-            # as wall-clock deadlines, for people and for the status command
-            "coolingDown": {address: wall + (r.cool_until - now)
-                            for address, r in sorted(released.items()) if r.cool_until > now},
-            "snat": {"podCIDR": self.egress.policy.pod_cidr,
-                     "vnet": list(self.egress.policy.vnet_cidrs),
-                     "nonMasquerade": list(self.egress.policy.non_masquerade_cidrs),
-                     "masquerade": self.egress.policy.masquerade,
-                     "publicSources": list(self.egress.policy.public_sources)},
-            # per-pod Azure networking: what pods asked for, and what the operator did
-            "podRequests": [r.to_dict() for r in await self.allocator.pod_requests()],
-            "podNetworking": [a.to_dict() for a in pool.status.pod_networking] if pool else [],
-        }
-
-
 def public_sources(pool: NodeIPPool) -> tuple[str, ...]:
     """Pod addresses the operator reports with a public IP attached (pure)."""
     return tuple(sorted(a.address for a in pool.status.pod_networking
                         if a.state == AttachmentState.ATTACHED and a.public_ip and a.address))
-
-
-def _usage_document(usage: PoolUsage) -> dict[str, Any]:
-    return {"known": usage.known, "allocated": usage.allocated, "used": usage.used,
-            "free": usage.free, "releasing": usage.releasing, "coolingDown": usage.cooling,
-            "releaseAcks": sorted(usage.release_acks),
-            "outsidePool": list(usage.outside_pool)}

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from azure_cni.agent.kube import WatchExpired
+from azure_cni.aio.backoff import Backoff
 from azure_cni.api.nodeippool import InvalidPool, NodeIPPool, PoolStatus, status_apply_body
-from azure_cni.kubeclient import WatchExpired
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,14 @@ async def watch_pool_forever(api: PoolApi, name: str,
                              trouble: ReportTrouble = lambda _: None) -> None:
     """Follow one NodeIPPool: list, then watch from the list's resourceVersion; relist after
     410 Gone or any failure (with jittered backoff). ``on_pool(None)``: it does not exist."""
-    backoff = 1.0
+    # jittered: the agents of a whole cluster lose the API server together
+    backoff = Backoff(first=1.0, most=max_backoff, jitter=True)
     while True:
         try:
             obj, version = await api.list_pool(name)
             trouble("")
             await on_pool(obj)
-            backoff = 1.0
+            backoff.succeeded()
             while True:
                 async for kind, event in api.watch_pool(name, version):
                     version = str((event.get("metadata") or {}).get("resourceVersion")
@@ -105,10 +106,10 @@ async def watch_pool_forever(api: PoolApi, name: str,
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - API server restarts, network blips
-            log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, backoff)
+            delay = backoff.failed()
+            log.warning("event=pool_watch_failed error=%r retry_in=%.0fs", e, delay)
             trouble(f"reading NodeIPPool {name} failed: {e!r}")
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff)
+            await asyncio.sleep(delay)
 
 
 def nodeippool_hints(node_name: str) -> PoolHints:

@@ -8,11 +8,15 @@ says exactly what it found: an admin has to look, guessing would risk two pods w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from azure_cni.agent.attachments import Attachments
 from azure_cni.datapath.veth import HostVeth
 from azure_cni.ipam.store import Assignment
+
+log = logging.getLogger(__name__)
 
 
 class RefuseToStart(RuntimeError):
@@ -60,3 +64,23 @@ def plan_recovery(assignments: Sequence[Assignment], veths: Sequence[HostVeth]) 
                 f"the store records {owner.address} for it")
     missing = tuple(a for a in assignments if a.host_veth not in present)
     return RecoveryPlan(tuple(orphans), tuple(conflicts), missing)
+
+
+# -- I/O ----------------------------------------------------------------------------------
+
+async def recover_node(attachments: Attachments) -> None:
+    """Check the store against the host's pod veths before serving: remove the veths no
+    attachment owns, or raise RefuseToStart when serving could hand out an address twice."""
+    veths = await attachments.netlink(attachments.datapath.list_host_veths)
+    assignments = await attachments.allocator.assignments()
+    plan = plan_recovery(assignments, veths)
+    if plan.conflicts:
+        raise RefuseToStart(
+            f"refusing to start: the store ({attachments.allocator.store_path}) and the host's "
+            f"pod veths disagree, serving could hand out an address twice:\n  - "
+            + "\n  - ".join(plan.conflicts))
+    for name in plan.orphan_veths:
+        log.warning("event=orphan_veth_removed veth=%s", name)
+        await attachments.teardown(name)
+    log.info("event=recovered assignments=%d veths=%d orphans=%d without_veth=%d",
+             len(assignments), len(veths), len(plan.orphan_veths), len(plan.without_veth))

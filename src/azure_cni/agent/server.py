@@ -20,12 +20,12 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from azure_cni.agent.cni_handler import CniHandler, Reply
 from azure_cni.agent.metrics import AgentMetrics, Stopwatch, probe_handler
+from azure_cni.agent.status import AgentStatus
 from azure_cni.cni.errors import (
     CniError,
     Code,
@@ -131,7 +131,7 @@ class AgentServer:
     """The aiohttp application behind the unix socket."""
 
     def __init__(self, handler: CniHandler, metrics: AgentMetrics,
-                 status: Callable[[], Awaitable[dict[str, Any]]],
+                 status: Callable[[], Awaitable[AgentStatus]],
                  health: Callable[[], str], readiness: Callable[[], str]) -> None:
         self.handler = handler
         self.metrics = metrics
@@ -186,7 +186,7 @@ class AgentServer:
         return _reply_response(reply)
 
     async def serve_status(self, _: web.Request) -> web.Response:
-        return web.json_response(await self.status())
+        return web.json_response((await self.status()).to_dict())
 
 
 def _reply_response(reply: Reply) -> web.Response:

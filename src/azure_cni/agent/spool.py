@@ -16,9 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.cni.errors import CniError
 from azure_cni.cni.request import CniRequest, parse_request
-from azure_cni.ipam.store import Assignment, AttachmentKey
+from azure_cni.ipam.store import Assignment
 
 log = logging.getLogger(__name__)
 

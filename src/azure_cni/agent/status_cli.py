@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from azure_cni.agent.status import AgentStatus
+
 
 class AgentDown(RuntimeError):
     """The agent's socket cannot be reached; the message says what to check."""
@@ -64,65 +66,61 @@ def _age(since: float, now: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def _render_pod_networking(status: dict[str, Any], out: TextIO) -> None:
+def _render_pod_networking(status: AgentStatus, out: TextIO) -> None:
     """Public IPs and backend pools per pod: the request, and what the operator did."""
-    requests = status.get("podRequests") or []
-    if not requests:
+    if not status.pod_requests:
         return
-    answers = {a.get("address"): a for a in status.get("podNetworking") or []}
-    out.write(f"\n{len(requests)} pod network request(s)\n")
-    for r in requests:
-        answer = answers.get(r["address"], {})
-        asked = ", ".join(([f"public IP {r['publicIP']}"] if r.get("publicIP") else [])
-                          + [f"pool {p}" for p in r.get("backendPools") or ()])
-        state = answer.get("state", "Pending")
-        if r.get("withdrawn"):
+    answers = {a.address: a for a in status.pod_networking}
+    out.write(f"\n{len(status.pod_requests)} pod network request(s)\n")
+    for r in status.pod_requests:
+        answer = answers.get(r.address)
+        asked = ", ".join(([f"public IP {r.public_ip}"] if r.public_ip else [])
+                          + [f"pool {p}" for p in r.backend_pools])
+        state = str(answer.state) if answer else "Pending"
+        if r.withdrawn:
             asked = f"withdrawn ({asked})"
-        detail = f": {answer['message']}" if answer.get("message") else ""
-        out.write(f"  {r['address']}  {r['pod'] or '-'}  {asked}  -> {state}{detail}\n")
+        detail = f": {answer.message}" if answer and answer.message else ""
+        out.write(f"  {r.address}  {r.pod or '-'}  {asked}  -> {state}{detail}\n")
 
 
-def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> None:
+def render(status: AgentStatus, out: TextIO, now: float | None = None) -> None:
     """Print the status for a person."""
     now = time.time() if now is None else now
-    pool = status["pool"]
-    health = "ready" if status["ready"] else f"NOT READY ({status['reason']})"
-    out.write(f"node:    {status['node']}\n")
-    out.write(f"agent:   {health}: {status['message']}\n")
-    if status.get("poolSource"):
-        out.write(f"source:  {status['poolSource']}\n")
-    if status.get("poolSourceProblem"):
-        out.write(f"trouble: {status['poolSourceProblem']}\n")
-    if status.get("egressProblem"):
-        out.write(f"egress:  {status['egressProblem']}\n")
-    nic = pool.get("nic") or {}
-    out.write(f"nic:     primary {nic.get('primaryIP', '?')}, subnet "
-              f"{nic.get('subnetCIDR', '?')}, mtu {status['mtu']}\n")
-    if not pool["known"]:
+    pool = status.pool
+    health = "ready" if status.ready else f"NOT READY ({status.reason})"
+    out.write(f"node:    {status.node}\n")
+    out.write(f"agent:   {health}: {status.message}\n")
+    if status.pool_source:
+        out.write(f"source:  {status.pool_source}\n")
+    if status.pool_source_problem:
+        out.write(f"trouble: {status.pool_source_problem}\n")
+    if status.egress_problem:
+        out.write(f"egress:  {status.egress_problem}\n")
+    primary = (pool.nic.primary_ip if pool.nic else "") or "?"
+    subnet = (pool.nic.subnet_cidr if pool.nic else "") or "?"
+    out.write(f"nic:     primary {primary}, subnet {subnet}, mtu {status.mtu}\n")
+    if not pool.known:
         out.write("pool:    not received yet\n")
     else:
-        out.write(f"pool:    {pool['allocated']} allocated, {pool['used']} used, "
-                  f"{pool['free']} free, {pool['releasing']} releasing, "
-                  f"{pool['coolingDown']} cooling down\n")
-    if pool.get("releaseAcks"):
-        out.write(f"acked:   {', '.join(pool['releaseAcks'])}\n")
-    if pool.get("outsidePool"):
-        out.write(f"outside: {', '.join(pool['outsidePool'])} (held by pods, no longer in the "
+        out.write(f"pool:    {pool.allocated} allocated, {pool.used} used, {pool.free} free, "
+                  f"{pool.releasing} releasing, {pool.cooling} cooling down\n")
+    if pool.release_acks:
+        out.write(f"acked:   {', '.join(pool.release_acks)}\n")
+    if pool.outside_pool:
+        out.write(f"outside: {', '.join(pool.outside_pool)} (held by pods, no longer in the "
                   "pool: the NIC does not hold them, their traffic is not delivered)\n")
-    assignments = status["assignments"]
-    out.write(f"\n{len(assignments)} pod attachment(s)\n")
-    if assignments:
+    out.write(f"\n{len(status.assignments)} pod attachment(s)\n")
+    if status.assignments:
         rows = [("ADDRESS", "POD", "CONTAINER", "IFNAME", "VETH", "AGE")]
-        for a in assignments:
-            rows.append((a["address"], a["pod"] or "-", a["containerID"][:12], a["ifname"],
-                         a["hostVeth"], _age(a["assignedAt"], now)))
+        for a in status.assignments:
+            rows.append((a.address, a.pod or "-", a.container_id[:12], a.ifname,
+                         a.host_veth, _age(a.assigned_at, now)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
             out.write("\n")
     _render_pod_networking(status, out)
-    cooling = {a: t for a, t in status.get("coolingDown", {}).items() if t > now}
+    cooling = {a: t for a, t in status.cooling_down.items() if t > now}
     if cooling:
         until = ", ".join(f"{a} ({int(t - now)}s)" for a, t in sorted(cooling.items()))
         out.write(f"\ncooling down: {until}\n")
-

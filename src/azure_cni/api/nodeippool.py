@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -336,13 +337,24 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+#: RFC 3339 date-time: fractions of any length (Kubernetes' MicroTime has 6, Go's RFC3339Nano
+#: up to 9; Python keeps 6) and a "Z" or numeric offset
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?"
+                      r"(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
+
+
 def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
+    """An RFC 3339 timestamp as an aware UTC datetime; None when absent or unreadable."""
+    match = _RFC3339.fullmatch(value or "")
+    if match is None:
         return None
+    seconds, fraction, offset = match.groups()
+    zone = "+00:00" if offset.upper() == "Z" else offset
     try:
-        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        parsed = dt.datetime.fromisoformat(f"{seconds}.{(fraction or '0')[:6]:0<6}{zone}")
     except ValueError:
         return None
+    return parsed.astimezone(dt.UTC)
 
 
 def set_condition(existing: Iterable[Condition], new: Condition) -> tuple[Condition, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,16 @@ from azure_cni.api.nodeippool import InvalidPool, PoolMode, PoolSpec
 DEFAULT_CONFIG_PATH = Path("/etc/azure-cni/config.yaml")
 
 
+#: where a field declares its key in the file when plain camelCase would not spell it as the
+#: chart does (acronyms: ``minIPs``, ``readQPS``); its type comes from its annotation
+KEY = "azure-cni/key"
+
+
+def key(name: str) -> dict[str, str]:
+    """A field's ``metadata`` naming its key in the file (``field(metadata=key("minIPs"))``)."""
+    return {KEY: name}
+
+
 class InvalidSettings(ValueError):
     """The configuration file is unusable; the message names the key."""
 
@@ -31,17 +42,17 @@ class InvalidSettings(ValueError):
 class PoolDefaults:
     """Spec given to the NodeIPPool the operator creates for a new node."""
 
-    min_ips: int = PoolSpec.min_ips
-    max_ips: int = PoolSpec.max_ips
+    min_ips: int = field(default=PoolSpec.min_ips, metadata=key("minIPs"))
+    max_ips: int = field(default=PoolSpec.max_ips, metadata=key("maxIPs"))
     batch_size: int = PoolSpec.batch_size
-    min_free_ips: int = PoolSpec.min_free_ips
-    max_free_ips: int = PoolSpec.max_free_ips
+    min_free_ips: int = field(default=PoolSpec.min_free_ips, metadata=key("minFreeIPs"))
+    max_free_ips: int = field(default=PoolSpec.max_free_ips, metadata=key("maxFreeIPs"))
     release_delay_seconds: int = PoolSpec.release_delay_seconds
     #: Addresses (one ipConfiguration per address) or Blocks (one per aligned CIDR block)
     mode: str = str(PoolSpec.mode)
     block_prefix_length: int = PoolSpec.block_prefix_length
     #: the subnet whose NIC carries the pods ("": the VM's primary NIC)
-    pod_subnet_id: str = PoolSpec.pod_subnet_id
+    pod_subnet_id: str = field(default=PoolSpec.pod_subnet_id, metadata=key("podSubnetID"))
 
     def spec_for(self, node_name: str) -> PoolSpec:
         try:
@@ -64,16 +75,17 @@ class AzureSettings:
     authority_host: str = "https://login.microsoftonline.com/"
     #: default | managedIdentity | workloadIdentity | servicePrincipal
     credential: str = "default"
-    managed_identity_client_id: str = ""
+    managed_identity_client_id: str = field(default="",
+                                            metadata=key("managedIdentityClientID"))
     #: CA bundle to trust for arm_endpoint (empty: the system's)
     ca_bundle: str = ""
     # ARM's token buckets for one subscription and principal, as Microsoft documents them
     # (reads 250 + 25/s, writes 200 + 10/s). The operator models them, corrects the model
     # with every x-ms-ratelimit-remaining-subscription-* header, and spends what is there
     # down to the reserve, which it leaves to other clients using the same identity.
-    read_qps: float = 25.0
+    read_qps: float = field(default=25.0, metadata=key("readQPS"))
     read_burst: int = 250
-    write_qps: float = 10.0
+    write_qps: float = field(default=10.0, metadata=key("writeQPS"))
     write_burst: int = 200
     read_reserve: int = 25
     write_reserve: int = 20
@@ -175,7 +187,8 @@ class AgentSettings:
 class SnatSettings:
     enabled: bool = True
     #: destinations left un-masqueraded besides the VNet's own address space
-    non_masquerade_cidrs: tuple[str, ...] = ()
+    non_masquerade_cidrs: tuple[str, ...] = field(default=(),
+                                                  metadata=key("nonMasqueradeCIDRs"))
     #: keep pods away from the Azure wireserver (168.63.129.16, tcp 80 and 32526)
     block_wireserver: bool = True
     #: keep pods away from the instance metadata service (169.254.169.254)
@@ -191,7 +204,8 @@ class PodNetworkingSettings:
     #: annotation means that name in the first of them
     resource_groups: tuple[str, ...] = ()
     #: namespaces whose pods may ask for a public IP ("*": every namespace)
-    public_ip_namespaces: tuple[str, ...] = ()
+    public_ip_namespaces: tuple[str, ...] = field(default=(),
+                                                  metadata=key("publicIPNamespaces"))
     #: namespaces whose pods may join load balancer backend pools ("*": every namespace)
     load_balancer_namespaces: tuple[str, ...] = ()
     #: namespace -> resource groups whose every public IP and load balancer it may use, tag or
@@ -220,7 +234,7 @@ class StandaloneSettings:
     #: how often to read the NIC's addresses (IMDS allows 5 requests/s per VM, shared by all)
     refresh_seconds: float = 10.0
     #: the NIC whose addresses are the pool, by MAC address; empty: the VM's primary NIC
-    interface_mac: str = ""
+    interface_mac: str = field(default="", metadata=key("interfaceMAC"))
     #: the Docker network and IPAM plugin's socket (empty: no Docker plugin)
     docker_plugin_socket: str = "/run/docker/plugins/azure-cni.sock"
 
@@ -286,16 +300,13 @@ class Settings:
                 "http:// URL (IMDS does not speak TLS)")
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    word = head + "".join(p.capitalize() for p in rest)
-    word = word.replace("IpNamespaces", "IPNamespaces")
-    # the chart spells these acronyms in capitals
-    for low, up in (("Ips", "IPs"), ("Qps", "QPS"), ("Cidrs", "CIDRs"), ("Id", "ID"),
-                    ("Mtu", "MTU"), ("Arm", "ARM"), ("Ca", "CA"), ("Mac", "MAC")):
-        if word.endswith(low):
-            word = word[: -len(low)] + up
-    return word
+def _key(f: dataclasses.Field[Any]) -> str:
+    """A field's key in the file: the one it declares (``key``), else its name in camelCase."""
+    declared = f.metadata.get(KEY)
+    if declared:
+        return str(declared)
+    head, *rest = f.name.split("_")
+    return head + "".join(p.capitalize() for p in rest)
 
 
 T = TypeVar("T")
@@ -306,7 +317,8 @@ def _section(cls: type[T], data: Any, where: str) -> T:
         return cls()
     if not isinstance(data, Mapping):
         raise InvalidSettings(f"{where} must be a mapping, not {type(data).__name__}")
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {_key(f): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    types = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise InvalidSettings(f"{where}: unknown keys {', '.join(unknown)} "
@@ -315,22 +327,23 @@ def _section(cls: type[T], data: Any, where: str) -> T:
     for key, f in fields.items():
         if key not in data:
             continue
-        default = f.default
+        kind = typing.get_origin(types[f.name]) or types[f.name]
         raw = data[key]
         try:
-            if f.default_factory is dict:
+            if kind in (Mapping, dict):
                 values[f.name] = _MAPPINGS[f.name](raw, f"{where}.{key}")
-            elif isinstance(default, bool):
+            elif kind is bool:
                 if not isinstance(raw, bool):
                     raise TypeError("expected true or false")
                 values[f.name] = raw
-            elif isinstance(default, int):
+            elif kind is int:
                 values[f.name] = int(raw)
-            elif isinstance(default, float):
+            elif kind is float:
                 values[f.name] = float(raw)
-            elif isinstance(default, tuple) and "Mapping" in str(f.type):
+            elif kind is tuple and typing.get_origin(
+                    typing.get_args(types[f.name])[0]) in (Mapping, dict):
                 values[f.name] = _plugin_configs(raw)
-            elif isinstance(default, tuple):
+            elif kind is tuple:
                 if not isinstance(raw, list | tuple):
                     raise TypeError("expected a list")
                 values[f.name] = tuple(str(x) for x in raw)
@@ -406,7 +419,7 @@ _MAPPINGS = {"subscriptions": _subscription_overrides,
 def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
     """Settings from an already parsed document; raise InvalidSettings on any bad key."""
     data = data or {}
-    sections = {_camel(f.name): f.type for f in dataclasses.fields(Settings)}
+    sections = {_key(f): f.type for f in dataclasses.fields(Settings)}
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise InvalidSettings(f"unknown top-level keys {', '.join(unknown)} "
@@ -446,8 +459,8 @@ def settings_to_mapping(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section in dataclasses.fields(Settings):
         value = getattr(settings, section.name)
-        out[_camel(section.name)] = {
-            _camel(f.name): list(v) if isinstance(v := getattr(value, f.name), tuple)
+        out[_key(section)] = {
+            _key(f): list(v) if isinstance(v := getattr(value, f.name), tuple)
             else {k: dict(o) if isinstance(o, Mapping) else list(o) for k, o in v.items()}
             if isinstance(v, Mapping) else v
             for f in dataclasses.fields(value)

@@ -36,6 +36,7 @@ from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import NetworkInterface
 
+from azure_cni.aio.keyed_locks import KeyedLocks
 from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.armjson import (
     NETWORK_API_VERSION,
@@ -178,29 +179,6 @@ async def _throttled(response: PipelineResponse[Any, Any], wait: float) -> Throt
     return Throttled(message, retry_after=wait, code=code)
 
 
-class KeyedLocks:
-    """One asyncio lock per key, kept only while someone holds or waits for it (a lock per
-    NIC ever written would grow with the cluster)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[key]
-
-
 @contextlib.contextmanager
 def _typed_errors() -> Iterator[None]:
     try:
@@ -251,7 +229,7 @@ class AzureAdapter:
         self._network: dict[str, NetworkManagementClient] = {}
         self._compute: dict[str, ComputeManagementClient] = {}
         self._vnet_spaces: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._nic_locks = KeyedLocks()
+        self._nic_locks: KeyedLocks[str] = KeyedLocks()
 
     async def __aenter__(self) -> AzureAdapter:
         return self

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from azure_cni.api.attachment import AttachmentKey
 from azure_cni.api.podnet import POD_ANNOTATIONS_CAPABILITY
 from azure_cni.cni.errors import IncompatibleVersion, InvalidConfig, InvalidEnvironment
-from azure_cni.ipam.store import AttachmentKey
 
 PROTOCOL = 1
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

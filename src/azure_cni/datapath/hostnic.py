@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 from azure_cni.api.settings import AgentSettings
 

@@ -30,7 +30,7 @@ import errno
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from azure_cni.api.nodeippool import NicInfo

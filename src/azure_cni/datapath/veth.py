@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 
 from azure_cni.datapath import rtnl
 from azure_cni.datapath.names import POD_GATEWAY, is_host_veth

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from azure_cni.api.attachment import AttachmentKey
+
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
@@ -105,29 +107,6 @@ class DuplicateAssignment(StoreError):
     """An address or host veth is already recorded for another attachment."""
 
 
-#: ifnames of the attachments Docker's network plugin records (":" is not allowed in a
-#: Linux interface name, so no CNI request has them): an address only Docker's IPAM holds,
-#: and one a Docker endpoint uses
-DOCKER_IPAM = "docker:ipam"
-DOCKER_ENDPOINT = "docker:endpoint"
-
-
-@dataclass(frozen=True)
-class AttachmentKey:
-    """What the CNI spec identifies an attachment by."""
-
-    container_id: str
-    ifname: str
-
-    def __str__(self) -> str:
-        return f"{self.container_id}/{self.ifname}"
-
-    @property
-    def from_docker(self) -> bool:
-        """Recorded by the Docker plugin, not by a CNI ADD (CNI verbs leave it alone)."""
-        return self.ifname in (DOCKER_IPAM, DOCKER_ENDPOINT)
-
-
 @dataclass(frozen=True)
 class Assignment:
     """One pool address held by one pod attachment."""
@@ -139,8 +118,8 @@ class Assignment:
     #: "namespace/name" from CNI_ARGS when the runtime gave it (for people reading status)
     pod: str
     assigned_at: float
-    #: the CNI network (the configuration's ``name``) whose ADD made it; "" for Docker's
-    #: attachments and for those recorded before schema 3
+    #: the CNI network (the configuration's ``name``) whose ADD made it; "" for attachments
+    #: made by another front-end (Docker's) and for those recorded before schema 3
     network: str = ""
 
 

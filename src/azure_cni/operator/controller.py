@@ -30,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from azure_cni.aio.backoff import Backoff
 from azure_cni.api.nodeippool import IPCONFIG_PREFIX, InvalidPool, NodeIPPool
 from azure_cni.api.settings import OperatorSettings, PoolDefaults
 from azure_cni.cloud.port import AzureNetwork, CloudError, NicSnapshot
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 #: doubling per failure up to MAX_BACKOFF
 BACKOFF = 1.0
 MAX_BACKOFF = 300.0
+#: jittered, so pools that failed together (an ARM outage) are not retried together
+RECONCILE_BACKOFF = Backoff(first=BACKOFF, most=MAX_BACKOFF, jitter=True)
 #: workers creating the pools of new nodes (API server writes, no Azure)
 POOL_CREATORS = 4
 
@@ -455,11 +457,11 @@ class PoolController:
             return
         except Exception as e:  # noqa: BLE001 - the API server may be away: retry later
             entry.failures += 1
-            delay = min(MAX_BACKOFF, BACKOFF * 2 ** (entry.failures - 1))
+            delay = RECONCILE_BACKOFF.after(entry.failures)
             log.warning("event=reconcile_crashed pool=%s error=%r retry_in=%.0fs", name, e,
                         delay)
             metrics.RECONCILES.labels("error").inc()
-            self.queue.add_after(name, delay * (0.5 + random.random()))
+            self.queue.add_after(name, delay)
             return
         entry.failures = 0
         if result.nic is not None:

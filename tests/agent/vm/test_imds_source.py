@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from azure_cni.agent.imds_source import (
+from azure_cni.agent.vm.imds_source import (
     InstanceMetadataSource,
     MalformedMetadata,
     NicAddresses,

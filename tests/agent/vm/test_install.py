@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni.agent.vm_install import UNIT_NAME
+from azure_cni.agent.vm.install import UNIT_NAME
 from azure_cni.api.settings import load_settings
 
 CLI = Path(sys.executable).with_name("azure-cni")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from azure_cni.agent.docker_plugin import DockerDatapath, DockerPlugin
-from azure_cni.agent.imds_source import InstanceMetadataSource
 from azure_cni.agent.metrics import AgentMetrics
 from azure_cni.agent.nodeagent import NodeAgent
+from azure_cni.agent.vm.docker_plugin import DockerDatapath, DockerPlugin
+from azure_cni.agent.vm.imds_source import InstanceMetadataSource
 from azure_cni.api.settings import Settings
 
 
@@ -32,19 +32,14 @@ class StandaloneAgent:
         self.agent = NodeAgent(settings=settings, node_name=node_name, source=self.source,
                                datapath=datapath, mtu=mtu, host_root=host_root,
                                metrics=metrics, metrics_address=metrics_address)
-        handler = self.agent.handler
-
-        def changed() -> None:
-            handler.pool_changed()
-            handler.on_change()
-
         socket = settings.standalone.docker_plugin_socket
+        # one attachment service under both front-ends: one lock per key, one wake-up
         self.docker = DockerPlugin(
             socket_path=Path(socket), state_dir=Path(settings.agent.state_dir),
-            allocator=self.agent.allocator, datapath=datapath, netlink=self.agent.netlink,
-            mtu=mtu, add_wait_seconds=settings.agent.add_wait_seconds,
+            attachments=self.agent.attachments, datapath=datapath,
+            add_wait_seconds=settings.agent.add_wait_seconds,
             pool_problem=lambda: self.agent.source_problem,
-            on_change=changed) if socket else None
+            on_change=self.agent.handler.on_change) if socket else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; the agent's start-up errors propagate unchanged."""

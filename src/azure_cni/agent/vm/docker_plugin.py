@@ -8,9 +8,9 @@ Docker's libnetwork talks to "remote" drivers in JSON over HTTP on a unix socket
 ``/NetworkDriver.*``). A container's address and datapath are the agent's, as for a pod:
 
 1. ``IpamDriver.RequestAddress``: an address of the pool (or the one ``--ip`` names) is
-   recorded for a fresh IPAM handle (ifname ``docker:ipam``) and answered as a /32.
+   recorded for a fresh IPAM handle (ifname ``DockerRole.IPAM``) and answered as a /32.
 2. ``NetworkDriver.CreateEndpoint``: the address moves to the endpoint (container id = the
-   endpoint ID, ifname ``docker:endpoint``) and ``ensure_pod_veth`` builds its veth pair:
+   endpoint ID, ifname ``DockerRole.ENDPOINT``) and the attachment service builds its pair:
    the host side as for every pod, the pod side left on the host under a temporary name.
 3. ``NetworkDriver.Join``: the answer names that interface; libnetwork moves it into the
    container, renames it ``eth0`` and gives it the address, a connected route to 169.254.1.1
@@ -38,32 +38,24 @@ import ipaddress
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from azure_cni.agent.allocator import Allocator, PoolUsage
-from azure_cni.agent.cni_handler import Datapath, KeyedLocks
+from azure_cni.agent.attachments import Attachments, Datapath
 from azure_cni.agent.install import write_atomically
 from azure_cni.agent.server import bind_socket
-from azure_cni.datapath.names import (
-    POD_GATEWAY,
-    handover_name,
-    host_veth_mac,
-    host_veth_name,
-    pod_mac,
-)
-from azure_cni.datapath.veth import PodNetwork
-from azure_cni.ipam.store import DOCKER_ENDPOINT, DOCKER_IPAM, Assignment, AttachmentKey
+from azure_cni.aio.periodic import every
+from azure_cni.api.attachment import AttachmentKey
+from azure_cni.datapath.names import POD_GATEWAY, handover_name, host_veth_name
+from azure_cni.ipam.store import Assignment
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PLUGIN_NAME = "azure-cni"
 ADDRESS_SPACE = "azure-cni"
@@ -76,6 +68,21 @@ REQUEST_ADDRESS_TYPE = "RequestAddressType"
 ROUTE_CONNECTED = 1
 DEPARTED_SWEEP_SECONDS = 60.0
 NETWORKS_FILE = "docker-networks.json"
+
+
+class DockerRole(StrEnum):
+    """The ifnames of the attachments this plugin records. ":" is not allowed in a Linux
+    interface name, so no CNI request carries them and CNI verbs never touch these."""
+
+    #: an address only Docker's IPAM holds (RequestAddress, before CreateEndpoint)
+    IPAM = "docker:ipam"
+    #: an address a Docker endpoint uses
+    ENDPOINT = "docker:endpoint"
+
+
+def docker_role(key: AttachmentKey) -> DockerRole | None:
+    """Which of this plugin's attachments ``key`` is, or None if the plugin did not make it."""
+    return DockerRole(key.ifname) if key.ifname in DockerRole.__members__.values() else None
 
 
 class DockerDatapath(Datapath, Protocol):
@@ -116,7 +123,7 @@ ANY_POOL = "0.0.0.0/0"
 
 def ipam_handle() -> tuple[AttachmentKey, str]:
     """A fresh key (and its never-created veth name) for an address only the IPAM holds."""
-    key = AttachmentKey(uuid.uuid4().hex, DOCKER_IPAM)
+    key = AttachmentKey(uuid.uuid4().hex, DockerRole.IPAM)
     return key, host_veth_name(key.container_id, key.ifname)
 
 
@@ -127,29 +134,23 @@ def _string(body: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _describe(usage: PoolUsage) -> str:
-    return (f"{usage.allocated} secondary addresses on the NIC, {usage.used} used, "
-            f"{usage.cooling} cooling down, {usage.free} free")
-
-
 class DockerPlugin:
     """The plugin's state and handlers; ``start`` serves them on ``socket_path``."""
 
-    def __init__(self, *, socket_path: Path, state_dir: Path, allocator: Allocator,
-                 datapath: DockerDatapath, netlink: Executor, mtu: int,
-                 add_wait_seconds: float = 10.0,
+    def __init__(self, *, socket_path: Path, state_dir: Path, attachments: Attachments,
+                 datapath: DockerDatapath, add_wait_seconds: float = 10.0,
                  pool_problem: Callable[[], str] = lambda: "",
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.socket_path = socket_path
         self.networks_path = state_dir / NETWORKS_FILE
-        self.allocator = allocator
+        self.attachments = attachments
+        self.allocator = attachments.allocator
+        #: the attachments' datapath, which also tells whether a link is back on the host
         self.datapath = datapath
-        self.netlink = netlink
-        self.mtu = mtu
         self.add_wait_seconds = add_wait_seconds
         self.pool_problem = pool_problem
         self.on_change = on_change
-        self.locks = KeyedLocks()
+        self.locks = attachments.locks
         self.networks: dict[str, DockerNetwork] = {}
         #: the networks file was unreadable: what networks made before reserve is unknown
         self._reservations_lost = False
@@ -192,7 +193,9 @@ class DockerPlugin:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="docker-sweep")
+        self._sweeper = asyncio.create_task(
+            every(DEPARTED_SWEEP_SECONDS, self.free_departed_endpoints,
+                  name="docker_departed_sweep"), name="docker-sweep")
         log.info("event=docker_plugin_listening path=%s networks=%d", self.socket_path,
                  len(self.networks))
 
@@ -206,14 +209,6 @@ class DockerPlugin:
             await self._runner.cleanup()
             self._runner = None
         self.socket_path.unlink(missing_ok=True)
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(DEPARTED_SWEEP_SECONDS)
-            try:
-                await self.free_departed_endpoints()
-            except Exception as e:  # noqa: BLE001 - retried next time
-                log.warning("event=docker_sweep_failed error=%r", e)
 
     async def _serve(self, http: web.Request) -> web.Response:
         method = http.match_info["method"]
@@ -237,9 +232,6 @@ class DockerPlugin:
         else:
             status = 200
         return web.json_response(answer, status=status, content_type=CONTENT_TYPE)
-
-    async def _netlink(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.netlink, fn, *args)
 
     # -- the pool --------------------------------------------------------------------------
 
@@ -314,28 +306,20 @@ class DockerPlugin:
             if made is None:
                 raise PluginError(await self._why_not(wanted))
         else:
-            made = await self._assign_waiting(key, veth)
+            # as a CNI ADD does, wait for an address to end its cooldown or for the admin's
+            # new addresses to show up
+            made, _ = await self.allocator.assign(key, "", veth, "docker",
+                                                 wait=self.add_wait_seconds)
             if made is None:
                 usage = await self.allocator.usage()
                 raise PluginError(
                     f"no free address in this VM's pool after {self.add_wait_seconds:.0f}s "
-                    f"({_describe(usage)}); add secondary IP configurations to the VM's NIC, "
+                    f"({usage.describe()}); add secondary IP configurations to the VM's NIC, "
                     "the agent sees them within standalone.refreshSeconds")
         log.info("event=docker_address_requested address=%s fixed=%s", made.address,
                  bool(wanted))
         self.on_change()
         return {"Address": f"{made.address}/32", "Data": {}}
-
-    async def _assign_waiting(self, key: AttachmentKey, veth: str) -> Assignment | None:
-        """Any free address, waiting up to ``add_wait_seconds`` (as a CNI ADD does) for one
-        to end its cooldown or for the admin's new addresses to show up."""
-        deadline = time.monotonic() + self.add_wait_seconds
-        while True:
-            made, _ = await self.allocator.assign(key, "", veth, "docker")
-            remaining = deadline - time.monotonic()
-            if made is not None or remaining <= 0:
-                return made
-            await asyncio.sleep(min(1.0, remaining))
 
     async def _why_not(self, address: str) -> str:
         pool = self.allocator.pool
@@ -352,9 +336,9 @@ class DockerPlugin:
     async def release_address(self, body: Mapping[str, Any]) -> dict[str, Any]:
         address = _string(body, "Address").split("/")[0]
         holder = await self.allocator.holder(address)
-        if holder is None or not holder.key.from_docker:
+        if holder is None or docker_role(holder.key) is None:
             return {}  # already free (a retry), the gateway, or not Docker's at all
-        if holder.key.ifname == DOCKER_ENDPOINT:
+        if holder.key.ifname == DockerRole.ENDPOINT:
             raise PluginError(f"{address} is still used by endpoint "
                               f"{holder.key.container_id[:12]}; delete the endpoint first")
         if await self.allocator.release(holder.key) is not None:
@@ -433,17 +417,9 @@ class DockerPlugin:
 
     # -- endpoints -------------------------------------------------------------------------
 
-    def _pod_network(self, endpoint: AttachmentKey, address: str, mac: str) -> PodNetwork:
-        return PodNetwork(
-            netns="", ifname=handover_name(endpoint.container_id, endpoint.ifname),
-            address=address,
-            host_veth=host_veth_name(endpoint.container_id, endpoint.ifname),
-            host_mac=host_veth_mac(endpoint.container_id, endpoint.ifname),
-            pod_mac=mac, mtu=self.mtu)
-
     async def create_endpoint(self, body: Mapping[str, Any]) -> dict[str, Any]:
         self._network(body)
-        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DockerRole.ENDPOINT)
         interface = body.get("Interface") or {}
         if not isinstance(interface, Mapping) or not interface.get("Address"):
             raise PluginError("the endpoint has no IPv4 address: the network must use "
@@ -452,11 +428,13 @@ class DockerPlugin:
             raise PluginError("IPv6 is not supported by the azure-cni network")
         address = str(interface["Address"]).split("/")[0]
         given_mac = str(interface.get("MacAddress") or "")
-        mac = given_mac.lower() or pod_mac(endpoint.container_id, endpoint.ifname)
-        pod = self._pod_network(endpoint, address, mac)
+        # the pod side waits on the host, under a temporary name, for libnetwork to move it
+        pod = self.attachments.pod_network(
+            endpoint, netns="", address=address, mac=given_mac.lower(),
+            ifname=handover_name(endpoint.container_id, endpoint.ifname))
         async with self.locks.hold(endpoint):
             holder = await self.allocator.holder(address)
-            if holder is None or (holder.key.ifname != DOCKER_IPAM and holder.key != endpoint):
+            if holder is None or (holder.key.ifname != DockerRole.IPAM and holder.key != endpoint):
                 raise PluginError(f"{address} was not handed out by the azure-cni IPAM "
                                   "driver: the network must use --ipam-driver azure-cni")
             if holder.key != endpoint and await self.allocator.rebind(
@@ -467,20 +445,22 @@ class DockerPlugin:
                 raise PluginError(f"{address} was released before this endpoint was "
                                   "created; start the container again")
             try:
-                await self._netlink(self.datapath.ensure_pod_veth, pod)
+                await self.attachments.build(pod, undo=lambda: self._back_to_ipam(endpoint))
             except Exception as e:
-                handle, veth = ipam_handle()
-                await self.allocator.rebind(endpoint, handle, netns="", host_veth=veth,
-                                            pod="docker")
                 raise PluginFailure(f"building the veth pair for {address} failed: {e}") from e
         log.info("event=docker_endpoint_created endpoint=%s address=%s veth=%s",
                  endpoint.container_id[:12], address, pod.host_veth)
         self.on_change()
         # libnetwork refuses a MAC address back if it gave one
-        return {"Interface": {} if given_mac else {"MacAddress": mac}}
+        return {"Interface": {} if given_mac else {"MacAddress": pod.pod_mac}}
+
+    async def _back_to_ipam(self, endpoint: AttachmentKey) -> None:
+        """The endpoint's address goes back to a fresh IPAM handle, never free in between."""
+        handle, veth = ipam_handle()
+        await self.allocator.rebind(endpoint, handle, netns="", host_veth=veth, pod="docker")
 
     async def _endpoint(self, body: Mapping[str, Any]) -> Assignment:
-        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DockerRole.ENDPOINT)
         found = await self.allocator.get(endpoint)
         if found is None:
             raise PluginError(f"unknown endpoint {endpoint.container_id[:12]}")
@@ -513,15 +493,13 @@ class DockerPlugin:
         return {}
 
     async def delete_endpoint(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        endpoint = AttachmentKey(_string(body, "EndpointID"), DOCKER_ENDPOINT)
+        endpoint = AttachmentKey(_string(body, "EndpointID"), DockerRole.ENDPOINT)
         async with self.locks.hold(endpoint):
             found = await self.allocator.get(endpoint)
             if found is None:
                 return {}  # deleted before (a retry, or the sweep got there first)
-            await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
-            handle, veth = ipam_handle()
-            await self.allocator.rebind(endpoint, handle, netns="", host_veth=veth,
-                                        pod="docker")
+            await self.attachments.teardown(found.host_veth)
+            await self._back_to_ipam(endpoint)
         log.info("event=docker_endpoint_deleted endpoint=%s address=%s",
                  endpoint.container_id[:12], found.address)
         return {}
@@ -546,20 +524,21 @@ class DockerPlugin:
         retries a call into a restarted agent, so they are freed only when two sweeps in a
         row (a minute apart) find the same attachment so, even at start.
         """
-        host_veths = {v.name for v in await self._netlink(self.datapath.list_host_veths)}
+        host_veths = {v.name for v in await self.attachments.netlink(
+            self.datapath.list_host_veths)}
         reserved = self._reserved()
         departed, stranded = set(), set()
         for found in await self.allocator.assignments():
-            if found.key.ifname == DOCKER_IPAM:
+            if found.key.ifname == DockerRole.IPAM:
                 if reserved is not None and found.address not in reserved:
                     stranded.add(found)
-            elif found.key.ifname != DOCKER_ENDPOINT:
+            elif found.key.ifname != DockerRole.ENDPOINT:
                 continue
             elif not found.netns:
                 stranded.add(found)
             else:
                 peer = handover_name(found.key.container_id, found.key.ifname)
-                if await self._netlink(self.datapath.link_exists, peer) or (
+                if await self.attachments.netlink(self.datapath.link_exists, peer) or (
                         found.host_veth not in host_veths and not os.path.exists(found.netns)):
                     departed.add(found)
         ready = (departed if not confirm else departed & self._departing) | (
@@ -570,12 +549,12 @@ class DockerPlugin:
             async with self.locks.hold(found.key):
                 if await self.allocator.get(found.key) != found:
                     continue
-                if found.key.ifname == DOCKER_ENDPOINT:
-                    await self._netlink(self.datapath.teardown_pod_veth, found.host_veth)
+                if found.key.ifname == DockerRole.ENDPOINT:
+                    await self.attachments.teardown(found.host_veth)
                 await self.allocator.release(found.key)
             freed.append(found)
             kind = "departed_endpoint" if found in departed else (
-                "stranded_endpoint" if found.key.ifname == DOCKER_ENDPOINT else
+                "stranded_endpoint" if found.key.ifname == DockerRole.ENDPOINT else
                 "stranded_address")
             log.warning("event=docker_%s_freed endpoint=%s address=%s sandbox=%s", kind,
                         found.key.container_id[:12], found.address, found.netns or "-")

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from azure_cni.agent.pool_source import AdoptPool, PoolHints, ReportTrouble
+from azure_cni.aio.backoff import Backoff
 from azure_cni.api.nodeippool import (
     MAX_SECONDARY_IPS,
     NicInfo,
@@ -244,14 +245,14 @@ class InstanceMetadataSource:
 
     async def follow(self, adopt: AdoptPool, trouble: ReportTrouble) -> None:
         refresh = self.settings.refresh_seconds
-        backoff = FIRST_BACKOFF_SECONDS
+        # a failure is retried sooner than the next refresh, never later
+        backoff = Backoff(first=FIRST_BACKOFF_SECONDS, most=max(refresh, FIRST_BACKOFF_SECONDS))
         while True:
             delay = refresh
             try:
                 pool = await self.read()
             except MetadataUnavailable as e:
-                delay = max(min(backoff, refresh), e.retry_after)
-                backoff *= 2
+                delay = max(min(backoff.failed(), refresh), e.retry_after)
                 log.warning("event=imds_unavailable reason=%s retry_in=%.1fs error=%s",
                             e.reason, delay, e)
                 trouble(f"{e}{'; keeping the last pool' if self.pool else ''}")
@@ -260,7 +261,7 @@ class InstanceMetadataSource:
                 trouble(f"the instance metadata service's network document cannot be used: "
                         f"{e}{'; keeping the last pool' if self.pool else ''}")
             else:
-                backoff = FIRST_BACKOFF_SECONDS
+                backoff.succeeded()
                 trouble("")
                 if pool != self.pool:
                     log.info("event=imds_pool addresses=%d primary=%s subnet=%s",

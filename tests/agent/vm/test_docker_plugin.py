@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 
 from azure_cni.agent.allocator import Allocator
-from azure_cni.agent.docker_plugin import ANY_POOL, POOL_ID, DockerPlugin
-from azure_cni.agent.imds_source import NicAddresses, pool_from_nic
+from azure_cni.agent.attachments import Attachments
+from azure_cni.agent.vm.docker_plugin import ANY_POOL, POOL_ID, DockerPlugin, DockerRole
+from azure_cni.agent.vm.imds_source import NicAddresses, pool_from_nic
 from azure_cni.datapath.memory import InMemoryDatapath
 from azure_cni.datapath.names import handover_name, host_veth_name
-from azure_cni.ipam.store import DOCKER_ENDPOINT, DOCKER_IPAM
 
 ADDRESSES = ("198.18.0.5", "198.18.0.6", "198.18.0.7")
 SUBNET = "198.18.0.0/22"
@@ -55,7 +55,7 @@ class Docker:
             "NetworkID": NETWORK, "EndpointID": endpoint, "Interface": {"Address": address}})
         await self.ok("NetworkDriver.Join", {"NetworkID": NETWORK, "EndpointID": endpoint,
                                              "SandboxKey": f"/var/run/docker/netns/{endpoint}"})
-        self.datapath.move_pod_side(handover_name(endpoint, DOCKER_ENDPOINT), to_host=False)
+        self.datapath.move_pod_side(handover_name(endpoint, DockerRole.ENDPOINT), to_host=False)
         return str(address).split("/")[0]
 
 
@@ -70,8 +70,9 @@ async def docker(tmp_path: Path) -> AsyncIterator[Docker]:
 
     def plugin() -> DockerPlugin:
         return DockerPlugin(socket_path=tmp_path / "plugins" / "azure-cni.sock",
-                            state_dir=tmp_path / "state", allocator=allocator,
-                            datapath=datapath, netlink=netlink, mtu=1400, add_wait_seconds=0)
+                            state_dir=tmp_path / "state", attachments=Attachments(
+                                allocator=allocator, datapath=datapath, netlink=netlink,
+                                mtu=1400), datapath=datapath, add_wait_seconds=0)
 
     d = Docker(plugin(), allocator, datapath)
     d.new_plugin = plugin  # type: ignore[attr-defined]
@@ -108,9 +109,9 @@ async def test_a_container_from_request_address_to_release(docker: Docker) -> No
     created = await docker.ok("NetworkDriver.CreateEndpoint", {
         "NetworkID": NETWORK, "EndpointID": ENDPOINT, "Interface": {"Address": address}})
     mac = created["Interface"]["MacAddress"]
-    veth = host_veth_name(ENDPOINT, DOCKER_ENDPOINT)
+    veth = host_veth_name(ENDPOINT, DockerRole.ENDPOINT)
     pod = docker.datapath.pairs[veth]
-    peer = handover_name(ENDPOINT, DOCKER_ENDPOINT)
+    peer = handover_name(ENDPOINT, DockerRole.ENDPOINT)
     assert (pod.netns, pod.ifname, pod.address, pod.pod_mac, pod.mtu) == (
         "", peer, "198.18.0.5", mac, 1400), "the pod side waits on the host for libnetwork"
     joined = await docker.ok("NetworkDriver.Join", {
@@ -118,7 +119,7 @@ async def test_a_container_from_request_address_to_release(docker: Docker) -> No
     assert joined == {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"},
                       "Gateway": "169.254.1.1",
                       "StaticRoutes": [{"Destination": "169.254.1.1/32", "RouteType": 1}]}
-    assert await docker.held() == {"198.18.0.5": DOCKER_ENDPOINT}
+    assert await docker.held() == {"198.18.0.5": DockerRole.ENDPOINT}
     await docker.ok("NetworkDriver.Leave", {"NetworkID": NETWORK, "EndpointID": ENDPOINT})
     await docker.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NETWORK,
                                                      "EndpointID": ENDPOINT})
@@ -207,14 +208,14 @@ async def test_the_address_of_a_live_endpoint_is_not_released(docker: Docker) ->
     status, answer = await docker.call("IpamDriver.ReleaseAddress",
                                        {"PoolID": POOL_ID, "Address": address})
     assert status == 400 and "still used by endpoint eeeeeeeeeeee" in answer["Err"]
-    assert await docker.held() == {address: DOCKER_ENDPOINT}
+    assert await docker.held() == {address: DockerRole.ENDPOINT}
 
 
 async def test_an_endpoint_docker_gave_up_on_is_freed_after_two_sweeps(docker: Docker) -> None:
     address = await docker.container()
     assert await docker.plugin.free_departed_endpoints() == []
     # the agent was down: Leave and DeleteEndpoint never came, the pod side is back
-    docker.datapath.move_pod_side(handover_name(ENDPOINT, DOCKER_ENDPOINT), to_host=True)
+    docker.datapath.move_pod_side(handover_name(ENDPOINT, DockerRole.ENDPOINT), to_host=True)
     assert await docker.plugin.free_departed_endpoints() == [], "first sighting: wait"
     (freed,) = await docker.plugin.free_departed_endpoints()
     assert freed.address == address
@@ -224,7 +225,7 @@ async def test_an_endpoint_docker_gave_up_on_is_freed_after_two_sweeps(docker: D
 async def test_at_start_a_departed_endpoint_is_freed_at_once(docker: Docker) -> None:
     await docker.container()
     await docker.plugin.stop()
-    docker.datapath.move_pod_side(handover_name(ENDPOINT, DOCKER_ENDPOINT), to_host=True)
+    docker.datapath.move_pod_side(handover_name(ENDPOINT, DockerRole.ENDPOINT), to_host=True)
     docker.plugin = docker.new_plugin()  # type: ignore[attr-defined]
     await docker.plugin.start()
     assert await docker.held() == {}
@@ -238,10 +239,10 @@ async def test_an_endpoint_whose_join_comes_before_the_next_sweep_is_kept(
     assert await docker.plugin.free_departed_endpoints() == []
     await docker.ok("NetworkDriver.Join", {"NetworkID": NETWORK, "EndpointID": ENDPOINT,
                                            "SandboxKey": f"/var/run/docker/netns/{ENDPOINT}"})
-    docker.datapath.move_pod_side(handover_name(ENDPOINT, DOCKER_ENDPOINT), to_host=False)
+    docker.datapath.move_pod_side(handover_name(ENDPOINT, DockerRole.ENDPOINT), to_host=False)
     for _ in range(2):
         assert await docker.plugin.free_departed_endpoints() == []
-    assert await docker.held() == {"198.18.0.5": DOCKER_ENDPOINT}
+    assert await docker.held() == {"198.18.0.5": DockerRole.ENDPOINT}
 
 
 async def stranded(docker: Docker) -> tuple[str, str]:
@@ -259,19 +260,19 @@ async def test_addresses_docker_abandoned_before_join_are_freed_after_two_sweeps
         docker: Docker) -> None:
     live = await docker.container()
     handle, unjoined = await stranded(docker)
-    veth = host_veth_name("f" * 64, DOCKER_ENDPOINT)
+    veth = host_veth_name("f" * 64, DockerRole.ENDPOINT)
     assert veth in docker.datapath.pairs
     # the agent restarts (an outage): at start it only notes them, Docker may still be
     # retrying its next call for them into the new agent
     await docker.plugin.stop()
     docker.plugin = docker.new_plugin()  # type: ignore[attr-defined]
     await docker.plugin.start()
-    assert await docker.held() == {live: DOCKER_ENDPOINT, handle: DOCKER_IPAM,
-                                   unjoined: DOCKER_ENDPOINT}
+    assert await docker.held() == {live: DockerRole.ENDPOINT, handle: DockerRole.IPAM,
+                                   unjoined: DockerRole.ENDPOINT}
     freed = await docker.plugin.free_departed_endpoints()
     assert sorted(a.address for a in freed) == sorted([handle, unjoined])
-    assert await docker.held() == {live: DOCKER_ENDPOINT}, "the live container keeps its own"
-    assert list(docker.datapath.pairs) == [host_veth_name(ENDPOINT, DOCKER_ENDPOINT)]
+    assert await docker.held() == {live: DockerRole.ENDPOINT}, "the live container keeps its own"
+    assert list(docker.datapath.pairs) == [host_veth_name(ENDPOINT, DockerRole.ENDPOINT)]
     # Docker's late calls for them are harmless, and their addresses serve again
     await docker.ok("IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": handle})
     status, answer = await docker.call("NetworkDriver.Join", {
@@ -296,7 +297,7 @@ async def test_an_address_docker_reserves_for_a_network_is_never_swept(
     await docker.plugin.start()
     for _ in range(3):
         assert await docker.plugin.free_departed_endpoints() == []
-    assert await docker.held() == {"198.18.0.7": DOCKER_IPAM}
+    assert await docker.held() == {"198.18.0.7": DockerRole.IPAM}
     # the network goes (libnetwork releases it then); a handle left after that is swept
     await docker.ok("NetworkDriver.DeleteNetwork", {"NetworkID": "a" * 64})
     await docker.plugin.free_departed_endpoints()
@@ -315,4 +316,4 @@ async def test_handles_are_kept_while_a_network_may_have_unrecorded_reservations
     handle, unjoined = await stranded(docker)
     await docker.plugin.free_departed_endpoints()
     assert [a.address for a in await docker.plugin.free_departed_endpoints()] == [unjoined]
-    assert await docker.held() == {handle: DOCKER_IPAM}
+    assert await docker.held() == {handle: DockerRole.IPAM}
