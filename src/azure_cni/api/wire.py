@@ -157,7 +157,9 @@ def json_name(attribute: str) -> str:
     return head + "".join(p.capitalize() for p in rest)
 
 
-Decoder = Callable[[Any, str], Any]
+#: reads ``raw``, the value at ``key`` (a name, or an index in a list) of the object at
+#: ``parent``: the path is spelled only for an error, not for every value read
+Decoder = Callable[[Any, str, "str | int"], Any]
 Encoder = Callable[[Any], Any]
 
 
@@ -182,9 +184,11 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return dataclasses.MISSING
 
 
-#: what ``slots`` and ``_decoders`` worked out, per class (classes are few and live forever)
+#: what ``slots``, ``_readers`` and ``_writers`` worked out, per class (classes are few and
+#: live forever)
 _SLOTS: dict[type, tuple[Slot, ...]] = {}
-_DECODERS: dict[tuple[type, str], tuple[Decoder, ...]] = {}
+_READERS: dict[tuple[type, str], tuple[tuple[str, str, bool, Decoder], ...]] = {}
+_WRITERS: dict[type, tuple[tuple[str, str, str, bool, Encoder], ...]] = {}
 
 
 def slots(cls: type) -> tuple[Slot, ...]:
@@ -213,12 +217,27 @@ def _slots(cls: type) -> tuple[Slot, ...]:
 Unknown = Literal["ignore", "refuse"]
 
 
-def _decoders(cls: type, unknown: Unknown) -> tuple[Decoder, ...]:
-    """How to read each field of ``cls`` (nested objects with the same ``unknown``)."""
-    known = _DECODERS.get((cls, unknown))
+def _readers(cls: type, unknown: Unknown) -> tuple[tuple[str, str, bool, Decoder], ...]:
+    """(attribute, key, has a default, reader) of each field of ``cls`` (nested objects
+    read with the same ``unknown``)."""
+    known = _READERS.get((cls, unknown))
     if known is None:
-        known = _DECODERS[cls, unknown] = tuple(_decoder(s.type, s.wire, unknown)
-                                               for s in slots(cls))
+        known = _READERS[cls, unknown] = tuple(
+            (s.attribute, s.key, s.has_default, _decoder(s.type, s.wire, unknown))
+            for s in slots(cls))
+    return known
+
+
+def _writers(cls: type) -> tuple[tuple[str, str, str, bool, Encoder], ...]:
+    """(key, attribute, owner, omitted when empty, writer) of each field and derived
+    property of ``cls``."""
+    known = _WRITERS.get(cls)
+    if known is None:
+        known = _WRITERS[cls] = (
+            *((s.key, s.attribute, s.wire.owner, s.wire.omit_empty, s.encode)
+              for s in slots(cls)),
+            *((d.wire.name or json_name(d.attribute), d.attribute, d.wire.owner,
+               d.wire.omit_empty, _encoder(d.kind, d.wire)) for d in derived(cls)))
     return known
 
 
@@ -231,7 +250,9 @@ def keys(cls: type) -> tuple[str, ...]:
     return tuple(s.key for s in slots(cls))
 
 
-def _join(path: str, key: str) -> str:
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
 
 
@@ -246,36 +267,32 @@ def decode(cls: type[T], data: Any, path: str = "", *, unknown: Unknown = "ignor
     if not isinstance(data, Mapping):
         raise WireError(path, f"{path or 'the document'} must be a mapping, not "
                               f"{type(data).__name__}")
-    fields = slots(cls)
     if unknown == "refuse":
-        known = {s.key for s in fields}
+        known = set(keys(cls))
         extra = sorted(str(k) for k in data if k not in known)
         if extra:
             where = f"{path}: unknown keys" if path else "unknown top-level keys"
             raise WireError(path, f"{where} {', '.join(extra)} "
                                   f"(known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
-    for slot, read in zip(fields, _decoders(cls, unknown), strict=True):
-        raw = data.get(slot.key)
+    for attribute, key, has_default, read in _readers(cls, unknown):
+        raw = data.get(key)
         if raw is None:
-            if not slot.has_default:
-                raise WireError(_join(path, slot.key), f"{_join(path, slot.key)} is required")
+            if not has_default:
+                raise WireError(_join(path, key), f"{_join(path, key)} is required")
             continue
-        values[slot.attribute] = read(raw, _join(path, slot.key))
+        values[attribute] = read(raw, path, key)
     return cls(**values)
 
 
 def encode(obj: Any, *, owner: str | None = None) -> dict[str, Any]:
     """``obj``'s wire form: every field (or, given ``owner``, that writer's), None left out."""
     out: dict[str, Any] = {}
-    cls = type(obj)
-    entries = [(s.key, s.wire, s.encode, getattr(obj, s.attribute)) for s in slots(cls)]
-    entries += [(json_name(d.attribute) if not d.wire.name else d.wire.name, d.wire,
-                 _encoder(d.kind, d.wire), getattr(obj, d.attribute)) for d in derived(cls)]
-    for key, declared, convert, value in entries:
-        if owner is not None and declared.owner != owner:
+    for key, attribute, writer, omit_empty, convert in _writers(type(obj)):
+        if owner is not None and writer != owner:
             continue
-        if value is None or (declared.omit_empty and not value):
+        value = getattr(obj, attribute)
+        if value is None or (omit_empty and not value):
             continue
         out[key] = convert(value)
     return out
@@ -357,26 +374,26 @@ def is_mapping(tp: Any) -> bool:
 def _scalar(kind: type, reason: str, accept: tuple[type, ...] | None = None) -> Decoder:
     allowed = accept or (kind,)
 
-    def read(raw: Any, path: str) -> Any:
+    def read(raw: Any, parent: str, key: str | int) -> Any:
         if not isinstance(raw, allowed) or (kind is not bool and isinstance(raw, bool)):
-            raise WireError.invalid(path, raw, reason)
-        return kind(raw)
+            raise WireError.invalid(_join(parent, key), raw, reason)
+        return raw if type(raw) is kind else kind(raw)
     return read
 
 
 def _decoder(tp: Any, declared: Wire, unknown: Unknown) -> Decoder:
     codec = declared.codec
     if codec is not None:
-        def custom(raw: Any, path: str) -> Any:
+        def custom(raw: Any, parent: str, key: str | int) -> Any:
             try:
                 return codec.decode(raw)
             except (TypeError, ValueError) as e:
-                raise WireError.invalid(path, raw, str(e)) from e
+                raise WireError.invalid(_join(parent, key), raw, str(e)) from e
         return custom
     tp, _ = optional(tp)
     origin = typing.get_origin(tp)
     if tp is Any:
-        return lambda raw, path: raw
+        return lambda raw, parent, key: raw
     if tp is str:
         return _scalar(str, "expected a string")
     if tp is bool:
@@ -386,27 +403,29 @@ def _decoder(tp: Any, declared: Wire, unknown: Unknown) -> Decoder:
     if tp is float:
         return _scalar(float, "expected a number", (int, float))
     if tp is dt.datetime:
-        def timestamp(raw: Any, path: str) -> dt.datetime:
+        def timestamp(raw: Any, parent: str, key: str | int) -> dt.datetime:
             parsed = parse_time(raw) if isinstance(raw, str) else None
             if parsed is None:
-                raise WireError.invalid(path, raw, "expected an RFC 3339 date-time")
+                raise WireError.invalid(_join(parent, key), raw,
+                                        "expected an RFC 3339 date-time")
             return parsed
         return timestamp
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return _enum(tp, declared.fallback)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         cls = tp
-        return lambda raw, path: decode(cls, raw, path, unknown=unknown)
+        return lambda raw, parent, key: decode(cls, raw, _join(parent, key), unknown=unknown)
     if origin in (tuple, frozenset):
         return _sequence(origin, _decoder(typing.get_args(tp)[0], Wire(), unknown),
                          declared.drop_invalid)
     if is_mapping(tp):
         value = _decoder(typing.get_args(tp)[1], Wire(), unknown)
 
-        def mapping(raw: Any, path: str) -> dict[str, Any]:
+        def mapping(raw: Any, parent: str, key: str | int) -> dict[str, Any]:
             if not isinstance(raw, Mapping):
-                raise WireError.invalid(path, raw, "expected a mapping")
-            return {str(k): value(v, _join(path, str(k))) for k, v in raw.items()}
+                raise WireError.invalid(_join(parent, key), raw, "expected a mapping")
+            path = _join(parent, key)
+            return {str(k): value(v, path, str(k)) for k, v in raw.items()}
         return mapping
     raise TypeError(f"no wire form for {tp!r}")
 
@@ -414,24 +433,25 @@ def _decoder(tp: Any, declared: Wire, unknown: Unknown) -> Decoder:
 def _enum(kind: type[enum.Enum], fallback: Any) -> Decoder:
     reason = f"expected one of {', '.join(str(m.value) for m in kind)}"
 
-    def read(raw: Any, path: str) -> Any:
+    def read(raw: Any, parent: str, key: str | int) -> Any:
         try:
             return kind(raw)
         except ValueError:
             if fallback is not None:
                 return fallback
-            raise WireError.invalid(path, raw, reason) from None
+            raise WireError.invalid(_join(parent, key), raw, reason) from None
     return read
 
 
 def _sequence(origin: Any, item: Decoder, drop_invalid: bool) -> Decoder:
-    def read(raw: Any, path: str) -> Any:
+    def read(raw: Any, parent: str, key: str | int) -> Any:
+        path = _join(parent, key)
         if not isinstance(raw, list | tuple):
             raise WireError.invalid(path, raw, "expected a list")
         values = []
         for i, x in enumerate(raw):
             try:
-                values.append(item(x, f"{path}[{i}]"))
+                values.append(item(x, path, i))
             except WireError:
                 if not drop_invalid:
                     raise
