@@ -5,7 +5,8 @@ Each field's schema comes from its declaration on the dataclass the code reads i
 subresources and the rules that span the whole object.
 
 ``deploy/crds/azurecni.io_*.yaml`` (also the chart's ``crds/`` files) are the output of
-``python -m azure_cni.api.crd deploy/crds``; a test fails when a checked-in file drifts.
+``python -m azure_cni.api.crd deploy/crds``, which ``hack/render-manifests.sh`` runs; a test
+fails when a checked-in file drifts.
 """
 
 from __future__ import annotations
