@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Render the chart with its default values into plain manifests, for clusters installed
-# without helm (`kubectl apply -f deploy/crds -f deploy/`), and copy the generated CRD into the
-# chart. tests/chart/test_manifests.py fails when the checked-in files differ from this output.
+# without helm (`kubectl apply -f deploy/crds -f deploy/`), and generate the CRDs from the code
+# into deploy/crds and the chart. tests/chart/test_manifests.py and tests/api/test_crd.py fail
+# when the checked-in files differ from this output.
 #
 #   hack/render-manifests.sh            write deploy/*.yaml and charts/azure-cni/crds/
 #   hack/render-manifests.sh DIR        write the manifests into DIR only (what the test runs)
@@ -16,7 +17,9 @@ helm=${AZURE_CNI_TOOLS_DIR:-$root/.cache/tools/bin}/helm
 kube_version=$(sed -n 's/^KUBERNETES_VERSION=//p' "$root/hack/tools/versions.env")
 
 if [ $# -eq 0 ]; then
-  # the chart ships the CRDs the code generates (deploy/crds), byte for byte
+  # the CRDs come from the code's field declarations (src/azure_cni/api/crd.py); the chart
+  # ships them (deploy/crds) byte for byte
+  "${PYTHON:-$root/.venv/bin/python}" -m azure_cni.api.crd "$root/deploy/crds" >/dev/null
   cp "$root"/deploy/crds/azurecni.io_*.yaml "$root/charts/azure-cni/crds/"
 fi
 

@@ -23,7 +23,7 @@ def list_map_keys(field: str) -> list[str]:
 def test_checked_in_crds_are_generated() -> None:
     for name, document in crds().items():
         assert (CRD_FILE.parent / name).read_text() == render(document), (
-            "deploy/crds is stale: run `.venv/bin/python -m azure_cni.api.crd deploy/crds`")
+            "deploy/crds is stale: run hack/render-manifests.sh")
 
 
 def test_schema_defaults_equal_code_defaults() -> None:

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
+from tests.api.test_wire import SELECTOR, SPEC, STATUS
 
 from azure_cni.agent.allocator import stray_requests
 from azure_cni.api.crd import nodeippool_crd
 from azure_cni.api.nodeippool import (
     AGENT_FIELD_MANAGER,
+    API_VERSION,
     KIND,
     OPERATOR_FIELD_MANAGER,
     PLURAL,
     VERSION,
     NodeIPPool,
+    PoolDefaults,
+    PoolMode,
     PoolSpec,
     PoolStatus,
+    status_apply_body,
 )
 from azure_cni.api.podnet import AttachmentState, PodNetworkRequest
+from azure_cni.api.poolclass import CLASS_FIELDS, CLASS_KIND, PoolClass
+from azure_cni.api.wire import encode
 from azure_cni_sim.node import wait_crd_established
 from azure_cni_sim.procs import wait_for
 
@@ -301,5 +309,46 @@ def test_a_class_holds_only_the_fields_it_sets(pools) -> None:
         assert stored["spec"]["pool"] == {"podSubnetID": POD_SUBNET, "maxIPs": 64}
         table = pools.kubectl("get", "nipc", name).stdout
         assert POD_SUBNET in table and "64" in table
+    finally:
+        pools.kubectl("delete", "nodeippoolclass", name, "--wait=false")
+
+
+def test_every_field_the_code_writes_the_api_server_keeps(pools) -> None:
+    """The schema comes from the same declarations as the codec: a pool with every spec and
+    status field set, written as the operator and the agent write it, reads back equal (a
+    field missing from the schema would be pruned without a word)."""
+    name = f"full-{uuid.uuid4().hex[:6]}"
+    spec = replace(SPEC, node_name=name)
+    body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+            "spec": spec.to_dict()}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    try:
+        for manager, fields in ((OPERATOR_FIELD_MANAGER, STATUS.operator_fields()),
+                                (AGENT_FIELD_MANAGER, STATUS.agent_fields())):
+            pools.kubectl("apply", "--server-side", f"--field-manager={manager}",
+                          "--subresource=status", "-f", "-",
+                          input=json.dumps(status_apply_body(name, fields)))
+        stored = NodeIPPool.from_object(
+            json.loads(pools.kubectl("get", "nip", name, "-o", "json").stdout))
+        assert stored.spec == spec
+        assert set(stored.status.conditions) == set(STATUS.conditions)
+        assert replace(stored.status, conditions=()) == replace(STATUS, conditions=())
+    finally:
+        pools.kubectl("delete", "nodeippool", name, "--wait=false")
+
+
+def test_every_field_of_a_class_the_api_server_keeps(pools) -> None:
+    name = f"class-{uuid.uuid4().hex[:6]}"
+    pool = encode(PoolDefaults(min_ips=3, max_ips=40, batch_size=4, min_free_ips=2,
+                               max_free_ips=9, release_delay_seconds=60, mode=PoolMode.BLOCKS,
+                               block_prefix_length=27, pod_subnet_id=SPEC.pod_subnet_id))
+    body = {"apiVersion": API_VERSION, "kind": CLASS_KIND, "metadata": {"name": name},
+            "spec": {"nodeSelector": encode(SELECTOR), "pool": pool}}
+    pools.kubectl("create", "-f", "-", input=json.dumps(body))
+    try:
+        stored = PoolClass.from_object(
+            json.loads(pools.kubectl("get", "nipc", name, "-o", "json").stdout))
+        assert (stored.selector, dict(stored.pool)) == (SELECTOR, pool)
+        assert set(pool) == set(CLASS_FIELDS)
     finally:
         pools.kubectl("delete", "nodeippoolclass", name, "--wait=false")

@@ -96,12 +96,13 @@ def test_condition_keeps_its_transition_time_while_status_holds() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"minIPs": 40}, "spec.minIPs (40) must be between 0 and spec.maxIPs (30)"),
+    ({"minIPs": 40}, "spec.minIPs (40) must not exceed spec.maxIPs (30)"),
     ({"maxIPs": 300, "minIPs": 0}, "spec.maxIPs (300) must be between 1 and 255"),
     ({"batchSize": 0}, "spec.batchSize (0) must be between 1 and 255"),
     ({"minFreeIPs": 20}, "spec.minFreeIPs (20) must not exceed spec.maxFreeIPs (12)"),
-    ({"minIPs": "many"}, "non-integer"),
-    ({"mode": "Prefixes"}, "spec.mode 'Prefixes' must be one of Addresses, Blocks"),
+    ({"minIPs": "many"}, "spec.minIPs: 'many' is not valid: expected an integer"),
+    ({"mode": "Prefixes"}, "spec.mode: 'Prefixes' is not valid: expected one of Addresses, "
+                          "Blocks"),
     ({"mode": "Blocks", "blockPrefixLength": 20}, "spec.blockPrefixLength (20) must be between "
                                                   "26 and 30"),
 ])

@@ -73,7 +73,7 @@ def test_the_messages_name_the_node_and_the_classes() -> None:
     assert "rest, spot all select node n1" in both.message
     big = choose_class("n1", {}, [cls("big", {}, minIPs=40)], DEFAULTS)
     assert "NodeIPPoolClass big over the chart's defaults gives node n1 an invalid pool: " \
-           "spec.minIPs (40) must be between 0 and spec.maxIPs (32)" in big.message
+           "spec.minIPs (40) must not exceed spec.maxIPs (32)" in big.message
 
 
 @pytest.mark.parametrize(("current", "used", "klass", "changed", "refused", "after"), [

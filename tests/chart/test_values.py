@@ -195,7 +195,7 @@ def test_bad_values_are_refused_with_a_clear_message(helm: Helm, values: dict[st
 
 @pytest.mark.parametrize(("doc", "message"), [
     ({"pool": {"minIPs": 20, "maxIPs": 10}},
-     r"minIPs \(20\) must be between 0 and spec.maxIPs \(10\)"),
+     r"pool.minIPs \(20\) must not exceed pool.maxIPs \(10\)"),
     ({"pool": {"minFreeIPs": 30, "maxFreeIPs": 24}}, r"minFreeIPs \(30\) must not exceed"),
     ({"azure": {"writeReserve": 200}}, r"writeReserve \(200\) must be at least 0 and below"),
     ({"azure": {"subscriptions": {"s": {"readReserve": 300}}}},

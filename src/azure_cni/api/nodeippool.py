@@ -23,13 +23,28 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from azure_cni.api.podnet import PodAttachment, PodNetworkRequest
+from azure_cni.api.podnet import POD_LIST, PodAttachment, PodNetworkRequest
+from azure_cni.api.timestamps import parse_time as parse_time  # noqa: PLC0414 (re-exported)
+from azure_cni.api.timestamps import rfc3339 as rfc3339  # noqa: PLC0414 (re-exported)
+from azure_cni.api.timestamps import utcnow as utcnow  # noqa: PLC0414 (re-exported)
+from azure_cni.api.wire import (
+    Derived,
+    Rule,
+    Wire,
+    WireError,
+    at_least,
+    at_most,
+    decode,
+    encode,
+    not_above,
+    wire,
+)
+from azure_cni.api.wire import problems as wire_problems
 
 GROUP = "azurecni.io"
 VERSION = "v1alpha1"
@@ -100,23 +115,74 @@ class InvalidPool(ValueError):
     """A NodeIPPool object that cannot be interpreted; the message names the field."""
 
 
+#: what ``kubectl scale nodeippool <node> --replicas=N`` means (``kubectl explain`` shows it)
+SCALE_DESCRIPTION = (
+    "Floor, and what `kubectl scale nodeippool <node> --replicas=N` sets (the SCALE-MIN "
+    "column): the pool holds at least this many addresses, more when its pods and its warm "
+    "pool (minFreeIPs) need them, and never more than maxIPs. Setting it below what the pool "
+    "holds (ALLOCATED) releases nothing by itself: free addresses above maxFreeIPs go back to "
+    "the subnet after releaseDelaySeconds. To shrink a pool, lower maxFreeIPs or maxIPs.")
+
+
+def _count(name: str, description: str, **declared: Any) -> dict[str, Wire]:
+    """A spec field counting addresses (or seconds): never negative, defaulted by the API
+    server to the code's default."""
+    return wire(name, description, minimum=0, default_in_schema=True, **declared)
+
+
+_SUBNET_ID_RULE = Rule(
+    "self == '' || self.matches('(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    "Microsoft[.]Network/virtualNetworks/[^/]+/subnets/[^/]+$')",
+    "podSubnetID must be a subnet's resource ID (/subscriptions/<s>/resourceGroups/<g>/"
+    "providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>) or empty")
+
+
 @dataclass(frozen=True)
 class PoolSpec:
-    """The admin's intent for one node's pool. Defaults mirror the CRD's schema defaults."""
+    """The admin's intent for one node's pool. Each field's declaration is also its CRD
+    schema (default, bounds, description): see ``api/wire.py``."""
 
-    node_name: str
-    min_ips: int = 0
-    max_ips: int = 250
-    batch_size: int = 8
-    min_free_ips: int = 8
-    max_free_ips: int = 24
-    release_delay_seconds: int = 180
-    mode: PoolMode = PoolMode.ADDRESSES
+    node_name: str = field(metadata=wire(
+        "nodeName", "The node this pool belongs to; equal to the pool's name.", required=True,
+        min_length=1, max_length=253, immutable="nodeName is immutable"))
+    min_ips: int = field(default=0, metadata=_count(
+        "minIPs", SCALE_DESCRIPTION, limits=(not_above("maxIPs"),)))
+    max_ips: int = field(default=250, metadata=_count(
+        "maxIPs", "Ceiling on the addresses of this node (at most 255: a NIC holds 256 "
+        "ipConfigurations and one is the primary).", limits=(
+            at_most(MAX_SECONDARY_IPS, "a NIC holds 256 ipConfigurations and one of them is "
+                                       "the primary"), at_least(1))))
+    batch_size: int = field(default=8, metadata=_count(
+        "batchSize", "Addresses are added in multiples of this, in one NIC write.",
+        limits=(at_least(1), at_most(MAX_SECONDARY_IPS))))
+    min_free_ips: int = field(default=8, metadata=_count(
+        "minFreeIPs", "Warm pool: keep at least this many addresses free for new pods.",
+        limits=(not_above("maxFreeIPs"),)))
+    max_free_ips: int = field(default=24, metadata=_count(
+        "maxFreeIPs", "Release free addresses above this many (after releaseDelaySeconds)."))
+    release_delay_seconds: int = field(default=180, metadata=_count(
+        "releaseDelaySeconds", "How long an excess must last before addresses are released "
+        "(hysteresis).", maximum=86400))
+    mode: PoolMode = field(default=PoolMode.ADDRESSES, metadata=wire(
+        description="Addresses: one ipConfiguration per address. Blocks: one ipConfiguration "
+                    "per aligned CIDR block of blockPrefixLength (privateIPAddressPrefixLength);"
+                    " the sizes above still count addresses and are rounded up to whole "
+                    "blocks. Cannot change while pods use the pool.", default_in_schema=True))
     #: the length of each block in Blocks mode (ignored in Addresses mode)
-    block_prefix_length: int = DEFAULT_BLOCK_PREFIX_LENGTH
+    block_prefix_length: int = field(default=DEFAULT_BLOCK_PREFIX_LENGTH, metadata=wire(
+        description="Length of each block in Blocks mode (a /28 holds 16 addresses). Cannot "
+                    "change while pods use the pool.", minimum=MIN_BLOCK_PREFIX_LENGTH,
+        maximum=MAX_BLOCK_PREFIX_LENGTH, default_in_schema=True))
     #: the subnet whose NIC of the VM carries the pods ("": the VM's primary NIC); on Azure
     #: every NIC sits in one subnet, so naming the subnet names the NIC
-    pod_subnet_id: str = ""
+    pod_subnet_id: str = field(default="", metadata=wire(
+        "podSubnetID", "Resource ID of the subnet pods take their addresses from: the operator "
+        "uses the VM's NIC in that subnet (a second NIC attached when the VM or scale set was "
+        "made). Empty: the VM's primary NIC. Cannot change once set: delete the pool (its node "
+        "drained) to move it.", max_length=1024, default_in_schema=True,
+        rules=(_SUBNET_ID_RULE,),
+        immutable="podSubnetID is immutable: the pool's addresses are on that subnet's NIC; "
+                  "delete the pool (drain the node first) to move it"))
 
     @property
     def prefix_length(self) -> int | None:
@@ -130,69 +196,40 @@ class PoolSpec:
         return block_size(self.prefix_length)
 
     def validate(self) -> None:
-        """Raise InvalidPool for combinations the CRD's CEL rules also refuse."""
-        problems = []
-        if not self.node_name:
-            problems.append("spec.nodeName must be set")
-        if not 0 <= self.min_ips <= self.max_ips:
-            problems.append(f"spec.minIPs ({self.min_ips}) must be between 0 and "
-                            f"spec.maxIPs ({self.max_ips})")
-        if not 1 <= self.max_ips <= MAX_SECONDARY_IPS:
-            problems.append(f"spec.maxIPs ({self.max_ips}) must be between 1 and "
-                            f"{MAX_SECONDARY_IPS} (a NIC holds 256 ipConfigurations, one primary)")
-        if not 1 <= self.batch_size <= MAX_SECONDARY_IPS:
-            problems.append(f"spec.batchSize ({self.batch_size}) must be between 1 and "
-                            f"{MAX_SECONDARY_IPS}")
-        if not 0 <= self.min_free_ips <= self.max_free_ips:
-            problems.append(f"spec.minFreeIPs ({self.min_free_ips}) must not exceed "
-                            f"spec.maxFreeIPs ({self.max_free_ips})")
-        if self.release_delay_seconds < 0:
-            problems.append("spec.releaseDelaySeconds must not be negative")
-        if not MIN_BLOCK_PREFIX_LENGTH <= self.block_prefix_length <= MAX_BLOCK_PREFIX_LENGTH:
-            problems.append(f"spec.blockPrefixLength ({self.block_prefix_length}) must be "
-                            f"between {MIN_BLOCK_PREFIX_LENGTH} and {MAX_BLOCK_PREFIX_LENGTH}")
+        """Raise InvalidPool for what the CRD's schema and CEL rules also refuse (but the
+        subnet ID's form and the rules on old values)."""
+        problems = wire_problems(self, "spec")
         if problems:
             raise InvalidPool("; ".join(problems))
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any], name: str | None = None) -> PoolSpec:
-        defaults = cls(node_name="")
+        """A spec as the API server stores it; ``name`` stands for a missing nodeName."""
+        data: Any = spec
+        if isinstance(spec, Mapping) and not spec.get("nodeName"):
+            data = {**spec, "nodeName": name or ""}
         try:
-            mode = PoolMode(spec.get("mode", defaults.mode))
-        except ValueError:
-            raise InvalidPool(f"spec.mode {spec.get('mode')!r} must be one of "
-                              f"{', '.join(m.value for m in PoolMode)}") from None
-        try:
-            return cls(
-                node_name=str(spec.get("nodeName") or name or ""),
-                min_ips=int(spec.get("minIPs", defaults.min_ips)),
-                max_ips=int(spec.get("maxIPs", defaults.max_ips)),
-                batch_size=int(spec.get("batchSize", defaults.batch_size)),
-                min_free_ips=int(spec.get("minFreeIPs", defaults.min_free_ips)),
-                max_free_ips=int(spec.get("maxFreeIPs", defaults.max_free_ips)),
-                release_delay_seconds=int(
-                    spec.get("releaseDelaySeconds", defaults.release_delay_seconds)),
-                mode=mode,
-                block_prefix_length=int(
-                    spec.get("blockPrefixLength", defaults.block_prefix_length)),
-                pod_subnet_id=str(spec.get("podSubnetID") or ""),
-            )
-        except (TypeError, ValueError) as e:
-            raise InvalidPool(f"spec has a non-integer field: {e}") from e
+            return decode(cls, data, "spec")
+        except WireError as e:
+            raise InvalidPool(str(e)) from e
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "nodeName": self.node_name,
-            "minIPs": self.min_ips,
-            "maxIPs": self.max_ips,
-            "batchSize": self.batch_size,
-            "minFreeIPs": self.min_free_ips,
-            "maxFreeIPs": self.max_free_ips,
-            "releaseDelaySeconds": self.release_delay_seconds,
-            "mode": str(self.mode),
-            "blockPrefixLength": self.block_prefix_length,
-            "podSubnetID": self.pod_subnet_id,
-        }
+        return encode(self)
+
+
+@dataclass(frozen=True)
+class PoolDefaults(PoolSpec):
+    """The spec the operator gives a new node's pool (the chart's ``pool`` settings), and
+    what a NodeIPPoolClass sets part of: a PoolSpec without its node, every field declared
+    once, on PoolSpec."""
+
+    node_name: str = ""
+
+    WIRE_EXCLUDE: ClassVar[tuple[str, ...]] = ("nodeName",)
+
+    def spec_for(self, node_name: str) -> PoolSpec:
+        values = {f.name: getattr(self, f.name) for f in fields(PoolSpec)}
+        return PoolSpec(**{**values, "node_name": node_name})
 
 
 @dataclass(frozen=True)
@@ -200,10 +237,11 @@ class PoolIP:
     """One secondary ipConfiguration of the node's NIC that belongs to the pool: a single
     address, or (``prefix_length`` set) the aligned block starting at ``address``."""
 
-    address: str
-    ip_configuration: str
-    state: IPState = IPState.AVAILABLE
-    prefix_length: int | None = None
+    address: str = field(metadata=wire(required=True))
+    ip_configuration: str = field(metadata=wire(required=True))
+    state: IPState = field(default=IPState.AVAILABLE, metadata=wire(required=True))
+    prefix_length: int | None = field(default=None, metadata=wire(
+        description="Set for a block: the ipConfiguration holds address/prefixLength."))
 
     @property
     def size(self) -> int:
@@ -225,21 +263,14 @@ class PoolIP:
         return tuple(PoolIP(str(a), self.ip_configuration, self.state) for a in block)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PoolIP:
+    def from_dict(cls, d: Mapping[str, Any], path: str = "status.ips[]") -> PoolIP:
         try:
-            length = d.get("prefixLength")
-            return cls(str(d["address"]), str(d["ipConfiguration"]),
-                       IPState(d.get("state", IPState.AVAILABLE)),
-                       int(length) if length is not None else None)
-        except (KeyError, ValueError) as e:
-            raise InvalidPool(f"status.ips has a malformed entry {dict(d)!r}: {e}") from e
+            return decode(cls, d, path)
+        except WireError as e:
+            raise InvalidPool(str(e)) from e
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"address": self.address, "ipConfiguration": self.ip_configuration,
-                               "state": str(self.state)}
-        if self.prefix_length is not None:
-            out["prefixLength"] = self.prefix_length
-        return out
+        return encode(self)
 
 
 @dataclass(frozen=True)
@@ -251,14 +282,15 @@ class NicInfo:
     (``AA-BB-CC-DD-EE-FF``, as ARM writes it) is how the agent finds the NIC on the host.
     """
 
-    id: str
-    primary_ip: str
-    subnet_id: str
-    subnet_cidr: str
-    vnet_address_space: tuple[str, ...]
-    name: str = ""
-    mac_address: str = ""
-    primary_nic: bool = True
+    id: str = ""
+    primary_ip: str = field(default="", metadata=wire("primaryIP"))
+    subnet_id: str = field(default="", metadata=wire("subnetID"))
+    subnet_cidr: str = field(default="", metadata=wire("subnetCIDR"))
+    vnet_address_space: tuple[str, ...] = ()
+    name: str = field(default="", metadata=wire(omit_empty=True))
+    mac_address: str = field(default="", metadata=wire(omit_empty=True))
+    primary_nic: bool = field(default=True, metadata=wire(
+        "primary", "Whether this is the VM's primary NIC."))
 
     @property
     def gateway(self) -> str:
@@ -268,93 +300,50 @@ class NicInfo:
         return str(ipaddress.IPv4Network(self.subnet_cidr, strict=False).network_address + 1)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> NicInfo:
-        return cls(
-            id=str(d.get("id", "")),
-            primary_ip=str(d.get("primaryIP", "")),
-            subnet_id=str(d.get("subnetID", "")),
-            subnet_cidr=str(d.get("subnetCIDR", "")),
-            vnet_address_space=tuple(str(c) for c in d.get("vnetAddressSpace") or ()),
-            name=str(d.get("name") or ""),
-            mac_address=str(d.get("macAddress") or ""),
-            primary_nic=d.get("primary") is not False,
-        )
+    def from_dict(cls, d: Mapping[str, Any], path: str = "status.nic") -> NicInfo:
+        try:
+            return decode(cls, d, path)
+        except WireError as e:
+            raise InvalidPool(str(e)) from e
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "primaryIP": self.primary_ip,
-            "subnetID": self.subnet_id,
-            "subnetCIDR": self.subnet_cidr,
-            "vnetAddressSpace": list(self.vnet_address_space),
-            "primary": self.primary_nic,
-        }
-        if self.name:
-            out["name"] = self.name
-        if self.mac_address:
-            out["macAddress"] = self.mac_address
-        return out
+        return encode(self)
+
+
+class _TrueFalse:
+    """A condition's status: "True" on the wire is True; "False" and "Unknown" are not."""
+
+    schema: Mapping[str, Any] = {"type": "string", "enum": ["True", "False", "Unknown"]}
+
+    def decode(self, raw: Any) -> bool:
+        return bool(raw == "True")
+
+    def encode(self, value: Any) -> str:
+        return "True" if value else "False"
 
 
 @dataclass(frozen=True)
 class Condition:
-    type: ConditionType
-    status: bool
-    reason: str
+    #: any writer may add a condition of its own type (not ours to interpret: not decoded)
+    type: ConditionType = field(metadata=wire(required=True, open_enum=True))
+    status: bool = field(metadata=wire(required=True, codec=_TrueFalse()))
+    reason: str = ""
     message: str = ""
-    last_transition_time: str = ""
+    last_transition_time: str = field(default="", metadata=wire(format="date-time"))
     observed_generation: int | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Condition | None:
+        """The condition, or None for one this code does not know (another writer's)."""
         try:
-            ctype = ConditionType(d["type"])
-        except (KeyError, ValueError):
-            return None  # a condition some other writer added; not ours to interpret
-        gen = d.get("observedGeneration")
-        return cls(ctype, d.get("status") == "True", str(d.get("reason", "")),
-                   str(d.get("message", "")), str(d.get("lastTransitionTime", "")),
-                   int(gen) if gen is not None else None)
+            return decode(cls, d, "status.conditions[]")
+        except WireError:
+            return None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "type": str(self.type),
-            "status": "True" if self.status else "False",
-            "reason": self.reason,
-            "message": self.message,
-            "lastTransitionTime": self.last_transition_time or rfc3339(utcnow()),
-        }
-        if self.observed_generation is not None:
-            out["observedGeneration"] = self.observed_generation
-        return out
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-#: RFC 3339 date-time: fractions of any length (Kubernetes' MicroTime has 6, Go's RFC3339Nano
-#: up to 9; Python keeps 6) and a "Z" or numeric offset
-_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?"
-                      r"(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
-
-
-def parse_time(value: str | None) -> dt.datetime | None:
-    """An RFC 3339 timestamp as an aware UTC datetime; None when absent or unreadable."""
-    match = _RFC3339.fullmatch(value or "")
-    if match is None:
-        return None
-    seconds, fraction, offset = match.groups()
-    zone = "+00:00" if offset.upper() == "Z" else offset
-    try:
-        parsed = dt.datetime.fromisoformat(f"{seconds}.{(fraction or '0')[:6]:0<6}{zone}")
-    except ValueError:
-        return None
-    return parsed.astimezone(dt.UTC)
+        """Its wire form, stamped now when it has no transition time yet."""
+        return encode(replace(self, last_transition_time=self.last_transition_time
+                              or rfc3339(utcnow())))
 
 
 def set_condition(existing: Iterable[Condition], new: Condition) -> tuple[Condition, ...]:
@@ -374,25 +363,59 @@ def set_condition(existing: Iterable[Condition], new: Condition) -> tuple[Condit
     return tuple(out)
 
 
+_OPERATOR = "operator"
+_AGENT = "agent"
+
+
 @dataclass(frozen=True)
 class PoolStatus:
     """Both writers' fields; each writer renders only its own part (see module docstring)."""
 
-    nic: NicInfo | None = None
-    ips: tuple[PoolIP, ...] = ()
-    excess_since: dt.datetime | None = None
-    observed_generation: int | None = None
-    used: int = 0
+    nic: NicInfo | None = field(default=None, metadata=wire(
+        description="The node's NIC as the operator found it on Azure.", owner=_OPERATOR))
+    ips: tuple[PoolIP, ...] = field(default=(), metadata=wire(
+        description="Secondary addresses of the NIC that belong to the pool.",
+        list_type="map", map_keys=("ipConfiguration",), owner=_OPERATOR))
+    # Server-side apply drops a field its manager stops sending, so "no excess" is omission.
+    excess_since: dt.datetime | None = field(default=None, metadata=wire(
+        description="Since when the pool has held more free addresses than maxFreeIPs.",
+        owner=_OPERATOR))
+    observed_generation: int | None = field(default=None, metadata=wire(owner=_OPERATOR))
+    used: int = field(default=0, metadata=wire(
+        description="Addresses the node agent has handed to pods.", owner=_AGENT))
     #: Available addresses the agent will not hand out before their cooldown ends
-    cooling: int = 0
-    release_acks: frozenset[str] = frozenset()
+    cooling: int = field(default=0, metadata=wire(
+        description="Available addresses freed by a pod less than the agent's cooldown ago: "
+                    "not handed out yet, so not free for the warm pool either.", owner=_AGENT))
+    release_acks: frozenset[str] = field(default=frozenset(), metadata=wire(
+        description="ipConfiguration names the agent confirms are unused and will not hand "
+                    "out: the operator may remove them.", owner=_AGENT))
     #: blocks none of whose addresses is used or cooling (agent-owned): what to release first
-    idle_blocks: frozenset[str] = frozenset()
-    conditions: tuple[Condition, ...] = ()
-    #: agent: what pods on the node asked for (a public IP, backend pools), per ipConfiguration
-    pod_requests: tuple[PodNetworkRequest, ...] = ()
+    idle_blocks: frozenset[str] = field(default=frozenset(), metadata=wire(
+        description="Blocks (their ipConfiguration names) none of whose addresses a pod uses "
+                    "or cools down: the operator releases these first.", owner=_AGENT,
+        omit_empty=True))
+    #: both writers' (each renders the types it owns); others' types are not read
+    conditions: tuple[Condition, ...] = field(default=(), metadata=wire(
+        list_type="map", map_keys=("type",), drop_invalid=True))
+    #: agent: what pods on the node asked for (a public IP, backend pools), per address
+    pod_requests: tuple[PodNetworkRequest, ...] = field(default=(), metadata=wire(
+        description="Written by the node agent: the public IP and backend pools pods asked "
+                    "for by annotation, per pod address. withdrawn: the pod is gone and the "
+                    "agent keeps the address until the operator reports it Detached.",
+        **POD_LIST, owner=_AGENT, omit_empty=True))
     #: operator: what it attached, refused or detached for those requests
-    pod_networking: tuple[PodAttachment, ...] = ()
+    pod_networking: tuple[PodAttachment, ...] = field(default=(), metadata=wire(
+        description="Written by the operator, per pod address: what it attached to the "
+                    "address's ipConfiguration, what it refused and why, and which withdrawn "
+                    "requests are off the NIC.", **POD_LIST, owner=_OPERATOR, omit_empty=True))
+
+    WIRE_DERIVED: ClassVar[tuple[Derived, ...]] = (
+        Derived("allocated", int, Wire(description="Number of addresses in ips (a block "
+                                                   "counts all of its own).", owner=_OPERATOR)),
+        Derived("blocks", int, Wire(description="Number of blocks in ips (Blocks mode).",
+                                    owner=_OPERATOR, omit_empty=True)),
+    )
 
     @property
     def allocated(self) -> int:
@@ -415,59 +438,20 @@ class PoolStatus:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> PoolStatus:
-        d = d or {}
-        nic = d.get("nic")
-        conditions = tuple(c for c in (Condition.from_dict(x) for x in d.get("conditions") or ())
-                           if c is not None)
-        gen = d.get("observedGeneration")
-        return cls(
-            nic=NicInfo.from_dict(nic) if nic else None,
-            ips=tuple(PoolIP.from_dict(x) for x in d.get("ips") or ()),
-            excess_since=parse_time(d.get("excessSince")),
-            observed_generation=int(gen) if gen is not None else None,
-            used=int(d.get("used") or 0),
-            cooling=int(d.get("cooling") or 0),
-            release_acks=frozenset(str(a) for a in d.get("releaseAcks") or ()),
-            idle_blocks=frozenset(str(a) for a in d.get("idleBlocks") or ()),
-            conditions=conditions,
-            pod_requests=tuple(PodNetworkRequest.from_dict(x)
-                               for x in d.get("podRequests") or ()),
-            pod_networking=tuple(PodAttachment.from_dict(x)
-                                 for x in d.get("podNetworking") or ()),
-        )
+        try:
+            return decode(cls, d, "status")
+        except WireError as e:
+            raise InvalidPool(str(e)) from e
 
     def operator_fields(self) -> dict[str, Any]:
         """The operator's part of status, for its server-side apply."""
-        out: dict[str, Any] = {
-            "ips": [ip.to_dict() for ip in self.ips],
-            "allocated": self.allocated,
-            **({"blocks": self.blocks} if self.blocks else {}),
-            "conditions": [c.to_dict() for c in self.conditions if c.type in OPERATOR_CONDITIONS],
-        }
-        # Server-side apply drops a field its manager stops sending, so "no excess" is omission.
-        if self.excess_since is not None:
-            out["excessSince"] = rfc3339(self.excess_since)
-        if self.nic is not None:
-            out["nic"] = self.nic.to_dict()
-        if self.observed_generation is not None:
-            out["observedGeneration"] = self.observed_generation
-        if self.pod_networking:
-            out["podNetworking"] = [a.to_dict() for a in self.pod_networking]
-        return out
+        return {**encode(self, owner=_OPERATOR), "conditions": [
+            c.to_dict() for c in self.conditions if c.type in OPERATOR_CONDITIONS]}
 
     def agent_fields(self) -> dict[str, Any]:
         """The agent's part of status, for its server-side apply."""
-        out: dict[str, Any] = {
-            "used": self.used,
-            "cooling": self.cooling,
-            "releaseAcks": sorted(self.release_acks),
-            "conditions": [c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS],
-        }
-        if self.idle_blocks:
-            out["idleBlocks"] = sorted(self.idle_blocks)
-        if self.pod_requests:
-            out["podRequests"] = [r.to_dict() for r in self.pod_requests]
-        return out
+        return {**encode(self, owner=_AGENT), "conditions": [
+            c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS]}
 
 
 @dataclass(frozen=True)

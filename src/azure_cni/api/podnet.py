@@ -23,9 +23,11 @@ NIC: only then does the agent forget it and reuse the address).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from azure_cni.api.wire import decode, encode, wire
 
 PUBLIC_IP_ANNOTATION = "azurecni.io/public-ip"
 BACKEND_POOLS_ANNOTATION = "azurecni.io/backend-pools"
@@ -60,20 +62,50 @@ class AttachmentState(StrEnum):
     DETACHED = "Detached"
 
 
+#: how both per-pod lists sit in the NodeIPPool's status: keyed by the pod's address (one
+#: address is one pod's, while in Blocks mode many pods share an ipConfiguration: keyed by
+#: that, two pods' entries collided and the API server refused the whole status write)
+POD_LIST: dict[str, Any] = {"list_type": "map", "map_keys": ("address",)}
+
+# the fields both lists' entries have, declared once
+_IP_CONFIGURATION = wire(description="the NIC's ipConfiguration holding the address",
+                         required=True)
+_ADDRESS = wire(description="the pod's address (the key)", required=True)
+_POD = wire(description="namespace/name", required=True)
+_PUBLIC_IP = wire("publicIP", omit_empty=True)
+_BACKEND_POOLS = wire(omit_empty=True)
+_POD_UID = wire("podUID", "the pod's metadata.uid", omit_empty=True)
+
+
+class _Clipped:
+    """A message kept to MAX_MESSAGE_CHARACTERS: Azure's messages are not ours to bound,
+    and the pool must stay small (see MAX_ANNOTATION_CHARACTERS)."""
+
+    schema: Mapping[str, Any] = {"type": "string"}
+
+    def decode(self, raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise TypeError("expected a string")
+        return raw
+
+    def encode(self, value: Any) -> str:
+        return str(value)[:MAX_MESSAGE_CHARACTERS]
+
+
 @dataclass(frozen=True)
 class PodNetworkRequest:
     """What a pod asked for, as its node agent recorded it (agent-owned status)."""
 
-    ip_configuration: str
-    address: str
+    ip_configuration: str = field(metadata=_IP_CONFIGURATION)
+    address: str = field(metadata=_ADDRESS)
     #: ``namespace/name``
-    pod: str
-    public_ip: str = ""
-    backend_pools: tuple[str, ...] = ()
+    pod: str = field(metadata=_POD)
+    public_ip: str = field(default="", metadata=_PUBLIC_IP)
+    backend_pools: tuple[str, ...] = field(default=(), metadata=_BACKEND_POOLS)
     #: the pod is gone: its address is not handed out until the operator says Detached
-    withdrawn: bool = False
+    withdrawn: bool = field(default=False, metadata=wire(omit_empty=True))
     #: ``metadata.uid`` (K8S_POD_UID): tells a pod from a later one of the same name
-    pod_uid: str = ""
+    pod_uid: str = field(default="", metadata=_POD_UID)
 
     @property
     def namespace(self) -> str:
@@ -89,43 +121,34 @@ class PodNetworkRequest:
         return ("", ()) if self.withdrawn else (self.public_ip, self.backend_pools)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PodNetworkRequest:
-        return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
-                   str(d.get("pod") or ""), str(d.get("publicIP") or ""),
-                   tuple(str(p) for p in d.get("backendPools") or ()),
-                   bool(d.get("withdrawn")), str(d.get("podUID") or ""))
+    def from_dict(cls, d: Mapping[str, Any], path: str = "status.podRequests[]"
+                  ) -> PodNetworkRequest:
+        return decode(cls, d, path)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
-                               "address": self.address, "pod": self.pod}
-        if self.pod_uid:
-            out["podUID"] = self.pod_uid
-        if self.public_ip:
-            out["publicIP"] = self.public_ip
-        if self.backend_pools:
-            out["backendPools"] = list(self.backend_pools)
-        if self.withdrawn:
-            out["withdrawn"] = True
-        return out
+        return encode(self)
 
 
 @dataclass(frozen=True)
 class PodAttachment:
     """What the operator did about one request (operator-owned status)."""
 
-    ip_configuration: str
-    address: str
-    pod: str
-    state: AttachmentState
+    ip_configuration: str = field(metadata=_IP_CONFIGURATION)
+    address: str = field(metadata=_ADDRESS)
+    pod: str = field(metadata=_POD)
+    #: a state this code does not know reads as Refused
+    state: AttachmentState = field(metadata=wire(required=True,
+                                                 fallback=AttachmentState.REFUSED))
     #: resource IDs as written on the ipConfiguration (Attached) or as refused (Refused)
-    public_ip: str = ""
-    backend_pools: tuple[str, ...] = ()
+    public_ip: str = field(default="", metadata=_PUBLIC_IP)
+    backend_pools: tuple[str, ...] = field(default=(), metadata=_BACKEND_POOLS)
     #: for Refused: ``NotAllowed`` (the chart's policy) or Azure's error code
-    reason: str = ""
-    message: str = ""
+    reason: str = field(default="", metadata=wire(
+        description="NotAllowed (the chart's policy) or Azure's error code", omit_empty=True))
+    message: str = field(default="", metadata=wire(omit_empty=True, codec=_Clipped()))
     #: the UID of the request's pod, when the operator names it (the agent then matches a
     #: Detached answer by it, not by the pod's name alone)
-    pod_uid: str = ""
+    pod_uid: str = field(default="", metadata=_POD_UID)
 
     @property
     def refused_by_azure(self) -> bool:
@@ -135,33 +158,12 @@ class PodAttachment:
                                                                               UNATTRIBUTED)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PodAttachment:
-        try:
-            state = AttachmentState(d.get("state") or AttachmentState.REFUSED)
-        except ValueError:
-            state = AttachmentState.REFUSED
-        return cls(str(d.get("ipConfiguration") or ""), str(d.get("address") or ""),
-                   str(d.get("pod") or ""), state, str(d.get("publicIP") or ""),
-                   tuple(str(p) for p in d.get("backendPools") or ()),
-                   str(d.get("reason") or ""), str(d.get("message") or ""),
-                   str(d.get("podUID") or ""))
+    def from_dict(cls, d: Mapping[str, Any], path: str = "status.podNetworking[]"
+                  ) -> PodAttachment:
+        return decode(cls, d, path)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ipConfiguration": self.ip_configuration,
-                               "address": self.address, "pod": self.pod,
-                               "state": str(self.state)}
-        if self.pod_uid:
-            out["podUID"] = self.pod_uid
-        if self.public_ip:
-            out["publicIP"] = self.public_ip
-        if self.backend_pools:
-            out["backendPools"] = list(self.backend_pools)
-        if self.reason:
-            out["reason"] = self.reason
-        if self.message:
-            # Azure's messages are not ours to bound: the pool must stay small (see above)
-            out["message"] = self.message[:MAX_MESSAGE_CHARACTERS]
-        return out
+        return encode(self)
 
 
 class InvalidAnnotation(ValueError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from azure_cni.api.nodeippool import (
     CLASS_LABEL,
@@ -25,15 +25,16 @@ from azure_cni.api.nodeippool import (
     ConditionType,
     InvalidPool,
     NodeIPPool,
+    PoolDefaults,
     PoolSpec,
 )
+from azure_cni.api.wire import Rule, WireError, decode, keys, wire
 
 CLASS_KIND = "NodeIPPoolClass"
 CLASS_PLURAL = "nodeippoolclasses"
 CLASS_SHORT_NAME = "nipc"
 #: spec fields a class may set (all of a NodeIPPool's but nodeName), as the CRD names them
-CLASS_FIELDS = ("minIPs", "maxIPs", "batchSize", "minFreeIPs", "maxFreeIPs",
-                "releaseDelaySeconds", "mode", "blockPrefixLength", "podSubnetID")
+CLASS_FIELDS = keys(PoolDefaults)
 #: fields that cannot change while pods use the pool (the NodeIPPool CRD refuses it too)
 _WHILE_UNUSED = ("mode", "blockPrefixLength")
 #: a field that cannot change at all once the pool exists
@@ -53,9 +54,13 @@ class SelectorOperator(StrEnum):
 
 @dataclass(frozen=True)
 class Requirement:
-    key: str
-    operator: SelectorOperator
-    values: frozenset[str] = frozenset()
+    key: str = field(metadata=wire(required=True, min_length=1))
+    operator: SelectorOperator = field(metadata=wire(required=True))
+    values: frozenset[str] = field(default=frozenset(), metadata=wire(list_type="atomic"))
+
+    WIRE_RULES: ClassVar[tuple[Rule, ...]] = (Rule(
+        "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+        "In and NotIn need values; Exists and DoesNotExist take none"),)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         present = self.key in labels
@@ -94,14 +99,9 @@ class LabelSelector:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LabelSelector:
         try:
-            expressions = tuple(
-                Requirement(str(e["key"]), SelectorOperator(e["operator"]),
-                            frozenset(str(v) for v in e.get("values") or ()))
-                for e in d.get("matchExpressions") or ())
-        except (KeyError, ValueError, TypeError) as e:
-            raise InvalidClass(f"spec.nodeSelector.matchExpressions is malformed: {e}") from e
-        return cls({str(k): str(v) for k, v in (d.get("matchLabels") or {}).items()},
-                   expressions)
+            return decode(cls, d, "spec.nodeSelector")
+        except WireError as e:
+            raise InvalidClass(str(e)) from e
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ The operator reads ``pool`` and ``azure`` and ``operator``; the node agent reads
 ``snat``, and ``standalone`` on a VM without Kubernetes. The chart's ``values.yaml`` documents
 the same keys with the same defaults (all but ``standalone``, which the chart never turns on),
 and a test keeps the two equal. Keys are camelCase, as in the chart.
+
+Each setting is declared once, as a dataclass field: its key (``wire("minIPs")`` where camelCase
+would not spell it as the chart does), its type (the annotation), its default and its bounds.
+The one codec of ``api/wire.py`` reads the file with them, refusing unknown keys and naming the
+key of any bad value; ``pool`` is a NodeIPPool spec without its node, declared on ``PoolSpec``.
 """
 
 from __future__ import annotations
@@ -11,58 +16,99 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from azure_cni.api.nodeippool import InvalidPool, PoolMode, PoolSpec
+from azure_cni.api.nodeippool import PoolDefaults as PoolDefaults  # noqa: PLC0414 (re-exported)
+from azure_cni.api.wire import WireError, at_least, decode, encode, slots, wire
+from azure_cni.api.wire import problems as wire_problems
 
 DEFAULT_CONFIG_PATH = Path("/etc/azure-cni/config.yaml")
-
-
-#: where a field declares its key in the file when plain camelCase would not spell it as the
-#: chart does (acronyms: ``minIPs``, ``readQPS``); its type comes from its annotation
-KEY = "azure-cni/key"
-
-
-def key(name: str) -> dict[str, str]:
-    """A field's ``metadata`` naming its key in the file (``field(metadata=key("minIPs"))``)."""
-    return {KEY: name}
 
 
 class InvalidSettings(ValueError):
     """The configuration file is unusable; the message names the key."""
 
 
-@dataclass(frozen=True)
-class PoolDefaults:
-    """Spec given to the NodeIPPool the operator creates for a new node."""
+#: a plugin binary's name, as CNI runtimes look it up in their bin directory
+_PLUGIN_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: what the conflist already chains (api settings cannot import the agent's install module)
+_BUILT_IN_PLUGINS = ("azure-vnet", "portmap")
 
-    min_ips: int = field(default=PoolSpec.min_ips, metadata=key("minIPs"))
-    max_ips: int = field(default=PoolSpec.max_ips, metadata=key("maxIPs"))
-    batch_size: int = PoolSpec.batch_size
-    min_free_ips: int = field(default=PoolSpec.min_free_ips, metadata=key("minFreeIPs"))
-    max_free_ips: int = field(default=PoolSpec.max_free_ips, metadata=key("maxFreeIPs"))
-    release_delay_seconds: int = PoolSpec.release_delay_seconds
-    #: Addresses (one ipConfiguration per address) or Blocks (one per aligned CIDR block)
-    mode: str = str(PoolSpec.mode)
-    block_prefix_length: int = PoolSpec.block_prefix_length
-    #: the subnet whose NIC carries the pods ("": the VM's primary NIC)
-    pod_subnet_id: str = field(default=PoolSpec.pod_subnet_id, metadata=key("podSubnetID"))
 
-    def spec_for(self, node_name: str) -> PoolSpec:
-        try:
-            mode = PoolMode(self.mode)
-        except ValueError:
-            raise InvalidPool(f"mode {self.mode!r} is not one of "
-                              f"{', '.join(m.value for m in PoolMode)}") from None
-        return PoolSpec(node_name, self.min_ips, self.max_ips, self.batch_size,
-                        self.min_free_ips, self.max_free_ips, self.release_delay_seconds,
-                        mode, self.block_prefix_length, self.pod_subnet_id)
+class _PluginConfigs:
+    """CNI plugin configurations to chain: mappings with a plain ``type``, each once."""
+
+    schema: Mapping[str, Any] = {}
+
+    def decode(self, raw: Any) -> tuple[Mapping[str, Any], ...]:
+        if not isinstance(raw, list | tuple):
+            raise TypeError("expected a list of plugin configurations")
+        configs: list[dict[str, Any]] = []
+        for config in raw:
+            if not isinstance(config, Mapping) or not isinstance(config.get("type"), str):
+                raise TypeError(f"{config!r} is not a plugin configuration with a type")
+            kind = config["type"]
+            if not _PLUGIN_TYPE.fullmatch(kind):
+                raise ValueError(f"type {kind!r} is not a plugin binary's name")
+            if kind in _BUILT_IN_PLUGINS or kind in {c["type"] for c in configs}:
+                raise ValueError(f"{kind} is chained already")
+            configs.append(dict(config))
+        return tuple(configs)
+
+    def encode(self, value: Any) -> list[dict[str, Any]]:
+        return [dict(c) for c in value]
+
+
+class _SubscriptionOverrides:
+    """``{<subscription ID>: {readReserve: 50, writeQPS: 5, ...}}``, checked key by key."""
+
+    schema: Mapping[str, Any] = {}
+
+    def decode(self, raw: Any) -> dict[str, dict[str, float]]:
+        if not isinstance(raw, Mapping):
+            raise TypeError("must be a mapping of subscription IDs")
+        known = sorted(_budget_keys())
+        out: dict[str, dict[str, float]] = {}
+        for subscription, overrides in raw.items():
+            if not isinstance(overrides, Mapping):
+                raise TypeError(f"{subscription} must be a mapping")
+            unknown = sorted(set(overrides) - set(known))
+            if unknown:
+                raise ValueError(f"{subscription}: unknown keys {', '.join(unknown)} "
+                                 f"(known: {', '.join(known)})")
+            if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                       for v in overrides.values()):
+                raise TypeError(f"{subscription}: every value must be a number")
+            out[str(subscription)] = {str(k): float(v) for k, v in overrides.items()}
+        return out
+
+    def encode(self, value: Any) -> dict[str, dict[str, float]]:
+        return {k: dict(v) for k, v in value.items()}
+
+
+class _NamespaceGroups:
+    """``{<namespace>: [<resource group>, ...]}``."""
+
+    schema: Mapping[str, Any] = {}
+
+    def decode(self, raw: Any) -> dict[str, tuple[str, ...]]:
+        if not isinstance(raw, Mapping):
+            raise TypeError("must be a mapping of namespaces to resource groups")
+        out: dict[str, tuple[str, ...]] = {}
+        for namespace, groups in raw.items():
+            if not isinstance(groups, list | tuple) or not all(
+                    isinstance(g, str) and g for g in groups):
+                raise TypeError(f"{namespace} must be a list of resource group names")
+            out[str(namespace)] = tuple(groups)
+        return out
+
+    def encode(self, value: Any) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -76,21 +122,22 @@ class AzureSettings:
     #: default | managedIdentity | workloadIdentity | servicePrincipal
     credential: str = "default"
     managed_identity_client_id: str = field(default="",
-                                            metadata=key("managedIdentityClientID"))
+                                            metadata=wire("managedIdentityClientID"))
     #: CA bundle to trust for arm_endpoint (empty: the system's)
     ca_bundle: str = ""
     # ARM's token buckets for one subscription and principal, as Microsoft documents them
     # (reads 250 + 25/s, writes 200 + 10/s). The operator models them, corrects the model
     # with every x-ms-ratelimit-remaining-subscription-* header, and spends what is there
     # down to the reserve, which it leaves to other clients using the same identity.
-    read_qps: float = field(default=25.0, metadata=key("readQPS"))
+    read_qps: float = field(default=25.0, metadata=wire("readQPS"))
     read_burst: int = 250
-    write_qps: float = field(default=10.0, metadata=key("writeQPS"))
+    write_qps: float = field(default=10.0, metadata=wire("writeQPS"))
     write_burst: int = 200
     read_reserve: int = 25
     write_reserve: int = 20
     #: per subscription ID: any of the six keys above, overriding them for that subscription
-    subscriptions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    subscriptions: Mapping[str, Mapping[str, float]] = field(
+        default_factory=dict, metadata=wire(codec=_SubscriptionOverrides()))
     copy_application_security_groups: bool = True
     copy_load_balancer_pools: bool = False
     #: seconds between long-running-operation polls when Azure gives no Retry-After
@@ -103,8 +150,9 @@ class AzureSettings:
                   "read_reserve": self.read_reserve, "write_reserve": self.write_reserve}
         overrides = {k.lower(): v for k, v in self.subscriptions.items()}.get(
             subscription.lower(), {})
+        attributes = {key.lower(): attribute for key, attribute in _budget_keys().items()}
         for key, value in overrides.items():
-            values[_BUDGET_KEYS[key.lower()]] = value
+            values[attributes[key.lower()]] = value
         return Budget(float(values["read_qps"]), int(values["read_burst"]),
                       float(values["write_qps"]), int(values["write_burst"]),
                       int(values["read_reserve"]), int(values["write_reserve"]))
@@ -134,9 +182,11 @@ class Budget:
         return out
 
 
-_BUDGET_KEYS = {"readqps": "read_qps", "readburst": "read_burst", "writeqps": "write_qps",
-                "writeburst": "write_burst", "readreserve": "read_reserve",
-                "writereserve": "write_reserve"}
+def _budget_keys() -> dict[str, str]:
+    """The file's keys of the six budget settings (the ones a subscription may override),
+    and their attributes."""
+    budget = {f.name for f in dataclasses.fields(Budget)}
+    return {s.key: s.attribute for s in slots(AzureSettings) if s.attribute in budget}
 
 
 @dataclass(frozen=True)
@@ -157,7 +207,7 @@ class OperatorSettings:
     retry_period_seconds: float = 2.0
     #: on SIGTERM, reconciles under way get this long to finish their writes; then the Lease
     #: is released (keep it below the pod's terminationGracePeriodSeconds)
-    drain_seconds: float = 20.0
+    drain_seconds: float = field(default=20.0, metadata=wire(minimum=0))
 
 
 @dataclass(frozen=True)
@@ -180,7 +230,8 @@ class AgentSettings:
     #: more CNI plugins chained after ours and portmap, each a plugin configuration with
     #: its ``type`` (a binary in cniBinDir), e.g. {type: bandwidth, capabilities:
     #: {bandwidth: true}} for the kubernetes.io/ingress-bandwidth annotations
-    extra_plugins: tuple[Mapping[str, Any], ...] = ()
+    extra_plugins: tuple[Mapping[str, Any], ...] = field(default=(), metadata=wire(
+        codec=_PluginConfigs()))
 
 
 @dataclass(frozen=True)
@@ -188,7 +239,7 @@ class SnatSettings:
     enabled: bool = True
     #: destinations left un-masqueraded besides the VNet's own address space
     non_masquerade_cidrs: tuple[str, ...] = field(default=(),
-                                                  metadata=key("nonMasqueradeCIDRs"))
+                                                  metadata=wire("nonMasqueradeCIDRs"))
     #: keep pods away from the Azure wireserver (168.63.129.16, tcp 80 and 32526)
     block_wireserver: bool = True
     #: keep pods away from the instance metadata service (169.254.169.254)
@@ -205,12 +256,13 @@ class PodNetworkingSettings:
     resource_groups: tuple[str, ...] = ()
     #: namespaces whose pods may ask for a public IP ("*": every namespace)
     public_ip_namespaces: tuple[str, ...] = field(default=(),
-                                                  metadata=key("publicIPNamespaces"))
+                                                  metadata=wire("publicIPNamespaces"))
     #: namespaces whose pods may join load balancer backend pools ("*": every namespace)
     load_balancer_namespaces: tuple[str, ...] = ()
     #: namespace -> resource groups whose every public IP and load balancer it may use, tag or
     #: not (an admin's grant of a whole group to one namespace)
-    namespace_resource_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    namespace_resource_groups: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata=wire(codec=_NamespaceGroups()))
 
     def groups_for(self, namespace: str) -> tuple[str, ...]:
         """The resource groups ``namespace``'s pods may take resources from."""
@@ -232,9 +284,10 @@ class StandaloneSettings:
     imds_endpoint: str = "http://169.254.169.254"
     imds_api_version: str = "2021-02-01"
     #: how often to read the NIC's addresses (IMDS allows 5 requests/s per VM, shared by all)
-    refresh_seconds: float = 10.0
+    refresh_seconds: float = field(default=10.0, metadata=wire(limits=(at_least(
+        1, "IMDS allows 5 requests per second per VM for everything on it"),)))
     #: the NIC whose addresses are the pool, by MAC address; empty: the VM's primary NIC
-    interface_mac: str = field(default="", metadata=key("interfaceMAC"))
+    interface_mac: str = field(default="", metadata=wire("interfaceMAC"))
     #: the Docker network and IPAM plugin's socket (empty: no Docker plugin)
     docker_plugin_socket: str = "/run/docker/plugins/azure-cni.sock"
 
@@ -250,10 +303,10 @@ class Settings:
     pod_networking: PodNetworkingSettings = field(default_factory=PodNetworkingSettings)
 
     def validate(self) -> None:
-        try:
-            self.pool.spec_for("validation").validate()
-        except InvalidPool as e:
-            raise InvalidSettings(f"pool: {e}") from e
+        problems = [p for section in slots(Settings)
+                    for p in wire_problems(getattr(self, section.attribute), section.key)]
+        if problems:
+            raise InvalidSettings("; ".join(problems))
         for cidr in self.snat.non_masquerade_cidrs:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -278,13 +331,6 @@ class Settings:
                 "renewDeadlineSeconds < leaseDurationSeconds (got "
                 f"{operator.retry_period_seconds:g}, {operator.renew_deadline_seconds:g}, "
                 f"{operator.lease_duration_seconds:g})")
-        if operator.drain_seconds < 0:
-            raise InvalidSettings(f"operator.drainSeconds: {operator.drain_seconds:g} is "
-                                  "negative")
-        if self.standalone.refresh_seconds < 1:
-            raise InvalidSettings(
-                f"standalone.refreshSeconds: {self.standalone.refresh_seconds} is below 1; "
-                "IMDS allows 5 requests per second per VM for everything on it")
         networking = self.pod_networking
         for key, namespaces in (("publicIPNamespaces", networking.public_ip_namespaces),
                                 ("loadBalancerNamespaces", networking.load_balancer_namespaces)):
@@ -300,140 +346,13 @@ class Settings:
                 "http:// URL (IMDS does not speak TLS)")
 
 
-def _key(f: dataclasses.Field[Any]) -> str:
-    """A field's key in the file: the one it declares (``key``), else its name in camelCase."""
-    declared = f.metadata.get(KEY)
-    if declared:
-        return str(declared)
-    head, *rest = f.name.split("_")
-    return head + "".join(p.capitalize() for p in rest)
-
-
-T = TypeVar("T")
-
-
-def _section(cls: type[T], data: Any, where: str) -> T:
-    if data is None:
-        return cls()
-    if not isinstance(data, Mapping):
-        raise InvalidSettings(f"{where} must be a mapping, not {type(data).__name__}")
-    fields = {_key(f): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    types = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise InvalidSettings(f"{where}: unknown keys {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(fields))})")
-    values: dict[str, Any] = {}
-    for key, f in fields.items():
-        if key not in data:
-            continue
-        kind = typing.get_origin(types[f.name]) or types[f.name]
-        raw = data[key]
-        try:
-            if kind in (Mapping, dict):
-                values[f.name] = _MAPPINGS[f.name](raw, f"{where}.{key}")
-            elif kind is bool:
-                if not isinstance(raw, bool):
-                    raise TypeError("expected true or false")
-                values[f.name] = raw
-            elif kind is int:
-                values[f.name] = int(raw)
-            elif kind is float:
-                values[f.name] = float(raw)
-            elif kind is tuple and typing.get_origin(
-                    typing.get_args(types[f.name])[0]) in (Mapping, dict):
-                values[f.name] = _plugin_configs(raw)
-            elif kind is tuple:
-                if not isinstance(raw, list | tuple):
-                    raise TypeError("expected a list")
-                values[f.name] = tuple(str(x) for x in raw)
-            else:
-                values[f.name] = str(raw)
-        except (TypeError, ValueError) as e:
-            raise InvalidSettings(f"{where}.{key}: {raw!r} is not valid: {e}") from e
-    return cls(**values)
-
-
-#: a plugin binary's name, as CNI runtimes look it up in their bin directory
-_PLUGIN_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-#: what the conflist already chains (api settings cannot import the agent's install module)
-_BUILT_IN_PLUGINS = ("azure-vnet", "portmap")
-
-
-def _plugin_configs(raw: Any) -> tuple[Mapping[str, Any], ...]:
-    """CNI plugin configurations to chain: mappings with a plain ``type``, each once."""
-    if not isinstance(raw, list | tuple):
-        raise TypeError("expected a list of plugin configurations")
-    configs: list[dict[str, Any]] = []
-    for config in raw:
-        if not isinstance(config, Mapping) or not isinstance(config.get("type"), str):
-            raise TypeError(f"{config!r} is not a plugin configuration with a type")
-        kind = config["type"]
-        if not _PLUGIN_TYPE.fullmatch(kind):
-            raise ValueError(f"type {kind!r} is not a plugin binary's name")
-        if kind in _BUILT_IN_PLUGINS or kind in {c["type"] for c in configs}:
-            raise ValueError(f"{kind} is chained already")
-        configs.append(dict(config))
-    return tuple(configs)
-
-
-def _subscription_overrides(raw: Any, where: str) -> dict[str, dict[str, float]]:
-    """``{<subscription ID>: {readReserve: 50, writeQPS: 5, ...}}``, checked key by key."""
-    if not isinstance(raw, Mapping):
-        raise InvalidSettings(f"{where} must be a mapping of subscription IDs")
-    out: dict[str, dict[str, float]] = {}
-    for subscription, overrides in raw.items():
-        if not isinstance(overrides, Mapping):
-            raise InvalidSettings(f"{where}.{subscription} must be a mapping")
-        known = {"readQPS", "readBurst", "writeQPS", "writeBurst", "readReserve",
-                 "writeReserve"}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InvalidSettings(f"{where}.{subscription}: unknown keys {', '.join(unknown)} "
-                                  f"(known: {', '.join(sorted(known))})")
-        try:
-            out[str(subscription)] = {str(k): float(v) for k, v in overrides.items()}
-        except (TypeError, ValueError) as e:
-            raise InvalidSettings(f"{where}.{subscription}: not a number: {e}") from e
-    return out
-
-
-def _namespace_groups(raw: Any, where: str) -> dict[str, tuple[str, ...]]:
-    """``{<namespace>: [<resource group>, ...]}``."""
-    if not isinstance(raw, Mapping):
-        raise InvalidSettings(f"{where} must be a mapping of namespaces to resource groups")
-    out: dict[str, tuple[str, ...]] = {}
-    for namespace, groups in raw.items():
-        if not isinstance(groups, list | tuple) or not all(
-                isinstance(g, str) and g for g in groups):
-            raise InvalidSettings(f"{where}.{namespace} must be a list of resource group names")
-        out[str(namespace)] = tuple(groups)
-    return out
-
-
-#: how each mapping-valued setting is read
-_MAPPINGS = {"subscriptions": _subscription_overrides,
-             "namespace_resource_groups": _namespace_groups}
-
-
 def settings_from_mapping(data: Mapping[str, Any] | None) -> Settings:
-    """Settings from an already parsed document; raise InvalidSettings on any bad key."""
-    data = data or {}
-    sections = {_key(f): f.type for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise InvalidSettings(f"unknown top-level keys {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(sections))})")
-    settings = Settings(
-        pool=_section(PoolDefaults, data.get("pool"), "pool"),
-        azure=_section(AzureSettings, data.get("azure"), "azure"),
-        operator=_section(OperatorSettings, data.get("operator"), "operator"),
-        agent=_section(AgentSettings, data.get("agent"), "agent"),
-        snat=_section(SnatSettings, data.get("snat"), "snat"),
-        standalone=_section(StandaloneSettings, data.get("standalone"), "standalone"),
-        pod_networking=_section(PodNetworkingSettings, data.get("podNetworking"),
-                                "podNetworking"),
-    )
+    """Settings from an already parsed document; raise InvalidSettings on any bad key (a
+    typo is not a default: unknown keys are refused)."""
+    try:
+        settings = decode(Settings, data, unknown="refuse")
+    except WireError as e:
+        raise InvalidSettings(str(e)) from e
     settings.validate()
     return settings
 
@@ -456,13 +375,4 @@ def load_settings(path: Path | None = None) -> Settings:
 
 def settings_to_mapping(settings: Settings) -> dict[str, Any]:
     """The inverse of settings_from_mapping (used to render the chart's defaults)."""
-    out: dict[str, Any] = {}
-    for section in dataclasses.fields(Settings):
-        value = getattr(settings, section.name)
-        out[_key(section)] = {
-            _key(f): list(v) if isinstance(v := getattr(value, f.name), tuple)
-            else {k: dict(o) if isinstance(o, Mapping) else list(o) for k, o in v.items()}
-            if isinstance(v, Mapping) else v
-            for f in dataclasses.fields(value)
-        }
-    return out
+    return encode(settings)
