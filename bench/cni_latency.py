@@ -190,9 +190,26 @@ def namespaces(prefix: str, count: int, where: NetnsDir = MACHINE_NETNS) -> Iter
 
 
 def memory(pid: int) -> dict[str, float]:
-    """The process's resident memory now and at its peak (KiB, as /proc says; MB = MiB)."""
+    """The process's resident memory now and at its peak (KiB, as /proc says; MB = MiB), and
+    its proportional share (Pss: pages shared with another process, such as the interpreter's
+    with the netns helper, counted half in each), so that a pod's processes add up."""
     found = memory_of(pid)
-    return {"VmRSS": found.rss_kib, "VmHWM": found.peak_kib, "rss_mb": found.rss_mb}
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    pss_kib = next(int(line.split()[1]) for line in rollup.splitlines()
+                   if line.startswith("Pss:"))
+    return {"VmRSS": found.rss_kib, "VmHWM": found.peak_kib, "rss_mb": found.rss_mb,
+            "Pss": pss_kib, "pss_mb": round(pss_kib / 1024, 1)}
+
+
+def pod_memory(pid: int) -> dict[str, Any]:
+    """The agent and the netns helper it starts: each process, and the pod's sum of both
+    ways of counting (RSS counts the pages they share twice, Pss once)."""
+    agent = memory(pid)
+    helpers = [memory(child) for child in children(pid)]
+    every = [agent, *helpers]
+    return {"agent": agent, "netns_socket_helper": helpers,
+            "pod_rss_mb": round(sum(p["VmRSS"] for p in every) / 1024, 1),
+            "pod_pss_mb": round(sum(p["Pss"] for p in every) / 1024, 1)}
 
 
 def children(pid: int) -> list[int]:
@@ -443,12 +460,11 @@ def main() -> int:
                     add_wall = side.burst("ADD", pods, "burst")
                     if side is ours:
                         # the agent's footprint while it holds the burst's pods
-                        with_pods = {"pods": args.concurrent, "agent": memory(agent_pid)}
+                        with_pods = {"pods": args.concurrent, **pod_memory(agent_pid)}
                     del_wall = side.burst("DEL", pods, "burst")
                 bursts[side.name] = {"add_wall_ms": round(add_wall, 1),
                                      "del_wall_ms": round(del_wall, 1)}
-            footprint = {"agent": memory(agent_pid),
-                         "netns_socket_helper": [memory(p) for p in children(agent_pid)],
+            footprint = {**pod_memory(agent_pid),
                          "with_pods": with_pods,
                          "agent_run": image_agent.describe() if image_agent else {
                              "how": "a process of this checkout's virtualenv "
@@ -510,6 +526,8 @@ def report(sides: list[Side], bursts: dict[str, dict[str, float]], footprint: di
         "agent": args.agent,
         "agent_memory_kib": footprint,
         "agent_rss_mb_with_pods": footprint["with_pods"]["agent"]["rss_mb"],
+        "pod_pss_mb_with_pods": footprint["with_pods"]["pod_pss_mb"],
+        "pod_rss_mb_with_pods": footprint["with_pods"]["pod_rss_mb"],
         "ratio_add_p50": ratio(a50, r50),
         "ratio_del_p50": ratio(d50, rd50),
         "ratio_add_p99": ratio(percentile(ours.add, 99), percentile(reference.add, 99)),
