@@ -163,15 +163,15 @@ def test_services_and_dns_work_from_and_to_b_pods(
     cluster_ip_b = groups.get_json("service", "web-b", "-n", NS)["spec"]["clusterIP"]
     wait_for("the services' DNS names", lambda: workloads.resolve(groups, a, to_b) == [
         cluster_ip_b] and bool(workloads.resolve(groups, b, to_a)), 60, interval=1)
-    assert workloads.http_get(groups, a, f"http://{to_b}/{WHOAMI.lstrip('/')}") == {
+    assert workloads.first_answer(groups, a, f"http://{to_b}/{WHOAMI.lstrip('/')}") == {
         "pod": "pod-b", "seen": a.ip}
-    assert workloads.http_get(groups, b, f"http://{to_a}/{WHOAMI.lstrip('/')}") == {
+    assert workloads.first_answer(groups, b, f"http://{to_a}/{WHOAMI.lstrip('/')}") == {
         "pod": "pod-a", "seen": b.ip}
     # a B pod reaching a Service whose endpoint is another B pod
     flex_svc = service(groups, "web-flex", "pod-flex")
     wait_for("web-flex in DNS", lambda: bool(workloads.resolve(groups, b, flex_svc)), 60,
              interval=1)
-    assert workloads.http_get(groups, b, f"http://{flex_svc}/{WHOAMI.lstrip('/')}") == {
+    assert workloads.first_answer(groups, b, f"http://{flex_svc}/{WHOAMI.lstrip('/')}") == {
         "pod": "pod-flex", "seen": b.ip}
 
 
@@ -209,11 +209,14 @@ def test_the_source_check_drops_b_traffic_sent_from_the_wrong_nic_until_the_agen
     assert groups.fabric is not None
     netns = groups.nodes[B].netns
     before = groups.fabric.source_check_drops(B, 0)
-    subprocess.run(["ip", "-n", netns, "rule", "del", "priority", str(NIC_PRIORITY)],
-                   check=True)
     try:
-        assert workloads.http_get(groups, b, f"http://{ONPREM_HOST}/", timeout=2) is None
-        assert groups.fabric.source_check_drops(B, 0) > before, "nothing was dropped"
+        # the agent repairs the rule within its check period, which can be shorter than a
+        # kubectl exec on a loaded machine: the fault is held while it is looked at
+        with workloads.agent_paused(groups, B):
+            subprocess.run(["ip", "-n", netns, "rule", "del", "priority", str(NIC_PRIORITY)],
+                           check=True)
+            assert workloads.http_get(groups, b, f"http://{ONPREM_HOST}/", timeout=2) is None
+            assert groups.fabric.source_check_drops(B, 0) > before, "nothing was dropped"
     finally:
         wait_for("the agent to route the pod subnet out of its NIC again", lambda: str(
             POD_NIC_TABLE) in subprocess.run(["ip", "-n", netns, "rule"], capture_output=True,

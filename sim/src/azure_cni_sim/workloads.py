@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from azure.mgmt.network.models import NetworkSecurityGroup
@@ -112,6 +116,23 @@ def http_get(world: World, pod: RunningPod, url: str, timeout: int = 3) -> dict[
     return answer
 
 
+def first_answer(world: World, pod: RunningPod, url: str, timeout: float = 60
+                 ) -> dict[str, Any] | None:
+    """GET ``url`` from inside ``pod`` until something answers; that answer, or None if
+    nothing did within ``timeout``. A new Service answers once each node's kube-proxy has
+    programmed it, which can be seconds after its DNS name resolves on a loaded machine."""
+    answer: dict[str, Any] | None = None
+
+    def answered() -> bool:
+        nonlocal answer
+        answer = http_get(world, pod, url)
+        return answer is not None
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(f"an answer from {url} in {pod.name}", answered, timeout, interval=1)
+    return answer
+
+
 def ping(world: World, pod: RunningPod, address: str, count: int = 1) -> bool:
     out = world.exec_in(pod.name, "ping", "-c", str(count), "-W", "2", address,
                         namespace=pod.namespace, timeout=count * 3 + 20)
@@ -172,6 +193,29 @@ def agent_pod(world: World, node: str) -> str:
     if not running:
         raise LookupError(f"no azure-cni agent pod on {node}")
     return str(running[0])
+
+
+@contextlib.contextmanager
+def agent_paused(world: World, node: str) -> Iterator[int]:
+    """The agent process of ``node`` stopped (SIGSTOP) for the block, then continued: to hold
+    a fault on the node that the agent would repair before a slow check sees it. The process
+    is the one whose command is the agent's, in the node's network namespace (the chart runs
+    it there), so another world's agents on this machine are never touched."""
+    ours = os.stat(f"/run/netns/{world.nodes[node].netns}").st_ino
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            if any(part.endswith(b"azure-cni-agent") for part in command[:2]) and \
+                    os.stat(proc / "ns" / "net").st_ino == ours:
+                found.append(int(proc.name))
+    if len(found) != 1:
+        raise AssertionError(f"expected one agent process in {node}'s namespace, found {found}")
+    os.kill(found[0], signal.SIGSTOP)
+    try:
+        yield found[0]
+    finally:
+        os.kill(found[0], signal.SIGCONT)
 
 
 def agent_status(world: World, node: str, timeout: float = 60) -> dict[str, Any]:
