@@ -98,12 +98,15 @@ def registry(sink: EventSink) -> kopf.OperatorRegistry:
             return kopf.login_with_kubeconfig(settings=settings, **kwargs)
         return in_cluster_connection(settings)
 
+    # Every handler is a coroutine: kopf runs a plain function in a thread pool, where it
+    # would change the controller's state and its asyncio queues from another thread than
+    # the workers' (and cost a thread hop per event).
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=handlers)
-    def pool_event(*, event: Mapping[str, Any], **_: Any) -> None:
+    async def pool_event(*, event: Mapping[str, Any], **_: Any) -> None:
         sink.pool_event(_kind(event), event.get("object") or {})
 
     @kopf.on.event(GROUP, VERSION, CLASS_PLURAL, registry=handlers)
-    def class_event(*, event: Mapping[str, Any], **_: Any) -> None:
+    async def class_event(*, event: Mapping[str, Any], **_: Any) -> None:
         sink.class_event(_kind(event), event.get("object") or {})
 
     @kopf.on.event("", "v1", "nodes", registry=handlers)
