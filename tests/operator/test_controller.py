@@ -30,6 +30,8 @@ from azure_cni.api.settings import OperatorSettings, PodNetworkingSettings, Pool
 from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
+from azure_cni.cloud.armjson import parse_nic
+from azure_cni_sim.arm import ArmConfig, ArmEmulator
 from azure_cni_sim.kubeletnodes import kubelet_node
 
 DEFAULTS = PoolDefaults(batch_size=4, min_free_ips=4, max_free_ips=8, max_ips=64,
@@ -363,6 +365,29 @@ async def test_per_node_state_is_under_two_kilobytes() -> None:
     per_node = grown / count
     print(f"controller state: {per_node:.0f} bytes per node")
     assert per_node < 2 * 1024, f"{per_node:.0f} bytes per node"
+
+
+def test_a_sweeps_hints_are_small_and_give_back_the_nic_as_listed() -> None:
+    """During a fill the sweep hands a NIC to every pool not yet reconciled (thousands, for
+    minutes): what it keeps per node must stay small, and give back the NIC as it was listed
+    (its document too, so the write needs no read)."""
+    emulator = ArmEmulator(ArmConfig())
+    vnet = emulator.add_vnet("v", "198.18.0.0/15", {"nodes": "198.18.0.0/16"})
+    pages = [json.dumps(emulator.nic(emulator.add_vm(f"vm{i:05d}", vnet.subnet_ids["nodes"])
+                                     .nic_id)) for i in range(1000)]
+    NicHint.of(parse_nic(json.loads(pages[0])), listed=0.0).nic  # the parser's caches, once
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    hints = {i: NicHint.of(parse_nic(json.loads(page)), listed=1.0)
+             for i, page in enumerate(pages)}
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per_hint = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(hints)
+    print(f"sweep hints: {per_hint:.0f} bytes each")
+    assert per_hint < 2560, f"{per_hint:.0f} bytes per hint"
+    nic = hints[7].nic
+    assert nic == parse_nic(json.loads(pages[7])) and nic is not None
+    assert nic.document == parse_nic(json.loads(pages[7])).document is not None
 
 
 async def test_the_sweep_lists_a_scale_sets_nics_once_and_repairs_drift(cluster) -> None:
