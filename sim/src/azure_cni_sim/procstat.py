@@ -68,3 +68,25 @@ def pod_memory(kubectl: Kubectl, namespace: str, pod: str, container: str | None
     if result.returncode != 0:
         raise ProcStatError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return parse_memory(result.stdout)
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """The machine's CPU time since boot (``/proc/stat``), in clock ticks: busy and in all."""
+
+    busy: int
+    total: int
+
+    def busy_fraction_since(self, earlier: MachineCpu) -> float:
+        """The share of every core's time that was busy between ``earlier`` and this reading."""
+        total = self.total - earlier.total
+        return (self.busy - earlier.busy) / total if total > 0 else 0.0
+
+
+def machine_cpu() -> MachineCpu:
+    """All cores together; idle and iowait count as not busy."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user and nice
+    total = sum(fields[:8])
+    return MachineCpu(total - idle, total)
