@@ -83,10 +83,14 @@ class MachineCpu:
         return (self.busy - earlier.busy) / total if total > 0 else 0.0
 
 
-def machine_cpu() -> MachineCpu:
-    """All cores together; idle and iowait count as not busy."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+def parse_machine_cpu(stat: str) -> MachineCpu:
+    """The first line of ``/proc/stat`` (all cores together); idle and iowait count as not
+    busy, guest time is already in user and nice."""
+    fields = [int(v) for v in stat.splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    # guest time is already counted in user and nice
     total = sum(fields[:8])
     return MachineCpu(total - idle, total)
+
+
+def machine_cpu() -> MachineCpu:
+    return parse_machine_cpu(Path("/proc/stat").read_text())
