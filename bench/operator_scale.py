@@ -72,7 +72,13 @@ from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # no
 from azure_cni_sim.kubeletnodes import StatusReporter, kubelet_node, register_nodes  # noqa: E402
 from azure_cni_sim.node import apply_crd  # noqa: E402
 from azure_cni_sim.procs import ProcessFailed  # noqa: E402
-from azure_cni_sim.procstat import Memory, cpu_seconds, memory_of, pod_memory  # noqa: E402
+from azure_cni_sim.procstat import (  # noqa: E402
+    Memory,
+    cpu_seconds,
+    machine_cpu,
+    memory_of,
+    pod_memory,
+)
 from azure_cni_sim.tools import find_tool  # noqa: E402
 from azure_cni_sim.world import ARM_CA_CONFIGMAP, ARM_CA_DIR, NAMESPACE  # noqa: E402
 
@@ -211,6 +217,20 @@ class LoadSampler:
                 "max": round(max(self.samples), 2)}
 
 
+def writes_per_interval(emulator: ArmEmulator, since: float, pattern: str,
+                        seconds: float = 10.0) -> list[int]:
+    """NIC writes answered in each ``seconds`` from ``since`` (wall clock), as ARM saw them:
+    where the run falls below the write bucket's 10 a second."""
+    counts: list[int] = []
+    for record in emulator.requests("PUT", pattern):
+        if record.status >= 300:
+            continue
+        slot = max(0, int((record.at - since) // seconds))
+        counts.extend([0] * (slot + 1 - len(counts)))
+        counts[slot] += 1
+    return counts
+
+
 def arm_counts(emulator: ArmEmulator) -> dict[str, int]:
     records = emulator.requests()
     return {"reads": sum(1 for r in records if r.method == "GET"),
@@ -251,8 +271,10 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
         watch = ReadyWatch(cluster.kubeconfig, target, workdir / "ready-watch.log")
         fill_load, steady_load = LoadSampler(), LoadSampler()
         peak = Memory(0, 0)
+        #: every 10 s while converging: seconds, pools ready, RSS, the operator's CPU seconds
+        timeline: list[dict[str, float]] = []
         try:
-            started = time.monotonic()
+            started, wall_started, machine0 = time.monotonic(), time.time(), machine_cpu()
             operator.start(timeout=300)
             reported = 0.0
             while len(watch.ready) < nodes:
@@ -281,13 +303,20 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
                 if elapsed - reported >= 10:
                     reported = elapsed
                     peak = memory_of(operator.pid)  # the last reading before any failure
+                    timeline.append({"seconds": round(elapsed), "ready": len(watch.ready),
+                                     "rss_mb": peak.rss_mb,
+                                     "operator_cpu_seconds": cpu_seconds(operator.pid)})
                     print(f"  {elapsed:6.0f}s  {len(watch.ready)}/{nodes} pools ready "
                           f"(operator peak RSS {peak.peak_mb} MB)", flush=True)
             seconds = watch.last_change - started
+            converge_cpu = cpu_seconds(operator.pid)
+            machine_busy = machine_cpu().busy_fraction_since(machine0)
             counts = arm_counts(emulator)
             # a Uniform instance's NIC is written by a PUT of the instance model
-            puts = emulator.request_count("PUT", "*/virtualmachinescalesets/*/virtualmachines/*"
-                                          if scale_set else "*/networkinterfaces/*")
+            nic_pattern = ("*/virtualmachinescalesets/*/virtualmachines/*" if scale_set
+                           else "*/networkinterfaces/*")
+            puts = emulator.request_count("PUT", nic_pattern)
+            write_rate = writes_per_interval(emulator, wall_started, nic_pattern)
             api_requests = operator_counter(metrics_port,
                                             "azure_cni_operator_kube_requests_total")
             converged = memory_of(operator.pid)
@@ -342,6 +371,12 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             "ratio_to_write_floor": round(seconds / floor["write"], 3) if floor["write"]
             else None,
             "api_requests_by_operator": int(api_requests),
+            # where the writes fell below the bucket's 10/s: start-up, tail, or in between
+            "nic_writes_per_10s": write_rate,
+            "operator_cpu_seconds_while_converging": round(converge_cpu, 1),
+            "operator_cpu_share_of_one_core_while_converging": round(converge_cpu / seconds, 3)
+            if seconds else None,
+            "timeline": timeline,
             "ready_watch_restarts": watch.restarts,
             # (the kernel's counters are batched per CPU: an earlier VmRSS can read a
             # fraction above a later VmHWM)
@@ -360,6 +395,8 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
                              "leases": "not sent: the operator does not watch them"},
             "machine": {"cores": os.cpu_count(),
                         "loadavg_1m_while_converging": fill_load.summary(),
+                        # every core's time, all processes: is the machine the limit?
+                        "cpu_busy_fraction_while_converging": round(machine_busy, 3),
                         "loadavg_1m_in_steady_state": steady_load.summary()},
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -26,9 +27,12 @@ from azure_cni.api.nodeippool import (
 )
 from azure_cni.api.podnet import PodNetworkRequest
 from azure_cni.api.settings import OperatorSettings, PodNetworkingSettings, PoolDefaults
+from azure_cni.cloud.armjson import parse_nic
 from azure_cni.operator import metrics
 from azure_cni.operator.controller import NicHint, PoolController, interest, newer
 from azure_cni.operator.reconcile import PoolReconciler
+from azure_cni_sim.arm import ArmConfig, ArmEmulator
+from azure_cni_sim.kubeletnodes import kubelet_node
 
 DEFAULTS = PoolDefaults(batch_size=4, min_free_ips=4, max_free_ips=8, max_ips=64,
                         release_delay_seconds=0)
@@ -173,6 +177,32 @@ async def test_the_operators_own_writes_queue_nothing_and_a_burst_is_one_reconci
     assert cluster.reconciler.reconciles == before + 1
 
 
+async def test_a_nodes_status_report_queues_and_writes_nothing(cluster) -> None:
+    """kubelet reports every Node's status every 5 minutes (16.7 reports a second at 5,000
+    nodes), each a watch event with the whole Node: nothing the operator reads of a Node
+    changed, so nothing is queued, reconciled or written."""
+    cluster.add_node("n0", labels={"agentpool": "nodepool1", "kubernetes.io/os": "linux"})
+    await cluster.node_event("n0")
+    await cluster.start()
+    await cluster.settled("the pool filled", lambda: len(cluster.ours("n0")) == 4)
+    before = (cluster.reconciler.reconciles, cluster.pools.status_writes,
+              len(cluster.azure.writes), len(cluster.pools.events), list(cluster.pools.created))
+    node = cluster.pools.nodes["n0"]
+    for beat in range(3):
+        node["metadata"]["resourceVersion"] = str(100 + beat)
+        node["metadata"]["labels"] = dict(node["metadata"]["labels"])  # parsed afresh
+        node["status"] = {"conditions": [{"type": "Ready", "status": "True",
+                                          "lastHeartbeatTime": f"2026-12-07T12:0{beat}:00Z"}]}
+        await cluster.node_event("n0", "MODIFIED")
+    controller = cluster.controller
+    assert (len(controller.queue), controller.queue.processing) == (0, 0)
+    assert (len(controller._class_syncs), len(controller._creations)) == (0, 0)
+    await asyncio.sleep(0.2)
+    assert (cluster.reconciler.reconciles, cluster.pools.status_writes,
+            len(cluster.azure.writes), len(cluster.pools.events),
+            list(cluster.pools.created)) == before
+
+
 async def test_the_agents_cooling_addresses_wake_the_pool(cluster) -> None:
     """free = available - used - cooling: addresses the agent publishes as cooling are not
     free, so a pool whose free addresses all cool grows by a batch."""
@@ -308,6 +338,56 @@ def test_per_pool_state_is_a_few_kilobytes() -> None:
     per_pool = grown / 5000
     print(f"controller state: {per_pool:.0f} bytes per pool")
     assert per_pool < 8 * 1024, f"{per_pool:.0f} bytes per pool"
+
+
+async def test_per_node_state_is_under_two_kilobytes() -> None:
+    """Nodes as kubelet writes them (12 KB, 27 labels), each parsed from its own watch event
+    as kopf hands it over: the controller keeps what it reads of a Node (uid, providerID,
+    labels), not the Node, and its labels' strings once for all nodes that share them."""
+    controller = PoolController(None, None, None, DEFAULTS, OperatorSettings())  # type: ignore[arg-type]
+    count = 2000
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(count):
+        name = f"aks-nodepool1-{i:08d}-vmss{i:06d}"
+        node = json.loads(json.dumps(kubelet_node(
+            name, f"azure:///subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/"
+                  f"mc_rg/providers/Microsoft.Compute/virtualMachines/{name}",
+            f"10.{i // 250}.{i % 250}.4")))
+        node["metadata"].update(uid=f"6f1c7c8e-{i:04d}-4bb1-9d39-2f9a0d6e4c1b",
+                                resourceVersion=str(1000 + i))
+        await controller.node_event("ADDED", node)
+        del node
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert len(controller.nodes) == count
+    per_node = grown / count
+    print(f"controller state: {per_node:.0f} bytes per node")
+    assert per_node < 2 * 1024, f"{per_node:.0f} bytes per node"
+
+
+def test_a_sweeps_hints_are_small_and_give_back_the_nic_as_listed() -> None:
+    """During a fill the sweep hands a NIC to every pool not yet reconciled (thousands, for
+    minutes): what it keeps per node must stay small, and give back the NIC as it was listed
+    (its document too, so the write needs no read)."""
+    emulator = ArmEmulator(ArmConfig())
+    vnet = emulator.add_vnet("v", "198.18.0.0/15", {"nodes": "198.18.0.0/16"})
+    pages = [json.dumps(emulator.nic(emulator.add_vm(f"vm{i:05d}", vnet.subnet_ids["nodes"])
+                                     .nic_id)) for i in range(1000)]
+    assert NicHint.of(parse_nic(json.loads(pages[0])), listed=0.0).nic  # warms caches, once
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    hints = {i: NicHint.of(parse_nic(json.loads(page)), listed=1.0)
+             for i, page in enumerate(pages)}
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per_hint = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(hints)
+    print(f"sweep hints: {per_hint:.0f} bytes each")
+    assert per_hint < 2560, f"{per_hint:.0f} bytes per hint"
+    nic = hints[7].nic
+    assert nic == parse_nic(json.loads(pages[7])) and nic is not None
+    assert nic.document == parse_nic(json.loads(pages[7])).document is not None
 
 
 async def test_the_sweep_lists_a_scale_sets_nics_once_and_repairs_drift(cluster) -> None:

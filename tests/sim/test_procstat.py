@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from azure_cni_sim.procstat import Memory, ProcStatError, cpu_seconds, memory_of, parse_memory
+from azure_cni_sim.procstat import (
+    Memory,
+    ProcStatError,
+    cpu_seconds,
+    machine_cpu,
+    memory_of,
+    parse_machine_cpu,
+    parse_memory,
+)
 
 STATUS = """Name:\tpython
 VmPeak:\t  500000 kB
@@ -38,3 +46,13 @@ def test_this_process() -> None:
 def test_a_process_that_is_gone() -> None:
     with pytest.raises(ProcStatError, match="gone"):
         memory_of(2**22 + 1)  # above any pid_max
+
+
+def test_the_machines_busy_share_between_two_readings() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    before = parse_machine_cpu("cpu  100 0 50 800 50 0 0 0 30 0\ncpu0 1 2 3\n")
+    after = parse_machine_cpu("cpu  250 0 100 900 50 0 0 0 90 0\n")
+    # 200 busy ticks (user and system) of 300 in all; guest time is inside user already
+    assert after.busy_fraction_since(before) == pytest.approx(200 / 300)
+    assert after.busy_fraction_since(after) == 0.0
+    assert 0.0 <= machine_cpu().busy_fraction_since(before) <= 1.0

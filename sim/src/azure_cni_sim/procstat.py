@@ -68,3 +68,29 @@ def pod_memory(kubectl: Kubectl, namespace: str, pod: str, container: str | None
     if result.returncode != 0:
         raise ProcStatError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return parse_memory(result.stdout)
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """The machine's CPU time since boot (``/proc/stat``), in clock ticks: busy and in all."""
+
+    busy: int
+    total: int
+
+    def busy_fraction_since(self, earlier: MachineCpu) -> float:
+        """The share of every core's time that was busy between ``earlier`` and this reading."""
+        total = self.total - earlier.total
+        return (self.busy - earlier.busy) / total if total > 0 else 0.0
+
+
+def parse_machine_cpu(stat: str) -> MachineCpu:
+    """The first line of ``/proc/stat`` (all cores together); idle and iowait count as not
+    busy, guest time is already in user and nice."""
+    fields = [int(v) for v in stat.splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return MachineCpu(total - idle, total)
+
+
+def machine_cpu() -> MachineCpu:
+    return parse_machine_cpu(Path("/proc/stat").read_text())

@@ -232,7 +232,7 @@ class PoolDefaults(PoolSpec):
         return PoolSpec(**{**values, "node_name": node_name})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolIP:
     """One secondary ipConfiguration of the node's NIC that belongs to the pool: a single
     address, or (``prefix_length`` set) the aligned block starting at ``address``."""
@@ -273,7 +273,7 @@ class PoolIP:
         return encode(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NicInfo:
     """What the operator found on Azure for this node: what the agent needs for its datapath.
 
@@ -322,7 +322,7 @@ class _TrueFalse:
         return "True" if value else "False"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     #: any writer may add a condition of its own type (not ours to interpret: not decoded)
     type: ConditionType = field(metadata=wire(required=True, open_enum=True))
@@ -367,7 +367,7 @@ _OPERATOR = "operator"
 _AGENT = "agent"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolStatus:
     """Both writers' fields; each writer renders only its own part (see module docstring)."""
 
@@ -454,7 +454,7 @@ class PoolStatus:
             c.to_dict() for c in self.conditions if c.type in AGENT_CONDITIONS]}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeIPPool:
     name: str
     spec: PoolSpec

@@ -33,7 +33,7 @@ class VMRef:
         return f"{base}/providers/Microsoft.Compute/virtualMachines/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IPConfiguration:
     """One ipConfiguration of a NIC, as Azure reports it."""
 
@@ -71,7 +71,7 @@ class IPConfiguration:
         return self.provisioning_state.lower() == "failed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NicSnapshot:
     """A NIC as read (or as written) in one request; ``etag`` identifies the version."""
 

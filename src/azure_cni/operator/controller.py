@@ -31,8 +31,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure_cni.aio.backoff import Backoff
@@ -95,7 +96,7 @@ def nic_differs(pool: NodeIPPool, nic: NicSnapshot) -> bool:
         pool.status.pod_networking, nic)
 
 
-@dataclass
+@dataclass(slots=True)
 class PoolEntry:
     pool: NodeIPPool
     interest: tuple[Any, ...]
@@ -105,15 +106,32 @@ class PoolEntry:
     nic_seen: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NicHint:
-    """What the sweep saw of a node's NIC (None: not found), and when its listing started."""
+    """What the sweep saw of a node's NIC (None: not found), and when its listing started.
 
-    nic: NicSnapshot | None
+    A hint waits for the pool's next reconcile, which during the fill of thousands of nodes
+    is minutes away for most of them: the NIC's document (its JSON, for a write that needs
+    no read) is kept compressed, 0.5 KB instead of 1.5 KB a NIC."""
+
+    held: NicSnapshot | None
     listed: float
+    document: bytes | None = None
+
+    @classmethod
+    def of(cls, nic: NicSnapshot | None, listed: float) -> NicHint:
+        if nic is None or nic.document is None:
+            return cls(nic, listed)
+        return cls(replace(nic, document=None), listed, zlib.compress(nic.document))
+
+    @property
+    def nic(self) -> NicSnapshot | None:
+        if self.held is None or self.document is None:
+            return self.held
+        return replace(self.held, document=zlib.decompress(self.document))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeEntry:
     uid: str
     provider_id: str | None
@@ -514,7 +532,7 @@ class PoolController:
                         continue
                     found.add(node_name)
                     if entry is None or nic_differs(entry.pool, nic):
-                        self.nic_hints[node_name] = NicHint(nic, listed)
+                        self.nic_hints[node_name] = NicHint.of(nic, listed)
                         self._queue_after_sweep(node_name)
                     else:
                         self.nic_hints.pop(node_name, None)
@@ -524,7 +542,7 @@ class PoolController:
                             "error=%s", subscription, resource_group, e)
                 continue
             for node_name in set(by_vm.values()) - found:
-                self.nic_hints[node_name] = NicHint(None, listed)
+                self.nic_hints[node_name] = NicHint.of(None, listed)
                 self._queue_after_sweep(node_name)
         metrics.NIC_SWEEPS.inc()
 
