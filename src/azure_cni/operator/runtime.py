@@ -29,12 +29,11 @@ from typing import Any
 
 import kopf
 from aiohttp import web
-from kubernetes_asyncio import client
 from prometheus_client import start_http_server
 
 from azure_cni.api.settings import Settings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import KubeClient
 from azure_cni.operator import kopf_events
 from azure_cni.operator.controller import PoolController
 from azure_cni.operator.kube import KubePools
@@ -60,7 +59,7 @@ def replica_identity() -> str:
 @dataclass
 class Operator:
     settings: Settings
-    api: client.ApiClient
+    api: KubeClient
     azure: AzureAdapter
     controller: PoolController
     elector: LeaderElector | None
@@ -68,7 +67,7 @@ class Operator:
 
     @classmethod
     async def start(cls, settings: Settings, kubeconfig: str | None) -> Operator:
-        api = await connect(kubeconfig)
+        api = await KubeClient.connect(kubeconfig)
         ops = settings.operator
         elector = None
         if ops.leader_election:
@@ -165,7 +164,7 @@ class Operator:
             else:
                 failed = controller if controller in done else watching
                 error = failed.exception() if not failed.cancelled() else None
-                # str(): an ApiException's repr is empty; its str has the status and reason
+                # str(): it has the status and the API server's answer
                 log.error("event=operator_stopping reason=%s error=%r", failed.get_name(),
                           f"{type(error).__name__}: {error}" if error else "cancelled")
         finally:
