@@ -270,12 +270,17 @@ class LeaderElector:
             return
         self._renewed_at = None
         metrics.IS_LEADER.set(0)
-        now = micro_time(self._wall())
-        spec = {"holderIdentity": "", "leaseDurationSeconds": 1,
-                "acquireTime": self._acquired_at or now, "renewTime": now,
-                "leaseTransitions": self._record.transitions}
         try:
-            await self.store.write(spec, self._record.resource_version)
+            # read first (as client-go does): the stop cancels the renewal loop, and a renewal
+            # the API server applied but whose answer never arrived left our version behind
+            record = await self.store.read()
+            if record is None or record.holder != self.identity:
+                return
+            now = micro_time(self._wall())
+            spec = {"holderIdentity": "", "leaseDurationSeconds": 1,
+                    "acquireTime": self._acquired_at or now, "renewTime": now,
+                    "leaseTransitions": record.transitions}
+            await self.store.write(spec, record.resource_version)
         except (LeaseConflict, KubeApiError, OSError, TimeoutError) as e:
             log.warning("event=lease_release_failed identity=%s error=%r", self.identity, e)
             return

@@ -7,8 +7,8 @@
    Lease in the background. Every write is fenced by the Lease.
 4. Leave in one of three ways:
    - SIGTERM or SIGINT (a rollout, a drain): stop taking work, let the reconciles under way
-     finish their NIC and status writes (``drainSeconds``), stop kopf, release the Lease so a
-     standby takes over at once, exit 0;
+     finish their NIC and status writes (``drainSeconds``), release the Lease so a
+     standby takes over at once, stop kopf, exit 0;
    - the Lease could not be renewed: stop at once without writing anything more, exit 1 (the
      kubelet restarts the container, which stands by);
    - the controller or kopf failed: stop, release the Lease, exit 1.
@@ -169,13 +169,16 @@ class Operator:
                           f"{type(error).__name__}: {error}" if error else "cancelled")
         finally:
             await _cancel(controller, holding, stopping)
+            if release and self.elector is not None:
+                # before kopf's stop, which takes seconds: by then nothing renews the Lease
+                # and it lapses instead of being handed over. Nothing writes any more (the
+                # controller is stopped and the release shuts the fence).
+                await self.elector.release()
             kopf_stop.set()
             try:
                 await asyncio.wait_for(watching, KOPF_STOP_SECONDS)
             except (TimeoutError, asyncio.CancelledError, Exception) as e:  # noqa: BLE001
                 log.warning("event=kopf_stop_failed error=%r", e)
-            if release and self.elector is not None:
-                await self.elector.release()
         log.info("event=operator_stopped role=leader exit=%d", code)
         return code
 
