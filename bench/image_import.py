@@ -4,12 +4,13 @@ The chart runs the operator as user 65532 on a read-only root with PYTHONDONTWRI
 (the image sets it): a module whose ``.pyc`` Python finds stale is compiled in memory at every
 start and never cached. Issue 21 measured 349 MB for ``import azure_cni.operator.main`` in an
 image whose timestamp ``.pyc`` recorded source mtimes one second off, against 148 MB in the
-development virtualenv. This runs that import in the operator's container (``chartrun``:
-helm template, then containerd's CRI with the chart's user, read-only root and mounts) of each
-image given, ``--runs`` times, and records for each: the kind of ``.pyc`` the image holds (read
-from the header of ``azure_cni/operator/main.py``'s), how many modules were compiled from
-source at import (``python -v``), and the import's wall and CPU seconds and peak RSS (VmHWM
-of the process, read by itself after the import; the median of the runs).
+development virtualenv. This runs the operator's imports (its entry point, then its runtime)
+in the operator's container (``chartrun``: helm template, then containerd's CRI with the
+chart's user, read-only root and mounts) of each image given, ``--runs`` times, and records for
+each: the kind of ``.pyc`` the image holds (read from the header of
+``azure_cni/operator/main.py``'s), how many modules were compiled from source at import
+(``python -v``), whether kubernetes_asyncio was loaded, and the import's wall and CPU seconds
+and peak RSS (VmHWM of the process, read by itself after the import; the median of the runs).
 
 The baseline is the same import in an earlier build of the image (``--baseline``, e.g. one
 built from the Containerfile before hash-based ``.pyc``), and the development virtualenv's.
@@ -40,12 +41,15 @@ from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # no
 
 RESULTS = ROOT / "bench" / "results" / "image_import.json"
 MODULE = "azure_cni.operator.main"
+#: what the operator process imports: its entry point, then, once its arguments are parsed,
+#: the runtime (kopf, the Azure SDK, the Kubernetes client)
+IMPORTS = f"import {MODULE} as m; import azure_cni.operator.runtime"
 #: run in the container: the import's cost, measured by the process itself, and the kind of
 #: .pyc the image has (bit 0 of the flags word: hash-based)
 MEASURE = f"""
-import importlib.util, json, resource, time
+import importlib.util, json, resource, sys, time
 t0, c0 = time.monotonic(), time.process_time()
-import {MODULE} as m
+{IMPORTS}
 seconds, cpu = time.monotonic() - t0, time.process_time() - c0
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 with open(importlib.util.cache_from_source(m.__file__), "rb") as f:
@@ -53,7 +57,8 @@ with open(importlib.util.cache_from_source(m.__file__), "rb") as f:
 kind = ("unchecked-hash" if flags == 1 else "checked-hash") if flags & 1 else "timestamp"
 print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu, "pyc": kind,
                   "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
-                  "rss_mb": int(status["VmRSS"].split()[0]) / 1024}}))
+                  "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+                  "kubernetes_asyncio": sys.modules.get("kubernetes_asyncio") is not None}}))
 """
 
 
@@ -89,7 +94,8 @@ def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "import_cpu_seconds": round(statistics.median(s["cpu_seconds"] for s in samples), 2),
             "peak_rss_mb": round(statistics.median(s["peak_rss_mb"] for s in samples), 1),
             "rss_mb_after_import": round(statistics.median(s["rss_mb"] for s in samples), 1),
-            "runs": len(samples)}
+            "kubernetes_asyncio_loaded": any(s["kubernetes_asyncio"] for s in samples),
+            "imports": IMPORTS, "runs": len(samples)}
 
 
 def measure_image(image: BuiltImage, pause: BuiltImage, runs: int, workdir: Path
@@ -98,7 +104,7 @@ def measure_image(image: BuiltImage, pause: BuiltImage, runs: int, workdir: Path
                                        workdir / f"run{i}").strip().splitlines()[-1])
                for i in range(runs)]
     compiled, from_pyc = compiled_at_import(in_container(
-        image, pause, ["python", "-v", "-c", f"import {MODULE}"], workdir / "verbose"))
+        image, pause, ["python", "-v", "-c", IMPORTS], workdir / "verbose"))
     return {"image": image.image, "how": "the chart's operator container (helm template, "
             "containerd CRI: user 65532, read-only root, PYTHONDONTWRITEBYTECODE)",
             **summary(samples), "modules_compiled_at_import": compiled,
@@ -109,7 +115,7 @@ def measure_venv(runs: int) -> dict[str, Any]:
     """The same import in the development virtualenv (writable, its .pyc cached)."""
     python = ROOT / ".venv" / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([str(python), "-c", f"import {MODULE}"], check=True, env=env)  # cache
+    subprocess.run([str(python), "-c", IMPORTS], check=True, env=env)  # cache
     samples = [json.loads(subprocess.run([str(python), "-c", MEASURE], check=True, env=env,
                                          capture_output=True, text=True).stdout)
                for _ in range(runs)]
@@ -143,9 +149,10 @@ def main() -> None:
 
 
 def write(images: dict[str, Any], venv: dict[str, Any] | None) -> None:
-    doc = {"what": f"import {MODULE} inside the image as the chart runs the operator, and in "
-                   "the development virtualenv: peak RSS, wall and CPU seconds (median of the "
-                   "runs), modules compiled from source at import",
+    doc = {"what": "what the operator imports (each entry's imports; entries without it: "
+                   f"import {MODULE} alone) inside the image as the chart runs the operator, "
+                   "and in the development virtualenv: peak RSS, wall and CPU seconds (median "
+                   "of the runs), modules compiled from source at import",
            "images": images, "development_virtualenv": venv}
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
 

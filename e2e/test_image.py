@@ -119,3 +119,17 @@ def test_every_module_in_the_image_has_bytecode_python_accepts(
     assert found["checked"] > 1000, found  # the venv and the stdlib were walked
     assert found["bad"] == [], f"{len(found['bad'])} of {found['checked']} sources, e.g. " \
                                f"{found['bad'][:5]}"
+
+
+def test_the_operator_in_the_image_does_not_load_kubernetes_asyncio(
+        manifests: list[dict[str, Any]], images: dict[str, BuiltImage], tmp_path: Path) -> None:
+    """kopf imports kubernetes_asyncio's models on its own when they are installed (tens of MB
+    of the operator's memory, issue 21); the operator's entry point refuses them. The
+    operator's imports: its entry point, then its runtime (kopf, the Azure SDK)."""
+    code = ("import json, sys\nimport azure_cni.operator.main\nimport azure_cni.operator.runtime\n"
+            "print(json.dumps(sorted(m for m, v in sys.modules.items() if v is not None)))")
+    output = run_in_chart_container(manifests, images, "operator", ["python", "-c", code],
+                                    tmp_path)
+    loaded = set(json.loads(output.strip().splitlines()[-1]))
+    assert {"kopf", "azure.mgmt.network", "aiohttp"} <= loaded, sorted(loaded)[:20]
+    assert not {m for m in loaded if m.split(".")[0] == "kubernetes_asyncio"}

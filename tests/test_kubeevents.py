@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import KubeClient
 from azure_cni.kubeevents import (
     EventKey,
     EventRecorder,
@@ -78,7 +78,7 @@ async def test_a_retried_error_is_one_event_with_its_count(
     node = f"vm-{uuid.uuid4().hex[:6]}"
     pod_ns = f"events-{uuid.uuid4().hex[:6]}"
     kube.kubectl("create", "namespace", pod_ns)
-    api = await connect(str(kube.kubeconfig))
+    api = await KubeClient.connect(kube.kubeconfig)
     requests: list[str] = []
     recorder = EventRecorder(api, controller="azure-cni-operator", on_request=requests.append)
     pool = ObjectRef("azurecni.io/v1alpha1", "NodeIPPool", node)
@@ -118,7 +118,7 @@ async def test_a_retried_error_is_one_event_with_its_count(
 async def test_a_series_whose_event_was_deleted_is_created_again(
         kube: LocalCluster | ExistingCluster) -> None:
     node = f"vm-{uuid.uuid4().hex[:6]}"
-    api = await connect(str(kube.kubeconfig))
+    api = await KubeClient.connect(kube.kubeconfig)
     recorder = EventRecorder(api, controller="azure-cni-operator", instance="op-1")
     pool = ObjectRef("azurecni.io/v1alpha1", "NodeIPPool", node)
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import os
 import socket
@@ -37,8 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
+from azure_cni.kubeclient import KubeApiError, KubeClient, api_path
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +172,11 @@ def series_patch(series: Series) -> dict[str, Any]:
 class EventRecorder:
     """Records Events through the API server for one reporting controller and instance."""
 
-    def __init__(self, api: client.ApiClient, *, controller: str, instance: str | None = None,
+    def __init__(self, api: KubeClient, *, controller: str, instance: str | None = None,
                  clock: Callable[[], float] = time.time,
                  on_request: Callable[[str], None] | None = None,
                  cache: SeriesCache | None = None, tick_seconds: float = TICK_SECONDS) -> None:
-        self._events = client.EventsV1Api(api)
+        self._api = api
         self.controller = controller
         self.instance = instance or reporting_instance()
         self._clock = clock
@@ -240,12 +238,9 @@ class EventRecorder:
     async def _create(self, body: dict[str, Any]) -> bool:
         self._on_request("create")
         try:
-            # a plain body, and the answer left unread: the client's models cost a deep copy
-            # of its configuration each, for nothing we use
-            response = await self._events.create_namespaced_event(
-                body["metadata"]["namespace"], body, _preload_content=False)  # type: ignore[arg-type]
-            return await _check(response)
-        except ApiException as e:
+            await self._api.create(_path(body["metadata"]["namespace"]), body)
+            return True
+        except KubeApiError as e:
             log.warning("event=event_post_failed regarding=%s/%s reason=%s status=%s",
                         body["regarding"]["kind"], body["regarding"]["name"], body["reason"],
                         e.status)
@@ -257,11 +252,10 @@ class EventRecorder:
     async def _patch(self, key: EventKey, series: Series) -> None:
         self._on_request("patch")
         try:
-            response = await self._events.patch_namespaced_event(  # type: ignore[call-arg]
-                series.name, series.namespace, series_patch(series),
-                _content_type="application/merge-patch+json", _preload_content=False)
-            sent = await _check(response)
-        except ApiException as e:
+            await self._api.merge_patch(_path(series.namespace, series.name),
+                                        series_patch(series))
+            sent = True
+        except KubeApiError as e:
             sent = False
             if e.status == 404:
                 # the Event expired (the API server keeps Events for an hour by default) or
@@ -281,11 +275,14 @@ class EventRecorder:
             series.sent_at = self._clock()
 
 
-_SHARED: weakref.WeakKeyDictionary[client.ApiClient, EventRecorder] = \
-    weakref.WeakKeyDictionary()
+def _path(namespace: str, name: str = "") -> str:
+    return api_path("events.k8s.io/v1", "events", name, namespace=namespace)
 
 
-def shared_recorder(api: client.ApiClient, controller: str,
+_SHARED: weakref.WeakKeyDictionary[KubeClient, EventRecorder] = weakref.WeakKeyDictionary()
+
+
+def shared_recorder(api: KubeClient, controller: str,
                     on_request: Callable[[str], None] | None = None) -> EventRecorder:
     """The one recorder of ``api``'s process for ``controller``, made on first use (for
     callers that cannot be handed one; a process should rather make one at start-up and
@@ -295,18 +292,3 @@ def shared_recorder(api: client.ApiClient, controller: str,
         recorder = _SHARED[api] = EventRecorder(api, controller=controller,
                                                 on_request=on_request)
     return recorder
-
-
-async def _check(response: Any) -> bool:
-    """True for a 2xx answer; otherwise raise it as the client would."""
-    try:
-        if 200 <= response.status <= 299:
-            return True
-        body = (await response.read())[:512]
-        try:
-            reason = json.loads(body).get("message", "")
-        except ValueError:
-            reason = body.decode(errors="replace")
-        raise ApiException(status=response.status, reason=reason)
-    finally:
-        response.release()

@@ -62,7 +62,8 @@ def test_operator_process_runs_on_its_chart_token(release: Release, tmp_path: Pa
         settings = operator_settings(emulator, pool={"batchSize": 4, "minFreeIPs": 4,
                                                      "maxFreeIPs": 8, "maxIPs": 64})
         operator = start_operator(tmp_path / "operator", kubeconfig, emulator, settings,
-                                  owner=uuid.uuid4().hex, identity_vm=vm.name)
+                                  owner=uuid.uuid4().hex, identity_vm=vm.name,
+                                  pod_namespace=release.namespace)
 
         def wait_allocated(count: int, why: str) -> None:
             wait_for(f"pool {node} to hold {count} addresses ({why})",

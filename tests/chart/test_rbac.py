@@ -23,7 +23,7 @@ from tests.chart.tokens import (
 )
 
 from azure_cni.api.nodeippool import AGENT_FIELD_MANAGER, OPERATOR_FIELD_MANAGER
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import KubeClient
 from azure_cni.kubeevents import EventRecorder, ObjectRef
 from azure_cni_sim.cluster import run_kubectl
 
@@ -72,7 +72,7 @@ def post_event(kubeconfig: Path, pool: str) -> None:
     patches its series (events.k8s.io/v1, in ``default``)."""
     async def post() -> list[str]:
         requests: list[str] = []
-        api = await connect(str(kubeconfig))
+        api = await KubeClient.connect(kubeconfig)
         try:
             recorder = EventRecorder(api, controller="azure-cni-operator", instance="op-0",
                                      on_request=requests.append)

@@ -135,6 +135,24 @@ async def test_a_released_lease_is_taken_at_once() -> None:
     assert await b.try_acquire_or_renew()
 
 
+async def test_a_renewal_cut_short_at_shutdown_does_not_keep_the_lease_from_being_released(
+        ) -> None:
+    """The stop cancels the renewal loop: a renewal the API server applied but whose answer
+    never arrived leaves the elector with an old resourceVersion. The release still goes
+    through (as client-go's, it reads the Lease first)."""
+    lease, clock = MemoryLease(), Clock()
+    a, b = elector(lease, "a", clock), elector(lease, "b", clock)
+    assert await a.try_acquire_or_renew()
+    record = await lease.read()
+    assert record is not None
+    await lease.write({"holderIdentity": "a", "leaseDurationSeconds": 15,
+                       "renewTime": "later"}, record.resource_version)  # answer lost
+    await a.release()
+    assert lease.writes[-1] == "", "released"
+    clock.now += 0.1
+    assert await b.try_acquire_or_renew()
+
+
 async def test_two_replicas_racing_for_a_lapsed_lease_cannot_both_win() -> None:
     lease, clock = MemoryLease(), Clock()
     a, b, c = (elector(lease, n, clock) for n in "abc")

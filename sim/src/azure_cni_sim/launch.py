@@ -48,11 +48,14 @@ def start_operator(
     owner: str,
     identity_vm: str,
     pod_name: str | None = None,
+    pod_namespace: str | None = None,
 ) -> ManagedProcess:
     """Run ``azure-cni-operator`` with the managed identity of ``identity_vm`` (as on a node).
 
     ``pod_name`` is what the chart passes as ``POD_NAME``: the start of the replica's name in
-    the leader Lease. Returns once the operator answers its health endpoint.
+    the leader Lease; ``pod_namespace`` what it passes as ``POD_NAMESPACE``: where the Lease
+    is (else kube-system; the chart's token may use its own namespace only). Returns once the
+    operator answers its health endpoint.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "operator.yaml"
@@ -62,6 +65,8 @@ def start_operator(
     env["KUBECONFIG"] = str(kubeconfig)
     if pod_name is not None:
         env["POD_NAME"] = pod_name
+    if pod_namespace is not None:
+        env["POD_NAMESPACE"] = pod_namespace
     exe = Path(sys.executable).with_name("azure-cni-operator")
     proc = ManagedProcess("azure-cni-operator", [str(exe), "--config", str(config)],
                           workdir / "operator.log", owner, env=env, inherit_env=False).start()

@@ -1,36 +1,31 @@
 """The operator's writes to the Kubernetes API: pools, their status, their finalizer and
 their Events; and the one list of Nodes and pools it takes itself before reconciling.
 
-Watching is kopf's (``operator/kopf_events.py``). Requests here send and read plain JSON where
-the answer is not needed as an object, so no client model is built for them. Every request is
-counted in ``azure_cni_operator_kube_requests_total``; every write first asks the ``fence``
-(the leader Lease: ``operator/lease.py``) whether this replica may write.
+Watching is kopf's (``operator/kopf_events.py``); requests here are plain JSON on the small
+client (``azure_cni.kubeclient``). Every request is counted in
+``azure_cni_operator_kube_requests_total``; every write first asks the ``fence`` (the leader
+Lease: ``operator/lease.py``) whether this replica may write.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
-
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from azure_cni.api.nodeippool import (
     API_VERSION,
     CLASS_FIELD_MANAGER,
     CLASS_LABEL,
-    GROUP,
     KIND,
     OPERATOR_FIELD_MANAGER,
     PLURAL,
-    VERSION,
     NodeIPPool,
     PoolSpec,
     status_apply_body,
 )
 from azure_cni.api.poolclass import CLASS_PLURAL, ClassPlan
+from azure_cni.kubeclient import KubeApiError, KubeClient, api_path
 from azure_cni.kubeevents import EventRecorder, ObjectRef, shared_recorder
 from azure_cni.operator import metrics
 
@@ -59,48 +54,27 @@ class PoolGone(LookupError):
     """The pool no longer exists (404): whatever was to be written about it is moot."""
 
 
-async def list_pages(lister: Callable[..., Awaitable[Any]], resource: str
+async def list_pages(api: KubeClient, path: str, resource: str
                      ) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every object of a resource, a page of ``LIST_PAGE`` at a time, as plain JSON (no
-    client models; nothing is kept but what the caller takes from each page)."""
-    token: str | None = None
+    """Every object of a resource, a page of ``LIST_PAGE`` at a time (nothing is kept but
+    what the caller takes from each page)."""
+    token = ""
     while True:
         _count("list", resource)
-        kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
-        if token:
-            kwargs["_continue"] = token
-        response = await lister(**kwargs)
+        params = {"limit": str(LIST_PAGE), **({"continue": token} if token else {})}
         try:
-            body = await response.read()
-            if response.status == 404:
-                raise ApiException(status=404, reason=(
-                    f"the API server does not serve {resource}: is its "
-                    "CustomResourceDefinition installed? helm install and upgrade never "
-                    "upgrade CRDs (see the chart README): "
-                    f"{body[:200].decode(errors='replace')}"))
-            if not 200 <= response.status <= 299:
-                raise ApiException(status=response.status,
-                                   reason=f"listing {resource}: "
-                                          f"{body[:512].decode(errors='replace')}")
-            page = json.loads(body)
-        finally:
-            response.release()
+            page = await api.get(path, params)
+        except KubeApiError as e:
+            if e.status != 404:
+                raise
+            raise KubeApiError(404, (
+                f"the API server does not serve {resource}: is its CustomResourceDefinition "
+                "installed? helm install and upgrade never upgrade CRDs (see the chart "
+                f"README): {e.body[:200]}")) from e
         yield list(page.get("items") or ())
-        token = (page.get("metadata") or {}).get("continue")
+        token = str((page.get("metadata") or {}).get("continue") or "")
         if not token:
             return
-
-
-async def _unread(request: Awaitable[Any]) -> None:
-    """Send a request whose answer is not needed (``_preload_content=False``): only its
-    status is looked at, and an error raised as the client would raise it."""
-    response = await request
-    try:
-        if not 200 <= response.status <= 299:
-            body = (await response.read())[:512].decode(errors="replace")
-            raise ApiException(status=response.status, reason=body)
-    finally:
-        response.release()
 
 
 class PoolWriter(Protocol):
@@ -128,42 +102,30 @@ class PoolWriter(Protocol):
 
 
 class KubePools:
-    """NodeIPPool reads and writes on kubernetes_asyncio, as field manager azure-cni-operator."""
+    """NodeIPPool reads and writes as plain JSON, as field manager azure-cni-operator."""
 
-    def __init__(self, api: client.ApiClient, fence: Fence = _open_fence) -> None:
-        self._custom = client.CustomObjectsApi(api)
-        self._core = client.CoreV1Api(api)
+    def __init__(self, api: KubeClient, fence: Fence = _open_fence) -> None:
+        self._api = api
         self._fence = fence
 
     def list_nodes(self) -> AsyncIterator[list[dict[str, Any]]]:
-        return list_pages(self._core.list_node, "nodes")
+        return list_pages(self._api, api_path("v1", "nodes"), "nodes")
 
     def list_pools(self) -> AsyncIterator[list[dict[str, Any]]]:
-        async def lister(**kwargs: Any) -> Any:
-            return await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
-
-        return list_pages(lister, PLURAL)
+        return list_pages(self._api, api_path(API_VERSION, PLURAL), PLURAL)
 
     def list_classes(self) -> AsyncIterator[list[dict[str, Any]]]:
-        async def lister(**kwargs: Any) -> Any:
-            return await self._custom.list_cluster_custom_object(GROUP, VERSION, CLASS_PLURAL,
-                                                                 **kwargs)
-
-        return list_pages(lister, CLASS_PLURAL)
+        return list_pages(self._api, api_path(API_VERSION, CLASS_PLURAL), CLASS_PLURAL)
 
     async def node_uid(self, name: str) -> str | None:
         """The uid of the Node ``name`` as the API server has it now, None if it is gone."""
         _count("get", "nodes")
         try:
-            response: Any = await self._core.read_node(name, _preload_content=False)
-        except ApiException as e:
+            obj = await self._api.get(api_path("v1", "nodes", name))
+        except KubeApiError as e:
             if e.status == 404:
                 return None
             raise
-        try:
-            obj = json.loads(await response.read())
-        finally:
-            response.release()
         return str((obj.get("metadata") or {}).get("uid") or "") or None
 
     async def create_pool(self, node_name: str, node_uid: str, spec: PoolSpec,
@@ -187,9 +149,8 @@ class KubePools:
         self._fence()
         _count("create", PLURAL)
         try:
-            await _unread(self._custom.create_cluster_custom_object(
-                GROUP, VERSION, PLURAL, body, _preload_content=False))
-        except ApiException as e:
+            await self._api.create(api_path(API_VERSION, PLURAL), body)
+        except KubeApiError as e:
             if e.status == 409:
                 return False
             raise
@@ -198,8 +159,8 @@ class KubePools:
     async def get_pool(self, name: str) -> NodeIPPool | None:
         _count("get", PLURAL)
         try:
-            obj = await self._custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        except ApiException as e:
+            obj = await self._api.get(api_path(API_VERSION, PLURAL, name))
+        except KubeApiError as e:
             if e.status == 404:
                 return None
             raise
@@ -209,8 +170,8 @@ class KubePools:
         self._fence()
         _count("delete", PLURAL)
         try:
-            await self._custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-        except ApiException as e:
+            await self._api.delete(api_path(API_VERSION, PLURAL, name))
+        except KubeApiError as e:
             if e.status != 404:
                 raise
 
@@ -220,13 +181,10 @@ class KubePools:
         self._fence()
         _count("patch", f"{PLURAL}/status")
         try:
-            # _content_type is honoured at runtime but missing from the library's stubs
-            obj = await self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
-                GROUP, VERSION, PLURAL, name, status_apply_body(name, fields),
-                field_manager=OPERATOR_FIELD_MANAGER, force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        except ApiException as e:
+            obj = await self._api.apply(
+                api_path(API_VERSION, PLURAL, name, subresource="status"),
+                status_apply_body(name, fields), OPERATOR_FIELD_MANAGER)
+        except KubeApiError as e:
             if e.status == 404:
                 raise PoolGone(f"NodeIPPool {name} no longer exists") from e
             raise
@@ -245,39 +203,32 @@ class KubePools:
                     patch["metadata"] = {"labels": {CLASS_LABEL: plan.label or None}}
                 self._fence()
                 _count("patch", PLURAL)
-                await _unread(self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
-                    GROUP, VERSION, PLURAL, name, patch,
-                    _content_type="application/merge-patch+json", _preload_content=False))
+                await self._api.merge_patch(api_path(API_VERSION, PLURAL, name), patch)
             if plan.condition is not None or plan.clear:
                 conditions = [plan.condition.to_dict()] if plan.condition is not None else []
                 self._fence()
                 _count("patch", f"{PLURAL}/status")
-                await _unread(
-                    self._custom.patch_cluster_custom_object_status(  # type: ignore[call-arg]
-                        GROUP, VERSION, PLURAL, name,
-                        status_apply_body(name, {"conditions": conditions}),
-                        field_manager=CLASS_FIELD_MANAGER, force=True,
-                        _content_type="application/apply-patch+yaml", _preload_content=False))
-        except ApiException as e:
+                await self._api.apply(
+                    api_path(API_VERSION, PLURAL, name, subresource="status"),
+                    status_apply_body(name, {"conditions": conditions}), CLASS_FIELD_MANAGER)
+        except KubeApiError as e:
             if e.status != 404:
                 raise
 
     async def add_finalizer(self, name: str) -> None:
         """Append ``FINALIZER`` (a JSON patch: the other finalizers stay as they are)."""
-        patch = [{"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}]
+        path = api_path(API_VERSION, PLURAL, name)
         self._fence()
         _count("patch", PLURAL)
         try:
-            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
-                GROUP, VERSION, PLURAL, name, patch, _content_type="application/json-patch+json")
-        except ApiException as e:
+            await self._api.json_patch(path, [{"op": "add", "path": "/metadata/finalizers/-",
+                                               "value": FINALIZER}])
+        except KubeApiError as e:
             if e.status != 422:  # no finalizers list yet: create it
                 raise
             _count("patch", PLURAL)
-            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
-                GROUP, VERSION, PLURAL, name,
-                [{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}],
-                _content_type="application/json-patch+json")
+            await self._api.json_patch(path, [{"op": "add", "path": "/metadata/finalizers",
+                                               "value": [FINALIZER]}])
 
     async def remove_finalizer(self, pool: NodeIPPool) -> None:
         """Remove ``FINALIZER`` at the index we saw it, tested first so no other is touched."""
@@ -289,10 +240,8 @@ class KubePools:
         self._fence()
         _count("patch", PLURAL)
         try:
-            await self._custom.patch_cluster_custom_object(  # type: ignore[call-arg]
-                GROUP, VERSION, PLURAL, pool.name, patch,
-                _content_type="application/json-patch+json")
-        except ApiException as e:
+            await self._api.json_patch(api_path(API_VERSION, PLURAL, pool.name), patch)
+        except KubeApiError as e:
             if e.status == 404:
                 return
             if e.status == 422:  # the list changed since we saw it: read it again
@@ -310,8 +259,8 @@ class KubePools:
 
     def _recorder(self) -> EventRecorder:
         """The process's Event recorder (repeats aggregate into one Event with a series)."""
-        return shared_recorder(self._core.api_client,  # type: ignore[attr-defined]
-                               "azure-cni-operator", lambda verb: _count(verb, "events"))
+        return shared_recorder(self._api, "azure-cni-operator",
+                               lambda verb: _count(verb, "events"))
 
     async def post_node_event(self, node: str, kind: str, reason: str, message: str) -> None:
         """A Kubernetes Event on a Node (when there is no pool to put it on); never raises."""

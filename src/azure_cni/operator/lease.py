@@ -16,7 +16,7 @@ The rules (those of client-go's leader election, which every Kubernetes controll
 - On a clean stop the holder releases the Lease (no holder, duration 1 s), so a standby takes
   over within one retry period instead of a whole lease duration.
 
-``decide`` is the pure rule; ``LeaseStore`` the API server I/O (raw bodies, no client models);
+``decide`` is the pure rule; ``LeaseStore`` the API server I/O (plain JSON);
 ``LeaderElector`` runs both.
 """
 
@@ -25,16 +25,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import enum
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
-
+from azure_cni.kubeclient import KubeApiError, KubeClient, api_path
 from azure_cni.operator import metrics
 
 log = logging.getLogger(__name__)
@@ -113,24 +110,24 @@ class LeaseConflict(RuntimeError):
 
 
 class KubeLeaseStore:
-    """One Lease through the API server, as plain JSON (the client's models deep-copy its
-    configuration on every construction, and a renewal every two seconds would churn them)."""
+    """One Lease through the API server, as plain JSON."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, name: str) -> None:
-        self._coordination = client.CoordinationV1Api(api)
+    def __init__(self, api: KubeClient, namespace: str, name: str) -> None:
+        self._api = api
         self.namespace = namespace
         self.name = name
+
+    def _path(self, name: str = "") -> str:
+        return api_path("coordination.k8s.io/v1", "leases", name, namespace=self.namespace)
 
     async def read(self) -> LeaseRecord | None:
         metrics.KUBE_REQUESTS.labels(verb="get", resource="leases").inc()
         try:
-            response = await self._coordination.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False)
-        except ApiException as e:
+            return LeaseRecord.from_object(await self._api.get(self._path(self.name)))
+        except KubeApiError as e:
             if e.status == 404:
                 return None
             raise
-        return LeaseRecord.from_object(await _body(response))
 
     async def write(self, spec: Mapping[str, Any], resource_version: str | None
                     ) -> LeaseRecord:
@@ -142,27 +139,17 @@ class KubeLeaseStore:
         try:
             if resource_version is None:
                 metrics.KUBE_REQUESTS.labels(verb="create", resource="leases").inc()
-                response = await self._coordination.create_namespaced_lease(
-                    self.namespace, body, _preload_content=False)  # type: ignore[arg-type]
+                written = await self._api.create(self._path(), body)
             else:
                 body["metadata"]["resourceVersion"] = resource_version
                 metrics.KUBE_REQUESTS.labels(verb="update", resource="leases").inc()
-                response = await self._coordination.replace_namespaced_lease(
-                    self.name, self.namespace, body,  # type: ignore[arg-type]
-                    _preload_content=False)
-        except ApiException as e:
+                written = await self._api.replace(self._path(self.name), body)
+        except KubeApiError as e:
             if e.status == 409:
                 raise LeaseConflict(f"lease {self.namespace}/{self.name} changed since it was "
                                     "read") from e
             raise
-        return LeaseRecord.from_object(await _body(response))
-
-
-async def _body(response: Any) -> dict[str, Any]:
-    try:
-        return dict(json.loads(await response.read()))
-    finally:
-        response.release()
+        return LeaseRecord.from_object(written)
 
 
 class LeaderElector:
@@ -252,7 +239,7 @@ class LeaderElector:
                 if await self.try_acquire_or_renew():
                     metrics.IS_LEADER.set(1)
                     return
-            except (ApiException, OSError, TimeoutError) as e:
+            except (KubeApiError, OSError, TimeoutError) as e:
                 log.warning("event=lease_read_failed identity=%s error=%r", self.identity, e)
             if self.holder != announced:
                 announced = self.holder
@@ -267,7 +254,7 @@ class LeaderElector:
             try:
                 held = await asyncio.wait_for(self.try_acquire_or_renew(),
                                               timeout=self.timings.retry_period * 2)
-            except (ApiException, OSError, TimeoutError) as e:
+            except (KubeApiError, OSError, TimeoutError) as e:
                 log.warning("event=lease_renew_failed identity=%s error=%r", self.identity, e)
                 held = self.is_leader()
             if not held or not self.is_leader():
@@ -283,13 +270,18 @@ class LeaderElector:
             return
         self._renewed_at = None
         metrics.IS_LEADER.set(0)
-        now = micro_time(self._wall())
-        spec = {"holderIdentity": "", "leaseDurationSeconds": 1,
-                "acquireTime": self._acquired_at or now, "renewTime": now,
-                "leaseTransitions": self._record.transitions}
         try:
-            await self.store.write(spec, self._record.resource_version)
-        except (LeaseConflict, ApiException, OSError, TimeoutError) as e:
+            # read first (as client-go does): the stop cancels the renewal loop, and a renewal
+            # the API server applied but whose answer never arrived left our version behind
+            record = await self.store.read()
+            if record is None or record.holder != self.identity:
+                return
+            now = micro_time(self._wall())
+            spec = {"holderIdentity": "", "leaseDurationSeconds": 1,
+                    "acquireTime": self._acquired_at or now, "renewTime": now,
+                    "leaseTransitions": record.transitions}
+            await self.store.write(spec, record.resource_version)
+        except (LeaseConflict, KubeApiError, OSError, TimeoutError) as e:
             log.warning("event=lease_release_failed identity=%s error=%r", self.identity, e)
             return
         log.info("event=lease_released identity=%s", self.identity)

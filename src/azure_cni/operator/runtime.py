@@ -7,8 +7,8 @@
    Lease in the background. Every write is fenced by the Lease.
 4. Leave in one of three ways:
    - SIGTERM or SIGINT (a rollout, a drain): stop taking work, let the reconciles under way
-     finish their NIC and status writes (``drainSeconds``), stop kopf, release the Lease so a
-     standby takes over at once, exit 0;
+     finish their NIC and status writes (``drainSeconds``), release the Lease so a
+     standby takes over at once, stop kopf, exit 0;
    - the Lease could not be renewed: stop at once without writing anything more, exit 1 (the
      kubelet restarts the container, which stands by);
    - the controller or kopf failed: stop, release the Lease, exit 1.
@@ -29,12 +29,11 @@ from typing import Any
 
 import kopf
 from aiohttp import web
-from kubernetes_asyncio import client
 from prometheus_client import start_http_server
 
 from azure_cni.api.settings import Settings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import KubeClient
 from azure_cni.operator import kopf_events
 from azure_cni.operator.controller import PoolController
 from azure_cni.operator.kube import KubePools
@@ -60,7 +59,7 @@ def replica_identity() -> str:
 @dataclass
 class Operator:
     settings: Settings
-    api: client.ApiClient
+    api: KubeClient
     azure: AzureAdapter
     controller: PoolController
     elector: LeaderElector | None
@@ -68,7 +67,7 @@ class Operator:
 
     @classmethod
     async def start(cls, settings: Settings, kubeconfig: str | None) -> Operator:
-        api = await connect(kubeconfig)
+        api = await KubeClient.connect(kubeconfig)
         ops = settings.operator
         elector = None
         if ops.leader_election:
@@ -165,18 +164,21 @@ class Operator:
             else:
                 failed = controller if controller in done else watching
                 error = failed.exception() if not failed.cancelled() else None
-                # str(): an ApiException's repr is empty; its str has the status and reason
+                # str(): it has the status and the API server's answer
                 log.error("event=operator_stopping reason=%s error=%r", failed.get_name(),
                           f"{type(error).__name__}: {error}" if error else "cancelled")
         finally:
             await _cancel(controller, holding, stopping)
+            if release and self.elector is not None:
+                # before kopf's stop, which takes seconds: by then nothing renews the Lease
+                # and it lapses instead of being handed over. Nothing writes any more (the
+                # controller is stopped and the release shuts the fence).
+                await self.elector.release()
             kopf_stop.set()
             try:
                 await asyncio.wait_for(watching, KOPF_STOP_SECONDS)
             except (TimeoutError, asyncio.CancelledError, Exception) as e:  # noqa: BLE001
                 log.warning("event=kopf_stop_failed error=%r", e)
-            if release and self.elector is not None:
-                await self.elector.release()
         log.info("event=operator_stopped role=leader exit=%d", code)
         return code
 

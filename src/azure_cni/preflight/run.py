@@ -1,24 +1,47 @@
 """Gathering what the cluster preflight checks: the cluster's Nodes and NodeIPPools, and
-Azure with the operator's credential (a node's own checks: ``preflight.node``)."""
+Azure with the operator's credential (a node's own checks: ``preflight.node``).
+
+The one user of kubernetes_asyncio left (the operator and the agent use the small client,
+``azure_cni.kubeclient``): the preflight is a short-lived Helm hook Job, where that client's
+memory does not matter.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from azure_cni.api.nodeippool import GROUP, PLURAL, VERSION
 from azure_cni.api.settings import Settings
 from azure_cni.cloud.azure import AzureAdapter
-from azure_cni.kubeclient import connect
+from azure_cni.kubeclient import KubeConfigError
 from azure_cni.preflight.azure import azure_findings
 from azure_cni.preflight.cluster import NodeFacts, cluster_findings, vm_of
 from azure_cni.preflight.findings import Finding
 
 PAGE = 500
+
+
+async def connect(kubeconfig: str | None = None) -> client.ApiClient:
+    """A kubernetes_asyncio client from ``kubeconfig``, else ``$KUBECONFIG``, else the pod's
+    service account."""
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        if path:
+            await config.load_kube_config(config_file=path, client_configuration=configuration)
+        else:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+    except config.ConfigException as e:
+        where = path or "the in-cluster service account"
+        raise KubeConfigError(f"cannot use {where} to reach the Kubernetes API: {e}") from e
+    return client.ApiClient(configuration)
 
 
 async def check_cluster(settings: Settings, kubeconfig: str | None, *, azure: bool = True,
