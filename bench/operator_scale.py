@@ -67,6 +67,7 @@ from azure_cni_sim.arm import ArmConfig, ArmEmulator, VmInfo  # noqa: E402
 from azure_cni_sim.chartrun import ChartContainer, render_chart  # noqa: E402
 from azure_cni_sim.cluster import LocalCluster, free_port, run_kubectl  # noqa: E402
 from azure_cni_sim.containerd import Containerd  # noqa: E402
+from azure_cni_sim.cpuprofile import StackSampler  # noqa: E402
 from azure_cni_sim.demo import DemoState  # noqa: E402
 from azure_cni_sim.images import BuiltImage, archived_image, ensure_images  # noqa: E402
 from azure_cni_sim.kubeletnodes import StatusReporter, kubelet_node, register_nodes  # noqa: E402
@@ -238,6 +239,18 @@ def arm_counts(emulator: ArmEmulator) -> dict[str, int]:
             "throttled": sum(1 for r in records if r.status == 429)}
 
 
+#: the operator's work at rest, in the order a sampled stack is attributed
+AT_REST_PARTS = [
+    ("kopf: Node and pool watch events", ["worker", "watcher", "process_resource_event",
+                                          "watch_objs", "infinite_watch"]),
+    ("NIC sweep", ["PoolController.sweep", "PoolController._sweep_forever",
+                   "AzureAdapter._nic_pages", "AzureAdapter.list_nics", "parse_nic",
+                   "listed_nic"]),
+    ("Lease", ["LeaderElector", "KubeLeaseStore"]),
+    ("TLS and socket reads", ["SSLProtocol", "_SelectorSocketTransport._read_ready"]),
+]
+
+
 def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, BuiltImage], *,
         scale_set: bool = False, blocks: bool = False) -> dict[str, Any]:
     owner = uuid.uuid4().hex
@@ -331,6 +344,7 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
             cpu0, api0 = cpu_seconds(operator.pid), operator_counter(
                 metrics_port, "azure_cni_operator_kube_requests_total")
             arm0 = len(emulator.requests())
+            sampler = StackSampler(operator.pid, steady_seconds, workdir / "steady.stacks")
             steady_end = time.monotonic() + steady_seconds
             while time.monotonic() < steady_end:
                 time.sleep(min(5.0, max(0.0, steady_end - time.monotonic())))
@@ -338,6 +352,8 @@ def run(workdir: Path, nodes: int, steady_seconds: float, images: dict[str, Buil
                 operator.check_running()
             minutes = steady_seconds / 60.0
             steady = {
+                # what those CPU seconds were spent on
+                "cpu_by_part": sampler.result(AT_REST_PARTS),
                 "seconds_observed": steady_seconds,
                 "operator_cpu_seconds_per_minute": round(
                     (cpu_seconds(operator.pid) - cpu0) / minutes, 2),

@@ -26,6 +26,7 @@ from azure_cni.cloud.port import (
     FeatureEdit,
     IPConfigFeatures,
     IPConfiguration,
+    ListedNic,
     NewIPConfiguration,
     NicLimitExceeded,
     NicSnapshot,
@@ -136,6 +137,8 @@ class FakeAzure:
         self.vms: dict[str, str] = {}  # vm id (lower) -> nic id
         self.nics: dict[str, FakeNic] = {}
         self.calls: Counter[str] = Counter()
+        #: listed NICs a caller parsed (``ListedNic.snapshot``)
+        self.parsed = 0
         self.writes: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         self.faults: dict[str, list[CloudError]] = {}
         self.throttles: list[Throttle] = []
@@ -387,19 +390,26 @@ class FakeAzure:
         return self._nic(nic_id).snapshot()
 
     async def list_nics(self, subscription_id: str, resource_group: str
-                        ) -> AsyncIterator[NicSnapshot]:
+                        ) -> AsyncIterator[ListedNic]:
         self._call("list_nics", "read")
         for nic in list(self.nics.values()):
             if not _is_instance_nic(nic.id):
-                yield nic.snapshot()
+                yield self._listed(nic.snapshot())
 
     async def list_scale_set_nics(self, subscription_id: str, resource_group: str,
-                                  scale_set: str) -> AsyncIterator[NicSnapshot]:
+                                  scale_set: str) -> AsyncIterator[ListedNic]:
         self._call("list_scale_set_nics", "read")
         marker = f"/virtualmachinescalesets/{scale_set.lower()}/virtualmachines/"
         for nic in list(self.nics.values()):
             if marker in nic.id.lower():
-                yield nic.snapshot()
+                yield self._listed(nic.snapshot())
+
+    def _listed(self, snapshot: NicSnapshot) -> ListedNic:
+        """As a listing page gives it; ``parsed`` counts the NICs the caller looked into."""
+        def parse() -> NicSnapshot:
+            self.parsed += 1
+            return snapshot
+        return ListedNic(snapshot.id, snapshot.vm_id, snapshot.etag, parse)
 
     async def update_ip_configurations(
         self,

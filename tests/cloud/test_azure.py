@@ -160,6 +160,11 @@ async def test_nic_lists_cost_one_read_per_page(world, adapter):
                                                      "rg1")]
     assert sorted(n.id for n in listed) == sorted(vm.nic_id for vm in world.vms)
     assert world.emu.request_count("GET") == 2  # three NICs, two per page
+    # what a listing tells before parsing is what the parsed NIC says
+    for n in listed:
+        nic = n.snapshot()
+        assert (n.id, n.vm_id, n.etag) == (nic.id, nic.vm_id, nic.etag) and nic.etag
+        assert nic.document is not None
 
 
 async def test_the_256th_ipconfiguration_is_accepted_and_the_257th_refused(world, adapter):

@@ -202,7 +202,7 @@ async def test_nics_are_listed_with_their_vms(backend) -> None:
     by_vm = {nic.vm_id.lower(): nic.id.lower() for nic in listed}
     for provider_id, nic_id in vms:
         assert by_vm[parse_provider_id(provider_id).id.lower()] == nic_id.lower()
-    assert all(nic.primary_nic for nic in listed)
+    assert all(nic.snapshot().primary_nic for nic in listed)
 
 
 async def test_a_missing_nic_is_not_found(backend) -> None:

@@ -630,3 +630,28 @@ async def test_the_sweep_finds_a_public_ip_taken_off_behind_our_back(cluster) ->
     await cluster.settled("attached again", lambda: cluster.azure.holder_of(pip) is not None)
     events = [e for e in cluster.pools.events if e.pool == "pod:web/a"]
     assert events[-1].reason == "PodNetworkDriftRepaired" and pip in events[-1].message
+
+
+async def test_the_sweep_parses_only_the_nics_that_changed_and_still_finds_drift(
+        cluster) -> None:
+    """At rest a sweep lists every NIC every driftCheckSeconds and finds nearly all as it
+    saw them: it compares etags and parses only the NIC whose etag changed, yet repairs it."""
+    names = [f"n{i}" for i in range(4)]
+    for name in names:
+        cluster.add_node(name)
+        await cluster.node_event(name)
+    await cluster.start()
+    await cluster.settled("filled", lambda: all(len(cluster.ours(n)) == 4 for n in names))
+    await cluster.controller.sweep()  # they agree: remembered
+    cluster.azure.parsed = 0
+    await cluster.controller.sweep()
+    assert cluster.azure.parsed == 0, "an unchanged NIC was parsed again"
+    assert not cluster.controller.nic_hints
+    nic_id = cluster.pools.get("n2").status.nic.id  # type: ignore[union-attr]
+    victim = sorted(cluster.ours("n2"))[0]
+    cluster.azure.remove_behind_our_back(nic_id, victim)
+    reconciles = cluster.reconciler.reconciles
+    await cluster.controller.sweep()
+    assert cluster.azure.parsed == 1
+    await cluster.settled("repaired", lambda: victim in cluster.azure.ours(nic_id))
+    assert cluster.reconciler.reconciles == reconciles + 1, "an unchanged pool was reconciled"

@@ -4,6 +4,7 @@ and the port's values, plus the one edit azure-cni makes to a NIC."""
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from azure_cni.cloud.port import (
     CloudError,
     FeatureEdit,
     IPConfiguration,
+    ListedNic,
     NewIPConfiguration,
     NicLimitExceeded,
     NicSnapshot,
@@ -75,6 +77,14 @@ def parse_nic(nic: Mapping[str, Any]) -> NicSnapshot:
         mac_address=str(props.get("macAddress") or ""),
         document=json.dumps(nic, separators=(",", ":"), default=_model_json).encode(),
     )
+
+
+def listed_nic(nic: Mapping[str, Any]) -> ListedNic:
+    """A NIC of a listing page: its id, VM and etag read at once, ``parse_nic`` deferred."""
+    return ListedNic(id=str(nic.get("id") or ""),
+                     vm_id=_ref_id(_props(nic).get("virtualMachine")),
+                     etag=str(nic.get("etag") or ""),
+                     parse=functools.partial(parse_nic, nic))
 
 
 def settled_nic(put_answer: Mapping[str, Any]) -> NicSnapshot | None:

@@ -41,6 +41,7 @@ from azure_cni.api.settings import AzureSettings
 from azure_cni.cloud.armjson import (
     NETWORK_API_VERSION,
     edit_ip_configurations,
+    listed_nic,
     load_collapsed,
     parse_nic,
     parse_subnet,
@@ -64,6 +65,7 @@ from azure_cni.cloud.port import (
     CloudError,
     Conflict,
     FeatureEdit,
+    ListedNic,
     NewIPConfiguration,
     NicSnapshot,
     SubnetInfo,
@@ -327,7 +329,7 @@ class AzureAdapter:
         return choose_nic(vm.id, nics, pod_subnet_id)
 
     def list_scale_set_nics(self, subscription_id: str, resource_group: str, scale_set: str
-                            ) -> AsyncIterator[NicSnapshot]:
+                            ) -> AsyncIterator[ListedNic]:
         """Every instance NIC of a Uniform scale set: one GET per page, following nextLink."""
         return self._nic_pages(
             subscription_id,
@@ -369,7 +371,7 @@ class AzureAdapter:
         return snapshot
 
     async def list_nics(self, subscription_id: str, resource_group: str
-                        ) -> AsyncIterator[NicSnapshot]:
+                        ) -> AsyncIterator[ListedNic]:
         """Every NIC of the resource group: one GET per page of NICs, following nextLink.
 
         The pages are read as JSON through the client's own pipeline (``send_request``:
@@ -383,13 +385,13 @@ class AzureAdapter:
                 f"{NETWORK_API_VERSION}"):
             yield nic
 
-    async def _nic_pages(self, subscription_id: str, first: str) -> AsyncIterator[NicSnapshot]:
+    async def _nic_pages(self, subscription_id: str, first: str) -> AsyncIterator[ListedNic]:
         client = self._network_client(subscription_id)
         url: str | None = first
         while url:
             page = json.loads(await self._get_json(client, url))
             for nic in page.get("value") or ():
-                yield parse_nic(nic)
+                yield listed_nic(nic)
             url = page.get("nextLink")
 
     @staticmethod

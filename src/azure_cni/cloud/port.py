@@ -8,7 +8,7 @@ reached through that same adapter over HTTPS. The operator's unit tests use a st
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -183,6 +183,23 @@ class SubnetInfo:
     free_addresses: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class ListedNic:
+    """A NIC as a listing shows it: its identity and version at once, the rest on demand.
+
+    The NIC sweep lists every NIC every ``driftCheckSeconds`` and finds almost all of them as
+    it saw them last time (the same etag: ARM gives a NIC a new one on every change), so it
+    parses only those whose etag it has not seen (``snapshot``)."""
+
+    id: str
+    vm_id: str
+    etag: str
+    parse: Callable[[], NicSnapshot] = field(compare=False, repr=False)
+
+    def snapshot(self) -> NicSnapshot:
+        return self.parse()
+
+
 class AzureNetwork(Protocol):
     """What the operator needs from Azure, and nothing more."""
 
@@ -199,7 +216,7 @@ class AzureNetwork(Protocol):
         ...
 
     def list_nics(self, subscription_id: str, resource_group: str
-                  ) -> AsyncIterator[NicSnapshot]:
+                  ) -> AsyncIterator[ListedNic]:
         """Every NIC of a resource group, a page at a time (one read per page, not per NIC).
 
         Raises NotFound if the resource group is gone.
@@ -207,7 +224,7 @@ class AzureNetwork(Protocol):
         ...
 
     def list_scale_set_nics(self, subscription_id: str, resource_group: str, scale_set: str
-                            ) -> AsyncIterator[NicSnapshot]:
+                            ) -> AsyncIterator[ListedNic]:
         """Every instance NIC of a Uniform scale set, a page at a time (one read per page).
 
         Raises NotFound if the scale set is gone.
