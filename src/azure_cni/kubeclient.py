@@ -121,21 +121,30 @@ def from_kubeconfig(path: Path) -> Connection:
     return Connection(server, tls, lambda: "")
 
 
-def in_cluster(account: Path = SERVICE_ACCOUNT) -> Connection:
-    """The pod's service account, at the address the kubelet gives every pod (the operator
-    runs before cluster DNS does)."""
+def service_account_server(account: Path = SERVICE_ACCOUNT) -> tuple[str, Path] | None:
+    """The API server at the address the kubelet gives every pod (``KUBERNETES_SERVICE_HOST``:
+    the operator runs before cluster DNS does, being what gives CoreDNS its address) and the
+    service account's token file; None outside a pod. kopf's login uses it too."""
     host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
         "KUBERNETES_SERVICE_PORT")
     token_file = account / "token"
     if not host or not port or not token_file.exists():
+        return None
+    return (f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"), token_file
+
+
+def in_cluster(account: Path = SERVICE_ACCOUNT) -> Connection:
+    """The pod's service account (``service_account_server``), its token read per request."""
+    found = service_account_server(account)
+    if found is None:
         raise KubeConfigError("cannot use the in-cluster service account to reach the "
                               "Kubernetes API: KUBERNETES_SERVICE_HOST/PORT or its token "
                               "is missing")
+    server, token_file = found
     try:
         tls = ssl.create_default_context(cafile=str(account / "ca.crt"))
     except (OSError, ssl.SSLError) as e:
         raise KubeConfigError(f"cannot use the in-cluster service account's CA: {e!r}") from e
-    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
     return Connection(server, tls, lambda: token_file.read_text().strip())
 
 

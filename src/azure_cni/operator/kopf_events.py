@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 import kopf
 
 from azure_cni.api.nodeippool import GROUP, PLURAL, VERSION
 from azure_cni.api.poolclass import CLASS_PLURAL
+from azure_cni.kubeclient import SERVICE_ACCOUNT, service_account_server
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ LIST_CHUNK = 100
 #: seconds an idle per-object kopf worker lives; it holds its last raw event meanwhile, so
 #: with kopf's default (5 s) the whole initial list of Nodes stays in memory at once
 WORKER_IDLE_SECONDS = 0.2
-
-_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class EventSink(Protocol):
@@ -84,19 +82,17 @@ def _kind(event: Mapping[str, Any]) -> str:
 
 
 def in_cluster_connection(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
-    """The pod's service account, reaching the API server at the address the kubelet gives
-    every pod (``KUBERNETES_SERVICE_HOST``): the operator runs before cluster DNS does (it is
-    what gives CoreDNS its address), so kopf's own ``kubernetes.default.svc`` would not
-    resolve. The token is read anew at every login, as the kubelet rotates it."""
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
-        "KUBERNETES_SERVICE_PORT")
-    token_file = _SERVICE_ACCOUNT / "token"
-    if not host or not port or not token_file.exists():
+    """The pod's service account at the address the kubelet gives every pod
+    (``kubeclient.service_account_server``; kopf's own ``kubernetes.default.svc`` would not
+    resolve before cluster DNS runs). The token is read anew at every login, as the kubelet
+    rotates it."""
+    found = service_account_server()
+    if found is None:
         return None
-    ca = _SERVICE_ACCOUNT / "ca.crt"
-    server_host = f"[{host}]" if ":" in host else host
+    server, token_file = found
+    ca = SERVICE_ACCOUNT / "ca.crt"
     return kopf.ConnectionInfo(
-        server=f"https://{server_host}:{port}",
+        server=server,
         ca_path=str(ca) if ca.exists() else None,
         token=token_file.read_text().strip() or None,
         trust_env=settings.networking.trust_env,
